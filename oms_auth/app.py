@@ -1,0 +1,103 @@
+"""Wiring: one running service built from Settings (store, engine, mail, server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from websockets.asyncio.server import Server, serve
+
+from .config import Settings
+from .crypto import Hasher, Sealer, load_or_create_key
+from .engine.deps import Clock, Deps
+from .engine.sessions import Sessions
+from .server.functions import Functions
+from .server.http import HttpPages
+from .server.metrics import Metrics
+from .server.ws import WS_PATHS, Gateway
+from .store import Store, open_store
+
+__all__ = ["App", "build_deps"]
+
+log = logging.getLogger("oms_auth")
+
+
+async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
+    """Open the store and load the key: what the CLI's offline commands need too."""
+    key = load_or_create_key(settings.key_file(), os.environ.get("OMS_AUTH_SECRET_KEY"))
+    store: Store = await open_store(settings.db)
+    hasher = Hasher(
+        workers=settings.hash_workers,
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_kib,
+    )
+    return Deps(store=store, hasher=hasher, sealer=Sealer(key), settings=settings, clock=clock)
+
+
+class App:
+    """The service: ``await start()``, then ``port`` is known; ``await stop()`` ends it."""
+
+    def __init__(
+        self, settings: Settings, *, clock: Clock = time.time, login_delay: float = 0.25
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.login_delay = login_delay
+        self.metrics = Metrics()
+        self.server: Server | None = None
+        self._deps: Deps | None = None
+
+    @property
+    def deps(self) -> Deps:
+        assert self._deps is not None, "App.start() first"
+        return self._deps
+
+    async def start(self) -> None:
+        s = self.settings
+        self._deps = deps = await build_deps(s, self.clock)
+        self.sessions = Sessions(deps, delay_unit=self.login_delay)
+        self.functions = Functions(self.sessions)
+        self.gateway = Gateway(self.functions, self.sessions, self.metrics)
+        deps.on_password_changed.append(self.gateway.log_off_user)
+        self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
+        self.server = await serve(
+            self.gateway.handle,
+            s.host,
+            s.port,
+            process_request=self.http,
+            server_header=None,
+            max_size=s.max_frame_bytes,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"ws://{host}:{self.port}/WSGateway/"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        if self._deps is not None:
+            await self._deps.store.close()
+            self._deps.hasher.close()
+            self._deps = None
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_until_stopped(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("stopping")

@@ -1,0 +1,295 @@
+"""The ``oms-auth`` command: serve, user add|list|unlock, audit, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .app import App, build_deps
+from .config import ConfigError, Settings, load_settings
+from .engine import totp
+from .engine.deps import Deps
+from .store import AuditEntry, NewUser, StoreError
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A usage problem, reported as one line on stderr with exit status 2."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="store: a SQLite path (default ./oms-auth.sqlite3)")
+    p.add_argument("--config", help="TOML file with settings")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oms-auth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service")
+    _common(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--public-url", dest="public_url")
+    serve.add_argument("--mail", help="maildir:PATH (default maildir:./mail) or smtp://host:port")
+    serve.add_argument("--secret-key-file", dest="secret_key_file")
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command",
+                                                                       required=True)
+    add = user.add_parser("add", help="create a user; prints its UserId on the last line")
+    _common(add)
+    add.add_argument("--username", required=True)
+    add.add_argument("--email", required=True)
+    add.add_argument("--password", required=True)
+    add.add_argument("--oms", type=int, default=1)
+    add.add_argument("--permission", action="append", default=[])
+    add.add_argument("--account", type=int, action="append", default=[])
+    add.add_argument("--master", action="store_true")
+    add.add_argument("--totp-secret", dest="totp_secret")
+    add.add_argument("--security-question", dest="security_question")
+    add.add_argument("--security-answer", dest="security_answer")
+    add.add_argument("--auth-source", dest="auth_source", default="native",
+                     choices=["native", "openidconnect", "saml"])
+    add.add_argument("--inactive", action="store_true")
+    add.add_argument("--secret-key-file", dest="secret_key_file")
+    lst = user.add_parser("list", help="list users")
+    _common(lst)
+    unlock = user.add_parser("unlock", help="end a user's lockout")
+    _common(unlock)
+    unlock.add_argument("username")
+
+    audit = sub.add_parser("audit", help="print the audit trail, newest first")
+    _common(audit)
+    audit.add_argument("--user")
+    audit.add_argument("--limit", type=int, default=50)
+
+    demo = sub.add_parser("demo", help="create a demo OMS and print its credentials")
+    _common(demo)
+    demo.add_argument("--secret-key-file", dest="secret_key_file")
+    return parser
+
+
+_SETTING_FLAGS = ("db", "host", "port", "public_url", "mail", "secret_key_file")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {k: getattr(args, k, None) for k in _SETTING_FLAGS}
+    return load_settings(flags, config_file=args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        if args.command == "serve":
+            return _run(_serve(settings))
+        return _run(_offline(args, settings))
+    except (ConfigError, CliError, StoreError, ValueError) as exc:
+        print(f"oms-auth: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return int(asyncio.run(coro))
+    return int(uvloop.run(coro))
+
+
+async def _serve(settings: Settings) -> int:
+    app = App(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"oms-auth listening on {app.url} (reset page {settings.resolved_public_url()}/reset)",
+          flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
+    print("oms-auth stopped", flush=True)
+    return 0
+
+
+async def _offline(args: argparse.Namespace, settings: Settings) -> int:
+    deps = await build_deps(settings)
+    try:
+        if args.command == "user":
+            return await {"add": _user_add, "list": _user_list, "unlock": _user_unlock}[
+                args.user_command
+            ](deps, args)
+        if args.command == "audit":
+            return await _audit(deps, args)
+        return await _demo(deps)
+    finally:
+        await deps.store.close()
+        deps.hasher.close()
+
+
+async def add_user(
+    deps: Deps,
+    *,
+    username: str,
+    email: str,
+    password: str,
+    oms: int = 1,
+    permissions: Sequence[str] = (),
+    accounts: Sequence[int] = (),
+    master: bool = False,
+    totp_secret: str | None = None,
+    question: str | None = None,
+    answer: str | None = None,
+    auth_source: str = "native",
+    active: bool = True,
+) -> int:
+    """Create a user the way ``user add`` does (tests and the demo use it too)."""
+    if not username.strip():
+        raise CliError("--username must not be empty")
+    if (question is None) != (answer is None):
+        raise CliError("--security-question and --security-answer go together")
+    if totp_secret is not None and not totp.valid_secret(totp_secret):
+        raise CliError("--totp-secret must be base32 of at least 80 bits")
+    questions: tuple[tuple[str, str], ...] = ()
+    if question is not None and answer is not None:
+        questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
+    user_id = await deps.store.create_user(
+        NewUser(
+            username=username,
+            email=email,
+            password_hash=await deps.hasher.hash(password),
+            oms_id=oms,
+            permissions=tuple(_permission(p) for p in permissions),
+            accounts=tuple(accounts),
+            master=master,
+            auth_source=auth_source,
+            active=active,
+            questions=questions,
+        ),
+        AuditEntry(action="user-created", target_name=username.strip(), source="cli"),
+    )
+    if totp_secret is not None:
+        await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
+    return user_id
+
+
+def normalize_answer(answer: str) -> str:
+    """Security answers compare trimmed and case-folded."""
+    return " ".join(answer.split()).casefold()
+
+
+def _permission(name: str) -> str:
+    # Operator and Trading are matched whatever the case they were typed in.
+    known = {"operator": "Operator", "trading": "Trading"}
+    return known.get(name.strip().lower(), name.strip())
+
+
+async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
+    user_id = await add_user(
+        deps,
+        username=args.username,
+        email=args.email,
+        password=args.password,
+        oms=args.oms,
+        permissions=args.permission,
+        accounts=args.account,
+        master=args.master,
+        totp_secret=args.totp_secret,
+        question=args.security_question,
+        answer=args.security_answer,
+        auth_source=args.auth_source,
+        active=not args.inactive,
+    )
+    print(f"created user {args.username.strip()}")
+    print(user_id)
+    return 0
+
+
+async def _user_list(deps: Deps, args: argparse.Namespace) -> int:
+    now = deps.clock()
+    print(f"{'UserId':>6}  {'UserName':<20} {'OMS':>3}  {'Accounts':<12} {'Permissions':<20} flags")
+    for u in await deps.store.list_users():
+        flags = [
+            f for f, on in (
+                ("master", u.master), ("totp", u.uses_totp), ("inactive", not u.active),
+                (u.auth_source, u.auth_source != "native"),
+                ("locked", bool(u.locked_until and u.locked_until > now)),
+            ) if on
+        ]
+        accounts = ",".join(str(a) for a in sorted(u.accounts)) or "-"
+        perms = ",".join(sorted(u.permissions)) or "-"
+        print(f"{u.id:>6}  {u.username:<20} {u.oms_id:>3}  {accounts:<12} {perms:<20} "
+              f"{' '.join(flags)}".rstrip())
+    return 0
+
+
+async def _user_unlock(deps: Deps, args: argparse.Namespace) -> int:
+    user = await deps.store.user_by_name(args.username)
+    if user is None:
+        raise CliError(f"no user named {args.username!r}")
+    await deps.store.set_lock(
+        user.id, None, AuditEntry(action="unlocked", target_id=user.id,
+                                  target_name=user.username, source="cli"),
+    )
+    print(f"unlocked {user.username}")
+    return 0
+
+
+async def _audit(deps: Deps, args: argparse.Namespace) -> int:
+    for row in await deps.store.audit_rows(user=args.user, limit=args.limit):
+        at = datetime.fromtimestamp(row.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parts = [at, row.action]
+        for label, value in (("actor", row.actor_id), ("target", row.target_id),
+                             ("name", row.target_name), ("source", row.source),
+                             ("detail", row.detail)):
+            if value is not None:
+                parts.append(f"{label}={value}")
+        print(" ".join(parts))
+    return 0
+
+
+DEMO_USERS: list[dict[str, Any]] = [
+    dict(username="operator", email="operator@example.test", password="Operator!2345",
+         permissions=["Operator"], accounts=[1]),
+    dict(username="trader1", email="trader1@example.test", password="Trader1!2345",
+         permissions=["Trading"], accounts=[10]),
+    dict(username="trader2", email="trader2@example.test", password="Trader2!2345",
+         permissions=["Trading"], accounts=[10, 11]),
+    dict(username="master", email="master@example.test", password="Master!23456",
+         permissions=["Trading"], accounts=[12], master=True,
+         totp_secret="JBSWY3DPEHPK3PXPJBSWY3DP", question="Name of your first pet?",
+         answer="Rex"),
+]
+
+
+async def _demo(deps: Deps) -> int:
+    print("Demo OMS 1 (passwords are for this demo only):")
+    for spec in DEMO_USERS:
+        existing = await deps.store.user_by_name(spec["username"])
+        user_id = existing.id if existing else await add_user(deps, **spec)
+        extra = ""
+        if spec.get("totp_secret"):
+            extra = f"  TOTP secret {spec['totp_secret']}, answer {spec['answer']!r}"
+        state = "exists" if existing else "created"
+        print(f"  {spec['username']:<9} UserId {user_id:<3} password {spec['password']:<14} "
+              f"{'/'.join(spec['permissions'])} accounts {spec['accounts']}{extra} ({state})")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

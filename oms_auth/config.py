@@ -1,0 +1,98 @@
+"""Settings: defaults, then a TOML file (``--config``), then ``OMS_AUTH_*`` variables, then flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = ["Settings", "load_settings", "ConfigError"]
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of the service, with the SPEC's defaults."""
+
+    db: str = "./oms-auth.sqlite3"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    public_url: str | None = None
+    mail: str = "maildir:./mail"
+    secret_key_file: str | None = None
+    log_level: str = "INFO"
+    max_frame_bytes: int = 65536
+    session_idle_seconds: float = 3600
+    # Reset engine (SPEC section 4)
+    code_valid_seconds: float = 86400
+    self_service_reset: bool = True
+    reset_requests_per_user: int = 3
+    reset_requests_per_source: int = 30
+    reset_window_seconds: float = 3600
+    lockout_failures: int = 5
+    lockout_window_seconds: float = 1800
+    lockout_seconds: float = 1800
+    invalid_codes_per_source: int = 20
+    login_failures_per_user: int = 10
+    login_failures_per_source: int = 50
+    login_window_seconds: float = 900
+    password_policy: Literal["default", "nist"] = "default"
+    # Argon2id cost; the defaults follow RFC 9106's second recommendation.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    hash_workers: int = 2
+    mail_retry_seconds: float = 5
+    mail_max_attempts: int = 12
+
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def key_file(self) -> Path:
+        if self.secret_key_file:
+            return Path(self.secret_key_file)
+        return Path(self.db).resolve().parent / (Path(self.db).name + ".key")
+
+
+_FIELDS = set(Settings.__struct_fields__)
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    *,
+    config_file: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge the sources in order of precedence; unknown keys and bad values are errors."""
+    environ = dict(os.environ) if environ is None else environ
+    merged: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        for key, value in doc.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigError(f"unknown setting {key!r} in {config_file}")
+            merged[name] = value
+    for name in _FIELDS:
+        value = environ.get("OMS_AUTH_" + name.upper())
+        if value is not None and name != "secret_key":
+            merged[name] = value
+    for name, value in (flags or {}).items():
+        if value is not None:
+            merged[name] = value
+    try:
+        # strict=False lets "8765" from the environment become an int.
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc

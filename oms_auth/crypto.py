@@ -1,0 +1,146 @@
+"""Secrets at rest: Argon2id hashing off the event loop, digests, tokens, and sealing.
+
+Argon2id is deliberately slow, so it runs in a bounded thread pool (argon2-cffi releases the GIL)
+behind a semaphore: when every worker is busy, callers wait their turn instead of growing an
+unbounded queue, and the event loop keeps answering everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import secrets
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = [
+    "Hasher",
+    "Sealer",
+    "digest",
+    "new_token",
+    "new_pending_code",
+    "constant_time_equal",
+    "load_or_create_key",
+]
+
+
+class Hasher:
+    """Argon2id hash and verify, in a bounded pool of worker threads."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        time_cost: int = 3,
+        memory_cost: int = 65536,
+        parallelism: int = 1,
+    ) -> None:
+        self._argon = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism
+        )
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._slots = asyncio.Semaphore(workers * 2)
+        # Verifying against this when a user does not exist makes "no such user" cost the same
+        # as "wrong password".
+        self._decoy = self._argon.hash(secrets.token_hex(16))
+
+    def hash_sync(self, secret: str) -> str:
+        return self._argon.hash(secret)
+
+    def verify_sync(self, encoded: str | None, secret: str) -> bool:
+        try:
+            return self._argon.verify(encoded or self._decoy, secret) and encoded is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def hash(self, secret: str) -> str:
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.hash_sync, secret
+            )
+
+    async def verify(self, encoded: str | None, secret: str) -> bool:
+        """True when ``secret`` matches; ``None`` costs a verify against a decoy and is False."""
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.verify_sync, encoded, secret
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def digest(secret: str) -> bytes:
+    """SHA-256 of a high-entropy secret (a token or a code): what the store keeps instead."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_token() -> str:
+    """A session token: 256 random bits."""
+    return secrets.token_urlsafe(32)
+
+
+def new_pending_code() -> str:
+    """A PendingCode: a version-4 GUID, 122 bits from the OS's secure source."""
+    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+class Sealer:
+    """AES-256-GCM with the service key: what the store holds cannot be read without it."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the secret key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, context: bytes) -> bytes:
+        """Encrypt; ``context`` (e.g. the row it belongs to) is bound in, so a sealed value
+        copied to another row does not open there."""
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, context)
+
+    def open(self, sealed: bytes, context: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], context)
+        except InvalidTag as exc:
+            raise ValueError("sealed value does not open with this key") from exc
+
+
+def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:
+    """The service key from ``OMS_AUTH_SECRET_KEY`` (hex), else from the key file, which is
+    created with mode 0600 on first use."""
+    if env_value:
+        key = bytes.fromhex(env_value.strip())
+        if len(key) != 32:
+            raise ValueError("OMS_AUTH_SECRET_KEY must be 64 hex digits (32 bytes)")
+        return key
+    if path is None:
+        raise ValueError("no secret key file and no OMS_AUTH_SECRET_KEY")
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            return load_or_create_key(path, None)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+        return key
+    key = bytes.fromhex(text)
+    if len(key) != 32:
+        raise ValueError(f"secret key file {path} must hold 64 hex digits")
+    return key

@@ -1,0 +1,1 @@
+"""The rules, with no transport: sessions and logins, and the shared password-reset engine."""

@@ -1,0 +1,62 @@
+"""The exact texts the clients see, in the source documents' words where they give them."""
+
+from __future__ import annotations
+
+__all__ = [
+    "INVALID_LOGIN",
+    "TOO_MANY_LOGINS",
+    "ACCOUNT_LOCKED",
+    "CONTACT_SUPPORT",
+    "INVALID_2FA_CODE",
+    "TOTP_REQUIRED",
+    "NO_PENDING_2FA",
+    "INVALID_SESSION",
+    "INVALID_USERNAME",
+    "INVALID_PASSWORD",
+    "INVALID_RECOVERY_KEY",
+    "INVALID_ANSWER",
+    "USERNAME_NOT_FOUND",
+    "NO_PERMISSION_FOR_USER",
+    "NEEDS_SECURITY_QUESTIONS",
+    "TOO_MANY_RESETS",
+    "SELF_SERVICE_OFF",
+    "PASSWORD_RULES_PREFIX",
+    "federated_refusal",
+]
+
+INVALID_LOGIN = "Invalid username or password"
+TOO_MANY_LOGINS = "Too many failed login attempts; try again later"
+ACCOUNT_LOCKED = "Account has been locked for 30 minutes"
+CONTACT_SUPPORT = "Your request cannot be processed. Please contact support"
+INVALID_2FA_CODE = "Invalid two-factor code"
+TOTP_REQUIRED = "Time-based One Time Password authentication is required to log in with this user"
+NO_PENDING_2FA = "No two-factor authentication is pending on this connection"
+INVALID_SESSION = "Invalid or expired session token"
+INVALID_USERNAME = "Invalid value provided for Username"
+INVALID_PASSWORD = "Invalid value provided for Password"
+INVALID_RECOVERY_KEY = "Invalid password recovery key"
+INVALID_ANSWER = "Invalid answer provided for security question"
+USERNAME_NOT_FOUND = "Username does not exist"
+NO_PERMISSION_FOR_USER = "You do not have permission to request password reset for this user"
+NEEDS_SECURITY_QUESTIONS = (
+    "You must have security questions set on your account before changing your password"
+)
+TOO_MANY_RESETS = "Too many password reset requests for this user; try again later"
+SELF_SERVICE_OFF = "Self-service password reset is turned off; ask an operator"
+PASSWORD_RULES_PREFIX = "Your portal password must "
+
+_FEDERATED = {
+    "openidconnect": (
+        "This user is authenticated by OpenIdConnect and must use the OpenIdConnect provider"
+        " to change their password"
+    ),
+    "saml": (
+        "This user is authenticated by SAML Federation and must use the SAML Federation"
+        " provider to change their password"
+    ),
+}
+
+
+def federated_refusal(auth_source: str) -> str | None:
+    """The refusal for a user whose password lives with a federation provider, else None."""
+    return _FEDERATED.get(auth_source)

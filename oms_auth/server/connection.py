@@ -1,0 +1,48 @@
+"""Per-connection state: who is logged in on it, and the requests it has in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+from ..store import User
+
+__all__ = ["Conn"]
+
+
+class Conn:
+    """One client connection. ``user`` is set while a session is authenticated on it."""
+
+    __slots__ = (
+        "ws",
+        "source",
+        "user",
+        "token_digest",
+        "last_activity",
+        "last_written",
+        "pending_2fa",
+        "tasks",
+    )
+
+    def __init__(self, ws: ServerConnection, source: str) -> None:
+        self.ws = ws
+        self.source = source
+        self.user: User | None = None
+        self.token_digest: bytes | None = None
+        self.last_activity = 0.0
+        self.last_written = 0.0
+        self.pending_2fa: int | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def log_in(self, user: User, token_digest: bytes, now: float) -> None:
+        self.user = user
+        self.token_digest = token_digest
+        self.pending_2fa = None
+        self.last_activity = self.last_written = now
+
+    def log_off(self) -> None:
+        self.user = None
+        self.token_digest = None
+        self.pending_2fa = None

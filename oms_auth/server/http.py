@@ -1,0 +1,78 @@
+"""Plain HTTP beside the WebSocket, through websockets' ``process_request`` hook.
+
+Only GET and HEAD are served; a WebSocket upgrade on a gateway path is passed through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from ..store import Store
+from .metrics import Metrics
+
+__all__ = ["HttpPages"]
+
+Page = Callable[[Request], Awaitable[Response]]
+
+
+def response(
+    status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> Response:
+    h = Headers()
+    h["Content-Type"] = content_type
+    h["Content-Length"] = str(len(body))
+    h["Cache-Control"] = "no-store"
+    h["X-Content-Type-Options"] = "nosniff"
+    for key, value in (headers or {}).items():
+        h[key] = value
+    return Response(status.value, status.phrase, h, body)
+
+
+def text(status: HTTPStatus, body: str) -> Response:
+    return response(status, body.encode(), "text/plain; charset=utf-8")
+
+
+class HttpPages:
+    """Routes plain HTTP requests; extra pages are added with :meth:`add`."""
+
+    def __init__(self, store: Store, metrics: Metrics, ws_paths: frozenset[str]) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.ws_paths = ws_paths
+        self.pages: dict[str, Page] = {"/healthz": self.healthz, "/metrics": self.render_metrics}
+        self.extra_metrics: Callable[[], Awaitable[dict[str, int]]] | None = None
+
+    def add(self, path: str, page: Page) -> None:
+        self.pages[path] = page
+
+    async def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
+        path, _, _ = request.path.partition("?")
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if upgrade and path in self.ws_paths and request.method == "GET":
+            return None
+        if request.method not in ("GET", "HEAD"):
+            return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
+        page = self.pages.get(path)
+        if page is None:
+            if path in self.ws_paths:
+                return text(HTTPStatus.UPGRADE_REQUIRED, "This path speaks WebSocket\n")
+            return text(HTTPStatus.NOT_FOUND, "Not found\n")
+        answer = await page(request)
+        if request.method == "HEAD":
+            answer = Response(answer.status_code, answer.reason_phrase, answer.headers, b"")
+        return answer
+
+    async def healthz(self, request: Request) -> Response:
+        if await self.store.healthy():
+            return text(HTTPStatus.OK, "ok\n")
+        return text(HTTPStatus.SERVICE_UNAVAILABLE, "store unreachable\n")
+
+    async def render_metrics(self, request: Request) -> Response:
+        extra = await self.extra_metrics() if self.extra_metrics else None
+        body = self.metrics.render(extra).encode()
+        return response(HTTPStatus.OK, body, "text/plain; version=0.0.4; charset=utf-8")

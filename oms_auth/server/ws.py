@@ -1,0 +1,167 @@
+"""The websockets adapter: frames in, one answer out per request, concurrently per connection.
+
+Routing errors (a frame we cannot route) are m=5; everything a function decides, success or
+refusal, is an m=1 reply. Each request runs as its own task, so a slow one (an Argon2id hash)
+never holds back a fast one on the same connection; answers are matched by ``i``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol.errors import ErrorCode, StandardResponse
+from protocol.frame import Frame, FrameError, MessageType, decode, encode_error, encode_reply
+from protocol.messages import PayloadError
+
+from ..engine.sessions import Sessions
+from ..errors import Refusal, server_error
+from .connection import Conn
+from .functions import Function, Functions
+from .metrics import Metrics
+
+__all__ = ["Gateway", "WS_PATHS"]
+
+log = logging.getLogger("oms_auth.server")
+
+WS_PATHS = frozenset({"/WSGateway/", "/WSGateway", "/"})
+_MAX_NAME_IN_DETAIL = 80
+
+
+class Gateway:
+    """Serves OMS frames on WebSocket connections."""
+
+    def __init__(self, functions: Functions, sessions: Sessions, metrics: Metrics) -> None:
+        self.functions = functions
+        self.sessions = sessions
+        self.metrics = metrics
+        self.by_user: defaultdict[int, set[Conn]] = defaultdict(set)
+        self.connections: set[Conn] = set()
+
+    # -- connection life ----------------------------------------------------------------------
+
+    async def handle(self, ws: ServerConnection) -> None:
+        peer = ws.remote_address
+        conn = Conn(ws, str(peer[0]) if peer else "unknown")
+        self.connections.add(conn)
+        self.metrics.connections += 1
+        try:
+            async for data in ws:
+                await self._on_message(conn, data)
+        except ConnectionClosed:
+            pass  # a client that vanished without a close frame is not our error
+        finally:
+            self.connections.discard(conn)
+            self.metrics.connections -= 1
+            self._forget(conn)
+            # Requests already accepted finish (their effects are committed); only their
+            # answers are lost with the connection.
+            if conn.tasks:
+                await asyncio.gather(*conn.tasks, return_exceptions=True)
+
+    def log_off_user(self, user_id: int) -> None:
+        """A password changed: every connection authenticated as that user loses its session."""
+        for conn in list(self.by_user.pop(user_id, ())):
+            conn.log_off()
+
+    def _forget(self, conn: Conn) -> None:
+        if conn.user is not None:
+            conns = self.by_user.get(conn.user.id)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self.by_user[conn.user.id]
+
+    # -- one message --------------------------------------------------------------------------
+
+    async def _on_message(self, conn: Conn, data: str | bytes) -> None:
+        frame = decode(data)
+        if isinstance(frame, FrameError):
+            self.metrics.count("", int(frame.code))
+            await self._send(conn, encode_error(frame))
+            return
+        function = self.functions.table.get(frame.n.lower())
+        if function is None:
+            name = frame.n if len(frame.n) <= _MAX_NAME_IN_DETAIL else frame.n[:80] + "..."
+            await self._refuse(conn, frame, ErrorCode.NOT_FOUND, f"Unknown function {name!r}")
+            return
+        if frame.m != MessageType.REQUEST:
+            detail = f"{function.name} does not support message type m={frame.m}"
+            await self._refuse(conn, frame, ErrorCode.NOT_SUPPORTED, detail)
+            return
+        payload = function.payload.decode(frame.o)
+        if isinstance(payload, PayloadError):
+            if payload.routable:
+                await self._reply(conn, frame, StandardResponse.failure(payload.code, payload.detail))
+                self.metrics.count(function.name, int(payload.code))
+            else:
+                await self._refuse(conn, frame, payload.code, payload.detail)
+            return
+        self._check_session(conn)
+        task = asyncio.create_task(self._run(conn, frame, function, payload))
+        conn.tasks.add(task)
+        task.add_done_callback(conn.tasks.discard)
+
+    def _check_session(self, conn: Conn) -> None:
+        """A request is activity on the connection's session, unless it already expired."""
+        if conn.user is None or conn.token_digest is None:
+            return
+        now = self.sessions.deps.clock()
+        if self.sessions.expired(conn.last_activity, now):
+            self._forget(conn)
+            conn.log_off()
+            return
+        conn.last_activity = now
+
+    async def _run(self, conn: Conn, frame: Frame, function: Function, payload: Any) -> None:
+        started = asyncio.get_running_loop().time()
+        was = conn.user.id if conn.user else None
+        try:
+            if conn.token_digest is not None:
+                conn.last_written = await self.sessions.touch(conn.token_digest, conn.last_written)
+            reply: msgspec.Struct = await function.handler(conn, payload)
+            code = int(getattr(reply, "errorcode", 0) or 0)
+        except Refusal as refusal:
+            reply = refusal.response()
+            code = int(refusal.code)
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            # The payload is not logged: it may hold a password or a code.
+            log.exception("request failed ref=%s n=%s i=%d", reference, function.name, frame.i)
+            reply = server_error(reference)
+            code = int(ErrorCode.SERVER_ERROR)
+        self._track(conn, was)
+        self.metrics.count(function.name, code, asyncio.get_running_loop().time() - started)
+        await self._reply(conn, frame, reply)
+
+    def _track(self, conn: Conn, was: int | None) -> None:
+        now = conn.user.id if conn.user else None
+        if now == was:
+            return
+        if was is not None:
+            conns = self.by_user.get(was)
+            if conns is not None:
+                conns.discard(conn)
+        if now is not None:
+            self.by_user[now].add(conn)
+
+    async def _reply(self, conn: Conn, frame: Frame, reply: msgspec.Struct) -> None:
+        await self._send(conn, encode_reply(frame.i, frame.n, reply))
+
+    async def _refuse(self, conn: Conn, frame: Frame, code: ErrorCode, detail: str) -> None:
+        self.metrics.count("", int(code))
+        await self._send(conn, encode_error(FrameError(code, detail, frame.i, frame.n)))
+
+    @staticmethod
+    async def _send(conn: Conn, data: bytes) -> None:
+        try:
+            await conn.ws.send(data, text=True)
+        except ConnectionClosed:
+            pass

@@ -1,0 +1,184 @@
+"""Request and reply payloads, one Struct per function (SPEC section 2), and the payload decoder.
+
+Request fields default to ``None`` so that a missing key and a null both reach the engine as
+"not given", where the SPEC's own words for that case ("Invalid value provided for Password")
+apply. A key of the wrong type is refused here, naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .errors import ErrorCode
+
+__all__ = [
+    "PayloadError",
+    "PayloadDecoder",
+    "Empty",
+    "PingReply",
+    "AuthenticateUserRequest",
+    "Authenticate2FARequest",
+    "WebAuthenticateUserRequest",
+    "UserInfo",
+    "AuthenticateUserReply",
+    "ResetPasswordRequest",
+    "ResetPassword2Request",
+    "PendingCodeRequest",
+    "UserIdReply",
+    "RequirementsReply",
+    "UnlockUserRequest",
+]
+
+
+class Empty(msgspec.Struct, frozen=True):
+    """A payload with no keys (Ping, LogOut); anything sent is ignored."""
+
+
+class PingReply(msgspec.Struct, frozen=True):
+    msg: str = "PONG"
+
+
+class AuthenticateUserRequest(msgspec.Struct, frozen=True):
+    UserName: str | None = None
+    Password: str | None = None
+
+
+class Authenticate2FARequest(msgspec.Struct, frozen=True):
+    # Some clients send the six digits as a number; the engine zero-pads those.
+    Code: str | int | None = None
+
+
+class WebAuthenticateUserRequest(msgspec.Struct, frozen=True):
+    SessionToken: str | None = None
+
+
+class UserInfo(msgspec.Struct, frozen=True):
+    UserId: int
+    UserName: str
+    Email: str
+    EmailVerified: bool
+    AccountId: int | None
+    OMSId: int
+    Use2FA: bool
+
+
+class AuthenticateUserReply(msgspec.Struct, frozen=True):
+    Authenticated: bool
+    SessionToken: str | None = None
+    User: UserInfo | None = None
+    Locked: bool = False
+    Requires2FA: bool = False
+    TwoFAType: str | None = None
+    TwoFAToken: str | None = None
+    errormsg: str | None = None
+
+    def __repr__(self) -> str:
+        # The token is a bearer credential: never let it reach a log through a repr.
+        token = "<redacted>" if self.SessionToken else None
+        return f"AuthenticateUserReply(Authenticated={self.Authenticated}, SessionToken={token})"
+
+
+class ResetPasswordRequest(msgspec.Struct, frozen=True):
+    UserName: str | None = None
+
+
+class ResetPassword2Request(msgspec.Struct, frozen=True):
+    # The emailed link carries UserId as text, so both forms are accepted.
+    UserId: int | str | None = None
+    Password: str | None = None
+    PendingCode: str | None = None
+    SecurityQuestionAnswer: str | None = None
+    Code: str | int | None = None
+
+    def __repr__(self) -> str:
+        return f"ResetPassword2Request(UserId={self.UserId!r}, <secrets redacted>)"
+
+
+class PendingCodeRequest(msgspec.Struct, frozen=True):
+    PendingCode: str | None = None
+
+    def __repr__(self) -> str:
+        return "PendingCodeRequest(<redacted>)"
+
+
+class UserIdReply(msgspec.Struct, frozen=True):
+    UserId: int
+
+
+class RequirementsReply(msgspec.Struct, frozen=True):
+    UserId: int
+    SecurityQuestion: str | None
+    Requires2FA: bool
+    TwoFAType: str | None
+    PasswordRules: list[str]
+    ExpiresAt: int
+
+
+class UnlockUserRequest(msgspec.Struct, frozen=True):
+    UserId: int | str | None = None
+
+
+class PayloadError(msgspec.Struct, frozen=True):
+    """Why a payload was refused. ``routable`` is False when ``o`` is not a JSON object at all
+    (an m=5 answer), True when a key has the wrong type (an m=1 reply of the function)."""
+
+    code: ErrorCode
+    detail: str
+    routable: bool
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_WRONG_TYPE = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)` - at `\$\.(?P<key>\w+)")
+_AT_KEY = re.compile(r"at `\$\.(?P<key>\w+)")
+_KINDS = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "a boolean",
+    "float": "a number",
+    "object": "an object",
+    "array": "an array",
+    "null": "null",
+}
+
+
+def _kind(name: str) -> str:
+    parts = [part.strip() for part in name.split("|") if part.strip() != "null"]
+    return " or ".join(_KINDS.get(part, part) for part in parts or ["null"])
+
+
+class PayloadDecoder(Generic[T]):
+    """Decodes ``o`` (a JSON string or an already-parsed object) into one payload Struct."""
+
+    __slots__ = ("type", "_decoder")
+
+    def __init__(self, type_: type[T]) -> None:
+        self.type = type_
+        self._decoder = msgspec.json.Decoder(type_)
+
+    def decode(self, o: str | dict[str, Any]) -> T | PayloadError:
+        try:
+            if isinstance(o, str):
+                return self._decoder.decode(o)
+            return msgspec.convert(o, self.type)
+        except msgspec.ValidationError as exc:
+            return self._explain(str(exc))
+        except (msgspec.DecodeError, RecursionError):
+            return PayloadError(ErrorCode.INVALID_REQUEST, "Key o is not valid JSON", False)
+
+    @staticmethod
+    def _explain(message: str) -> PayloadError:
+        wrong = _WRONG_TYPE.search(message)
+        if wrong:
+            key = wrong["key"]
+            detail = f"{key} must be {_kind(wrong['want'])}, not {_kind(wrong['got'])}"
+            return PayloadError(ErrorCode.INVALID_REQUEST, detail, True)
+        at = _AT_KEY.search(message)
+        if at:
+            detail = f"Invalid value provided for {at['key']}"
+            return PayloadError(ErrorCode.INVALID_REQUEST, detail, True)
+        # No key named: the payload itself is not an object.
+        return PayloadError(ErrorCode.INVALID_REQUEST, "Key o must hold a JSON object", False)
