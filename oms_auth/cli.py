@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mail", help="maildir:PATH (default maildir:./mail) or smtp://host:port")
     serve.add_argument("--secret-key-file", dest="secret_key_file")
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command",
-                                                                       required=True)
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", required=True
+    )
     add = user.add_parser("add", help="create a user; prints its UserId on the last line")
     _common(add)
     add.add_argument("--username", required=True)
@@ -56,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--totp-secret", dest="totp_secret")
     add.add_argument("--security-question", dest="security_question")
     add.add_argument("--security-answer", dest="security_answer")
-    add.add_argument("--auth-source", dest="auth_source", default="native",
-                     choices=["native", "openidconnect", "saml"])
+    add.add_argument(
+        "--auth-source",
+        dest="auth_source",
+        default="native",
+        choices=["native", "openidconnect", "saml"],
+    )
     add.add_argument("--inactive", action="store_true")
     add.add_argument("--secret-key-file", dest="secret_key_file")
     lst = user.add_parser("list", help="list users")
@@ -116,8 +121,10 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"oms-auth listening on {app.url} (reset page {settings.resolved_public_url()}/reset)",
-          flush=True)
+    print(
+        f"oms-auth listening on {app.url} (reset page {settings.resolved_public_url()}/reset)",
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:
@@ -224,16 +231,22 @@ async def _user_list(deps: Deps, args: argparse.Namespace) -> int:
     print(f"{'UserId':>6}  {'UserName':<20} {'OMS':>3}  {'Accounts':<12} {'Permissions':<20} flags")
     for u in await deps.store.list_users():
         flags = [
-            f for f, on in (
-                ("master", u.master), ("totp", u.uses_totp), ("inactive", not u.active),
+            f
+            for f, on in (
+                ("master", u.master),
+                ("totp", u.uses_totp),
+                ("inactive", not u.active),
                 (u.auth_source, u.auth_source != "native"),
                 ("locked", bool(u.locked_until and u.locked_until > now)),
-            ) if on
+            )
+            if on
         ]
         accounts = ",".join(str(a) for a in sorted(u.accounts)) or "-"
         perms = ",".join(sorted(u.permissions)) or "-"
-        print(f"{u.id:>6}  {u.username:<20} {u.oms_id:>3}  {accounts:<12} {perms:<20} "
-              f"{' '.join(flags)}".rstrip())
+        print(
+            f"{u.id:>6}  {u.username:<20} {u.oms_id:>3}  {accounts:<12} {perms:<20} "
+            f"{' '.join(flags)}".rstrip()
+        )
     return 0
 
 
@@ -242,8 +255,9 @@ async def _user_unlock(deps: Deps, args: argparse.Namespace) -> int:
     if user is None:
         raise CliError(f"no user named {args.username!r}")
     await deps.store.set_lock(
-        user.id, None, AuditEntry(action="unlocked", target_id=user.id,
-                                  target_name=user.username, source="cli"),
+        user.id,
+        None,
+        AuditEntry(action="unlocked", target_id=user.id, target_name=user.username, source="cli"),
     )
     print(f"unlocked {user.username}")
     return 0
@@ -253,9 +267,13 @@ async def _audit(deps: Deps, args: argparse.Namespace) -> int:
     for row in await deps.store.audit_rows(user=args.user, limit=args.limit):
         at = datetime.fromtimestamp(row.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         parts = [at, row.action]
-        for label, value in (("actor", row.actor_id), ("target", row.target_id),
-                             ("name", row.target_name), ("source", row.source),
-                             ("detail", row.detail)):
+        for label, value in (
+            ("actor", row.actor_id),
+            ("target", row.target_id),
+            ("name", row.target_name),
+            ("source", row.source),
+            ("detail", row.detail),
+        ):
             if value is not None:
                 parts.append(f"{label}={value}")
         print(" ".join(parts))
@@ -263,16 +281,38 @@ async def _audit(deps: Deps, args: argparse.Namespace) -> int:
 
 
 DEMO_USERS: list[dict[str, Any]] = [
-    dict(username="operator", email="operator@example.test", password="Operator!2345",
-         permissions=["Operator"], accounts=[1]),
-    dict(username="trader1", email="trader1@example.test", password="Trader1!2345",
-         permissions=["Trading"], accounts=[10]),
-    dict(username="trader2", email="trader2@example.test", password="Trader2!2345",
-         permissions=["Trading"], accounts=[10, 11]),
-    dict(username="master", email="master@example.test", password="Master!23456",
-         permissions=["Trading"], accounts=[12], master=True,
-         totp_secret="JBSWY3DPEHPK3PXPJBSWY3DP", question="Name of your first pet?",
-         answer="Rex"),
+    dict(
+        username="operator",
+        email="operator@example.test",
+        password="Operator!2345",
+        permissions=["Operator"],
+        accounts=[1],
+    ),
+    dict(
+        username="trader1",
+        email="trader1@example.test",
+        password="Trader1!2345",
+        permissions=["Trading"],
+        accounts=[10],
+    ),
+    dict(
+        username="trader2",
+        email="trader2@example.test",
+        password="Trader2!2345",
+        permissions=["Trading"],
+        accounts=[10, 11],
+    ),
+    dict(
+        username="master",
+        email="master@example.test",
+        password="Master!23456",
+        permissions=["Trading"],
+        accounts=[12],
+        master=True,
+        totp_secret="JBSWY3DPEHPK3PXPJBSWY3DP",
+        question="Name of your first pet?",
+        answer="Rex",
+    ),
 ]
 
 
@@ -285,8 +325,10 @@ async def _demo(deps: Deps) -> int:
         if spec.get("totp_secret"):
             extra = f"  TOTP secret {spec['totp_secret']}, answer {spec['answer']!r}"
         state = "exists" if existing else "created"
-        print(f"  {spec['username']:<9} UserId {user_id:<3} password {spec['password']:<14} "
-              f"{'/'.join(spec['permissions'])} accounts {spec['accounts']}{extra} ({state})")
+        print(
+            f"  {spec['username']:<9} UserId {user_id:<3} password {spec['password']:<14} "
+            f"{'/'.join(spec['permissions'])} accounts {spec['accounts']}{extra} ({state})"
+        )
     return 0
 
 

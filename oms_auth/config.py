@@ -1,4 +1,4 @@
-"""Settings: defaults, then a TOML file (``--config``), then ``OMS_AUTH_*`` variables, then flags."""
+"""Settings: defaults, a TOML file (``--config``), ``OMS_AUTH_*`` variables, then flags."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ _TEXTS: dict[ErrorCode, str | None] = {
 
 
 class StandardResponse(msgspec.Struct, frozen=True):
-    """``{result, errormsg, errorcode, detail}``: the answer to every call without a richer reply."""
+    """``{result, errormsg, errorcode, detail}``: the answer of calls without a richer reply."""
 
     result: bool
     errormsg: str | None

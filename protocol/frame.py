@@ -1,4 +1,4 @@
-"""Frames ``{"m", "i", "n", "o"}``: decoding with a typed failure for every malformed shape, encoding.
+"""Frames ``{"m", "i", "n", "o"}``: decoding, with a typed failure for every malformed shape.
 
 The hot path is one msgspec decode into :class:`Frame`. Only when that fails does the slow path
 parse the text generically to say exactly what is wrong, so well-formed traffic never pays for
@@ -8,7 +8,7 @@ diagnosis and malformed traffic always gets a detail that names the problem.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 import orjson
@@ -63,7 +63,9 @@ _encoder = msgspec.json.Encoder()
 def decode(data: str | bytes) -> Frame | FrameError:
     """Decode one WebSocket message into a Frame, or say why it is not one."""
     if not isinstance(data, str):
-        return FrameError(ErrorCode.INVALID_REQUEST, "Binary frames are not accepted: send JSON text")
+        return FrameError(
+            ErrorCode.INVALID_REQUEST, "Binary frames are not accepted: send JSON text"
+        )
     try:
         frame = _frame_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -100,28 +102,30 @@ def _diagnose(data: str) -> Frame | FrameError:
         return FrameError(bad, f"Frame must be a JSON object, not {_json_type(doc)}")
     n = doc.get("n")
     n_echo = n if isinstance(n, str) else ""
-    i = doc.get("i")
-    i_ok = _is_int(i) and 0 <= i <= MAX_SEQUENCE
-    i_echo = i if i_ok else 0
-    for key, want in (("m", "an integer"), ("i", "an integer"), ("n", "a string")):
+    raw_i = doc.get("i")
+    i_ok = _is_int(raw_i) and 0 <= raw_i <= MAX_SEQUENCE
+    i: int = raw_i if i_ok else 0
+    for key in ("m", "i", "n"):
         if key not in doc:
-            return FrameError(bad, f"Frame is missing key {key}", i_echo, n_echo)
+            return FrameError(bad, f"Frame is missing key {key}", i, n_echo)
     if not _is_int(doc["m"]):
-        return FrameError(bad, f"Key m must be an integer, not {_json_type(doc['m'])}", i_echo, n_echo)
+        return FrameError(bad, f"Key m must be an integer, not {_json_type(doc['m'])}", i, n_echo)
     if not i_ok:
         return FrameError(bad, "Key i must be an integer from 0 to 2^63-1", 0, n_echo)
     if not isinstance(n, str):
-        return FrameError(bad, f"Key n must be a string, not {_json_type(n)}", i_echo, n_echo)
+        return FrameError(bad, f"Key n must be a string, not {_json_type(n)}", i, n_echo)
     o = doc.get("o", "{}")
     if not isinstance(o, (str, dict)):
         return FrameError(
-            bad, f"Key o must be a JSON object or a string holding one, not {_json_type(o)}",
-            i_echo, n_echo,
+            bad,
+            f"Key o must be a JSON object or a string holding one, not {_json_type(o)}",
+            i,
+            n_echo,
         )
     return _checked(Frame(m=doc["m"], i=i, n=n, o=o))
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -18,12 +18,17 @@ from protocol.client import Client
 FAST = {"OMS_AUTH_ARGON2_TIME_COST": "1", "OMS_AUTH_ARGON2_MEMORY_KIB": "64"}
 
 
-def oms_auth(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
+def oms_auth(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **FAST, **(env or {})}
     result = subprocess.run(
-        [sys.executable, "-m", "oms_auth.cli", *args], cwd=tmp_path, env=full_env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "oms_auth.cli", *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -31,26 +36,72 @@ def oms_auth(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def test_user_add_prints_the_user_id_alone_on_the_last_line(tmp_path: Path) -> None:
-    out = oms_auth(tmp_path, "user", "add", "--username", "alice", "--email", "a@x.test",
-                   "--password", "Sekrit-Pass1", "--permission", "Trading", "--account", "7")
+    out = oms_auth(
+        tmp_path,
+        "user",
+        "add",
+        "--username",
+        "alice",
+        "--email",
+        "a@x.test",
+        "--password",
+        "Sekrit-Pass1",
+        "--permission",
+        "Trading",
+        "--account",
+        "7",
+    )
     assert out.stdout.strip().splitlines()[-1] == "1"
-    out = oms_auth(tmp_path, "user", "add", "--username", "bob", "--email", "b@x.test",
-                   "--password", "Sekrit-Pass1")
+    out = oms_auth(
+        tmp_path,
+        "user",
+        "add",
+        "--username",
+        "bob",
+        "--email",
+        "b@x.test",
+        "--password",
+        "Sekrit-Pass1",
+    )
     assert out.stdout.strip().splitlines()[-1] == "2"
     assert (tmp_path / "oms-auth.sqlite3").exists()
 
 
 def test_a_duplicate_username_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    args = ["user", "add", "--username", "alice", "--email", "a@x.test", "--password", "Pw-12345678"]
+    args = [
+        "user",
+        "add",
+        "--username",
+        "alice",
+        "--email",
+        "a@x.test",
+        "--password",
+        "Pw-12345678",
+    ]
     oms_auth(tmp_path, *args)
     again = oms_auth(tmp_path, *[a if a != "alice" else "ALICE" for a in args], check=False)
     assert again.returncode == 2 and "taken" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path) -> None:
-    oms_auth(tmp_path, "user", "add", "--username", "alice", "--email", "a@x.test",
-             "--password", "Sekrit-Pass1", "--totp-secret", "JBSWY3DPEHPK3PXPJBSWY3DP",
-             "--security-question", "Pet?", "--security-answer", "Rex", "--master")
+    oms_auth(
+        tmp_path,
+        "user",
+        "add",
+        "--username",
+        "alice",
+        "--email",
+        "a@x.test",
+        "--password",
+        "Sekrit-Pass1",
+        "--totp-secret",
+        "JBSWY3DPEHPK3PXPJBSWY3DP",
+        "--security-question",
+        "Pet?",
+        "--security-answer",
+        "Rex",
+        "--master",
+    )
     out = oms_auth(tmp_path, "user", "list").stdout
     assert "alice" in out and "master totp" in out
     for secret in ("argon2", "Sekrit", "JBSWY3DP", "Rex"):
@@ -58,11 +109,26 @@ def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path) -> No
 
 
 def test_the_store_never_holds_a_totp_secret_or_answer_in_plain_form(tmp_path: Path) -> None:
-    oms_auth(tmp_path, "user", "add", "--username", "alice", "--email", "a@x.test",
-             "--password", "Sekrit-Pass1", "--totp-secret", "JBSWY3DPEHPK3PXPJBSWY3DP",
-             "--security-question", "Pet?", "--security-answer", "Rexanimal")
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("oms-auth.sqlite3*")
-                   if not p.name.endswith(".key"))
+    oms_auth(
+        tmp_path,
+        "user",
+        "add",
+        "--username",
+        "alice",
+        "--email",
+        "a@x.test",
+        "--password",
+        "Sekrit-Pass1",
+        "--totp-secret",
+        "JBSWY3DPEHPK3PXPJBSWY3DP",
+        "--security-question",
+        "Pet?",
+        "--security-answer",
+        "Rexanimal",
+    )
+    raw = b"".join(
+        p.read_bytes() for p in tmp_path.glob("oms-auth.sqlite3*") if not p.name.endswith(".key")
+    )
     for secret in (b"JBSWY3DP", b"Sekrit-Pass1", b"rexanimal", b"Rexanimal"):
         assert secret not in raw
     key = tmp_path / "oms-auth.sqlite3.key"
@@ -70,8 +136,17 @@ def test_the_store_never_holds_a_totp_secret_or_answer_in_plain_form(tmp_path: P
 
 
 def test_user_unlock_ends_a_lockout_and_names_unknown_users(tmp_path: Path) -> None:
-    oms_auth(tmp_path, "user", "add", "--username", "alice", "--email", "a@x.test",
-             "--password", "Sekrit-Pass1")
+    oms_auth(
+        tmp_path,
+        "user",
+        "add",
+        "--username",
+        "alice",
+        "--email",
+        "a@x.test",
+        "--password",
+        "Sekrit-Pass1",
+    )
     assert "unlocked alice" in oms_auth(tmp_path, "user", "unlock", "ALICE").stdout
     missing = oms_auth(tmp_path, "user", "unlock", "nobody", check=False)
     assert missing.returncode == 2 and "no user named 'nobody'" in missing.stderr
@@ -111,8 +186,15 @@ def test_bad_settings_are_reported_not_raised(tmp_path: Path) -> None:
 
 async def test_serve_prints_its_address_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oms_auth.cli", "serve", "--port", "0", cwd=tmp_path,
-        env={**os.environ, **FAST}, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "oms_auth.cli",
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        env={**os.environ, **FAST},
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None

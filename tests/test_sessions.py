@@ -1,4 +1,4 @@
-"""SPEC section 2: AuthenticateUser, Authenticate2FA, WebAuthenticateUser, LogOut, session expiry."""
+"""SPEC section 2: AuthenticateUser, Authenticate2FA, WebAuthenticateUser, LogOut, expiry."""
 
 from __future__ import annotations
 
@@ -36,8 +36,13 @@ async def test_login_returns_a_session_token_and_the_user(app: App, client: Clie
     reply = await login(client, "alice")
     assert reply["Authenticated"] is True and len(reply["SessionToken"]) >= 40
     assert reply["User"] == {
-        "UserId": user_id, "UserName": "alice", "Email": "alice@example.test",
-        "EmailVerified": False, "AccountId": 7, "OMSId": 1, "Use2FA": False,
+        "UserId": user_id,
+        "UserName": "alice",
+        "Email": "alice@example.test",
+        "EmailVerified": False,
+        "AccountId": 7,
+        "OMSId": 1,
+        "Use2FA": False,
     }
 
 
@@ -80,8 +85,9 @@ async def test_totp_users_must_pass_authenticate2fa_on_the_same_connection(
     assert ok["Authenticated"] is True and ok["User"]["Use2FA"] is True
 
 
-async def test_authenticate2fa_without_the_password_step_is_refused(app: App, client: Client,
-                                                                    clock: Clock) -> None:
+async def test_authenticate2fa_without_the_password_step_is_refused(
+    app: App, client: Client, clock: Clock
+) -> None:
     await make_user(app.deps, "bob", totp_secret=SECRET)
     async with await Client.connect(app.url) as other:
         await login(other, "bob")
@@ -106,14 +112,10 @@ async def test_a_session_expires_after_an_hour_without_activity(
     token = (await login(client, "alice"))["SessionToken"]
     clock.advance(3599)
     async with await Client.connect(app.url) as other:
-        assert (await other.call("WebAuthenticateUser", {"SessionToken": token})).o[
-            "Authenticated"
-        ]
+        assert (await other.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
     clock.advance(3599)  # activity at 3599 s kept it alive
     async with await Client.connect(app.url) as other:
-        assert (await other.call("WebAuthenticateUser", {"SessionToken": token})).o[
-            "Authenticated"
-        ]
+        assert (await other.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
     clock.advance(3601)
     async with await Client.connect(app.url) as other:
         reply = (await other.call("WebAuthenticateUser", {"SessionToken": token})).o
@@ -130,13 +132,10 @@ async def test_requests_on_the_connection_keep_the_session_alive(
         clock.advance(2000)
         await client.call("Ping")
     async with await Client.connect(app.url) as other:
-        assert (await other.call("WebAuthenticateUser", {"SessionToken": token})).o[
-            "Authenticated"
-        ]
+        assert (await other.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
 
 
-async def test_an_idle_connection_loses_its_session(app: App, client: Client,
-                                                    clock: Clock) -> None:
+async def test_an_idle_connection_loses_its_session(app: App, client: Client, clock: Clock) -> None:
     await make_user(app.deps, "alice")
     await login(client, "alice")
     clock.advance(3601)
@@ -147,7 +146,10 @@ async def test_logout_revokes_the_token(app: App, client: Client) -> None:
     await make_user(app.deps, "alice")
     token = (await login(client, "alice"))["SessionToken"]
     assert (await client.call("LogOut")).o == {
-        "result": True, "errormsg": None, "errorcode": 0, "detail": None,
+        "result": True,
+        "errormsg": None,
+        "errorcode": 0,
+        "detail": None,
     }
     assert (await client.call("LogOut")).o["errorcode"] == 20
     reply = (await client.call("WebAuthenticateUser", {"SessionToken": token})).o

@@ -92,7 +92,9 @@ class Sessions:
             return Login(LoginState.NEEDS_2FA, user=user)
         return await self._open_session(user, now, source)
 
-    async def second_factor(self, user_id: int | None, code: str | int | None, source: str) -> Login:
+    async def second_factor(
+        self, user_id: int | None, code: str | int | None, source: str
+    ) -> Login:
         """Authenticate2FA: the connection must have passed the password step."""
         d = self.deps
         if user_id is None:
@@ -181,8 +183,14 @@ class Sessions:
         await d.store.add_event(LOGIN_FAILURE_USER, name_key, now)
         await d.store.add_event(LOGIN_FAILURE_SOURCE, source, now)
         await d.store.audit(
-            [AuditEntry(action="login-failed", target_id=user.id if user else None,
-                        target_name=name_key[:200], source=source)],
+            [
+                AuditEntry(
+                    action="login-failed",
+                    target_id=user.id if user else None,
+                    target_name=name_key[:200],
+                    source=source,
+                )
+            ],
             now,
         )
 

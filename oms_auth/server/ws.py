@@ -99,7 +99,9 @@ class Gateway:
         payload = function.payload.decode(frame.o)
         if isinstance(payload, PayloadError):
             if payload.routable:
-                await self._reply(conn, frame, StandardResponse.failure(payload.code, payload.detail))
+                await self._reply(
+                    conn, frame, StandardResponse.failure(payload.code, payload.detail)
+                )
                 self.metrics.count(function.name, int(payload.code))
             else:
                 await self._refuse(conn, frame, payload.code, payload.detail)

@@ -34,9 +34,9 @@ __all__ = [
 
 async def open_store(url: str) -> Store:
     """Open the store a ``--db`` value names: a path or ``sqlite:PATH``."""
-    from .sqlite import SqliteStore
-
     from pathlib import Path
+
+    from .sqlite import SqliteStore
 
     path = url.removeprefix("sqlite://").removeprefix("sqlite:")
     Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)

@@ -279,7 +279,5 @@ class Store(abc.ABC):
     async def audit(self, entries: list[AuditEntry], now: float) -> None: ...
 
     @abc.abstractmethod
-    async def audit_rows(
-        self, *, user: str | None = None, limit: int = 100
-    ) -> list[AuditRow]:
+    async def audit_rows(self, *, user: str | None = None, limit: int = 100) -> list[AuditRow]:
         """Newest first; ``user`` matches the target's or the actor's username."""

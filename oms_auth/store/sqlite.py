@@ -233,7 +233,7 @@ class SqliteStore(Store):
 
     async def healthy(self) -> bool:
         try:
-            return await self._one(self._reader, "SELECT 1") == (1,)
+            return bool(await self._one(self._reader, "SELECT 1") == (1,))
         except (sqlite3.Error, ValueError):
             return False
 
@@ -302,7 +302,9 @@ class SqliteStore(Store):
                 future.set_exception(error)
 
     @staticmethod
-    async def _insert_audit(db: aiosqlite.Connection, entries: list[AuditEntry], now: float) -> None:
+    async def _insert_audit(
+        db: aiosqlite.Connection, entries: list[AuditEntry], now: float
+    ) -> None:
         await db.executemany(
             "INSERT INTO audit (at, action, actor_id, target_id, target_name, source, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -317,8 +319,15 @@ class SqliteStore(Store):
         await db.execute(
             "INSERT INTO outbox (kind, recipient, user_id, public, sealed, created_at, due_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (mail.kind, mail.recipient, mail.user_id, _json.encode(mail.public).decode(),
-             mail.sealed, now, now),
+            (
+                mail.kind,
+                mail.recipient,
+                mail.user_id,
+                _json.encode(mail.public).decode(),
+                mail.sealed,
+                now,
+                now,
+            ),
         )
 
     # -- users --------------------------------------------------------------------------------
@@ -332,9 +341,18 @@ class SqliteStore(Store):
                 "INSERT INTO users (username, username_key, email, email_verified, oms_id,"
                 " account_id, password_hash, auth_source, active, master)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (user.username.strip(), key, user.email, user.email_verified, user.oms_id,
-                 user.accounts[0] if user.accounts else None, user.password_hash,
-                 user.auth_source, user.active, user.master),
+                (
+                    user.username.strip(),
+                    key,
+                    user.email,
+                    user.email_verified,
+                    user.oms_id,
+                    user.accounts[0] if user.accounts else None,
+                    user.password_hash,
+                    user.auth_source,
+                    user.active,
+                    user.master,
+                ),
             )
             user_id = cur.lastrowid
             assert user_id is not None
@@ -582,8 +600,13 @@ class SqliteStore(Store):
             )
             return [
                 OutboxRow(
-                    id=r[0], kind=r[1], recipient=r[2], user_id=r[3],
-                    public=msgspec.json.decode(r[4]), sealed=r[5], attempts=r[6] + 1,
+                    id=r[0],
+                    kind=r[1],
+                    recipient=r[2],
+                    user_id=r[3],
+                    public=msgspec.json.decode(r[4]),
+                    sealed=r[5],
+                    attempts=r[6] + 1,
                     created_at=r[7],
                 )
                 for r in rows
@@ -650,7 +673,15 @@ class SqliteStore(Store):
         params.append(limit)
         rows = await self._all(self._reader, sql, params)
         return [
-            AuditRow(id=r[0], at=r[1], action=r[2], actor_id=r[3], target_id=r[4],
-                     target_name=r[5], source=r[6], detail=r[7])
+            AuditRow(
+                id=r[0],
+                at=r[1],
+                action=r[2],
+                actor_id=r[3],
+                target_id=r[4],
+                target_name=r[5],
+                source=r[6],
+                detail=r[7],
+            )
             for r in rows
         ]

@@ -54,6 +54,8 @@ def test_every_i_from_zero_to_2_63_minus_1_is_accepted(i: int) -> None:
         ('{"m":true,"i":1,"n":"Ping"}', "Key m must be an integer, not a boolean", 1, "Ping"),
         ('{"m":0,"i":"1","n":"Ping"}', "Key i must be an integer from 0 to 2^63-1", 0, "Ping"),
         ('{"m":0,"i":1.5,"n":"Ping"}', "Key i must be an integer from 0 to 2^63-1", 0, "Ping"),
+        ('{"m":0,"i":0.0,"n":"Ping"}', "Key i must be an integer from 0 to 2^63-1", 0, "Ping"),
+        ('{"m":0,"i":false,"n":"Ping"}', "Key i must be an integer from 0 to 2^63-1", 0, "Ping"),
         ('{"m":0,"i":-1,"n":"Ping"}', "Key i must be an integer from 0 to 2^63-1", 0, "Ping"),
         ('{"m":0,"i":9223372036854775808,"n":"Ping"}', "Key i must be an integer", 0, "Ping"),
         ('{"m":0,"i":1' + "0" * 40 + ',"n":"Ping"}', "Key i must be an integer", 0, "Ping"),
@@ -63,7 +65,12 @@ def test_every_i_from_zero_to_2_63_minus_1_is_accepted(i: int) -> None:
         ('{"m":0,"i":1,"n":"Ping","o":null}', "Key o must be a JSON object or a str", 1, "Ping"),
         ('{"m":0,"i":1,"n":"Ping","o":[]}', "Key o must be a JSON object or a str", 1, "Ping"),
         ("[" * 5000 + "]" * 5000, "Frame is not valid JSON", 0, ""),
-        ('{"m":0,"i":1,"n":"Ping","x":' + "[" * 5000 + "]" * 5000 + "}", "Frame is not valid", 0, ""),
+        (
+            '{"m":0,"i":1,"n":"Ping","x":' + "[" * 5000 + "]" * 5000 + "}",
+            "Frame is not valid",
+            0,
+            "",
+        ),
     ],
 )
 def test_malformed_frames_are_code_100_with_a_detail_naming_the_problem(
@@ -103,7 +110,9 @@ def test_reply_encoding_carries_o_as_a_json_string() -> None:
 
 
 def test_error_encoding_is_m5_with_a_standard_response() -> None:
-    out = orjson.loads(encode_error(FrameError(ErrorCode.NOT_FOUND, "Unknown function 'X'", 3, "X")))
+    out = orjson.loads(
+        encode_error(FrameError(ErrorCode.NOT_FOUND, "Unknown function 'X'", 3, "X"))
+    )
     assert out["m"] == 5 and out["i"] == 3 and out["n"] == "X"
     assert orjson.loads(out["o"]) == {
         "result": False,
