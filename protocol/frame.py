@@ -103,8 +103,8 @@ def _diagnose(data: str) -> Frame | FrameError:
     n = doc.get("n")
     n_echo = n if isinstance(n, str) else ""
     raw_i = doc.get("i")
-    i_ok = _is_int(raw_i) and 0 <= raw_i <= MAX_SEQUENCE
-    i: int = raw_i if i_ok else 0
+    i = raw_i if _is_int(raw_i) and 0 <= raw_i <= MAX_SEQUENCE else 0
+    i_ok = _is_int(raw_i) and i == raw_i
     for key in ("m", "i", "n"):
         if key not in doc:
             return FrameError(bad, f"Frame is missing key {key}", i, n_echo)
