@@ -35,73 +35,32 @@ def oms_auth(
     return result
 
 
+ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
+SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
+
+
+def add(tmp_path: Path, extra: str = "", **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return oms_auth(tmp_path, *f"{ALICE} {extra}".split(), **kwargs)  # type: ignore[arg-type]
+
+
 def test_user_add_prints_the_user_id_alone_on_the_last_line(tmp_path: Path) -> None:
-    out = oms_auth(
-        tmp_path,
-        "user",
-        "add",
-        "--username",
-        "alice",
-        "--email",
-        "a@x.test",
-        "--password",
-        "Sekrit-Pass1",
-        "--permission",
-        "Trading",
-        "--account",
-        "7",
-    )
+    out = add(tmp_path, "--permission Trading --account 7")
     assert out.stdout.strip().splitlines()[-1] == "1"
     out = oms_auth(
-        tmp_path,
-        "user",
-        "add",
-        "--username",
-        "bob",
-        "--email",
-        "b@x.test",
-        "--password",
-        "Sekrit-Pass1",
+        tmp_path, *"user add --username bob --email b@x.test --password Pw-123456789".split()
     )
     assert out.stdout.strip().splitlines()[-1] == "2"
     assert (tmp_path / "oms-auth.sqlite3").exists()
 
 
 def test_a_duplicate_username_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    args = [
-        "user",
-        "add",
-        "--username",
-        "alice",
-        "--email",
-        "a@x.test",
-        "--password",
-        "Pw-12345678",
-    ]
-    oms_auth(tmp_path, *args)
-    again = oms_auth(tmp_path, *[a if a != "alice" else "ALICE" for a in args], check=False)
+    add(tmp_path)
+    again = oms_auth(tmp_path, *ALICE.replace("alice", "ALICE").split(), check=False)
     assert again.returncode == 2 and "taken" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path) -> None:
-    oms_auth(
-        tmp_path,
-        "user",
-        "add",
-        "--username",
-        "alice",
-        "--email",
-        "a@x.test",
-        "--password",
-        "Sekrit-Pass1",
-        "--totp-secret",
-        "JBSWY3DPEHPK3PXPJBSWY3DP",
-        "--security-question",
-        "Pet?",
-        "--security-answer",
-        "Rex",
-        "--master",
-    )
+    add(tmp_path, f"{SECRETS} Rex --master")
     out = oms_auth(tmp_path, "user", "list").stdout
     assert "alice" in out and "master totp" in out
     for secret in ("argon2", "Sekrit", "JBSWY3DP", "Rex"):
@@ -109,23 +68,7 @@ def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path) -> No
 
 
 def test_the_store_never_holds_a_totp_secret_or_answer_in_plain_form(tmp_path: Path) -> None:
-    oms_auth(
-        tmp_path,
-        "user",
-        "add",
-        "--username",
-        "alice",
-        "--email",
-        "a@x.test",
-        "--password",
-        "Sekrit-Pass1",
-        "--totp-secret",
-        "JBSWY3DPEHPK3PXPJBSWY3DP",
-        "--security-question",
-        "Pet?",
-        "--security-answer",
-        "Rexanimal",
-    )
+    add(tmp_path, f"{SECRETS} Rexanimal")
     raw = b"".join(
         p.read_bytes() for p in tmp_path.glob("oms-auth.sqlite3*") if not p.name.endswith(".key")
     )
@@ -136,17 +79,7 @@ def test_the_store_never_holds_a_totp_secret_or_answer_in_plain_form(tmp_path: P
 
 
 def test_user_unlock_ends_a_lockout_and_names_unknown_users(tmp_path: Path) -> None:
-    oms_auth(
-        tmp_path,
-        "user",
-        "add",
-        "--username",
-        "alice",
-        "--email",
-        "a@x.test",
-        "--password",
-        "Sekrit-Pass1",
-    )
+    add(tmp_path)
     assert "unlocked alice" in oms_auth(tmp_path, "user", "unlock", "ALICE").stdout
     missing = oms_auth(tmp_path, "user", "unlock", "nobody", check=False)
     assert missing.returncode == 2 and "no user named 'nobody'" in missing.stderr
