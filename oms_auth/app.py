@@ -12,7 +12,10 @@ from websockets.asyncio.server import Server, serve
 from .config import Settings
 from .crypto import Hasher, Sealer, load_or_create_key
 from .engine.deps import Clock, Deps
+from .engine.reset import Resets
 from .engine.sessions import Sessions
+from .logs import pin_library_loggers
+from .mail.outbox import OutboxWorker, transport_for
 from .server.functions import Functions
 from .server.http import HttpPages
 from .server.metrics import Metrics
@@ -56,12 +59,19 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
+        pin_library_loggers()
         self._deps = deps = await build_deps(s, self.clock)
         self.sessions = Sessions(deps, delay_unit=self.login_delay)
-        self.functions = Functions(self.sessions)
+        self.resets = Resets(deps)
+        self.functions = Functions(self.sessions, self.resets)
+        deps.on_event.append(self.metrics.event)
+        self.outbox = OutboxWorker(deps, transport_for(s.mail))
+        deps.on_mail_queued.append(self.outbox.wake)
+        self.outbox.start()
         self.gateway = Gateway(self.functions, self.sessions, self.metrics)
         deps.on_password_changed.append(self.gateway.log_off_user)
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
+        self.http.extra_metrics = self._mail_metrics
         self.server = await serve(
             self.gateway.handle,
             s.host,
@@ -81,12 +91,18 @@ class App:
         host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"ws://{host}:{self.port}/WSGateway/"
 
+    async def _mail_metrics(self) -> dict[str, int]:
+        counts = await self.deps.store.mail_counts()
+        return {f"mail_{state}": n for state, n in counts.items()}
+
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
             self.server = None
         if self._deps is not None:
+            await self.resets.drain()
+            await self.outbox.stop()
             await self._deps.store.close()
             self._deps.hasher.close()
             self._deps = None

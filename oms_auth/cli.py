@@ -16,6 +16,7 @@ from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
 from .engine import totp
 from .engine.deps import Deps
+from .engine.reset import normalize_answer
 from .store import AuditEntry, NewUser, StoreError
 
 __all__ = ["main"]
@@ -192,11 +193,6 @@ async def add_user(
     if totp_secret is not None:
         await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
     return user_id
-
-
-def normalize_answer(answer: str) -> str:
-    """Security answers compare trimmed and case-folded."""
-    return " ".join(answer.split()).casefold()
 
 
 def _permission(name: str) -> str:

@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     hash_workers: int = 2
+    mail_from: str = "oms-auth <no-reply@localhost>"
     mail_retry_seconds: float = 5
     mail_max_attempts: int = 12
 

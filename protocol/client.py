@@ -17,6 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 __all__ = ["Answer", "Client"]
 
+_encode = msgspec.json.Encoder().encode
+
 
 class Answer(msgspec.Struct, frozen=True):
     """One answer frame with its payload parsed."""
@@ -68,9 +70,10 @@ class Client:
         self._next += self._step
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending[i] = future
-        body = orjson.dumps(payload if payload is not None else {}).decode()
+        # msgspec, not orjson: tests send integers beyond 64 bits on purpose.
+        body = _encode(payload if payload is not None else {}).decode()
         try:
-            await self.ws.send(orjson.dumps({"m": m, "i": i, "n": name, "o": body}).decode())
+            await self.ws.send(_encode({"m": m, "i": i, "n": name, "o": body}).decode())
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(i, None)

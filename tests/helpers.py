@@ -55,3 +55,34 @@ def store_bytes(db: str) -> bytes:
         if path.exists():
             data += path.read_bytes()
     return data
+
+
+async def wait_for_mail(maildir: Path, count: int, timeout: float = 10) -> list[Path]:
+    """The messages in ``maildir/new`` once there are ``count`` of them (oldest first)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        new = maildir / "new"
+        files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.exists() else []
+        if len(files) >= count or loop.time() > deadline:
+            assert len(files) >= count, f"{len(files)} messages, expected {count}"
+            return files
+        await asyncio.sleep(0.02)
+
+
+def parse_mail(path: Path) -> dict[str, Any]:
+    """A delivered message: headers, both parts, and the reset link's fields if it has one."""
+    import email
+    import re
+    from email import policy
+
+    msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    out: dict[str, Any] = {"msg": msg, "text": text, "html": html, "to": msg["To"]}
+    link = re.search(r"(\S+/reset\?UserId=(\d+)&PendingCode=([0-9a-f-]+))", text)
+    if link:
+        out.update(link=link[1], user_id=int(link[2]), code=link[3])
+    return out

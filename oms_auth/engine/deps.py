@@ -31,6 +31,13 @@ class Deps:
     # Called when mail was queued, to wake the delivery worker.
     on_mail_queued: list[Callable[[], None]] = field(default_factory=list)
 
+    # Called with a counter name (resets_requested, mail_sent, ...) for the metrics.
+    on_event: list[Callable[[str], None]] = field(default_factory=list)
+
+    def event(self, name: str) -> None:
+        for callback in self.on_event:
+            callback(name)
+
     def password_changed(self, user_id: int) -> None:
         for callback in self.on_password_changed:
             callback(user_id)

@@ -16,6 +16,8 @@ __all__ = [
     "INVALID_RECOVERY_KEY",
     "INVALID_ANSWER",
     "USERNAME_NOT_FOUND",
+    "USER_NOT_FOUND",
+    "TOO_MANY_INVALID_KEYS",
     "NO_PERMISSION_FOR_USER",
     "NEEDS_SECURITY_QUESTIONS",
     "TOO_MANY_RESETS",
@@ -37,6 +39,8 @@ INVALID_PASSWORD = "Invalid value provided for Password"
 INVALID_RECOVERY_KEY = "Invalid password recovery key"
 INVALID_ANSWER = "Invalid answer provided for security question"
 USERNAME_NOT_FOUND = "Username does not exist"
+USER_NOT_FOUND = "User does not exist"
+TOO_MANY_INVALID_KEYS = "Too many invalid password recovery keys from this address; try again later"
 NO_PERMISSION_FOR_USER = "You do not have permission to request password reset for this user"
 NEEDS_SECURITY_QUESTIONS = (
     "You must have security questions set on your account before changing your password"

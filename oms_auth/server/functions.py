@@ -14,6 +14,7 @@ import msgspec
 from protocol import messages as msg
 from protocol.errors import SUCCESS
 
+from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..errors import InvalidValue, NotAuthorized
 from ..store import User
@@ -60,14 +61,24 @@ def login_reply(login: Login) -> msg.AuthenticateUserReply:
 class Functions:
     """The table of functions, by lower-cased name."""
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, resets: Resets) -> None:
         self.sessions = sessions
+        self.resets = resets
         self.table: dict[str, Function] = {}
         self.add("Ping", msg.Empty, self.ping)
         self.add("AuthenticateUser", msg.AuthenticateUserRequest, self.authenticate_user)
         self.add("Authenticate2FA", msg.Authenticate2FARequest, self.authenticate_2fa)
         self.add("WebAuthenticateUser", msg.WebAuthenticateUserRequest, self.web_authenticate)
         self.add("LogOut", msg.Empty, self.log_out)
+        self.add("ResetPassword", msg.ResetPasswordRequest, self.reset_password)
+        self.add("ResetPassword2", msg.ResetPassword2Request, self.reset_password2)
+        self.add("GetUserIdForPasswordSet", msg.PendingCodeRequest, self.user_id_for_password_set)
+        self.add(
+            "GetRequirementsForPasswordSet",
+            msg.PendingCodeRequest,
+            self.requirements_for_password_set,
+        )
+        self.add("UnlockUser", msg.UnlockUserRequest, self.unlock_user)
 
     def add(self, name: str, payload: type[msgspec.Struct], handler: Handler) -> None:
         self.table[name.lower()] = Function(name, msg.PayloadDecoder(payload), handler)
@@ -113,4 +124,47 @@ class Functions:
             raise NotAuthorized("Not logged in")
         await self.sessions.logout(conn.token_digest, conn.user, conn.source)
         conn.log_off()
+        return SUCCESS
+
+    async def _caller(self, conn: Conn) -> User | None:
+        """The connection's user as the store has it now (permissions may have changed)."""
+        if conn.user is None:
+            return None
+        return await self.sessions.deps.store.user_by_id(conn.user.id)
+
+    async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
+        await self.resets.request(await self._caller(conn), req.UserName, conn.source)
+        return SUCCESS
+
+    async def reset_password2(self, conn: Conn, req: msg.ResetPassword2Request) -> msgspec.Struct:
+        await self.resets.complete(
+            user_id=req.UserId,
+            password=req.Password,
+            code=req.PendingCode,
+            answer=req.SecurityQuestionAnswer,
+            totp_code=req.Code,
+            source=conn.source,
+        )
+        return SUCCESS
+
+    async def user_id_for_password_set(
+        self, conn: Conn, req: msg.PendingCodeRequest
+    ) -> msg.UserIdReply:
+        return msg.UserIdReply(UserId=await self.resets.user_id_for(req.PendingCode, conn.source))
+
+    async def requirements_for_password_set(
+        self, conn: Conn, req: msg.PendingCodeRequest
+    ) -> msg.RequirementsReply:
+        r = await self.resets.requirements(req.PendingCode, conn.source)
+        return msg.RequirementsReply(
+            UserId=r.user_id,
+            SecurityQuestion=r.question,
+            Requires2FA=r.requires_totp,
+            TwoFAType="Google" if r.requires_totp else None,
+            PasswordRules=r.rules,
+            ExpiresAt=int(r.expires_at * 1000),
+        )
+
+    async def unlock_user(self, conn: Conn, req: msg.UnlockUserRequest) -> msgspec.Struct:
+        await self.resets.unlock(await self._caller(conn), req.UserId, conn.source)
         return SUCCESS

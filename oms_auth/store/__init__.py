@@ -1,6 +1,7 @@
 """Persistence: the interface the engine uses (:mod:`.base`) and its implementations."""
 
 from .base import (
+    RESET_FAILURE,
     AuditEntry,
     AuditRow,
     MailItem,
@@ -16,6 +17,7 @@ from .base import (
 )
 
 __all__ = [
+    "RESET_FAILURE",
     "AuditEntry",
     "AuditRow",
     "MailItem",

@@ -1,0 +1,440 @@
+"""The shared password-reset engine (SPEC sections 3 and 4).
+
+Every way into a reset meets the same rules here: who may start one (``request``), the public
+first step (``request_anonymously``), what the link's page needs (``requirements``), and the
+second step (``complete``) with its checks in the order the SPEC gives. Nothing here knows about
+WebSocket; refusals are raised as values of :mod:`oms_auth.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import msgspec
+
+from ..crypto import digest, new_pending_code
+from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
+from ..mail.outbox import sealed_context
+from ..mail.templates import reset_link
+from ..store import RESET_FAILURE, AuditEntry, MailItem, ResetCode, User, username_key
+from . import totp
+from .deps import Deps
+from .passwords import POLICIES, Policy
+from .texts import (
+    ACCOUNT_LOCKED,
+    CONTACT_SUPPORT,
+    INVALID_2FA_CODE,
+    INVALID_ANSWER,
+    INVALID_PASSWORD,
+    INVALID_RECOVERY_KEY,
+    INVALID_USERNAME,
+    NEEDS_SECURITY_QUESTIONS,
+    NO_PERMISSION_FOR_USER,
+    SELF_SERVICE_OFF,
+    TOO_MANY_INVALID_KEYS,
+    TOO_MANY_RESETS,
+    TOTP_REQUIRED,
+    USER_NOT_FOUND,
+    USERNAME_NOT_FOUND,
+    federated_refusal,
+)
+
+__all__ = ["Requirements", "Resets", "normalize_answer"]
+
+log = logging.getLogger("oms_auth.reset")
+
+OPERATOR = "Operator"
+TRADING = "Trading"
+# Counters (store event kinds). Self-service and authenticated requests count apart, so
+# anonymous traffic can never use up an Operator's requests for a user.
+REQUESTS_ANONYMOUS = "reset-request-anonymous"
+REQUESTS_AUTHENTICATED = "reset-request-authenticated"
+REQUESTS_FROM_SOURCE = "reset-request-source"
+INVALID_CODES_FROM_SOURCE = "invalid-code-source"
+_MAX_ID = 2**63 - 1
+_DECIMAL = re.compile(r"\s*\+?[0-9]{1,40}\s*")
+
+
+class Requirements(msgspec.Struct, frozen=True):
+    user_id: int
+    question: str | None
+    requires_totp: bool
+    rules: list[str]
+    expires_at: float
+
+
+def normalize_answer(answer: str) -> str:
+    """Security answers compare trimmed (inner runs of space folded) and case-folded."""
+    return " ".join(answer.split()).casefold()
+
+
+def parse_user_id(value: int | str | None) -> int | None:
+    """UserId as an integer or a decimal string; None when it is neither. Out-of-range
+    integers are kept (no code can belong to them)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return int(value)
+    return None
+
+
+class Resets:
+    """The reset engine. Background work (self-service requests) is tracked for ``drain()``."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def policy(self) -> Policy:
+        return POLICIES[self.deps.settings.password_policy]
+
+    # -- the first step -----------------------------------------------------------------------
+
+    async def request(self, caller: User | None, username: str | None, source: str) -> None:
+        """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise."""
+        if not isinstance(username, str) or not username.strip():
+            raise InvalidValue(INVALID_USERNAME)
+        if caller is None:
+            if not self.deps.settings.self_service_reset:
+                raise NotAuthorized(SELF_SERVICE_OFF)
+            # The answer goes out now; the work goes on in the background, so neither the
+            # answer nor its timing says whether the user exists.
+            task = asyncio.create_task(self._anonymous(username, source))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        await self._authenticated(caller, username, source)
+
+    async def drain(self) -> None:
+        """Wait for background requests to finish (shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _authenticated(self, caller: User, username: str, source: str) -> None:
+        d, s = self.deps, self.deps.settings
+        now = d.clock()
+        target = await d.store.user_by_name(username)
+
+        def refuse(action: str, reason: str) -> AuditEntry:
+            return AuditEntry(
+                action=action,
+                actor_id=caller.id,
+                target_id=target.id if target else None,
+                target_name=username.strip()[:200],
+                source=source,
+                detail=reason,
+            )
+
+        if OPERATOR in caller.permissions:
+            if target is None or target.oms_id != caller.oms_id:
+                await d.store.audit([refuse("reset-refused", "no such user in the OMS")], now)
+                d.event("resets_refused")
+                raise NotFound(USERNAME_NOT_FOUND)
+        elif target is None or not self._may_reset(caller, target):
+            await d.store.audit([refuse("reset-refused", "not permitted")], now)
+            d.event("resets_refused")
+            raise NotAuthorized(NO_PERMISSION_FOR_USER)
+        refusal = await self._ineligible(target)
+        if refusal is not None:
+            await d.store.audit([refuse("reset-refused", refusal)], now)
+            d.event("resets_refused")
+            raise OperationFailed(refusal)
+        allowed = await d.store.take(
+            REQUESTS_AUTHENTICATED,
+            username_key(username),
+            now,
+            s.reset_window_seconds,
+            s.reset_requests_per_user,
+        )
+        if not allowed:
+            await d.store.audit([refuse("reset-refused", "too many requests")], now)
+            d.event("resets_refused")
+            raise OperationFailed(TOO_MANY_RESETS)
+        await self._issue(
+            target,
+            now,
+            AuditEntry(
+                action="reset-requested",
+                actor_id=caller.id,
+                target_id=target.id,
+                target_name=target.username,
+                source=source,
+            ),
+        )
+
+    @staticmethod
+    def _may_reset(caller: User, target: User) -> bool:
+        if caller.id == target.id:
+            return True
+        return (
+            TRADING in caller.permissions
+            and caller.oms_id == target.oms_id
+            and bool(caller.accounts & target.accounts)
+        )
+
+    async def _anonymous(self, username: str, source: str) -> None:
+        try:
+            await self._anonymous_work(username, source)
+        except Exception:
+            log.exception("self-service reset request failed")
+
+    async def _anonymous_work(self, username: str, source: str) -> None:
+        d, s = self.deps, self.deps.settings
+        now = d.clock()
+        name = username.strip()[:200]
+
+        async def refused(reason: str, target: User | None = None) -> None:
+            d.event("resets_refused")
+            await d.store.audit(
+                [
+                    AuditEntry(
+                        action="reset-refused",
+                        target_id=target.id if target else None,
+                        target_name=name,
+                        source=source,
+                        detail=reason,
+                    )
+                ],
+                now,
+            )
+
+        if not await d.store.take(
+            REQUESTS_FROM_SOURCE, source, now, s.reset_window_seconds, s.reset_requests_per_source
+        ):
+            return await refused("too many requests from this address")
+        if not await d.store.take(
+            REQUESTS_ANONYMOUS,
+            username_key(username),
+            now,
+            s.reset_window_seconds,
+            s.reset_requests_per_user,
+        ):
+            return await refused("too many requests")
+        target = await d.store.user_by_name(username)
+        if target is None:
+            return await refused("no such user")
+        refusal = await self._ineligible(target)
+        if refusal is not None:
+            return await refused(refusal, target)
+        await self._issue(
+            target,
+            now,
+            AuditEntry(
+                action="reset-requested",
+                target_id=target.id,
+                target_name=target.username,
+                source=source,
+                detail="self-service",
+            ),
+        )
+
+    async def _ineligible(self, target: User) -> str | None:
+        """Why this user's password cannot be reset here, in the seeds' words, or None."""
+        federated = federated_refusal(target.auth_source)
+        if federated is not None:
+            return federated
+        if not target.active:
+            return CONTACT_SUPPORT
+        # A master user who has logged in must answer a question during the reset, so one
+        # without questions cannot reset (a new master user, never logged in, can).
+        if target.master and target.last_login is not None:
+            if not await self.deps.store.security_questions(target.id):
+                return NEEDS_SECURITY_QUESTIONS
+        return None
+
+    async def _issue(self, target: User, now: float, audit: AuditEntry) -> None:
+        d = self.deps
+        code = new_pending_code()
+        expires_at = now + d.settings.code_valid_seconds
+        link = reset_link(d.settings.resolved_public_url(), target.id, code)
+        mail = MailItem(
+            kind="reset",
+            recipient=target.email,
+            user_id=target.id,
+            public={"username": target.username, "expires_at": expires_at},
+            sealed=d.sealer.seal(
+                msgspec.json.encode({"link": link}), sealed_context(target.id, "reset")
+            ),
+        )
+        await d.store.issue_code(target.id, digest(code), now, expires_at, mail, [audit])
+        d.event("resets_requested")
+        d.mail_queued()
+
+    # -- the link ------------------------------------------------------------------------------
+
+    async def _valid_code(self, code: Any, source: str) -> tuple[ResetCode, bytes]:
+        """The pending, unexpired code, or 104 (one text for every way it is not)."""
+        d, s = self.deps, self.deps.settings
+        now = d.clock()
+        since = now - s.reset_window_seconds
+        if await d.store.count_events(INVALID_CODES_FROM_SOURCE, source, since) >= (
+            s.invalid_codes_per_source
+        ):
+            raise OperationFailed(TOO_MANY_INVALID_KEYS)
+        key = digest(code) if isinstance(code, str) and code else None
+        record = await d.store.reset_code(key) if key else None
+        if record is None or record.state != "pending" or record.expires_at <= now or key is None:
+            # Counted against the address, never the user: anyone can send a code.
+            await d.store.add_event(INVALID_CODES_FROM_SOURCE, source, now)
+            raise NotFound(INVALID_RECOVERY_KEY)
+        return record, key
+
+    async def user_id_for(self, code: str | None, source: str) -> int:
+        """GetUserIdForPasswordSet. Reading never consumes or voids the code."""
+        record, _ = await self._valid_code(code, source)
+        return record.user_id
+
+    async def requirements(self, code: str | None, source: str) -> Requirements:
+        """GetRequirementsForPasswordSet: what the page must ask for."""
+        record, _ = await self._valid_code(code, source)
+        user = await self.deps.store.user_by_id(record.user_id)
+        if user is None:
+            raise NotFound(INVALID_RECOVERY_KEY)
+        questions = await self.deps.store.security_questions(user.id)
+        return Requirements(
+            user_id=user.id,
+            question=questions[0].question if questions else None,
+            requires_totp=user.uses_totp,
+            rules=self.policy.words,
+            expires_at=record.expires_at,
+        )
+
+    # -- the second step ------------------------------------------------------------------------
+
+    async def complete(
+        self,
+        *,
+        user_id: int | str | None,
+        password: str | None,
+        code: str | None,
+        answer: str | None,
+        totp_code: str | int | None,
+        source: str,
+    ) -> None:
+        """ResetPassword2, checks in the SPEC's order; returns once the new password is
+        committed."""
+        d = self.deps
+        if not password:
+            raise InvalidValue(INVALID_PASSWORD)
+        uid = parse_user_id(user_id)
+        if uid is None:
+            raise InvalidValue("Invalid value provided for UserId")
+        record, key = await self._valid_code(code, source)
+        now = d.clock()
+        if record.user_id != uid:
+            await d.store.add_event(INVALID_CODES_FROM_SOURCE, source, now)
+            raise NotFound(INVALID_RECOVERY_KEY)
+        user = await d.store.user_by_id(uid)
+        if user is None:
+            raise NotFound(INVALID_RECOVERY_KEY)
+        if user.locked_until is not None and user.locked_until > now:
+            raise OperationFailed(ACCOUNT_LOCKED)
+        questions = await d.store.security_questions(user.id)
+        if questions:
+            if not answer or not answer.strip():
+                raise NotAuthorized(INVALID_ANSWER)
+            if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
+                await self._failure(user, source, "wrong security answer")
+                raise NotAuthorized(INVALID_ANSWER)
+        if user.totp_sealed is not None:
+            given = totp.normalize_code(totp_code)
+            if given is None:
+                raise NotAuthorized(TOTP_REQUIRED)
+            secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
+            if not totp.verify(secret, given, now):
+                await self._failure(user, source, "wrong TOTP code")
+                raise NotAuthorized(INVALID_2FA_CODE)
+        broken = self.policy.refusal(password, user.username)
+        if broken is not None:
+            raise InvalidValue(broken)
+        new_hash = await d.hasher.hash(password)
+        now = d.clock()
+        done = await d.store.complete_reset(
+            user.id,
+            key,
+            new_hash,
+            now,
+            MailItem(
+                kind="password-changed",
+                recipient=user.email,
+                user_id=user.id,
+                public={"username": user.username, "changed_at": now},
+            ),
+            [
+                AuditEntry(
+                    action="password-set",
+                    actor_id=user.id,
+                    target_id=user.id,
+                    target_name=user.username,
+                    source=source,
+                )
+            ],
+        )
+        if not done:
+            # Another call with the same code won the race, or it expired meanwhile.
+            raise NotFound(INVALID_RECOVERY_KEY)
+        d.event("resets_completed")
+        d.password_changed(user.id)
+        d.mail_queued()
+
+    async def _failure(self, user: User, source: str, reason: str) -> None:
+        """A wrong answer or TOTP code: five within the window lock the user."""
+        d, s = self.deps, self.deps.settings
+        now = d.clock()
+        await d.store.add_event(RESET_FAILURE, str(user.id), now)
+        await d.store.audit(
+            [
+                AuditEntry(
+                    action="reset-attempt-failed",
+                    target_id=user.id,
+                    target_name=user.username,
+                    source=source,
+                    detail=reason,
+                )
+            ],
+            now,
+        )
+        failures = await d.store.count_events(
+            RESET_FAILURE, str(user.id), now - s.lockout_window_seconds
+        )
+        if failures >= s.lockout_failures:
+            await d.store.set_lock(
+                user.id,
+                now + s.lockout_seconds,
+                AuditEntry(
+                    action="locked",
+                    target_id=user.id,
+                    target_name=user.username,
+                    source=source,
+                    detail=f"{failures} failed reset attempts",
+                ),
+            )
+            d.event("lockouts")
+
+    # -- operators -------------------------------------------------------------------------------
+
+    async def unlock(self, caller: User | None, user_id: int | str | None, source: str) -> None:
+        """UnlockUser: an Operator of the user's OMS ends a lockout."""
+        if caller is None or OPERATOR not in caller.permissions:
+            raise NotAuthorized("Only an Operator may unlock users")
+        uid = parse_user_id(user_id)
+        if uid is None:
+            raise InvalidValue("Invalid value provided for UserId")
+        target = await self.deps.store.user_by_id(uid) if 0 < uid <= _MAX_ID else None
+        if target is None or target.oms_id != caller.oms_id:
+            raise NotFound(USER_NOT_FOUND)
+        await self.deps.store.set_lock(
+            target.id,
+            None,
+            AuditEntry(
+                action="unlocked",
+                actor_id=caller.id,
+                target_id=target.id,
+                target_name=target.username,
+                source=source,
+            ),
+        )

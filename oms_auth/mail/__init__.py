@@ -1,0 +1,1 @@
+"""Mail: the durable outbox worker, message templates, and the transports (Maildir, SMTP)."""

@@ -1,0 +1,148 @@
+"""The outbox worker: delivers queued messages, retrying with backoff until they go or give up.
+
+Messages are put in the outbox by the same transaction as the decision that sends them, so an
+acknowledged request's mail survives a crash. The worker claims due rows (a claim is a lease:
+if the process dies mid-delivery the row comes due again), opens the sealed part with the
+service key, delivers, and marks the row sent, which erases the sealed part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from email.message import EmailMessage
+from typing import Protocol
+
+import msgspec
+
+from ..engine.deps import Deps
+from ..store import AuditEntry, OutboxRow
+from .maildir import MaildirTransport
+from .smtp import SmtpTransport
+from .templates import render
+
+__all__ = ["Transport", "transport_for", "OutboxWorker", "sealed_context"]
+
+log = logging.getLogger("oms_auth.mail")
+
+LEASE_SECONDS = 120.0
+MAX_BACKOFF = 3600.0
+
+
+class Transport(Protocol):
+    async def send(self, message: EmailMessage, mail_id: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def transport_for(uri: str) -> Transport:
+    """``maildir:PATH`` or ``smtp://host:port``."""
+    if uri.startswith("maildir:"):
+        return MaildirTransport(uri.removeprefix("maildir:") or "./mail")
+    if uri.startswith(("smtp://", "smtps://")):
+        return SmtpTransport(uri)
+    raise ValueError(f"mail transport {uri!r} is neither maildir:PATH nor smtp://host:port")
+
+
+def sealed_context(user_id: int | None, kind: str) -> bytes:
+    """What a queued message's sealed part is bound to: it opens only on its own row's kind
+    and user."""
+    return f"mail:{kind}:{user_id}".encode()
+
+
+class OutboxWorker:
+    """Runs until stopped; ``wake()`` makes it look at once (after a commit that queued mail)."""
+
+    def __init__(self, deps: Deps, transport: Transport, *, poll_seconds: float = 5.0) -> None:
+        self.deps = deps
+        self.transport = transport
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.transport.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                busy = await self.deliver_due()
+            except Exception:
+                log.exception("outbox pass failed; retrying")
+                busy = False
+            if busy:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
+
+    async def deliver_due(self) -> bool:
+        """One pass: deliver what is due. True when it found work (there may be more)."""
+        d = self.deps
+        rows = await d.store.claim_mail(d.clock(), LEASE_SECONDS, 32)
+        if rows:
+            await asyncio.gather(*(self._deliver(row) for row in rows))
+        return bool(rows)
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        d = self.deps
+        try:
+            secret = {}
+            if row.sealed is not None:
+                opened = d.sealer.open(row.sealed, sealed_context(row.user_id, row.kind))
+                secret = msgspec.json.decode(opened)
+            message = render(
+                row.kind, row.public, secret, sender=d.settings.mail_from, recipient=row.recipient
+            )
+            await self.transport.send(message, row.id)
+        except Exception as exc:
+            await self._failed(row, exc)
+            return
+        now = d.clock()
+        await d.store.mail_delivered(row.id, now)
+        d.event("mail_sent")
+        await d.store.audit(
+            [AuditEntry(action=f"{row.kind}-emailed", target_id=row.user_id, source="outbox")],
+            now,
+        )
+
+    async def _failed(self, row: OutboxRow, exc: Exception) -> None:
+        d = self.deps
+        now = d.clock()
+        # The error text is about the transport (a refused connection, a 4xx); it holds no code.
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        if row.attempts >= d.settings.mail_max_attempts:
+            await d.store.mail_failed(row.id, now, error, None)
+            d.event("mail_failed")
+            log.error("mail %d to user %s failed for good: %s", row.id, row.user_id, error)
+            await d.store.audit(
+                [
+                    AuditEntry(
+                        action=f"{row.kind}-mail-failed",
+                        target_id=row.user_id,
+                        source="outbox",
+                        detail=error,
+                    )
+                ],
+                now,
+            )
+            return
+        delay = min(d.settings.mail_retry_seconds * 2 ** (row.attempts - 1), MAX_BACKOFF)
+        await d.store.mail_failed(row.id, now, error, now + delay)
+        d.event("mail_retried")
+        log.warning(
+            "mail %d attempt %d failed (%s); retry in %.1f s", row.id, row.attempts, error, delay
+        )

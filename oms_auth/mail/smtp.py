@@ -1,0 +1,50 @@
+"""Delivery to an SMTP server with aiosmtplib (``smtp://host:port``, STARTTLS and login optional).
+
+URI forms: ``smtp://host:25``, ``smtp://user:pass@host:587?starttls=1``; ``smtps://`` for
+implicit TLS. The password may instead come from ``OMS_AUTH_SMTP_PASSWORD`` so that it is not
+on a command line.
+"""
+
+from __future__ import annotations
+
+import os
+from email.message import EmailMessage
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+__all__ = ["SmtpTransport"]
+
+
+class SmtpTransport:
+    def __init__(self, uri: str, *, timeout: float = 30) -> None:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"mail URI {uri!r} must look like smtp://host:port")
+        query = parse_qs(parts.query)
+        self.host = parts.hostname
+        self.port = parts.port or (465 if parts.scheme == "smtps" else 25)
+        self.use_tls = parts.scheme == "smtps"
+        self.start_tls = query.get("starttls", ["0"])[0] in ("1", "true", "yes")
+        self.username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        self._password = password or os.environ.get("OMS_AUTH_SMTP_PASSWORD")
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"SmtpTransport({self.host}:{self.port})"
+
+    async def send(self, message: EmailMessage, mail_id: int) -> None:
+        await aiosmtplib.send(
+            message,
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.use_tls,
+            start_tls=self.start_tls,
+            username=self.username,
+            password=self._password if self.username else None,
+            timeout=self.timeout,
+        )
+
+    async def close(self) -> None:
+        return None

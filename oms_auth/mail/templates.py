@@ -1,0 +1,71 @@
+"""The messages oms-auth sends: text and HTML parts, no remote content, no tracking."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+__all__ = ["render", "reset_link"]
+
+
+def reset_link(public_url: str, user_id: int, code: str) -> str:
+    return f"{public_url.rstrip('/')}/reset?UserId={user_id}&PendingCode={code}"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render(
+    kind: str, public: dict[str, Any], secret: dict[str, Any], *, sender: str, recipient: str
+) -> EmailMessage:
+    """Build the message for an outbox row; ``secret`` is what was sealed (the reset link)."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2].strip("> ") or "localhost")
+    name = public.get("username", "")
+    if kind == "reset":
+        link = secret["link"]
+        expires = _when(public["expires_at"])
+        msg["Subject"] = "Reset your password"
+        text = (
+            f"Hello {name},\n\n"
+            "Someone asked to reset the password of your trading account. To choose a new\n"
+            "password, open this link:\n\n"
+            f"{link}\n\n"
+            f"The link works once and expires at {expires}.\n"
+            "If you did not ask for this, ignore this message: your password stays as it is.\n"
+        )
+        body = (
+            f"<p>Hello {html.escape(name)},</p>"
+            "<p>Someone asked to reset the password of your trading account. "
+            "To choose a new password, open this link:</p>"
+            f'<p><a href="{html.escape(link)}">Choose a new password</a></p>'
+            f"<p>The link works once and expires at {expires}.</p>"
+            "<p>If you did not ask for this, ignore this message: "
+            "your password stays as it is.</p>"
+        )
+    elif kind == "password-changed":
+        changed = _when(public["changed_at"])
+        msg["Subject"] = "Your password was changed"
+        text = (
+            f"Hello {name},\n\n"
+            f"The password of your trading account was changed at {changed}, and every\n"
+            "session was logged off. If this was not you, contact support at once.\n"
+        )
+        body = (
+            f"<p>Hello {html.escape(name)},</p>"
+            f"<p>The password of your trading account was changed at {changed}, "
+            "and every session was logged off.</p>"
+            "<p>If this was not you, contact support at once.</p>"
+        )
+    else:
+        raise ValueError(f"unknown mail kind {kind!r}")
+    msg.set_content(text)
+    msg.add_alternative(f"<!doctype html><html><body>{body}</body></html>", subtype="html")
+    return msg
