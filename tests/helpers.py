@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,3 +89,25 @@ def parse_mail(path: Path) -> dict[str, Any]:
     if link:
         out.update(link=link[1], user_id=int(link[2]), code=link[3])
     return out
+
+
+# Real Argon2id at its lowest cost, for commands run as subprocesses.
+FAST = {"OMS_AUTH_ARGON2_TIME_COST": "1", "OMS_AUTH_ARGON2_MEMORY_KIB": "64"}
+
+
+def oms_auth(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the oms-auth command in ``tmp_path`` as a user would."""
+    full_env = {**os.environ, **FAST, **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "oms_auth.cli", *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result

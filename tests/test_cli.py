@@ -15,25 +15,7 @@ import pytest
 from oms_auth.config import ConfigError, load_settings
 from protocol.client import Client
 
-FAST = {"OMS_AUTH_ARGON2_TIME_COST": "1", "OMS_AUTH_ARGON2_MEMORY_KIB": "64"}
-
-
-def oms_auth(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **FAST, **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-m", "oms_auth.cli", *args],
-        cwd=tmp_path,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
+from .helpers import FAST, oms_auth
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"

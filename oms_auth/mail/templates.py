@@ -66,6 +66,9 @@ def render(
         )
     else:
         raise ValueError(f"unknown mail kind {kind!r}")
-    msg.set_content(text)
-    msg.add_alternative(f"<!doctype html><html><body>{body}</body></html>", subtype="html")
+    # 8bit, not quoted-printable: the link stays whole in the raw message (grep, scripts).
+    msg.set_content(text, cte="8bit")
+    msg.add_alternative(
+        f"<!doctype html><html><body>{body}</body></html>", subtype="html", cte="8bit"
+    )
     return msg
