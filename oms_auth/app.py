@@ -19,6 +19,7 @@ from .mail.outbox import OutboxWorker, transport_for
 from .server.functions import Functions
 from .server.http import HttpPages
 from .server.metrics import Metrics
+from .server.page import ResetPage
 from .server.ws import WS_PATHS, Gateway
 from .store import Store, open_store
 
@@ -80,6 +81,10 @@ class App:
             server_header=None,
             max_size=s.max_frame_bytes,
         )
+        if not s.public_url:
+            # Port 0 picks a port at bind time: links must carry the real one.
+            s.public_url = f"http://{s.display_host()}:{self.port}"
+        ResetPage(s.public_url, self.resets.policy).install(self.http)
 
     @property
     def port(self) -> int:
@@ -88,8 +93,7 @@ class App:
 
     @property
     def url(self) -> str:
-        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"ws://{host}:{self.port}/WSGateway/"
+        return f"ws://{self.settings.display_host()}:{self.port}/WSGateway/"
 
     async def _mail_metrics(self) -> dict[str, int]:
         counts = await self.deps.store.mail_counts()

@@ -50,11 +50,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mail_retry_seconds: float = 5
     mail_max_attempts: int = 12
 
+    def display_host(self) -> str:
+        """Where a local client reaches the service (a wildcard bind is reached on loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
     def resolved_public_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{self.display_host()}:{self.port}"
 
     def key_file(self) -> Path:
         if self.secret_key_file:

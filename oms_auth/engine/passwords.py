@@ -26,6 +26,9 @@ _LEET = str.maketrans(
 class Rule(NamedTuple):
     words: str  # completes "Your portal password must ..."
     ok: Callable[[str, str], bool]  # (password, username) -> passes
+    # How the reset page checks it as the user types: (kind, argument). "server" rules need
+    # what the page does not have (the username, the blocklist) and are checked on submit.
+    check: tuple[str, int | str | None] = ("server", None)
 
 
 @functools.cache
@@ -59,6 +62,11 @@ class Policy:
         self.rules = rules
 
     @property
+    def checks(self) -> list[dict[str, object]]:
+        """The rules for the reset page: words and a check it can run itself."""
+        return [{"words": r.words, "kind": r.check[0], "arg": r.check[1]} for r in self.rules]
+
+    @property
     def words(self) -> list[str]:
         """The rules as the reset page lists them."""
         return [rule.words for rule in self.rules]
@@ -79,14 +87,27 @@ POLICIES = {
     "default": Policy(
         "default",
         [
-            Rule("be over eight characters long", lambda p, u: len(p) > 8),
-            Rule("be under twenty characters long", lambda p, u: len(p) < 20),
-            Rule("contain at least one uppercase letter", lambda p, u: any(c.isupper() for c in p)),
-            Rule("contain at least one lowercase letter", lambda p, u: any(c.islower() for c in p)),
-            Rule("contain at least one number", lambda p, u: any(c.isdigit() for c in p)),
+            Rule("be over eight characters long", lambda p, u: len(p) > 8, ("min", 9)),
+            Rule("be under twenty characters long", lambda p, u: len(p) < 20, ("max", 19)),
+            Rule(
+                "contain at least one uppercase letter",
+                lambda p, u: any(c.isupper() for c in p),
+                ("upper", None),
+            ),
+            Rule(
+                "contain at least one lowercase letter",
+                lambda p, u: any(c.islower() for c in p),
+                ("lower", None),
+            ),
+            Rule(
+                "contain at least one number",
+                lambda p, u: any(c.isdigit() for c in p),
+                ("digit", None),
+            ),
             Rule(
                 "contain one of the special characters " + " ".join(SPECIALS),
                 lambda p, u: any(c in SPECIALS for c in p),
+                ("any_of", SPECIALS),
             ),
             _USERNAME,
             _COMMON,
@@ -95,8 +116,8 @@ POLICIES = {
     "nist": Policy(
         "nist",
         [
-            Rule("be at least eight characters long", lambda p, u: len(p) >= 8),
-            Rule("be at most sixty-four characters long", lambda p, u: len(p) <= 64),
+            Rule("be at least eight characters long", lambda p, u: len(p) >= 8, ("min", 8)),
+            Rule("be at most sixty-four characters long", lambda p, u: len(p) <= 64, ("max", 64)),
             _USERNAME,
             _COMMON,
         ],
