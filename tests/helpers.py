@@ -111,3 +111,20 @@ def oms_auth(
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+async def eventually(check: Any, timeout: float = 10) -> None:
+    """Wait until ``check()`` (sync or async) is true: for effects of background work."""
+    import asyncio
+    import inspect
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)

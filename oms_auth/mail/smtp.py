@@ -1,8 +1,8 @@
 """Delivery to an SMTP server with aiosmtplib (``smtp://host:port``, STARTTLS and login optional).
 
 URI forms: ``smtp://host:25``, ``smtp://user:pass@host:587?starttls=1``; ``smtps://`` for
-implicit TLS. The password may instead come from ``OMS_AUTH_SMTP_PASSWORD`` so that it is not
-on a command line.
+implicit TLS; ``cafile=PATH`` trusts a private CA for the server's certificate. The password may
+instead come from ``OMS_AUTH_SMTP_PASSWORD`` so that it is not on a command line.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class SmtpTransport:
         self.username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
         self._password = password or os.environ.get("OMS_AUTH_SMTP_PASSWORD")
+        self.cafile = query.get("cafile", [None])[0]
         self.timeout = timeout
 
     def __repr__(self) -> str:
@@ -41,6 +42,7 @@ class SmtpTransport:
             port=self.port,
             use_tls=self.use_tls,
             start_tls=self.start_tls,
+            cert_bundle=self.cafile,
             username=self.username,
             password=self._password if self.username else None,
             timeout=self.timeout,
