@@ -44,7 +44,11 @@ class HttpPages:
         self.store = store
         self.metrics = metrics
         self.ws_paths = ws_paths
-        self.pages: dict[str, Page] = {"/healthz": self.healthz, "/metrics": self.render_metrics}
+        self.pages: dict[str, Page] = {
+            "/healthz": self.healthz,
+            "/metrics": self.render_metrics,
+            "/favicon.ico": self.no_content,  # browsers ask; a 404 would be a console error
+        }
         self.extra_metrics: Callable[[], Awaitable[dict[str, int]]] | None = None
 
     def add(self, path: str, page: Page) -> None:
@@ -66,6 +70,9 @@ class HttpPages:
         if request.method == "HEAD":
             answer = Response(answer.status_code, answer.reason_phrase, answer.headers, b"")
         return answer
+
+    async def no_content(self, request: Request) -> Response:
+        return response(HTTPStatus.NO_CONTENT, b"", "text/plain")
 
     async def healthz(self, request: Request) -> Response:
         if await self.store.healthy():
