@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
 from .engine import totp
@@ -72,10 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     _common(unlock)
     unlock.add_argument("username")
 
-    audit = sub.add_parser("audit", help="print the audit trail, newest first")
+    audit = sub.add_parser(
+        "audit",
+        help="print the audit trail, newest first",
+        description="Print the audit trail; 'verify' walks its hash chain, 'export' writes it "
+        "as JSON lines (oldest first) for record keeping.",
+    )
     _common(audit)
-    audit.add_argument("--user")
-    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("action", nargs="?", choices=["show", "verify", "export"], default="show")
+    audit.add_argument("--user", help="rows whose actor or target is this user")
+    audit.add_argument("--since", type=_timestamp, help="ISO time, e.g. 2026-11-23T00:00:00Z")
+    audit.add_argument("--until", type=_timestamp, help="ISO time (exclusive)")
+    audit.add_argument("--limit", type=int, default=50, help="rows to show (show only)")
 
     demo = sub.add_parser("demo", help="create a demo OMS and print its credentials")
     _common(demo)
@@ -259,8 +269,44 @@ async def _user_unlock(deps: Deps, args: argparse.Namespace) -> int:
     return 0
 
 
+def _timestamp(text: str) -> float:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from exc
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 async def _audit(deps: Deps, args: argparse.Namespace) -> int:
-    for row in await deps.store.audit_rows(user=args.user, limit=args.limit):
+    if args.action == "verify":
+        check = await deps.store.verify_audit()
+        if check.ok:
+            print(f"audit trail intact: {check.rows} rows, last hash {check.last_hash or '-'}")
+            return 0
+        print(
+            f"audit trail BROKEN at row {check.bad_id}: {check.reason} "
+            f"({check.rows} rows before it are intact)"
+        )
+        return 1
+    oldest_first = args.action == "export"
+    rows = await deps.store.audit_rows(
+        user=args.user,
+        since=args.since,
+        until=args.until,
+        limit=None if oldest_first else args.limit,
+        oldest_first=oldest_first,
+    )
+    if oldest_first:
+        for row in rows:
+            record = msgspec.structs.asdict(row)
+            record["time"] = _iso(row.at)
+            sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+        return 0
+    for row in rows:
         at = datetime.fromtimestamp(row.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         parts = [at, row.action]
         for label, value in (

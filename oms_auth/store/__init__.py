@@ -2,6 +2,7 @@
 
 from .base import (
     RESET_FAILURE,
+    AuditCheck,
     AuditEntry,
     AuditRow,
     MailItem,
@@ -17,6 +18,7 @@ from .base import (
 )
 
 __all__ = [
+    "AuditCheck",
     "RESET_FAILURE",
     "AuditEntry",
     "AuditRow",

@@ -7,6 +7,8 @@ hold a hash or a sealed secret redact it from their repr.
 from __future__ import annotations
 
 import abc
+import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -23,6 +25,9 @@ __all__ = [
     "OutboxRow",
     "AuditEntry",
     "AuditRow",
+    "AuditCheck",
+    "check_chain",
+    "chain_hash",
     "Store",
     "username_key",
 ]
@@ -150,6 +155,65 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
     target_name: str | None
     source: str | None
     detail: str | None
+    prev_hash: str = ""
+    hash: str = ""
+
+    def expected_hash(self) -> str:
+        """What ``hash`` must be: SHA-256 over the previous row's hash and this row's fields, so
+        an edited row, or a deleted one before it, breaks the chain from there on."""
+        return chain_hash(
+            self.prev_hash,
+            self.id,
+            self.at,
+            self.action,
+            self.actor_id,
+            self.target_id,
+            self.target_name,
+            self.source,
+            self.detail,
+        )
+
+
+def chain_hash(prev_hash: str, *fields: object) -> str:
+    return hashlib.sha256(_canonical.encode([prev_hash, *fields])).hexdigest()
+
+
+_canonical = msgspec.json.Encoder()
+
+
+class AuditCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of walking the audit chain."""
+
+    rows: int
+    last_hash: str
+    bad_id: int | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_id is None
+
+
+def check_chain(rows: Iterable[AuditRow]) -> AuditCheck:
+    """Walk rows in id order; the first row whose link or hash does not hold is reported."""
+    prev, count, last_id = "", 0, 0
+    for row in rows:
+        if row.prev_hash != prev:
+            reason = (
+                "a row before it was deleted or edited"
+                if row.id != last_id + 1
+                else ("its link to the previous row does not match")
+            )
+            return AuditCheck(rows=count, last_hash=prev, bad_id=row.id, reason=reason)
+        if row.hash != row.expected_hash():
+            return AuditCheck(
+                rows=count,
+                last_hash=prev,
+                bad_id=row.id,
+                reason="its content was changed after it was written",
+            )
+        prev, count, last_id = row.hash, count + 1, row.id
+    return AuditCheck(rows=count, last_hash=prev)
 
 
 class Store(abc.ABC):
@@ -279,5 +343,18 @@ class Store(abc.ABC):
     async def audit(self, entries: list[AuditEntry], now: float) -> None: ...
 
     @abc.abstractmethod
-    async def audit_rows(self, *, user: str | None = None, limit: int = 100) -> list[AuditRow]:
-        """Newest first; ``user`` matches the target's or the actor's username."""
+    async def audit_rows(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 100,
+        oldest_first: bool = False,
+    ) -> list[AuditRow]:
+        """Newest first (unless ``oldest_first``); ``user`` matches the target's or the actor's
+        username; ``since``/``until`` bound the time."""
+
+    async def verify_audit(self) -> AuditCheck:
+        """Walk the whole hash chain."""
+        return check_chain(await self.audit_rows(limit=None, oldest_first=True))

@@ -31,6 +31,7 @@ from .base import (
     Store,
     StoreError,
     User,
+    chain_hash,
     username_key,
 )
 
@@ -128,6 +129,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_by_target ON audit(target_id);
     """,
+    # 2: the audit trail becomes a hash chain (rows written before are chained by _chain_audit).
+    """
+    ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_by_time ON audit(at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -138,6 +145,7 @@ _USER_COLUMNS = f"""
     (SELECT group_concat(permission, '{_SEP}') FROM user_permissions p WHERE p.user_id = u.id),
     (SELECT group_concat(account_id, '{_SEP}') FROM user_accounts a WHERE a.user_id = u.id)
 """
+_AUDIT_COLUMNS = "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
 _json = msgspec.json.Encoder()
 
 
@@ -211,6 +219,8 @@ class SqliteStore(Store):
                 for statement in MIGRATIONS[target].split(";"):
                     if statement.strip():
                         await db.execute(statement)
+                if target + 1 == 2:
+                    await self._chain_audit(db)
                 await db.execute(f"PRAGMA user_version={target + 1}")
             await db.execute("COMMIT")
         except BaseException:
@@ -305,14 +315,30 @@ class SqliteStore(Store):
     async def _insert_audit(
         db: aiosqlite.Connection, entries: list[AuditEntry], now: float
     ) -> None:
+        # Inside the write transaction, so the chain's tail cannot move under us.
+        last = await SqliteStore._one(db, "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+        last_id, prev = (last[0], last[1]) if last else (0, "")
+        rows = []
+        for n, e in enumerate(entries, start=last_id + 1):
+            fields = (n, now, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
+            digest = chain_hash(prev, *fields)
+            rows.append((*fields, prev, digest))
+            prev = digest
         await db.executemany(
-            "INSERT INTO audit (at, action, actor_id, target_id, target_name, source, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (now, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
-                for e in entries
-            ],
+            "INSERT INTO audit (id, at, action, actor_id, target_id, target_name, source, detail,"
+            " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
+
+    @staticmethod
+    async def _chain_audit(db: aiosqlite.Connection) -> None:
+        prev = ""
+        for row in await SqliteStore._all(db, f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id"):
+            digest = chain_hash(prev, *row[:8])
+            await db.execute(
+                "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, row[0])
+            )
+            prev = digest
 
     @staticmethod
     async def _insert_mail(db: aiosqlite.Connection, mail: MailItem, now: float) -> None:
@@ -656,21 +682,38 @@ class SqliteStore(Store):
 
         await self._write(job)
 
-    async def audit_rows(self, *, user: str | None = None, limit: int = 100) -> list[AuditRow]:
-        sql = (
-            "SELECT a.id, a.at, a.action, a.actor_id, a.target_id, a.target_name, a.source,"
-            " a.detail FROM audit a"
-        )
+    async def audit_rows(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 100,
+        oldest_first: bool = False,
+    ) -> list[AuditRow]:
+        where: list[str] = []
         params: list[Any] = []
         if user is not None:
-            sql += (
-                " WHERE a.target_id IN (SELECT id FROM users WHERE username_key = ?1)"
-                " OR a.actor_id IN (SELECT id FROM users WHERE username_key = ?1)"
-                " OR lower(a.target_name) = ?1"
-            )  # a bare ? after ?1 is parameter 2: the limit
-            params.append(username_key(user))
-        sql += " ORDER BY a.id DESC LIMIT ?"
-        params.append(limit)
+            key = username_key(user)
+            where.append(
+                "(target_id IN (SELECT id FROM users WHERE username_key = ?)"
+                " OR actor_id IN (SELECT id FROM users WHERE username_key = ?)"
+                " OR lower(target_name) = ?)"
+            )
+            params += [key, key, key]
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("at < ?")
+            params.append(until)
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id" + ("" if oldest_first else " DESC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         rows = await self._all(self._reader, sql, params)
         return [
             AuditRow(
@@ -682,6 +725,8 @@ class SqliteStore(Store):
                 target_name=r[5],
                 source=r[6],
                 detail=r[7],
+                prev_hash=r[8],
+                hash=r[9],
             )
             for r in rows
         ]

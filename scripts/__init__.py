@@ -1,0 +1,1 @@
+"""Developer scripts: the performance benchmark (``python -m scripts.bench``) and its helpers."""
