@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from .config import ConfigError, Settings, load_settings
 from .engine import totp
 from .engine.deps import Deps
 from .engine.reset import normalize_answer
+from .logs import setup_logging
 from .store import AuditEntry, NewUser, StoreError
 
 __all__ = ["main"]
@@ -105,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+        setup_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             return _run(_serve(settings))
         return _run(_offline(args, settings))

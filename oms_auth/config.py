@@ -26,6 +26,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mail: str = "maildir:./mail"
     secret_key_file: str | None = None
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
     max_frame_bytes: int = 65536
     session_idle_seconds: float = 3600
     # Reset engine (SPEC section 4)

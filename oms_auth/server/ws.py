@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +22,7 @@ from protocol.messages import PayloadError
 
 from ..engine.sessions import Sessions
 from ..errors import Refusal, server_error
+from ..logs import request_context
 from .connection import Conn
 from .functions import Function, Functions
 from .metrics import Metrics
@@ -32,6 +32,8 @@ __all__ = ["Gateway", "WS_PATHS"]
 log = logging.getLogger("oms_auth.server")
 
 WS_PATHS = frozenset({"/WSGateway/", "/WSGateway", "/"})
+# Payload keys whose values no log line may show, whatever the line (tracebacks included).
+SECRET_KEYS = ("Password", "PendingCode", "SecurityQuestionAnswer", "Code", "SessionToken")
 _MAX_NAME_IN_DETAIL = 80
 
 
@@ -125,20 +127,32 @@ class Gateway:
     async def _run(self, conn: Conn, frame: Frame, function: Function, payload: Any) -> None:
         started = asyncio.get_running_loop().time()
         was = conn.user.id if conn.user else None
-        try:
-            if conn.token_digest is not None:
-                conn.last_written = await self.sessions.touch(conn.token_digest, conn.last_written)
-            reply: msgspec.Struct = await function.handler(conn, payload)
-            code = int(getattr(reply, "errorcode", 0) or 0)
-        except Refusal as refusal:
-            reply = refusal.response()
-            code = int(refusal.code)
-        except Exception:
-            reference = uuid.uuid4().hex[:12]
-            # The payload is not logged: it may hold a password or a code.
-            log.exception("request failed ref=%s n=%s i=%d", reference, function.name, frame.i)
-            reply = server_error(reference)
-            code = int(ErrorCode.SERVER_ERROR)
+        secrets = [getattr(payload, key, None) for key in SECRET_KEYS]
+        with request_context(secrets) as cid:
+            try:
+                if conn.token_digest is not None:
+                    conn.last_written = await self.sessions.touch(
+                        conn.token_digest, conn.last_written
+                    )
+                reply: msgspec.Struct = await function.handler(conn, payload)
+                code = int(getattr(reply, "errorcode", 0) or 0)
+            except Refusal as refusal:
+                reply = refusal.response()
+                code = int(refusal.code)
+            except Exception:
+                # The payload is not logged: it may hold a password or a code.
+                log.exception("request failed ref=%s: %s i=%d", cid, function.name, frame.i)
+                reply = server_error(cid)
+                code = int(ErrorCode.SERVER_ERROR)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s i=%d from %s -> %d in %.1f ms",
+                    function.name,
+                    frame.i,
+                    conn.source,
+                    code,
+                    (asyncio.get_running_loop().time() - started) * 1e3,
+                )
         self._track(conn, was)
         self.metrics.count(function.name, code, asyncio.get_running_loop().time() - started)
         await self._reply(conn, frame, reply)
