@@ -69,7 +69,7 @@ class App:
         self.outbox = OutboxWorker(deps, transport_for(s.mail))
         deps.on_mail_queued.append(self.outbox.wake)
         self.outbox.start()
-        self.gateway = Gateway(self.functions, self.sessions, self.metrics)
+        self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         deps.on_password_changed.append(self.gateway.log_off_user)
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
         self.http.extra_metrics = self._mail_metrics
@@ -80,6 +80,8 @@ class App:
             process_request=self.http,
             server_header=None,
             max_size=s.max_frame_bytes,
+            ping_interval=s.ping_interval_seconds or None,
+            ping_timeout=s.ping_timeout_seconds or None,
         )
         if not s.public_url:
             # Port 0 picks a port at bind time: links must carry the real one.
@@ -100,8 +102,11 @@ class App:
         return {f"mail_{state}": n for state, n in counts.items()}
 
     async def stop(self) -> None:
+        """Graceful: stop listening, let requests in flight finish, close connections with
+        1001, then finish background work and close the store."""
         if self.server is not None:
-            self.server.close()
+            self.server.close(close_connections=False)
+            await self.gateway.drain(self.settings.shutdown_grace_seconds)
             await self.server.wait_closed()
             self.server = None
         if self._deps is not None:

@@ -28,6 +28,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     max_frame_bytes: int = 65536
+    # Overload protection: refuse clearly rather than slow everyone down.
+    max_connections_per_source: int = 256
+    max_in_flight_per_connection: int = 64
+    max_requests_per_second: float = 500
+    idle_timeout_seconds: float = 900
+    ping_interval_seconds: float = 20
+    ping_timeout_seconds: float = 20
+    shutdown_grace_seconds: float = 10
     session_idle_seconds: float = 3600
     # Reset engine (SPEC section 4)
     code_valid_seconds: float = 86400

@@ -114,7 +114,8 @@ class Client:
             self._fail(exc)
             raise
         else:
-            self._fail(ConnectionError("connection closed"))
+            # A clean close ends the iteration quietly; hand on its code and reason.
+            self._fail(self.ws.protocol.close_exc)
 
     def _fail(self, exc: BaseException) -> None:
         for future in self._pending.values():

@@ -24,6 +24,8 @@ class Conn:
         "last_written",
         "pending_2fa",
         "tasks",
+        "tokens",
+        "tokens_at",
     )
 
     def __init__(self, ws: ServerConnection, source: str) -> None:
@@ -35,6 +37,22 @@ class Conn:
         self.last_written = 0.0
         self.pending_2fa: int | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Request-rate token bucket: starts full.
+        self.tokens = -1.0
+        self.tokens_at = 0.0
+
+    def take_token(self, now: float, rate: float) -> bool:
+        """One request's worth from a bucket refilled at ``rate`` per second, holding up to
+        one second's worth; False when empty."""
+        if self.tokens < 0:
+            self.tokens = rate
+        else:
+            self.tokens = min(rate, self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
     def log_in(self, user: User, token_digest: bytes, now: float) -> None:
         self.user = user

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from protocol.errors import ErrorCode, StandardResponse
 from protocol.frame import Frame, FrameError, MessageType, decode, encode_error, encode_reply
 from protocol.messages import PayloadError
 
+from ..config import Settings
 from ..engine.sessions import Sessions
 from ..errors import Refusal, server_error
 from ..logs import request_context
@@ -40,33 +42,67 @@ _MAX_NAME_IN_DETAIL = 80
 class Gateway:
     """Serves OMS frames on WebSocket connections."""
 
-    def __init__(self, functions: Functions, sessions: Sessions, metrics: Metrics) -> None:
+    def __init__(
+        self, functions: Functions, sessions: Sessions, metrics: Metrics, settings: Settings
+    ) -> None:
         self.functions = functions
         self.sessions = sessions
         self.metrics = metrics
+        self.settings = settings
         self.by_user: defaultdict[int, set[Conn]] = defaultdict(set)
         self.connections: set[Conn] = set()
+        self.per_source: Counter[str] = Counter()
 
     # -- connection life ----------------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
-        conn = Conn(ws, str(peer[0]) if peer else "unknown")
+        source = str(peer[0]) if peer else "unknown"
+        if self.per_source[source] >= self.settings.max_connections_per_source:
+            self.metrics.event("connections_refused")
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections from this address")
+            return
+        conn = Conn(ws, source)
         self.connections.add(conn)
+        self.per_source[source] += 1
         self.metrics.connections += 1
         try:
-            async for data in ws:
-                await self._on_message(conn, data)
+            await self._serve(conn)
         except ConnectionClosed:
             pass  # a client that vanished without a close frame is not our error
         finally:
             self.connections.discard(conn)
+            self.per_source[source] -= 1
+            if not self.per_source[source]:
+                del self.per_source[source]
             self.metrics.connections -= 1
             self._forget(conn)
             # Requests already accepted finish (their effects are committed); only their
             # answers are lost with the connection.
             if conn.tasks:
                 await asyncio.gather(*conn.tasks, return_exceptions=True)
+
+    async def _serve(self, conn: Conn) -> None:
+        idle = self.settings.idle_timeout_seconds
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    data = await conn.ws.recv()
+            except TimeoutError:
+                await conn.ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+                return
+            await self._on_message(conn, data)
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: let requests in flight finish (up to ``grace`` seconds), then close every
+        connection with 1001."""
+        tasks = [t for conn in self.connections for t in conn.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        await asyncio.gather(
+            *(c.ws.close(CloseCode.GOING_AWAY, "server shutting down") for c in self.connections),
+            return_exceptions=True,
+        )
 
     def log_off_user(self, user_id: int) -> None:
         """A password changed: every connection authenticated as that user loses its session."""
@@ -108,10 +144,31 @@ class Gateway:
             else:
                 await self._refuse(conn, frame, payload.code, payload.detail)
             return
+        refusal = self._overloaded(conn)
+        if refusal is not None:
+            self.metrics.count(function.name, int(ErrorCode.OPERATION_FAILED))
+            await self._reply(
+                conn, frame, StandardResponse.failure(ErrorCode.OPERATION_FAILED, refusal)
+            )
+            return
         self._check_session(conn)
         task = asyncio.create_task(self._run(conn, frame, function, payload))
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
+
+    def _overloaded(self, conn: Conn) -> str | None:
+        s = self.settings
+        if len(conn.tasks) >= s.max_in_flight_per_connection:
+            return (
+                f"Too many requests in flight on this connection (limit "
+                f"{s.max_in_flight_per_connection}); wait for answers before sending more"
+            )
+        if not conn.take_token(asyncio.get_running_loop().time(), s.max_requests_per_second):
+            return (
+                f"Too many requests per second on this connection (limit "
+                f"{s.max_requests_per_second:g})"
+            )
+        return None
 
     def _check_session(self, conn: Conn) -> None:
         """A request is activity on the connection's session, unless it already expired."""
