@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mail_from: str = "oms-auth <no-reply@localhost>"
     mail_retry_seconds: float = 5
     mail_max_attempts: int = 12
+    # A claimed message not marked sent within this time (its worker died) is due again.
+    mail_lease_seconds: float = 120
 
     def display_host(self) -> str:
         """Where a local client reaches the service (a wildcard bind is reached on loopback)."""

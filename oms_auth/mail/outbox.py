@@ -26,7 +26,6 @@ __all__ = ["Transport", "transport_for", "OutboxWorker", "sealed_context"]
 
 log = logging.getLogger("oms_auth.mail")
 
-LEASE_SECONDS = 120.0
 MAX_BACKOFF = 3600.0
 
 
@@ -92,7 +91,7 @@ class OutboxWorker:
     async def deliver_due(self) -> bool:
         """One pass: deliver what is due. True when it found work (there may be more)."""
         d = self.deps
-        rows = await d.store.claim_mail(d.clock(), LEASE_SECONDS, 32)
+        rows = await d.store.claim_mail(d.clock(), d.settings.mail_lease_seconds, 32)
         if rows:
             await asyncio.gather(*(self._deliver(row) for row in rows))
         return bool(rows)

@@ -1,0 +1,176 @@
+"""Crash durability: SIGKILL the server mid-stream, restart it on the same store, and check that
+every request answered with success has its effect, nothing is half done, and queued mail goes
+out exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from oms_auth.app import build_deps
+from protocol.client import Client
+
+from .helpers import FAST, PASSWORD, make_user, parse_mail, settings_for
+
+pytestmark = pytest.mark.slow
+USERS = 24
+NEW = "Fresh-Start42"
+ENV = {
+    **FAST,
+    "OMS_AUTH_MAIL_LEASE_SECONDS": "0.5",
+    "OMS_AUTH_MAIL_RETRY_SECONDS": "0.1",
+    "OMS_AUTH_RESET_REQUESTS_PER_USER": "1000",
+    "OMS_AUTH_MAX_REQUESTS_PER_SECOND": "100000",
+}
+
+
+class Server:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "oms_auth.cli",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(self.tmp / "oms-auth.sqlite3"),
+            "--mail",
+            f"maildir:{self.tmp / 'mail'}",
+            cwd=self.tmp,
+            env={**os.environ, **ENV},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
+        match = re.search(r"listening on (ws://\S+)", line)
+        assert match, line
+        self.url = match[1]
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(self.proc.wait(), 30) == 0
+
+
+def mails(tmp: Path) -> list[dict]:
+    new = tmp / "mail" / "new"
+    return [parse_mail(p) for p in sorted(new.iterdir())] if new.exists() else []
+
+
+async def settle(tmp: Path, expected: int, timeout: float = 20) -> None:
+    """Wait until every outbox row is sent and the Maildir holds ``expected`` messages."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        with sqlite3.connect(tmp / "oms-auth.sqlite3") as db:
+            (queued,) = db.execute("SELECT count(*) FROM outbox WHERE state != 'sent'").fetchone()
+        if queued == 0 and len(mails(tmp)) >= expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("outbox did not settle")
+
+
+async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    deps = await build_deps(settings_for(tmp_path))
+    await make_user(deps, "op", permissions=["Operator"])
+    for n in range(USERS):
+        await make_user(deps, f"u{n}")
+    await deps.store.close()
+    deps.hasher.close()
+
+    server = Server(tmp_path)
+    await server.start()
+    half = USERS // 2
+    async with await Client.connect(server.url) as op:
+        await op.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
+        for n in range(half):  # codes to redeem during the stream
+            assert (await op.call("ResetPassword", {"UserName": f"u{n}"})).ok
+    await settle(tmp_path, half)
+    codes = {m["user_id"]: m["code"] for m in mails(tmp_path)}
+    ids = sorted(codes)
+
+    answered_resets: Counter[str] = Counter()
+    answered_sets: set[int] = set()
+
+    async def request_stream(client: Client) -> None:
+        k = 0
+        while True:
+            name = f"u{half + k % (USERS - half)}"
+            if (await client.call("ResetPassword", {"UserName": name})).ok:
+                answered_resets[name] += 1
+            k += 1
+
+    async def redeem(client: Client, user_id: int) -> None:
+        payload = {"UserId": user_id, "Password": NEW, "PendingCode": codes[user_id]}
+        if (await client.call("ResetPassword2", payload)).ok:
+            answered_sets.add(user_id)
+
+    clients = [await Client.connect(server.url) for _ in range(4)]
+    for c in clients[:2]:
+        await c.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
+    work = [asyncio.create_task(request_stream(c)) for c in clients[:2]]
+    for n, user_id in enumerate(ids):
+        work.append(asyncio.create_task(redeem(clients[2 + n % 2], user_id)))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    await server.kill()
+    await asyncio.gather(*work, return_exceptions=True)
+    for c in clients:
+        await c.close()
+    assert sum(answered_resets.values()) > 0 and answered_sets, "the kill came too early"
+
+    await server.start()  # same store, same Maildir
+    with sqlite3.connect(tmp_path / "oms-auth.sqlite3") as db:
+        codes_by_user = Counter(
+            dict(db.execute("SELECT user_id, count(*) FROM reset_codes GROUP BY user_id"))
+        )
+        total = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    await settle(tmp_path, total)
+    delivered = mails(tmp_path)
+    assert len(delivered) == total  # every queued message, once
+    with sqlite3.connect(tmp_path / "oms-auth.sqlite3") as db:
+        queued = Counter(
+            dict(
+                db.execute(
+                    "SELECT user_id, count(*) FROM outbox WHERE kind = 'reset' GROUP BY user_id"
+                )
+            )
+        )
+        names = dict(db.execute("SELECT username, id FROM users"))
+    # A code and its mail are one commit: never one without the other.
+    assert queued == codes_by_user
+    reset_mail = Counter(m["user_id"] for m in delivered if "code" in m)
+    assert reset_mail == codes_by_user
+    for name, count in answered_resets.items():
+        assert codes_by_user[names[name]] >= count
+    async with await Client.connect(server.url) as c:
+        for name, user_id in names.items():
+            if user_id not in codes:
+                continue
+            new = await c.call("AuthenticateUser", {"UserName": name, "Password": NEW})
+            if user_id in answered_sets:
+                assert new.o["Authenticated"] is True, name
+            elif not new.o["Authenticated"]:  # not done at all: the old password still works
+                old = await c.call("AuthenticateUser", {"UserName": name, "Password": PASSWORD})
+                assert old.o["Authenticated"] is True, name
+    await server.stop()
