@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -87,6 +88,25 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", type=_timestamp, help="ISO time (exclusive)")
     audit.add_argument("--limit", type=int, default=50, help="rows to show (show only)")
 
+    conf = sub.add_parser(
+        "conformance",
+        help="check any OMS-frame server against the contract",
+        description="Run the conformance cases against a running server; exit 0 when none fail.",
+    )
+    conf.add_argument("url", help="ws://HOST:PORT/WSGateway/")
+    conf.add_argument("--operator", type=_credentials, help="USER:PASS of an Operator")
+    conf.add_argument("--trader", type=_credentials, help="USER:PASS of a Trading user")
+    conf.add_argument(
+        "--target",
+        help="a user the kit may send reset emails to (and lock, "
+        "then unlock, when it has a security question)",
+    )
+    conf.add_argument("--mail", help="maildir:PATH where the server delivers mail")
+    conf.add_argument("--junit", help="also write JUnit XML to this file")
+    conf.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    conf.add_argument("--case", action="append", help="run only this case (repeatable)")
+    conf.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+
     demo = sub.add_parser("demo", help="create a demo OMS and print its credentials")
     _common(demo)
     demo.add_argument("--secret-key-file", dest="secret_key_file")
@@ -101,8 +121,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_file=args.config)
 
 
+def _credentials(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("credentials must be USER:PASS")
+    return user, password
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "conformance":
+        return _run(_conformance(args))
     try:
         settings = _settings(args)
         setup_logging(settings.log_level, settings.log_format)
@@ -120,6 +149,31 @@ def _run(coro: Any) -> int:
     except ImportError:
         return int(asyncio.run(coro))
     return int(uvloop.run(coro))
+
+
+async def _conformance(args: argparse.Namespace) -> int:
+    from .conformance import Options, run_suite
+    from .conformance.report import as_json, junit, table
+
+    maildir = None
+    if args.mail:
+        if not args.mail.startswith("maildir:"):
+            print("oms-auth: --mail must be maildir:PATH", file=sys.stderr)
+            return 2
+        maildir = Path(args.mail.removeprefix("maildir:"))
+    options = Options(
+        url=args.url,
+        operator=args.operator,
+        trader=args.trader,
+        target=args.target,
+        maildir=maildir,
+        timeout=args.timeout,
+    )
+    results = await run_suite(options, args.case)
+    print(as_json(results) if args.json else table(results))
+    if args.junit:
+        Path(args.junit).write_bytes(junit(results, args.url))
+    return 1 if any(r.verdict == "fail" for r in results) else 0
 
 
 async def _serve(settings: Settings) -> int:

@@ -50,12 +50,14 @@ _current: contextvars.ContextVar[_Context | None] = contextvars.ContextVar(
     "oms_auth_request", default=None
 )
 
+_SECRET_KEYS = r"password|pendingcode|securityquestionanswer|answer|sessiontoken|token|secret|code"
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\$argon2(?:id|i|d)\$[^\s'\"]+"), "[hash]"),
+    # A secret-named key and its value, also inside JSON carried in a string (\" quotes).
     (
         re.compile(
-            r"(?i)(\b(?:password|pendingcode|securityquestionanswer|answer|sessiontoken|token|secret"
-            r"|code)[\"']?\s*[:=]\s*)(?:\"[^\"]*\"|'[^']*'|[^\s,;}&]+)"
+            rf"(?i)(\b(?:{_SECRET_KEYS})(?:\\?[\"'])?\s*[:=]\s*)"
+            r"(?:\\?\"(?:[^\"\\]|\\.)*?\\?\"|'[^']*'|[^\s,;}&]+)"
         ),
         r"\1[redacted]",
     ),

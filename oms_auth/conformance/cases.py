@@ -1,0 +1,450 @@
+"""The cases, in SPEC order. Each opens its own connections and states what it checks."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import re
+import secrets
+import urllib.request
+import uuid
+from email import policy
+from typing import Any
+
+import orjson
+
+from .kit import Failure, Options, Probe, Skip, case, expect
+
+__all__: list[str] = []
+
+TEXTS = {
+    20: "Not Authorized",
+    100: "Invalid Response",
+    101: "Operation Failed",
+    102: "Server Error",
+    104: "Resource Not Found",
+    106: "Operation Not Supported",
+}
+SUCCESS = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
+MAX_I = 2**63 - 1
+
+
+def missing_name() -> str:
+    return "conformance-" + secrets.token_hex(6)
+
+
+def check_refusal(answer: dict[str, Any], m: int, code: int, detail: str | None = None) -> None:
+    """An answer is a standard response refusing with ``code`` (exact texts)."""
+    expect(answer.get("m") == m, f"expected m={m}, got m={answer.get('m')}")
+    expect(isinstance(answer.get("o_raw"), str), "o must be a JSON document encoded as a string")
+    o = answer.get("o")
+    expect(isinstance(o, dict), "o must hold a standard response object")
+    assert isinstance(o, dict)
+    expect(
+        set(o) >= {"result", "errormsg", "errorcode", "detail"},
+        f"standard response keys missing: {sorted(o)}",
+    )
+    expect(o["result"] is False, "result must be false")
+    expect(o["errorcode"] == code, f"expected errorcode {code}, got {o['errorcode']}")
+    expect(o["errormsg"] == TEXTS[code], f"errormsg must be {TEXTS[code]!r}, got {o['errormsg']!r}")
+    if detail is not None:
+        expect(o["detail"] == detail, f"detail must be {detail!r}, got {o['detail']!r}")
+    else:
+        expect(bool(o["detail"]), "detail must name the problem")
+
+
+def check_success(answer: dict[str, Any]) -> None:
+    expect(answer.get("m") == 1, f"expected an m=1 reply, got m={answer.get('m')}")
+    expect(answer.get("o") == SUCCESS, f"expected the success response, got {answer.get('o')!r}")
+
+
+async def still_serving(p: Probe) -> None:
+    """The connection stays open after an m=5: a Ping still gets its answer."""
+    pong = await p.call("Ping", i=424242)
+    expect(pong.get("m") == 1, "the connection stopped serving after the frame")
+
+
+# -- SPEC 1: framing -------------------------------------------------------------------------
+
+
+@case("ping", "Ping answers m=1 {msg: PONG}, echoing i and n, o as a string")
+async def _ping(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        answer = await p.call("Ping", i=0)
+        expect(answer["m"] == 1, f"expected m=1, got m={answer['m']}")
+        expect(isinstance(answer["o_raw"], str), "o must be a JSON string")
+        expect(answer["o"] == {"msg": "PONG"}, f"expected {{'msg': 'PONG'}}, got {answer['o']!r}")
+
+
+@case("i-range", "i from 0 to 2^63-1 is echoed exactly")
+async def _i_range(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        for i in (0, 1, 2**53 + 1, MAX_I):
+            answer = await p.call("Ping", i=i)
+            expect(answer["m"] == 1, f"i={i}: expected m=1")
+
+
+@case("name-case", "function names match case-insensitively and n is echoed as sent")
+async def _name_case(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        answer = await p.call("pInG")
+        expect(answer["m"] == 1 and answer["o"] == {"msg": "PONG"}, "pInG must be Ping")
+
+
+@case("o-forms", "o may be an object or missing; answers carry o as a string")
+async def _o_forms(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        await p.send({"m": 0, "i": 2, "n": "Ping", "o": {}})
+        a = await p.recv()
+        await p.send({"m": 0, "i": 4, "n": "Ping"})
+        b = await p.recv()
+    for answer in (a, b):
+        expect(answer.get("m") == 1 and answer.get("o") == {"msg": "PONG"}, "expected PONG")
+        expect(isinstance(answer.get("o_raw"), str), "o must be a JSON string")
+
+
+UNROUTABLE = [
+    ("not-json", "text that is not JSON", "}{", 100, 0, ""),
+    ("not-object", "a JSON array", "[1, 2]", 100, 0, ""),
+    ("missing-i", "a frame without i", '{"m":0,"n":"Ping","o":"{}"}', 100, 0, "Ping"),
+    ("i-mistyped", "i as a string", '{"m":0,"i":"7","n":"Ping","o":"{}"}', 100, 0, "Ping"),
+    ("n-mistyped", "n as a number", '{"m":0,"i":7,"n":7,"o":"{}"}', 100, 7, ""),
+    ("o-not-json", "o that is not JSON", '{"m":0,"i":7,"n":"Ping","o":"{x"}', 100, 7, "Ping"),
+    ("o-not-object", "o holding an array", '{"m":0,"i":7,"n":"Ping","o":"[1]"}', 100, 7, "Ping"),
+    (
+        "unknown-function",
+        "an unknown function",
+        '{"m":0,"i":7,"n":"NoSuchFunction","o":"{}"}',
+        104,
+        7,
+        "NoSuchFunction",
+    ),
+    ("m-out-of-range", "m=9", '{"m":9,"i":7,"n":"Ping","o":"{}"}', 106, 7, "Ping"),
+    (
+        "m-unsupported",
+        "m=2 (subscribe) on ResetPassword",
+        '{"m":2,"i":7,"n":"ResetPassword","o":"{}"}',
+        106,
+        7,
+        "ResetPassword",
+    ),
+]
+
+
+def _unroutable(data: str, code: int, i: int, n: str) -> Any:
+    async def run(options: Options, evidence: list[str]) -> None:
+        async with Probe(options, evidence) as p:
+            await p.send(data)
+            answer = await p.recv()
+            check_refusal(answer, 5, code)
+            expect(
+                (answer.get("i"), answer.get("n")) == (i, n),
+                f"expected i={i}, n={n!r}; got i={answer.get('i')!r}, n={answer.get('n')!r}",
+            )
+            await still_serving(p)
+
+    return run
+
+
+for _name, _what, _data, _code, _i, _n in UNROUTABLE:
+    case(f"m5-{_name}", f"{_what}: m=5, code {_code}, connection stays open")(
+        _unroutable(_data, _code, _i, _n)
+    )
+
+
+@case("m5-binary", "a binary frame: m=5, code 100, connection stays open")
+async def _binary(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        await p.send(b'{"m":0,"i":1,"n":"Ping","o":"{}"}')
+        check_refusal(await p.recv(), 5, 100)
+        await still_serving(p)
+
+
+@case("m1-business-error", "a function's refusal is an m=1 reply (ResetPassword, no UserName)")
+async def _business(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        check_refusal(
+            await p.call("ResetPassword", {}), 1, 100, "Invalid value provided for Username"
+        )
+
+
+@case("m1-wrong-key-type", "a payload key of the wrong type: m=1, code 100 naming the key")
+async def _wrong_key(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        answer = await p.call("ResetPassword", {"UserName": 12345})
+        check_refusal(answer, 1, 100)
+        expect("UserName" in answer["o"]["detail"], "the detail must name UserName")
+
+
+@case("concurrent-answers", "twenty requests sent at once get twenty answers, matched by i")
+async def _concurrent(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        for i in range(100, 140, 2):
+            await p.send({"m": 0, "i": i, "n": "Ping", "o": "{}"})
+        seen = []
+        for _ in range(20):
+            seen.append(int((await p.recv()).get("i") or -1))
+        seen.sort()
+        expect(seen == list(range(100, 140, 2)), f"answers for i {seen}")
+
+
+@case("frame-size-limit", "a frame over 64 KiB closes the connection with 1009")
+async def _size(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        await p.send(
+            {"m": 0, "i": 1, "n": "Ping", "o": orjson.dumps({"pad": "x" * 70_000}).decode()}
+        )
+        code = await p.close_code()
+        expect(code == 1009, f"expected close code 1009, got {code}")
+
+
+# -- SPEC 2: logging in ----------------------------------------------------------------------
+
+FAILED_LOGIN = "Invalid username or password"
+
+
+@case("login-failure-uniform", "a missing user and a wrong password answer alike")
+async def _login_uniform(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        missing = await p.call(
+            "AuthenticateUser", {"UserName": missing_name(), "Password": "Wrong-Pass-1"}
+        )
+        expect(missing["m"] == 1, "expected m=1")
+        o = missing["o"]
+        expect(
+            o.get("Authenticated") is False
+            and o.get("User") is None
+            and o.get("errormsg") == FAILED_LOGIN,
+            f"unexpected failed login reply {o!r}",
+        )
+        if options.operator:
+            wrong = await p.call(
+                "AuthenticateUser", {"UserName": options.operator[0], "Password": "Wrong-Pass-1"}
+            )
+            expect(wrong["o"] == o, "a wrong password must answer exactly like a missing user")
+
+
+@case("login-session", "login gives a token; it resumes on another connection; LogOut ends it")
+async def _session(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        reply = await p.login(options.trader or options.operator, "trader")
+        expect(bool(reply.get("SessionToken")), "no SessionToken")
+        user = reply.get("User") or {}
+        keys = {"UserId", "UserName", "Email", "EmailVerified", "AccountId", "OMSId", "Use2FA"}
+        expect(keys <= set(user), f"User lacks {sorted(keys - set(user))}")
+        token = reply["SessionToken"]
+        async with Probe(options, evidence) as q:
+            resumed = await q.call("WebAuthenticateUser", {"SessionToken": token})
+            expect(resumed["o"].get("Authenticated") is True, "the token did not resume")
+            check_success(await q.call("LogOut"))
+            check_refusal(await q.call("LogOut"), 1, 20)
+        async with Probe(options, evidence) as r:
+            again = await r.call("WebAuthenticateUser", {"SessionToken": token})
+            expect(again["o"].get("Authenticated") is False, "a logged-out token still resumes")
+
+
+# -- SPEC 3: who may start a reset --------------------------------------------------------------
+
+
+@case("reset-self-service-uniform", "self-service ResetPassword answers success for anyone")
+async def _self_service(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        a = await p.call("ResetPassword", {"UserName": missing_name()})
+        check_success(a)
+        if options.target:
+            b = await p.call("ResetPassword", {"UserName": options.target})
+            expect(
+                b["o_raw"] == a["o_raw"], "an existing user's answer differs from a missing user's"
+            )
+
+
+@case("reset-operator", "an Operator resets users of its OMS; a missing user is 104")
+async def _operator(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        await p.login(options.operator, "operator")
+        check_refusal(
+            await p.call("ResetPassword", {"UserName": missing_name()}),
+            1,
+            104,
+            "Username does not exist",
+        )
+        if options.target:
+            check_success(await p.call("ResetPassword", {"UserName": options.target}))
+
+
+@case("reset-trading", "a Trading user resets itself; a user outside its accounts is 20")
+async def _trading(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        await p.login(options.trader, "trader")
+        check_refusal(
+            await p.call("ResetPassword", {"UserName": missing_name()}),
+            1,
+            20,
+            "You do not have permission to request password reset for this user",
+        )
+        assert options.trader is not None
+        check_success(await p.call("ResetPassword", {"UserName": options.trader[0]}))
+
+
+@case("unlock-needs-operator", "UnlockUser without an Operator session is 20")
+async def _unlock(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        check_refusal(await p.call("UnlockUser", {"UserId": 1}), 1, 20)
+
+
+# -- SPEC 4: the engine ---------------------------------------------------------------------------
+
+INVALID_KEY = "Invalid password recovery key"
+TOTP_REQUIRED = "Time-based One Time Password authentication is required to log in with this user"
+
+
+@case("reset2-payload", "ResetPassword2 without a password is 100, before the code is looked at")
+async def _reset2_payload(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        check_refusal(
+            await p.call("ResetPassword2", {"UserId": 1, "PendingCode": "x"}),
+            1,
+            100,
+            "Invalid value provided for Password",
+        )
+
+
+@case("reset2-invalid-code", "an unknown PendingCode is 104 in every function that takes one")
+async def _invalid_code(options: Options, evidence: list[str]) -> None:
+    code = str(uuid.uuid4())
+    async with Probe(options, evidence) as p:
+        check_refusal(
+            await p.call(
+                "ResetPassword2", {"UserId": 1, "Password": "Abcdefgh1!x", "PendingCode": code}
+            ),
+            1,
+            104,
+            INVALID_KEY,
+        )
+        for name in ("GetUserIdForPasswordSet", "GetRequirementsForPasswordSet"):
+            check_refusal(await p.call(name, {"PendingCode": code}), 1, 104, INVALID_KEY)
+
+
+async def mailed_link(options: Options, p: Probe, *, fresh: bool = False) -> tuple[int, str, str]:
+    """The target's latest reset link: asked for as the Operator (unless this run already has
+    one and ``fresh`` is not asked) and read from the Maildir."""
+    if options.maildir is None or not options.target:
+        raise Skip("needs --mail maildir:PATH and --target USERNAME")
+    await p.login(options.operator, "operator")
+    if options.latest_link is not None and not fresh:
+        p.evidence.append("@ reusing this run's latest link for the target")
+        return options.latest_link
+    options.latest_link = await _request_link(options, p)
+    return options.latest_link
+
+
+async def _request_link(options: Options, p: Probe) -> tuple[int, str, str]:
+    assert options.maildir is not None
+    new = options.maildir / "new"
+    before = set(new.iterdir()) if new.exists() else set()
+    check_success(await p.call("ResetPassword", {"UserName": options.target}))
+    for _ in range(int(options.timeout * 20)):
+        fresh = (set(new.iterdir()) if new.exists() else set()) - before
+        for path in sorted(fresh):
+            msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+            body = msg.get_body(("plain",))
+            text = body.get_content() if body is not None else ""
+            found = re.search(r"(\S+/reset\?UserId=(\d+)&PendingCode=([0-9A-Za-z-]+))", text)
+            if found:
+                p.evidence.append(f"@ mail to {msg['To']} with link {found[1][:60]}...")
+                return int(found[2]), found[3], found[1]
+        await asyncio.sleep(0.05)
+    raise Failure("no email with a reset link arrived in the Maildir")
+
+
+@case("reset-link", "the emailed link's code looks up the user and is not used up by reading it")
+async def _link(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        user_id, code, link = await mailed_link(options, p)
+        for _ in range(2):
+            answer = await p.call("GetUserIdForPasswordSet", {"PendingCode": code})
+            expect(answer["o"] == {"UserId": user_id}, f"expected UserId {user_id}")
+        await asyncio.to_thread(_fetch, link)  # what a mail scanner does
+        evidence.append(f"> GET {link.split('?')[0]}?... (as a mail scanner would)")
+        req = await p.call("GetRequirementsForPasswordSet", {"PendingCode": code})
+        keys = {
+            "UserId",
+            "SecurityQuestion",
+            "Requires2FA",
+            "TwoFAType",
+            "PasswordRules",
+            "ExpiresAt",
+        }
+        expect(keys <= set(req["o"]), f"requirements lack {sorted(keys - set(req['o']))}")
+        weak = await p.call(
+            "ResetPassword2", {"UserId": str(user_id), "Password": "short", "PendingCode": code}
+        )
+        check_refusal(weak, 1, *_first_refusal(req["o"]))
+
+
+def _first_refusal(requirements: dict[str, Any]) -> tuple[int, str | None]:
+    if requirements.get("SecurityQuestion"):
+        return 20, "Invalid answer provided for security question"
+    if requirements.get("Requires2FA"):
+        return (
+            20,
+            "Time-based One Time Password authentication is required to log in with this user",
+        )
+    return 100, None
+
+
+def _fetch(link: str) -> None:
+    try:
+        urllib.request.urlopen(link, timeout=10).read()
+    except OSError:
+        pass  # the page may live elsewhere; the code must survive either way
+
+
+@case("reset-newer-voids-older", "a newer reset code voids the older one")
+async def _newer(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        _, first, _ = await mailed_link(options, p)
+        _, second, _ = await mailed_link(options, p, fresh=True)
+        check_refusal(
+            await p.call("GetUserIdForPasswordSet", {"PendingCode": first}), 1, 104, INVALID_KEY
+        )
+        expect(
+            "UserId" in (await p.call("GetUserIdForPasswordSet", {"PendingCode": second}))["o"],
+            "the newer code failed",
+        )
+
+
+@case("reset-lockout", "five wrong answers lock the target (101); an Operator unlocks it")
+async def _lockout(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        user_id, code, _ = await mailed_link(options, p)
+        req = (await p.call("GetRequirementsForPasswordSet", {"PendingCode": code}))["o"]
+        if not req.get("SecurityQuestion"):
+            raise Skip("the target has no security question to answer wrongly")
+        payload = {
+            "UserId": user_id,
+            "Password": "Conformance-Pass9",
+            "PendingCode": code,
+            "SecurityQuestionAnswer": "certainly-not-" + secrets.token_hex(4),
+        }
+        for _ in range(5):
+            check_refusal(
+                await p.call("ResetPassword2", payload),
+                1,
+                20,
+                "Invalid answer provided for security question",
+            )
+        check_refusal(
+            await p.call("ResetPassword2", payload),
+            1,
+            101,
+            "Account has been locked for 30 minutes",
+        )
+        check_success(await p.call("UnlockUser", {"UserId": user_id}))
+        check_refusal(
+            await p.call("ResetPassword2", payload),
+            1,
+            20,
+            "Invalid answer provided for security question",
+        )
+        check_success(await p.call("UnlockUser", {"UserId": user_id}))  # leave it unlocked
