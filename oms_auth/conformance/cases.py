@@ -258,8 +258,10 @@ async def _self_service(options: Options, evidence: list[str]) -> None:
             )
 
 
-@case("reset-operator", "an Operator resets users of its OMS; a missing user is 104")
+@case("reset-operator", "an Operator asking for a missing user gets 104 Username does not exist")
 async def _operator(options: Options, evidence: list[str]) -> None:
+    # Its success for a real user is shown by reset-link, which mails the target: the server
+    # allows few requests per user and hour, so this case does not spend one.
     async with Probe(options, evidence) as p:
         await p.login(options.operator, "operator")
         check_refusal(
@@ -268,8 +270,6 @@ async def _operator(options: Options, evidence: list[str]) -> None:
             104,
             "Username does not exist",
         )
-        if options.target:
-            check_success(await p.call("ResetPassword", {"UserName": options.target}))
 
 
 @case("reset-trading", "a Trading user resets itself; a user outside its accounts is 20")
