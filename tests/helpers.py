@@ -128,3 +128,52 @@ async def eventually(check: Any, timeout: float = 10) -> None:
             return
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+class ServerProcess:
+    """``oms-auth serve --port 0`` as a real process: started, killed or stopped by signal."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.cwd = cwd
+        self.args = args
+        self.env = {**os.environ, **FAST, **(env or {})}
+        self.proc: Any = None
+        self.url = ""
+
+    async def start(self) -> str:
+        import asyncio
+        import re
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "oms_auth.cli",
+            "serve",
+            "--port",
+            "0",
+            *self.args,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
+        match = re.search(r"listening on (ws://\S+)", line)
+        assert match, line
+        self.url = match[1]
+        return self.url
+
+    async def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> str:
+        """SIGTERM; asserts a clean exit and returns what it printed after the first line."""
+        import asyncio
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(self.proc.wait(), 30) == 0
+        return (await self.proc.stdout.read()).decode()

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +10,7 @@ import pytest
 from oms_auth.config import ConfigError, load_settings
 from protocol.client import Client
 
-from .helpers import FAST, oms_auth
+from .helpers import ServerProcess, oms_auth
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
@@ -100,25 +95,8 @@ def test_bad_settings_are_reported_not_raised(tmp_path: Path) -> None:
 
 
 async def test_serve_prints_its_address_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "oms_auth.cli",
-        "serve",
-        "--port",
-        "0",
-        cwd=tmp_path,
-        env={**os.environ, **FAST},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    match = re.search(r"listening on (ws://\S+)", line)
-    assert match, line
-    async with await Client.connect(match[1]) as client:
+    server = ServerProcess(tmp_path)
+    url = await server.start()
+    async with await Client.connect(url) as client:
         assert (await client.call("Ping")).o == {"msg": "PONG"}
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 30) == 0
-    rest = (await proc.stdout.read()).decode()
-    assert "stopped" in rest
+    assert "stopped" in await server.stop()

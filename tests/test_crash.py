@@ -5,11 +5,7 @@ out exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
 import sqlite3
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +14,7 @@ import pytest
 from oms_auth.app import build_deps
 from protocol.client import Client
 
-from .helpers import FAST, PASSWORD, make_user, parse_mail, settings_for
+from .helpers import FAST, PASSWORD, ServerProcess, make_user, parse_mail, settings_for
 
 pytestmark = pytest.mark.slow
 USERS = 24
@@ -30,46 +26,6 @@ ENV = {
     "OMS_AUTH_RESET_REQUESTS_PER_USER": "1000",
     "OMS_AUTH_MAX_REQUESTS_PER_SECOND": "100000",
 }
-
-
-class Server:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "oms_auth.cli",
-            "serve",
-            "--port",
-            "0",
-            "--db",
-            str(self.tmp / "oms-auth.sqlite3"),
-            "--mail",
-            f"maildir:{self.tmp / 'mail'}",
-            cwd=self.tmp,
-            env={**os.environ, **ENV},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
-        match = re.search(r"listening on (ws://\S+)", line)
-        assert match, line
-        self.url = match[1]
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(self.proc.wait(), 30) == 0
 
 
 def mails(tmp: Path) -> list[dict]:
@@ -98,7 +54,14 @@ async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path) -> 
     await deps.store.close()
     deps.hasher.close()
 
-    server = Server(tmp_path)
+    server = ServerProcess(
+        tmp_path,
+        "--db",
+        str(tmp_path / "oms-auth.sqlite3"),
+        "--mail",
+        f"maildir:{tmp_path / 'mail'}",
+        env=ENV,
+    )
     await server.start()
     half = USERS // 2
     async with await Client.connect(server.url) as op:

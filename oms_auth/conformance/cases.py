@@ -13,18 +13,12 @@ from typing import Any
 
 import orjson
 
+from protocol.errors import ErrorCode
+
 from .kit import Failure, Options, Probe, Skip, case, expect
 
 __all__: list[str] = []
 
-TEXTS = {
-    20: "Not Authorized",
-    100: "Invalid Response",
-    101: "Operation Failed",
-    102: "Server Error",
-    104: "Resource Not Found",
-    106: "Operation Not Supported",
-}
 SUCCESS = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
 MAX_I = 2**63 - 1
 
@@ -46,7 +40,8 @@ def check_refusal(answer: dict[str, Any], m: int, code: int, detail: str | None 
     )
     expect(o["result"] is False, "result must be false")
     expect(o["errorcode"] == code, f"expected errorcode {code}, got {o['errorcode']}")
-    expect(o["errormsg"] == TEXTS[code], f"errormsg must be {TEXTS[code]!r}, got {o['errormsg']!r}")
+    text = ErrorCode(code).text
+    expect(o["errormsg"] == text, f"errormsg must be {text!r}, got {o['errormsg']!r}")
     if detail is not None:
         expect(o["detail"] == detail, f"detail must be {detail!r}, got {o['detail']!r}")
     else:
