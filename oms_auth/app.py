@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -32,6 +33,12 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
     """Open the store and load the key: what the CLI's offline commands need too."""
     key = load_or_create_key(settings.key_file(), os.environ.get("OMS_AUTH_SECRET_KEY"))
     store: Store = await open_store(settings.db)
+    try:
+        # A store shared by several nodes refuses a node whose key differs from the others'.
+        await store.bind_key(hmac.new(key, b"oms-auth key fingerprint", "sha256").hexdigest())
+    except BaseException:
+        await store.close()
+        raise
     hasher = Hasher(
         workers=settings.hash_workers,
         time_cost=settings.argon2_time_cost,
@@ -71,6 +78,12 @@ class App:
         self.outbox.start()
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         deps.on_password_changed.append(self.gateway.log_off_user)
+        # Resets completed on other nodes sharing the store log their users off here too.
+        try:
+            await deps.store.listen_password_changed(self.gateway.log_off_user)
+        except BaseException:
+            await self.stop()
+            raise
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
         self.http.extra_metrics = self._mail_metrics
         self.server = await serve(

@@ -73,7 +73,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def key_file(self) -> Path:
         if self.secret_key_file:
             return Path(self.secret_key_file)
-        return Path(self.db).resolve().parent / (Path(self.db).name + ".key")
+        if self.db.startswith(("postgresql://", "postgres://")):
+            # A database server has no folder of ours: the working directory's. Every node of
+            # one exchange needs the same key (the store refuses a different one).
+            return Path("oms-auth.key").resolve()
+        db = Path(self.db.removeprefix("sqlite://").removeprefix("sqlite:"))
+        return db.resolve().parent / (db.name + ".key")
 
 
 _FIELDS = set(Settings.__struct_fields__)

@@ -38,7 +38,7 @@ __all__ = [
     "correlation_id",
 ]
 
-_PINNED = {"websockets": logging.INFO, "aiosqlite": logging.WARNING}
+_PINNED = {"websockets": logging.INFO, "aiosqlite": logging.WARNING, "asyncpg": logging.WARNING}
 
 
 class _Context(msgspec.Struct):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -8,7 +8,7 @@ import pytest
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import Clock, settings_for
+from .helpers import STORES, Clock, drop_pg_schema, new_pg_schema, settings_for
 
 
 @pytest.fixture
@@ -16,9 +16,23 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=STORES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store a test runs on, once per store: a SQLite file in ``tmp_path``, or a fresh
+    schema in the test PostgreSQL (dropped afterwards; the test fails if it is unreachable)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "oms-auth.sqlite3")
+        return
+    url = new_pg_schema()
+    try:
+        yield url
+    finally:
+        drop_pg_schema(url)
+
+
 @pytest.fixture
-async def app(tmp_path: Path, clock: Clock) -> AsyncIterator[App]:
-    service = App(settings_for(tmp_path), clock=clock, login_delay=0)
+async def app(tmp_path: Path, clock: Clock, db: str) -> AsyncIterator[App]:
+    service = App(settings_for(tmp_path, db=db), clock=clock, login_delay=0)
     await service.start()
     try:
         yield service

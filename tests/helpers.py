@@ -28,7 +28,8 @@ class Clock:
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
-    """Real Argon2id at the lowest cost, a store and a Maildir in ``tmp_path``, port 0."""
+    """Real Argon2id at the lowest cost, a store and a Maildir in ``tmp_path``, port 0. With a
+    PostgreSQL ``db`` the key file goes in ``tmp_path`` too (not the working directory)."""
     values: dict[str, Any] = dict(
         db=str(tmp_path / "oms-auth.sqlite3"),
         port=0,
@@ -38,6 +39,8 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         mail_retry_seconds=0.05,
     )
     values.update(overrides)
+    if is_postgres(values["db"]):
+        values.setdefault("secret_key_file", str(tmp_path / "oms-auth.key"))
     return Settings(**values)
 
 
@@ -177,3 +180,118 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(self.proc.wait(), 30) == 0
         return (await self.proc.stdout.read()).decode()
+
+
+# -- the two stores ---------------------------------------------------------------------------
+# Store-backed tests run once per store (the ``db`` fixture in conftest.py). The postgres runs
+# use this server (CI starts it: .ci/run), each test in a fresh schema dropped afterwards. An
+# unreachable server fails those tests; it never skips them.
+
+PG_URL = os.environ.get("OMS_AUTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+STORES = ("sqlite", "postgres")
+
+
+def is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine from synchronous code (a fixture) on a thread of its own, so no event
+    loop of the test's is touched."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def schema_of(db: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(db).query).get("schema", ["public"])[0]
+
+
+def new_pg_schema() -> str:
+    """A ``--db`` URL naming a fresh schema (the store creates it); fails the test, with the
+    reason, when PostgreSQL does not answer."""
+    import uuid
+
+    import asyncpg
+    import pytest
+
+    async def check() -> None:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        await conn.close()
+
+    try:
+        run_async(check())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_URL} ({exc}): the postgres tests need it. "
+            "Start it (.ci/run does) or point OMS_AUTH_TEST_POSTGRES at one.",
+            pytrace=False,
+        )
+    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema=t_{uuid.uuid4().hex[:16]}"
+
+
+def drop_pg_schema(db: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema_of(db)}" CASCADE')
+        finally:
+            await conn.close()
+
+    run_async(drop())
+
+
+async def pg_connect(db: str) -> Any:
+    """A plain asyncpg connection to ``db``'s schema: for tests that look inside the store."""
+    import asyncpg
+
+    return await asyncpg.connect(PG_URL, server_settings={"search_path": schema_of(db)})
+
+
+async def sql(db: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run ``query`` (``?`` placeholders) on either store, as tests look inside it."""
+    if is_postgres(db):
+        parts = query.split("?")
+        query = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+        conn = await pg_connect(db)
+        try:
+            if query.lstrip().upper().startswith("SELECT"):
+                return [tuple(r) for r in await conn.fetch(query, *args)]
+            await conn.execute(query, *args)
+            return []
+        finally:
+            await conn.close()
+    import aiosqlite
+
+    async with aiosqlite.connect(db) as conn:
+        rows = [tuple(r) for r in await conn.execute_fetchall(query, args)]
+        await conn.commit()
+        return rows
+
+
+async def store_contents(db: str) -> bytes:
+    """Everything the store holds: the SQLite files' bytes, or every value of every table of
+    the PostgreSQL schema (bytea as the raw bytes, everything else as its text)."""
+    if not is_postgres(db):
+        return store_bytes(db)
+    conn = await pg_connect(db)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            schema_of(db),
+        )
+        assert tables, "no tables in the schema"
+        out = []
+        for (table,) in tables:
+            for row in await conn.fetch(f'SELECT * FROM "{table}"'):
+                for value in row.values():
+                    out.append(value if isinstance(value, bytes) else str(value).encode())
+        return b"\n".join(out)
+    finally:
+        await conn.close()

@@ -1,4 +1,6 @@
-"""SPEC section 6: the oms-auth command, run as a user runs it (a real process)."""
+"""SPEC section 6: the oms-auth command, run as a user runs it (a real process). The commands
+that use a store run on both: SQLite by default (``./oms-auth.sqlite3``), PostgreSQL through
+``OMS_AUTH_DB``."""
 
 from __future__ import annotations
 
@@ -10,33 +12,45 @@ import pytest
 from oms_auth.config import ConfigError, load_settings
 from protocol.client import Client
 
-from .helpers import ServerProcess, oms_auth
+from .helpers import ServerProcess, is_postgres, oms_auth, run_async, sql, store_contents
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
+
+
+@pytest.fixture
+def store_env(db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every command below runs on ``db``: the default path for SQLite, OMS_AUTH_DB otherwise."""
+    if is_postgres(db):
+        monkeypatch.setenv("OMS_AUTH_DB", db)
+    return db
 
 
 def add(tmp_path: Path, extra: str = "", **kwargs: object) -> subprocess.CompletedProcess[str]:
     return oms_auth(tmp_path, *f"{ALICE} {extra}".split(), **kwargs)  # type: ignore[arg-type]
 
 
-def test_user_add_prints_the_user_id_alone_on_the_last_line(tmp_path: Path) -> None:
+def test_user_add_prints_the_user_id_alone_on_the_last_line(tmp_path: Path, store_env: str) -> None:
     out = add(tmp_path, "--permission Trading --account 7")
     assert out.stdout.strip().splitlines()[-1] == "1"
     out = oms_auth(
         tmp_path, *"user add --username bob --email b@x.test --password Pw-123456789".split()
     )
     assert out.stdout.strip().splitlines()[-1] == "2"
-    assert (tmp_path / "oms-auth.sqlite3").exists()
+    assert (tmp_path / "oms-auth.sqlite3").exists() != is_postgres(store_env)
+    users = run_async(sql(store_env, "SELECT id, username FROM users ORDER BY id"))
+    assert users == [(1, "alice"), (2, "bob")]
 
 
-def test_a_duplicate_username_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+def test_a_duplicate_username_is_refused_with_a_clear_message(
+    tmp_path: Path, store_env: str
+) -> None:
     add(tmp_path)
     again = oms_auth(tmp_path, *ALICE.replace("alice", "ALICE").split(), check=False)
     assert again.returncode == 2 and "taken" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path) -> None:
+def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path, store_env: str) -> None:
     add(tmp_path, f"{SECRETS} Rex --master")
     out = oms_auth(tmp_path, "user", "list").stdout
     assert "alice" in out and "master totp" in out
@@ -44,18 +58,20 @@ def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path) -> No
         assert secret not in out
 
 
-def test_the_store_never_holds_a_totp_secret_or_answer_in_plain_form(tmp_path: Path) -> None:
+def test_the_store_never_holds_a_totp_secret_or_answer_in_plain_form(
+    tmp_path: Path, store_env: str
+) -> None:
     add(tmp_path, f"{SECRETS} Rexanimal")
-    raw = b"".join(
-        p.read_bytes() for p in tmp_path.glob("oms-auth.sqlite3*") if not p.name.endswith(".key")
-    )
+    raw = run_async(store_contents(store_env))
+    assert b"a@x.test" in raw  # what is not secret is there to be seen
     for secret in (b"JBSWY3DP", b"Sekrit-Pass1", b"rexanimal", b"Rexanimal"):
         assert secret not in raw
-    key = tmp_path / "oms-auth.sqlite3.key"
+    # The key: beside the SQLite file; for a database server, in the working directory.
+    key = tmp_path / ("oms-auth.key" if is_postgres(store_env) else "oms-auth.sqlite3.key")
     assert key.stat().st_mode & 0o777 == 0o600
 
 
-def test_user_unlock_ends_a_lockout_and_names_unknown_users(tmp_path: Path) -> None:
+def test_user_unlock_ends_a_lockout_and_names_unknown_users(tmp_path: Path, store_env: str) -> None:
     add(tmp_path)
     assert "unlocked alice" in oms_auth(tmp_path, "user", "unlock", "ALICE").stdout
     missing = oms_auth(tmp_path, "user", "unlock", "nobody", check=False)
@@ -63,7 +79,7 @@ def test_user_unlock_ends_a_lockout_and_names_unknown_users(tmp_path: Path) -> N
     assert "unlocked" in oms_auth(tmp_path, "audit", "--user", "alice").stdout
 
 
-def test_demo_creates_the_documented_users_once(tmp_path: Path) -> None:
+def test_demo_creates_the_documented_users_once(tmp_path: Path, store_env: str) -> None:
     first = oms_auth(tmp_path, "demo").stdout
     for name in ("operator", "trader1", "trader2", "master"):
         assert name in first
@@ -94,7 +110,9 @@ def test_bad_settings_are_reported_not_raised(tmp_path: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
-async def test_serve_prints_its_address_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+async def test_serve_prints_its_address_serves_and_stops_on_sigterm(
+    tmp_path: Path, store_env: str
+) -> None:
     server = ServerProcess(tmp_path)
     url = await server.start()
     async with await Client.connect(url) as client:

@@ -5,7 +5,6 @@ out exactly once."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from oms_auth.app import build_deps
 from protocol.client import Client
 
-from .helpers import FAST, PASSWORD, ServerProcess, make_user, parse_mail, settings_for
+from .helpers import FAST, PASSWORD, ServerProcess, make_user, parse_mail, settings_for, sql
 
 pytestmark = pytest.mark.slow
 USERS = 24
@@ -33,21 +32,20 @@ def mails(tmp: Path) -> list[dict]:
     return [parse_mail(p) for p in sorted(new.iterdir())] if new.exists() else []
 
 
-async def settle(tmp: Path, expected: int, timeout: float = 20) -> None:
+async def settle(tmp: Path, db: str, expected: int, timeout: float = 20) -> None:
     """Wait until every outbox row is sent and the Maildir holds ``expected`` messages."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        with sqlite3.connect(tmp / "oms-auth.sqlite3") as db:
-            (queued,) = db.execute("SELECT count(*) FROM outbox WHERE state != 'sent'").fetchone()
+        ((queued,),) = await sql(db, "SELECT count(*) FROM outbox WHERE state != 'sent'")
         if queued == 0 and len(mails(tmp)) >= expected:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("outbox did not settle")
 
 
-async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
-    deps = await build_deps(settings_for(tmp_path))
+async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path, db: str) -> None:
+    deps = await build_deps(settings_for(tmp_path, db=db))
     await make_user(deps, "op", permissions=["Operator"])
     for n in range(USERS):
         await make_user(deps, f"u{n}")
@@ -57,7 +55,7 @@ async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path) -> 
     server = ServerProcess(
         tmp_path,
         "--db",
-        str(tmp_path / "oms-auth.sqlite3"),
+        db,
         "--mail",
         f"maildir:{tmp_path / 'mail'}",
         env=ENV,
@@ -68,7 +66,7 @@ async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path) -> 
         await op.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
         for n in range(half):  # codes to redeem during the stream
             assert (await op.call("ResetPassword", {"UserName": f"u{n}"})).ok
-    await settle(tmp_path, half)
+    await settle(tmp_path, db, half)
     codes = {m["user_id"]: m["code"] for m in mails(tmp_path)}
     ids = sorted(codes)
 
@@ -103,23 +101,21 @@ async def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path: Path) -> 
     assert sum(answered_resets.values()) > 0 and answered_sets, "the kill came too early"
 
     await server.start()  # same store, same Maildir
-    with sqlite3.connect(tmp_path / "oms-auth.sqlite3") as db:
-        codes_by_user = Counter(
-            dict(db.execute("SELECT user_id, count(*) FROM reset_codes GROUP BY user_id"))
-        )
-        total = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    await settle(tmp_path, total)
+    codes_by_user = Counter(
+        dict(await sql(db, "SELECT user_id, count(*) FROM reset_codes GROUP BY user_id"))
+    )
+    ((total,),) = await sql(db, "SELECT count(*) FROM outbox")
+    await settle(tmp_path, db, total)
     delivered = mails(tmp_path)
     assert len(delivered) == total  # every queued message, once
-    with sqlite3.connect(tmp_path / "oms-auth.sqlite3") as db:
-        queued = Counter(
-            dict(
-                db.execute(
-                    "SELECT user_id, count(*) FROM outbox WHERE kind = 'reset' GROUP BY user_id"
-                )
+    queued = Counter(
+        dict(
+            await sql(
+                db, "SELECT user_id, count(*) FROM outbox WHERE kind = 'reset' GROUP BY user_id"
             )
         )
-        names = dict(db.execute("SELECT username, id FROM users"))
+    )
+    names = dict(await sql(db, "SELECT username, id FROM users"))
     # A code and its mail are one commit: never one without the other.
     assert queued == codes_by_user
     reset_mail = Counter(m["user_id"] for m in delivered if "code" in m)

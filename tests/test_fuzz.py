@@ -20,7 +20,7 @@ from oms_auth.app import App
 from protocol.errors import ErrorCode
 from protocol.frame import MAX_SEQUENCE, Frame, FrameError, decode
 
-from .helpers import settings_for
+from .helpers import STORES, drop_pg_schema, is_postgres, new_pg_schema, settings_for
 
 FUNCTIONS = [
     "Ping",
@@ -109,11 +109,12 @@ def test_the_decoder_never_raises_and_answers_with_100_or_106(data: str | bytes)
 class LiveServer:
     """oms-auth in a thread of its own, for the synchronous client hypothesis drives."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, db: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.app = App(
             settings_for(
                 tmp,
+                db=db,
                 max_requests_per_second=1e6,
                 reset_requests_per_source=10**6,
                 invalid_codes_per_source=10**6,
@@ -132,11 +133,19 @@ class LiveServer:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path_factory.mktemp("fuzz"))
-    yield server
-    server.stop()
+@pytest.fixture(scope="module", params=STORES)
+def live(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    db = str(tmp / "oms-auth.sqlite3") if request.param == "sqlite" else new_pg_schema()
+    server = LiveServer(tmp, db)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if is_postgres(db):
+            drop_pg_schema(db)
 
 
 @pytest.fixture(scope="module")

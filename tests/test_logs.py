@@ -62,9 +62,9 @@ def test_a_requests_own_secrets_are_redacted_in_any_case() -> None:
 
 
 async def test_secrets_sent_through_every_path_never_reach_the_log(
-    tmp_path: Path, clock: Clock, log_stream: io.StringIO
+    tmp_path: Path, clock: Clock, log_stream: io.StringIO, db: str
 ) -> None:
-    app = App(settings_for(tmp_path), clock=clock, login_delay=0)
+    app = App(settings_for(tmp_path, db=db), clock=clock, login_delay=0)
     await app.start()
 
     async def boom(conn: object, req: AuthenticateUserRequest) -> PingReply:

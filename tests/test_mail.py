@@ -8,16 +8,25 @@ from pathlib import Path
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import Clock, eventually, make_user, oms_auth, parse_mail, settings_for, wait_for_mail
+from .helpers import (
+    Clock,
+    eventually,
+    is_postgres,
+    make_user,
+    oms_auth,
+    parse_mail,
+    settings_for,
+    wait_for_mail,
+)
 
 
 async def test_delivery_is_retried_with_backoff_until_the_transport_works(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: Clock, db: str
 ) -> None:
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the Maildir's parent should be")
     maildir = blocker / "mail"
-    app = App(settings_for(tmp_path, mail=f"maildir:{maildir}"), clock=clock, login_delay=0)
+    app = App(settings_for(tmp_path, db=db, mail=f"maildir:{maildir}"), clock=clock, login_delay=0)
     await app.start()
     try:
         await make_user(app.deps, "op", permissions=["Operator"])
@@ -42,11 +51,13 @@ async def test_delivery_is_retried_with_backoff_until_the_transport_works(
         await app.stop()
 
 
-async def test_a_message_that_keeps_failing_is_marked_failed(tmp_path: Path, clock: Clock) -> None:
+async def test_a_message_that_keeps_failing_is_marked_failed(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
     blocker = tmp_path / "blocked"
     blocker.write_text("")
     app = App(
-        settings_for(tmp_path, mail=f"maildir:{blocker / 'mail'}", mail_max_attempts=3),
+        settings_for(tmp_path, db=db, mail=f"maildir:{blocker / 'mail'}", mail_max_attempts=3),
         clock=clock,
         login_delay=0,
     )
@@ -67,9 +78,9 @@ async def test_a_message_that_keeps_failing_is_marked_failed(tmp_path: Path, clo
 
 
 async def test_queued_mail_survives_a_restart_and_is_delivered_once(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: Clock, db: str
 ) -> None:
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, db=db)
     app = App(settings, clock=clock, login_delay=0)
     await app.start()
     await make_user(app.deps, "op", permissions=["Operator"])
@@ -89,14 +100,16 @@ async def test_queued_mail_survives_a_restart_and_is_delivered_once(
         await again.stop()
 
 
-def test_the_audit_command_prints_the_trail_without_secrets(tmp_path: Path) -> None:
+def test_the_audit_command_prints_the_trail_without_secrets(tmp_path: Path, db: str) -> None:
     def run(*args: str) -> str:
-        return oms_auth(tmp_path, *args).stdout
+        return oms_auth(tmp_path, *args, "--db", db).stdout
 
     run("user", "add", "--username", "alice", "--email", "a@x.test", "--password", "Pw-secret-1")
 
     async def reset() -> None:
-        app = App(settings_for(tmp_path, db=str(tmp_path / "oms-auth.sqlite3")), login_delay=0)
+        # The key the commands made in tmp_path, whichever store.
+        key = tmp_path / ("oms-auth.key" if is_postgres(db) else "oms-auth.sqlite3.key")
+        app = App(settings_for(tmp_path, db=db, secret_key_file=str(key)), login_delay=0)
         await app.start()
         try:
             async with await Client.connect(app.url) as c:

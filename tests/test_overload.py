@@ -20,10 +20,10 @@ from .helpers import Clock, settings_for
 
 @pytest.fixture
 async def limited(
-    tmp_path: Path, clock: Clock, request: pytest.FixtureRequest
+    tmp_path: Path, clock: Clock, db: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[App]:
     overrides: dict[str, Any] = getattr(request, "param", {})
-    app = App(settings_for(tmp_path, **overrides), clock=clock, login_delay=0)
+    app = App(settings_for(tmp_path, db=db, **overrides), clock=clock, login_delay=0)
     await app.start()
     try:
         yield app
@@ -109,9 +109,9 @@ async def test_the_server_sends_keepalive_pings(limited: App) -> None:
 
 
 async def test_shutdown_finishes_requests_in_flight_then_closes_with_1001(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: Clock, db: str
 ) -> None:
-    app = App(settings_for(tmp_path), clock=clock, login_delay=0)
+    app = App(settings_for(tmp_path, db=db), clock=clock, login_delay=0)
     await app.start()
     release = add_slow(app)
     url = app.url

@@ -275,10 +275,10 @@ async def test_a_per_address_limit_stops_one_client_spraying_usernames(world: Wo
 
 
 async def test_the_code_is_stored_only_as_a_digest(world: World) -> None:
-    from .helpers import store_bytes
+    from .helpers import store_contents
 
     mail = await world.code_for("trader")
-    raw = store_bytes(world.app.settings.db)
+    raw = await store_contents(world.app.settings.db)
     assert mail["code"].encode() not in raw and mail["code"].replace("-", "").encode() not in raw
 
 
@@ -648,7 +648,7 @@ async def test_unlock_clears_the_failure_count(world: World) -> None:
 async def test_no_secret_reaches_the_store_the_log_or_the_audit_trail(
     world: World, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from .helpers import store_bytes
+    from .helpers import store_contents
 
     caplog.set_level("DEBUG")
     mail = await world.code_for("guarded")
@@ -669,7 +669,7 @@ async def test_no_secret_reaches_the_store_the_log_or_the_audit_trail(
     rows = await world.app.deps.store.audit_rows(limit=1000)
     audit_text = " ".join(str(r) for r in rows)
     log_text = caplog.text
-    raw = store_bytes(world.app.settings.db)
+    raw = await store_contents(world.app.settings.db)
     for secret in secrets:
         assert secret not in audit_text and secret not in log_text
         assert secret.encode() not in raw
@@ -680,20 +680,15 @@ async def test_no_secret_reaches_the_store_the_log_or_the_audit_trail(
 async def test_a_queued_link_is_sealed_until_delivered_then_erased(world: World) -> None:
     from oms_auth.mail.outbox import sealed_context
 
-    from .helpers import store_bytes
+    from .helpers import sql, store_contents
 
+    db = world.app.settings.db
     await world.app.outbox.stop()  # hold delivery
     assert await world.reset("op", "trader") == OK
-    import aiosqlite
-
-    async with aiosqlite.connect(world.app.settings.db) as db:
-        rows = list(await db.execute_fetchall("SELECT id, user_id, sealed FROM outbox"))
-    ((mail_id, user_id, sealed),) = rows
+    ((mail_id, user_id, sealed),) = await sql(db, "SELECT id, user_id, sealed FROM outbox")
     link = world.app.deps.sealer.open(sealed, sealed_context(user_id, "reset")).decode()
     code = re.search(r"PendingCode=([0-9a-f-]+)", link)[1]  # type: ignore[index]
-    assert code.encode() not in store_bytes(world.app.settings.db)
+    assert code.encode() not in await store_contents(db)
     await world.app.outbox.deliver_due()
-    async with aiosqlite.connect(world.app.settings.db) as db:
-        rows = list(await db.execute_fetchall("SELECT state, sealed FROM outbox"))
-    assert rows == [("sent", None)]
+    assert await sql(db, "SELECT state, sealed FROM outbox") == [("sent", None)]
     assert code in parse_mail((await wait_for_mail(world.maildir, 1))[0])["code"]

@@ -10,7 +10,7 @@ import pytest
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import PASSWORD, Clock, make_user, store_bytes
+from .helpers import PASSWORD, Clock, make_user, store_contents
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 FAILED = {
@@ -66,7 +66,7 @@ async def test_a_missing_username_or_password_is_code_100(client: Client, payloa
 async def test_the_session_token_is_stored_only_as_a_digest(app: App, client: Client) -> None:
     await make_user(app.deps, "alice")
     token = (await login(client, "alice"))["SessionToken"]
-    raw = store_bytes(app.settings.db)
+    raw = await store_contents(app.settings.db)
     assert token.encode() not in raw
     assert await app.deps.store.session(hashlib.sha256(token.encode()).digest()) is not None
 

@@ -65,10 +65,10 @@ async def request_reset(app: App, username: str = "alice") -> None:
         assert (await c.call("ResetPassword", {"UserName": username})).o["result"] is True
 
 
-async def test_the_reset_email_is_delivered_over_smtp(tmp_path: Path) -> None:
+async def test_the_reset_email_is_delivered_over_smtp(tmp_path: Path, db: str) -> None:
     inbox = Inbox()
     smtp = start_smtp(inbox)
-    app = App(settings_for(tmp_path, mail=f"smtp://127.0.0.1:{smtp.port}"), login_delay=0)
+    app = App(settings_for(tmp_path, db=db, mail=f"smtp://127.0.0.1:{smtp.port}"), login_delay=0)
     await app.start()
     try:
         await request_reset(app)
@@ -85,12 +85,14 @@ async def test_the_reset_email_is_delivered_over_smtp(tmp_path: Path) -> None:
 
 
 async def test_a_server_that_refuses_at_first_gets_the_message_later(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: Clock, db: str
 ) -> None:
     inbox = Inbox(refuse=2)
     smtp = start_smtp(inbox)
     app = App(
-        settings_for(tmp_path, mail=f"smtp://127.0.0.1:{smtp.port}"), clock=clock, login_delay=0
+        settings_for(tmp_path, db=db, mail=f"smtp://127.0.0.1:{smtp.port}"),
+        clock=clock,
+        login_delay=0,
     )
     await app.start()
     try:
@@ -143,7 +145,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-async def test_starttls_and_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_starttls_and_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str) -> None:
     cert, key = _self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -166,7 +168,7 @@ async def test_starttls_and_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     )
     monkeypatch.setenv("OMS_AUTH_SMTP_PASSWORD", "mail-pass")
     uri = f"smtp://relay@127.0.0.1:{smtp.port}?starttls=1&cafile={cert}"
-    app = App(settings_for(tmp_path, mail=uri), login_delay=0)
+    app = App(settings_for(tmp_path, db=db, mail=uri), login_delay=0)
     await app.start()
     try:
         await request_reset(app)

@@ -23,11 +23,12 @@ SAMPLES = 40
 
 
 @pytest.fixture
-async def app(tmp_path: Path, clock: Clock) -> AsyncIterator[App]:
+async def app(tmp_path: Path, clock: Clock, db: str) -> AsyncIterator[App]:
     # A real Argon2id cost (8 MiB), so that a skipped hash would show.
     service = App(
         settings_for(
             tmp_path,
+            db=db,
             argon2_memory_kib=8192,
             argon2_time_cost=2,
             login_failures_per_user=10**6,

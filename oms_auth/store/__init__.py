@@ -37,13 +37,21 @@ __all__ = [
 
 
 async def open_store(url: str) -> Store:
-    """Open the store a ``--db`` value names: a path or ``sqlite:PATH``."""
+    """Open the store a ``--db`` value names: ``postgresql://`` (or ``postgres://``) for
+    PostgreSQL, shared by several nodes; otherwise a path or ``sqlite:PATH``, the embedded
+    default."""
     from pathlib import Path
 
-    from .sqlite import SqliteStore
+    store: Store
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
 
-    path = url.removeprefix("sqlite://").removeprefix("sqlite:")
-    Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(path)
+        store = PostgresStore(url)
+    else:
+        from .sqlite import SqliteStore
+
+        path = url.removeprefix("sqlite://").removeprefix("sqlite:")
+        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+        store = SqliteStore(path)
     await store.open()
     return store

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -358,3 +358,15 @@ class Store(abc.ABC):
     async def verify_audit(self) -> AuditCheck:
         """Walk the whole hash chain."""
         return check_chain(await self.audit_rows(limit=None, oldest_first=True))
+
+    # Several nodes on one store (no-ops for a store only one process uses)
+    async def listen_password_changed(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(user_id)`` whenever a reset completed on another node sharing this
+        store, so that node's connections of the user are logged off too. A node's own resets
+        are not reported: the engine logs those off itself (``Deps.password_changed``)."""
+        return None
+
+    async def bind_key(self, fingerprint: str) -> None:
+        """Remember the service key's fingerprint on first use; StoreError when a node comes
+        with a different key (it could not open what the others sealed)."""
+        return None
