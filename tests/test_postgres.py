@@ -1,0 +1,457 @@
+"""The stores under concurrency from several nodes, and the PostgreSQL store's own duties: its
+URL, its schema versioning, its errors when the database is away, its recovery, and telling
+other nodes about password changes (LISTEN/NOTIFY).
+
+"Two nodes" here are two store objects on one database, each with its own connections, as two
+processes would have; tests/test_nodes.py runs two real ``oms-auth serve`` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from oms_auth.app import App
+from oms_auth.config import Settings
+from oms_auth.store import AuditEntry, MailItem, NewUser, Store, StoreError, open_store
+from oms_auth.store.postgres import SCHEMA_VERSION, PostgresStore, parse_url
+from protocol.client import Client
+
+from .helpers import (
+    FAST,
+    PASSWORD,
+    PG_URL,
+    Clock,
+    eventually,
+    make_user,
+    schema_of,
+    settings_for,
+    sql,
+)
+
+NOW = 1_800_000_000.0
+
+
+def mail(user_id: int, kind: str = "reset") -> MailItem:
+    return MailItem(kind=kind, recipient="u@example.test", user_id=user_id, public={"n": 1})
+
+
+@pytest.fixture
+async def nodes(db: str) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores on one database: what two nodes share."""
+    a = await open_store(db)
+    b = await open_store(db)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def a_user(store: Store, name: str = "alice") -> int:
+    return await store.create_user(
+        NewUser(username=name, email=f"{name}@x.test", password_hash="h")
+    )
+
+
+# -- every rule holds when two nodes act at once (both stores) ---------------------------------
+
+
+async def test_a_limit_counts_across_nodes_and_the_last_slot_goes_once(
+    nodes: tuple[Store, Store],
+) -> None:
+    a, b = nodes
+    takes = [(a, b)[n % 2].take("requests", "alice", NOW, 3600, 5) for n in range(40)]
+    taken = await asyncio.gather(*takes)
+    assert taken.count(True) == 5
+    assert await a.count_events("requests", "alice", NOW - 1) == 5
+    assert await b.take("requests", "alice", NOW + 1, 3600, 5) is False
+
+
+async def test_failure_counts_from_two_nodes_are_one_sequence(nodes: tuple[Store, Store]) -> None:
+    a, b = nodes
+    counts = await asyncio.gather(*((a, b)[n % 2].add_event("f", "7", NOW) for n in range(20)))
+    assert sorted(counts) == list(range(1, 21))  # each saw every earlier one: no two alike
+
+
+async def test_of_concurrent_redemptions_on_two_nodes_exactly_one_wins(
+    nodes: tuple[Store, Store],
+) -> None:
+    a, b = nodes
+    uid = await a_user(a)
+    await a.create_session(b"s" * 32, uid, NOW)
+    await a.issue_code(uid, b"c" * 32, NOW, NOW + 60, mail(uid), [])
+    wins = await asyncio.gather(
+        *(
+            (a, b)[n % 2].complete_reset(uid, b"c" * 32, f"h{n}", NOW, mail(uid, "changed"), [])
+            for n in range(30)
+        )
+    )
+    assert wins.count(True) == 1
+    winner = wins.index(True)
+    user = await b.user_by_id(uid)
+    assert user is not None and user.password_hash == f"h{winner}"
+    assert await a.session(b"s" * 32) is None
+    assert (await b.mail_counts())["queued"] == 2  # the link and one "changed", not thirty
+
+
+async def test_codes_issued_at_once_on_two_nodes_leave_one_pending(
+    nodes: tuple[Store, Store], db: str
+) -> None:
+    a, b = nodes
+    uid = await a_user(a)
+    await asyncio.gather(
+        *(
+            (a, b)[n % 2].issue_code(uid, bytes([n]) * 32, NOW + n, NOW + 60, mail(uid), [])
+            for n in range(20)
+        )
+    )
+    states = await sql(db, "SELECT state FROM reset_codes")
+    assert sorted(s for (s,) in states) == ["pending"] + ["void"] * 19
+
+
+async def test_each_queued_message_is_claimed_by_one_node(nodes: tuple[Store, Store]) -> None:
+    a, b = nodes
+    uid = await a_user(a)
+    for n in range(30):
+        await a.issue_code(uid, bytes([n]) * 32, NOW, NOW + 60, mail(uid), [])
+    claimed: dict[str, list[int]] = {"a": [], "b": []}
+
+    async def worker(name: str, store: Store) -> None:
+        while rows := await store.claim_mail(NOW, 120, 4):
+            claimed[name] += [r.id for r in rows]
+            await asyncio.sleep(0)
+
+    await asyncio.gather(worker("a", a), worker("b", b), worker("a", a), worker("b", b))
+    every = claimed["a"] + claimed["b"]
+    assert sorted(every) == sorted(set(every)) and len(every) == 30
+    assert await a.claim_mail(NOW + 60, 120, 100) == []  # leased: not due again yet
+    assert len(await b.claim_mail(NOW + 121, 120, 100)) == 30  # a lease that ran out is due
+
+
+async def test_the_audit_chain_stays_one_line_when_nodes_write_at_once(
+    nodes: tuple[Store, Store],
+) -> None:
+    a, b = nodes
+    await asyncio.gather(
+        *(
+            (a, b)[n % 2].audit([AuditEntry(action=f"x{n}"), AuditEntry(action=f"y{n}")], NOW)
+            for n in range(25)
+        )
+    )
+    check = await b.verify_audit()
+    assert check.ok and check.rows == 50
+
+
+async def test_a_nul_in_a_username_is_an_ordinary_answer(app: App) -> None:
+    # PostgreSQL text cannot hold NUL; a client may still send one.
+    await make_user(app.deps, "alice")
+    async with await Client.connect(app.url) as c:
+        login = await c.call("AuthenticateUser", {"UserName": "ali\x00ce", "Password": "x"})
+        assert login.o["errormsg"] == "Invalid username or password"
+        reset = await c.call("ResetPassword", {"UserName": "ali\x00ce"})
+        assert reset.o["result"] is True
+        again = await c.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+        assert again.o["Authenticated"] is True
+    assert (await app.deps.store.verify_audit()).ok
+
+
+# -- the URL, the schema, the key -------------------------------------------------------------
+
+
+def test_the_url_keeps_our_parameters_from_asyncpg() -> None:
+    t = parse_url("postgresql://oms@db1:6543/auth?schema=exchange_a&pool_max=4&sslmode=disable")
+    assert (t.schema, t.pool_min, t.pool_max, t.where) == ("exchange_a", 1, 4, "db1:6543")
+    assert t.dsn == "postgresql://oms@db1:6543/auth?sslmode=disable"
+    t = parse_url("postgres://oms:pw@db1/auth")
+    assert (t.schema, t.pool_max, t.command_timeout, t.where) == ("public", 10, 30.0, "db1:5432")
+    assert "pw" not in repr(t) and "pw" not in repr(PostgresStore("postgres://oms:pw@db1/auth"))
+    for bad in ("schema=Robert'); DROP", "schema=1abc", "pool_max=lots", "pool_min=5&pool_max=2"):
+        with pytest.raises(StoreError, match="PostgreSQL URL"):
+            parse_url(f"postgresql://db1/auth?{bad}")
+
+
+def test_the_key_file_of_a_database_server_store_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings(db="postgresql://db1/auth?schema=x").key_file() == tmp_path / "oms-auth.key"
+    assert Settings(db="sqlite:data/a.db").key_file() == tmp_path / "data" / "a.db.key"
+    assert Settings(db="data/a.db").key_file() == tmp_path / "data" / "a.db.key"
+
+
+# What only the PostgreSQL store has: these run with ``db``'s postgres case alone.
+pg_only = pytest.mark.parametrize("db", ["postgres"], indirect=True)
+
+
+@pg_only
+async def test_nodes_starting_at_once_create_the_schema_once(db: str) -> None:
+    stores = await asyncio.gather(*(open_store(db) for _ in range(4)))
+    for store in stores:
+        assert isinstance(store, PostgresStore) and await store.schema_version() == SCHEMA_VERSION
+        await store.close()
+    assert await sql(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+@pg_only
+async def test_a_schema_from_a_newer_oms_auth_is_refused(db: str) -> None:
+    await (await open_store(db)).close()
+    await sql(db, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99; this oms-auth knows up to 2"):
+        await open_store(db)
+
+
+@pg_only
+def test_a_node_with_another_key_is_refused(tmp_path: Path, db: str) -> None:
+    first = run_cli(tmp_path, "user", "list", "--db", db, env={"OMS_AUTH_SECRET_KEY": "11" * 32})
+    assert first.returncode == 0, first.stderr
+    other = run_cli(tmp_path, "user", "list", "--db", db, env={"OMS_AUTH_SECRET_KEY": "22" * 32})
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "secret key differs from the one PostgreSQL schema" in other.stderr
+
+
+# -- the database away at start, and while running --------------------------------------------
+
+
+def run_cli(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "oms_auth.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **FAST, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_port(url: str, port: int, path: str | None = None) -> str:
+    parts = urlsplit(url)
+    netloc = f"{parts.username + '@' if parts.username else ''}{parts.hostname}:{port}"
+    return urlunsplit((parts.scheme, netloc, path or parts.path, parts.query, ""))
+
+
+def test_serve_exits_with_a_message_when_postgresql_is_unreachable(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = with_port(PG_URL, port)
+    out = run_cli(tmp_path, "serve", "--port", "0", "--db", url)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"oms-auth: cannot reach PostgreSQL at 127.0.0.1:{port}: ")
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
+    listed = run_cli(tmp_path, "user", "list", "--db", url)
+    assert listed.returncode == 2 and "cannot reach PostgreSQL" in listed.stderr
+
+
+def test_a_missing_database_is_named(tmp_path: Path) -> None:
+    url = with_port(PG_URL, urlsplit(PG_URL).port or 5432, "/no_such_database_here")
+    out = run_cli(tmp_path, "serve", "--port", "0", "--db", url)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert 'the server refused: database "no_such_database_here" does not exist' in out.stderr
+
+
+class Relay:
+    """A TCP relay in front of PostgreSQL that the test cuts and restores: to a node, a cut
+    looks like the database stopping (connections reset, new ones refused)."""
+
+    def __init__(self) -> None:
+        target = urlsplit(PG_URL)
+        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _link(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            down_w.transport.abort()
+            return
+        self.links |= {down_w, up_w}
+        await asyncio.gather(self._pipe(down_r, up_w), self._pipe(up_r, down_w))
+        self.links -= {down_w, up_w}
+        self.tasks.discard(task)
+
+    @staticmethod
+    async def _pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.transport.abort()
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for w in list(self.links):
+            w.transport.abort()
+        await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        await self.cut()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def health(app: App) -> int:
+    def get() -> int:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(get)
+
+
+@pg_only
+async def test_while_the_database_is_away_answers_are_102_then_service_recovers(
+    tmp_path: Path, db: str, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = Relay()
+    await relay.start()
+    url = with_port(PG_URL, relay.port) + f"?schema={schema_of(db)}"
+    app = App(settings_for(tmp_path, db=url), clock=clock, login_delay=0)
+    await app.start()
+    store = app.deps.store
+    assert isinstance(store, PostgresStore)
+    store.listen_retry = (0.1, 0.5)
+    try:
+        await make_user(app.deps, "alice")
+        login = {"UserName": "alice", "Password": PASSWORD}
+        async with await Client.connect(app.url) as c:
+            assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
+            assert await health(app) == 200
+
+            await relay.cut()
+            caplog.set_level(logging.ERROR, "oms_auth.server")
+            down = await c.call("AuthenticateUser", login)
+            assert down.o["errorcode"] == 102
+            ref = re.fullmatch(r"Internal error; reference (\w+)", down.o["detail"])
+            assert ref, down.o
+            assert f"ref={ref[1]}" in caplog.text  # the id support looks up, beside the trace
+            assert await health(app) == 503
+            assert not store.listening
+
+            await relay.start()  # the database is back, on the same address
+            assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
+            assert await health(app) == 200
+            await eventually(lambda: store.listening)
+    finally:
+        await app.stop()
+        await relay.close()
+
+
+async def terminate_backends(db: str) -> int:
+    """pg_terminate_backend every connection of ``db``'s schema (pool and listener alike), and
+    wait until they are gone. A request that meets a connection as it dies gets 102."""
+    mine = "application_name LIKE ? AND pid <> pg_backend_pid()"
+    pattern = f"oms-auth% {schema_of(db)}"
+    rows = await sql(db, f"SELECT array_agg(pid) FROM pg_stat_activity WHERE {mine}", pattern)
+    pids = rows[0][0] or []
+    await sql(db, "SELECT pg_terminate_backend(pid) FROM unnest(?::int[]) pid", pids)
+
+    async def gone() -> bool:
+        left = await sql(db, "SELECT count(*) FROM pg_stat_activity WHERE pid = any(?)", pids)
+        return bool(left[0][0] == 0)
+
+    await eventually(gone)
+    await asyncio.sleep(0.1)
+    return len(pids)
+
+
+@pg_only
+async def test_connections_the_server_cuts_are_replaced(app: App, db: str) -> None:
+    store = app.deps.store
+    assert isinstance(store, PostgresStore)
+    await make_user(app.deps, "alice")
+    login = {"UserName": "alice", "Password": PASSWORD}
+    async with await Client.connect(app.url) as c:
+        assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
+        assert await terminate_backends(db) >= 2  # at least one pooled, and the listener
+        assert not store.listening
+        for _ in range(3):
+            assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
+        await eventually(lambda: store.listening)
+        assert await health(app) == 200
+
+
+# -- telling the other nodes (LISTEN/NOTIFY) ---------------------------------------------------
+
+
+async def redeem(store: Store, uid: int, code: bytes) -> None:
+    await store.issue_code(uid, code, time.time(), time.time() + 60, mail(uid), [])
+    assert await store.complete_reset(uid, code, "h", time.time(), mail(uid, "changed"), [])
+
+
+@pg_only
+async def test_a_reset_on_one_node_is_told_to_the_others_not_to_itself(
+    nodes: tuple[Store, Store],
+) -> None:
+    a, b = nodes
+    told_a: list[int] = []
+    told_b: list[int] = []
+    await a.listen_password_changed(told_a.append)
+    await b.listen_password_changed(told_b.append)
+    uid = await a_user(a)
+    started = time.monotonic()
+    await redeem(a, uid, b"1" * 32)
+    await eventually(lambda: told_b == [uid], timeout=1)
+    assert time.monotonic() - started < 1
+    await asyncio.sleep(0.2)
+    assert told_a == [] and told_b == [uid]  # a handled its own (Deps.password_changed)
+
+
+@pg_only
+async def test_a_cut_listener_reconnects_and_catches_up(
+    nodes: tuple[Store, Store], db: str
+) -> None:
+    a, b = nodes
+    assert isinstance(b, PostgresStore)
+    told: list[int] = []
+    await b.listen_password_changed(told.append)
+    uid, other = await a_user(a), await a_user(a, "bob")
+    b.listen_retry = (1.0, 1.0)  # long enough for a reset to commit while b is not listening
+    pid = b._listener_conn.get_server_pid()
+    await sql(db, "SELECT pg_terminate_backend(?)", pid)
+    await eventually(lambda: not b.listening)
+    await redeem(a, uid, b"1" * 32)  # its NOTIFY reaches nobody on b's side
+    await eventually(lambda: told == [uid], timeout=5)  # caught up after the reconnect
+    assert b.listening
+    await redeem(a, other, b"2" * 32)  # and live notifications flow again
+    await eventually(lambda: told == [uid, other], timeout=2)
