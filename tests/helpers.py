@@ -295,3 +295,26 @@ async def store_contents(db: str) -> bytes:
         return b"\n".join(out)
     finally:
         await conn.close()
+
+
+async def terminate_backends(db: str) -> int:
+    """pg_terminate_backend every connection oms-auth holds on ``db``'s schema (pools and
+    listeners of every node), and wait until they are gone; returns how many there were."""
+    import asyncio
+
+    rows = await sql(
+        db,
+        "SELECT array_agg(pid) FROM pg_stat_activity"
+        " WHERE application_name LIKE ? AND pid <> pg_backend_pid()",
+        f"oms-auth% {schema_of(db)}",
+    )
+    pids = rows[0][0] or []
+    await sql(db, "SELECT pg_terminate_backend(pid) FROM unnest(?::int[]) pid", pids)
+
+    async def gone() -> bool:
+        left = await sql(db, "SELECT count(*) FROM pg_stat_activity WHERE pid = any(?)", pids)
+        return bool(left[0][0] == 0)
+
+    await eventually(gone)
+    await asyncio.sleep(0.1)  # and each node has read its connections' end
+    return len(pids)

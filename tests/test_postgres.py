@@ -37,6 +37,7 @@ from .helpers import (
     schema_of,
     settings_for,
     sql,
+    terminate_backends,
 )
 
 NOW = 1_800_000_000.0
@@ -375,24 +376,6 @@ async def test_while_the_database_is_away_answers_are_102_then_service_recovers(
     finally:
         await app.stop()
         await relay.close()
-
-
-async def terminate_backends(db: str) -> int:
-    """pg_terminate_backend every connection of ``db``'s schema (pool and listener alike), and
-    wait until they are gone. A request that meets a connection as it dies gets 102."""
-    mine = "application_name LIKE ? AND pid <> pg_backend_pid()"
-    pattern = f"oms-auth% {schema_of(db)}"
-    rows = await sql(db, f"SELECT array_agg(pid) FROM pg_stat_activity WHERE {mine}", pattern)
-    pids = rows[0][0] or []
-    await sql(db, "SELECT pg_terminate_backend(pid) FROM unnest(?::int[]) pid", pids)
-
-    async def gone() -> bool:
-        left = await sql(db, "SELECT count(*) FROM pg_stat_activity WHERE pid = any(?)", pids)
-        return bool(left[0][0] == 0)
-
-    await eventually(gone)
-    await asyncio.sleep(0.1)
-    return len(pids)
 
 
 @pg_only

@@ -1,0 +1,294 @@
+"""Several nodes, one exchange: two ``oms-auth serve`` processes on one PostgreSQL schema, and
+every rule of the engine holds across them (codes, races, limits, lockouts, sessions, mail, and
+logging a user off everywhere after a reset)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oms_auth.app import App, build_deps
+from protocol.client import Client
+
+from .helpers import (
+    PASSWORD,
+    Clock,
+    ServerProcess,
+    eventually,
+    make_user,
+    parse_mail,
+    settings_for,
+    sql,
+    terminate_backends,
+)
+
+# Only a store shared by processes can have two nodes: PostgreSQL.
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
+NEW = "Fresh-Start42"
+OK = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
+INVALID_KEY = {
+    "result": False,
+    "errormsg": "Resource Not Found",
+    "errorcode": 104,
+    "detail": "Invalid password recovery key",
+}
+
+
+class Cluster:
+    """Nodes a and b: one database schema, one key, a Maildir each."""
+
+    def __init__(self, tmp: Path, db: str) -> None:
+        self.tmp = tmp
+        self.db = db
+        self.key = tmp / "oms-auth.key"
+        self.nodes: dict[str, ServerProcess] = {}
+        self.clients: list[Client] = []
+
+    async def users(self, *names: str, **kwargs: Any) -> dict[str, int]:
+        deps = await build_deps(settings_for(self.tmp, db=self.db, secret_key_file=str(self.key)))
+        try:
+            ids = {"op": await make_user(deps, "op", permissions=["Operator"], accounts=[1])}
+            for name in names:
+                ids[name] = await make_user(deps, name, **kwargs.get(name, {}))
+            return ids
+        finally:
+            await deps.store.close()
+            deps.hasher.close()
+
+    async def start(self, **settings: object) -> None:
+        env = {"OMS_AUTH_SECRET_KEY_FILE": str(self.key)}
+        env.update({f"OMS_AUTH_{k.upper()}": str(v) for k, v in settings.items()})
+        for name in ("a", "b"):
+            mail = f"maildir:{self.tmp / ('mail-' + name)}"
+            self.nodes[name] = ServerProcess(self.tmp, "--db", self.db, "--mail", mail, env=env)
+        await asyncio.gather(*(node.start() for node in self.nodes.values()))
+
+    async def stop(self) -> None:
+        for c in self.clients:
+            await c.close()
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.returncode is None:
+                await node.stop()
+
+    async def client(self, node: str, username: str | None = None) -> Client:
+        c = await Client.connect(self.nodes[node].url)
+        self.clients.append(c)
+        if username is not None:
+            reply = await c.call("AuthenticateUser", {"UserName": username, "Password": PASSWORD})
+            assert reply.o["Authenticated"], reply.o
+        return c
+
+    def mail_files(self) -> dict[str, list[Path]]:
+        out = {}
+        for name in self.nodes:
+            new = self.tmp / f"mail-{name}" / "new"
+            out[name] = (
+                sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.exists() else []
+            )
+        return out
+
+    async def code_for(self, target: str, via: str) -> dict[str, Any]:
+        """The operator on node ``via`` asks for a reset; the link, whichever node mailed it."""
+        before = sum(len(files) for files in self.mail_files().values())
+        op = await self.client(via, "op")
+        assert (await op.call("ResetPassword", {"UserName": target})).o == OK
+
+        def arrived() -> bool:
+            return sum(len(files) for files in self.mail_files().values()) > before
+
+        await eventually(arrived)
+        newest = max(
+            (p for files in self.mail_files().values() for p in files),
+            key=lambda p: p.stat().st_mtime_ns,
+        )
+        mail = parse_mail(newest)
+        assert "code" in mail, mail["text"]
+        return mail
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, db)
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+async def test_a_code_issued_on_one_node_is_redeemed_on_the_other(cluster: Cluster) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    mail = await cluster.code_for("alice", via="a")
+    on_b = await cluster.client("b")
+    payload = {"UserId": mail["user_id"], "Password": NEW, "PendingCode": mail["code"]}
+    assert (await on_b.call("ResetPassword2", payload)).o == OK
+    on_a = await cluster.client("a")
+    assert (await on_a.call("ResetPassword2", payload)).o == INVALID_KEY  # used, everywhere
+    new = await on_a.call("AuthenticateUser", {"UserName": "alice", "Password": NEW})
+    old = await on_a.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+    assert (new.o["Authenticated"], old.o["Authenticated"]) == (True, False)
+
+
+async def test_fifty_concurrent_redemptions_over_both_nodes_give_exactly_one_success(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start(invalid_codes_per_source=1000)
+    mail = await cluster.code_for("alice", via="b")
+    clients = [await cluster.client("ab"[n % 2]) for n in range(50)]
+    payload = {"UserId": mail["user_id"], "Password": NEW, "PendingCode": mail["code"]}
+    answers = await asyncio.gather(*(c.call("ResetPassword2", payload) for c in clients))
+    assert sorted(a.o["errorcode"] for a in answers) == [0] + [104] * 49
+    assert all(a.o == INVALID_KEY for a in answers if a.o["errorcode"])
+    winners = {"ab"[n % 2] for n, a in enumerate(answers) if a.o["errorcode"] == 0}
+    assert len(winners) == 1
+    changed = await sql(cluster.db, "SELECT count(*) FROM audit WHERE action = 'password-set'")
+    queued = await sql(cluster.db, "SELECT count(*) FROM outbox WHERE kind = 'password-changed'")
+    assert changed == queued == [(1,)]
+
+
+async def test_request_limits_and_lockouts_count_across_nodes(cluster: Cluster) -> None:
+    await cluster.users(
+        "alice", "guarded", guarded={"question": "First pet?", "answer": "Rex the Dog"}
+    )
+    await cluster.start(login_failures_per_user=4)
+    ops = {"a": await cluster.client("a", "op"), "b": await cluster.client("b", "op")}
+
+    # Three reset requests an hour for one user, whichever nodes take them, however at once.
+    burst = await asyncio.gather(
+        *(ops["ab"[n % 2]].call("ResetPassword", {"UserName": "alice"}) for n in range(16))
+    )
+    assert sorted(a.o["errorcode"] for a in burst) == [0] * 3 + [101] * 13
+    assert all("Too many password reset requests" in a.o["detail"] for a in burst if not a.ok)
+
+    # Five wrong answers, alternating nodes, lock the user on both.
+    mail = await cluster.code_for("guarded", via="a")
+    base = {"UserId": mail["user_id"], "PendingCode": mail["code"], "Password": NEW}
+    for n in range(5):
+        c = await cluster.client("ab"[n % 2])
+        wrong = await c.call("ResetPassword2", {**base, "SecurityQuestionAnswer": "Fluffy"})
+        assert wrong.o["errorcode"] == 20, wrong.o
+    c = await cluster.client("b")
+    right = await c.call("ResetPassword2", {**base, "SecurityQuestionAnswer": "Rex the Dog"})
+    assert right.o["detail"] == "Account has been locked for 30 minutes"
+    a = await cluster.client("a")
+    login = await a.call("AuthenticateUser", {"UserName": "guarded", "Password": PASSWORD})
+    assert login.o["Locked"] is True and login.o["Authenticated"] is False
+
+    # Failed logins: three free tries counted over both nodes, then slower, then refused.
+    b = await cluster.client("b")
+    for c in (a, b, a):
+        await c.call("AuthenticateUser", {"UserName": "alice", "Password": "wrong"})
+    started = time.monotonic()
+    await b.call("AuthenticateUser", {"UserName": "alice", "Password": "wrong"})
+    assert time.monotonic() - started >= 0.2  # b saw one failure itself, the store three
+    refused = await a.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+    assert refused.o["Authenticated"] is False
+    assert refused.o["errormsg"] == "Too many failed login attempts; try again later"
+
+
+async def test_a_session_made_on_one_node_resumes_on_the_other(cluster: Cluster) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    a = await cluster.client("a")
+    token = (await a.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})).o[
+        "SessionToken"
+    ]
+    b = await cluster.client("b")
+    resumed = await b.call("WebAuthenticateUser", {"SessionToken": token})
+    assert resumed.o["Authenticated"] is True and resumed.o["User"]["UserName"] == "alice"
+    assert (await b.call("LogOut")).o == OK
+    again = await (await cluster.client("a")).call("WebAuthenticateUser", {"SessionToken": token})
+    assert again.o["Authenticated"] is False  # logged out on b: gone on a too
+
+
+async def test_each_queued_mail_is_delivered_once_with_both_workers_running(
+    cluster: Cluster, clock: Clock
+) -> None:
+    names = [f"u{n}" for n in range(40)]
+    await cluster.users(*names)
+    # Queue 80 messages while no worker runs (a node whose worker is held), then start both
+    # nodes at once: their workers go for the same rows at the same moment.
+    settings = settings_for(
+        cluster.tmp, db=cluster.db, secret_key_file=str(cluster.key), reset_requests_per_user=9
+    )
+    app = App(settings, clock=clock, login_delay=0)
+    await app.start()
+    await app.outbox.stop()
+    async with await Client.connect(app.url) as op:
+        await op.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
+        for name in names * 2:
+            assert (await op.call("ResetPassword", {"UserName": name})).o == OK
+    await app.stop()
+    await cluster.start(reset_requests_per_user=9, reset_requests_per_source=10000)
+    # And more while both run, from both.
+    ops = {"a": await cluster.client("a", "op"), "b": await cluster.client("b", "op")}
+    answers = await asyncio.gather(
+        *(ops[node].call("ResetPassword", {"UserName": name}) for name in names for node in "ab")
+    )
+    assert all(a.o == OK for a in answers)
+
+    async def settled() -> bool:
+        ((left,),) = await sql(cluster.db, "SELECT count(*) FROM outbox WHERE state <> 'sent'")
+        return left == 0 and sum(map(len, cluster.mail_files().values())) >= 160
+
+    await eventually(settled, timeout=30)
+    await asyncio.sleep(0.5)  # time for a second delivery, were there one
+    files = cluster.mail_files()
+    ids = [int(re.search(r"\.oms-auth-(\d+)\.", p.name)[1]) for f in files.values() for p in f]  # type: ignore[index]
+    assert len(ids) == 160 and len(set(ids)) == 160  # each message once, across both Maildirs
+    assert files["a"] and files["b"], "both nodes' workers delivered"
+    codes = [parse_mail(p)["code"] for f in files.values() for p in f]
+    assert len(set(codes)) == 160
+
+
+async def logged_in(c: Client) -> bool:
+    """Asking to reset an unknown user: a logged-in Trading user is refused (20), anyone else
+    gets the self-service answer. Changes nothing."""
+    answer = await c.call("ResetPassword", {"UserName": "nobody"})
+    return bool(answer.o["errorcode"] == 20)
+
+
+async def reset_and_time_logoff(cluster: Cluster, via: str, watched: Client) -> float:
+    """Reset mover's password on node ``via``; seconds until ``watched`` is logged off."""
+    assert await logged_in(watched)
+    mail = await cluster.code_for("mover", via=via)
+    c = await cluster.client(via)
+    payload = {"UserId": mail["user_id"], "Password": NEW, "PendingCode": mail["code"]}
+    assert (await c.call("ResetPassword2", payload)).o == OK
+    done = time.monotonic()
+    while await logged_in(watched):
+        assert time.monotonic() - done < 10, "never logged off"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - done
+
+
+async def test_a_reset_logs_the_user_off_on_every_node_within_a_second(cluster: Cluster) -> None:
+    await cluster.users("mover", mover={"permissions": ["Trading"], "accounts": [10]})
+    await cluster.start()
+    on_a = await cluster.client("a", "mover")
+    on_b = await cluster.client("b", "mover")
+    assert await logged_in(on_a)
+    assert await reset_and_time_logoff(cluster, "a", on_b) < 1.0
+    assert not await logged_in(on_a)
+
+
+async def test_nodes_recover_when_the_database_cuts_their_connections(
+    cluster: Cluster, db: str
+) -> None:
+    await cluster.users("mover", mover={"permissions": ["Trading"], "accounts": [10]})
+    await cluster.start()
+    assert await terminate_backends(db) >= 4  # two pools, two listeners
+    for node in "ab":  # the pools connect again
+        c = await cluster.client(node)
+        login = await c.call("AuthenticateUser", {"UserName": "mover", "Password": PASSWORD})
+        assert login.o["Authenticated"] is True
+    # The listeners connect again (or catch up): the other node still hears of a reset.
+    on_b = await cluster.client("b", "mover")
+    assert await reset_and_time_logoff(cluster, "a", on_b) < 3.0
