@@ -225,9 +225,12 @@ def new_pg_schema() -> str:
 
     try:
         run_async(check())
+        problem = None
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        problem = str(exc) or type(exc).__name__
+    if problem is not None:
         pytest.fail(
-            f"PostgreSQL is not reachable at {PG_URL} ({exc}): the postgres tests need it. "
+            f"PostgreSQL is not reachable at {PG_URL} ({problem}): the postgres tests need it. "
             "Start it (.ci/run does) or point OMS_AUTH_TEST_POSTGRES at one.",
             pytrace=False,
         )
