@@ -2,8 +2,8 @@
 
 Three layers keep secrets out:
 
-1. Library loggers that would log frames (websockets) or SQL parameters (aiosqlite) are pinned
-   above DEBUG, so turning on debug logging for oms-auth never turns on theirs.
+1. Library loggers that would log frames (websockets) or SQL parameters (aiosqlite, asyncpg) are
+   pinned above DEBUG, so turning on debug logging for oms-auth never turns on theirs.
 2. Every request runs in a context that knows its own secrets (the password, code, answer, TOTP
    code and token it carries); any of them found in a line, a traceback included, is replaced.
 3. Patterns catch the shapes of secrets from anywhere else: GUID codes, long tokens, base32 TOTP
