@@ -180,6 +180,9 @@ def test_the_url_keeps_our_parameters_from_asyncpg() -> None:
     for bad in ("schema=Robert'); DROP", "schema=1abc", "pool_max=lots", "pool_min=5&pool_max=2"):
         with pytest.raises(StoreError, match="PostgreSQL URL"):
             parse_url(f"postgresql://db1/auth?{bad}")
+    with pytest.raises(StoreError, match="the port of 'db1' is not a number") as bad_port:
+        parse_url("postgresql://oms:pw@db1:http/auth")
+    assert "pw" not in str(bad_port.value)
 
 
 def test_the_key_file_of_a_database_server_store_is_in_the_working_directory(

@@ -244,8 +244,14 @@ def parse_url(url: str) -> PgTarget:
         )
     if not 1 <= own.get("pool_min", 1) <= own.get("pool_max", 10):
         raise StoreError("PostgreSQL URL: need 1 <= pool_min <= pool_max")
+    try:
+        url_port = parts.port
+    except ValueError:
+        raise StoreError(
+            f"PostgreSQL URL: the port of {parts.hostname!r} is not a number"
+        ) from None
     host = parts.hostname or dict(rest).get("host") or "localhost"
-    port = dict(rest).get("port") or (str(parts.port) if parts.port else "5432")
+    port = dict(rest).get("port") or (str(url_port) if url_port else "5432")
     dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
     return PgTarget(dsn=dsn, where=f"{host}:{port}", **own)
 
