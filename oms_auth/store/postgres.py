@@ -810,7 +810,7 @@ class PostgresStore(Store):
                 try:
                     closed = await self._listen()
                     await self._catch_up()
-                except CONNECTION_ERRORS as exc:
+                except Exception as exc:  # whatever it was, this task must go on trying
                     self._drop_listener_conn()
                     log.warning("cannot listen on PostgreSQL yet (%s); retrying", exc)
                     delay = min(delay * 2, longest)
@@ -827,7 +827,7 @@ class PostgresStore(Store):
                     return
             try:
                 await self._listener_conn.fetchval("SELECT 1", timeout=self.keepalive_seconds)
-            except CONNECTION_ERRORS:
+            except Exception:
                 return
 
     async def _catch_up(self) -> None:
