@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -59,6 +60,7 @@ class App:
         self.metrics = Metrics()
         self.server: Server | None = None
         self._deps: Deps | None = None
+        self._maintenance: asyncio.Task[None] | None = None
 
     @property
     def deps(self) -> Deps:
@@ -76,6 +78,7 @@ class App:
         self.outbox = OutboxWorker(deps, transport_for(s.mail))
         deps.on_mail_queued.append(self.outbox.wake)
         self.outbox.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         deps.on_password_changed.append(self.gateway.log_off_user)
         # Resets completed on other nodes sharing the store log their users off here too.
@@ -110,6 +113,25 @@ class App:
     def url(self) -> str:
         return f"ws://{self.settings.display_host()}:{self.port}/WSGateway/"
 
+    async def _maintain(self) -> None:
+        """Every so often, delete counted events and sessions no rule looks at any more."""
+        s = self.settings
+        keep = max(
+            s.reset_window_seconds,
+            s.lockout_window_seconds,
+            s.login_window_seconds,
+            s.code_valid_seconds,
+        )
+        while True:
+            now = self.clock()
+            try:
+                gone = await self.deps.store.prune(now - keep, now - s.session_idle_seconds)
+                if gone:
+                    log.info("pruned %d expired rows", gone)
+            except Exception:
+                log.exception("pruning failed; will try again")
+            await asyncio.sleep(s.maintenance_seconds)
+
     async def _mail_metrics(self) -> dict[str, int]:
         counts = await self.deps.store.mail_counts()
         return {f"mail_{state}": n for state, n in counts.items()}
@@ -123,6 +145,10 @@ class App:
             await self.server.wait_closed()
             self.server = None
         if self._deps is not None:
+            if self._maintenance is not None:
+                self._maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._maintenance
             await self.resets.drain()
             await self.outbox.stop()
             await self._deps.store.close()

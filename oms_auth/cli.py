@@ -30,7 +30,9 @@ class CliError(Exception):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="store: a SQLite path (default ./oms-auth.sqlite3)")
+    p.add_argument(
+        "--db", help="store: a SQLite path (default ./oms-auth.sqlite3) or postgresql://URL"
+    )
     p.add_argument("--config", help="TOML file with settings")
 
 

@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ping_interval_seconds: float = 20
     ping_timeout_seconds: float = 20
     shutdown_grace_seconds: float = 10
+    maintenance_seconds: float = 600  # how often expired events and sessions are deleted
     session_idle_seconds: float = 3600
     # Reset engine (SPEC section 4)
     code_valid_seconds: float = 86400

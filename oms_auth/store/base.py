@@ -359,6 +359,12 @@ class Store(abc.ABC):
         """Walk the whole hash chain."""
         return check_chain(await self.audit_rows(limit=None, oldest_first=True))
 
+    @abc.abstractmethod
+    async def prune(self, events_before: float, sessions_idle_since: float) -> int:
+        """Delete what no rule looks at any more: counted events older than ``events_before``,
+        sessions idle since before ``sessions_idle_since``, and reset codes used, voided or
+        expired before ``events_before``. Returns how many rows went."""
+
     # Several nodes on one store (no-ops for a store only one process uses)
     async def listen_password_changed(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(user_id)`` whenever a reset completed on another node sharing this

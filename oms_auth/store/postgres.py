@@ -665,6 +665,22 @@ class PostgresStore(Store):
     async def clear_events(self, kind: str, key: str) -> None:
         await self._db.execute("DELETE FROM events WHERE kind = $1 AND key = $2", kind, _key(key))
 
+    async def prune(self, events_before: float, sessions_idle_since: float) -> int:
+        gone = 0
+        async with self._tx() as conn:
+            for sql, bound in (
+                ("DELETE FROM events WHERE at < $1", events_before),
+                ("DELETE FROM sessions WHERE last_seen < $1", sessions_idle_since),
+                (
+                    "DELETE FROM reset_codes WHERE (state <> 'pending' OR expires_at < $1)"
+                    " AND created_at < $1",
+                    events_before,
+                ),
+            ):
+                status = await conn.execute(sql, bound)
+                gone += int(status.rsplit(" ", 1)[-1])
+        return gone
+
     # -- reset codes --------------------------------------------------------------------------
 
     async def issue_code(

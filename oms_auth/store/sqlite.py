@@ -147,6 +147,15 @@ _USER_COLUMNS = f"""
 """
 _AUDIT_COLUMNS = "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
 _json = msgspec.json.Encoder()
+# (statement, which bound it takes): what prune() deletes.
+_PRUNE: list[tuple[str, Callable[[float, float], float]]] = [
+    ("DELETE FROM events WHERE at < ?", lambda events, sessions: events),
+    ("DELETE FROM sessions WHERE last_seen < ?", lambda events, sessions: sessions),
+    (
+        "DELETE FROM reset_codes WHERE (state != 'pending' OR expires_at < ?1) AND created_at < ?1",
+        lambda events, sessions: events,
+    ),
+]
 
 
 def _user(row: sqlite3.Row | tuple[Any, ...]) -> User:
@@ -540,6 +549,16 @@ class SqliteStore(Store):
             await db.execute("DELETE FROM events WHERE kind = ? AND key = ?", (kind, key))
 
         await self._write(job)
+
+    async def prune(self, events_before: float, sessions_idle_since: float) -> int:
+        async def job(db: aiosqlite.Connection) -> int:
+            gone = 0
+            for sql, arg in _PRUNE:
+                cur = await db.execute(sql, (arg(events_before, sessions_idle_since),))
+                gone += max(cur.rowcount, 0)
+            return gone
+
+        return await self._write(job)
 
     # -- reset codes --------------------------------------------------------------------------
 
