@@ -201,3 +201,16 @@ async def test_repeated_failed_logins_are_refused_without_checking_the_password(
     for _ in range(app.settings.login_failures_per_user):
         await login(client, "ghost", "wrong")
     assert (await login(client, "ghost", "wrong"))["errormsg"].startswith("Too many failed")
+
+
+async def test_a_session_logged_out_elsewhere_ends_on_every_connection_within_a_minute(
+    app: App, client: Client, clock: Clock
+) -> None:
+    await make_user(app.deps, "alice")
+    token = (await login(client, "alice"))["SessionToken"]
+    async with await Client.connect(app.url) as other:
+        await other.call("WebAuthenticateUser", {"SessionToken": token})
+        assert (await other.call("LogOut")).o["result"] is True
+    clock.advance(61)
+    await client.call("Ping")  # the next request finds the session gone
+    assert (await client.call("LogOut")).o["errorcode"] == 20

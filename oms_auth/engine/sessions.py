@@ -139,12 +139,13 @@ class Sessions:
         now = self.deps.clock() if now is None else now
         return now - last_seen >= self.deps.settings.session_idle_seconds
 
-    async def touch(self, token_digest: bytes, last_written: float) -> float:
-        """Record activity on a session; returns when it was last written to the store."""
+    async def touch(self, token_digest: bytes, last_written: float) -> float | None:
+        """Record activity on a session; returns when it was last written to the store, or
+        None when the session is gone (logged out or revoked on another connection or node)."""
         now = self.deps.clock()
         if now - last_written >= TOUCH_EVERY:
-            await self.deps.store.touch_session(token_digest, now)
-            return now
+            alive = await self.deps.store.touch_session(token_digest, now)
+            return now if alive else None
         return last_written
 
     async def logout(self, token_digest: bytes, user: User, source: str) -> None:

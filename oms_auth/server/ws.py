@@ -188,9 +188,12 @@ class Gateway:
         with request_context(secrets) as cid:
             try:
                 if conn.token_digest is not None:
-                    conn.last_written = await self.sessions.touch(
-                        conn.token_digest, conn.last_written
-                    )
+                    written = await self.sessions.touch(conn.token_digest, conn.last_written)
+                    if written is None:  # the session was revoked elsewhere
+                        self._forget(conn)
+                        conn.log_off()
+                    else:
+                        conn.last_written = written
                 reply: msgspec.Struct = await function.handler(conn, payload)
                 code = int(getattr(reply, "errorcode", 0) or 0)
             except Refusal as refusal:

@@ -267,7 +267,8 @@ class Store(abc.ABC):
     async def session(self, digest: bytes) -> Session | None: ...
 
     @abc.abstractmethod
-    async def touch_session(self, digest: bytes, now: float) -> None: ...
+    async def touch_session(self, digest: bytes, now: float) -> bool:
+        """Record activity; False when the session no longer exists (revoked elsewhere)."""
 
     @abc.abstractmethod
     async def revoke_session(self, digest: bytes) -> None: ...

@@ -613,10 +613,11 @@ class PostgresStore(Store):
         )
         return Session(*row) if row else None
 
-    async def touch_session(self, digest: bytes, now: float) -> None:
-        await self._db.execute(
+    async def touch_session(self, digest: bytes, now: float) -> bool:
+        status = await self._db.execute(
             "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2", now, digest
         )
+        return bool(status == "UPDATE 1")
 
     async def revoke_session(self, digest: bytes) -> None:
         await self._db.execute("DELETE FROM sessions WHERE digest = $1", digest)

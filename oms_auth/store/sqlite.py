@@ -492,13 +492,14 @@ class SqliteStore(Store):
         )
         return Session(*row) if row else None
 
-    async def touch_session(self, digest: bytes, now: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(
+    async def touch_session(self, digest: bytes, now: float) -> bool:
+        async def job(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(
                 "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest = ?", (now, digest)
             )
+            return cur.rowcount == 1
 
-        await self._write(job)
+        return await self._write(job)
 
     async def revoke_session(self, digest: bytes) -> None:
         async def job(db: aiosqlite.Connection) -> None:
