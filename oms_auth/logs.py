@@ -17,13 +17,14 @@ correlation id.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from secrets import token_hex
 from typing import IO, Any
 
 import msgspec
@@ -82,11 +83,20 @@ def correlation_id() -> str | None:
     return ctx.cid if ctx else None
 
 
+# Correlation ids: a random prefix per process and a counter, unique without a uuid4 per request.
+_CID_PREFIX = token_hex(4)
+_cid_counter = itertools.count(1)
+
+
+def new_cid() -> str:
+    return f"{_CID_PREFIX}{next(_cid_counter):x}"
+
+
 @contextmanager
 def request_context(secrets: Iterable[object] = (), cid: str | None = None) -> Iterator[str]:
     """Run a request: its correlation id, and the secrets no log line may show."""
     values = tuple(s for s in secrets if isinstance(s, str) and s)
-    ctx = _Context(cid=cid or uuid.uuid4().hex[:12], secrets=values)
+    ctx = _Context(cid=cid or new_cid(), secrets=values)
     token = _current.set(ctx)
     try:
         yield ctx.cid

@@ -30,6 +30,9 @@ class Function:
     name: str
     payload: msg.PayloadDecoder[Any]
     handler: Handler
+    # Answered in the connection's reader without a task of its own: for functions that never
+    # wait (Ping), where a task would cost more than the work.
+    inline: bool = False
 
 
 def user_info(user: User) -> msg.UserInfo:
@@ -65,7 +68,7 @@ class Functions:
         self.sessions = sessions
         self.resets = resets
         self.table: dict[str, Function] = {}
-        self.add("Ping", msg.Empty, self.ping)
+        self.add("Ping", msg.Empty, self.ping, inline=True)
         self.add("AuthenticateUser", msg.AuthenticateUserRequest, self.authenticate_user)
         self.add("Authenticate2FA", msg.Authenticate2FARequest, self.authenticate_2fa)
         self.add("WebAuthenticateUser", msg.WebAuthenticateUserRequest, self.web_authenticate)
@@ -80,8 +83,10 @@ class Functions:
         )
         self.add("UnlockUser", msg.UnlockUserRequest, self.unlock_user)
 
-    def add(self, name: str, payload: type[msgspec.Struct], handler: Handler) -> None:
-        self.table[name.lower()] = Function(name, msg.PayloadDecoder(payload), handler)
+    def add(
+        self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
+    ) -> None:
+        self.table[name.lower()] = Function(name, msg.PayloadDecoder(payload), handler, inline)
 
     def _apply(self, conn: Conn, login: Login) -> msg.AuthenticateUserReply:
         """Carry a login outcome onto the connection and answer it."""

@@ -152,6 +152,9 @@ class Gateway:
             )
             return
         self._check_session(conn)
+        if function.inline:
+            await self._run(conn, frame, function, payload)
+            return
         task = asyncio.create_task(self._run(conn, frame, function, payload))
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
