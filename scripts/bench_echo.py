@@ -15,6 +15,7 @@ import signal
 
 import msgspec
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from ._bench_util import have_uvloop, raise_nofile, run
 
@@ -39,12 +40,15 @@ _STANDARD = '{"result":true,"errormsg":null,"errorcode":0,"detail":null}'
 
 
 async def _handler(ws: ServerConnection) -> None:
-    async for data in ws:
-        try:
-            head = _decode(data)
-        except msgspec.MsgspecError:
-            head = _Head(i=0, n="")
-        await ws.send(_encode(_Reply(1, head.i, head.n, _STANDARD)), text=True)
+    try:
+        async for data in ws:
+            try:
+                head = _decode(data)
+            except msgspec.MsgspecError:
+                head = _Head(i=0, n="")
+            await ws.send(_encode(_Reply(1, head.i, head.n, _STANDARD)), text=True)
+    except ConnectionClosed:
+        pass  # a load generator that drops its connections is not an error
 
 
 async def _main(port: int) -> None:
@@ -52,9 +56,7 @@ async def _main(port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with serve(
-        _handler, "127.0.0.1", port, max_size=65536, server_header=None
-    ) as server:
+    async with serve(_handler, "127.0.0.1", port, max_size=65536, server_header=None) as server:
         bound = server.sockets[0].getsockname()[1]
         print(f"ceiling listening on ws://127.0.0.1:{bound}/", flush=True)
         await stop.wait()

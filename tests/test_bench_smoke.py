@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end with tiny numbers. Nothing about speed is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = (
+    "| Ping |",
+    "| AuthenticateUser |",
+    "| ResetPassword (Operator) |",
+    "| ResetPassword2 |",
+    "| Ping during ResetPassword2 |",
+    "idle authenticated connections |",
+    "| start to listening |",
+)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_bench_quick_run_prints_the_table_with_every_case() -> None:
+    done = _run("scripts.bench", "--quick")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "| loop | case | conns | req/s | p50 ms | p99 ms | p99.9 ms |" in done.stdout
+    assert "Machine:" in done.stdout
+    for case in CASES:
+        assert case in done.stdout, f"{case} missing from:\n{done.stdout}"
+
+
+@pytest.mark.slow
+def test_codec_benchmark_runs() -> None:
+    done = _run("scripts.bench_codec", "--quick")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "| op | frame | protocol.frame (msgspec) ns | stdlib json ns |" in done.stdout
+    for op in ("| decode | Ping |", "| encode | AuthenticateUser |"):
+        assert op in done.stdout
