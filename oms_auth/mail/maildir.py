@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
 
 __all__ = ["MaildirTransport"]
+
+_ID = re.compile(r"\.oms-auth-(\d+)\.")
 
 
 class MaildirTransport:
@@ -19,14 +23,25 @@ class MaildirTransport:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+        # Ids already in the Maildir: read once, then kept up to date, because listing a
+        # folder of thousands of messages for every delivery would stall the process.
+        self._delivered: set[int] | None = None
+        self._lock = threading.Lock()
 
     def _ensure(self) -> None:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
     def _already(self, mail_id: int) -> bool:
-        tag = f".oms-auth-{mail_id}."
-        return any(tag in p.name for sub in ("new", "cur") for p in (self.path / sub).iterdir())
+        with self._lock:
+            if self._delivered is None:
+                self._delivered = {
+                    int(m[1])
+                    for sub in ("new", "cur")
+                    for p in (self.path / sub).iterdir()
+                    if (m := _ID.search(p.name))
+                }
+            return mail_id in self._delivered
 
     def _deliver(self, message: EmailMessage, mail_id: int) -> None:
         self._ensure()
@@ -40,6 +55,9 @@ class MaildirTransport:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.path / "new" / name)
+        with self._lock:
+            assert self._delivered is not None
+            self._delivered.add(mail_id)
 
     async def send(self, message: EmailMessage, mail_id: int) -> None:
         await asyncio.to_thread(self._deliver, message, mail_id)

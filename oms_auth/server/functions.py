@@ -20,7 +20,12 @@ from ..errors import InvalidValue, NotAuthorized
 from ..store import User
 from .connection import Conn
 
-__all__ = ["Function", "Functions"]
+__all__ = ["Function", "Functions", "SECRET_KEYS"]
+
+# Payload keys whose values no log line may show, whatever the line (tracebacks included).
+SECRET_KEYS = frozenset(
+    {"Password", "PendingCode", "SecurityQuestionAnswer", "Code", "SessionToken"}
+)
 
 Handler = Callable[[Conn, Any], Awaitable[msgspec.Struct]]
 
@@ -33,6 +38,8 @@ class Function:
     # Answered in the connection's reader without a task of its own: for functions that never
     # wait (Ping), where a task would cost more than the work.
     inline: bool = False
+    # The payload's fields whose values no log line may show.
+    secret_fields: tuple[str, ...] = ()
 
 
 def user_info(user: User) -> msg.UserInfo:
@@ -86,7 +93,10 @@ class Functions:
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
     ) -> None:
-        self.table[name.lower()] = Function(name, msg.PayloadDecoder(payload), handler, inline)
+        secret = tuple(f for f in payload.__struct_fields__ if f in SECRET_KEYS)
+        self.table[name.lower()] = Function(
+            name, msg.PayloadDecoder(payload), handler, inline, secret
+        )
 
     def _apply(self, conn: Conn, login: Login) -> msg.AuthenticateUserReply:
         """Carry a login outcome onto the connection and answer it."""

@@ -34,8 +34,6 @@ __all__ = ["Gateway", "WS_PATHS"]
 log = logging.getLogger("oms_auth.server")
 
 WS_PATHS = frozenset({"/WSGateway/", "/WSGateway", "/"})
-# Payload keys whose values no log line may show, whatever the line (tracebacks included).
-SECRET_KEYS = ("Password", "PendingCode", "SecurityQuestionAnswer", "Code", "SessionToken")
 _MAX_NAME_IN_DETAIL = 80
 
 
@@ -187,7 +185,7 @@ class Gateway:
     async def _run(self, conn: Conn, frame: Frame, function: Function, payload: Any) -> None:
         started = asyncio.get_running_loop().time()
         was = conn.user.id if conn.user else None
-        secrets = [getattr(payload, key, None) for key in SECRET_KEYS]
+        secrets = [getattr(payload, key) for key in function.secret_fields]
         with request_context(secrets) as cid:
             try:
                 if conn.token_digest is not None:
@@ -198,7 +196,7 @@ class Gateway:
                     else:
                         conn.last_written = written
                 reply: msgspec.Struct = await function.handler(conn, payload)
-                code = int(getattr(reply, "errorcode", 0) or 0)
+                code = reply.errorcode if isinstance(reply, StandardResponse) else 0
             except Refusal as refusal:
                 reply = refusal.response()
                 code = int(refusal.code)

@@ -264,15 +264,15 @@ class SqliteStore(Store):
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    # One trip to the connection's thread per query (execute, fetch and close would be three).
     @staticmethod
     async def _one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
-        async with db.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = list(await db.execute_fetchall(sql, params))
+        return rows[0] if rows else None
 
     @staticmethod
     async def _all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
-        async with db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await db.execute_fetchall(sql, params))
 
     async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         if self._writer is None:
