@@ -266,8 +266,11 @@ class Resets:
 
     # -- the link ------------------------------------------------------------------------------
 
-    async def _valid_code(self, code: Any, source: str) -> tuple[ResetCode, bytes]:
-        """The pending, unexpired code, or 104 (one text for every way it is not)."""
+    async def _valid_code(
+        self, code: Any, source: str, user_id: int | None = None
+    ) -> tuple[ResetCode, bytes]:
+        """The pending, unexpired code (of ``user_id``, when given), or 104: one text for
+        every way it is not."""
         d, s = self.deps, self.deps.settings
         now = d.clock()
         since = now - s.reset_window_seconds
@@ -277,7 +280,13 @@ class Resets:
             raise OperationFailed(TOO_MANY_INVALID_KEYS)
         key = digest(code) if isinstance(code, str) and code else None
         record = await d.store.reset_code(key) if key else None
-        if record is None or record.state != "pending" or record.expires_at <= now or key is None:
+        if (
+            key is None
+            or record is None
+            or record.state != "pending"
+            or record.expires_at <= now
+            or (user_id is not None and record.user_id != user_id)
+        ):
             # Counted against the address, never the user: anyone can send a code.
             await d.store.add_event(INVALID_CODES_FROM_SOURCE, source, now)
             raise NotFound(INVALID_RECOVERY_KEY)
@@ -323,11 +332,8 @@ class Resets:
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue("Invalid value provided for UserId")
-        record, key = await self._valid_code(code, source)
+        record, key = await self._valid_code(code, source, uid)
         now = d.clock()
-        if record.user_id != uid:
-            await d.store.add_event(INVALID_CODES_FROM_SOURCE, source, now)
-            raise NotFound(INVALID_RECOVERY_KEY)
         user = await d.store.user_by_id(uid)
         if user is None:
             raise NotFound(INVALID_RECOVERY_KEY)
