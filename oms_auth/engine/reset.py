@@ -119,29 +119,19 @@ class Resets:
         now = d.clock()
         target = await d.store.user_by_name(username)
 
-        def refuse(action: str, reason: str) -> AuditEntry:
-            return AuditEntry(
-                action=action,
-                actor_id=caller.id,
-                target_id=target.id if target else None,
-                target_name=username.strip()[:200],
-                source=source,
-                detail=reason,
-            )
+        async def refused(reason: str) -> None:
+            await self._refused(caller, target, username, source, reason, now)
 
         if OPERATOR in caller.permissions:
             if target is None or target.oms_id != caller.oms_id:
-                await d.store.audit([refuse("reset-refused", "no such user in the OMS")], now)
-                d.event("resets_refused")
+                await refused("no such user in the OMS")
                 raise NotFound(USERNAME_NOT_FOUND)
         elif target is None or not self._may_reset(caller, target):
-            await d.store.audit([refuse("reset-refused", "not permitted")], now)
-            d.event("resets_refused")
+            await refused("not permitted")
             raise NotAuthorized(NO_PERMISSION_FOR_USER)
         refusal = await self._ineligible(target)
         if refusal is not None:
-            await d.store.audit([refuse("reset-refused", refusal)], now)
-            d.event("resets_refused")
+            await refused(refusal)
             raise OperationFailed(refusal)
         allowed = await d.store.take(
             REQUESTS_AUTHENTICATED,
@@ -151,8 +141,7 @@ class Resets:
             s.reset_requests_per_user,
         )
         if not allowed:
-            await d.store.audit([refuse("reset-refused", "too many requests")], now)
-            d.event("resets_refused")
+            await refused("too many requests")
             raise OperationFailed(TOO_MANY_RESETS)
         await self._issue(
             target,
@@ -185,22 +174,9 @@ class Resets:
     async def _anonymous_work(self, username: str, source: str) -> None:
         d, s = self.deps, self.deps.settings
         now = d.clock()
-        name = username.strip()[:200]
 
         async def refused(reason: str, target: User | None = None) -> None:
-            d.event("resets_refused")
-            await d.store.audit(
-                [
-                    AuditEntry(
-                        action="reset-refused",
-                        target_id=target.id if target else None,
-                        target_name=name,
-                        source=source,
-                        detail=reason,
-                    )
-                ],
-                now,
-            )
+            await self._refused(None, target, username, source, reason, now)
 
         if not await d.store.take(
             REQUESTS_FROM_SOURCE, source, now, s.reset_window_seconds, s.reset_requests_per_source
@@ -231,6 +207,27 @@ class Resets:
                 detail="self-service",
             ),
         )
+
+    async def _refused(
+        self,
+        caller: User | None,
+        target: User | None,
+        username: str,
+        source: str,
+        reason: str,
+        now: float,
+    ) -> None:
+        """Record why a ResetPassword was refused (audit trail and metrics)."""
+        self.deps.event("resets_refused")
+        entry = AuditEntry(
+            action="reset-refused",
+            actor_id=caller.id if caller else None,
+            target_id=target.id if target else None,
+            target_name=username.strip()[:200],
+            source=source,
+            detail=reason,
+        )
+        await self.deps.store.audit([entry], now)
 
     async def _ineligible(self, target: User) -> str | None:
         """Why this user's password cannot be reset here, in the seeds' words, or None."""
