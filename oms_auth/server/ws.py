@@ -109,11 +109,14 @@ class Gateway:
 
     def _forget(self, conn: Conn) -> None:
         if conn.user is not None:
-            conns = self.by_user.get(conn.user.id)
-            if conns is not None:
-                conns.discard(conn)
-                if not conns:
-                    del self.by_user[conn.user.id]
+            self._untrack(conn, conn.user.id)
+
+    def _untrack(self, conn: Conn, user_id: int) -> None:
+        conns = self.by_user.get(user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_user[user_id]
 
     # -- one message --------------------------------------------------------------------------
 
@@ -223,9 +226,7 @@ class Gateway:
         if now == was:
             return
         if was is not None:
-            conns = self.by_user.get(was)
-            if conns is not None:
-                conns.discard(conn)
+            self._untrack(conn, was)
         if now is not None:
             self.by_user[now].add(conn)
 
