@@ -244,15 +244,20 @@ def seed(db: Path, groups: list[dict[str, Any]]) -> dict[str, list[int]]:
     return ids
 
 
-def load(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    """One load-generator run in its own process."""
-    proc = PROCS.start(
+def start_loader(stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """A load-generator process, reading its job as one JSON line on stdin."""
+    return PROCS.start(
         [PY, "-m", "scripts.bench_load"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         env=_env(),
     )
+
+
+def load(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """One load-generator run in its own process."""
+    proc = start_loader()
     try:
         out, err = proc.communicate(json.dumps(spec) + "\n", timeout=timeout)
     finally:
@@ -690,13 +695,7 @@ def _saturation_case(
             warmup=0.0,
             duration=opts.warmup + opts.duration + 2.5,
         )
-        proc = PROCS.start(
-            [PY, "-m", "scripts.bench_load"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_env(),
-        )
+        proc = start_loader()
         quiesce(oms, loop)
         try:
             assert proc.stdin is not None
@@ -752,13 +751,7 @@ def _memory_case(opts: Options, loop: str, tmp: Path, rows: list[Row]) -> None:
             token = asyncio.run(_login(server.url, "idle0")) if kind == "oms-auth" else None
             time.sleep(0.1 if opts.quick else 0.5)
             before = rss_bytes(server.pid)
-            holder = PROCS.start(
-                [PY, "-m", "scripts.bench_load"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=_env(),
-            )
+            holder = start_loader(stderr=subprocess.DEVNULL)
             assert holder.stdin is not None
             spec = {"idle": True, "url": server.url, "conns": opts.idle, "batch": 100}
             holder.stdin.write(json.dumps({**spec, "token": token}) + "\n")
