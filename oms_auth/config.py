@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .store.base import is_postgres_url, sqlite_path
+
 __all__ = ["Settings", "load_settings", "ConfigError"]
 
 
@@ -74,11 +76,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def key_file(self) -> Path:
         if self.secret_key_file:
             return Path(self.secret_key_file)
-        if self.db.startswith(("postgresql://", "postgres://")):
+        if is_postgres_url(self.db):
             # A database server has no folder of ours: the working directory's. Every node of
             # one exchange needs the same key (the store refuses a different one).
             return Path("oms-auth.key").resolve()
-        db = Path(self.db.removeprefix("sqlite://").removeprefix("sqlite:"))
+        db = Path(sqlite_path(self.db))
         return db.resolve().parent / (db.name + ".key")
 
 

@@ -14,6 +14,8 @@ from .base import (
     Store,
     StoreError,
     User,
+    is_postgres_url,
+    sqlite_path,
     username_key,
 )
 
@@ -43,14 +45,14 @@ async def open_store(url: str) -> Store:
     from pathlib import Path
 
     store: Store
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         from .postgres import PostgresStore
 
         store = PostgresStore(url)
     else:
         from .sqlite import SqliteStore
 
-        path = url.removeprefix("sqlite://").removeprefix("sqlite:")
+        path = sqlite_path(url)
         Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
         store = SqliteStore(path)
     await store.open()

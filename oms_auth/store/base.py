@@ -30,7 +30,19 @@ __all__ = [
     "chain_hash",
     "Store",
     "username_key",
+    "is_postgres_url",
+    "sqlite_path",
 ]
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether a ``--db`` value names PostgreSQL (anything else is a SQLite file)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(url: str) -> str:
+    """The file a ``--db`` value names: a path, or ``sqlite:PATH``."""
+    return url.removeprefix("sqlite://").removeprefix("sqlite:")
 
 
 def username_key(username: str) -> str:

@@ -58,7 +58,7 @@ from .base import (
     username_key,
 )
 
-__all__ = ["PostgresStore", "PgTarget", "parse_url", "is_postgres_url", "SCHEMA_VERSION"]
+__all__ = ["PostgresStore", "PgTarget", "parse_url", "SCHEMA_VERSION"]
 
 log = logging.getLogger("oms_auth.store")
 
@@ -191,10 +191,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
 )
 _HEALTH_ERRORS: tuple[type[BaseException], ...] = (StoreError, *CONNECTION_ERRORS)
-
-
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
 
 
 class PgTarget(msgspec.Struct, frozen=True, kw_only=True):
