@@ -12,8 +12,10 @@ import time
 from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
+from protocol.messages import LogoutReason
+
 from .config import Settings
-from .crypto import Hasher, Sealer, load_or_create_key
+from .crypto import Hasher, Sealer, audit_key, load_or_create_key
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import Sessions
@@ -23,6 +25,7 @@ from .server.functions import Functions
 from .server.http import HttpPages
 from .server.metrics import Metrics
 from .server.page import ResetPage
+from .server.registry import Registry
 from .server.ws import WS_PATHS, Gateway
 from .store import Store, open_store
 
@@ -34,7 +37,7 @@ log = logging.getLogger("oms_auth")
 async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
     """Open the store and load the key: what the CLI's offline commands need too."""
     key = load_or_create_key(settings.key_file(), os.environ.get("OMS_AUTH_SECRET_KEY"))
-    store: Store = await open_store(settings.db)
+    store: Store = await open_store(settings.db, audit_key=audit_key(key))
     try:
         # A store shared by several nodes refuses a node whose key differs from the others'.
         await store.bind_key(hmac.new(key, b"oms-auth key fingerprint", "sha256").hexdigest())
@@ -74,17 +77,22 @@ class App:
         self._deps = deps = await build_deps(s, self.clock)
         self.sessions = Sessions(deps, delay_unit=self.login_delay)
         self.resets = Resets(deps)
-        self.functions = Functions(self.sessions, self.resets)
+        self.registry = Registry(Gateway.send)
+        self.functions = Functions(self.sessions, self.resets, self.registry)
         deps.on_event.append(self.metrics.event)
         self.outbox = OutboxWorker(deps, transport_for(s.mail))
         deps.on_mail_queued.append(self.outbox.wake)
         self.outbox.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
-        deps.on_password_changed.append(self.gateway.log_off_user)
-        # Resets completed on other nodes sharing the store log their users off here too.
+        # Sessions this node ends, and those other nodes sharing the store end, log off every
+        # connection here that holds them, with a LogoutEvent.
+        deps.on_password_changed.append(
+            lambda user_id: self.registry.end_user(user_id, LogoutReason.PASSWORD_CHANGED)
+        )
+        deps.on_session_revoked.append(self.registry.end_session)
         try:
-            await deps.store.listen_password_changed(self.gateway.log_off_user)
+            await deps.store.listen_revocations(self.registry.revoked)
         except BaseException:
             await self.stop()
             raise
@@ -154,6 +162,7 @@ class App:
         if self.server is not None:
             self.server.close(close_connections=False)
             await self.gateway.drain(self.settings.shutdown_grace_seconds)
+            await self.registry.flush()
             await self.server.wait_closed()
             self.server = None
         if self._deps is not None:

@@ -334,6 +334,46 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    named = _NAMED_ESCAPES.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _printable(text: str) -> str:
+    """Audit text as one line a terminal shows as is: what is not printable (C0, DEL, C1, format
+    characters such as U+202E, line and paragraph separators, ...) and the backslash itself
+    are escaped, Python-style (``\\n``, ``\\x1b``, ``\\u202e``), so nothing in a row written
+    by a client can break the line, recolour the terminal or reorder what follows."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(ch if ch.isprintable() and ch != "\\" else _escape_char(ch) for ch in text)
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    """One JSON object on one line. JSON escapes C0 and quotes; DEL, C1, U+2028/U+2029 and
+    format characters would pass raw (and split the line for some readers), so they are
+    written as ``\\uXXXX`` too (only strings can hold them: the text decodes the same)."""
+    text = msgspec.json.encode(record).decode()
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            data = ch.encode("utf-16-be", "surrogatepass")
+            out.extend(f"\\u{int.from_bytes(data[i : i + 2]):04x}" for i in range(0, len(data), 2))
+    return "".join(out)
+
+
 async def _audit(deps: Deps, args: argparse.Namespace) -> int:
     if args.action == "verify":
         check = await deps.store.verify_audit()
@@ -357,11 +397,11 @@ async def _audit(deps: Deps, args: argparse.Namespace) -> int:
         for row in rows:
             record = msgspec.structs.asdict(row)
             record["time"] = _iso(row.at)
-            sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+            sys.stdout.write(_json_line(record) + "\n")
         return 0
     for row in rows:
         at = datetime.fromtimestamp(row.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        parts = [at, row.action]
+        parts = [at, _printable(row.action)]
         for label, value in (
             ("actor", row.actor_id),
             ("target", row.target_id),
@@ -370,7 +410,8 @@ async def _audit(deps: Deps, args: argparse.Namespace) -> int:
             ("detail", row.detail),
         ):
             if value is not None:
-                parts.append(f"{label}={value}")
+                shown = _printable(value) if isinstance(value, str) else value
+                parts.append(f"{label}={shown}")
         print(" ".join(parts))
     return 0
 

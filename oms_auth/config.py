@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -43,6 +43,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Reset engine (SPEC section 4)
     code_valid_seconds: float = 86400
     self_service_reset: bool = True
+    # Self-service requests are answered at once and worked off in the background: at most
+    # this many wait (past it they are answered the same and dropped, counted in /metrics as
+    # oms_auth_self_service_dropped), served by this many tasks, so a flood costs bounded
+    # memory and store work.
+    self_service_queue: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    self_service_workers: Annotated[int, msgspec.Meta(ge=1)] = 4
     reset_requests_per_user: int = 3
     reset_requests_per_source: int = 30
     reset_window_seconds: float = 3600
@@ -53,6 +59,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_failures_per_user: int = 10
     login_failures_per_source: int = 50
     login_window_seconds: float = 900
+    # A login that passed its password step waits this long, for at most this many wrong
+    # TOTP codes, for its second step (SPEC section 2).
+    second_step_seconds: float = 300
+    second_step_attempts: int = 5
     password_policy: Literal["default", "nist"] = "default"
     # Argon2id cost; the defaults follow RFC 9106's second recommendation.
     argon2_time_cost: int = 3

@@ -31,6 +31,7 @@ __all__ = [
     "new_pending_code",
     "constant_time_equal",
     "load_or_create_key",
+    "audit_key",
 ]
 
 
@@ -129,6 +130,12 @@ class Sealer:
             return self._aead.decrypt(sealed[:12], sealed[12:], context)
         except InvalidTag as exc:
             raise ValueError("sealed value does not open with this key") from exc
+
+
+def audit_key(service_key: bytes) -> bytes:
+    """The key of the audit hash chain (HMAC-SHA256), derived from the service key: whoever
+    holds the store alone cannot re-hash a row they edited."""
+    return hmac.new(service_key, b"oms-auth audit chain", hashlib.sha256).digest()
 
 
 def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:

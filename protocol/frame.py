@@ -23,6 +23,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_reply",
+    "encode_event",
     "encode_error",
 ]
 
@@ -158,6 +159,11 @@ def encode(m: int, i: int, n: str, o: bytes | str) -> bytes:
 def encode_reply(i: int, n: str, payload: msgspec.Struct) -> bytes:
     """An m=1 reply carrying ``payload``."""
     return encode(MessageType.REPLY, i, n, _encoder.encode(payload))
+
+
+def encode_event(n: str, payload: msgspec.Struct) -> bytes:
+    """An m=3 event pushed by the server (``i`` is 0)."""
+    return encode(MessageType.EVENT, 0, n, _encoder.encode(payload))
 
 
 def encode_error(error: FrameError) -> bytes:

@@ -8,6 +8,7 @@ apply. A key of the wrong type is refused here, naming the key.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -24,6 +25,8 @@ __all__ = [
     "WebAuthenticateUserRequest",
     "UserInfo",
     "AuthenticateUserReply",
+    "LogoutEvent",
+    "LogoutReason",
     "ResetPasswordRequest",
     "ResetPassword2Request",
     "PendingCodeRequest",
@@ -79,6 +82,21 @@ class AuthenticateUserReply(msgspec.Struct, frozen=True):
         # The token is a bearer credential: never let it reach a log through a repr.
         token = "<redacted>" if self.SessionToken else None
         return f"AuthenticateUserReply(Authenticated={self.Authenticated}, SessionToken={token})"
+
+
+class LogoutReason(StrEnum):
+    """Why a session ended, as LogoutEvent tells it (SPEC section 1)."""
+
+    PASSWORD_CHANGED = "PasswordChanged"
+    FORCED_LOGOFF = "ForcedLogoff"
+    LOGGED_OUT_ELSEWHERE = "LoggedOutElsewhere"
+    SESSION_EXPIRED = "SessionExpired"
+
+
+class LogoutEvent(msgspec.Struct, frozen=True):
+    """m=3, before a connection's session ends for a reason other than its own LogOut."""
+
+    Reason: str
 
 
 class ResetPasswordRequest(msgspec.Struct, frozen=True):

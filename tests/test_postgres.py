@@ -23,7 +23,16 @@ import pytest
 
 from oms_auth.app import App
 from oms_auth.config import Settings
-from oms_auth.store import AuditEntry, MailItem, NewUser, Store, StoreError, open_store
+from oms_auth.crypto import audit_key
+from oms_auth.store import (
+    AuditEntry,
+    MailItem,
+    NewUser,
+    Outcome,
+    Store,
+    StoreError,
+    open_store,
+)
 from oms_auth.store.postgres import SCHEMA_VERSION, PostgresStore, parse_url
 from protocol.client import Client
 
@@ -41,6 +50,8 @@ from .helpers import (
 )
 
 NOW = 1_800_000_000.0
+# The audit key every store a test opens here is given (the nodes of one exchange share it).
+AUDIT_KEY = audit_key(bytes(range(32)))
 
 
 def mail(user_id: int, kind: str = "reset") -> MailItem:
@@ -50,8 +61,8 @@ def mail(user_id: int, kind: str = "reset") -> MailItem:
 @pytest.fixture
 async def nodes(db: str) -> AsyncIterator[tuple[Store, Store]]:
     """Two stores on one database: what two nodes share."""
-    a = await open_store(db)
-    b = await open_store(db)
+    a = await open_store(db, audit_key=AUDIT_KEY)
+    b = await open_store(db, audit_key=AUDIT_KEY)
     try:
         yield a, b
     finally:
@@ -90,7 +101,7 @@ async def test_of_concurrent_redemptions_on_two_nodes_exactly_one_wins(
 ) -> None:
     a, b = nodes
     uid = await a_user(a)
-    await a.create_session(b"s" * 32, uid, NOW)
+    await a.open_session(b"s" * 32, uid, NOW, 0)
     await a.issue_code(uid, b"c" * 32, NOW, NOW + 60, mail(uid), [])
     wins = await asyncio.gather(
         *(
@@ -98,8 +109,8 @@ async def test_of_concurrent_redemptions_on_two_nodes_exactly_one_wins(
             for n in range(30)
         )
     )
-    assert wins.count(True) == 1
-    winner = wins.index(True)
+    assert wins.count(Outcome.DONE) == 1
+    winner = wins.index(Outcome.DONE)
     user = await b.user_by_id(uid)
     assert user is not None and user.password_hash == f"h{winner}"
     assert await a.session(b"s" * 32) is None
@@ -176,7 +187,9 @@ def test_the_url_keeps_our_parameters_from_asyncpg() -> None:
     assert t.dsn == "postgresql://oms@db1:6543/auth?sslmode=disable"
     t = parse_url("postgres://oms:pw@db1/auth")
     assert (t.schema, t.pool_max, t.command_timeout, t.where) == ("public", 10, 30.0, "db1:5432")
-    assert "pw" not in repr(t) and "pw" not in repr(PostgresStore("postgres://oms:pw@db1/auth"))
+    assert "pw" not in repr(t) and "pw" not in repr(
+        PostgresStore("postgres://oms:pw@db1/auth", audit_key=AUDIT_KEY)
+    )
     for bad in ("schema=Robert'); DROP", "schema=1abc", "pool_max=lots", "pool_min=5&pool_max=2"):
         with pytest.raises(StoreError, match="PostgreSQL URL"):
             parse_url(f"postgresql://db1/auth?{bad}")
@@ -200,19 +213,21 @@ pg_only = pytest.mark.parametrize("db", ["postgres"], indirect=True)
 
 @pg_only
 async def test_nodes_starting_at_once_create_the_schema_once(db: str) -> None:
-    stores = await asyncio.gather(*(open_store(db) for _ in range(4)))
+    stores = await asyncio.gather(*(open_store(db, audit_key=AUDIT_KEY) for _ in range(4)))
     for store in stores:
         assert isinstance(store, PostgresStore) and await store.schema_version() == SCHEMA_VERSION
         await store.close()
-    assert await sql(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    version = await sql(db, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)]
 
 
 @pg_only
 async def test_a_schema_from_a_newer_oms_auth_is_refused(db: str) -> None:
-    await (await open_store(db)).close()
+    await (await open_store(db, audit_key=AUDIT_KEY)).close()
     await sql(db, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="schema version 99; this oms-auth knows up to 2"):
-        await open_store(db)
+    newer = f"schema version 99; this oms-auth knows up to {SCHEMA_VERSION}"
+    with pytest.raises(StoreError, match=newer):
+        await open_store(db, audit_key=AUDIT_KEY)
 
 
 @pg_only
@@ -402,7 +417,8 @@ async def test_connections_the_server_cuts_are_replaced(app: App, db: str) -> No
 
 async def redeem(store: Store, uid: int, code: bytes) -> None:
     await store.issue_code(uid, code, time.time(), time.time() + 60, mail(uid), [])
-    assert await store.complete_reset(uid, code, "h", time.time(), mail(uid, "changed"), [])
+    done = await store.complete_reset(uid, code, "h", time.time(), mail(uid, "changed"), [])
+    assert done is Outcome.DONE
 
 
 @pg_only
@@ -412,8 +428,8 @@ async def test_a_reset_on_one_node_is_told_to_the_others_not_to_itself(
     a, b = nodes
     told_a: list[int] = []
     told_b: list[int] = []
-    await a.listen_password_changed(told_a.append)
-    await b.listen_password_changed(told_b.append)
+    await a.listen_revocations(lambda r: told_a.append(r.user_id))
+    await b.listen_revocations(lambda r: told_b.append(r.user_id))
     uid = await a_user(a)
     started = time.monotonic()
     await redeem(a, uid, b"1" * 32)
@@ -430,7 +446,7 @@ async def test_a_cut_listener_reconnects_and_catches_up(
     a, b = nodes
     assert isinstance(b, PostgresStore)
     told: list[int] = []
-    await b.listen_password_changed(told.append)
+    await b.listen_revocations(lambda r: told.append(r.user_id))
     uid, other = await a_user(a), await a_user(a, "bob")
     b.listen_retry = (1.0, 1.0)  # long enough for a reset to commit while b is not listening
     pid = b._listener_conn.get_server_pid()

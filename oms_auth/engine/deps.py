@@ -28,6 +28,9 @@ class Deps:
     clock: Clock = time.time
     # Called with a user id after that user's password changed, to log its connections off.
     on_password_changed: list[Callable[[int], None]] = field(default_factory=list)
+    # Called with a session's token digest and the LogoutEvent reason when this node ended it
+    # (LogOut, expiry), so every connection holding it is logged off at once.
+    on_session_revoked: list[Callable[[bytes, str], None]] = field(default_factory=list)
     # Called when mail was queued, to wake the delivery worker.
     on_mail_queued: list[Callable[[], None]] = field(default_factory=list)
 
@@ -41,6 +44,10 @@ class Deps:
     def password_changed(self, user_id: int) -> None:
         for callback in self.on_password_changed:
             callback(user_id)
+
+    def session_revoked(self, token_digest: bytes, reason: str) -> None:
+        for callback in self.on_session_revoked:
+            callback(token_digest, reason)
 
     def mail_queued(self) -> None:
         for callback in self.on_mail_queued:

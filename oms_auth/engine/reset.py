@@ -19,7 +19,16 @@ from ..crypto import digest, new_pending_code
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
 from ..mail.outbox import sealed_context
 from ..mail.templates import reset_link
-from ..store import RESET_FAILURE, AuditEntry, MailItem, ResetCode, User, username_key
+from ..store import (
+    RESET_FAILURE,
+    AuditEntry,
+    Claim,
+    MailItem,
+    Outcome,
+    ResetCode,
+    User,
+    username_key,
+)
 from . import totp
 from .deps import Deps
 from .passwords import POLICIES, Policy
@@ -82,11 +91,20 @@ def parse_user_id(value: int | str | None) -> int | None:
 
 
 class Resets:
-    """The reset engine. Background work (self-service requests) is tracked for ``drain()``."""
+    """The reset engine. Self-service requests wait in a bounded queue served by a few worker
+    tasks (``drain()`` waits for them)."""
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self._background: set[asyncio.Task[None]] = set()
+        s = deps.settings
+        # Bounded, so a flood costs a fixed amount of memory and store work: past the cap a
+        # request is answered the same and dropped (maxsize 0 would mean unbounded).
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(
+            maxsize=max(1, s.self_service_queue)
+        )
+        self._max_workers = max(1, s.self_service_workers)
+        # Started on demand; each one exits once the queue is empty, so none idles or leaks.
+        self._workers: set[asyncio.Task[None]] = set()
 
     @property
     def policy(self) -> Policy:
@@ -102,17 +120,40 @@ class Resets:
             if not self.deps.settings.self_service_reset:
                 raise NotAuthorized(SELF_SERVICE_OFF)
             # The answer goes out now; the work goes on in the background, so neither the
-            # answer nor its timing says whether the user exists.
-            task = asyncio.create_task(self._anonymous(username, source))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            # answer nor its timing says whether the user exists. Nothing here looks at the
+            # user, and a full queue drops the request with the same answer.
+            try:
+                self._queue.put_nowait((username, source))
+            except asyncio.QueueFull:
+                self.deps.event("self_service_dropped")
+                return
+            if len(self._workers) < self._max_workers:
+                worker = asyncio.create_task(self._serve_queue(), name="self-service-reset")
+                self._workers.add(worker)
             return
         await self._authenticated(caller, username, source)
 
     async def drain(self) -> None:
-        """Wait for background requests to finish (shutdown, tests)."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Wait until every queued self-service request is done and its worker has ended
+        (shutdown, tests)."""
+        while self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _serve_queue(self) -> None:
+        """A worker: take requests until the queue is empty, then end. The empty check and
+        leaving the worker set happen with no await between them, so ``request`` starts a new
+        worker whenever the last one has stopped looking."""
+        try:
+            while not self._queue.empty():
+                username, source = self._queue.get_nowait()
+                try:
+                    await self._anonymous(username, source)
+                finally:
+                    self._queue.task_done()
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._workers.discard(task)
 
     async def _authenticated(self, caller: User, username: str, source: str) -> None:
         d, s = self.deps, self.deps.settings
@@ -178,10 +219,13 @@ class Resets:
         async def refused(reason: str, target: User | None = None) -> None:
             await self._refused(None, target, username, source, reason, now)
 
+        # Throttled requests are counted, not audited one by one: a flood would otherwise
+        # write a row per request (and the trail is never pruned).
         if not await d.store.take(
             REQUESTS_FROM_SOURCE, source, now, s.reset_window_seconds, s.reset_requests_per_source
         ):
-            return await refused("too many requests from this address")
+            d.event("resets_throttled")
+            return
         if not await d.store.take(
             REQUESTS_ANONYMOUS,
             username_key(username),
@@ -189,7 +233,8 @@ class Resets:
             s.reset_window_seconds,
             s.reset_requests_per_user,
         ):
-            return await refused("too many requests")
+            d.event("resets_throttled")
+            return
         target = await d.store.user_by_name(username)
         if target is None:
             return await refused("no such user")
@@ -217,7 +262,8 @@ class Resets:
         reason: str,
         now: float,
     ) -> None:
-        """Record why a ResetPassword was refused (audit trail and metrics)."""
+        """Record why a ResetPassword was refused (audit trail and metrics). Throttled
+        self-service requests do not come here: they are only counted."""
         self.deps.event("resets_refused")
         entry = AuditEntry(
             action="reset-refused",
@@ -267,25 +313,26 @@ class Resets:
         self, code: Any, source: str, user_id: int | None = None
     ) -> tuple[ResetCode, bytes]:
         """The pending, unexpired code (of ``user_id``, when given), or 104: one text for
-        every way it is not."""
+        every way it is not. An invalid code counts against the address, never the user
+        (anyone can send one), in the transaction that reads the address's count."""
         d, s = self.deps, self.deps.settings
-        now = d.clock()
-        since = now - s.reset_window_seconds
-        if await d.store.count_events(INVALID_CODES_FROM_SOURCE, source, since) >= (
-            s.invalid_codes_per_source
-        ):
-            raise OperationFailed(TOO_MANY_INVALID_KEYS)
         key = digest(code) if isinstance(code, str) and code else None
-        record = await d.store.reset_code(key) if key else None
-        if (
-            key is None
-            or record is None
-            or record.state != "pending"
-            or record.expires_at <= now
-            or (user_id is not None and record.user_id != user_id)
-        ):
-            # Counted against the address, never the user: anyone can send a code.
-            await d.store.add_event(INVALID_CODES_FROM_SOURCE, source, now)
+        if user_id is not None and not 0 < user_id <= _MAX_ID:
+            key = user_id = None  # no code belongs to an id the store cannot hold
+        allowed, record = await d.store.check_code(
+            key,
+            user_id,
+            d.clock(),
+            Claim(
+                INVALID_CODES_FROM_SOURCE,
+                source,
+                s.reset_window_seconds,
+                s.invalid_codes_per_source,
+            ),
+        )
+        if not allowed:
+            raise OperationFailed(TOO_MANY_INVALID_KEYS)
+        if record is None or key is None:
             raise NotFound(INVALID_RECOVERY_KEY)
         return record, key
 
@@ -322,73 +369,110 @@ class Resets:
         source: str,
     ) -> None:
         """ResetPassword2, checks in the SPEC's order; returns once the new password is
-        committed."""
-        d = self.deps
+        committed.
+
+        Each attempt that checks a secret (the answer, the TOTP code) first reserves one of the
+        user's lockout slots, so a burst checks at most ``lockout_failures`` of them; a wrong
+        one keeps its slot as the failure, anything else gives it back. The store re-checks the
+        lock and the TOTP step in the transaction that sets the password."""
+        d, s = self.deps, self.deps.settings
         if not password:
             raise InvalidValue(INVALID_PASSWORD)
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue("Invalid value provided for UserId")
-        record, key = await self._valid_code(code, source, uid)
+        _, key = await self._valid_code(code, source, uid)
         now = d.clock()
         user = await d.store.user_by_id(uid)
         if user is None:
             raise NotFound(INVALID_RECOVERY_KEY)
-        if user.locked_until is not None and user.locked_until > now:
+        if user.locked(now):
             raise OperationFailed(ACCOUNT_LOCKED)
-        questions = await d.store.security_questions(user.id)
-        if questions:
-            if not answer or not answer.strip():
-                raise NotAuthorized(INVALID_ANSWER)
-            if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
-                await self._failure(user, source, "wrong security answer")
-                raise NotAuthorized(INVALID_ANSWER)
-        if user.totp_sealed is not None:
-            given = totp.normalize_code(totp_code)
-            if given is None:
-                raise NotAuthorized(TOTP_REQUIRED)
-            secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
-            if not totp.verify(secret, given, now):
-                await self._failure(user, source, "wrong TOTP code")
-                raise NotAuthorized(INVALID_2FA_CODE)
-        broken = self.policy.refusal(password, user.username)
-        if broken is not None:
-            raise InvalidValue(broken)
-        new_hash = await d.hasher.hash(password)
-        now = d.clock()
-        done = await d.store.complete_reset(
-            user.id,
-            key,
-            new_hash,
-            now,
-            MailItem(
-                kind="password-changed",
-                recipient=user.email,
-                user_id=user.id,
-                public={"username": user.username, "changed_at": now},
-            ),
-            [
-                AuditEntry(
-                    action="password-set",
-                    actor_id=user.id,
-                    target_id=user.id,
-                    target_name=user.username,
-                    source=source,
-                )
-            ],
-        )
-        if not done:
+        slot = Claim(RESET_FAILURE, str(user.id), s.lockout_window_seconds, s.lockout_failures)
+        reserved_at: float | None = None
+        kept = False
+
+        async def reserve() -> None:
+            nonlocal reserved_at
+            if reserved_at is None:
+                if await d.store.reserve([slot], now) is None:
+                    raise OperationFailed(ACCOUNT_LOCKED)
+                reserved_at = now
+
+        async def wrong(reason: str) -> None:
+            nonlocal kept
+            kept = True
+            await self._failure(user, source, reason, now)
+
+        outcome = Outcome.INVALID
+        try:
+            questions = await d.store.security_questions(user.id)
+            if questions:
+                if not answer or not answer.strip():
+                    raise NotAuthorized(INVALID_ANSWER)
+                await reserve()
+                if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
+                    await wrong("wrong security answer")
+                    raise NotAuthorized(INVALID_ANSWER)
+            step = None
+            if user.totp_sealed is not None:
+                given = totp.normalize_code(totp_code)
+                if given is None:
+                    raise NotAuthorized(TOTP_REQUIRED)
+                await reserve()
+                secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
+                d.event("totp_checks")
+                step = totp.accepted(secret, given, now, user.totp_last_step)
+                if step is None:
+                    await wrong("wrong TOTP code")
+                    raise NotAuthorized(INVALID_2FA_CODE)
+            broken = self.policy.refusal(password, user.username)
+            if broken is not None:
+                raise InvalidValue(broken)
+            new_hash = await d.hasher.hash(password)
+            now = d.clock()
+            outcome = await d.store.complete_reset(
+                user.id,
+                key,
+                new_hash,
+                now,
+                MailItem(
+                    kind="password-changed",
+                    recipient=user.email,
+                    user_id=user.id,
+                    public={"username": user.username, "changed_at": now},
+                ),
+                [
+                    AuditEntry(
+                        action="password-set",
+                        actor_id=user.id,
+                        target_id=user.id,
+                        target_name=user.username,
+                        source=source,
+                    )
+                ],
+                totp_step=step,
+            )
+        finally:
+            # A success cleared every slot; a wrong secret keeps its own.
+            if reserved_at is not None and not kept and outcome is not Outcome.DONE:
+                await d.store.release(slot.kind, slot.key, reserved_at)
+        if outcome is Outcome.LOCKED:
+            raise OperationFailed(ACCOUNT_LOCKED)
+        if outcome is Outcome.REPLAYED:  # a login took this TOTP step meanwhile
+            raise NotAuthorized(INVALID_2FA_CODE)
+        if outcome is not Outcome.DONE:
             # Another call with the same code won the race, or it expired meanwhile.
             raise NotFound(INVALID_RECOVERY_KEY)
         d.event("resets_completed")
         d.password_changed(user.id)
         d.mail_queued()
 
-    async def _failure(self, user: User, source: str, reason: str) -> None:
-        """A wrong answer or TOTP code: five within the window lock the user."""
+    async def _failure(self, user: User, source: str, reason: str, now: float) -> None:
+        """A wrong answer or TOTP code (its slot already reserved): once the user's slots are
+        used up within the window, the user is locked. Slots of attempts still in flight count
+        too, so a burst that reaches the limit locks whatever order its checks finish in."""
         d, s = self.deps, self.deps.settings
-        now = d.clock()
-        await d.store.add_event(RESET_FAILURE, str(user.id), now)
         await d.store.audit(
             [
                 AuditEntry(

@@ -4,6 +4,16 @@ A failed login says "Invalid username or password" whether the user exists or no
 same: a missing user is verified against a decoy hash. Failed logins are counted per submitted
 username and per source address; past a few, answers slow down (a growing delay), past the limit
 they are refused without checking the password. They never lock the reset.
+
+The rules that must hold when requests race (SPEC section 4):
+
+- An attempt is reserved (counted as a failure) before its password is checked, in the same
+  transaction that reads the count; a success gives it back. N simultaneous attempts therefore
+  check at most the limit's worth of passwords; the rest are refused unchecked.
+- A session is created only for the password version the check read (``Store.open_session``):
+  a login that read the old password and finishes after a reset opens nothing.
+- A pending second step lives in the store: at most ``second_step_attempts`` wrong codes, for
+  ``second_step_seconds``, ended by a password change. A TOTP time step is accepted once per user.
 """
 
 from __future__ import annotations
@@ -13,8 +23,10 @@ from enum import Enum
 
 import msgspec
 
+from protocol.messages import LogoutReason
+
 from ..crypto import digest, new_token
-from ..store import AuditEntry, User, username_key
+from ..store import AuditEntry, Claim, Outcome, User, username_key
 from . import totp
 from .deps import Deps
 from .texts import (
@@ -44,13 +56,16 @@ class LoginState(Enum):
 
 
 class Login(msgspec.Struct, frozen=True):
-    """The outcome of a login step. ``token`` is a bearer secret: never log it."""
+    """The outcome of a login step. ``token`` and ``pending`` are bearer secrets: never log
+    them."""
 
     state: LoginState
     user: User | None = None
     token: str | None = None
     locked: bool = False
     message: str | None = None
+    # The pending second step's token (NEEDS_2FA): Authenticate2FA names it.
+    pending: str | None = None
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -72,46 +87,85 @@ class Sessions:
         d, s = self.deps, self.deps.settings
         now = d.clock()
         name_key = username_key(username or "")
-        since = now - s.login_window_seconds
-        failures = await d.store.count_events(LOGIN_FAILURE_USER, name_key, since)
-        from_source = await d.store.count_events(LOGIN_FAILURE_SOURCE, source, since)
-        if failures >= s.login_failures_per_user or from_source >= s.login_failures_per_source:
+        counts = await d.store.reserve(
+            [
+                Claim(
+                    LOGIN_FAILURE_USER, name_key, s.login_window_seconds, s.login_failures_per_user
+                ),
+                Claim(
+                    LOGIN_FAILURE_SOURCE,
+                    source,
+                    s.login_window_seconds,
+                    s.login_failures_per_source,
+                ),
+            ],
+            now,
+        )
+        if counts is None:
+            d.event("login:throttled")
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
-        await self._slow_down(failures)
+        reserved = [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
+        await self._slow_down(counts[0])
         user = await d.store.user_by_name(username) if username else None
         ok = await d.hasher.verify(user.password_hash if user else None, password or "")
         if not ok or user is None:
-            await self._failed(name_key, source, now, user)
+            # The reservation stays: it is this failure's count.
+            await self._audit_failure(name_key, source, now, user)
+            d.event("login:failed")
             return Login(LoginState.FAILED, message=INVALID_LOGIN)
         # From here the caller has proven the password: telling it why it cannot log in
         # reveals nothing it does not already know.
         refusal = self._refusal(user, now)
         if refusal is not None:
+            for kind, key, at in reserved:
+                await d.store.release(kind, key, at)
             return refusal
         if user.uses_totp:
-            return Login(LoginState.NEEDS_2FA, user=user)
-        return await self._open_session(user, now, source)
+            pending = new_token()
+            await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
+            for kind, key, at in reserved:
+                await d.store.release(kind, key, at)
+            d.event("login:second_step")
+            return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
+        return await self._open_session(user, now, source, release=reserved[1:])
 
     async def second_factor(
-        self, user_id: int | None, code: str | int | None, source: str
+        self, pending: str | None, code: str | int | None, source: str
     ) -> Login:
-        """Authenticate2FA: the connection must have passed the password step."""
-        d = self.deps
-        if user_id is None:
+        """Authenticate2FA with the pending step's token (the connection's, or a header's)."""
+        d, s = self.deps, self.deps.settings
+        if not pending:
             return Login(LoginState.FAILED, message=NO_PENDING_2FA)
-        user = await d.store.user_by_id(user_id)
         now = d.clock()
-        if user is None or user.totp_sealed is None:
+        key = digest(pending)
+        step = await d.store.second_step_attempt(
+            key, now, s.second_step_seconds, s.second_step_attempts
+        )
+        if step is None:  # unknown, expired, out of attempts, or ended by a password change
+            d.event("login:second_step_over")
+            return Login(LoginState.FAILED, message=NO_PENDING_2FA)
+        user_id, version = step
+        user = await d.store.user_by_id(user_id)
+        if user is None or user.totp_sealed is None or user.password_version != version:
+            await d.store.end_second_step(key)
             return Login(LoginState.FAILED, message=NO_PENDING_2FA)
         refusal = self._refusal(user, now)
         if refusal is not None:
+            await d.store.end_second_step(key)
             return refusal
-        given = totp.normalize_code(code)
         secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
-        if given is None or not totp.verify(secret, given, now):
-            await self._failed(username_key(user.username), source, now, user)
-            return Login(LoginState.NEEDS_2FA, user=user, message=INVALID_2FA_CODE)
-        return await self._open_session(user, now, source)
+        d.event("totp_checks")
+        accepted = totp.accepted(secret, totp.normalize_code(code), now, user.totp_last_step)
+        if accepted is not None:
+            login = await self._open_session(user, now, source, totp_step=accepted, pending=key)
+            if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
+                return login
+        name_key = username_key(user.username)
+        await d.store.add_event(LOGIN_FAILURE_USER, name_key, now)
+        await d.store.add_event(LOGIN_FAILURE_SOURCE, source, now)
+        await self._audit_failure(name_key, source, now, user, "wrong TOTP code")
+        d.event("login:second_step_failed")
+        return Login(LoginState.NEEDS_2FA, user=user, pending=pending, message=INVALID_2FA_CODE)
 
     async def resume(self, token: str | None) -> Login:
         """WebAuthenticateUser: a live session's token logs this connection in."""
@@ -124,7 +178,7 @@ class Sessions:
         if session is None:
             return Login(LoginState.FAILED, message=INVALID_SESSION)
         if self.expired(session.last_seen, now):
-            await d.store.revoke_session(key)
+            await self._revoke(key, session.user_id, LogoutReason.SESSION_EXPIRED)
             return Login(LoginState.FAILED, message=INVALID_SESSION)
         user = await d.store.user_by_id(session.user_id)
         if user is None:
@@ -132,7 +186,8 @@ class Sessions:
         refusal = self._refusal(user, now)
         if refusal is not None:
             return refusal
-        await d.store.touch_session(key, now)
+        if not await d.store.touch_session(key, now):  # revoked since it was read
+            return Login(LoginState.FAILED, message=INVALID_SESSION)
         return Login(LoginState.AUTHENTICATED, user=user, token=token)
 
     def expired(self, last_seen: float, now: float | None = None) -> bool:
@@ -149,8 +204,9 @@ class Sessions:
         return last_written
 
     async def logout(self, token_digest: bytes, user: User, source: str) -> None:
+        """LogOut: the session ends on every connection that holds it, on every node."""
         d = self.deps
-        await d.store.revoke_session(token_digest)
+        await self._revoke(token_digest, user.id, LogoutReason.LOGGED_OUT_ELSEWHERE)
         await d.store.audit(
             [AuditEntry(action="logout", actor_id=user.id, target_id=user.id, source=source)],
             d.clock(),
@@ -158,8 +214,13 @@ class Sessions:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    async def _revoke(self, token_digest: bytes, user_id: int, reason: str) -> None:
+        await self.deps.store.revoke_session(token_digest, user_id, reason)
+        self.deps.session_revoked(token_digest, reason)
+
     def _refusal(self, user: User, now: float) -> Login | None:
-        if user.locked_until is not None and user.locked_until > now:
+        if user.locked(now):
+            self.deps.event("login:locked")
             return Login(LoginState.FAILED, user=None, locked=True, message=ACCOUNT_LOCKED)
         if not user.active:
             return Login(LoginState.FAILED, message=CONTACT_SUPPORT)
@@ -168,28 +229,50 @@ class Sessions:
             return Login(LoginState.FAILED, message=federated)
         return None
 
-    async def _open_session(self, user: User, now: float, source: str) -> Login:
+    async def _open_session(
+        self,
+        user: User,
+        now: float,
+        source: str,
+        *,
+        release: list[tuple[str, str, float]] | None = None,
+        totp_step: int | None = None,
+        pending: bytes | None = None,
+    ) -> Login:
         d = self.deps
         token = new_token()
-        await d.store.create_session(digest(token), user.id, now)
-        await d.store.record_login(user.id, now)
-        await d.store.clear_events(LOGIN_FAILURE_USER, username_key(user.username))
-        await d.store.audit(
-            [AuditEntry(action="login", actor_id=user.id, target_id=user.id, source=source)], now
+        outcome = await d.store.open_session(
+            digest(token),
+            user.id,
+            now,
+            user.password_version,
+            totp_step=totp_step,
+            pending=pending,
+            clear=[(LOGIN_FAILURE_USER, username_key(user.username))],
+            release=release or (),
+            audit=[AuditEntry(action="login", actor_id=user.id, target_id=user.id, source=source)],
         )
+        if outcome is Outcome.REPLAYED:
+            return Login(LoginState.NEEDS_2FA, user=user, message=INVALID_2FA_CODE)
+        if outcome is not Outcome.DONE:
+            # The password changed while this login was being checked: what was checked is
+            # no longer the password.
+            d.event("login:stale")
+            return Login(LoginState.FAILED, message=INVALID_LOGIN)
+        d.event("login:ok")
         return Login(LoginState.AUTHENTICATED, user=user, token=token)
 
-    async def _failed(self, name_key: str, source: str, now: float, user: User | None) -> None:
-        d = self.deps
-        await d.store.add_event(LOGIN_FAILURE_USER, name_key, now)
-        await d.store.add_event(LOGIN_FAILURE_SOURCE, source, now)
-        await d.store.audit(
+    async def _audit_failure(
+        self, name_key: str, source: str, now: float, user: User | None, detail: str | None = None
+    ) -> None:
+        await self.deps.store.audit(
             [
                 AuditEntry(
                     action="login-failed",
                     target_id=user.id if user else None,
                     target_name=name_key[:200],
                     source=source,
+                    detail=detail,
                 )
             ],
             now,

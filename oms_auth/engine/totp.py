@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pyotp
 
 from ..crypto import Sealer
 
-__all__ = ["normalize_code", "verify", "seal_secret", "open_secret", "valid_secret"]
+__all__ = [
+    "normalize_code",
+    "verify",
+    "matching_step",
+    "accepted",
+    "seal_secret",
+    "open_secret",
+    "valid_secret",
+]
+
+STEP = 30
 
 
 def normalize_code(code: str | int | None) -> str | None:
@@ -21,9 +33,29 @@ def normalize_code(code: str | int | None) -> str | None:
 
 
 def verify(secret: str, code: str, now: float) -> bool:
+    return matching_step(secret, code, now) is not None
+
+
+def matching_step(secret: str, code: str, now: float) -> int | None:
+    """The time step (``now // 30``, one step of drift either way) whose code this is, or None.
+    The step is what is remembered, so a code is never accepted twice."""
     if not (len(code) == 6 and code.isdigit()):
-        return False
-    return pyotp.TOTP(secret).verify(code, for_time=int(now), valid_window=1)
+        return None
+    totp = pyotp.TOTP(secret)
+    found = None
+    for offset in (-1, 0, 1):  # every candidate compared, so the timing says nothing
+        step = int(now) // STEP + offset
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            found = step
+    return found
+
+
+def accepted(secret: str, code: str | None, now: float, last_step: int | None) -> int | None:
+    """The step of a valid code newer than ``last_step`` (the last accepted), else None."""
+    step = matching_step(secret, code, now) if code is not None else None
+    if step is None or (last_step is not None and step <= last_step):
+        return None
+    return step
 
 
 def valid_secret(secret: str) -> bool:

@@ -13,7 +13,8 @@ __all__ = ["Conn"]
 
 
 class Conn:
-    """One client connection. ``user`` is set while a session is authenticated on it."""
+    """One client connection. ``user`` is set while a session is authenticated on it; only
+    :class:`~.registry.Registry` changes the login fields."""
 
     __slots__ = (
         "ws",
@@ -22,7 +23,7 @@ class Conn:
         "token_digest",
         "last_activity",
         "last_written",
-        "pending_2fa",
+        "pending",
         "tasks",
         "tokens",
         "tokens_at",
@@ -35,7 +36,8 @@ class Conn:
         self.token_digest: bytes | None = None
         self.last_activity = 0.0
         self.last_written = 0.0
-        self.pending_2fa: int | None = None
+        # The token of a login waiting for its second step on this connection (a secret).
+        self.pending: str | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         # Request-rate token bucket: starts full.
         self.tokens = -1.0
@@ -53,14 +55,3 @@ class Conn:
             return False
         self.tokens -= 1
         return True
-
-    def log_in(self, user: User, token_digest: bytes, now: float) -> None:
-        self.user = user
-        self.token_digest = token_digest
-        self.pending_2fa = None
-        self.last_activity = self.last_written = now
-
-    def log_off(self) -> None:
-        self.user = None
-        self.token_digest = None
-        self.pending_2fa = None

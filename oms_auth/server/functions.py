@@ -19,6 +19,7 @@ from ..engine.sessions import Login, LoginState, Sessions
 from ..errors import InvalidValue, NotAuthorized
 from ..store import User
 from .connection import Conn
+from .registry import Registry
 
 __all__ = ["Function", "Functions", "SECRET_KEYS"]
 
@@ -71,9 +72,10 @@ def login_reply(login: Login) -> msg.AuthenticateUserReply:
 class Functions:
     """The table of functions, by lower-cased name."""
 
-    def __init__(self, sessions: Sessions, resets: Resets) -> None:
+    def __init__(self, sessions: Sessions, resets: Resets, registry: Registry) -> None:
         self.sessions = sessions
         self.resets = resets
+        self.registry = registry
         self.table: dict[str, Function] = {}
         self.add("Ping", msg.Empty, self.ping, inline=True)
         self.add("AuthenticateUser", msg.AuthenticateUserRequest, self.authenticate_user)
@@ -103,11 +105,9 @@ class Functions:
         if login.state is LoginState.AUTHENTICATED and login.user is not None:
             digest = login.token_digest
             assert digest is not None
-            conn.log_in(login.user, digest, self.sessions.deps.clock())
-        elif login.state is LoginState.NEEDS_2FA and login.user is not None:
-            conn.pending_2fa = login.user.id
+            self.registry.log_in(conn, login.user, digest, self.sessions.deps.clock())
         else:
-            conn.pending_2fa = None
+            conn.pending = login.pending
         return login_reply(login)
 
     async def ping(self, conn: Conn, req: msg.Empty) -> msg.PingReply:
@@ -126,7 +126,7 @@ class Functions:
     async def authenticate_2fa(
         self, conn: Conn, req: msg.Authenticate2FARequest
     ) -> msg.AuthenticateUserReply:
-        login = await self.sessions.second_factor(conn.pending_2fa, req.Code, conn.source)
+        login = await self.sessions.second_factor(conn.pending, req.Code, conn.source)
         return self._apply(conn, login)
 
     async def web_authenticate(
@@ -135,10 +135,12 @@ class Functions:
         return self._apply(conn, await self.sessions.resume(req.SessionToken))
 
     async def log_out(self, conn: Conn, req: msg.Empty) -> msgspec.Struct:
-        if conn.user is None or conn.token_digest is None:
+        user, digest = conn.user, conn.token_digest
+        if user is None or digest is None:
             raise NotAuthorized("Not logged in")
-        await self.sessions.logout(conn.token_digest, conn.user, conn.source)
-        conn.log_off()
+        # This connection ends its own session (no event); every other holder is told.
+        self.registry.log_off(conn)
+        await self.sessions.logout(digest, user, conn.source)
         return SUCCESS
 
     async def _caller(self, conn: Conn) -> User | None:

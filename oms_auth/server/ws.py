@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -19,7 +19,7 @@ from websockets.frames import CloseCode
 
 from protocol.errors import ErrorCode, StandardResponse
 from protocol.frame import Frame, FrameError, MessageType, decode, encode_error, encode_reply
-from protocol.messages import PayloadError
+from protocol.messages import LogoutReason, PayloadError
 
 from ..config import Settings
 from ..engine.sessions import Sessions
@@ -47,7 +47,7 @@ class Gateway:
         self.sessions = sessions
         self.metrics = metrics
         self.settings = settings
-        self.by_user: defaultdict[int, set[Conn]] = defaultdict(set)
+        self.registry = functions.registry
         self.connections: set[Conn] = set()
         self.per_source: Counter[str] = Counter()
 
@@ -74,7 +74,7 @@ class Gateway:
             if not self.per_source[source]:
                 del self.per_source[source]
             self.metrics.connections -= 1
-            self._forget(conn)
+            self.registry.log_off(conn)
             # Requests already accepted finish (their effects are committed); only their
             # answers are lost with the connection.
             if conn.tasks:
@@ -102,29 +102,13 @@ class Gateway:
             return_exceptions=True,
         )
 
-    def log_off_user(self, user_id: int) -> None:
-        """A password changed: every connection authenticated as that user loses its session."""
-        for conn in list(self.by_user.pop(user_id, ())):
-            conn.log_off()
-
-    def _forget(self, conn: Conn) -> None:
-        if conn.user is not None:
-            self._untrack(conn, conn.user.id)
-
-    def _untrack(self, conn: Conn, user_id: int) -> None:
-        conns = self.by_user.get(user_id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self.by_user[user_id]
-
     # -- one message --------------------------------------------------------------------------
 
     async def _on_message(self, conn: Conn, data: str | bytes) -> None:
         frame = decode(data)
         if isinstance(frame, FrameError):
             self.metrics.count("", int(frame.code))
-            await self._send(conn, encode_error(frame))
+            await self.send(conn, encode_error(frame))
             return
         function = self.functions.table.get(frame.n.lower())
         if function is None:
@@ -180,22 +164,19 @@ class Gateway:
             return
         now = self.sessions.deps.clock()
         if self.sessions.expired(conn.last_activity, now):
-            self._forget(conn)
-            conn.log_off()
+            self.registry.log_off(conn, LogoutReason.SESSION_EXPIRED)
             return
         conn.last_activity = now
 
     async def _run(self, conn: Conn, frame: Frame, function: Function, payload: Any) -> None:
         started = asyncio.get_running_loop().time()
-        was = conn.user.id if conn.user else None
         secrets = [getattr(payload, key) for key in function.secret_fields]
         with request_context(secrets) as cid:
             try:
                 if conn.token_digest is not None:
                     written = await self.sessions.touch(conn.token_digest, conn.last_written)
                     if written is None:  # the session was revoked elsewhere
-                        self._forget(conn)
-                        conn.log_off()
+                        self.registry.log_off(conn, LogoutReason.LOGGED_OUT_ELSEWHERE)
                     else:
                         conn.last_written = written
                 reply: msgspec.Struct = await function.handler(conn, payload)
@@ -217,28 +198,19 @@ class Gateway:
                     code,
                     (asyncio.get_running_loop().time() - started) * 1e3,
                 )
-        self._track(conn, was)
         self.metrics.count(function.name, code, asyncio.get_running_loop().time() - started)
         await self._reply(conn, frame, reply)
 
-    def _track(self, conn: Conn, was: int | None) -> None:
-        now = conn.user.id if conn.user else None
-        if now == was:
-            return
-        if was is not None:
-            self._untrack(conn, was)
-        if now is not None:
-            self.by_user[now].add(conn)
-
     async def _reply(self, conn: Conn, frame: Frame, reply: msgspec.Struct) -> None:
-        await self._send(conn, encode_reply(frame.i, frame.n, reply))
+        await self.send(conn, encode_reply(frame.i, frame.n, reply))
 
     async def _refuse(self, conn: Conn, frame: Frame, code: ErrorCode, detail: str) -> None:
         self.metrics.count("", int(code))
-        await self._send(conn, encode_error(FrameError(code, detail, frame.i, frame.n)))
+        await self.send(conn, encode_error(FrameError(code, detail, frame.i, frame.n)))
 
     @staticmethod
-    async def _send(conn: Conn, data: bytes) -> None:
+    async def send(conn: Conn, data: bytes) -> None:
+        """Send one frame; a connection that is gone is not an error."""
         try:
             await conn.ws.send(data, text=True)
         except ConnectionClosed:

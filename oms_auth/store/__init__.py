@@ -5,10 +5,13 @@ from .base import (
     AuditCheck,
     AuditEntry,
     AuditRow,
+    Claim,
     MailItem,
     NewUser,
     OutboxRow,
+    Outcome,
     ResetCode,
+    Revocation,
     SecurityQuestion,
     Session,
     Store,
@@ -24,10 +27,13 @@ __all__ = [
     "RESET_FAILURE",
     "AuditEntry",
     "AuditRow",
+    "Claim",
     "MailItem",
     "NewUser",
     "OutboxRow",
+    "Outcome",
     "ResetCode",
+    "Revocation",
     "SecurityQuestion",
     "Session",
     "Store",
@@ -38,22 +44,22 @@ __all__ = [
 ]
 
 
-async def open_store(url: str) -> Store:
+async def open_store(url: str, *, audit_key: bytes) -> Store:
     """Open the store a ``--db`` value names: ``postgresql://`` (or ``postgres://``) for
     PostgreSQL, shared by several nodes; otherwise a path or ``sqlite:PATH``, the embedded
-    default."""
+    default. ``audit_key`` (``crypto.audit_key`` of the service key) keys the audit chain."""
     from pathlib import Path
 
     store: Store
     if is_postgres_url(url):
         from .postgres import PostgresStore
 
-        store = PostgresStore(url)
+        store = PostgresStore(url, audit_key=audit_key)
     else:
         from .sqlite import SqliteStore
 
         path = sqlite_path(url)
         Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-        store = SqliteStore(path)
+        store = SqliteStore(path, audit_key=audit_key)
     await store.open()
     return store

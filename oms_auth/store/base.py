@@ -7,8 +7,10 @@ hold a hash or a sealed secret redact it from their repr.
 from __future__ import annotations
 
 import abc
+import enum
 import hashlib
-from collections.abc import Callable, Iterable
+import hmac
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -26,8 +28,12 @@ __all__ = [
     "AuditEntry",
     "AuditRow",
     "AuditCheck",
+    "Claim",
+    "Outcome",
+    "Revocation",
     "check_chain",
     "chain_hash",
+    "checked_audit_key",
     "Store",
     "username_key",
     "is_postgres_url",
@@ -91,9 +97,17 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     locked_until: float | None
     permissions: frozenset[str]
     accounts: frozenset[int]
+    # Bumped by every password change: a session is only created for the version its password
+    # check read, so a login racing a reset opens nothing.
+    password_version: int = 0
+    # The last RFC 6238 time step accepted for this user: a code is never accepted twice.
+    totp_last_step: int | None = None
 
     def __repr__(self) -> str:
         return f"User(id={self.id}, username={self.username!r}, <secrets redacted>)"
+
+    def locked(self, now: float) -> bool:
+        return self.locked_until is not None and self.locked_until > now
 
     @property
     def uses_totp(self) -> bool:
@@ -113,6 +127,35 @@ class Session(msgspec.Struct, frozen=True):
     user_id: int
     created_at: float
     last_seen: float
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """One slot of a limit: at most ``limit`` events of ``kind`` and ``key`` within ``window``
+    seconds. Reserving it records the event before the attempt it counts is checked."""
+
+    kind: str
+    key: str
+    window: float
+    limit: int
+
+
+class Outcome(enum.Enum):
+    """How a write that re-checks its preconditions in its own transaction ended."""
+
+    DONE = "done"
+    INVALID = "invalid"  # the code is no longer pending (another call won), or expired
+    LOCKED = "locked"  # the user was locked meanwhile
+    STALE = "stale"  # the password changed since the check that led here
+    REPLAYED = "replayed"  # the TOTP time step was accepted for this user already
+
+
+class Revocation(msgspec.Struct, frozen=True):
+    """Sessions ended on some node: one session (``session_digest``) or all of a user's.
+    ``reason`` is the LogoutEvent's Reason (SPEC section 1)."""
+
+    user_id: int
+    reason: str
+    session_digest: bytes | None = None
 
 
 class ResetCode(msgspec.Struct, frozen=True):
@@ -170,10 +213,12 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
     prev_hash: str = ""
     hash: str = ""
 
-    def expected_hash(self) -> str:
-        """What ``hash`` must be: SHA-256 over the previous row's hash and this row's fields, so
-        an edited row, or a deleted one before it, breaks the chain from there on."""
+    def expected_hash(self, key: bytes) -> str:
+        """What ``hash`` must be: HMAC-SHA256 under the audit key (:func:`chain_hash`) over the
+        previous row's hash and this row's fields, so an edited row, or a deleted one before it,
+        breaks the chain from there on, and without the key it cannot be re-hashed."""
         return chain_hash(
+            key,
             self.prev_hash,
             self.id,
             self.at,
@@ -186,8 +231,17 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def chain_hash(prev_hash: str, *fields: object) -> str:
-    return hashlib.sha256(_canonical.encode([prev_hash, *fields])).hexdigest()
+def chain_hash(key: bytes, prev_hash: str, *fields: object) -> str:
+    """One link of the audit chain: HMAC-SHA256 under ``key`` (``crypto.audit_key``, derived
+    from the service key) over the canonical JSON of the previous hash and the row's fields."""
+    return hmac.new(key, _canonical.encode([prev_hash, *fields]), hashlib.sha256).hexdigest()
+
+
+def checked_audit_key(key: bytes) -> bytes:
+    """A store's audit key, refused when it cannot be one (e.g. empty)."""
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise ValueError("the audit key must be 32 bytes (crypto.audit_key of the service key)")
+    return key
 
 
 _canonical = msgspec.json.Encoder()
@@ -206,8 +260,9 @@ class AuditCheck(msgspec.Struct, frozen=True, kw_only=True):
         return self.bad_id is None
 
 
-def check_chain(rows: Iterable[AuditRow]) -> AuditCheck:
-    """Walk rows in id order; the first row whose link or hash does not hold is reported."""
+def check_chain(rows: Iterable[AuditRow], key: bytes) -> AuditCheck:
+    """Walk rows in id order; the first row whose link or hash (under ``key``) does not hold
+    is reported."""
     prev, count, last_id = "", 0, 0
     for row in rows:
         if row.prev_hash != prev:
@@ -217,7 +272,7 @@ def check_chain(rows: Iterable[AuditRow]) -> AuditCheck:
                 else ("its link to the previous row does not match")
             )
             return AuditCheck(rows=count, last_hash=prev, bad_id=row.id, reason=reason)
-        if row.hash != row.expected_hash():
+        if row.hash != row.expected_hash(key):
             return AuditCheck(
                 rows=count,
                 last_hash=prev,
@@ -230,6 +285,9 @@ def check_chain(rows: Iterable[AuditRow]) -> AuditCheck:
 
 class Store(abc.ABC):
     """What the engine needs from persistence."""
+
+    # The audit chain's HMAC key (crypto.audit_key), given to each store at construction.
+    _audit_key: bytes
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -265,15 +323,45 @@ class Store(abc.ABC):
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]: ...
 
     @abc.abstractmethod
-    async def record_login(self, user_id: int, now: float) -> None: ...
-
-    @abc.abstractmethod
     async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
         """Lock a user until ``until`` (None unlocks and clears the failure count)."""
 
     # Sessions (keyed by the SHA-256 of the token)
     @abc.abstractmethod
-    async def create_session(self, digest: bytes, user_id: int, now: float) -> None: ...
+    async def open_session(
+        self,
+        digest: bytes,
+        user_id: int,
+        now: float,
+        password_version: int,
+        *,
+        totp_step: int | None = None,
+        pending: bytes | None = None,
+        clear: Sequence[tuple[str, str]] = (),
+        release: Sequence[tuple[str, str, float]] = (),
+        audit: Sequence[AuditEntry] = (),
+    ) -> Outcome:
+        """A successful login, in one transaction: the session is created only while the user's
+        password is still ``password_version`` (else STALE) and, with ``totp_step``, only if
+        that step is newer than the last accepted (else REPLAYED; it becomes the last). Either
+        way ``pending`` (a second step) ends, the ``release``d reservations go, and on DONE the
+        ``clear``ed counters go, the login time is recorded and ``audit`` written."""
+
+    @abc.abstractmethod
+    async def begin_second_step(
+        self, digest: bytes, user_id: int, password_version: int, now: float
+    ) -> None:
+        """Remember a login that passed its password step and waits for a TOTP code."""
+
+    @abc.abstractmethod
+    async def second_step_attempt(
+        self, digest: bytes, now: float, max_age: float, max_attempts: int
+    ) -> tuple[int, int] | None:
+        """Reserve one attempt at a pending second step: ``(user_id, password_version)``, or
+        None when it does not exist, is older than ``max_age`` or has used ``max_attempts``."""
+
+    @abc.abstractmethod
+    async def end_second_step(self, digest: bytes) -> None: ...
 
     @abc.abstractmethod
     async def session(self, digest: bytes) -> Session | None: ...
@@ -283,13 +371,23 @@ class Store(abc.ABC):
         """Record activity; False when the session no longer exists (revoked elsewhere)."""
 
     @abc.abstractmethod
-    async def revoke_session(self, digest: bytes) -> None: ...
+    async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
+        """End one session; other nodes sharing the store are told (``listen_revocations``)."""
 
     # Counted events: request limits, failed attempts
     @abc.abstractmethod
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
+        """Record one event for every claim, unless any of them is at its limit: all or none,
+        atomically (concurrent callers cannot both take the last slot, on any node). Returns
+        how many events each claim's counter held before, or None when refused."""
+
     async def take(self, kind: str, key: str, now: float, window: float, limit: int) -> bool:
-        """Record an event unless ``limit`` of them already happened within ``window``;
-        True when recorded. Atomic: concurrent callers cannot both take the last one."""
+        """Reserve a single claim; True when recorded."""
+        return await self.reserve([Claim(kind, key, window, limit)], now) is not None
+
+    @abc.abstractmethod
+    async def release(self, kind: str, key: str, at: float) -> None:
+        """Give back one reserved event (the attempt it counted turned out not to count)."""
 
     @abc.abstractmethod
     async def add_event(self, kind: str, key: str, now: float) -> int:
@@ -318,6 +416,15 @@ class Store(abc.ABC):
     async def reset_code(self, digest: bytes) -> ResetCode | None: ...
 
     @abc.abstractmethod
+    async def check_code(
+        self, digest: bytes | None, user_id: int | None, now: float, invalid: Claim
+    ) -> tuple[bool, ResetCode | None]:
+        """Look a code up for a client, counting invalid ones against ``invalid`` (a per-address
+        claim) in the same transaction: ``(False, None)`` when that address is at its limit
+        (nothing looked up); ``(True, None)`` when the code is missing, not pending, expired or
+        not ``user_id``'s (one event recorded); else ``(True, code)``."""
+
+    @abc.abstractmethod
     async def complete_reset(
         self,
         user_id: int,
@@ -326,10 +433,14 @@ class Store(abc.ABC):
         now: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> bool:
-        """Consume the code and set the password at once. False (and nothing changed) when the
-        code is no longer pending for that user or has expired: of racing calls, one wins.
-        On success every code and session of the user is revoked and its lock cleared."""
+        totp_step: int | None = None,
+    ) -> Outcome:
+        """Consume the code and set the password at once, re-checking in the same transaction:
+        INVALID when the code is no longer pending for that user or has expired (of racing
+        calls, one wins), LOCKED when the user is locked, REPLAYED when ``totp_step`` is not
+        newer than the last accepted; nothing changes then. On DONE the password version moves
+        on, every code, session and pending second step of the user is revoked, its failure
+        count cleared, and other nodes are told."""
 
     # Mail outbox
     @abc.abstractmethod
@@ -369,8 +480,8 @@ class Store(abc.ABC):
         username; ``since``/``until`` bound the time."""
 
     async def verify_audit(self) -> AuditCheck:
-        """Walk the whole hash chain."""
-        return check_chain(await self.audit_rows(limit=None, oldest_first=True))
+        """Walk the whole hash chain, checking each row under the store's audit key."""
+        return check_chain(await self.audit_rows(limit=None, oldest_first=True), self._audit_key)
 
     @abc.abstractmethod
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
@@ -379,10 +490,10 @@ class Store(abc.ABC):
         expired before ``events_before``. Returns how many rows went."""
 
     # Several nodes on one store (no-ops for a store only one process uses)
-    async def listen_password_changed(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(user_id)`` whenever a reset completed on another node sharing this
-        store, so that node's connections of the user are logged off too. A node's own resets
-        are not reported: the engine logs those off itself (``Deps.password_changed``)."""
+    async def listen_revocations(self, callback: Callable[[Revocation], None]) -> None:
+        """Call ``callback`` whenever sessions end on another node sharing this store (a reset,
+        a LogOut), so this node's connections holding them are logged off too, within a second.
+        A node's own revocations are not reported: the engine tells its own node directly."""
         return None
 
     async def bind_key(self, fingerprint: str) -> None:

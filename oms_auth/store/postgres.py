@@ -4,20 +4,24 @@ Every write method is one transaction on a pooled connection, committed when it 
 :mod:`.sqlite`. SQLite gets its ordering from a single writer; here each rule that must hold
 across nodes is held by PostgreSQL itself:
 
-- ``take`` and ``add_event``: a transaction-scoped advisory lock on (schema, kind, key) around
-  count-then-insert, so no two nodes both take the last slot of a limit.
-- ``issue_code`` and ``complete_reset``: the user's row is locked (``FOR UPDATE``) first, so a
-  newer code voids every older one; ``complete_reset``'s ``UPDATE ... WHERE state = 'pending'
-  AND expires_at > now`` decides a race: of concurrent calls on any nodes, exactly one wins.
+- ``reserve``, ``add_event`` and ``check_code``: transaction-scoped advisory locks on (schema,
+  kind, key) around count-then-insert, so no two nodes both take the last slot of a limit.
+- ``issue_code``, ``complete_reset`` and ``open_session``: the user's row is locked (``FOR
+  UPDATE``) first, so a newer code voids every older one, a lock or a TOTP step is re-read as it
+  is, and a login racing a reset either commits first (and is revoked) or sees the new password
+  version. ``complete_reset``'s ``UPDATE ... WHERE state = 'pending' AND expires_at > now``
+  decides a race: of concurrent calls on any nodes, exactly one wins.
 - ``claim_mail``: ``FOR UPDATE SKIP LOCKED``, and a claimed row is leased (not due again until
   the lease ends), so each message is delivered once whichever node's worker takes it.
 - the audit hash chain: an advisory lock around reading the tail and appending keeps it one line.
-- a completed reset sends ``NOTIFY`` (inside its transaction: only a committed change is told);
-  each node ``LISTEN``s on a dedicated connection and logs the user's connections off. The
-  listener reconnects when its connection drops and then catches up from ``password_changes``.
+- every revocation (a completed reset, a LogOut) sends ``NOTIFY`` inside its transaction (only a
+  committed change is told); each node ``LISTEN``s on a dedicated connection and logs the
+  connections holding those sessions off. The listener reconnects when its connection drops
+  and then catches up from ``revocations``.
 
-Lock order, to rule out deadlocks: a user's row, then the audit lock. Advisory locks are keyed by
-schema, so stores in different schemas of one database never wait on each other.
+Lock order, to rule out deadlocks: a user's row, then event locks, then the audit lock. Advisory
+locks are keyed by schema, so stores in different schemas of one database never wait on each
+other.
 
 The ``--db`` URL is ``postgresql://USER@HOST:PORT/DBNAME`` (or ``postgres://``) with optional
 query parameters of our own, removed before the URL reaches asyncpg: ``schema`` (default
@@ -34,27 +38,34 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
 
+from protocol.messages import LogoutReason
+
 from .base import (
     RESET_FAILURE,
     AuditEntry,
     AuditRow,
+    Claim,
     MailItem,
     NewUser,
     OutboxRow,
+    Outcome,
     ResetCode,
+    Revocation,
     SecurityQuestion,
     Session,
     Store,
     StoreError,
     User,
     chain_hash,
+    checked_audit_key,
     username_key,
 )
 
@@ -166,10 +177,32 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
     CREATE INDEX audit_by_time ON audit(at);
     """,
+    # 3: rules that hold under concurrency (SPEC section 4). A password version, so a session is
+    # only created for the password its check read; the last TOTP time step accepted, so a code
+    # is never accepted twice; pending second login steps, counted and bounded in the store. The
+    # audit chain is re-computed keyed with the service key (_chain_audit).
+    """
+    ALTER TABLE users ADD COLUMN password_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN totp_last_step BIGINT;
+    CREATE TABLE pending_logins (
+        digest BYTEA PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        password_version INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX pending_logins_by_user ON pending_logins(user_id);
+    -- Every revocation (a password change, a LogOut, a forced logoff), so a node whose listener
+    -- was cut catches up; password_changes held only the first kind.
+    ALTER TABLE password_changes RENAME TO revocations;
+    ALTER TABLE revocations ADD COLUMN session_digest BYTEA;
+    ALTER TABLE revocations ADD COLUMN reason TEXT NOT NULL DEFAULT 'PasswordChanged';
+    ALTER INDEX password_changes_by_time RENAME TO revocations_by_time;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-CHANNEL = "oms_auth_password_changed"
+CHANNEL = "oms_auth_revoked"
 # How long completed resets are kept for a listener to catch up after a reconnect.
 CHANGES_KEPT_SECONDS = 86400.0
 
@@ -177,7 +210,8 @@ _USER_COLUMNS = """
     u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id, u.password_hash,
     u.totp_sealed, u.auth_source, u.active, u.master, u.last_login, u.locked_until,
     ARRAY(SELECT permission FROM user_permissions p WHERE p.user_id = u.id),
-    ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id)
+    ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id),
+    u.password_version, u.totp_last_step
 """
 _AUDIT_COLUMNS = "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -285,21 +319,24 @@ def _user(row: Any) -> User:
         locked_until=row[12],
         permissions=frozenset(row[13]),
         accounts=frozenset(row[14]),
+        password_version=row[15],
+        totp_last_step=row[16],
     )
 
 
 class PostgresStore(Store):
     """PostgreSQL at ``url`` (see the module docstring), schema created on first use."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, audit_key: bytes) -> None:
         self.target = parse_url(url)
+        self._audit_key = checked_audit_key(audit_key)
         self.schema = self.target.schema
         # Tells this node's own notifications apart: the engine already logged those users off.
         self.node = secrets.token_hex(8)
         self.listen_retry = (0.2, 5.0)  # first and longest wait between listener reconnects
         self.keepalive_seconds = 5.0  # the listener's connection is probed this often
         self._pool: Any = None
-        self._callbacks: list[Callable[[int], None]] = []
+        self._callbacks: list[Callable[[Revocation], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listener_conn: Any = None
         self._seen: collections.deque[int] = collections.deque(maxlen=4096)
@@ -370,7 +407,8 @@ class PostgresStore(Store):
                 )
             for target in range(version, SCHEMA_VERSION):
                 await conn.execute(MIGRATIONS[target])
-                if target + 1 == 2:
+                # 2 chained the rows written before it; 3 re-chains them keyed (idempotent).
+                if target + 1 in (2, 3):
                     await self._chain_audit(conn)
                 await conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
@@ -450,7 +488,7 @@ class PostgresStore(Store):
                 _text(e.source),
                 _text(e.detail),
             )
-            digest = chain_hash(prev, *fields)
+            digest = chain_hash(self._audit_key, prev, *fields)
             rows.append((*fields, prev, digest))
             prev = digest
         await conn.executemany(
@@ -459,11 +497,11 @@ class PostgresStore(Store):
             rows,
         )
 
-    @staticmethod
-    async def _chain_audit(conn: Any) -> None:
+    async def _chain_audit(self, conn: Any) -> None:
+        """(Re-)chain every row under the audit key, in id order (a migration step)."""
         prev = ""
         for row in await conn.fetch(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id"):
-            digest = chain_hash(prev, *row[:8])
+            digest = chain_hash(self._audit_key, prev, *row[:8])
             await conn.execute(
                 "UPDATE audit SET prev_hash = $1, hash = $2 WHERE id = $3", prev, digest, row[0]
             )
@@ -581,9 +619,6 @@ class PostgresStore(Store):
         )
         return [SecurityQuestion(*row) for row in rows]
 
-    async def record_login(self, user_id: int, now: float) -> None:
-        await self._db.execute("UPDATE users SET last_login = $1 WHERE id = $2", now, user_id)
-
     async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
         async with self._tx() as conn:
             await conn.execute("UPDATE users SET locked_until = $1 WHERE id = $2", until, user_id)
@@ -595,13 +630,86 @@ class PostgresStore(Store):
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def create_session(self, digest: bytes, user_id: int, now: float) -> None:
+    async def open_session(
+        self,
+        digest: bytes,
+        user_id: int,
+        now: float,
+        password_version: int,
+        *,
+        totp_step: int | None = None,
+        pending: bytes | None = None,
+        clear: Sequence[tuple[str, str]] = (),
+        release: Sequence[tuple[str, str, float]] = (),
+        audit: Sequence[AuditEntry] = (),
+    ) -> Outcome:
+        async with self._tx() as conn:
+            # The user's row lock orders this against a reset on any node (it holds the same
+            # lock): either the reset committed first (the version moved on: STALE) or it
+            # waits and then deletes this session.
+            row = await conn.fetchrow(
+                "SELECT password_version, totp_last_step FROM users WHERE id = $1 FOR UPDATE",
+                user_id,
+            )
+            for kind, key, at in release:
+                await self._release(conn, kind, key, at)
+            if totp_step is not None and row is not None and row[1] is not None:
+                if row[1] >= totp_step:
+                    return Outcome.REPLAYED  # the pending step stays, for another code
+            if pending is not None:
+                await conn.execute("DELETE FROM pending_logins WHERE digest = $1", pending)
+            if row is None or row[0] != password_version:
+                return Outcome.STALE
+            if totp_step is not None:
+                await conn.execute(
+                    "UPDATE users SET totp_last_step = $1 WHERE id = $2", totp_step, user_id
+                )
+            await conn.execute(
+                "INSERT INTO sessions (digest, user_id, created_at, last_seen)"
+                " VALUES ($1, $2, $3, $3)",
+                digest,
+                user_id,
+                now,
+            )
+            await conn.execute("UPDATE users SET last_login = $1 WHERE id = $2", now, user_id)
+            for kind, key in clear:
+                await conn.execute(
+                    "DELETE FROM events WHERE kind = $1 AND key = $2", kind, _key(key)
+                )
+            await self._insert_audit(conn, list(audit), now)
+            return Outcome.DONE
+
+    async def begin_second_step(
+        self, digest: bytes, user_id: int, password_version: int, now: float
+    ) -> None:
         await self._db.execute(
-            "INSERT INTO sessions (digest, user_id, created_at, last_seen) VALUES ($1, $2, $3, $3)",
+            "INSERT INTO pending_logins (digest, user_id, password_version, created_at)"
+            " VALUES ($1, $2, $3, $4)",
             digest,
             user_id,
+            password_version,
             now,
         )
+
+    async def second_step_attempt(
+        self, digest: bytes, now: float, max_age: float, max_attempts: int
+    ) -> tuple[int, int] | None:
+        async with self._tx() as conn:
+            # The row lock the UPDATE takes makes concurrent attempts (any node) count in turn.
+            row = await conn.fetchrow(
+                "UPDATE pending_logins SET attempts = attempts + 1 WHERE digest = $1"
+                " AND attempts < $2 AND created_at > $3 RETURNING user_id, password_version",
+                digest,
+                max_attempts,
+                now - max_age,
+            )
+            if row is None:
+                await conn.execute("DELETE FROM pending_logins WHERE digest = $1", digest)
+                return None
+            return int(row[0]), int(row[1])
+
+    async def end_second_step(self, digest: bytes) -> None:
+        await self._db.execute("DELETE FROM pending_logins WHERE digest = $1", digest)
 
     async def session(self, digest: bytes) -> Session | None:
         row = await self._db.fetchrow(
@@ -615,26 +723,73 @@ class PostgresStore(Store):
         )
         return bool(status == "UPDATE 1")
 
-    async def revoke_session(self, digest: bytes) -> None:
-        await self._db.execute("DELETE FROM sessions WHERE digest = $1", digest)
+    async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute("DELETE FROM sessions WHERE digest = $1", digest)
+            await self._revoked(conn, Revocation(user_id, reason, digest), time.time())
+
+    async def _revoked(self, conn: Any, revocation: Revocation, now: float) -> None:
+        """Tell every node (inside the transaction: only a committed change is told)."""
+        r = revocation
+        change = await conn.fetchval(
+            "INSERT INTO revocations (user_id, node, at, session_digest, reason)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            r.user_id,
+            self.node,
+            now,
+            r.session_digest,
+            r.reason,
+        )
+        await conn.execute("DELETE FROM revocations WHERE at < $1", now - CHANGES_KEPT_SECONDS)
+        digest = r.session_digest.hex() if r.session_digest else "-"
+        await conn.execute(
+            "SELECT pg_notify($1, $2)",
+            CHANNEL,
+            f"{self.schema} {self.node} {change} {r.user_id} {r.reason} {digest}",
+        )
 
     # -- counted events -----------------------------------------------------------------------
 
-    async def take(self, kind: str, key: str, now: float, window: float, limit: int) -> bool:
-        key = _key(key)
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
+        # Advisory locks in a fixed order, so two reservations of the same counters on
+        # different nodes never wait on each other in a cycle.
+        keyed = [(c, _key(c.key)) for c in claims]
         async with self._tx() as conn:
-            await self._lock_events(conn, kind, key)
-            taken = await conn.fetchval(
-                "INSERT INTO events (kind, key, at) SELECT $1, $2, $3"
-                " WHERE (SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $4)"
-                " < $5 RETURNING true",
-                kind,
-                key,
-                now,
-                now - window,
-                limit,
+            for c, key in sorted(keyed, key=lambda ck: (ck[0].kind, ck[1])):
+                await self._lock_events(conn, c.kind, key)
+            counts = []
+            for c, key in keyed:
+                count = int(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
+                        c.kind,
+                        key,
+                        now - c.window,
+                    )
+                )
+                if count >= c.limit:
+                    return None
+                counts.append(count)
+            await conn.executemany(
+                "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)",
+                [(c.kind, key, now) for c, key in keyed],
             )
-            return taken is not None
+            return counts
+
+    async def release(self, kind: str, key: str, at: float) -> None:
+        async with self._tx() as conn:
+            await self._release(conn, kind, key, at)
+
+    async def _release(self, conn: Any, kind: str, key: str, at: float) -> None:
+        key = _key(key)
+        await self._lock_events(conn, kind, key)
+        await conn.execute(
+            "DELETE FROM events WHERE ctid = (SELECT ctid FROM events"
+            " WHERE kind = $1 AND key = $2 AND at = $3 LIMIT 1)",
+            kind,
+            key,
+            at,
+        )
 
     async def add_event(self, kind: str, key: str, now: float) -> int:
         key = _key(key)
@@ -668,6 +823,7 @@ class PostgresStore(Store):
             for sql, bound in (
                 ("DELETE FROM events WHERE at < $1", events_before),
                 ("DELETE FROM sessions WHERE last_seen < $1", sessions_idle_since),
+                ("DELETE FROM pending_logins WHERE created_at < $1", sessions_idle_since),
                 (
                     "DELETE FROM reset_codes WHERE (state <> 'pending' OR expires_at < $1)"
                     " AND created_at < $1",
@@ -714,6 +870,40 @@ class PostgresStore(Store):
         )
         return ResetCode(*row) if row else None
 
+    async def check_code(
+        self, digest: bytes | None, user_id: int | None, now: float, invalid: Claim
+    ) -> tuple[bool, ResetCode | None]:
+        key = _key(invalid.key)
+        async with self._tx() as conn:
+            await self._lock_events(conn, invalid.kind, key)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
+                invalid.kind,
+                key,
+                now - invalid.window,
+            )
+            if count >= invalid.limit:
+                return False, None
+            row = None
+            if digest is not None:
+                row = await conn.fetchrow(
+                    "SELECT user_id, created_at, expires_at, state FROM reset_codes"
+                    " WHERE digest = $1 AND state = 'pending' AND expires_at > $2"
+                    " AND ($3::bigint IS NULL OR user_id = $3)",
+                    digest,
+                    now,
+                    user_id,
+                )
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)",
+                    invalid.kind,
+                    key,
+                    now,
+                )
+                return True, None
+            return True, ResetCode(*row)
+
     async def complete_reset(
         self,
         user_id: int,
@@ -722,9 +912,21 @@ class PostgresStore(Store):
         now: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> bool:
+        totp_step: int | None = None,
+    ) -> Outcome:
         async with self._tx() as conn:
-            await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+            # Locked first: the lock and the TOTP step are read as they are now, and no login
+            # or lock on any node changes them before this commits.
+            user = await conn.fetchrow(
+                "SELECT locked_until, totp_last_step FROM users WHERE id = $1 FOR UPDATE",
+                user_id,
+            )
+            if user is None:
+                return Outcome.INVALID
+            if user[0] is not None and user[0] > now:
+                return Outcome.LOCKED
+            if totp_step is not None and user[1] is not None and user[1] >= totp_step:
+                return Outcome.REPLAYED
             # The race is decided here: a loser, once the winner commits, finds no pending row.
             status = await conn.execute(
                 "UPDATE reset_codes SET state = 'used' WHERE digest = $1 AND user_id = $2"
@@ -734,38 +936,28 @@ class PostgresStore(Store):
                 now,
             )
             if status != "UPDATE 1":
-                return False
+                return Outcome.INVALID
             await conn.execute(
-                "UPDATE users SET password_hash = $1, locked_until = NULL WHERE id = $2",
+                "UPDATE users SET password_hash = $1, locked_until = NULL,"
+                " password_version = password_version + 1,"
+                " totp_last_step = coalesce($3, totp_last_step) WHERE id = $2",
                 password_hash,
                 user_id,
+                totp_step,
             )
             await conn.execute(
                 "UPDATE reset_codes SET state = 'void' WHERE user_id = $1 AND state = 'pending'",
                 user_id,
             )
             await conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
+            await conn.execute("DELETE FROM pending_logins WHERE user_id = $1", user_id)
             await conn.execute(
                 "DELETE FROM events WHERE kind = $1 AND key = $2", RESET_FAILURE, str(user_id)
             )
-            change = await conn.fetchval(
-                "INSERT INTO password_changes (user_id, node, at) VALUES ($1, $2, $3) RETURNING id",
-                user_id,
-                self.node,
-                now,
-            )
-            await conn.execute(
-                "DELETE FROM password_changes WHERE at < $1", now - CHANGES_KEPT_SECONDS
-            )
-            # Delivered to every listening node when (and only if) this transaction commits.
-            await conn.execute(
-                "SELECT pg_notify($1, $2)",
-                CHANNEL,
-                f"{self.schema} {self.node} {change} {user_id}",
-            )
+            await self._revoked(conn, Revocation(user_id, LogoutReason.PASSWORD_CHANGED), now)
             await self._insert_mail(conn, mail, now)
             await self._insert_audit(conn, audit, now)
-            return True
+            return Outcome.DONE
 
     # -- password changes on other nodes ------------------------------------------------------
 
@@ -775,7 +967,7 @@ class PostgresStore(Store):
         conn = self._listener_conn
         return conn is not None and not conn.is_closed()
 
-    async def listen_password_changed(self, callback: Callable[[int], None]) -> None:
+    async def listen_revocations(self, callback: Callable[[Revocation], None]) -> None:
         self._callbacks.append(callback)
         if self._listener is not None:
             return
@@ -783,7 +975,7 @@ class PostgresStore(Store):
             closed = await self._listen()
             self._last_change = int(
                 await self._listener_conn.fetchval(
-                    "SELECT coalesce(max(id), 0) FROM password_changes"
+                    "SELECT coalesce(max(id), 0) FROM revocations"
                 )
             )
         except CONNECTION_ERRORS as exc:
@@ -846,34 +1038,38 @@ class PostgresStore(Store):
     async def _catch_up(self) -> None:
         """After a reconnect: tell what other nodes changed while nobody was listening."""
         rows = await self._listener_conn.fetch(
-            "SELECT id, user_id FROM password_changes WHERE id > $1 AND node <> $2 ORDER BY id",
+            "SELECT id, user_id, reason, session_digest FROM revocations"
+            " WHERE id > $1 AND node <> $2 ORDER BY id",
             self._last_change,
             self.node,
         )
-        for change, user_id in rows:
-            self._changed(int(change), int(user_id))
+        for change, user_id, reason, session in rows:
+            self._changed(int(change), Revocation(int(user_id), reason, session))
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
-            schema, node, change, user_id = payload.split(" ")
-            change_id, uid = int(change), int(user_id)
+            schema, node, change, user_id, reason, session = payload.split(" ")
+            change_id = int(change)
+            revocation = Revocation(
+                int(user_id), reason, None if session == "-" else bytes.fromhex(session)
+            )
         except ValueError:
             log.warning("ignored a malformed notification on %s", CHANNEL)
             return
         if schema != self.schema or node == self.node:
             return  # another exchange's schema, or our own change (already handled locally)
-        self._changed(change_id, uid)
+        self._changed(change_id, revocation)
 
-    def _changed(self, change_id: int, user_id: int) -> None:
+    def _changed(self, change_id: int, revocation: Revocation) -> None:
         if change_id in self._seen:
             return
         self._seen.append(change_id)
         self._last_change = max(self._last_change, change_id)
         for callback in self._callbacks:
             try:
-                callback(user_id)
+                callback(revocation)
             except Exception:
-                log.exception("password-change callback failed for user %d", user_id)
+                log.exception("revocation callback failed for user %d", revocation.user_id)
 
     # -- mail outbox --------------------------------------------------------------------------
 

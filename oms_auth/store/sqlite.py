@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -22,9 +22,11 @@ from .base import (
     RESET_FAILURE,
     AuditEntry,
     AuditRow,
+    Claim,
     MailItem,
     NewUser,
     OutboxRow,
+    Outcome,
     ResetCode,
     SecurityQuestion,
     Session,
@@ -32,6 +34,7 @@ from .base import (
     StoreError,
     User,
     chain_hash,
+    checked_audit_key,
     username_key,
 )
 
@@ -135,6 +138,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
     CREATE INDEX audit_by_time ON audit(at);
     """,
+    # 3: rules that hold under concurrency (SPEC section 4). A password version, so a session is
+    # only created for the password its check read; the last TOTP time step accepted, so a code
+    # is never accepted twice; pending second login steps, counted and bounded in the store. The
+    # audit chain is re-computed keyed with the service key (_chain_audit).
+    """
+    ALTER TABLE users ADD COLUMN password_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+    CREATE TABLE pending_logins (
+        digest BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        password_version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX pending_logins_by_user ON pending_logins(user_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -143,7 +162,8 @@ _USER_COLUMNS = f"""
     u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id, u.password_hash,
     u.totp_sealed, u.auth_source, u.active, u.master, u.last_login, u.locked_until,
     (SELECT group_concat(permission, '{_SEP}') FROM user_permissions p WHERE p.user_id = u.id),
-    (SELECT group_concat(account_id, '{_SEP}') FROM user_accounts a WHERE a.user_id = u.id)
+    (SELECT group_concat(account_id, '{_SEP}') FROM user_accounts a WHERE a.user_id = u.id),
+    u.password_version, u.totp_last_step
 """
 _AUDIT_COLUMNS = "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
 _json = msgspec.json.Encoder()
@@ -151,6 +171,7 @@ _json = msgspec.json.Encoder()
 _PRUNE: list[tuple[str, Callable[[float, float], float]]] = [
     ("DELETE FROM events WHERE at < ?", lambda events, sessions: events),
     ("DELETE FROM sessions WHERE last_seen < ?", lambda events, sessions: sessions),
+    ("DELETE FROM pending_logins WHERE created_at < ?", lambda events, sessions: sessions),
     (
         "DELETE FROM reset_codes WHERE (state != 'pending' OR expires_at < ?1) AND created_at < ?1",
         lambda events, sessions: events,
@@ -176,14 +197,17 @@ def _user(row: sqlite3.Row | tuple[Any, ...]) -> User:
         locked_until=row[12],
         permissions=frozenset(perms.split(_SEP)) if perms else frozenset(),
         accounts=frozenset(int(a) for a in accounts.split(_SEP)) if accounts else frozenset(),
+        password_version=row[15],
+        totp_last_step=row[16],
     )
 
 
 class SqliteStore(Store):
     """SQLite at ``path``, created on first use."""
 
-    def __init__(self, path: str, *, max_batch: int = 256) -> None:
+    def __init__(self, path: str, *, audit_key: bytes, max_batch: int = 256) -> None:
         self.path = path
+        self._audit_key = checked_audit_key(audit_key)
         self._max_batch = max_batch
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
@@ -228,7 +252,8 @@ class SqliteStore(Store):
                 for statement in MIGRATIONS[target].split(";"):
                     if statement.strip():
                         await db.execute(statement)
-                if target + 1 == 2:
+                # 2 chained the rows written before it; 3 re-chains them keyed (idempotent).
+                if target + 1 in (2, 3):
                     await self._chain_audit(db)
                 await db.execute(f"PRAGMA user_version={target + 1}")
             await db.execute("COMMIT")
@@ -320,9 +345,8 @@ class SqliteStore(Store):
             else:
                 future.set_exception(error)
 
-    @staticmethod
     async def _insert_audit(
-        db: aiosqlite.Connection, entries: list[AuditEntry], now: float
+        self, db: aiosqlite.Connection, entries: list[AuditEntry], now: float
     ) -> None:
         # Inside the write transaction, so the chain's tail cannot move under us.
         last = await SqliteStore._one(db, "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
@@ -330,7 +354,7 @@ class SqliteStore(Store):
         rows = []
         for n, e in enumerate(entries, start=last_id + 1):
             fields = (n, now, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
-            digest = chain_hash(prev, *fields)
+            digest = chain_hash(self._audit_key, prev, *fields)
             rows.append((*fields, prev, digest))
             prev = digest
         await db.executemany(
@@ -339,11 +363,11 @@ class SqliteStore(Store):
             rows,
         )
 
-    @staticmethod
-    async def _chain_audit(db: aiosqlite.Connection) -> None:
+    async def _chain_audit(self, db: aiosqlite.Connection) -> None:
+        """(Re-)chain every row under the audit key, in id order (a migration step)."""
         prev = ""
         for row in await SqliteStore._all(db, f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id"):
-            digest = chain_hash(prev, *row[:8])
+            digest = chain_hash(self._audit_key, prev, *row[:8])
             await db.execute(
                 "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, row[0])
             )
@@ -456,12 +480,6 @@ class SqliteStore(Store):
         )
         return [SecurityQuestion(*row) for row in rows]
 
-    async def record_login(self, user_id: int, now: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute("UPDATE users SET last_login = ? WHERE id = ?", (now, user_id))
-
-        await self._write(job)
-
     async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
         async def job(db: aiosqlite.Connection) -> None:
             await db.execute("UPDATE users SET locked_until = ? WHERE id = ?", (until, user_id))
@@ -475,12 +493,83 @@ class SqliteStore(Store):
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def create_session(self, digest: bytes, user_id: int, now: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
+    async def open_session(
+        self,
+        digest: bytes,
+        user_id: int,
+        now: float,
+        password_version: int,
+        *,
+        totp_step: int | None = None,
+        pending: bytes | None = None,
+        clear: Sequence[tuple[str, str]] = (),
+        release: Sequence[tuple[str, str, float]] = (),
+        audit: Sequence[AuditEntry] = (),
+    ) -> Outcome:
+        async def job(db: aiosqlite.Connection) -> Outcome:
+            # The single writer orders this against a reset's transaction: either the reset
+            # came first (the version moved on: STALE) or it deletes this session.
+            for kind, key, at in release:
+                await self._release(db, kind, key, at)
+            row = await self._one(
+                db, "SELECT password_version, totp_last_step FROM users WHERE id = ?", (user_id,)
+            )
+            if totp_step is not None and row is not None and row[1] is not None:
+                if row[1] >= totp_step:
+                    return Outcome.REPLAYED  # the pending step stays, for another code
+            if pending is not None:
+                await db.execute("DELETE FROM pending_logins WHERE digest = ?", (pending,))
+            if row is None or row[0] != password_version:
+                return Outcome.STALE
+            if totp_step is not None:
+                await db.execute(
+                    "UPDATE users SET totp_last_step = ? WHERE id = ?", (totp_step, user_id)
+                )
             await db.execute(
                 "INSERT INTO sessions (digest, user_id, created_at, last_seen) VALUES (?, ?, ?, ?)",
                 (digest, user_id, now, now),
             )
+            await db.execute("UPDATE users SET last_login = ? WHERE id = ?", (now, user_id))
+            for kind, key in clear:
+                await db.execute("DELETE FROM events WHERE kind = ? AND key = ?", (kind, key))
+            if audit:
+                await self._insert_audit(db, list(audit), now)
+            return Outcome.DONE
+
+        return await self._write(job)
+
+    async def begin_second_step(
+        self, digest: bytes, user_id: int, password_version: int, now: float
+    ) -> None:
+        async def job(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO pending_logins (digest, user_id, password_version, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (digest, user_id, password_version, now),
+            )
+
+        await self._write(job)
+
+    async def second_step_attempt(
+        self, digest: bytes, now: float, max_age: float, max_attempts: int
+    ) -> tuple[int, int] | None:
+        async def job(db: aiosqlite.Connection) -> tuple[int, int] | None:
+            row = await self._one(
+                db,
+                "UPDATE pending_logins SET attempts = attempts + 1 WHERE digest = ?"
+                " AND attempts < ? AND created_at > ? RETURNING user_id, password_version",
+                (digest, max_attempts, now - max_age),
+            )
+            if row is None:
+                await db.execute("DELETE FROM pending_logins WHERE digest = ?", (digest,))
+                return None
+            return int(row[0]), int(row[1])
+
+        return await self._write(job)
+
+    async def end_second_step(self, digest: bytes) -> None:
+        async def job(db: aiosqlite.Connection) -> None:
+            await db.execute("DELETE FROM pending_logins WHERE digest = ?", (digest,))
 
         await self._write(job)
 
@@ -501,7 +590,7 @@ class SqliteStore(Store):
 
         return await self._write(job)
 
-    async def revoke_session(self, digest: bytes) -> None:
+    async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
         async def job(db: aiosqlite.Connection) -> None:
             await db.execute("DELETE FROM sessions WHERE digest = ?", (digest,))
 
@@ -509,21 +598,40 @@ class SqliteStore(Store):
 
     # -- counted events -----------------------------------------------------------------------
 
-    async def take(self, kind: str, key: str, now: float, window: float, limit: int) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
-            (count,) = await self._one(
-                db,
-                "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?",
-                (kind, key, now - window),
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
+        async def job(db: aiosqlite.Connection) -> list[int] | None:
+            # Counted and recorded in one job of the single writer: nothing runs in between.
+            counts = []
+            for c in claims:
+                (count,) = await self._one(
+                    db,
+                    "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?",
+                    (c.kind, c.key, now - c.window),
+                )
+                if count >= c.limit:
+                    return None
+                counts.append(int(count))
+            await db.executemany(
+                "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)",
+                [(c.kind, c.key, now) for c in claims],
             )
-            if count >= limit:
-                return False
-            await db.execute(
-                "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)", (kind, key, now)
-            )
-            return True
+            return counts
 
         return await self._write(job)
+
+    async def release(self, kind: str, key: str, at: float) -> None:
+        async def job(db: aiosqlite.Connection) -> None:
+            await self._release(db, kind, key, at)
+
+        await self._write(job)
+
+    @staticmethod
+    async def _release(db: aiosqlite.Connection, kind: str, key: str, at: float) -> None:
+        await db.execute(
+            "DELETE FROM events WHERE rowid ="
+            " (SELECT rowid FROM events WHERE kind = ? AND key = ? AND at = ? LIMIT 1)",
+            (kind, key, at),
+        )
 
     async def add_event(self, kind: str, key: str, now: float) -> int:
         async def job(db: aiosqlite.Connection) -> int:
@@ -595,6 +703,36 @@ class SqliteStore(Store):
         )
         return ResetCode(*row) if row else None
 
+    async def check_code(
+        self, digest: bytes | None, user_id: int | None, now: float, invalid: Claim
+    ) -> tuple[bool, ResetCode | None]:
+        async def job(db: aiosqlite.Connection) -> tuple[bool, ResetCode | None]:
+            (count,) = await self._one(
+                db,
+                "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?",
+                (invalid.kind, invalid.key, now - invalid.window),
+            )
+            if count >= invalid.limit:
+                return False, None
+            row = None
+            if digest is not None:
+                row = await self._one(
+                    db,
+                    "SELECT user_id, created_at, expires_at, state FROM reset_codes"
+                    " WHERE digest = ? AND state = 'pending' AND expires_at > ?"
+                    " AND (? IS NULL OR user_id = ?)",
+                    (digest, now, user_id, user_id),
+                )
+            if row is None:
+                await db.execute(
+                    "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)",
+                    (invalid.kind, invalid.key, now),
+                )
+                return True, None
+            return True, ResetCode(*row)
+
+        return await self._write(job)
+
     async def complete_reset(
         self,
         user_id: int,
@@ -603,30 +741,43 @@ class SqliteStore(Store):
         now: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
+        totp_step: int | None = None,
+    ) -> Outcome:
+        async def job(db: aiosqlite.Connection) -> Outcome:
+            user = await self._one(
+                db, "SELECT locked_until, totp_last_step FROM users WHERE id = ?", (user_id,)
+            )
+            if user is None:
+                return Outcome.INVALID
+            if user[0] is not None and user[0] > now:
+                return Outcome.LOCKED
+            if totp_step is not None and user[1] is not None and user[1] >= totp_step:
+                return Outcome.REPLAYED
             cur = await db.execute(
                 "UPDATE reset_codes SET state = 'used' WHERE digest = ? AND user_id = ?"
                 " AND state = 'pending' AND expires_at > ?",
                 (digest, user_id, now),
             )
             if cur.rowcount != 1:
-                return False
+                return Outcome.INVALID
             await db.execute(
-                "UPDATE users SET password_hash = ?, locked_until = NULL WHERE id = ?",
-                (password_hash, user_id),
+                "UPDATE users SET password_hash = ?, locked_until = NULL,"
+                " password_version = password_version + 1,"
+                " totp_last_step = coalesce(?, totp_last_step) WHERE id = ?",
+                (password_hash, totp_step, user_id),
             )
             await db.execute(
                 "UPDATE reset_codes SET state = 'void' WHERE user_id = ? AND state = 'pending'",
                 (user_id,),
             )
             await db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+            await db.execute("DELETE FROM pending_logins WHERE user_id = ?", (user_id,))
             await db.execute(
                 "DELETE FROM events WHERE kind = ? AND key = ?", (RESET_FAILURE, str(user_id))
             )
             await self._insert_mail(db, mail, now)
             await self._insert_audit(db, audit, now)
-            return True
+            return Outcome.DONE
 
         return await self._write(job)
 

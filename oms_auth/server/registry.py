@@ -1,0 +1,94 @@
+"""Who is logged in where: the one place a connection's login state changes.
+
+Every connection authenticated by a session is indexed by that session and by its user, and
+only this module changes a connection's login state, so the indexes always agree with the
+connections (two logins racing on one connection leave it indexed as whichever finished last).
+When a session ends for a reason other than the connection's own LogOut, each connection that
+holds it is sent a ``LogoutEvent`` (m=3) first, then treated as logged off (SPEC section 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from protocol.frame import encode_event
+from protocol.messages import LogoutEvent
+
+from ..store import Revocation, User
+from .connection import Conn
+
+__all__ = ["Registry"]
+
+K = TypeVar("K")
+
+
+class Registry:
+    """Connections by session digest and by user id."""
+
+    def __init__(self, send: Callable[[Conn, bytes], Awaitable[None]]) -> None:
+        self._send = send
+        self.by_session: dict[bytes, set[Conn]] = {}
+        self.by_user: dict[int, set[Conn]] = {}
+        self._sending: set[asyncio.Task[Any]] = set()
+
+    def log_in(self, conn: Conn, user: User, token_digest: bytes, now: float) -> None:
+        self._untrack(conn)
+        conn.user, conn.token_digest, conn.pending = user, token_digest, None
+        conn.last_activity = conn.last_written = now
+        self.by_session.setdefault(token_digest, set()).add(conn)
+        self.by_user.setdefault(user.id, set()).add(conn)
+
+    def log_off(self, conn: Conn, reason: str | None = None) -> None:
+        """End the connection's login; with a ``reason``, tell the client first."""
+        if reason is not None and conn.user is not None:
+            self._notify(conn, reason)
+        self._untrack(conn)
+        conn.user = conn.token_digest = conn.pending = None
+
+    def end_session(self, token_digest: bytes, reason: str, *, keep: Conn | None = None) -> None:
+        """Log off every connection holding this session (but ``keep``, which ends it itself)."""
+        self._end(self.by_session.get(token_digest, ()), reason, keep)
+
+    def end_user(self, user_id: int, reason: str) -> None:
+        """Log off every connection of this user (a password change, a forced logoff)."""
+        self._end(self.by_user.get(user_id, ()), reason, None)
+
+    def revoked(self, revocation: Revocation) -> None:
+        """A revocation another node made."""
+        if revocation.session_digest is not None:
+            self.end_session(revocation.session_digest, revocation.reason)
+        else:
+            self.end_user(revocation.user_id, revocation.reason)
+
+    async def flush(self) -> None:
+        """Wait until every LogoutEvent queued so far has been sent (shutdown, tests)."""
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    def _end(self, conns: Iterable[Conn], reason: str, keep: Conn | None) -> None:
+        for conn in list(conns):
+            if conn is not keep:
+                self.log_off(conn, reason)
+
+    def _notify(self, conn: Conn, reason: str) -> None:
+        # Queued now, before any later answer on this connection is (tasks start in order).
+        frame = encode_event("LogoutEvent", LogoutEvent(reason))
+        task = asyncio.ensure_future(self._send(conn, frame))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _untrack(self, conn: Conn) -> None:
+        if conn.token_digest is not None:
+            _discard(self.by_session, conn.token_digest, conn)
+        if conn.user is not None:
+            _discard(self.by_user, conn.user.id, conn)
+
+
+def _discard(index: dict[K, set[Conn]], key: K, conn: Conn) -> None:
+    conns = index.get(key)
+    if conns is not None:
+        conns.discard(conn)
+        if not conns:
+            del index[key]
