@@ -97,7 +97,7 @@ class App:
             await self.stop()
             raise
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
-        self.http.extra_metrics = self._mail_metrics
+        self.http.extra_metrics = self._store_metrics
         self.server = await serve(
             self.gateway.handle,
             s.host,
@@ -152,9 +152,12 @@ class App:
                 log.exception("pruning failed; will try again")
             await asyncio.sleep(s.maintenance_seconds)
 
-    async def _mail_metrics(self) -> dict[str, int]:
+    async def _store_metrics(self) -> dict[str, int]:
         counts = await self.deps.store.mail_counts()
-        return {f"mail_{state}": n for state, n in counts.items()}
+        return {
+            **{f"mail_{state}": n for state, n in counts.items()},
+            "secret_checks": self.deps.hasher.checks,
+        }
 
     async def stop(self) -> None:
         """Graceful: stop listening, let requests in flight finish, close connections with

@@ -60,6 +60,9 @@ class Hasher:
             max_workers=workers, thread_name_prefix="argon2", initializer=_yield_to_the_loop
         )
         self._slots = asyncio.Semaphore(workers * 2)
+        # How many secrets were checked (passwords, answers): /metrics shows it, so a brute
+        # force is visible and a limit's worth of checks can be counted.
+        self.checks = 0
         # Verifying against this when a user does not exist makes "no such user" cost the same
         # as "wrong password".
         # Computed in the pool, so start-up does not wait for it.
@@ -83,6 +86,7 @@ class Hasher:
 
     async def verify(self, encoded: str | None, secret: str) -> bool:
         """True when ``secret`` matches; ``None`` costs a verify against a decoy and is False."""
+        self.checks += 1
         async with self._slots:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, self.verify_sync, encoded, secret

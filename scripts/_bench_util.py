@@ -49,11 +49,16 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     """VmRSS of a process, from /proc/PID/status."""
+    return status_bytes(pid, "VmRSS")
+
+
+def status_bytes(pid: int, field: str) -> int:
+    """A size field of /proc/PID/status (VmRSS, VmHWM: the most ever resident, ...)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def machine_cpu() -> tuple[float, float]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from oms_auth.config import Settings
 
-from ._bench_util import cpu_seconds, rss_bytes
+from ._bench_util import cpu_seconds, rss_bytes, status_bytes
 from .bench import LIMITS, PY, ROOT, Server, _env, _stop_everything, load, log, start_oms
 
 USERNAME, PASSWORD = "trader1", "Trader1!2345"  # from oms-auth demo
@@ -60,11 +60,7 @@ def demo(db: Path) -> None:
 
 def peak_rss(pid: int) -> int:
     """VmHWM: the most the process ever held resident."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    return status_bytes(pid, "VmHWM")
 
 
 def metrics(server: Server) -> dict[str, int]:

@@ -95,6 +95,7 @@ class Cluster:
 
     async def code_for(self, target: str, via: str) -> dict[str, Any]:
         """The operator on node ``via`` asks for a reset; the link, whichever node mailed it."""
+
         def to_target() -> set[Path]:
             # Mail for other users may still be arriving from earlier requests: only a new
             # message to this target counts.
@@ -291,3 +292,112 @@ async def test_nodes_recover_when_the_database_cuts_their_connections(
     # The listeners connect again (or catch up): the other node still hears of a reset.
     on_b = await cluster.client("b", "mover")
     assert await reset_and_time_logoff(cluster, "a", on_b) < 3.0
+
+
+# -- rules under concurrency, across nodes (SPEC section 4) -------------------------------------
+
+
+async def secret_checks(cluster: Cluster) -> int:
+    """Passwords and answers checked so far by both nodes (their /metrics)."""
+    import urllib.request
+
+    def read(url: str) -> int:
+        http = url.replace("ws://", "http://").removesuffix("/WSGateway/") + "/metrics"
+        with urllib.request.urlopen(http, timeout=5) as response:
+            text = response.read().decode()
+        return int(re.search(r"^oms_auth_secret_checks (\d+)$", text, re.M)[1])  # type: ignore[index]
+
+    counts = await asyncio.gather(
+        *(asyncio.to_thread(read, node.url) for node in cluster.nodes.values())
+    )
+    return sum(counts)
+
+
+async def test_a_login_burst_over_both_nodes_checks_at_most_the_limit(cluster: Cluster) -> None:
+    await cluster.users("victim")
+    await cluster.start(login_failures_per_user=10)
+    clients = [await cluster.client("ab"[n % 2]) for n in range(8)]
+    before = await secret_checks(cluster)
+    guesses = [{"UserName": "victim", "Password": f"guess{n}"} for n in range(80)]
+    guesses.append({"UserName": "victim", "Password": PASSWORD})
+    answers = await asyncio.gather(
+        *(clients[n % 8].call("AuthenticateUser", g) for n, g in enumerate(guesses))
+    )
+    assert await secret_checks(cluster) - before <= 10
+    assert not answers[-1].o["Authenticated"]
+
+
+async def test_a_reset2_burst_over_both_nodes_checks_at_most_the_lockout(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("guarded", guarded={"question": "First pet?", "answer": "Rex"})
+    await cluster.start(invalid_codes_per_source=1000)
+    mail = await cluster.code_for("guarded", via="a")
+    base = {"UserId": mail["user_id"], "PendingCode": mail["code"], "Password": NEW}
+    clients = [await cluster.client("ab"[n % 2]) for n in range(8)]
+    before = await secret_checks(cluster)
+    answers = await asyncio.gather(
+        *(
+            clients[n % 8].call("ResetPassword2", {**base, "SecurityQuestionAnswer": f"cat{n}"})
+            for n in range(40)
+        )
+    )
+    assert await secret_checks(cluster) - before <= 5
+    details = [a.o["detail"] for a in answers]
+    assert details.count("Invalid answer provided for security question") == 5
+    assert details.count("Account has been locked for 30 minutes") == 35
+
+
+async def test_one_totp_code_logs_in_once_over_both_nodes(cluster: Cluster) -> None:
+    import pyotp
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DP"
+    await cluster.users("totp", totp={"totp_secret": secret})
+    await cluster.start()
+    clients = [await cluster.client("ab"[n % 2]) for n in range(6)]
+    for c in clients:
+        step = await c.call("AuthenticateUser", {"UserName": "totp", "Password": PASSWORD})
+        assert step.o["Requires2FA"] is True
+    code = pyotp.TOTP(secret).now()
+    answers = await asyncio.gather(*(c.call("Authenticate2FA", {"Code": code}) for c in clients))
+    assert sum(bool(a.o["Authenticated"]) for a in answers) == 1
+
+
+async def next_event(c: Client, timeout: float) -> Any:
+    while True:
+        frame = await c.next_unmatched(timeout)
+        if frame.m == 3:
+            return frame
+
+
+async def test_logout_on_one_node_ends_the_session_on_the_other_within_a_second(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("mover", mover={"permissions": ["Trading"], "accounts": [10]})
+    await cluster.start()
+    a = await cluster.client("a", "mover")
+    token = (await a.call("AuthenticateUser", {"UserName": "mover", "Password": PASSWORD})).o[
+        "SessionToken"
+    ]
+    b = await cluster.client("b")
+    assert (await b.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
+    assert await logged_in(b)
+    started = time.monotonic()
+    assert (await a.call("LogOut")).o == OK
+    event = await next_event(b, timeout=1)
+    assert time.monotonic() - started < 1
+    assert event.n == "LogoutEvent" and event.o == {"Reason": "LoggedOutElsewhere"}
+    assert not await logged_in(b)
+
+
+async def test_a_reset_on_one_node_sends_logout_events_on_the_other(cluster: Cluster) -> None:
+    await cluster.users("mover", mover={"permissions": ["Trading"], "accounts": [10]})
+    await cluster.start()
+    on_b = await cluster.client("b", "mover")
+    mail = await cluster.code_for("mover", via="a")
+    c = await cluster.client("a")
+    payload = {"UserId": mail["user_id"], "Password": NEW, "PendingCode": mail["code"]}
+    assert (await c.call("ResetPassword2", payload)).o == OK
+    event = await next_event(on_b, timeout=1)
+    assert event.o == {"Reason": "PasswordChanged"}
+    assert not await logged_in(on_b)

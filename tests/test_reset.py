@@ -330,6 +330,7 @@ async def test_opening_the_link_or_reading_requirements_never_consumes_the_code(
     import urllib.request
 
     mail = await world.code_for("trader")
+
     def scan() -> int:  # what a mail scanner does with a link
         with urllib.request.urlopen(mail["link"], timeout=5) as page:
             page.read()

@@ -310,28 +310,38 @@ class Resets:
     # -- the link ------------------------------------------------------------------------------
 
     async def _valid_code(
-        self, code: Any, source: str, user_id: int | None = None
+        self,
+        code: Any,
+        source: str,
+        user_id: int | None = None,
+        attempt: Claim | None = None,
+        now: float | None = None,
     ) -> tuple[ResetCode, bytes]:
         """The pending, unexpired code (of ``user_id``, when given), or 104: one text for
         every way it is not. An invalid code counts against the address, never the user
-        (anyone can send one), in the transaction that reads the address's count."""
+        (anyone can send one), in the transaction that reads the address's count; so does
+        the ``attempt`` slot, taken while the code is still pending (101 locked when none is
+        left)."""
         d, s = self.deps, self.deps.settings
         key = digest(code) if isinstance(code, str) and code else None
         if user_id is not None and not 0 < user_id <= _MAX_ID:
             key = user_id = None  # no code belongs to an id the store cannot hold
-        allowed, record = await d.store.check_code(
+        outcome, record = await d.store.check_code(
             key,
             user_id,
-            d.clock(),
+            d.clock() if now is None else now,
             Claim(
                 INVALID_CODES_FROM_SOURCE,
                 source,
                 s.reset_window_seconds,
                 s.invalid_codes_per_source,
             ),
+            attempt,
         )
-        if not allowed:
+        if outcome is Outcome.THROTTLED:
             raise OperationFailed(TOO_MANY_INVALID_KEYS)
+        if outcome is Outcome.LOCKED:
+            raise OperationFailed(ACCOUNT_LOCKED)
         if record is None or key is None:
             raise NotFound(INVALID_RECOVERY_KEY)
         return record, key
@@ -372,32 +382,29 @@ class Resets:
         committed.
 
         Each attempt that checks a secret (the answer, the TOTP code) first reserves one of the
-        user's lockout slots, so a burst checks at most ``lockout_failures`` of them; a wrong
-        one keeps its slot as the failure, anything else gives it back. The store re-checks the
-        lock and the TOTP step in the transaction that sets the password."""
+        user's lockout slots, in the transaction that checks the code, so a burst checks at
+        most ``lockout_failures`` of them; a wrong one keeps its slot as the failure, anything
+        else gives it back. The store re-checks the lock and the TOTP step in the transaction
+        that sets the password."""
         d, s = self.deps, self.deps.settings
         if not password:
             raise InvalidValue(INVALID_PASSWORD)
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue("Invalid value provided for UserId")
-        _, key = await self._valid_code(code, source, uid)
+        user = await d.store.user_by_id(uid) if 0 < uid <= _MAX_ID else None
+        questions = await d.store.security_questions(uid) if user else []
+        # An attempt that will check a secret (an answer, a TOTP code) reserves one of the
+        # user's lockout slots together with the code check; anything but a wrong secret
+        # gives it back.
+        slot = None
+        if user is not None and (questions or user.uses_totp):
+            slot = Claim(RESET_FAILURE, str(uid), s.lockout_window_seconds, s.lockout_failures)
         now = d.clock()
-        user = await d.store.user_by_id(uid)
+        _, key = await self._valid_code(code, source, uid, slot, now)
         if user is None:
             raise NotFound(INVALID_RECOVERY_KEY)
-        if user.locked(now):
-            raise OperationFailed(ACCOUNT_LOCKED)
-        slot = Claim(RESET_FAILURE, str(user.id), s.lockout_window_seconds, s.lockout_failures)
-        reserved_at: float | None = None
         kept = False
-
-        async def reserve() -> None:
-            nonlocal reserved_at
-            if reserved_at is None:
-                if await d.store.reserve([slot], now) is None:
-                    raise OperationFailed(ACCOUNT_LOCKED)
-                reserved_at = now
 
         async def wrong(reason: str) -> None:
             nonlocal kept
@@ -406,11 +413,11 @@ class Resets:
 
         outcome = Outcome.INVALID
         try:
-            questions = await d.store.security_questions(user.id)
+            if user.locked(now):
+                raise OperationFailed(ACCOUNT_LOCKED)
             if questions:
                 if not answer or not answer.strip():
                     raise NotAuthorized(INVALID_ANSWER)
-                await reserve()
                 if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
                     await wrong("wrong security answer")
                     raise NotAuthorized(INVALID_ANSWER)
@@ -419,7 +426,6 @@ class Resets:
                 given = totp.normalize_code(totp_code)
                 if given is None:
                     raise NotAuthorized(TOTP_REQUIRED)
-                await reserve()
                 secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
                 d.event("totp_checks")
                 step = totp.accepted(secret, given, now, user.totp_last_step)
@@ -430,17 +436,17 @@ class Resets:
             if broken is not None:
                 raise InvalidValue(broken)
             new_hash = await d.hasher.hash(password)
-            now = d.clock()
+            changed_at = d.clock()
             outcome = await d.store.complete_reset(
                 user.id,
                 key,
                 new_hash,
-                now,
+                changed_at,
                 MailItem(
                     kind="password-changed",
                     recipient=user.email,
                     user_id=user.id,
-                    public={"username": user.username, "changed_at": now},
+                    public={"username": user.username, "changed_at": changed_at},
                 ),
                 [
                     AuditEntry(
@@ -455,8 +461,8 @@ class Resets:
             )
         finally:
             # A success cleared every slot; a wrong secret keeps its own.
-            if reserved_at is not None and not kept and outcome is not Outcome.DONE:
-                await d.store.release(slot.kind, slot.key, reserved_at)
+            if slot is not None and not kept and outcome is not Outcome.DONE:
+                await d.store.release(slot.kind, slot.key, now)
         if outcome is Outcome.LOCKED:
             raise OperationFailed(ACCOUNT_LOCKED)
         if outcome is Outcome.REPLAYED:  # a login took this TOTP step meanwhile

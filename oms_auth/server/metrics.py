@@ -27,7 +27,8 @@ class Metrics:
             self._latency_sum += seconds
 
     def event(self, name: str) -> None:
-        """Bump a named counter, e.g. ``resets_requested``, ``mail_sent``."""
+        """Bump a named counter, e.g. ``resets_requested``, ``mail_sent``; ``login:failed`` is
+        the ``failed`` outcome of ``oms_auth_logins_total``."""
         self.events[name] += 1
 
     def render(self, extra: dict[str, int] | None = None) -> str:
@@ -52,7 +53,16 @@ class Metrics:
             lines.append(f'oms_auth_request_seconds_bucket{{le="{le}"}} {cumulative}')
         lines.append(f"oms_auth_request_seconds_sum {self._latency_sum:.6f}")
         lines.append(f"oms_auth_request_seconds_count {cumulative}")
+        families: dict[str, list[tuple[str, int]]] = {}
         for name, n in sorted({**self.events, **(extra or {})}.items()):
+            family, _, outcome = name.partition(":")
+            if outcome:
+                families.setdefault(family, []).append((outcome, n))
+                continue
             lines.append(f"# TYPE oms_auth_{name} counter")
             lines.append(f"oms_auth_{name} {n}")
+        for family, outcomes in families.items():
+            lines.append(f"# TYPE oms_auth_{family}s_total counter")
+            for outcome, n in outcomes:
+                lines.append(f'oms_auth_{family}s_total{{outcome="{outcome}"}} {n}')
         return "\n".join(lines) + "\n"

@@ -147,6 +147,7 @@ class Outcome(enum.Enum):
     LOCKED = "locked"  # the user was locked meanwhile
     STALE = "stale"  # the password changed since the check that led here
     REPLAYED = "replayed"  # the TOTP time step was accepted for this user already
+    THROTTLED = "throttled"  # the caller's address is at its limit
 
 
 class Revocation(msgspec.Struct, frozen=True):
@@ -417,12 +418,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def check_code(
-        self, digest: bytes | None, user_id: int | None, now: float, invalid: Claim
-    ) -> tuple[bool, ResetCode | None]:
-        """Look a code up for a client, counting invalid ones against ``invalid`` (a per-address
-        claim) in the same transaction: ``(False, None)`` when that address is at its limit
-        (nothing looked up); ``(True, None)`` when the code is missing, not pending, expired or
-        not ``user_id``'s (one event recorded); else ``(True, code)``."""
+        self,
+        digest: bytes | None,
+        user_id: int | None,
+        now: float,
+        invalid: Claim,
+        attempt: Claim | None = None,
+    ) -> tuple[Outcome, ResetCode | None]:
+        """Look a code up for a client, in one transaction: THROTTLED when the address is at
+        its ``invalid`` limit (nothing looked up); INVALID when the code is missing, not
+        pending, expired or not ``user_id``'s (one ``invalid`` event recorded); LOCKED when an
+        ``attempt`` slot was asked for and none is left; else DONE with the code (and the slot
+        reserved). The slot is taken while the code is still pending, so once a success has
+        consumed the code (clearing the slots) no new attempt can check an answer for it."""
 
     @abc.abstractmethod
     async def complete_reset(

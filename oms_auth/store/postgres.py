@@ -751,30 +751,40 @@ class PostgresStore(Store):
     # -- counted events -----------------------------------------------------------------------
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
-        # Advisory locks in a fixed order, so two reservations of the same counters on
-        # different nodes never wait on each other in a cycle.
-        keyed = [(c, _key(c.key)) for c in claims]
         async with self._tx() as conn:
-            for c, key in sorted(keyed, key=lambda ck: (ck[0].kind, ck[1])):
-                await self._lock_events(conn, c.kind, key)
+            await self._lock_claims(conn, claims)
             counts = []
-            for c, key in keyed:
-                count = int(
-                    await conn.fetchval(
-                        "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
-                        c.kind,
-                        key,
-                        now - c.window,
-                    )
-                )
+            for c in claims:
+                count = await self._count(conn, c, now)
                 if count >= c.limit:
                     return None
                 counts.append(count)
-            await conn.executemany(
-                "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)",
-                [(c.kind, key, now) for c, key in keyed],
-            )
+            await self._record(conn, claims, now)
             return counts
+
+    async def _lock_claims(self, conn: Any, claims: Sequence[Claim]) -> None:
+        # In a fixed order, so two transactions taking the same counters (on any nodes) never
+        # wait on each other in a cycle.
+        for kind, key in sorted({(c.kind, _key(c.key)) for c in claims}):
+            await self._lock_events(conn, kind, key)
+
+    @staticmethod
+    async def _count(conn: Any, claim: Claim, now: float) -> int:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
+                claim.kind,
+                _key(claim.key),
+                now - claim.window,
+            )
+        )
+
+    @staticmethod
+    async def _record(conn: Any, claims: Sequence[Claim], now: float) -> None:
+        await conn.executemany(
+            "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)",
+            [(c.kind, _key(c.key), now) for c in claims],
+        )
 
     async def release(self, kind: str, key: str, at: float) -> None:
         async with self._tx() as conn:
@@ -871,38 +881,37 @@ class PostgresStore(Store):
         return ResetCode(*row) if row else None
 
     async def check_code(
-        self, digest: bytes | None, user_id: int | None, now: float, invalid: Claim
-    ) -> tuple[bool, ResetCode | None]:
-        key = _key(invalid.key)
+        self,
+        digest: bytes | None,
+        user_id: int | None,
+        now: float,
+        invalid: Claim,
+        attempt: Claim | None = None,
+    ) -> tuple[Outcome, ResetCode | None]:
+        claims = [invalid] if attempt is None else [invalid, attempt]
         async with self._tx() as conn:
-            await self._lock_events(conn, invalid.kind, key)
-            count = await conn.fetchval(
-                "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
-                invalid.kind,
-                key,
-                now - invalid.window,
-            )
-            if count >= invalid.limit:
-                return False, None
+            await self._lock_claims(conn, claims)
+            if await self._count(conn, invalid, now) >= invalid.limit:
+                return Outcome.THROTTLED, None
             row = None
             if digest is not None:
+                # FOR SHARE waits for a reset consuming this code to commit, then sees it used.
                 row = await conn.fetchrow(
                     "SELECT user_id, created_at, expires_at, state FROM reset_codes"
                     " WHERE digest = $1 AND state = 'pending' AND expires_at > $2"
-                    " AND ($3::bigint IS NULL OR user_id = $3)",
+                    " AND ($3::bigint IS NULL OR user_id = $3) FOR SHARE",
                     digest,
                     now,
                     user_id,
                 )
             if row is None:
-                await conn.execute(
-                    "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)",
-                    invalid.kind,
-                    key,
-                    now,
-                )
-                return True, None
-            return True, ResetCode(*row)
+                await self._record(conn, [invalid], now)
+                return Outcome.INVALID, None
+            if attempt is not None:
+                if await self._count(conn, attempt, now) >= attempt.limit:
+                    return Outcome.LOCKED, None
+                await self._record(conn, [attempt], now)
+            return Outcome.DONE, ResetCode(*row)
 
     async def complete_reset(
         self,
@@ -974,9 +983,7 @@ class PostgresStore(Store):
         try:
             closed = await self._listen()
             self._last_change = int(
-                await self._listener_conn.fetchval(
-                    "SELECT coalesce(max(id), 0) FROM revocations"
-                )
+                await self._listener_conn.fetchval("SELECT coalesce(max(id), 0) FROM revocations")
             )
         except CONNECTION_ERRORS as exc:
             self._drop_listener_conn()

@@ -603,21 +603,30 @@ class SqliteStore(Store):
             # Counted and recorded in one job of the single writer: nothing runs in between.
             counts = []
             for c in claims:
-                (count,) = await self._one(
-                    db,
-                    "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?",
-                    (c.kind, c.key, now - c.window),
-                )
+                count = await self._count(db, c, now)
                 if count >= c.limit:
                     return None
-                counts.append(int(count))
-            await db.executemany(
-                "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)",
-                [(c.kind, c.key, now) for c in claims],
-            )
+                counts.append(count)
+            await self._record(db, claims, now)
             return counts
 
         return await self._write(job)
+
+    @staticmethod
+    async def _count(db: aiosqlite.Connection, claim: Claim, now: float) -> int:
+        (count,) = await SqliteStore._one(
+            db,
+            "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?",
+            (claim.kind, claim.key, now - claim.window),
+        )
+        return int(count)
+
+    @staticmethod
+    async def _record(db: aiosqlite.Connection, claims: Sequence[Claim], now: float) -> None:
+        await db.executemany(
+            "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)",
+            [(c.kind, c.key, now) for c in claims],
+        )
 
     async def release(self, kind: str, key: str, at: float) -> None:
         async def job(db: aiosqlite.Connection) -> None:
@@ -704,16 +713,16 @@ class SqliteStore(Store):
         return ResetCode(*row) if row else None
 
     async def check_code(
-        self, digest: bytes | None, user_id: int | None, now: float, invalid: Claim
-    ) -> tuple[bool, ResetCode | None]:
-        async def job(db: aiosqlite.Connection) -> tuple[bool, ResetCode | None]:
-            (count,) = await self._one(
-                db,
-                "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?",
-                (invalid.kind, invalid.key, now - invalid.window),
-            )
-            if count >= invalid.limit:
-                return False, None
+        self,
+        digest: bytes | None,
+        user_id: int | None,
+        now: float,
+        invalid: Claim,
+        attempt: Claim | None = None,
+    ) -> tuple[Outcome, ResetCode | None]:
+        async def job(db: aiosqlite.Connection) -> tuple[Outcome, ResetCode | None]:
+            if await self._count(db, invalid, now) >= invalid.limit:
+                return Outcome.THROTTLED, None
             row = None
             if digest is not None:
                 row = await self._one(
@@ -724,12 +733,13 @@ class SqliteStore(Store):
                     (digest, now, user_id, user_id),
                 )
             if row is None:
-                await db.execute(
-                    "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)",
-                    (invalid.kind, invalid.key, now),
-                )
-                return True, None
-            return True, ResetCode(*row)
+                await self._record(db, [invalid], now)
+                return Outcome.INVALID, None
+            if attempt is not None:
+                if await self._count(db, attempt, now) >= attempt.limit:
+                    return Outcome.LOCKED, None
+                await self._record(db, [attempt], now)
+            return Outcome.DONE, ResetCode(*row)
 
         return await self._write(job)
 

@@ -1,0 +1,460 @@
+"""SPEC section 4, "Every limit holds under concurrency": bursts of simultaneous requests over
+several real connections, on both stores, then a count of the checks that actually ran.
+
+Each rule here was also run once against a deliberately broken engine (the reservation moved
+after the check, the in-transaction lock check removed, the password-version check removed, the
+TOTP step not remembered, the registry by user only); each of those variants fails its test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+from oms_auth.app import App
+from protocol.client import Answer, Client
+
+from .helpers import PASSWORD, Clock, make_user, parse_mail, settings_for, wait_for_mail
+
+SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
+NEW = "Fresh-Start42"
+TOO_MANY_LOGINS = "Too many failed login attempts; try again later"
+LOCKED = {
+    "result": False,
+    "errormsg": "Operation Failed",
+    "errorcode": 101,
+    "detail": "Account has been locked for 30 minutes",
+}
+
+
+async def started(tmp_path: Path, clock: Clock, db: str, **overrides: Any) -> App:
+    app = App(settings_for(tmp_path, db=db, **overrides), clock=clock, login_delay=0)
+    await app.start()
+    return app
+
+
+@pytest.fixture
+async def app(tmp_path: Path, clock: Clock, db: str) -> AsyncIterator[App]:
+    service = await started(tmp_path, clock, db)
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def clients(app: App, n: int, host: str = "127.0.0.1") -> list[Client]:
+    return [await Client.connect(app.url) for _ in range(n)]
+
+
+async def close_all(cs: list[Client]) -> None:
+    await asyncio.gather(*(c.close() for c in cs))
+
+
+async def burst(cs: list[Client], calls: list[tuple[str, dict[str, Any]]]) -> list[Answer]:
+    """Send every call at once, spread round-robin over the connections; answers in order."""
+    return list(
+        await asyncio.gather(
+            *(c.call(name, payload) for c, (name, payload) in zip(itertools.cycle(cs), calls))
+        )
+    )
+
+
+async def code_for(app: App, username: str) -> dict[str, Any]:
+    """A self-service reset's emailed link fields for ``username``."""
+    maildir = Path(app.settings.mail.removeprefix("maildir:"))
+    before = len(list((maildir / "new").glob("*"))) if (maildir / "new").exists() else 0
+    async with await Client.connect(app.url) as c:
+        assert (await c.call("ResetPassword", {"UserName": username})).ok
+    await app.resets.drain()
+    mail = parse_mail((await wait_for_mail(maildir, before + 1))[-1])
+    assert "link" in mail
+    return mail
+
+
+async def stored_hash(app: App, user_id: int) -> str:
+    user = await app.deps.store.user_by_id(user_id)
+    assert user is not None
+    return user.password_hash
+
+
+# -- logins -----------------------------------------------------------------------------------
+
+
+async def test_a_login_burst_checks_at_most_the_per_user_limit_of_passwords(app: App) -> None:
+    await make_user(app.deps, "victim")
+    limit = app.settings.login_failures_per_user
+    cs = await clients(app, 8)
+    try:
+        before = app.deps.hasher.checks
+        calls = [
+            ("AuthenticateUser", {"UserName": "victim", "Password": f"guess{n}"})
+            for n in range(199)
+        ]
+        calls.append(("AuthenticateUser", {"UserName": "victim", "Password": PASSWORD}))
+        answers = await burst(cs, calls)
+    finally:
+        await close_all(cs)
+    checked = app.deps.hasher.checks - before
+    assert checked <= limit
+    assert not answers[-1].o["Authenticated"]  # the right password came too late
+    refused = [a for a in answers if a.o["errormsg"] == TOO_MANY_LOGINS]
+    assert len(refused) == len(answers) - checked
+    metrics = app.metrics.render()
+    assert f'oms_auth_logins_total{{outcome="failed"}} {checked}' in metrics
+    assert f'oms_auth_logins_total{{outcome="throttled"}} {len(refused)}' in metrics
+
+
+async def test_a_login_burst_from_one_address_checks_at_most_the_per_address_limit(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = await started(tmp_path, clock, db, login_failures_per_source=12)
+    try:
+        cs = await clients(app, 6)
+        before = app.deps.hasher.checks
+        answers = await burst(
+            cs,
+            [
+                ("AuthenticateUser", {"UserName": f"user{n}", "Password": "guess"})
+                for n in range(60)
+            ],
+        )
+        await close_all(cs)
+        assert app.deps.hasher.checks - before <= 12
+        assert sum(a.o["errormsg"] == TOO_MANY_LOGINS for a in answers) >= 48
+    finally:
+        await app.stop()
+
+
+async def test_a_successful_login_gives_its_reservation_back(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = await started(tmp_path, clock, db, login_failures_per_source=5)
+    try:
+        await make_user(app.deps, "alice")
+        cs = await clients(app, 5)
+        login = ("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+        # Four waves of five right passwords from one address: a limit of five in the window
+        # would refuse the second wave if the successes kept their reservations.
+        for _ in range(4):
+            answers = await burst(cs, [login] * 5)
+            assert all(a.o["Authenticated"] for a in answers)
+        await close_all(cs)
+    finally:
+        await app.stop()
+
+
+# -- ResetPassword2 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("right", ["last", "first"])
+async def test_a_reset2_burst_checks_at_most_the_lockout_and_a_lock_sets_no_password(
+    app: App, right: str
+) -> None:
+    uid = await make_user(app.deps, "guarded", question="First pet?", answer="Rex")
+    link = await code_for(app, "guarded")
+    old = await stored_hash(app, uid)
+    base = {"UserId": uid, "PendingCode": link["code"], "Password": NEW}
+    wrong = [("ResetPassword2", dict(base, SecurityQuestionAnswer=f"cat{n}")) for n in range(39)]
+    good = ("ResetPassword2", dict(base, SecurityQuestionAnswer="rex"))
+    calls = wrong + [good] if right == "last" else [good] + wrong
+    cs = await clients(app, 8)
+    before = app.deps.hasher.checks
+    try:
+        answers = await burst(cs, calls)
+    finally:
+        await close_all(cs)
+    assert app.deps.hasher.checks - before <= app.settings.lockout_failures + 1  # + the new hash
+    rows = await app.deps.store.audit_rows(user="guarded", limit=None)
+    actions = [r.action for r in rows]
+    assert actions.count("reset-attempt-failed") <= app.settings.lockout_failures
+    good_answer = answers[-1] if right == "last" else answers[0]
+    failed = actions.count("reset-attempt-failed")
+    if "locked" in actions:
+        # A burst that reached the lockout set no password, whatever its order.
+        assert failed == app.settings.lockout_failures
+        assert "password-set" not in actions
+        assert await stored_hash(app, uid) == old
+        assert good_answer.o == LOCKED
+    else:
+        # The right answer took one of the slots: the lockout was not reached.
+        assert failed < app.settings.lockout_failures
+        assert good_answer.ok and await stored_hash(app, uid) != old
+    details = [a.o["detail"] for a in answers]
+    assert details.count("Invalid answer provided for security question") == failed
+    # Everything else was refused unchecked: locked, or (after a success) a used code.
+    assert set(details) <= {
+        None,
+        "Invalid answer provided for security question",
+        LOCKED["detail"],
+        "Invalid password recovery key",
+    }
+
+
+async def test_a_lock_set_while_a_right_code_is_in_flight_sets_no_password(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    # A TOTP code is checked at once, while the right attempt's new password takes a hash of
+    # about a tenth of a second: four wrong codes sent meanwhile lock the user (the right
+    # attempt's slot counts, it is in flight) before that attempt reaches its transaction.
+    app = await started(
+        tmp_path, clock, db, hash_workers=1, argon2_time_cost=3, argon2_memory_kib=32768
+    )
+    try:
+        uid = await make_user(app.deps, "guarded", totp_secret=SECRET)
+        link = await code_for(app, "guarded")
+        old = await stored_hash(app, uid)
+        base = {"UserId": uid, "PendingCode": link["code"], "Password": NEW}
+        right = pyotp.TOTP(SECRET).at(clock.now)
+        wrong = [f"{(int(right) + n) % 10**6:06d}" for n in range(1, 5)]
+        cs = await clients(app, 5)
+        good = asyncio.ensure_future(cs[0].call("ResetPassword2", dict(base, Code=right)))
+        await asyncio.sleep(0.02)
+        refused = await burst(cs[1:], [("ResetPassword2", dict(base, Code=w)) for w in wrong])
+        answer = await good
+        await close_all(cs)
+        assert [r.o["detail"] for r in refused] == ["Invalid two-factor code"] * 4
+        assert answer.o == LOCKED  # the store re-read the lock where it would set the password
+        assert await stored_hash(app, uid) == old
+        user = await app.deps.store.user_by_id(uid)
+        assert user is not None and user.locked(clock.now)
+    finally:
+        await app.stop()
+
+
+async def test_invalid_codes_from_one_address_check_at_most_the_limit(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = await started(tmp_path, clock, db, invalid_codes_per_source=7)
+    try:
+        uid = await make_user(app.deps, "alice")
+        cs = await clients(app, 5)
+        answers = await burst(
+            cs,
+            [
+                ("ResetPassword2", {"UserId": uid, "Password": NEW, "PendingCode": f"no-{n}"})
+                for n in range(50)
+            ],
+        )
+        await close_all(cs)
+        invalid = [a for a in answers if a.o["errorcode"] == 104]
+        throttled = [a for a in answers if a.o["errorcode"] == 101]
+        assert len(invalid) == 7 and len(throttled) == 43
+    finally:
+        await app.stop()
+
+
+# -- TOTP ------------------------------------------------------------------------------------
+
+
+async def password_step(c: Client, username: str) -> None:
+    reply = await c.call("AuthenticateUser", {"UserName": username, "Password": PASSWORD})
+    assert reply.o["Requires2FA"] is True and reply.o["SessionToken"] is None, reply.o
+
+
+async def test_one_totp_code_logs_in_once_however_many_connections_send_it(
+    app: App, clock: Clock
+) -> None:
+    await make_user(app.deps, "totp", totp_secret=SECRET)
+    cs = await clients(app, 6)
+    try:
+        for c in cs:
+            await password_step(c, "totp")
+        code = pyotp.TOTP(SECRET).at(clock.now)
+        answers = await asyncio.gather(*(c.call("Authenticate2FA", {"Code": code}) for c in cs))
+        assert sum(bool(a.o["Authenticated"]) for a in answers) == 1
+        assert {a.o["errormsg"] for a in answers if not a.o["Authenticated"]} == {
+            "Invalid two-factor code"
+        }
+    finally:
+        await close_all(cs)
+
+
+async def test_a_totp_step_used_to_log_in_is_refused_by_a_reset(app: App, clock: Clock) -> None:
+    uid = await make_user(app.deps, "totp", totp_secret=SECRET)
+    link = await code_for(app, "totp")
+    code = pyotp.TOTP(SECRET).at(clock.now)
+    async with await Client.connect(app.url) as c:
+        await password_step(c, "totp")
+        assert (await c.call("Authenticate2FA", {"Code": code})).o["Authenticated"]
+        again = await c.call(
+            "ResetPassword2",
+            {"UserId": uid, "PendingCode": link["code"], "Password": NEW, "Code": code},
+        )
+    assert again.o["detail"] == "Invalid two-factor code"
+
+
+async def test_a_pending_second_step_allows_five_wrong_codes_even_in_a_burst(
+    app: App, clock: Clock
+) -> None:
+    await make_user(app.deps, "totp", totp_secret=SECRET)
+    right = pyotp.TOTP(SECRET).at(clock.now)
+    wrong = f"{(int(right) + 1) % 10**6:06d}"
+    async with await Client.connect(app.url) as c:
+        await password_step(c, "totp")
+        before = app.metrics.events["totp_checks"]
+        answers = await asyncio.gather(
+            *(c.call("Authenticate2FA", {"Code": wrong}) for _ in range(60))
+        )
+        assert app.metrics.events["totp_checks"] - before <= 5
+        assert sum(a.o["errormsg"] == "Invalid two-factor code" for a in answers) == 5
+        last = await c.call("Authenticate2FA", {"Code": right})
+    assert not last.o["Authenticated"]
+    assert last.o["errormsg"] == "No two-factor authentication is pending on this connection"
+
+
+async def test_a_pending_second_step_expires_after_five_minutes(app: App, clock: Clock) -> None:
+    await make_user(app.deps, "totp", totp_secret=SECRET)
+    async with await Client.connect(app.url) as c:
+        await password_step(c, "totp")
+        clock.advance(301)
+        late = await c.call("Authenticate2FA", {"Code": pyotp.TOTP(SECRET).at(clock.now)})
+    assert not late.o["Authenticated"]
+
+
+async def test_a_password_change_ends_a_pending_second_step(app: App, clock: Clock) -> None:
+    uid = await make_user(app.deps, "totp", totp_secret=SECRET)
+    link = await code_for(app, "totp")
+    async with await Client.connect(app.url) as waiting, await Client.connect(app.url) as other:
+        await password_step(waiting, "totp")
+        code = pyotp.TOTP(SECRET).at(clock.now)
+        done = await other.call(
+            "ResetPassword2",
+            {"UserId": uid, "PendingCode": link["code"], "Password": NEW, "Code": code},
+        )
+        assert done.ok, done.o
+        clock.advance(30)  # a fresh step, so only the ended login can refuse it
+        late = await waiting.call("Authenticate2FA", {"Code": pyotp.TOTP(SECRET).at(clock.now)})
+    assert not late.o["Authenticated"]
+    assert late.o["errormsg"] == "No two-factor authentication is pending on this connection"
+
+
+# -- sessions and a reset -----------------------------------------------------------------------
+
+
+async def test_no_token_from_a_login_racing_a_reset_resumes_after_it(app: App) -> None:
+    uid = await make_user(app.deps, "racer")
+    link = await code_for(app, "racer")
+    cs = await clients(app, 8)
+    tokens: list[str] = []
+    reset_done = asyncio.Event()
+
+    async def keep_logging_in(c: Client) -> None:
+        while not reset_done.is_set():
+            reply = await c.call("AuthenticateUser", {"UserName": "racer", "Password": PASSWORD})
+            if reply.o["SessionToken"]:
+                tokens.append(reply.o["SessionToken"])
+        for _ in range(3):  # and a few that read the old hash just before it changed
+            reply = await c.call("AuthenticateUser", {"UserName": "racer", "Password": PASSWORD})
+            assert not reply.o["Authenticated"]
+
+    async def reset() -> None:
+        await asyncio.sleep(0.05)
+        async with await Client.connect(app.url) as c:
+            answer = await c.call(
+                "ResetPassword2", {"UserId": uid, "PendingCode": link["code"], "Password": NEW}
+            )
+        assert answer.ok, answer.o
+        reset_done.set()
+
+    try:
+        await asyncio.gather(reset(), *(keep_logging_in(c) for c in cs))
+    finally:
+        await close_all(cs)
+    assert tokens, "no login finished before the reset: the race was not run"
+    async with await Client.connect(app.url) as c:
+        for token in tokens:
+            resumed = await c.call("WebAuthenticateUser", {"SessionToken": token})
+            assert not resumed.o["Authenticated"]
+
+
+async def next_event(c: Client, timeout: float = 2) -> Answer:
+    while True:
+        frame = await c.next_unmatched(timeout)
+        if frame.m == 3:
+            return frame
+
+
+async def test_logout_ends_the_session_at_once_on_every_connection_holding_it(app: App) -> None:
+    await make_user(app.deps, "op", permissions=["Operator"])
+    target = await make_user(app.deps, "someone")
+    async with (
+        await Client.connect(app.url) as f,
+        await Client.connect(app.url) as g,
+        await Client.connect(app.url) as h,
+    ):
+        login = await f.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
+        token = login.o["SessionToken"]
+        for c in (g, h):
+            assert (await c.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
+        assert (await g.call("UnlockUser", {"UserId": target})).ok
+        assert (await f.call("LogOut", {})).ok
+        for c in (g, h):
+            event = await next_event(c)
+            assert event.n == "LogoutEvent" and event.o == {"Reason": "LoggedOutElsewhere"}
+        refused = await g.call("UnlockUser", {"UserId": target})
+        assert refused.o["errorcode"] == 20
+        assert (await h.call("LogOut", {})).o["detail"] == "Not logged in"
+    assert not app.registry.by_session and not app.registry.by_user
+
+
+async def test_a_reset_sends_logout_events_to_every_connection_of_the_user(app: App) -> None:
+    uid = await make_user(app.deps, "alice")
+    link = await code_for(app, "alice")
+    cs = await clients(app, 3)
+    try:
+        for c in cs:
+            assert (
+                await c.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+            ).ok
+        async with await Client.connect(app.url) as c:
+            assert (
+                await c.call(
+                    "ResetPassword2", {"UserId": uid, "PendingCode": link["code"], "Password": NEW}
+                )
+            ).ok
+        for c in cs:
+            assert (await next_event(c)).o == {"Reason": "PasswordChanged"}
+            assert (await c.call("LogOut", {})).o["detail"] == "Not logged in"
+    finally:
+        await close_all(cs)
+
+
+async def test_racing_logins_on_one_connection_leave_it_registered_as_who_it_is(
+    app: App,
+) -> None:
+    await make_user(app.deps, "alice")
+    await make_user(app.deps, "bob")
+    async with await Client.connect(app.url) as other, await Client.connect(app.url) as c:
+        bob = await other.call("AuthenticateUser", {"UserName": "bob", "Password": PASSWORD})
+        for _ in range(10):
+            await asyncio.gather(
+                c.call("WebAuthenticateUser", {"SessionToken": bob.o["SessionToken"]}),
+                c.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD}),
+            )
+            (conn,) = [
+                x for x in app.gateway.connections if x.ws.remote_address == c.ws.local_address
+            ]
+            assert conn.user is not None
+            for user_id, conns in app.registry.by_user.items():
+                assert (conn in conns) == (user_id == conn.user.id)
+            for token_digest, conns in app.registry.by_session.items():
+                assert (conn in conns) == (token_digest == conn.token_digest)
+
+
+async def test_an_expired_session_is_told_before_the_connection_is_treated_as_logged_off(
+    app: App, clock: Clock
+) -> None:
+    await make_user(app.deps, "alice")
+    async with await Client.connect(app.url) as c:
+        assert (await c.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})).ok
+        clock.advance(app.settings.session_idle_seconds + 1)
+        answer = await c.call("LogOut", {})
+        event = await next_event(c)
+    assert event.o == {"Reason": "SessionExpired"}
+    assert answer.o["detail"] == "Not logged in"
