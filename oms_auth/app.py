@@ -15,10 +15,10 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from protocol.messages import LogoutReason
 
 from .config import Settings
-from .crypto import Hasher, Sealer, audit_key, load_or_create_key
+from .crypto import Hasher, Sealer, audit_key, checkout_holding, load_or_create_key
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
-from .engine.sessions import Sessions
+from .engine.sessions import TOUCH_EVERY, Sessions
 from .logs import pin_library_loggers
 from .mail.outbox import OutboxWorker, transport_for
 from .server.functions import Functions
@@ -36,7 +36,17 @@ log = logging.getLogger("oms_auth")
 
 async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
     """Open the store and load the key: what the CLI's offline commands need too."""
-    key = load_or_create_key(settings.key_file(), os.environ.get("OMS_AUTH_SECRET_KEY"))
+    from_env = os.environ.get("OMS_AUTH_SECRET_KEY")
+    key_file = settings.key_file()
+    key = load_or_create_key(key_file, from_env)
+    checkout = None if from_env else checkout_holding(key_file)
+    if checkout is not None:
+        log.warning(
+            "the service key %s is inside the git checkout %s: keep it out of version control"
+            " (set secret_key_file or OMS_AUTH_SECRET_KEY to keep it elsewhere)",
+            key_file,
+            checkout,
+        )
     store: Store = await open_store(settings.db, audit_key=audit_key(key))
     try:
         # A store shared by several nodes refuses a node whose key differs from the others'.
@@ -53,7 +63,9 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
 
 
 class App:
-    """The service: ``await start()``, then ``port`` is known; ``await stop()`` ends it."""
+    """The service: ``await start()``, then ``port`` and ``public_url`` are known; ``await
+    stop()`` ends it. It is also the engine's :class:`~.engine.deps.Events`: what the engine
+    tells goes to the metrics, the connection registry and the mail worker from here."""
 
     def __init__(
         self, settings: Settings, *, clock: Clock = time.time, login_delay: float = 0.25
@@ -62,36 +74,46 @@ class App:
         self.clock = clock
         self.login_delay = login_delay
         self.metrics = Metrics()
+        self.registry = Registry(Gateway.send)
         self.server: Server | None = None
+        self.outbox: OutboxWorker | None = None
         self._deps: Deps | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._public_url: str | None = None
 
     @property
     def deps(self) -> Deps:
         assert self._deps is not None, "App.start() first"
         return self._deps
 
+    # -- Events: what the engine tells ------------------------------------------------------
+
+    def count(self, name: str) -> None:
+        self.metrics.event(name)
+
+    def password_changed(self, user_id: int) -> None:
+        self.registry.end_user(user_id, LogoutReason.PASSWORD_CHANGED)
+
+    def session_revoked(self, token_digest: bytes, reason: str) -> None:
+        self.registry.end_session(token_digest, reason)
+
+    def mail_queued(self) -> None:
+        if self.outbox is not None:
+            self.outbox.wake()
+
+    # -- life ---------------------------------------------------------------------------------
+
     async def start(self) -> None:
         s = self.settings
         pin_library_loggers()
         self._deps = deps = await build_deps(s, self.clock)
+        deps.events = self
         self.sessions = Sessions(deps, delay_unit=self.login_delay)
         self.resets = Resets(deps)
-        self.registry = Registry(Gateway.send)
         self.functions = Functions(self.sessions, self.resets, self.registry)
-        deps.on_event.append(self.metrics.event)
-        self.outbox = OutboxWorker(deps, transport_for(s.mail))
-        deps.on_mail_queued.append(self.outbox.wake)
-        self.outbox.start()
-        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
-        # Sessions this node ends, and those other nodes sharing the store end, log off every
-        # connection here that holds them, with a LogoutEvent.
-        deps.on_password_changed.append(
-            lambda user_id: self.registry.end_user(user_id, LogoutReason.PASSWORD_CHANGED)
-        )
-        deps.on_session_revoked.append(self.registry.end_session)
         try:
+            # Sessions that other nodes sharing the store end log off this node's connections.
             await deps.store.listen_revocations(self.registry.revoked)
         except BaseException:
             await self.stop()
@@ -119,10 +141,12 @@ class App:
             ping_interval=s.ping_interval_seconds or None,
             ping_timeout=s.ping_timeout_seconds or None,
         )
-        if not s.public_url:
-            # Port 0 picks a port at bind time: links must carry the real one.
-            s.public_url = f"http://{s.display_host()}:{self.port}"
-        ResetPage(s.public_url, self.resets.policy).install(self.http)
+        # Known only now: port 0 picks a port at bind time, and links must carry the real one.
+        self._public_url = s.resolved_public_url(self.port)
+        ResetPage(self.public_url, self.resets.policy).install(self.http)
+        self.outbox = OutboxWorker(deps, transport_for(s.mail), self.public_url)
+        self.outbox.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
 
     @property
     def port(self) -> int:
@@ -132,6 +156,12 @@ class App:
     @property
     def url(self) -> str:
         return f"ws://{self.settings.display_host()}:{self.port}/WSGateway/"
+
+    @property
+    def public_url(self) -> str:
+        """Where users reach this deployment (``public_url``, else the address it bound)."""
+        assert self._public_url is not None, "App.start() first"
+        return self._public_url
 
     async def _maintain(self) -> None:
         """Every so often, delete counted events and sessions no rule looks at any more."""
@@ -145,7 +175,10 @@ class App:
         while True:
             now = self.clock()
             try:
-                gone = await self.deps.store.prune(now - keep, now - s.session_idle_seconds)
+                # A session's last_seen in the store lags its connection by up to TOUCH_EVERY:
+                # only sessions idle past that margin too are gone for sure.
+                idle_since = now - s.session_idle_seconds - TOUCH_EVERY
+                gone = await self.deps.store.prune(now - keep, idle_since)
                 if gone:
                     log.info("pruned %d expired rows", gone)
             except Exception:
@@ -174,7 +207,9 @@ class App:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._maintenance
             await self.resets.drain()
-            await self.outbox.stop()
+            if self.outbox is not None:
+                await self.outbox.stop()
+                self.outbox = None
             await self._deps.store.close()
             self._deps.hasher.close()
             self._deps = None

@@ -16,11 +16,11 @@ import msgspec
 
 from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
-from .engine import totp
+from .engine import users
 from .engine.deps import Deps
-from .engine.reset import normalize_answer
+from .errors import Refusal
 from .logs import setup_logging
-from .store import AuditEntry, NewUser, StoreError
+from .store import StoreError
 
 __all__ = ["main"]
 
@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _run(_serve(settings))
         return _run(_offline(args, settings))
+    except Refusal as refusal:
+        print(f"oms-auth: {refusal.detail}", file=sys.stderr)
+        return 2
     except (ConfigError, CliError, StoreError, ValueError) as exc:
         print(f"oms-auth: {exc}", file=sys.stderr)
         return 2
@@ -186,7 +189,7 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"oms-auth listening on {app.url} (reset page {settings.resolved_public_url()}/reset)",
+        f"oms-auth listening on {app.url} (reset page {app.public_url}/reset)",
         flush=True,
     )
     try:
@@ -212,60 +215,8 @@ async def _offline(args: argparse.Namespace, settings: Settings) -> int:
         deps.hasher.close()
 
 
-async def add_user(
-    deps: Deps,
-    *,
-    username: str,
-    email: str,
-    password: str,
-    oms: int = 1,
-    permissions: Sequence[str] = (),
-    accounts: Sequence[int] = (),
-    master: bool = False,
-    totp_secret: str | None = None,
-    question: str | None = None,
-    answer: str | None = None,
-    auth_source: str = "native",
-    active: bool = True,
-) -> int:
-    """Create a user the way ``user add`` does (tests and the demo use it too)."""
-    if not username.strip():
-        raise CliError("--username must not be empty")
-    if (question is None) != (answer is None):
-        raise CliError("--security-question and --security-answer go together")
-    if totp_secret is not None and not totp.valid_secret(totp_secret):
-        raise CliError("--totp-secret must be base32 of at least 80 bits")
-    questions: tuple[tuple[str, str], ...] = ()
-    if question is not None and answer is not None:
-        questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
-    user_id = await deps.store.create_user(
-        NewUser(
-            username=username,
-            email=email,
-            password_hash=await deps.hasher.hash(password),
-            oms_id=oms,
-            permissions=tuple(_permission(p) for p in permissions),
-            accounts=tuple(accounts),
-            master=master,
-            auth_source=auth_source,
-            active=active,
-            questions=questions,
-        ),
-        AuditEntry(action="user-created", target_name=username.strip(), source="cli"),
-    )
-    if totp_secret is not None:
-        await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
-    return user_id
-
-
-def _permission(name: str) -> str:
-    # Operator and Trading are matched whatever the case they were typed in.
-    known = {"operator": "Operator", "trading": "Trading"}
-    return known.get(name.strip().lower(), name.strip())
-
-
 async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
-    user_id = await add_user(
+    user_id = await users.create_user(
         deps,
         username=args.username,
         email=args.email,
@@ -313,11 +264,7 @@ async def _user_unlock(deps: Deps, args: argparse.Namespace) -> int:
     user = await deps.store.user_by_name(args.username)
     if user is None:
         raise CliError(f"no user named {args.username!r}")
-    await deps.store.set_lock(
-        user.id,
-        None,
-        AuditEntry(action="unlocked", target_id=user.id, target_name=user.username, source="cli"),
-    )
+    await users.unlock(deps, user, actor_id=None, source="cli")
     print(f"unlocked {user.username}")
     return 0
 
@@ -456,7 +403,7 @@ async def _demo(deps: Deps) -> int:
     print("Demo OMS 1 (passwords are for this demo only):")
     for spec in DEMO_USERS:
         existing = await deps.store.user_by_name(spec["username"])
-        user_id = existing.id if existing else await add_user(deps, **spec)
+        user_id = existing.id if existing else await users.create_user(deps, **spec)
         extra = ""
         if spec.get("totp_secret"):
             extra = f"  TOTP secret {spec['totp_secret']}, answer {spec['answer']!r}"

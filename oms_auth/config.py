@@ -78,10 +78,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """Where a local client reaches the service (a wildcard bind is reached on loopback)."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
 
-    def resolved_public_url(self) -> str:
+    def resolved_public_url(self, port: int | None = None) -> str:
+        """``public_url``, else ``http://HOST:PORT`` (``port``: the one actually bound)."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.display_host()}:{self.port}"
+        return f"http://{self.display_host()}:{self.port if port is None else port}"
 
     def key_file(self) -> Path:
         if self.secret_key_file:

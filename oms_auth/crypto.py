@@ -32,6 +32,8 @@ __all__ = [
     "constant_time_equal",
     "load_or_create_key",
     "audit_key",
+    "mail_context",
+    "checkout_holding",
 ]
 
 
@@ -136,10 +138,25 @@ class Sealer:
             raise ValueError("sealed value does not open with this key") from exc
 
 
+def mail_context(user_id: int | None, kind: str) -> bytes:
+    """What a queued message's sealed part is bound to: it opens only on its own row's kind
+    and user (the engine seals, the outbox worker opens)."""
+    return f"mail:{kind}:{user_id}".encode()
+
+
 def audit_key(service_key: bytes) -> bytes:
     """The key of the audit hash chain (HMAC-SHA256), derived from the service key: whoever
     holds the store alone cannot re-hash a row they edited."""
     return hmac.new(service_key, b"oms-auth audit chain", hashlib.sha256).digest()
+
+
+def checkout_holding(path: Path) -> Path | None:
+    """The git work tree ``path`` lies in, if any: a key there is one ``git add -A`` away
+    from being committed."""
+    for folder in path.resolve().parents:
+        if (folder / ".git").exists():
+            return folder
+    return None
 
 
 def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:

@@ -1,7 +1,10 @@
 """A small asyncio client for OMS frames: numbers requests, matches answers by ``i``.
 
-Used by the tests, the scripts and the conformance kit. Frames that answer no pending call (an
-m=5 to a raw frame, an event) are queued and read with :meth:`Client.next_unmatched`.
+Used by the tests, the scripts and the conformance kit. Only an m=1 or m=5 frame answers a pending
+call (so an m=3 event, whatever its ``i``, never does). Frames that answer no pending call (an
+m=5 to a raw frame, an event) are queued and read with :meth:`Client.next_unmatched`; so is a
+message that is not a JSON object (as ``m=-1``), since a server under test may send anything.
+Every answer keeps the message as it arrived in ``raw``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Answer(msgspec.Struct, frozen=True):
     i: int
     n: str
     o: Any
+    raw: str | bytes = ""  # the message as it arrived
 
     @property
     def ok(self) -> bool:
@@ -97,13 +101,8 @@ class Client:
     async def _read(self) -> None:
         try:
             async for message in self.ws:
-                doc = orjson.loads(message)
-                o = doc.get("o")
-                if isinstance(o, str):
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        o = orjson.loads(o)
-                answer = Answer(m=doc.get("m", -1), i=doc.get("i", -1), n=doc.get("n", ""), o=o)
-                future = self._pending.get(answer.i)
+                answer = _parse(message)
+                future = self._pending.get(answer.i) if isinstance(answer.i, int) else None
                 if future is not None and not future.done() and answer.m in (1, 5):
                     future.set_result(answer)
                 else:
@@ -122,3 +121,18 @@ class Client:
             if not future.done():
                 future.set_exception(exc)
         self._unmatched.put_nowait(exc)
+
+
+def _parse(message: str | bytes) -> Answer:
+    """One received message as an Answer, ``o`` parsed when it is a JSON string."""
+    try:
+        doc = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        return Answer(m=-1, i=-1, n="", o=None, raw=message)
+    o = doc.get("o")
+    if isinstance(o, str):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            o = orjson.loads(o)
+    return Answer(m=doc.get("m", -1), i=doc.get("i", -1), n=doc.get("n", ""), o=o, raw=message)

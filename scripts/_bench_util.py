@@ -8,6 +8,16 @@ import resource
 from collections.abc import Coroutine
 from typing import Any
 
+__all__ = [
+    "have_uvloop",
+    "run",
+    "raise_nofile",
+    "cpu_seconds",
+    "rss_bytes",
+    "status_bytes",
+    "machine_cpu",
+]
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

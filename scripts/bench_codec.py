@@ -22,6 +22,8 @@ from protocol import messages as msg
 from protocol.errors import SUCCESS
 from protocol.frame import Frame, decode, encode_reply
 
+__all__ = ["rows", "table", "main"]
+
 
 def _frame(n: str, payload: dict[str, Any]) -> str:
     return json.dumps({"m": 0, "i": 123456, "n": n, "o": json.dumps(payload)})

@@ -19,6 +19,8 @@ from websockets.exceptions import ConnectionClosed
 
 from ._bench_util import have_uvloop, raise_nofile, run
 
+__all__ = ["main"]
+
 
 class _Head(msgspec.Struct):
     """The routing part of a frame; other keys are skipped unread."""

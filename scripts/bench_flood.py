@@ -21,7 +21,6 @@ import asyncio
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +30,19 @@ from typing import Any
 
 from oms_auth.config import Settings
 
-from ._bench_util import cpu_seconds, rss_bytes, status_bytes
-from .bench import LIMITS, PY, ROOT, Server, _env, _stop_everything, load, log, start_oms
+from ._bench_util import have_uvloop, rss_bytes, status_bytes
+from .bench_procs import (
+    LIMITS,
+    Server,
+    load,
+    log,
+    run_module,
+    start_oms,
+    stop_everything,
+    wait_idle,
+)
+
+__all__ = ["main"]
 
 USERNAME, PASSWORD = "trader1", "Trader1!2345"  # from oms-auth demo
 MB = 1024 * 1024
@@ -46,16 +56,8 @@ def default_limits() -> dict[str, str]:
 
 
 def demo(db: Path) -> None:
-    done = subprocess.run(
-        [PY, "-m", "oms_auth.cli", "demo", "--db", str(db)],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"oms-auth demo failed: {done.stderr[-2000:]}")
+    """A fresh store with the demo users (``oms-auth demo``)."""
+    run_module("oms_auth.cli", "demo", "--db", str(db), what="oms-auth demo", timeout=120)
 
 
 def peak_rss(pid: int) -> int:
@@ -117,17 +119,6 @@ async def idle_logins(server: Server, count: int) -> tuple[list[float], int]:
         stop.set()
         await sampler
     return latencies, peak[0]
-
-
-def wait_idle(server: Server, limit: float) -> float:
-    """Seconds until the server uses under 5% of a core over half a second (at most ``limit``)."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        before = cpu_seconds(server.pid)
-        time.sleep(0.5)
-        if cpu_seconds(server.pid) - before <= 0.025:
-            break
-    return time.monotonic() - started
 
 
 async def flood(server: Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -296,10 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], help="server event loop")
     args = parser.parse_args(argv)
     if args.loop is None:
-        from ._bench_util import have_uvloop
-
         args.loop = "uvloop" if have_uvloop() else "asyncio"
-    with _stop_everything():
+    with stop_everything():
         return asyncio.run(main_async(args))
 
 

@@ -32,6 +32,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from ._bench_util import cpu_seconds, have_uvloop, machine_cpu, raise_nofile, run
 
+__all__ = ["main"]
+
 _OPEN_TIMEOUT = 60
 
 

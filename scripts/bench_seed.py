@@ -17,8 +17,8 @@ import json
 from typing import Any
 
 from oms_auth.app import build_deps
-from oms_auth.cli import add_user
 from oms_auth.config import load_settings
+from oms_auth.engine.users import create_user
 
 _CHUNK = 200  # concurrent creations: the store's group commit shares one fsync between them
 
@@ -45,7 +45,7 @@ async def _seed(db: str, spec: dict[str, Any]) -> dict[str, list[int]]:
             for start in range(0, len(names), _CHUNK):
                 created += await asyncio.gather(
                     *(
-                        add_user(
+                        create_user(
                             deps,
                             username=name,
                             email=f"{name}@bench.test",

@@ -13,6 +13,8 @@ import sys
 
 from ._bench_util import raise_nofile
 
+__all__ = ["main"]
+
 
 def main() -> int:
     argv = sys.argv[1:]

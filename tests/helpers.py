@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from oms_auth.cli import add_user
 from oms_auth.config import Settings
 from oms_auth.engine.deps import Deps
+from oms_auth.engine.users import create_user
 
 
 class Clock:
@@ -50,7 +50,7 @@ PASSWORD = "Correct-Horse9"
 async def make_user(deps: Deps, username: str, **kwargs: Any) -> int:
     kwargs.setdefault("email", f"{username}@example.test")
     kwargs.setdefault("password", PASSWORD)
-    return await add_user(deps, username=username, **kwargs)
+    return await create_user(deps, username=username, **kwargs)
 
 
 def store_bytes(db: str) -> bytes:

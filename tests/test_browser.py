@@ -134,7 +134,7 @@ async def test_the_page_asks_for_the_question_and_the_totp_code_where_needed(
 
 async def test_an_incomplete_link_says_what_to_do(app: App, browser: Any) -> None:
     page = await browser.new_page()
-    await page.goto(app.settings.resolved_public_url() + "/reset")
+    await page.goto(app.public_url + "/reset")
     box = page.locator("#outcome[data-outcome=error]")
     await box.wait_for()
     assert "incomplete" in await box.inner_text()

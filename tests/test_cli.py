@@ -118,3 +118,17 @@ async def test_serve_prints_its_address_serves_and_stops_on_sigterm(
     async with await Client.connect(url) as client:
         assert (await client.call("Ping")).o == {"msg": "PONG"}
     assert "stopped" in await server.stop()
+
+
+def test_a_key_inside_a_git_checkout_is_warned_about_and_ignored_by_ours(tmp_path: Path) -> None:
+    checkout = tmp_path / "repo"
+    (checkout / ".git").mkdir(parents=True)
+    inside = oms_auth(checkout, "user", "list", "--db", str(checkout / "x.sqlite3"))
+    assert "inside the git checkout" in inside.stderr
+    outside = oms_auth(tmp_path, "user", "list", "--db", str(tmp_path / "y.sqlite3"))
+    assert "inside the git checkout" not in outside.stderr
+    # This repository's .gitignore keeps the default key files out of commits.
+    root = Path(__file__).resolve().parents[1]
+    for name in ("oms-auth.key", "oms-auth.sqlite3.key", "prod.key"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=root)
+        assert ignored.returncode == 0, name

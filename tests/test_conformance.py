@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+
 from oms_auth.app import App
-from oms_auth.conformance import Options, run_suite
-from oms_auth.conformance.kit import CASES
+from oms_auth.conformance import CASES, Options, run_suite
+from oms_auth.conformance.mask import mask
 
 from .bad_server import start_bad_server
 from .helpers import FAST, PASSWORD, make_user
@@ -115,3 +118,46 @@ async def test_the_command_reports_a_table_json_and_junit_with_its_exit_status(
     assert bad.returncode == 1
     verdicts = {r["case"]: r["verdict"] for r in json.loads(bad.stdout)}
     assert verdicts["ping"] == "fail" and verdicts["reset-operator"] == "skip"
+
+
+async def test_an_event_with_i_0_is_not_taken_for_the_answer_to_request_0() -> None:
+    event = '{"m":3,"i":0,"n":"LogoutEvent","o":"{\\"Reason\\":\\"LoggedOutElsewhere\\"}"}'
+
+    async def pushes_an_event_first(ws: ServerConnection) -> None:
+        async for data in ws:
+            frame = orjson.loads(data)
+            await ws.send(event)
+            answer = {"m": 1, "i": frame["i"], "n": frame["n"], "o": '{"msg":"PONG"}'}
+            await ws.send(orjson.dumps(answer).decode())
+
+    async with serve(pushes_an_event_first, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        [result] = await run_suite(Options(url=f"ws://127.0.0.1:{port}/", timeout=2), ["ping"])
+    assert (result.verdict, result.reason) == ("pass", "")
+    assert f"< {event}" in result.evidence  # kept as evidence, passed over as an answer
+
+
+def test_the_kit_stands_on_protocol_alone() -> None:
+    code = (
+        "import json, sys, oms_auth.conformance\n"
+        "print(json.dumps([m for m in sys.modules if m.startswith('oms_auth.')]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(done.stdout)
+    assert loaded and all(m.startswith("oms_auth.conformance") for m in loaded), loaded
+
+
+def test_the_evidence_masks_passwords_codes_and_tokens_however_they_are_quoted() -> None:
+    password = 'Qx"zz\\et-Pass1'
+    code = "48abe435-bce3-4aa2-8805-054087e913d1"
+    payload = {"UserName": "op", "Password": password, "PendingCode": code, "Code": 123456}
+    as_string = orjson.dumps({"m": 0, "i": 2, "n": "X", "o": orjson.dumps(payload).decode()})
+    as_object = orjson.dumps({"m": 0, "i": 2, "n": "X", "o": payload})
+    link = f"http://h/reset?UserId=3&PendingCode={code}"
+    token = "Zmg2jWQ8z4FC" * 4
+    for text in (as_string.decode(), as_object.decode(), link, f"token {token} here"):
+        masked = mask(text)
+        for secret in ("Qx", "zz", "Pass1", code, "123456", token):
+            assert secret not in masked, (text, masked)
+    assert "op" in mask(as_string.decode())  # what is not secret stays readable
+    assert mask("given Sekrit-9 here", ["Sekrit-9"]) == "given [secret] here"

@@ -449,7 +449,8 @@ async def test_a_cut_listener_reconnects_and_catches_up(
     await b.listen_revocations(lambda r: told.append(r.user_id))
     uid, other = await a_user(a), await a_user(a, "bob")
     b.listen_retry = (1.0, 1.0)  # long enough for a reset to commit while b is not listening
-    pid = b._listener_conn.get_server_pid()
+    assert b.listener.conn is not None
+    pid = b.listener.conn.get_server_pid()
     await sql(db, "SELECT pg_terminate_backend(?)", pid)
     await eventually(lambda: not b.listening)
     await redeem(a, uid, b"1" * 32)  # its NOTIFY reaches nobody on b's side

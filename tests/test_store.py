@@ -1,11 +1,44 @@
-"""Store housekeeping, on every store: what no rule looks at any more is deleted."""
+"""The store's rules, on every store: housekeeping, a reset code's life, the outbox's claims."""
 
 from __future__ import annotations
 
-from oms_auth.app import App
-from oms_auth.store import AuditEntry, MailItem
+from collections.abc import AsyncIterator
 
-from .helpers import make_user
+import pytest
+
+from oms_auth.app import App
+from oms_auth.crypto import audit_key
+from oms_auth.store import (
+    AuditEntry,
+    Claim,
+    CodeState,
+    MailItem,
+    NewUser,
+    Outcome,
+    Store,
+    open_store,
+)
+
+from .helpers import make_user, sql
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+async def store(db: str) -> AsyncIterator[Store]:
+    opened = await open_store(db, audit_key=audit_key(bytes(range(32))))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def a_user(store: Store) -> int:
+    return await store.create_user(NewUser(username="alice", email="a@x.test", password_hash="h"))
+
+
+def mail(user_id: int, kind: str = "reset") -> MailItem:
+    return MailItem(kind=kind, recipient="a@x.test", user_id=user_id, public={"n": 1})
 
 
 async def test_prune_deletes_old_events_idle_sessions_and_spent_codes(app: App) -> None:
@@ -25,3 +58,90 @@ async def test_prune_deletes_old_events_idle_sessions_and_spent_codes(app: App) 
     assert await store.reset_code(b"c1" * 16) is None
     assert (await store.reset_code(b"c2" * 16)) is not None  # still pending: kept
     assert await store.prune(1000.0, 1000.0) == 0
+
+
+# -- a reset code's life (oms_auth.store.codes) ------------------------------------------------
+
+
+async def state(store: Store, digest: bytes) -> CodeState | None:
+    code = await store.reset_code(digest)
+    return None if code is None else code.state
+
+
+async def test_a_code_moves_only_as_its_table_says(store: Store) -> None:
+    uid = await a_user(store)
+    one, two, three = b"1" * 32, b"2" * 32, b"3" * 32
+
+    async def redeem(digest: bytes, now: float = NOW) -> Outcome:
+        return await store.complete_reset(uid, digest, "new", now, mail(uid, "changed"), [])
+
+    await store.issue_code(uid, one, NOW, NOW + 60, mail(uid), [])
+    assert await state(store, one) is CodeState.PENDING
+    await store.issue_code(uid, two, NOW, NOW + 60, mail(uid), [])  # a newer code
+    assert (await state(store, one), await state(store, two)) == (CodeState.VOID, CodeState.PENDING)
+    assert await redeem(one) is Outcome.INVALID  # void stays void
+    assert await redeem(two) is Outcome.DONE
+    assert await state(store, two) is CodeState.USED
+    assert await redeem(two) is Outcome.INVALID  # used once
+    await store.issue_code(uid, three, NOW, NOW + 60, mail(uid), [])  # voids pending ones only
+    assert [await state(store, d) for d in (one, two, three)] == [
+        CodeState.VOID,
+        CodeState.USED,
+        CodeState.PENDING,
+    ]
+    invalid = Claim("invalid-code", "test", 3600, 100)
+    for spent in (one, two):
+        assert (await store.check_code(spent, uid, NOW, invalid))[0] is Outcome.INVALID
+    outcome, code = await store.check_code(three, None, NOW, invalid)
+    assert outcome is Outcome.DONE and code is not None and code.state is CodeState.PENDING
+    assert (await store.check_code(three, uid + 1, NOW, invalid))[0] is Outcome.INVALID
+    # Expiry is derived from the time, not a state: the row stays pending, and is dead.
+    assert (await store.check_code(three, uid, NOW + 60, invalid))[0] is Outcome.INVALID
+    assert await redeem(three, NOW + 60) is Outcome.INVALID
+    assert await state(store, three) is CodeState.PENDING
+
+
+async def test_a_password_change_voids_the_user_s_other_pending_codes(store: Store) -> None:
+    uid = await a_user(store)
+    await store.issue_code(uid, b"a" * 32, NOW, NOW + 60, mail(uid), [])
+    other = await store.create_user(NewUser(username="bob", email="b@x.test", password_hash="h"))
+    await store.issue_code(other, b"b" * 32, NOW, NOW + 60, mail(other), [])
+    assert await store.complete_reset(uid, b"a" * 32, "new", NOW, mail(uid), []) is Outcome.DONE
+    assert await state(store, b"b" * 32) is CodeState.PENDING  # another user's: untouched
+
+
+# -- the outbox: what a claim says is what the store holds -------------------------------------
+
+
+async def test_a_claim_reports_the_attempt_it_counts_as_stored(store: Store, db: str) -> None:
+    # Both stores count the claim in the UPDATE and report attempts as that UPDATE left them
+    # (SQLite once added 1 to what it had read before its UPDATE; PostgreSQL reads RETURNING).
+    uid = await a_user(store)
+    await store.issue_code(uid, b"c" * 32, NOW, NOW + 60, mail(uid), [])
+
+    async def stored(mail_id: int) -> int:
+        ((attempts,),) = await sql(db, "SELECT attempts FROM outbox WHERE id = ?", mail_id)
+        return int(attempts)
+
+    (first,) = await store.claim_mail(NOW, 120, 10)
+    assert first.attempts == 1 == await stored(first.id)
+    assert first.public == {"n": 1} and first.kind == "reset"
+    assert await store.claim_mail(NOW + 60, 120, 10) == []  # leased
+    (again,) = await store.claim_mail(NOW + 121, 120, 10)  # the lease ran out
+    assert again.id == first.id and again.attempts == 2 == await stored(again.id)
+    await store.mail_failed(again.id, NOW + 121, "refused", NOW + 130)
+    (third,) = await store.claim_mail(NOW + 130, 120, 10)
+    assert third.attempts == 3 == await stored(third.id)
+    await store.mail_delivered(third.id, NOW + 131)
+    assert await store.claim_mail(NOW + 1000, 120, 10) == []
+    assert await store.mail_counts() == {"queued": 0, "sent": 1, "failed": 0}
+
+
+async def test_claims_come_in_id_order_up_to_the_limit(store: Store) -> None:
+    uid = await a_user(store)
+    for n in range(5):
+        await store.issue_code(uid, bytes([n]) * 32, NOW, NOW + 60, mail(uid), [])
+    first = await store.claim_mail(NOW, 120, 3)
+    rest = await store.claim_mail(NOW, 120, 3)
+    assert [r.id for r in first] == sorted(r.id for r in first) and len(first) == 3
+    assert len(rest) == 2 and max(r.id for r in first) < min(r.id for r in rest)

@@ -1,6 +1,15 @@
 """A conformance kit: points at any OMS-frame server and reports where it departs from the
-contract (SPEC sections 1 to 4), with the frames as evidence."""
+contract (SPEC sections 1 to 4), with the frames as evidence.
 
-from .kit import Options, Result, run_suite
+It speaks to the server through :mod:`protocol` alone and nothing else of oms-auth. Imports
+point one way, from the top::
 
-__all__ = ["Options", "Result", "run_suite"]
+    suite  ->  cases  ->  registry, probe  ->  kit
+    suite  ->  runner ->  kit                 report -> kit
+               probe  ->  mask, protocol.client
+"""
+
+from .kit import Options, Result
+from .suite import CASES, run_suite
+
+__all__ = ["CASES", "Options", "Result", "run_suite"]

@@ -1,4 +1,7 @@
-"""The cases, in SPEC order. Each opens its own connections and states what it checks."""
+"""The cases, in SPEC order. Each opens its own connections and states what it checks.
+
+Importing this module registers them into :data:`.registry.CASES`, in the order below.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import orjson
 
 from protocol.errors import ErrorCode
 
-from .kit import Failure, Options, Probe, Skip, case, expect
+from .kit import CaseFunction, Failure, Options, Skip, expect
+from .probe import Probe
+from .registry import CASES, case
 
 __all__: list[str] = []
 
@@ -126,7 +131,7 @@ UNROUTABLE = [
 ]
 
 
-def _unroutable(data: str, code: int, i: int, n: str) -> Any:
+def _unroutable(data: str, code: int, i: int, n: str) -> CaseFunction:
     async def run(options: Options, evidence: list[str]) -> None:
         async with Probe(options, evidence) as p:
             await p.send(data)
@@ -142,8 +147,10 @@ def _unroutable(data: str, code: int, i: int, n: str) -> Any:
 
 
 for _name, _what, _data, _code, _i, _n in UNROUTABLE:
-    case(f"m5-{_name}", f"{_what}: m=5, code {_code}, connection stays open")(
-        _unroutable(_data, _code, _i, _n)
+    CASES.add(
+        f"m5-{_name}",
+        f"{_what}: m=5, code {_code}, connection stays open",
+        _unroutable(_data, _code, _i, _n),
     )
 
 
@@ -241,6 +248,11 @@ async def _session(options: Options, evidence: list[str]) -> None:
 # -- SPEC 3: who may start a reset --------------------------------------------------------------
 
 
+async def refuses_missing_user(p: Probe, code: int, detail: str) -> None:
+    """ResetPassword on p's session, for a user that does not exist, is refused with ``code``."""
+    check_refusal(await p.call("ResetPassword", {"UserName": missing_name()}), 1, code, detail)
+
+
 @case("reset-self-service-uniform", "self-service ResetPassword answers success for anyone")
 async def _self_service(options: Options, evidence: list[str]) -> None:
     async with Probe(options, evidence) as p:
@@ -259,23 +271,15 @@ async def _operator(options: Options, evidence: list[str]) -> None:
     # allows few requests per user and hour, so this case does not spend one.
     async with Probe(options, evidence) as p:
         await p.login(options.operator, "operator")
-        check_refusal(
-            await p.call("ResetPassword", {"UserName": missing_name()}),
-            1,
-            104,
-            "Username does not exist",
-        )
+        await refuses_missing_user(p, 104, "Username does not exist")
 
 
 @case("reset-trading", "a Trading user resets itself; a user outside its accounts is 20")
 async def _trading(options: Options, evidence: list[str]) -> None:
     async with Probe(options, evidence) as p:
         await p.login(options.trader, "trader")
-        check_refusal(
-            await p.call("ResetPassword", {"UserName": missing_name()}),
-            1,
-            20,
-            "You do not have permission to request password reset for this user",
+        await refuses_missing_user(
+            p, 20, "You do not have permission to request password reset for this user"
         )
         assert options.trader is not None
         check_success(await p.call("ResetPassword", {"UserName": options.trader[0]}))
@@ -327,7 +331,7 @@ async def mailed_link(options: Options, p: Probe, *, fresh: bool = False) -> tup
         raise Skip("needs --mail maildir:PATH and --target USERNAME")
     await p.login(options.operator, "operator")
     if options.latest_link is not None and not fresh:
-        p.evidence.append("@ reusing this run's latest link for the target")
+        p.note("@ reusing this run's latest link for the target")
         return options.latest_link
     options.latest_link = await _request_link(options, p)
     return options.latest_link
@@ -346,7 +350,7 @@ async def _request_link(options: Options, p: Probe) -> tuple[int, str, str]:
             text = body.get_content() if body is not None else ""
             found = re.search(r"(\S+/reset\?UserId=(\d+)&PendingCode=([0-9A-Za-z-]+))", text)
             if found:
-                p.evidence.append(f"@ mail to {msg['To']} with link {found[1][:60]}...")
+                p.note(f"@ mail to {msg['To']} with link {found[1]}")
                 return int(found[2]), found[3], found[1]
         await asyncio.sleep(0.05)
     raise Failure("no email with a reset link arrived in the Maildir")
@@ -360,7 +364,7 @@ async def _link(options: Options, evidence: list[str]) -> None:
             answer = await p.call("GetUserIdForPasswordSet", {"PendingCode": code})
             expect(answer["o"] == {"UserId": user_id}, f"expected UserId {user_id}")
         await asyncio.to_thread(_fetch, link)  # what a mail scanner does
-        evidence.append(f"> GET {link.split('?')[0]}?... (as a mail scanner would)")
+        p.note(f"> GET {link.split('?')[0]}?... (as a mail scanner would)")
         req = await p.call("GetRequirementsForPasswordSet", {"PendingCode": code})
         keys = {
             "UserId",

@@ -1,7 +1,10 @@
-"""What every part of the engine is given: the store, the hasher, the sealer, settings, a clock.
+"""What every part of the engine is given: the store, the hasher, the sealer, settings, a clock,
+and where to tell what happened.
 
 The clock is a seam (as in Django's token generator): tests pass a function they can move
-forward, so expiry and lockout are tested without sleeping.
+forward, so expiry and lockout are tested without sleeping. ``events`` is the one way the engine
+reaches up: it says what happened (a counter, a password changed, a session revoked, mail
+queued) to whoever wired it, without knowing who listens.
 """
 
 from __future__ import annotations
@@ -9,14 +12,47 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import Settings
 from ..crypto import Hasher, Sealer
 from ..store import Store
 
-__all__ = ["Deps", "Clock"]
+__all__ = ["Deps", "Clock", "Events", "Quiet"]
 
 Clock = Callable[[], float]
+
+
+class Events(Protocol):
+    """What the engine tells the layers above it (the app wires metrics, connections, mail)."""
+
+    def count(self, name: str) -> None:
+        """A counter for /metrics, e.g. ``resets_requested``; ``login:failed`` is an outcome."""
+
+    def password_changed(self, user_id: int) -> None:
+        """A reset completed here: the user's connections on this node are logged off."""
+
+    def session_revoked(self, token_digest: bytes, reason: str) -> None:
+        """A session ended here (LogOut, expiry): every connection holding it is logged off."""
+
+    def mail_queued(self) -> None:
+        """A committed transaction queued mail: the delivery worker should look."""
+
+
+class Quiet:
+    """Events nobody listens to: the CLI's offline commands, engine tests."""
+
+    def count(self, name: str) -> None:
+        pass
+
+    def password_changed(self, user_id: int) -> None:
+        pass
+
+    def session_revoked(self, token_digest: bytes, reason: str) -> None:
+        pass
+
+    def mail_queued(self) -> None:
+        pass
 
 
 @dataclass
@@ -26,29 +62,4 @@ class Deps:
     sealer: Sealer
     settings: Settings
     clock: Clock = time.time
-    # Called with a user id after that user's password changed, to log its connections off.
-    on_password_changed: list[Callable[[int], None]] = field(default_factory=list)
-    # Called with a session's token digest and the LogoutEvent reason when this node ended it
-    # (LogOut, expiry), so every connection holding it is logged off at once.
-    on_session_revoked: list[Callable[[bytes, str], None]] = field(default_factory=list)
-    # Called when mail was queued, to wake the delivery worker.
-    on_mail_queued: list[Callable[[], None]] = field(default_factory=list)
-
-    # Called with a counter name (resets_requested, mail_sent, ...) for the metrics.
-    on_event: list[Callable[[str], None]] = field(default_factory=list)
-
-    def event(self, name: str) -> None:
-        for callback in self.on_event:
-            callback(name)
-
-    def password_changed(self, user_id: int) -> None:
-        for callback in self.on_password_changed:
-            callback(user_id)
-
-    def session_revoked(self, token_digest: bytes, reason: str) -> None:
-        for callback in self.on_session_revoked:
-            callback(token_digest, reason)
-
-    def mail_queued(self) -> None:
-        for callback in self.on_mail_queued:
-            callback()
+    events: Events = field(default_factory=Quiet)

@@ -8,17 +8,13 @@ WebSocket; refusals are raised as values of :mod:`oms_auth.errors`.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 from typing import Any
 
 import msgspec
 
-from ..crypto import digest, new_pending_code
+from ..crypto import digest, mail_context, new_pending_code
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..mail.outbox import sealed_context
-from ..mail.templates import reset_link
 from ..store import (
     RESET_FAILURE,
     AuditEntry,
@@ -29,7 +25,9 @@ from ..store import (
     User,
     username_key,
 )
-from . import totp
+from . import totp, users
+from .answers import normalize_answer
+from .background import Bounded, Refused
 from .deps import Deps
 from .passwords import POLICIES, Policy
 from .texts import (
@@ -39,9 +37,11 @@ from .texts import (
     INVALID_ANSWER,
     INVALID_PASSWORD,
     INVALID_RECOVERY_KEY,
+    INVALID_USER_ID,
     INVALID_USERNAME,
     NEEDS_SECURITY_QUESTIONS,
     NO_PERMISSION_FOR_USER,
+    ONLY_OPERATORS_UNLOCK,
     SELF_SERVICE_OFF,
     TOO_MANY_INVALID_KEYS,
     TOO_MANY_RESETS,
@@ -51,9 +51,8 @@ from .texts import (
     federated_refusal,
 )
 
-__all__ = ["Requirements", "Resets", "normalize_answer"]
+__all__ = ["Requirements", "Resets"]
 
-log = logging.getLogger("oms_auth.reset")
 
 OPERATOR = "Operator"
 TRADING = "Trading"
@@ -75,11 +74,6 @@ class Requirements(msgspec.Struct, frozen=True):
     expires_at: float
 
 
-def normalize_answer(answer: str) -> str:
-    """Security answers compare trimmed (inner runs of space folded) and case-folded."""
-    return " ".join(answer.split()).casefold()
-
-
 def parse_user_id(value: int | str | None) -> int | None:
     """UserId as an integer or a decimal string; None when it is neither. Out-of-range
     integers are kept (no code can belong to them)."""
@@ -91,20 +85,20 @@ def parse_user_id(value: int | str | None) -> int | None:
 
 
 class Resets:
-    """The reset engine. Self-service requests wait in a bounded queue served by a few worker
-    tasks (``drain()`` waits for them)."""
+    """The reset engine. Self-service requests wait in a bounded queue (``drain()`` waits for
+    it)."""
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         s = deps.settings
-        # Bounded, so a flood costs a fixed amount of memory and store work: past the cap a
-        # request is answered the same and dropped (maxsize 0 would mean unbounded).
-        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(
-            maxsize=max(1, s.self_service_queue)
+        # One address may hold no more of the queue than its per-address limit would let
+        # through anyway, so a flood from one address cannot crowd out everyone else's.
+        self._background: Bounded[tuple[str, str]] = Bounded(
+            self._anonymous,
+            cap=s.self_service_queue,
+            share=s.reset_requests_per_source,
+            workers=s.self_service_workers,
         )
-        self._max_workers = max(1, s.self_service_workers)
-        # Started on demand; each one exits once the queue is empty, so none idles or leaks.
-        self._workers: set[asyncio.Task[None]] = set()
 
     @property
     def policy(self) -> Policy:
@@ -121,39 +115,18 @@ class Resets:
                 raise NotAuthorized(SELF_SERVICE_OFF)
             # The answer goes out now; the work goes on in the background, so neither the
             # answer nor its timing says whether the user exists. Nothing here looks at the
-            # user, and a full queue drops the request with the same answer.
-            try:
-                self._queue.put_nowait((username, source))
-            except asyncio.QueueFull:
-                self.deps.event("self_service_dropped")
-                return
-            if len(self._workers) < self._max_workers:
-                worker = asyncio.create_task(self._serve_queue(), name="self-service-reset")
-                self._workers.add(worker)
+            # user; a request the queue refuses gets the same answer and is counted.
+            refused = self._background.offer(source, (username, source))
+            if refused is Refused.SHARE:
+                self.deps.events.count("resets_throttled")
+            elif refused is Refused.FULL:
+                self.deps.events.count("self_service_dropped")
             return
         await self._authenticated(caller, username, source)
 
     async def drain(self) -> None:
-        """Wait until every queued self-service request is done and its worker has ended
-        (shutdown, tests)."""
-        while self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
-
-    async def _serve_queue(self) -> None:
-        """A worker: take requests until the queue is empty, then end. The empty check and
-        leaving the worker set happen with no await between them, so ``request`` starts a new
-        worker whenever the last one has stopped looking."""
-        try:
-            while not self._queue.empty():
-                username, source = self._queue.get_nowait()
-                try:
-                    await self._anonymous(username, source)
-                finally:
-                    self._queue.task_done()
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._workers.discard(task)
+        """Wait until every queued self-service request is done (shutdown, tests)."""
+        await self._background.drain()
 
     async def _authenticated(self, caller: User, username: str, source: str) -> None:
         d, s = self.deps, self.deps.settings
@@ -206,13 +179,9 @@ class Resets:
             and bool(caller.accounts & target.accounts)
         )
 
-    async def _anonymous(self, username: str, source: str) -> None:
-        try:
-            await self._anonymous_work(username, source)
-        except Exception:
-            log.exception("self-service reset request failed")
-
-    async def _anonymous_work(self, username: str, source: str) -> None:
+    async def _anonymous(self, request: tuple[str, str]) -> None:
+        """A self-service request, in the background (its answer went out already)."""
+        username, source = request
         d, s = self.deps, self.deps.settings
         now = d.clock()
 
@@ -224,7 +193,7 @@ class Resets:
         if not await d.store.take(
             REQUESTS_FROM_SOURCE, source, now, s.reset_window_seconds, s.reset_requests_per_source
         ):
-            d.event("resets_throttled")
+            d.events.count("resets_throttled")
             return
         if not await d.store.take(
             REQUESTS_ANONYMOUS,
@@ -233,7 +202,7 @@ class Resets:
             s.reset_window_seconds,
             s.reset_requests_per_user,
         ):
-            d.event("resets_throttled")
+            d.events.count("resets_throttled")
             return
         target = await d.store.user_by_name(username)
         if target is None:
@@ -264,7 +233,7 @@ class Resets:
     ) -> None:
         """Record why a ResetPassword was refused (audit trail and metrics). Throttled
         self-service requests do not come here: they are only counted."""
-        self.deps.event("resets_refused")
+        self.deps.events.count("resets_refused")
         entry = AuditEntry(
             action="reset-refused",
             actor_id=caller.id if caller else None,
@@ -293,19 +262,18 @@ class Resets:
         d = self.deps
         code = new_pending_code()
         expires_at = now + d.settings.code_valid_seconds
-        link = reset_link(d.settings.resolved_public_url(), target.id, code)
         mail = MailItem(
             kind="reset",
             recipient=target.email,
             user_id=target.id,
             public={"username": target.username, "expires_at": expires_at},
             sealed=d.sealer.seal(
-                msgspec.json.encode({"link": link}), sealed_context(target.id, "reset")
+                msgspec.json.encode({"code": code}), mail_context(target.id, "reset")
             ),
         )
         await d.store.issue_code(target.id, digest(code), now, expires_at, mail, [audit])
-        d.event("resets_requested")
-        d.mail_queued()
+        d.events.count("resets_requested")
+        d.events.mail_queued()
 
     # -- the link ------------------------------------------------------------------------------
 
@@ -391,7 +359,7 @@ class Resets:
             raise InvalidValue(INVALID_PASSWORD)
         uid = parse_user_id(user_id)
         if uid is None:
-            raise InvalidValue("Invalid value provided for UserId")
+            raise InvalidValue(INVALID_USER_ID)
         user = await d.store.user_by_id(uid) if 0 < uid <= _MAX_ID else None
         questions = await d.store.security_questions(uid) if user else []
         # An attempt that will check a secret (an answer, a TOTP code) reserves one of the
@@ -427,7 +395,7 @@ class Resets:
                 if given is None:
                     raise NotAuthorized(TOTP_REQUIRED)
                 secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
-                d.event("totp_checks")
+                d.events.count("totp_checks")
                 step = totp.accepted(secret, given, now, user.totp_last_step)
                 if step is None:
                     await wrong("wrong TOTP code")
@@ -470,9 +438,9 @@ class Resets:
         if outcome is not Outcome.DONE:
             # Another call with the same code won the race, or it expired meanwhile.
             raise NotFound(INVALID_RECOVERY_KEY)
-        d.event("resets_completed")
-        d.password_changed(user.id)
-        d.mail_queued()
+        d.events.count("resets_completed")
+        d.events.password_changed(user.id)
+        d.events.mail_queued()
 
     async def _failure(self, user: User, source: str, reason: str, now: float) -> None:
         """A wrong answer or TOTP code (its slot already reserved): once the user's slots are
@@ -506,28 +474,18 @@ class Resets:
                     detail=f"{failures} failed reset attempts",
                 ),
             )
-            d.event("lockouts")
+            d.events.count("lockouts")
 
     # -- operators -------------------------------------------------------------------------------
 
     async def unlock(self, caller: User | None, user_id: int | str | None, source: str) -> None:
         """UnlockUser: an Operator of the user's OMS ends a lockout."""
         if caller is None or OPERATOR not in caller.permissions:
-            raise NotAuthorized("Only an Operator may unlock users")
+            raise NotAuthorized(ONLY_OPERATORS_UNLOCK)
         uid = parse_user_id(user_id)
         if uid is None:
-            raise InvalidValue("Invalid value provided for UserId")
+            raise InvalidValue(INVALID_USER_ID)
         target = await self.deps.store.user_by_id(uid) if 0 < uid <= _MAX_ID else None
         if target is None or target.oms_id != caller.oms_id:
             raise NotFound(USER_NOT_FOUND)
-        await self.deps.store.set_lock(
-            target.id,
-            None,
-            AuditEntry(
-                action="unlocked",
-                actor_id=caller.id,
-                target_id=target.id,
-                target_name=target.username,
-                source=source,
-            ),
-        )
+        await users.unlock(self.deps, target, actor_id=caller.id, source=source)

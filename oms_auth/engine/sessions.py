@@ -26,6 +26,7 @@ import msgspec
 from protocol.messages import LogoutReason
 
 from ..crypto import digest, new_token
+from ..errors import InvalidValue
 from ..store import AuditEntry, Claim, Outcome, User, username_key
 from . import totp
 from .deps import Deps
@@ -34,13 +35,15 @@ from .texts import (
     CONTACT_SUPPORT,
     INVALID_2FA_CODE,
     INVALID_LOGIN,
+    INVALID_PASSWORD,
     INVALID_SESSION,
+    INVALID_USERNAME,
     NO_PENDING_2FA,
     TOO_MANY_LOGINS,
     federated_refusal,
 )
 
-__all__ = ["LoginState", "Login", "Sessions"]
+__all__ = ["LoginState", "Login", "Sessions", "TOUCH_EVERY"]
 
 LOGIN_FAILURE_USER = "login-failure-user"
 LOGIN_FAILURE_SOURCE = "login-failure-source"
@@ -84,25 +87,16 @@ class Sessions:
         self.delay_unit = delay_unit
 
     async def authenticate(self, username: str | None, password: str | None, source: str) -> Login:
-        d, s = self.deps, self.deps.settings
+        """AuthenticateUser with a password; InvalidValue when either is missing."""
+        if not username or not username.strip():
+            raise InvalidValue(INVALID_USERNAME)
+        if not password:
+            raise InvalidValue(INVALID_PASSWORD)
+        d = self.deps
         now = d.clock()
         name_key = username_key(username or "")
-        counts = await d.store.reserve(
-            [
-                Claim(
-                    LOGIN_FAILURE_USER, name_key, s.login_window_seconds, s.login_failures_per_user
-                ),
-                Claim(
-                    LOGIN_FAILURE_SOURCE,
-                    source,
-                    s.login_window_seconds,
-                    s.login_failures_per_source,
-                ),
-            ],
-            now,
-        )
+        counts = await self._reserve(name_key, source, now)
         if counts is None:
-            d.event("login:throttled")
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
         reserved = [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
         await self._slow_down(counts[0])
@@ -111,7 +105,7 @@ class Sessions:
         if not ok or user is None:
             # The reservation stays: it is this failure's count.
             await self._audit_failure(name_key, source, now, user)
-            d.event("login:failed")
+            d.events.count("login:failed")
             return Login(LoginState.FAILED, message=INVALID_LOGIN)
         # From here the caller has proven the password: telling it why it cannot log in
         # reveals nothing it does not already know.
@@ -125,7 +119,7 @@ class Sessions:
             await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
             for kind, key, at in reserved:
                 await d.store.release(kind, key, at)
-            d.event("login:second_step")
+            d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
         return await self._open_session(user, now, source, release=reserved[1:])
 
@@ -142,7 +136,7 @@ class Sessions:
             key, now, s.second_step_seconds, s.second_step_attempts
         )
         if step is None:  # unknown, expired, out of attempts, or ended by a password change
-            d.event("login:second_step_over")
+            d.events.count("login:second_step_over")
             return Login(LoginState.FAILED, message=NO_PENDING_2FA)
         user_id, version = step
         user = await d.store.user_by_id(user_id)
@@ -153,18 +147,27 @@ class Sessions:
         if refusal is not None:
             await d.store.end_second_step(key)
             return refusal
+        # A code is a secret checked like a password: it takes a slot of the login limits
+        # first, so however many pending steps a password opened, the limits bound the codes.
+        name_key = username_key(user.username)
+        if await self._reserve(name_key, source, now) is None:
+            return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
         secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
-        d.event("totp_checks")
+        d.events.count("totp_checks")
         accepted = totp.accepted(secret, totp.normalize_code(code), now, user.totp_last_step)
         if accepted is not None:
-            login = await self._open_session(user, now, source, totp_step=accepted, pending=key)
+            login = await self._open_session(
+                user,
+                now,
+                source,
+                totp_step=accepted,
+                pending=key,
+                release=[(LOGIN_FAILURE_SOURCE, source, now)],
+            )
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
-        name_key = username_key(user.username)
-        await d.store.add_event(LOGIN_FAILURE_USER, name_key, now)
-        await d.store.add_event(LOGIN_FAILURE_SOURCE, source, now)
         await self._audit_failure(name_key, source, now, user, "wrong TOTP code")
-        d.event("login:second_step_failed")
+        d.events.count("login:second_step_failed")
         return Login(LoginState.NEEDS_2FA, user=user, pending=pending, message=INVALID_2FA_CODE)
 
     async def resume(self, token: str | None) -> Login:
@@ -214,13 +217,29 @@ class Sessions:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    async def _reserve(self, name_key: str, source: str, now: float) -> list[int] | None:
+        """One slot of the per-username and the per-address login limits, before a secret is
+        checked; None (counted as throttled) when either is used up."""
+        s = self.deps.settings
+        window = s.login_window_seconds
+        counts = await self.deps.store.reserve(
+            [
+                Claim(LOGIN_FAILURE_USER, name_key, window, s.login_failures_per_user),
+                Claim(LOGIN_FAILURE_SOURCE, source, window, s.login_failures_per_source),
+            ],
+            now,
+        )
+        if counts is None:
+            self.deps.events.count("login:throttled")
+        return counts
+
     async def _revoke(self, token_digest: bytes, user_id: int, reason: str) -> None:
         await self.deps.store.revoke_session(token_digest, user_id, reason)
-        self.deps.session_revoked(token_digest, reason)
+        self.deps.events.session_revoked(token_digest, reason)
 
     def _refusal(self, user: User, now: float) -> Login | None:
         if user.locked(now):
-            self.deps.event("login:locked")
+            self.deps.events.count("login:locked")
             return Login(LoginState.FAILED, user=None, locked=True, message=ACCOUNT_LOCKED)
         if not user.active:
             return Login(LoginState.FAILED, message=CONTACT_SUPPORT)
@@ -254,12 +273,15 @@ class Sessions:
         )
         if outcome is Outcome.REPLAYED:
             return Login(LoginState.NEEDS_2FA, user=user, message=INVALID_2FA_CODE)
+        if outcome is Outcome.LOCKED:  # locked while this login was being checked
+            d.events.count("login:locked")
+            return Login(LoginState.FAILED, locked=True, message=ACCOUNT_LOCKED)
         if outcome is not Outcome.DONE:
             # The password changed while this login was being checked: what was checked is
             # no longer the password.
-            d.event("login:stale")
+            d.events.count("login:stale")
             return Login(LoginState.FAILED, message=INVALID_LOGIN)
-        d.event("login:ok")
+        d.events.count("login:ok")
         return Login(LoginState.AUTHENTICATED, user=user, token=token)
 
     async def _audit_failure(

@@ -12,6 +12,9 @@ __all__ = [
     "NO_PENDING_2FA",
     "INVALID_SESSION",
     "INVALID_USERNAME",
+    "INVALID_USER_ID",
+    "NOT_LOGGED_IN",
+    "ONLY_OPERATORS_UNLOCK",
     "INVALID_PASSWORD",
     "INVALID_RECOVERY_KEY",
     "INVALID_ANSWER",
@@ -36,6 +39,9 @@ NO_PENDING_2FA = "No two-factor authentication is pending on this connection"
 INVALID_SESSION = "Invalid or expired session token"
 INVALID_USERNAME = "Invalid value provided for Username"
 INVALID_PASSWORD = "Invalid value provided for Password"
+INVALID_USER_ID = "Invalid value provided for UserId"
+NOT_LOGGED_IN = "Not logged in"
+ONLY_OPERATORS_UNLOCK = "Only an Operator may unlock users"
 INVALID_RECOVERY_KEY = "Invalid password recovery key"
 INVALID_ANSWER = "Invalid answer provided for security question"
 USERNAME_NOT_FOUND = "Username does not exist"

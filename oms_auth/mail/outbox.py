@@ -16,13 +16,14 @@ from typing import Protocol
 
 import msgspec
 
+from ..crypto import mail_context
 from ..engine.deps import Deps
 from ..store import AuditEntry, OutboxRow
 from .maildir import MaildirTransport
 from .smtp import SmtpTransport
-from .templates import render
+from .templates import render, reset_link
 
-__all__ = ["Transport", "transport_for", "OutboxWorker", "sealed_context"]
+__all__ = ["Transport", "transport_for", "OutboxWorker"]
 
 log = logging.getLogger("oms_auth.mail")
 
@@ -44,18 +45,17 @@ def transport_for(uri: str) -> Transport:
     raise ValueError(f"mail transport {uri!r} is neither maildir:PATH nor smtp://host:port")
 
 
-def sealed_context(user_id: int | None, kind: str) -> bytes:
-    """What a queued message's sealed part is bound to: it opens only on its own row's kind
-    and user."""
-    return f"mail:{kind}:{user_id}".encode()
-
-
 class OutboxWorker:
     """Runs until stopped; ``wake()`` makes it look at once (after a commit that queued mail)."""
 
-    def __init__(self, deps: Deps, transport: Transport, *, poll_seconds: float = 5.0) -> None:
+    def __init__(
+        self, deps: Deps, transport: Transport, public_url: str, *, poll_seconds: float = 5.0
+    ) -> None:
         self.deps = deps
         self.transport = transport
+        # This deployment's address: links are built here, so mail queued by the CLI or by
+        # another node carries it too.
+        self.public_url = public_url
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,8 +101,10 @@ class OutboxWorker:
         try:
             secret = {}
             if row.sealed is not None:
-                opened = d.sealer.open(row.sealed, sealed_context(row.user_id, row.kind))
+                opened = d.sealer.open(row.sealed, mail_context(row.user_id, row.kind))
                 secret = msgspec.json.decode(opened)
+            if "code" in secret and row.user_id is not None:
+                secret["link"] = reset_link(self.public_url, row.user_id, secret.pop("code"))
             message = render(
                 row.kind, row.public, secret, sender=d.settings.mail_from, recipient=row.recipient
             )
@@ -112,7 +114,7 @@ class OutboxWorker:
             return
         now = d.clock()
         await d.store.mail_delivered(row.id, now)
-        d.event("mail_sent")
+        d.events.count("mail_sent")
         await d.store.audit(
             [AuditEntry(action=f"{row.kind}-emailed", target_id=row.user_id, source="outbox")],
             now,
@@ -125,7 +127,7 @@ class OutboxWorker:
         error = f"{type(exc).__name__}: {exc}"[:300]
         if row.attempts >= d.settings.mail_max_attempts:
             await d.store.mail_failed(row.id, now, error, None)
-            d.event("mail_failed")
+            d.events.count("mail_failed")
             log.error("mail %d to user %s failed for good: %s", row.id, row.user_id, error)
             await d.store.audit(
                 [
@@ -141,7 +143,7 @@ class OutboxWorker:
             return
         delay = min(d.settings.mail_retry_seconds * 2 ** (row.attempts - 1), MAX_BACKOFF)
         await d.store.mail_failed(row.id, now, error, now + delay)
-        d.event("mail_retried")
+        d.events.count("mail_retried")
         log.warning(
             "mail %d attempt %d failed (%s); retry in %.1f s", row.id, row.attempts, error, delay
         )

@@ -24,6 +24,7 @@ class Conn:
         "last_activity",
         "last_written",
         "pending",
+        "closed",
         "tasks",
         "tokens",
         "tokens_at",
@@ -38,6 +39,7 @@ class Conn:
         self.last_written = 0.0
         # The token of a login waiting for its second step on this connection (a secret).
         self.pending: str | None = None
+        self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
         # Request-rate token bucket: starts full.
         self.tokens = -1.0

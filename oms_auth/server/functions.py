@@ -16,7 +16,8 @@ from protocol.errors import SUCCESS
 
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
-from ..errors import InvalidValue, NotAuthorized
+from ..engine.texts import NOT_LOGGED_IN
+from ..errors import NotAuthorized
 from ..store import User
 from .connection import Conn
 from .registry import Registry
@@ -102,12 +103,7 @@ class Functions:
 
     def _apply(self, conn: Conn, login: Login) -> msg.AuthenticateUserReply:
         """Carry a login outcome onto the connection and answer it."""
-        if login.state is LoginState.AUTHENTICATED and login.user is not None:
-            digest = login.token_digest
-            assert digest is not None
-            self.registry.log_in(conn, login.user, digest, self.sessions.deps.clock())
-        else:
-            conn.pending = login.pending
+        self.registry.apply(conn, login, self.sessions.deps.clock())
         return login_reply(login)
 
     async def ping(self, conn: Conn, req: msg.Empty) -> msg.PingReply:
@@ -116,10 +112,6 @@ class Functions:
     async def authenticate_user(
         self, conn: Conn, req: msg.AuthenticateUserRequest
     ) -> msg.AuthenticateUserReply:
-        if not req.UserName or not req.UserName.strip():
-            raise InvalidValue("Invalid value provided for UserName")
-        if not req.Password:
-            raise InvalidValue("Invalid value provided for Password")
         login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
         return self._apply(conn, login)
 
@@ -137,7 +129,7 @@ class Functions:
     async def log_out(self, conn: Conn, req: msg.Empty) -> msgspec.Struct:
         user, digest = conn.user, conn.token_digest
         if user is None or digest is None:
-            raise NotAuthorized("Not logged in")
+            raise NotAuthorized(NOT_LOGGED_IN)
         # This connection ends its own session (no event); every other holder is told.
         self.registry.log_off(conn)
         await self.sessions.logout(digest, user, conn.source)

@@ -5,23 +5,45 @@ only this module changes a connection's login state, so the indexes always agree
 connections (two logins racing on one connection leave it indexed as whichever finished last).
 When a session ends for a reason other than the connection's own LogOut, each connection that
 holds it is sent a ``LogoutEvent`` (m=3) first, then treated as logged off (SPEC section 1).
+
+A connection's login, as a table (``_ON_OUTCOME``): what each outcome of a login step does to
+the session the connection holds and to its pending second step.
+
+    outcome          session held                pending second step
+    AUTHENTICATED    the new session             none
+    NEEDS_2FA        unchanged                   the outcome's (a new one, or the same)
+    FAILED           unchanged                   none
+    (log off)        none                        none
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from protocol.frame import encode_event
 from protocol.messages import LogoutEvent
 
+from ..engine.sessions import Login, LoginState
 from ..store import Revocation, User
 from .connection import Conn
 
 __all__ = ["Registry"]
 
 K = TypeVar("K")
+
+
+class _Effect(NamedTuple):
+    new_session: bool
+    keeps_pending: bool
+
+
+_ON_OUTCOME = {
+    LoginState.AUTHENTICATED: _Effect(new_session=True, keeps_pending=False),
+    LoginState.NEEDS_2FA: _Effect(new_session=False, keeps_pending=True),
+    LoginState.FAILED: _Effect(new_session=False, keeps_pending=False),
+}
 
 
 class Registry:
@@ -33,7 +55,17 @@ class Registry:
         self.by_user: dict[int, set[Conn]] = {}
         self._sending: set[asyncio.Task[Any]] = set()
 
+    def apply(self, conn: Conn, login: Login, now: float) -> None:
+        """Carry a login step's outcome onto the connection (the table above)."""
+        effect = _ON_OUTCOME[login.state]
+        if effect.new_session:
+            assert login.user is not None and login.token_digest is not None
+            self.log_in(conn, login.user, login.token_digest, now)
+        conn.pending = login.pending if effect.keeps_pending else None
+
     def log_in(self, conn: Conn, user: User, token_digest: bytes, now: float) -> None:
+        if conn.closed:  # a login that finished after its connection went: nothing to index
+            return
         self._untrack(conn)
         conn.user, conn.token_digest, conn.pending = user, token_digest, None
         conn.last_activity = conn.last_written = now
@@ -41,11 +73,18 @@ class Registry:
         self.by_user.setdefault(user.id, set()).add(conn)
 
     def log_off(self, conn: Conn, reason: str | None = None) -> None:
-        """End the connection's login; with a ``reason``, tell the client first."""
+        """End the connection's login; with a ``reason``, tell the client first (the event is
+        queued before anything this connection answers later)."""
         if reason is not None and conn.user is not None:
             self._notify(conn, reason)
-        self._untrack(conn)
-        conn.user = conn.token_digest = conn.pending = None
+        self._forget(conn)
+
+    async def tell_and_log_off(self, conn: Conn, reason: str) -> None:
+        """From inside a request: the event is sent before the request goes on, so its
+        answer can never overtake it."""
+        if conn.user is not None:
+            await self._send(conn, encode_event("LogoutEvent", LogoutEvent(reason)))
+        self._forget(conn)
 
     def end_session(self, token_digest: bytes, reason: str, *, keep: Conn | None = None) -> None:
         """Log off every connection holding this session (but ``keep``, which ends it itself)."""
@@ -78,6 +117,10 @@ class Registry:
         task = asyncio.ensure_future(self._send(conn, frame))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+    def _forget(self, conn: Conn) -> None:
+        self._untrack(conn)
+        conn.user = conn.token_digest = conn.pending = None
 
     def _untrack(self, conn: Conn) -> None:
         if conn.token_digest is not None:

@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from protocol.errors import ErrorCode, StandardResponse
-from protocol.frame import Frame, FrameError, MessageType, decode, encode_error, encode_reply
-from protocol.messages import LogoutReason, PayloadError
+from protocol.frame import Frame, encode_reply
+from protocol.messages import LogoutReason
 
 from ..config import Settings
 from ..engine.sessions import Sessions
@@ -28,13 +28,13 @@ from ..logs import request_context
 from .connection import Conn
 from .functions import Function, Functions
 from .metrics import Metrics
+from .routing import Immediate, route
 
 __all__ = ["Gateway", "WS_PATHS"]
 
 log = logging.getLogger("oms_auth.server")
 
 WS_PATHS = frozenset({"/WSGateway/", "/WSGateway", "/"})
-_MAX_NAME_IN_DETAIL = 80
 
 
 class Gateway:
@@ -74,6 +74,7 @@ class Gateway:
             if not self.per_source[source]:
                 del self.per_source[source]
             self.metrics.connections -= 1
+            conn.closed = True
             self.registry.log_off(conn)
             # Requests already accepted finish (their effects are committed); only their
             # answers are lost with the connection.
@@ -105,30 +106,12 @@ class Gateway:
     # -- one message --------------------------------------------------------------------------
 
     async def _on_message(self, conn: Conn, data: str | bytes) -> None:
-        frame = decode(data)
-        if isinstance(frame, FrameError):
-            self.metrics.count("", int(frame.code))
-            await self.send(conn, encode_error(frame))
+        routed = route(self.functions.table, data)
+        if isinstance(routed, Immediate):
+            self.metrics.count(routed.function, routed.code)
+            await self.send(conn, routed.data)
             return
-        function = self.functions.table.get(frame.n.lower())
-        if function is None:
-            name = frame.n if len(frame.n) <= _MAX_NAME_IN_DETAIL else frame.n[:80] + "..."
-            await self._refuse(conn, frame, ErrorCode.NOT_FOUND, f"Unknown function {name!r}")
-            return
-        if frame.m != MessageType.REQUEST:
-            detail = f"{function.name} does not support message type m={frame.m}"
-            await self._refuse(conn, frame, ErrorCode.NOT_SUPPORTED, detail)
-            return
-        payload = function.payload.decode(frame.o)
-        if isinstance(payload, PayloadError):
-            if payload.routable:
-                await self._reply(
-                    conn, frame, StandardResponse.failure(payload.code, payload.detail)
-                )
-                self.metrics.count(function.name, int(payload.code))
-            else:
-                await self._refuse(conn, frame, payload.code, payload.detail)
-            return
+        frame, function, payload = routed.frame, routed.function, routed.payload
         refusal = self._overloaded(conn)
         if refusal is not None:
             self.metrics.count(function.name, int(ErrorCode.OPERATION_FAILED))
@@ -136,7 +119,7 @@ class Gateway:
                 conn, frame, StandardResponse.failure(ErrorCode.OPERATION_FAILED, refusal)
             )
             return
-        self._check_session(conn)
+        await self._check_session(conn)
         if function.inline:
             await self._run(conn, frame, function, payload)
             return
@@ -158,13 +141,14 @@ class Gateway:
             )
         return None
 
-    def _check_session(self, conn: Conn) -> None:
-        """A request is activity on the connection's session, unless it already expired."""
+    async def _check_session(self, conn: Conn) -> None:
+        """A request is activity on the connection's session, unless it already expired (the
+        client is told before the request is answered)."""
         if conn.user is None or conn.token_digest is None:
             return
         now = self.sessions.deps.clock()
         if self.sessions.expired(conn.last_activity, now):
-            self.registry.log_off(conn, LogoutReason.SESSION_EXPIRED)
+            await self.registry.tell_and_log_off(conn, LogoutReason.SESSION_EXPIRED)
             return
         conn.last_activity = now
 
@@ -176,7 +160,8 @@ class Gateway:
                 if conn.token_digest is not None:
                     written = await self.sessions.touch(conn.token_digest, conn.last_written)
                     if written is None:  # the session was revoked elsewhere
-                        self.registry.log_off(conn, LogoutReason.LOGGED_OUT_ELSEWHERE)
+                        reason = LogoutReason.LOGGED_OUT_ELSEWHERE
+                        await self.registry.tell_and_log_off(conn, reason)
                     else:
                         conn.last_written = written
                 reply: msgspec.Struct = await function.handler(conn, payload)
@@ -203,10 +188,6 @@ class Gateway:
 
     async def _reply(self, conn: Conn, frame: Frame, reply: msgspec.Struct) -> None:
         await self.send(conn, encode_reply(frame.i, frame.n, reply))
-
-    async def _refuse(self, conn: Conn, frame: Frame, code: ErrorCode, detail: str) -> None:
-        self.metrics.count("", int(code))
-        await self.send(conn, encode_error(FrameError(code, detail, frame.i, frame.n)))
 
     @staticmethod
     async def send(conn: Conn, data: bytes) -> None:

@@ -1,8 +1,25 @@
-"""Persistence: the interface the engine uses (:mod:`.base`) and its implementations."""
+"""Persistence: the interface the engine uses, its records, and its two implementations.
 
-from .base import (
+Layout (each module one job; imports point down this list, never up):
+
+- :mod:`.codes`: a reset code's states and the moves between them, as a table.
+- :mod:`.audit`: the audit trail's keyed hash chain (computing, linking, walking).
+- :mod:`.records`: the values crossing the interface (msgspec Structs).
+- :mod:`.urls`: what a ``--db`` value names.
+- :mod:`.base`: the :class:`Store` interface.
+- :mod:`.sql`: the SQL both stores share (texts written once, arguments, row mappers).
+- :mod:`.sqlite_schema`, :mod:`.sqlite`: the embedded store, its migrations, its writer.
+- :mod:`.postgres_schema`, :mod:`.postgres_listener`, :mod:`.postgres`: the store several nodes
+  share, its migrations, its LISTEN/NOTIFY listener.
+
+:func:`open_store` picks the implementation a ``--db`` value names.
+"""
+
+from .audit import AuditCheck
+from .base import Store
+from .codes import CodeState
+from .records import (
     RESET_FAILURE,
-    AuditCheck,
     AuditEntry,
     AuditRow,
     Claim,
@@ -14,13 +31,11 @@ from .base import (
     Revocation,
     SecurityQuestion,
     Session,
-    Store,
     StoreError,
     User,
-    is_postgres_url,
-    sqlite_path,
     username_key,
 )
+from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
     "AuditCheck",
@@ -28,6 +43,7 @@ __all__ = [
     "AuditEntry",
     "AuditRow",
     "Claim",
+    "CodeState",
     "MailItem",
     "NewUser",
     "OutboxRow",
@@ -39,7 +55,9 @@ __all__ = [
     "Store",
     "StoreError",
     "User",
+    "is_postgres_url",
     "open_store",
+    "sqlite_path",
     "username_key",
 ]
 

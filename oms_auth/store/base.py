@@ -1,21 +1,43 @@
-"""The store interface and its records. No SQL here: each implementation brings its own.
+"""The store interface: what the engine needs from persistence, and nothing else.
 
-Every write method is one transaction: when it returns, its effect is committed. Records that
-hold a hash or a sealed secret redact it from their repr.
+Each implementation brings its own SQL and concurrency (:mod:`.sqlite`, :mod:`.postgres`); the
+records crossing this interface are in :mod:`.records`.
+
+Every write method is one transaction: when it returns, its effect is committed.
+
+The records, the URL helpers and the audit-chain functions used to live here and are still
+importable from here (``from oms_auth.store.base import chain_hash``, ``is_postgres_url``...):
+the names below ``Store`` in ``__all__`` are re-exports from where they live now.
 """
 
 from __future__ import annotations
 
 import abc
-import enum
-import hashlib
-import hmac
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import msgspec
+from .audit import AuditCheck, chain_hash, check_chain, checked_audit_key
+from .records import (
+    RESET_FAILURE,
+    AuditEntry,
+    AuditRow,
+    Claim,
+    MailItem,
+    NewUser,
+    OutboxRow,
+    Outcome,
+    ResetCode,
+    Revocation,
+    SecurityQuestion,
+    Session,
+    StoreError,
+    User,
+    username_key,
+)
+from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
+    "Store",
+    # re-exported from .records, .audit and .urls
     "RESET_FAILURE",
     "StoreError",
     "NewUser",
@@ -34,254 +56,10 @@ __all__ = [
     "check_chain",
     "chain_hash",
     "checked_audit_key",
-    "Store",
     "username_key",
     "is_postgres_url",
     "sqlite_path",
 ]
-
-
-def is_postgres_url(url: str) -> bool:
-    """Whether a ``--db`` value names PostgreSQL (anything else is a SQLite file)."""
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def sqlite_path(url: str) -> str:
-    """The file a ``--db`` value names: a path, or ``sqlite:PATH``."""
-    return url.removeprefix("sqlite://").removeprefix("sqlite:")
-
-
-def username_key(username: str) -> str:
-    """How usernames compare and are counted: trimmed and case-folded."""
-    return username.strip().casefold()
-
-
-# The event kind counting a user's failed ResetPassword2 attempts: a success or an unlock clears it.
-RESET_FAILURE = "reset-failure"
-
-
-class StoreError(Exception):
-    """The store refused a write for a reason the caller can state (e.g. a duplicate username)."""
-
-
-class NewUser(msgspec.Struct, kw_only=True):
-    username: str
-    email: str
-    password_hash: str
-    oms_id: int = 1
-    permissions: tuple[str, ...] = ()
-    accounts: tuple[int, ...] = ()
-    master: bool = False
-    auth_source: str = "native"
-    active: bool = True
-    email_verified: bool = False
-    questions: tuple[tuple[str, str], ...] = ()  # (question, Argon2id hash of the answer)
-
-    def __repr__(self) -> str:
-        return f"NewUser(username={self.username!r}, <hashes redacted>)"
-
-
-class User(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    username: str
-    email: str
-    email_verified: bool
-    oms_id: int
-    account_id: int | None
-    password_hash: str
-    totp_sealed: bytes | None
-    auth_source: str
-    active: bool
-    master: bool
-    last_login: float | None
-    locked_until: float | None
-    permissions: frozenset[str]
-    accounts: frozenset[int]
-    # Bumped by every password change: a session is only created for the version its password
-    # check read, so a login racing a reset opens nothing.
-    password_version: int = 0
-    # The last RFC 6238 time step accepted for this user: a code is never accepted twice.
-    totp_last_step: int | None = None
-
-    def __repr__(self) -> str:
-        return f"User(id={self.id}, username={self.username!r}, <secrets redacted>)"
-
-    def locked(self, now: float) -> bool:
-        return self.locked_until is not None and self.locked_until > now
-
-    @property
-    def uses_totp(self) -> bool:
-        return self.totp_sealed is not None
-
-
-class SecurityQuestion(msgspec.Struct, frozen=True):
-    id: int
-    question: str
-    answer_hash: str
-
-    def __repr__(self) -> str:
-        return f"SecurityQuestion(id={self.id}, question={self.question!r})"
-
-
-class Session(msgspec.Struct, frozen=True):
-    user_id: int
-    created_at: float
-    last_seen: float
-
-
-class Claim(msgspec.Struct, frozen=True):
-    """One slot of a limit: at most ``limit`` events of ``kind`` and ``key`` within ``window``
-    seconds. Reserving it records the event before the attempt it counts is checked."""
-
-    kind: str
-    key: str
-    window: float
-    limit: int
-
-
-class Outcome(enum.Enum):
-    """How a write that re-checks its preconditions in its own transaction ended."""
-
-    DONE = "done"
-    INVALID = "invalid"  # the code is no longer pending (another call won), or expired
-    LOCKED = "locked"  # the user was locked meanwhile
-    STALE = "stale"  # the password changed since the check that led here
-    REPLAYED = "replayed"  # the TOTP time step was accepted for this user already
-    THROTTLED = "throttled"  # the caller's address is at its limit
-
-
-class Revocation(msgspec.Struct, frozen=True):
-    """Sessions ended on some node: one session (``session_digest``) or all of a user's.
-    ``reason`` is the LogoutEvent's Reason (SPEC section 1)."""
-
-    user_id: int
-    reason: str
-    session_digest: bytes | None = None
-
-
-class ResetCode(msgspec.Struct, frozen=True):
-    user_id: int
-    created_at: float
-    expires_at: float
-    state: str  # pending | used | void
-
-
-class MailItem(msgspec.Struct, frozen=True, kw_only=True):
-    """A message to queue. ``public`` is what templates may show anyone who reads the store;
-    ``sealed`` (already encrypted by the caller) holds what must stay secret, e.g. the link."""
-
-    kind: str
-    recipient: str
-    user_id: int | None
-    public: dict[str, Any]
-    sealed: bytes | None = None
-
-
-class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    kind: str
-    recipient: str
-    user_id: int | None
-    public: dict[str, Any]
-    sealed: bytes | None
-    attempts: int
-    created_at: float
-
-    def __repr__(self) -> str:
-        return f"OutboxRow(id={self.id}, kind={self.kind!r}, attempts={self.attempts})"
-
-
-class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One decision. Never a password, code, answer, TOTP secret or token."""
-
-    action: str
-    actor_id: int | None = None
-    target_id: int | None = None
-    target_name: str | None = None
-    source: str | None = None
-    detail: str | None = None
-
-
-class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    at: float
-    action: str
-    actor_id: int | None
-    target_id: int | None
-    target_name: str | None
-    source: str | None
-    detail: str | None
-    prev_hash: str = ""
-    hash: str = ""
-
-    def expected_hash(self, key: bytes) -> str:
-        """What ``hash`` must be: HMAC-SHA256 under the audit key (:func:`chain_hash`) over the
-        previous row's hash and this row's fields, so an edited row, or a deleted one before it,
-        breaks the chain from there on, and without the key it cannot be re-hashed."""
-        return chain_hash(
-            key,
-            self.prev_hash,
-            self.id,
-            self.at,
-            self.action,
-            self.actor_id,
-            self.target_id,
-            self.target_name,
-            self.source,
-            self.detail,
-        )
-
-
-def chain_hash(key: bytes, prev_hash: str, *fields: object) -> str:
-    """One link of the audit chain: HMAC-SHA256 under ``key`` (``crypto.audit_key``, derived
-    from the service key) over the canonical JSON of the previous hash and the row's fields."""
-    return hmac.new(key, _canonical.encode([prev_hash, *fields]), hashlib.sha256).hexdigest()
-
-
-def checked_audit_key(key: bytes) -> bytes:
-    """A store's audit key, refused when it cannot be one (e.g. empty)."""
-    if not isinstance(key, bytes) or len(key) != 32:
-        raise ValueError("the audit key must be 32 bytes (crypto.audit_key of the service key)")
-    return key
-
-
-_canonical = msgspec.json.Encoder()
-
-
-class AuditCheck(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of walking the audit chain."""
-
-    rows: int
-    last_hash: str
-    bad_id: int | None = None
-    reason: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.bad_id is None
-
-
-def check_chain(rows: Iterable[AuditRow], key: bytes) -> AuditCheck:
-    """Walk rows in id order; the first row whose link or hash (under ``key``) does not hold
-    is reported."""
-    prev, count, last_id = "", 0, 0
-    for row in rows:
-        if row.prev_hash != prev:
-            reason = (
-                "a row before it was deleted or edited"
-                if row.id != last_id + 1
-                else ("its link to the previous row does not match")
-            )
-            return AuditCheck(rows=count, last_hash=prev, bad_id=row.id, reason=reason)
-        if row.hash != row.expected_hash(key):
-            return AuditCheck(
-                rows=count,
-                last_hash=prev,
-                bad_id=row.id,
-                reason="its content was changed after it was written",
-            )
-        prev, count, last_id = row.hash, count + 1, row.id
-    return AuditCheck(rows=count, last_hash=prev)
 
 
 class Store(abc.ABC):

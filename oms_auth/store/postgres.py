@@ -1,54 +1,61 @@
 """PostgreSQL through asyncpg: several oms-auth nodes serving one exchange from one database.
 
 Every write method is one transaction on a pooled connection, committed when it returns, as in
-:mod:`.sqlite`. SQLite gets its ordering from a single writer; here each rule that must hold
-across nodes is held by PostgreSQL itself:
+:mod:`.sqlite`. The statement texts both stores share are in :mod:`.sql`, the schema in
+:mod:`.postgres_schema`, the listener in :mod:`.postgres_listener`, the URL in :mod:`.urls`; this
+file is how each rule holds across nodes. SQLite gets its ordering from a single writer; here
+each rule is held by PostgreSQL itself:
 
-- ``reserve``, ``add_event`` and ``check_code``: transaction-scoped advisory locks on (schema,
-  kind, key) around count-then-insert, so no two nodes both take the last slot of a limit.
+- ``reserve``, ``add_event``, ``release`` and ``check_code``: transaction-scoped advisory locks on
+  (schema, kind, key) around count-then-insert, so no two nodes both take the last slot of a
+  limit.
 - ``issue_code``, ``complete_reset`` and ``open_session``: the user's row is locked (``FOR
   UPDATE``) first, so a newer code voids every older one, a lock or a TOTP step is re-read as it
   is, and a login racing a reset either commits first (and is revoked) or sees the new password
-  version. ``complete_reset``'s ``UPDATE ... WHERE state = 'pending' AND expires_at > now``
-  decides a race: of concurrent calls on any nodes, exactly one wins.
+  version. ``complete_reset``'s ``UPDATE ... WHERE state = pending AND expires_at > now``
+  decides a race: of concurrent calls on any nodes, exactly one wins. ``check_code`` reads the
+  code ``FOR SHARE``, so it waits for a redemption in flight and then sees the code used.
 - ``claim_mail``: ``FOR UPDATE SKIP LOCKED``, and a claimed row is leased (not due again until
   the lease ends), so each message is delivered once whichever node's worker takes it.
 - the audit hash chain: an advisory lock around reading the tail and appending keeps it one line.
 - every revocation (a completed reset, a LogOut) sends ``NOTIFY`` inside its transaction (only a
-  committed change is told); each node ``LISTEN``s on a dedicated connection and logs the
-  connections holding those sessions off. The listener reconnects when its connection drops
-  and then catches up from ``revocations``.
+  committed change is told); each node's :class:`~.postgres_listener.RevocationListener` logs
+  the connections holding those sessions off.
+- migrations: an advisory lock, so nodes starting at once migrate once.
 
-Lock order, to rule out deadlocks: a user's row, then event locks, then the audit lock. Advisory
-locks are keyed by schema, so stores in different schemas of one database never wait on each
-other.
+Lock order, to rule out deadlocks: a user's row, then event locks (sorted by kind and key),
+then the audit lock. Advisory locks are keyed by schema, so stores in different schemas of one
+database never wait on each other.
 
-The ``--db`` URL is ``postgresql://USER@HOST:PORT/DBNAME`` (or ``postgres://``) with optional
-query parameters of our own, removed before the URL reaches asyncpg: ``schema`` (default
-``public``; created if missing), ``pool_min``/``pool_max`` (1/10), ``command_timeout`` (30 s),
-``connect_timeout`` (10 s).
+PostgreSQL text cannot hold NUL, which a client may send inside a username: event keys are
+escaped one-to-one (:func:`_key`), audit and error text shows U+FFFD instead (:func:`_text`).
+
+Longer than 500 lines: it is one class implementing the whole :class:`~.base.Store` interface,
+and each method's transaction, with its locks, is read best whole and beside the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
-import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 import msgspec
 
 from protocol.messages import LogoutReason
 
-from .base import (
+from . import codes
+from . import sql as q
+from .audit import checked_audit_key, link_entries, rechain
+from .base import Store
+from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, notice
+from .postgres_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION
+from .records import (
     RESET_FAILURE,
     AuditEntry,
     AuditRow,
@@ -61,161 +68,30 @@ from .base import (
     Revocation,
     SecurityQuestion,
     Session,
-    Store,
     StoreError,
     User,
-    chain_hash,
-    checked_audit_key,
     username_key,
 )
+from .urls import PgTarget, parse_url
 
-__all__ = ["PostgresStore", "PgTarget", "parse_url", "SCHEMA_VERSION"]
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
-log = logging.getLogger("oms_auth.store")
+    # A pooled connection inside one of this store's transactions.
+    Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 
-# Each entry migrates from version (index) to version (index + 1), as in sqlite.py (the same
-# numbering: version 2 is the audit hash chain on both). Append; never edit.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE users (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        username TEXT NOT NULL,
-        username_key TEXT NOT NULL UNIQUE,
-        email TEXT NOT NULL,
-        email_verified BOOLEAN NOT NULL DEFAULT false,
-        oms_id BIGINT NOT NULL,
-        account_id BIGINT,
-        password_hash TEXT NOT NULL,
-        totp_sealed BYTEA,
-        auth_source TEXT NOT NULL DEFAULT 'native',
-        active BOOLEAN NOT NULL DEFAULT true,
-        master BOOLEAN NOT NULL DEFAULT false,
-        last_login DOUBLE PRECISION,
-        locked_until DOUBLE PRECISION,
-        created_at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
-    );
-    CREATE TABLE accounts (
-        id BIGINT PRIMARY KEY,
-        oms_id BIGINT NOT NULL
-    );
-    CREATE TABLE user_accounts (
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        account_id BIGINT NOT NULL REFERENCES accounts(id),
-        PRIMARY KEY (user_id, account_id)
-    );
-    CREATE INDEX user_accounts_by_account ON user_accounts(account_id);
-    CREATE TABLE user_permissions (
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        permission TEXT NOT NULL,
-        PRIMARY KEY (user_id, permission)
-    );
-    CREATE TABLE security_questions (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        question TEXT NOT NULL,
-        answer_hash TEXT NOT NULL
-    );
-    CREATE TABLE sessions (
-        digest BYTEA PRIMARY KEY,
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        created_at DOUBLE PRECISION NOT NULL,
-        last_seen DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX sessions_by_user ON sessions(user_id);
-    CREATE TABLE events (
-        kind TEXT NOT NULL,
-        key TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX events_by_key ON events(kind, key, at);
-    CREATE TABLE reset_codes (
-        digest BYTEA PRIMARY KEY,
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        created_at DOUBLE PRECISION NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending'
-    );
-    CREATE INDEX reset_codes_by_user ON reset_codes(user_id, state);
-    CREATE TABLE outbox (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        kind TEXT NOT NULL,
-        recipient TEXT NOT NULL,
-        user_id BIGINT,
-        public TEXT NOT NULL,
-        sealed BYTEA,
-        state TEXT NOT NULL DEFAULT 'queued',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        created_at DOUBLE PRECISION NOT NULL,
-        due_at DOUBLE PRECISION NOT NULL,
-        last_error TEXT,
-        sent_at DOUBLE PRECISION
-    );
-    CREATE INDEX outbox_due ON outbox(state, due_at);
-    CREATE TABLE audit (
-        id BIGINT PRIMARY KEY,
-        at DOUBLE PRECISION NOT NULL,
-        action TEXT NOT NULL,
-        actor_id BIGINT,
-        target_id BIGINT,
-        target_name TEXT,
-        source TEXT,
-        detail TEXT
-    );
-    CREATE INDEX audit_by_target ON audit(target_id);
-    -- PostgreSQL only: completed resets, so a node whose listener was cut catches up.
-    CREATE TABLE password_changes (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        user_id BIGINT NOT NULL,
-        node TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX password_changes_by_time ON password_changes(at);
-    """,
-    # 2: the audit trail becomes a hash chain (rows written before are chained by _chain_audit).
-    """
-    ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
-    ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
-    CREATE INDEX audit_by_time ON audit(at);
-    """,
-    # 3: rules that hold under concurrency (SPEC section 4). A password version, so a session is
-    # only created for the password its check read; the last TOTP time step accepted, so a code
-    # is never accepted twice; pending second login steps, counted and bounded in the store. The
-    # audit chain is re-computed keyed with the service key (_chain_audit).
-    """
-    ALTER TABLE users ADD COLUMN password_version INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE users ADD COLUMN totp_last_step BIGINT;
-    CREATE TABLE pending_logins (
-        digest BYTEA PRIMARY KEY,
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        password_version INTEGER NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX pending_logins_by_user ON pending_logins(user_id);
-    -- Every revocation (a password change, a LogOut, a forced logoff), so a node whose listener
-    -- was cut catches up; password_changes held only the first kind.
-    ALTER TABLE password_changes RENAME TO revocations;
-    ALTER TABLE revocations ADD COLUMN session_digest BYTEA;
-    ALTER TABLE revocations ADD COLUMN reason TEXT NOT NULL DEFAULT 'PasswordChanged';
-    ALTER INDEX password_changes_by_time RENAME TO revocations_by_time;
-    """,
+__all__ = [
+    "PostgresStore",
+    "PgTarget",
+    "parse_url",
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "CHANNEL",
+    "CHANGES_KEPT_SECONDS",
+    "CONNECTION_ERRORS",
 ]
-SCHEMA_VERSION = len(MIGRATIONS)
 
-CHANNEL = "oms_auth_revoked"
-# How long completed resets are kept for a listener to catch up after a reconnect.
-CHANGES_KEPT_SECONDS = 86400.0
-
-_USER_COLUMNS = """
-    u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id, u.password_hash,
-    u.totp_sealed, u.auth_source, u.active, u.master, u.last_login, u.locked_until,
-    ARRAY(SELECT permission FROM user_permissions p WHERE p.user_id = u.id),
-    ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id),
-    u.password_version, u.totp_last_step
-"""
-_AUDIT_COLUMNS = "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_json = msgspec.json.Encoder()
+S = q.POSTGRES
 
 # What a lost or unreachable database raises (asyncpg's own errors, the socket's, a timeout).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -226,64 +102,24 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 _HEALTH_ERRORS: tuple[type[BaseException], ...] = (StoreError, *CONNECTION_ERRORS)
 
-
-class PgTarget(msgspec.Struct, frozen=True, kw_only=True):
-    """A ``--db`` URL taken apart: what asyncpg gets, and our own settings."""
-
-    dsn: str
-    schema: str = "public"
-    where: str = "localhost:5432"
-    pool_min: int = 1
-    pool_max: int = 10
-    command_timeout: float = 30.0
-    connect_timeout: float = 10.0
-
-    def __repr__(self) -> str:  # the DSN may hold a password
-        return f"PgTarget(where={self.where!r}, schema={self.schema!r})"
-
-
-_OWN_PARAMS = {
-    "schema": str,
-    "pool_min": int,
-    "pool_max": int,
-    "command_timeout": float,
-    "connect_timeout": float,
-}
-
-
-def parse_url(url: str) -> PgTarget:
-    """Split our query parameters off a ``postgresql://`` URL; StoreError when one is bad."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    own: dict[str, Any] = {}
-    rest: list[tuple[str, str]] = []
-    for name, value in query:
-        kind = _OWN_PARAMS.get(name)
-        if kind is None:
-            rest.append((name, value))
-            continue
-        try:
-            own[name] = kind(value)
-        except ValueError:
-            raise StoreError(f"PostgreSQL URL: {name}={value!r} is not a {kind.__name__}") from None
-    schema = own.get("schema", "public")
-    if not _SCHEMA_NAME.fullmatch(schema):
-        raise StoreError(
-            f"PostgreSQL URL: schema={schema!r} must be lower-case letters, digits and _ "
-            "(at most 63, not starting with a digit)"
-        )
-    if not 1 <= own.get("pool_min", 1) <= own.get("pool_max", 10):
-        raise StoreError("PostgreSQL URL: need 1 <= pool_min <= pool_max")
-    try:
-        url_port = parts.port
-    except ValueError:
-        raise StoreError(
-            f"PostgreSQL URL: the port of {parts.hostname!r} is not a number"
-        ) from None
-    host = parts.hostname or dict(rest).get("host") or "localhost"
-    port = dict(rest).get("port") or (str(url_port) if url_port else "5432")
-    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
-    return PgTarget(dsn=dsn, where=f"{host}:{port}", **own)
+# The shared statements with the row locks this store's rules take (see the module docstring).
+_LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
+_LOGIN_STATE_LOCKED = S.login_state + " FOR UPDATE"
+_RESET_STATE_LOCKED = S.reset_state + " FOR UPDATE"
+_LIVE_CODE_SHARED = S.live_code + " FOR SHARE"
+_ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
+_CLAIM_MAIL = (
+    "WITH due AS (SELECT id FROM outbox WHERE state = 'queued' AND due_at <= $1"
+    " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1 FROM due"
+    " WHERE o.id = due.id RETURNING " + ", ".join(f"o.{c}" for c in q.OUTBOX_COLUMNS)
+)
+_RELEASE_EVENT = (
+    "DELETE FROM events WHERE ctid = (SELECT ctid FROM events"
+    " WHERE kind = $1 AND key = $2 AND at = $3 LIMIT 1)"
+)
+_TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
+_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 
 def _lock_key(*parts: str) -> int:
@@ -292,8 +128,7 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
 
 
-# PostgreSQL text cannot hold NUL, which a client may send inside a username. Event keys are only
-# compared, so they are escaped one-to-one; audit text is for people and shows U+FFFD instead.
+# Event keys are only compared, so they are escaped one-to-one; audit text is for people.
 def _key(key: str) -> str:
     return key.replace("\\", "\\\\").replace("\x00", "\\0") if "\x00" in key else key
 
@@ -302,26 +137,20 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
-def _user(row: Any) -> User:
-    return User(
-        id=row[0],
-        username=row[1],
-        email=row[2],
-        email_verified=row[3],
-        oms_id=row[4],
-        account_id=row[5],
-        password_hash=row[6],
-        totp_sealed=row[7],
-        auth_source=row[8],
-        active=row[9],
-        master=row[10],
-        last_login=row[11],
-        locked_until=row[12],
-        permissions=frozenset(row[13]),
-        accounts=frozenset(row[14]),
-        password_version=row[15],
-        totp_last_step=row[16],
+def _entry(e: AuditEntry) -> AuditEntry:
+    """An audit entry PostgreSQL can store (what is hashed is what is stored)."""
+    return msgspec.structs.replace(
+        e,
+        action=e.action.replace("\x00", "\ufffd"),
+        target_name=_text(e.target_name),
+        source=_text(e.source),
+        detail=_text(e.detail),
     )
+
+
+def _count_of(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class PostgresStore(Store):
@@ -333,18 +162,38 @@ class PostgresStore(Store):
         self.schema = self.target.schema
         # Tells this node's own notifications apart: the engine already logged those users off.
         self.node = secrets.token_hex(8)
-        self.listen_retry = (0.2, 5.0)  # first and longest wait between listener reconnects
-        self.keepalive_seconds = 5.0  # the listener's connection is probed this often
-        self._pool: Any = None
-        self._callbacks: list[Callable[[Revocation], None]] = []
-        self._listener: asyncio.Task[None] | None = None
-        self._listener_conn: Any = None
-        self._seen: collections.deque[int] = collections.deque(maxlen=4096)
-        self._last_change = 0
+        self.listener = RevocationListener(
+            self._connect_listener, schema=self.schema, node=self.node
+        )
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._audit_lock = _lock_key(self.schema, "audit")
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"
+
+    # The listener's settings and state, as they were the store's before it had a module.
+    @property
+    def listen_retry(self) -> tuple[float, float]:
+        """First and longest wait between listener reconnects, in seconds."""
+        return self.listener.retry
+
+    @listen_retry.setter
+    def listen_retry(self, value: tuple[float, float]) -> None:
+        self.listener.retry = value
+
+    @property
+    def keepalive_seconds(self) -> float:
+        """How often the listener's connection is probed."""
+        return self.listener.keepalive_seconds
+
+    @keepalive_seconds.setter
+    def keepalive_seconds(self, value: float) -> None:
+        self.listener.keepalive_seconds = value
+
+    @property
+    def listening(self) -> bool:
+        """True while the listener's connection is up."""
+        return self.listener.listening
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -386,18 +235,14 @@ class PostgresStore(Store):
             raise
 
     async def _migrate(self) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._tx() as conn:
             # Two nodes starting at once: the second waits here, then finds the work done.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema, "migrate")
-            )
+            await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "migrate"))
             if not await conn.fetchval(
                 "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
             ):
                 await conn.execute(f'CREATE SCHEMA "{self.schema}"')
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            await conn.execute(META)
             found = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
             version = int(found or 0)
             if version > SCHEMA_VERSION:
@@ -407,9 +252,9 @@ class PostgresStore(Store):
                 )
             for target in range(version, SCHEMA_VERSION):
                 await conn.execute(MIGRATIONS[target])
-                # 2 chained the rows written before it; 3 re-chains them keyed (idempotent).
-                if target + 1 in (2, 3):
-                    await self._chain_audit(conn)
+                if target + 1 in RECHAIN_AFTER:
+                    links = rechain(self._audit_key, await conn.fetch(S.audit_chain))
+                    await conn.executemany(S.relink_audit, links)
                 await conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -417,15 +262,11 @@ class PostgresStore(Store):
                 )
 
     async def schema_version(self) -> int:
-        return int(await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'"))
+        found = await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+        return int(found)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
-        self._drop_listener_conn()
+        await self.listener.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -458,131 +299,74 @@ class PostgresStore(Store):
     # -- plumbing -----------------------------------------------------------------------------
 
     @property
-    def _db(self) -> Any:
+    def _db(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is None:
             raise StoreError("store is not open")
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Any]:
+    async def _tx(self) -> AsyncIterator[Conn]:
         """One pooled connection in one transaction: committed when the block ends."""
         async with self._db.acquire() as conn, conn.transaction():
             yield conn
 
-    async def _insert_audit(self, conn: Any, entries: list[AuditEntry], now: float) -> None:
+    async def _connect_listener(self) -> asyncpg.Connection[asyncpg.Record]:
+        t = self.target
+        return await asyncpg.connect(
+            t.dsn,
+            timeout=t.connect_timeout,
+            command_timeout=t.command_timeout,
+            server_settings=self._server_settings("oms-auth-listener"),
+        )
+
+    async def _insert_audit(self, conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
         if not entries:
             return
         # Held until commit: the next writer on any node reads the tail after this one.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._audit_lock)
-        last = await conn.fetchrow("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
-        last_id, prev = (int(last[0]), str(last[1])) if last else (0, "")
-        rows = []
-        for n, e in enumerate(entries, start=last_id + 1):
-            fields = (
-                n,
-                now,
-                _text(e.action),
-                e.actor_id,
-                e.target_id,
-                _text(e.target_name),
-                _text(e.source),
-                _text(e.detail),
-            )
-            digest = chain_hash(self._audit_key, prev, *fields)
-            rows.append((*fields, prev, digest))
-            prev = digest
-        await conn.executemany(
-            "INSERT INTO audit (id, at, action, actor_id, target_id, target_name, source, detail,"
-            " prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            rows,
-        )
-
-    async def _chain_audit(self, conn: Any) -> None:
-        """(Re-)chain every row under the audit key, in id order (a migration step)."""
-        prev = ""
-        for row in await conn.fetch(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id"):
-            digest = chain_hash(self._audit_key, prev, *row[:8])
-            await conn.execute(
-                "UPDATE audit SET prev_hash = $1, hash = $2 WHERE id = $3", prev, digest, row[0]
-            )
-            prev = digest
+        await conn.execute(_ADVISORY_LOCK, self._audit_lock)
+        tail = await conn.fetchrow(S.audit_tail)
+        rows = link_entries(self._audit_key, tail, [_entry(e) for e in entries], now)
+        await conn.executemany(S.insert_audit, rows)
 
     @staticmethod
-    async def _insert_mail(conn: Any, mail: MailItem, now: float) -> None:
-        await conn.execute(
-            "INSERT INTO outbox (kind, recipient, user_id, public, sealed, created_at, due_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $6)",
-            mail.kind,
-            mail.recipient,
-            mail.user_id,
-            _json.encode(mail.public).decode(),
-            mail.sealed,
-            now,
-        )
+    async def _insert_mail(conn: Conn, mail: MailItem, now: float) -> None:
+        await conn.execute(S.insert_mail, *q.mail_args(mail, now))
 
     @staticmethod
-    async def _now(conn: Any) -> float:
-        return float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+    async def _now(conn: Conn) -> float:
+        return float(await conn.fetchval(_NOW))
 
-    async def _lock_events(self, conn: Any, kind: str, key: str) -> None:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema, "events", kind, key)
-        )
+    async def _lock_events(self, conn: Conn, kind: str, key: str) -> None:
+        await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "events", kind, key))
 
     # -- users --------------------------------------------------------------------------------
 
     async def create_user(self, user: NewUser, audit: AuditEntry | None = None) -> int:
-        texts = [user.username, user.email, *user.permissions, *(q for q, _ in user.questions)]
+        texts = [
+            user.username,
+            user.email,
+            *user.permissions,
+            *(question for question, _ in user.questions),
+        ]
         if any("\x00" in t for t in texts):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
-        key = username_key(user.username)
         taken = StoreError(f"username {user.username.strip()!r} is taken")
         async with self._tx() as conn:
-            if await conn.fetchval("SELECT 1 FROM users WHERE username_key = $1", key):
+            if await conn.fetchval(S.username_taken, username_key(user.username)):
                 raise taken
             try:
-                user_id = int(
-                    await conn.fetchval(
-                        "INSERT INTO users (username, username_key, email, email_verified,"
-                        " oms_id, account_id, password_hash, auth_source, active, master)"
-                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                        user.username.strip(),
-                        key,
-                        user.email,
-                        user.email_verified,
-                        user.oms_id,
-                        user.accounts[0] if user.accounts else None,
-                        user.password_hash,
-                        user.auth_source,
-                        user.active,
-                        user.master,
-                    )
-                )
+                user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
             except asyncpg.UniqueViolationError:  # the same name, added on another node just now
                 raise taken from None
             for account in user.accounts:
-                await conn.execute(
-                    "INSERT INTO accounts (id, oms_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                    account,
-                    user.oms_id,
-                )
-                oms = await conn.fetchval("SELECT oms_id FROM accounts WHERE id = $1", account)
+                await conn.execute(S.insert_account, account, user.oms_id)
+                oms = await conn.fetchval(S.account_oms, account)
                 if oms != user.oms_id:
                     raise StoreError(f"account {account} belongs to OMS {oms}")
+            await conn.executemany(S.insert_user_account, [(user_id, a) for a in user.accounts])
+            await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
             await conn.executemany(
-                "INSERT INTO user_accounts (user_id, account_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING",
-                [(user_id, a) for a in user.accounts],
-            )
-            await conn.executemany(
-                "INSERT INTO user_permissions (user_id, permission) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING",
-                [(user_id, p) for p in user.permissions],
-            )
-            await conn.executemany(
-                "INSERT INTO security_questions (user_id, question, answer_hash)"
-                " VALUES ($1, $2, $3)",
-                [(user_id, q, a) for q, a in user.questions],
+                S.insert_question, [(user_id, question, a) for question, a in user.questions]
             )
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
@@ -590,42 +374,29 @@ class PostgresStore(Store):
             return user_id
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
-        await self._db.execute("UPDATE users SET totp_sealed = $1 WHERE id = $2", sealed, user_id)
+        await self._db.execute(S.set_totp, sealed, user_id)
 
     async def user_by_id(self, user_id: int) -> User | None:
-        row = await self._db.fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = $1", user_id
-        )
-        return _user(row) if row else None
+        row = await self._db.fetchrow(S.user_by_id, user_id)
+        return q.to_user(row) if row else None
 
     async def user_by_name(self, username: str) -> User | None:
         if "\x00" in username:  # no stored name holds one
             return None
-        row = await self._db.fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users u WHERE u.username_key = $1",
-            username_key(username),
-        )
-        return _user(row) if row else None
+        row = await self._db.fetchrow(S.user_by_name, username_key(username))
+        return q.to_user(row) if row else None
 
     async def list_users(self) -> list[User]:
-        rows = await self._db.fetch(f"SELECT {_USER_COLUMNS} FROM users u ORDER BY u.id")
-        return [_user(row) for row in rows]
+        return [q.to_user(row) for row in await self._db.fetch(S.users)]
 
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
-        rows = await self._db.fetch(
-            "SELECT id, question, answer_hash FROM security_questions WHERE user_id = $1"
-            " ORDER BY id",
-            user_id,
-        )
-        return [SecurityQuestion(*row) for row in rows]
+        return [q.to_question(row) for row in await self._db.fetch(S.questions, user_id)]
 
     async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
         async with self._tx() as conn:
-            await conn.execute("UPDATE users SET locked_until = $1 WHERE id = $2", until, user_id)
+            await conn.execute(S.set_lock, until, user_id)
             if until is None:
-                await conn.execute(
-                    "DELETE FROM events WHERE kind = $1 AND key = $2", RESET_FAILURE, str(user_id)
-                )
+                await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
             await self._insert_audit(conn, [audit], await self._now(conn))
 
     # -- sessions -----------------------------------------------------------------------------
@@ -647,88 +418,61 @@ class PostgresStore(Store):
             # The user's row lock orders this against a reset on any node (it holds the same
             # lock): either the reset committed first (the version moved on: STALE) or it
             # waits and then deletes this session.
-            row = await conn.fetchrow(
-                "SELECT password_version, totp_last_step FROM users WHERE id = $1 FOR UPDATE",
-                user_id,
-            )
+            row = await conn.fetchrow(_LOGIN_STATE_LOCKED, user_id)
             for kind, key, at in release:
                 await self._release(conn, kind, key, at)
             if totp_step is not None and row is not None and row[1] is not None:
                 if row[1] >= totp_step:
                     return Outcome.REPLAYED  # the pending step stays, for another code
             if pending is not None:
-                await conn.execute("DELETE FROM pending_logins WHERE digest = $1", pending)
+                deleted = await conn.execute(S.delete_pending_login, pending)
+                if _count_of(deleted) != 1:  # another attempt used this second step already
+                    return Outcome.STALE
             if row is None or row[0] != password_version:
                 return Outcome.STALE
+            if row[2] is not None and row[2] > now:
+                return Outcome.LOCKED
             if totp_step is not None:
-                await conn.execute(
-                    "UPDATE users SET totp_last_step = $1 WHERE id = $2", totp_step, user_id
-                )
-            await conn.execute(
-                "INSERT INTO sessions (digest, user_id, created_at, last_seen)"
-                " VALUES ($1, $2, $3, $3)",
-                digest,
-                user_id,
-                now,
-            )
-            await conn.execute("UPDATE users SET last_login = $1 WHERE id = $2", now, user_id)
+                await conn.execute(S.set_totp_step, totp_step, user_id)
+            await conn.execute(S.insert_session, digest, user_id, now, now)
+            await conn.execute(S.set_last_login, now, user_id)
             for kind, key in clear:
-                await conn.execute(
-                    "DELETE FROM events WHERE kind = $1 AND key = $2", kind, _key(key)
-                )
-            await self._insert_audit(conn, list(audit), now)
+                await conn.execute(S.clear_events, kind, _key(key))
+            await self._insert_audit(conn, audit, now)
             return Outcome.DONE
 
     async def begin_second_step(
         self, digest: bytes, user_id: int, password_version: int, now: float
     ) -> None:
-        await self._db.execute(
-            "INSERT INTO pending_logins (digest, user_id, password_version, created_at)"
-            " VALUES ($1, $2, $3, $4)",
-            digest,
-            user_id,
-            password_version,
-            now,
-        )
+        await self._db.execute(S.insert_pending_login, digest, user_id, password_version, now)
 
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
     ) -> tuple[int, int] | None:
         async with self._tx() as conn:
             # The row lock the UPDATE takes makes concurrent attempts (any node) count in turn.
-            row = await conn.fetchrow(
-                "UPDATE pending_logins SET attempts = attempts + 1 WHERE digest = $1"
-                " AND attempts < $2 AND created_at > $3 RETURNING user_id, password_version",
-                digest,
-                max_attempts,
-                now - max_age,
-            )
+            row = await conn.fetchrow(S.pending_login_attempt, digest, max_attempts, now - max_age)
             if row is None:
-                await conn.execute("DELETE FROM pending_logins WHERE digest = $1", digest)
+                await conn.execute(S.delete_pending_login, digest)
                 return None
             return int(row[0]), int(row[1])
 
     async def end_second_step(self, digest: bytes) -> None:
-        await self._db.execute("DELETE FROM pending_logins WHERE digest = $1", digest)
+        await self._db.execute(S.delete_pending_login, digest)
 
     async def session(self, digest: bytes) -> Session | None:
-        row = await self._db.fetchrow(
-            "SELECT user_id, created_at, last_seen FROM sessions WHERE digest = $1", digest
-        )
-        return Session(*row) if row else None
+        row = await self._db.fetchrow(S.session, digest)
+        return q.to_session(row) if row else None
 
     async def touch_session(self, digest: bytes, now: float) -> bool:
-        status = await self._db.execute(
-            "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2", now, digest
-        )
-        return bool(status == "UPDATE 1")
+        return await self._db.execute(_TOUCH_SESSION, now, digest) == "UPDATE 1"
 
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
         async with self._tx() as conn:
-            await conn.execute("DELETE FROM sessions WHERE digest = $1", digest)
+            await conn.execute(S.delete_session, digest)
             await self._revoked(conn, Revocation(user_id, reason, digest), time.time())
 
-    async def _revoked(self, conn: Any, revocation: Revocation, now: float) -> None:
+    async def _revoked(self, conn: Conn, revocation: Revocation, now: float) -> None:
         """Tell every node (inside the transaction: only a committed change is told)."""
         r = revocation
         change = await conn.fetchval(
@@ -741,12 +485,17 @@ class PostgresStore(Store):
             r.reason,
         )
         await conn.execute("DELETE FROM revocations WHERE at < $1", now - CHANGES_KEPT_SECONDS)
-        digest = r.session_digest.hex() if r.session_digest else "-"
-        await conn.execute(
-            "SELECT pg_notify($1, $2)",
-            CHANNEL,
-            f"{self.schema} {self.node} {change} {r.user_id} {r.reason} {digest}",
-        )
+        told = notice(self.schema, self.node, int(change), r)
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, told)
+
+    async def listen_revocations(self, callback: Callable[[Revocation], None]) -> None:
+        self.listener.add(callback)
+        if self.listener.started:
+            return
+        try:
+            await self.listener.start()
+        except CONNECTION_ERRORS as exc:
+            raise StoreError(self._unreachable(exc)) from None
 
     # -- counted events -----------------------------------------------------------------------
 
@@ -762,86 +511,49 @@ class PostgresStore(Store):
             await self._record(conn, claims, now)
             return counts
 
-    async def _lock_claims(self, conn: Any, claims: Sequence[Claim]) -> None:
+    async def _lock_claims(self, conn: Conn, claims: Sequence[Claim]) -> None:
         # In a fixed order, so two transactions taking the same counters (on any nodes) never
         # wait on each other in a cycle.
         for kind, key in sorted({(c.kind, _key(c.key)) for c in claims}):
             await self._lock_events(conn, kind, key)
 
     @staticmethod
-    async def _count(conn: Any, claim: Claim, now: float) -> int:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
-                claim.kind,
-                _key(claim.key),
-                now - claim.window,
-            )
-        )
+    async def _count(conn: Conn, claim: Claim, now: float) -> int:
+        args = (claim.kind, _key(claim.key), now - claim.window)
+        return int(await conn.fetchval(S.count_events_since, *args))
 
     @staticmethod
-    async def _record(conn: Any, claims: Sequence[Claim], now: float) -> None:
-        await conn.executemany(
-            "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)",
-            [(c.kind, _key(c.key), now) for c in claims],
-        )
+    async def _record(conn: Conn, claims: Sequence[Claim], now: float) -> None:
+        await conn.executemany(S.insert_event, [(c.kind, _key(c.key), now) for c in claims])
 
     async def release(self, kind: str, key: str, at: float) -> None:
         async with self._tx() as conn:
             await self._release(conn, kind, key, at)
 
-    async def _release(self, conn: Any, kind: str, key: str, at: float) -> None:
+    async def _release(self, conn: Conn, kind: str, key: str, at: float) -> None:
         key = _key(key)
         await self._lock_events(conn, kind, key)
-        await conn.execute(
-            "DELETE FROM events WHERE ctid = (SELECT ctid FROM events"
-            " WHERE kind = $1 AND key = $2 AND at = $3 LIMIT 1)",
-            kind,
-            key,
-            at,
-        )
+        await conn.execute(_RELEASE_EVENT, kind, key, at)
 
     async def add_event(self, kind: str, key: str, now: float) -> int:
         key = _key(key)
         async with self._tx() as conn:
             await self._lock_events(conn, kind, key)
-            await conn.execute(
-                "INSERT INTO events (kind, key, at) VALUES ($1, $2, $3)", kind, key, now
-            )
-            return int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM events WHERE kind = $1 AND key = $2", kind, key
-                )
-            )
+            await conn.execute(S.insert_event, kind, key, now)
+            return int(await conn.fetchval(S.count_events, kind, key))
 
     async def count_events(self, kind: str, key: str, since: float) -> int:
-        return int(
-            await self._db.fetchval(
-                "SELECT count(*) FROM events WHERE kind = $1 AND key = $2 AND at > $3",
-                kind,
-                _key(key),
-                since,
-            )
-        )
+        return int(await self._db.fetchval(S.count_events_since, kind, _key(key), since))
 
     async def clear_events(self, kind: str, key: str) -> None:
-        await self._db.execute("DELETE FROM events WHERE kind = $1 AND key = $2", kind, _key(key))
+        await self._db.execute(S.clear_events, kind, _key(key))
 
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
+        # One transaction per table: clean-up needs no atomicity, and holding one table's rows
+        # while waiting for another's would invert a reset's lock order (a deadlock).
         gone = 0
-        async with self._tx() as conn:
-            for sql, bound in (
-                ("DELETE FROM events WHERE at < $1", events_before),
-                ("DELETE FROM sessions WHERE last_seen < $1", sessions_idle_since),
-                ("DELETE FROM pending_logins WHERE created_at < $1", sessions_idle_since),
-                (
-                    "DELETE FROM reset_codes WHERE (state <> 'pending' OR expires_at < $1)"
-                    " AND created_at < $1",
-                    events_before,
-                ),
-            ):
-                status = await conn.execute(sql, bound)
-                gone += int(status.rsplit(" ", 1)[-1])
+        for statement, args in q.prune_plan(S, events_before, sessions_idle_since):
+            gone += _count_of(await self._db.execute(statement, *args))
         return gone
 
     # -- reset codes --------------------------------------------------------------------------
@@ -857,28 +569,15 @@ class PostgresStore(Store):
     ) -> None:
         async with self._tx() as conn:
             # One code operation per user at a time, on every node: the newest code wins.
-            await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
-            await conn.execute(
-                "UPDATE reset_codes SET state = 'void' WHERE user_id = $1 AND state = 'pending'",
-                user_id,
-            )
-            await conn.execute(
-                "INSERT INTO reset_codes (digest, user_id, created_at, expires_at)"
-                " VALUES ($1, $2, $3, $4)",
-                digest,
-                user_id,
-                now,
-                expires_at,
-            )
+            await conn.execute(_LOCK_USER, user_id)
+            await conn.execute(S.move_user_codes, *q.move_codes_args(codes.SUPERSEDE, user_id))
+            await conn.execute(S.insert_code, *q.code_args(digest, user_id, now, expires_at))
             await self._insert_mail(conn, mail, now)
             await self._insert_audit(conn, audit, now)
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
-        row = await self._db.fetchrow(
-            "SELECT user_id, created_at, expires_at, state FROM reset_codes WHERE digest = $1",
-            digest,
-        )
-        return ResetCode(*row) if row else None
+        row = await self._db.fetchrow(S.reset_code, digest)
+        return q.to_code(row) if row else None
 
     async def check_code(
         self,
@@ -896,14 +595,8 @@ class PostgresStore(Store):
             row = None
             if digest is not None:
                 # FOR SHARE waits for a reset consuming this code to commit, then sees it used.
-                row = await conn.fetchrow(
-                    "SELECT user_id, created_at, expires_at, state FROM reset_codes"
-                    " WHERE digest = $1 AND state = 'pending' AND expires_at > $2"
-                    " AND ($3::bigint IS NULL OR user_id = $3) FOR SHARE",
-                    digest,
-                    now,
-                    user_id,
-                )
+                args = q.live_code_args(digest, now, user_id)
+                row = await conn.fetchrow(_LIVE_CODE_SHARED, *args)
             if row is None:
                 await self._record(conn, [invalid], now)
                 return Outcome.INVALID, None
@@ -911,7 +604,7 @@ class PostgresStore(Store):
                 if await self._count(conn, attempt, now) >= attempt.limit:
                     return Outcome.LOCKED, None
                 await self._record(conn, [attempt], now)
-            return Outcome.DONE, ResetCode(*row)
+            return Outcome.DONE, q.to_code(row)
 
     async def complete_reset(
         self,
@@ -926,10 +619,7 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # Locked first: the lock and the TOTP step are read as they are now, and no login
             # or lock on any node changes them before this commits.
-            user = await conn.fetchrow(
-                "SELECT locked_until, totp_last_step FROM users WHERE id = $1 FOR UPDATE",
-                user_id,
-            )
+            user = await conn.fetchrow(_RESET_STATE_LOCKED, user_id)
             if user is None:
                 return Outcome.INVALID
             if user[0] is not None and user[0] > now:
@@ -937,207 +627,41 @@ class PostgresStore(Store):
             if totp_step is not None and user[1] is not None and user[1] >= totp_step:
                 return Outcome.REPLAYED
             # The race is decided here: a loser, once the winner commits, finds no pending row.
-            status = await conn.execute(
-                "UPDATE reset_codes SET state = 'used' WHERE digest = $1 AND user_id = $2"
-                " AND state = 'pending' AND expires_at > $3",
-                digest,
-                user_id,
-                now,
-            )
+            status = await conn.execute(S.redeem_code, *q.redeem_args(digest, user_id, now))
             if status != "UPDATE 1":
                 return Outcome.INVALID
+            await conn.execute(S.set_password, password_hash, totp_step, user_id)
             await conn.execute(
-                "UPDATE users SET password_hash = $1, locked_until = NULL,"
-                " password_version = password_version + 1,"
-                " totp_last_step = coalesce($3, totp_last_step) WHERE id = $2",
-                password_hash,
-                user_id,
-                totp_step,
+                S.move_user_codes, *q.move_codes_args(codes.PASSWORD_CHANGE, user_id)
             )
-            await conn.execute(
-                "UPDATE reset_codes SET state = 'void' WHERE user_id = $1 AND state = 'pending'",
-                user_id,
-            )
-            await conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
-            await conn.execute("DELETE FROM pending_logins WHERE user_id = $1", user_id)
-            await conn.execute(
-                "DELETE FROM events WHERE kind = $1 AND key = $2", RESET_FAILURE, str(user_id)
-            )
+            await conn.execute(S.delete_user_sessions, user_id)
+            await conn.execute(S.delete_user_pending_logins, user_id)
+            await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
             await self._revoked(conn, Revocation(user_id, LogoutReason.PASSWORD_CHANGED), now)
             await self._insert_mail(conn, mail, now)
             await self._insert_audit(conn, audit, now)
             return Outcome.DONE
 
-    # -- password changes on other nodes ------------------------------------------------------
-
-    @property
-    def listening(self) -> bool:
-        """True while the listener's connection is up."""
-        conn = self._listener_conn
-        return conn is not None and not conn.is_closed()
-
-    async def listen_revocations(self, callback: Callable[[Revocation], None]) -> None:
-        self._callbacks.append(callback)
-        if self._listener is not None:
-            return
-        try:
-            closed = await self._listen()
-            self._last_change = int(
-                await self._listener_conn.fetchval("SELECT coalesce(max(id), 0) FROM revocations")
-            )
-        except CONNECTION_ERRORS as exc:
-            self._drop_listener_conn()
-            raise StoreError(self._unreachable(exc)) from None
-        self._listener = asyncio.create_task(self._keep_listening(closed), name="pg-listener")
-
-    async def _listen(self) -> asyncio.Event:
-        """A dedicated connection LISTENing on the channel; the event is set when it closes."""
-        t = self.target
-        conn = await asyncpg.connect(
-            t.dsn,
-            timeout=t.connect_timeout,
-            command_timeout=t.command_timeout,
-            server_settings=self._server_settings("oms-auth-listener"),
-        )
-        closed = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: closed.set())
-        self._listener_conn = conn
-        await conn.add_listener(CHANNEL, self._notified)
-        return closed
-
-    def _drop_listener_conn(self) -> None:
-        conn, self._listener_conn = self._listener_conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-
-    async def _keep_listening(self, closed: asyncio.Event) -> None:
-        first, longest = self.listen_retry
-        while True:
-            await self._watch(closed)
-            self._drop_listener_conn()
-            log.warning("lost the PostgreSQL listener connection; reconnecting")
-            delay = first
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    closed = await self._listen()
-                    await self._catch_up()
-                except Exception as exc:  # whatever it was, this task must go on trying
-                    self._drop_listener_conn()
-                    log.warning("cannot listen on PostgreSQL yet (%s); retrying", exc)
-                    delay = min(delay * 2, longest)
-                    continue
-                log.warning("listening on PostgreSQL again")
-                break
-
-    async def _watch(self, closed: asyncio.Event) -> None:
-        """Return once the listener's connection is gone (closed, or no longer answering)."""
-        while not closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.keepalive_seconds):
-                    await closed.wait()
-                    return
-            try:
-                await self._listener_conn.fetchval("SELECT 1", timeout=self.keepalive_seconds)
-            except Exception:
-                return
-
-    async def _catch_up(self) -> None:
-        """After a reconnect: tell what other nodes changed while nobody was listening."""
-        rows = await self._listener_conn.fetch(
-            "SELECT id, user_id, reason, session_digest FROM revocations"
-            " WHERE id > $1 AND node <> $2 ORDER BY id",
-            self._last_change,
-            self.node,
-        )
-        for change, user_id, reason, session in rows:
-            self._changed(int(change), Revocation(int(user_id), reason, session))
-
-    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            schema, node, change, user_id, reason, session = payload.split(" ")
-            change_id = int(change)
-            revocation = Revocation(
-                int(user_id), reason, None if session == "-" else bytes.fromhex(session)
-            )
-        except ValueError:
-            log.warning("ignored a malformed notification on %s", CHANNEL)
-            return
-        if schema != self.schema or node == self.node:
-            return  # another exchange's schema, or our own change (already handled locally)
-        self._changed(change_id, revocation)
-
-    def _changed(self, change_id: int, revocation: Revocation) -> None:
-        if change_id in self._seen:
-            return
-        self._seen.append(change_id)
-        self._last_change = max(self._last_change, change_id)
-        for callback in self._callbacks:
-            try:
-                callback(revocation)
-            except Exception:
-                log.exception("revocation callback failed for user %d", revocation.user_id)
-
     # -- mail outbox --------------------------------------------------------------------------
 
     async def claim_mail(self, now: float, lease: float, limit: int) -> list[OutboxRow]:
-        rows = await self._db.fetch(
-            "WITH due AS (SELECT id FROM outbox WHERE state = 'queued' AND due_at <= $1"
-            " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1 FROM due"
-            " WHERE o.id = due.id"
-            " RETURNING o.id, o.kind, o.recipient, o.user_id, o.public, o.sealed, o.attempts,"
-            " o.created_at",
-            now,
-            limit,
-            lease,
-        )
-        return sorted(
-            (
-                OutboxRow(
-                    id=r[0],
-                    kind=r[1],
-                    recipient=r[2],
-                    user_id=r[3],
-                    public=msgspec.json.decode(r[4]),
-                    sealed=r[5],
-                    attempts=r[6],
-                    created_at=r[7],
-                )
-                for r in rows
-            ),
-            key=lambda row: row.id,
-        )
+        rows = await self._db.fetch(_CLAIM_MAIL, now, limit, lease)
+        return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
     async def mail_delivered(self, mail_id: int, now: float) -> None:
-        await self._db.execute(
-            "UPDATE outbox SET state = 'sent', sealed = NULL, sent_at = $1, last_error = NULL"
-            " WHERE id = $2",
-            now,
-            mail_id,
-        )
+        await self._db.execute(S.mail_sent, now, mail_id)
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
         if retry_at is None:
-            await self._db.execute(
-                "UPDATE outbox SET state = 'failed', sealed = NULL, last_error = $1 WHERE id = $2",
-                _text(error),
-                mail_id,
-            )
+            await self._db.execute(S.mail_given_up, _text(error), mail_id)
         else:
-            await self._db.execute(
-                "UPDATE outbox SET due_at = $1, last_error = $2 WHERE id = $3",
-                retry_at,
-                _text(error),
-                mail_id,
-            )
+            await self._db.execute(S.mail_retry, retry_at, _text(error), mail_id)
 
     async def mail_counts(self) -> dict[str, int]:
-        rows = await self._db.fetch("SELECT state, count(*) FROM outbox GROUP BY state")
         counts = {"queued": 0, "sent": 0, "failed": 0}
-        counts.update({state: int(n) for state, n in rows})
+        counts.update({state: int(n) for state, n in await self._db.fetch(S.mail_counts)})
         return counts
 
     # -- audit --------------------------------------------------------------------------------
@@ -1155,43 +679,7 @@ class PostgresStore(Store):
         limit: int | None = 100,
         oldest_first: bool = False,
     ) -> list[AuditRow]:
-        where: list[str] = []
-        params: list[Any] = []
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        if user is not None:
-            key = param(_text(username_key(user)))
-            where.append(
-                f"(target_id IN (SELECT id FROM users WHERE username_key = {key})"
-                f" OR actor_id IN (SELECT id FROM users WHERE username_key = {key})"
-                f" OR lower(target_name) = {key})"
-            )
-        if since is not None:
-            where.append(f"at >= {param(since)}")
-        if until is not None:
-            where.append(f"at < {param(until)}")
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id" + ("" if oldest_first else " DESC")
-        if limit is not None:
-            sql += f" LIMIT {param(limit)}"
-        rows = await self._db.fetch(sql, *params)
-        return [
-            AuditRow(
-                id=r[0],
-                at=r[1],
-                action=r[2],
-                actor_id=r[3],
-                target_id=r[4],
-                target_name=r[5],
-                source=r[6],
-                detail=r[7],
-                prev_hash=r[8],
-                hash=r[9],
-            )
-            for r in rows
-        ]
+        statement, args = q.audit_query(
+            user=_text(user), since=since, until=until, limit=limit, oldest_first=oldest_first
+        )
+        return [q.to_audit(r) for r in await self._db.fetch(q.to_dollar(statement), *args)]

@@ -1,0 +1,90 @@
+"""User administration: creating a user and ending a lockout, for every caller alike.
+
+The command line (``oms-auth user add|unlock``), the demo, the tests and the scripts create
+users here; the UnlockUser function and ``oms-auth user unlock`` end a lock here. Refusals are
+:class:`~oms_auth.errors.InvalidValue` with a text that names the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import InvalidValue
+from ..store import AuditEntry, NewUser, User
+from . import totp
+from .answers import normalize_answer
+from .deps import Deps
+
+__all__ = ["create_user", "unlock", "permission_name"]
+
+# Operator and Trading are matched whatever the case they were typed in.
+_KNOWN_PERMISSIONS = {"operator": "Operator", "trading": "Trading"}
+
+
+def permission_name(name: str) -> str:
+    return _KNOWN_PERMISSIONS.get(name.strip().lower(), name.strip())
+
+
+async def create_user(
+    deps: Deps,
+    *,
+    username: str,
+    email: str,
+    password: str,
+    oms: int = 1,
+    permissions: Sequence[str] = (),
+    accounts: Sequence[int] = (),
+    master: bool = False,
+    totp_secret: str | None = None,
+    question: str | None = None,
+    answer: str | None = None,
+    auth_source: str = "native",
+    active: bool = True,
+    actor_id: int | None = None,
+    source: str = "cli",
+) -> int:
+    """Create a user (the first of ``accounts`` is its default); returns its UserId."""
+    if not username.strip():
+        raise InvalidValue("--username must not be empty")
+    if (question is None) != (answer is None):
+        raise InvalidValue("--security-question and --security-answer go together")
+    if totp_secret is not None and not totp.valid_secret(totp_secret):
+        raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
+    questions: tuple[tuple[str, str], ...] = ()
+    if question is not None and answer is not None:
+        questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
+    user_id = await deps.store.create_user(
+        NewUser(
+            username=username,
+            email=email,
+            password_hash=await deps.hasher.hash(password),
+            oms_id=oms,
+            permissions=tuple(permission_name(p) for p in permissions),
+            accounts=tuple(accounts),
+            master=master,
+            auth_source=auth_source,
+            active=active,
+            questions=questions,
+        ),
+        AuditEntry(
+            action="user-created", actor_id=actor_id, target_name=username.strip(), source=source
+        ),
+    )
+    if totp_secret is not None:
+        await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
+    return user_id
+
+
+async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:
+    """End the user's lockout and clear its failed attempts (audited)."""
+    await deps.store.set_lock(
+        target.id,
+        None,
+        AuditEntry(
+            action="unlocked",
+            actor_id=actor_id,
+            target_id=target.id,
+            target_name=target.username,
+            source=source,
+        ),
+    )

@@ -1,0 +1,198 @@
+"""The store's records: the values that cross the :class:`~.base.Store` interface.
+
+Small msgspec Structs, declared once, with no behaviour beyond a derived property or two. Records
+that hold a hash or a sealed secret redact it from their repr. A reset code's state is a
+:class:`~.codes.CodeState` (its moves are in :mod:`.codes`); the audit chain's computation is in
+:mod:`.audit`, which :class:`AuditRow` uses to say what its hash must be.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+from .codes import CodeState
+
+__all__ = [
+    "RESET_FAILURE",
+    "StoreError",
+    "username_key",
+    "NewUser",
+    "User",
+    "SecurityQuestion",
+    "Session",
+    "Claim",
+    "Outcome",
+    "Revocation",
+    "ResetCode",
+    "MailItem",
+    "OutboxRow",
+    "AuditEntry",
+    "AuditRow",
+]
+
+
+def username_key(username: str) -> str:
+    """How usernames compare and are counted: trimmed and case-folded."""
+    return username.strip().casefold()
+
+
+# The event kind counting a user's failed ResetPassword2 attempts: a success or an unlock clears it.
+RESET_FAILURE = "reset-failure"
+
+
+class StoreError(Exception):
+    """The store refused a write for a reason the caller can state (e.g. a duplicate username)."""
+
+
+class NewUser(msgspec.Struct, kw_only=True):
+    username: str
+    email: str
+    password_hash: str
+    oms_id: int = 1
+    permissions: tuple[str, ...] = ()
+    accounts: tuple[int, ...] = ()
+    master: bool = False
+    auth_source: str = "native"
+    active: bool = True
+    email_verified: bool = False
+    questions: tuple[tuple[str, str], ...] = ()  # (question, Argon2id hash of the answer)
+
+    def __repr__(self) -> str:
+        return f"NewUser(username={self.username!r}, <hashes redacted>)"
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    username: str
+    email: str
+    email_verified: bool
+    oms_id: int
+    account_id: int | None
+    password_hash: str
+    totp_sealed: bytes | None
+    auth_source: str
+    active: bool
+    master: bool
+    last_login: float | None
+    locked_until: float | None
+    permissions: frozenset[str]
+    accounts: frozenset[int]
+    # Bumped by every password change: a session is only created for the version its password
+    # check read, so a login racing a reset opens nothing.
+    password_version: int = 0
+    # The last RFC 6238 time step accepted for this user: a code is never accepted twice.
+    totp_last_step: int | None = None
+
+    def __repr__(self) -> str:
+        return f"User(id={self.id}, username={self.username!r}, <secrets redacted>)"
+
+    def locked(self, now: float) -> bool:
+        return self.locked_until is not None and self.locked_until > now
+
+    @property
+    def uses_totp(self) -> bool:
+        return self.totp_sealed is not None
+
+
+class SecurityQuestion(msgspec.Struct, frozen=True):
+    id: int
+    question: str
+    answer_hash: str
+
+    def __repr__(self) -> str:
+        return f"SecurityQuestion(id={self.id}, question={self.question!r})"
+
+
+class Session(msgspec.Struct, frozen=True):
+    user_id: int
+    created_at: float
+    last_seen: float
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """One slot of a limit: at most ``limit`` events of ``kind`` and ``key`` within ``window``
+    seconds. Reserving it records the event before the attempt it counts is checked."""
+
+    kind: str
+    key: str
+    window: float
+    limit: int
+
+
+class Outcome(enum.Enum):
+    """How a write that re-checks its preconditions in its own transaction ended."""
+
+    DONE = "done"
+    INVALID = "invalid"  # the code is no longer pending (another call won), or expired
+    LOCKED = "locked"  # the user was locked meanwhile
+    STALE = "stale"  # the password changed since the check that led here
+    REPLAYED = "replayed"  # the TOTP time step was accepted for this user already
+    THROTTLED = "throttled"  # the caller's address is at its limit
+
+
+class Revocation(msgspec.Struct, frozen=True):
+    """Sessions ended on some node: one session (``session_digest``) or all of a user's.
+    ``reason`` is the LogoutEvent's Reason (SPEC section 1)."""
+
+    user_id: int
+    reason: str
+    session_digest: bytes | None = None
+
+
+class ResetCode(msgspec.Struct, frozen=True):
+    user_id: int
+    created_at: float
+    expires_at: float
+    state: CodeState  # its moves: .codes.TRANSITIONS
+
+
+class MailItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A message to queue. ``public`` is what templates may show anyone who reads the store;
+    ``sealed`` (already encrypted by the caller) holds what must stay secret, e.g. the link."""
+
+    kind: str
+    recipient: str
+    user_id: int | None
+    public: dict[str, Any]
+    sealed: bytes | None = None
+
+
+class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    kind: str
+    recipient: str
+    user_id: int | None
+    public: dict[str, Any]
+    sealed: bytes | None
+    attempts: int
+    created_at: float
+
+    def __repr__(self) -> str:
+        return f"OutboxRow(id={self.id}, kind={self.kind!r}, attempts={self.attempts})"
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One decision. Never a password, code, answer, TOTP secret or token."""
+
+    action: str
+    actor_id: int | None = None
+    target_id: int | None = None
+    target_name: str | None = None
+    source: str | None = None
+    detail: str | None = None
+
+
+class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    at: float
+    action: str
+    actor_id: int | None
+    target_id: int | None
+    target_name: str | None
+    source: str | None
+    detail: str | None
+    prev_hash: str = ""
+    hash: str = ""

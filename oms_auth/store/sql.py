@@ -1,0 +1,455 @@
+"""The SQL both stores share: statement texts written once, their arguments, and row mappers.
+
+- :class:`Statements`: every statement both stores run, in SQLite's ``?`` form. :data:`SQLITE`
+  is it as written; :data:`POSTGRES` is the same texts put through :func:`to_dollar` once, at
+  import. The one select whose text differs by dialect (the user's permission and account lists:
+  ``group_concat`` vs ``ARRAY``) is built from one template with each dialect's fragment.
+- Argument builders (``*_args``) for the statements that take several, so both stores bind the
+  same values in the same order; a reset code's states come from :mod:`.codes`, never a literal.
+- Mappers (``to_*``) from a row, as either driver returns it, to a record.
+- :func:`audit_query`: the audit trail's filter.
+
+Not here, on purpose: statements that only one store runs, or whose text differs by more than
+placeholders because of how that store holds its rules under concurrency (``FOR UPDATE``, ``FOR
+SHARE``, ``SKIP LOCKED``, advisory locks, ``NOTIFY``, ``rowid``/``ctid``, ``max``/``greatest``).
+Those stay in the store, beside the locking they serve. Pure: no I/O, no driver import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from . import codes
+from .codes import CodeState, Move
+from .records import (
+    AuditRow,
+    MailItem,
+    NewUser,
+    OutboxRow,
+    ResetCode,
+    SecurityQuestion,
+    Session,
+    User,
+    username_key,
+)
+
+__all__ = [
+    "Row",
+    "SEP",
+    "to_dollar",
+    "Statements",
+    "SQLITE",
+    "POSTGRES",
+    "AUDIT_COLUMNS",
+    "OUTBOX_COLUMNS",
+    "user_args",
+    "mail_args",
+    "code_args",
+    "move_codes_args",
+    "live_code_args",
+    "redeem_args",
+    "prune_plan",
+    "audit_query",
+    "to_user",
+    "to_session",
+    "to_question",
+    "to_code",
+    "to_outbox",
+    "to_audit",
+]
+
+
+class Row(Protocol):
+    """A result row as either driver returns it (a tuple, an ``asyncpg.Record``)."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+# Separates the items of a SQLite group_concat list (a user's permissions and accounts).
+SEP: Final = "\x1f"
+
+_DIGITS = "0123456789"
+
+
+def to_dollar(sql: str) -> str:
+    """A statement with SQLite's ``?`` placeholders in PostgreSQL's ``$n`` form.
+
+    Numbered as SQLite numbers them: ``?NNN`` is parameter NNN, and a bare ``?`` is one more than
+    the largest number given so far, so both databases bind the same arguments to the same
+    places. Text inside quotes ('literals', "identifiers") is left alone. A ``$`` outside quotes
+    is refused: the statement would not mean the same on both."""
+    out: list[str] = []
+    top, quote, i, n = 0, "", 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if quote:
+            if c == quote:
+                quote = ""  # a doubled quote closes and reopens: still inside, as it should be
+        elif c in "'\"":
+            quote = c
+        elif c == "$":
+            raise ValueError(f"a $ outside quotes in {sql!r}: write placeholders as ?")
+        elif c == "?":
+            j = i + 1
+            while j < n and sql[j] in _DIGITS:
+                j += 1
+            number = int(sql[i + 1 : j]) if j > i + 1 else top + 1
+            if number < 1:
+                raise ValueError(f"?{number} in {sql!r}: parameters are numbered from 1")
+            top = max(top, number)
+            out.append(f"${number}")
+            i = j
+            continue
+        out.append(c)
+        i += 1
+    if quote:
+        raise ValueError(f"an unclosed {quote} in {sql!r}")
+    return "".join(out)
+
+
+AUDIT_COLUMNS: Final = (
+    "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
+)
+# What a claim of due mail returns (attempts as they are after the claim counted itself).
+OUTBOX_COLUMNS: Final = (
+    "id",
+    "kind",
+    "recipient",
+    "user_id",
+    "public",
+    "sealed",
+    "attempts",
+    "created_at",
+)
+
+
+def _user_select(permissions: str, accounts: str) -> dict[str, str]:
+    select = (
+        "SELECT u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id,"
+        " u.password_hash, u.totp_sealed, u.auth_source, u.active, u.master, u.last_login,"
+        f" u.locked_until, {permissions}, {accounts}, u.password_version, u.totp_last_step"
+        " FROM users u"
+    )
+    return {
+        "user_by_id": select + " WHERE u.id = ?",
+        "user_by_name": select + " WHERE u.username_key = ?",
+        "users": select + " ORDER BY u.id",
+    }
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Statements:
+    """Every statement both stores run, by what it does. The defaults are the texts; only the
+    user selects are given, per dialect (:func:`_user_select`)."""
+
+    # users
+    user_by_id: str
+    user_by_name: str
+    users: str
+    username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
+    insert_user: str = (
+        "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
+        " password_hash, auth_source, active, master) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id"
+    )
+    insert_account: str = (
+        "INSERT INTO accounts (id, oms_id) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+    )
+    account_oms: str = "SELECT oms_id FROM accounts WHERE id = ?"
+    insert_user_account: str = (
+        "INSERT INTO user_accounts (user_id, account_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+    )
+    insert_permission: str = (
+        "INSERT INTO user_permissions (user_id, permission) VALUES (?, ?) ON CONFLICT DO NOTHING"
+    )
+    insert_question: str = (
+        "INSERT INTO security_questions (user_id, question, answer_hash) VALUES (?, ?, ?)"
+    )
+    questions: str = (
+        "SELECT id, question, answer_hash FROM security_questions WHERE user_id = ? ORDER BY id"
+    )
+    set_totp: str = "UPDATE users SET totp_sealed = ? WHERE id = ?"
+    set_lock: str = "UPDATE users SET locked_until = ? WHERE id = ?"
+    # sessions and second login steps
+    login_state: str = (
+        "SELECT password_version, totp_last_step, locked_until FROM users WHERE id = ?"
+    )
+    set_totp_step: str = "UPDATE users SET totp_last_step = ? WHERE id = ?"
+    set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
+    insert_session: str = (
+        "INSERT INTO sessions (digest, user_id, created_at, last_seen) VALUES (?, ?, ?, ?)"
+    )
+    session: str = "SELECT user_id, created_at, last_seen FROM sessions WHERE digest = ?"
+    delete_session: str = "DELETE FROM sessions WHERE digest = ?"
+    delete_user_sessions: str = "DELETE FROM sessions WHERE user_id = ?"
+    insert_pending_login: str = (
+        "INSERT INTO pending_logins (digest, user_id, password_version, created_at)"
+        " VALUES (?, ?, ?, ?)"
+    )
+    pending_login_attempt: str = (
+        "UPDATE pending_logins SET attempts = attempts + 1 WHERE digest = ?"
+        " AND attempts < ? AND created_at > ? RETURNING user_id, password_version"
+    )
+    delete_pending_login: str = "DELETE FROM pending_logins WHERE digest = ?"
+    delete_user_pending_logins: str = "DELETE FROM pending_logins WHERE user_id = ?"
+    # counted events
+    count_events_since: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
+    count_events: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ?"
+    insert_event: str = "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)"
+    clear_events: str = "DELETE FROM events WHERE kind = ? AND key = ?"
+    # reset codes: states bound from .codes (move_codes_args, live_code_args, redeem_args)
+    insert_code: str = (
+        "INSERT INTO reset_codes (digest, user_id, created_at, expires_at, state)"
+        " VALUES (?, ?, ?, ?, ?)"
+    )
+    reset_code: str = (
+        "SELECT user_id, created_at, expires_at, state FROM reset_codes WHERE digest = ?"
+    )
+    # CAST: PostgreSQL needs the type of a parameter it only sees compared with NULL.
+    live_code: str = (
+        "SELECT user_id, created_at, expires_at, state FROM reset_codes"
+        " WHERE digest = ? AND state = ? AND expires_at > ?"
+        " AND (CAST(? AS BIGINT) IS NULL OR user_id = ?)"
+    )
+    move_user_codes: str = "UPDATE reset_codes SET state = ? WHERE user_id = ? AND state = ?"
+    redeem_code: str = (
+        "UPDATE reset_codes SET state = ? WHERE digest = ? AND user_id = ?"
+        " AND state = ? AND expires_at > ?"
+    )
+    reset_state: str = "SELECT locked_until, totp_last_step FROM users WHERE id = ?"
+    set_password: str = (
+        "UPDATE users SET password_hash = ?, locked_until = NULL,"
+        " password_version = password_version + 1,"
+        " totp_last_step = coalesce(?, totp_last_step) WHERE id = ?"
+    )
+    # mail outbox
+    insert_mail: str = (
+        "INSERT INTO outbox (kind, recipient, user_id, public, sealed, created_at, due_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
+    mail_sent: str = (
+        "UPDATE outbox SET state = 'sent', sealed = NULL, sent_at = ?, last_error = NULL"
+        " WHERE id = ?"
+    )
+    mail_given_up: str = (
+        "UPDATE outbox SET state = 'failed', sealed = NULL, last_error = ? WHERE id = ?"
+    )
+    mail_retry: str = "UPDATE outbox SET due_at = ?, last_error = ? WHERE id = ?"
+    mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"
+    # audit
+    audit_tail: str = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"
+    insert_audit: str = f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    audit_chain: str = f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
+    relink_audit: str = "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?"
+    # housekeeping (prune_plan)
+    prune_events: str = "DELETE FROM events WHERE at < ?"
+    prune_sessions: str = "DELETE FROM sessions WHERE last_seen < ?"
+    prune_pending_logins: str = "DELETE FROM pending_logins WHERE created_at < ?"
+    prune_codes: str = (
+        "DELETE FROM reset_codes WHERE (state <> ? OR expires_at < ?) AND created_at < ?"
+    )
+
+    def converted(self, convert: Callable[[str], str]) -> Statements:
+        """The same statements, each put through ``convert``."""
+        return Statements(
+            **{f.name: convert(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
+
+
+SQLITE: Final = Statements(
+    **_user_select(
+        f"(SELECT group_concat(permission, '{SEP}') FROM user_permissions p"
+        " WHERE p.user_id = u.id)",
+        f"(SELECT group_concat(account_id, '{SEP}') FROM user_accounts a WHERE a.user_id = u.id)",
+    )
+)
+POSTGRES: Final = Statements(
+    **_user_select(
+        "ARRAY(SELECT permission FROM user_permissions p WHERE p.user_id = u.id)",
+        "ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id)",
+    )
+).converted(to_dollar)
+
+# -- arguments ---------------------------------------------------------------------------------
+
+_json = msgspec.json.Encoder()
+
+
+def user_args(user: NewUser) -> tuple[object, ...]:
+    """``insert_user``'s arguments: the name trimmed, its key, the first account as the
+    user's own."""
+    return (
+        user.username.strip(),
+        username_key(user.username),
+        user.email,
+        user.email_verified,
+        user.oms_id,
+        user.accounts[0] if user.accounts else None,
+        user.password_hash,
+        user.auth_source,
+        user.active,
+        user.master,
+    )
+
+
+def mail_args(mail: MailItem, now: float) -> tuple[object, ...]:
+    """``insert_mail``'s arguments: due at once."""
+    public = _json.encode(mail.public).decode()
+    return (mail.kind, mail.recipient, mail.user_id, public, mail.sealed, now, now)
+
+
+def code_args(digest: bytes, user_id: int, now: float, expires_at: float) -> tuple[object, ...]:
+    """``insert_code``'s arguments: a new code, in the state codes are issued in."""
+    return (digest, user_id, now, expires_at, codes.ISSUED.value)
+
+
+def move_codes_args(move: Move, user_id: int) -> tuple[object, ...]:
+    """``move_user_codes``'s arguments: ``move`` applied to every code of the user it
+    applies to."""
+    return (move.target.value, user_id, move.source.value)
+
+
+def live_code_args(digest: bytes, now: float, user_id: int | None) -> tuple[object, ...]:
+    """``live_code``'s arguments: a code that can still be redeemed (for ``user_id``, when
+    given)."""
+    return (digest, codes.REDEEM.source.value, now, user_id, user_id)
+
+
+def redeem_args(digest: bytes, user_id: int, now: float) -> tuple[object, ...]:
+    """``redeem_code``'s arguments: the redemption move, for an unexpired code of the user."""
+    return (codes.REDEEM.target.value, digest, user_id, codes.REDEEM.source.value, now)
+
+
+def prune_plan(
+    s: Statements, events_before: float, sessions_idle_since: float
+) -> list[tuple[str, tuple[object, ...]]]:
+    """What ``prune`` runs: old events, idle sessions and second steps, and codes that can no
+    longer be redeemed (moved on, or expired) created before ``events_before``."""
+    live = codes.REDEEM.source.value
+    return [
+        (s.prune_events, (events_before,)),
+        (s.prune_sessions, (sessions_idle_since,)),
+        (s.prune_pending_logins, (sessions_idle_since,)),
+        (s.prune_codes, (live, events_before, events_before)),
+    ]
+
+
+def audit_query(
+    *,
+    user: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int | None,
+    oldest_first: bool,
+) -> tuple[str, list[object]]:
+    """The audit rows a filter selects, in ``?`` form: ``user`` matches the target's or the
+    actor's username (or a target name, for a user who never existed), ``since``/``until``
+    bound the time; newest first unless ``oldest_first``."""
+    where: list[str] = []
+    params: list[object] = []
+    if user is not None:
+        key = username_key(user)
+        where.append(
+            "(target_id IN (SELECT id FROM users WHERE username_key = ?)"
+            " OR actor_id IN (SELECT id FROM users WHERE username_key = ?)"
+            " OR lower(target_name) = ?)"
+        )
+        params += [key, key, key]
+    if since is not None:
+        where.append("at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("at < ?")
+        params.append(until)
+    sql = f"SELECT {AUDIT_COLUMNS} FROM audit"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id" + ("" if oldest_first else " DESC")
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
+# -- rows to records ---------------------------------------------------------------------------
+
+
+def _members(value: str | Iterable[Any] | None) -> Iterable[Any]:
+    """A list column: a SEP-joined text or NULL (SQLite's group_concat), or a list
+    (PostgreSQL's ARRAY)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return value.split(SEP) if value else ()
+    return value
+
+
+def to_user(row: Row) -> User:
+    """A row of ``user_by_id``, ``user_by_name`` or ``users``."""
+    return User(
+        id=row[0],
+        username=row[1],
+        email=row[2],
+        email_verified=bool(row[3]),
+        oms_id=row[4],
+        account_id=row[5],
+        password_hash=row[6],
+        totp_sealed=row[7],
+        auth_source=row[8],
+        active=bool(row[9]),
+        master=bool(row[10]),
+        last_login=row[11],
+        locked_until=row[12],
+        permissions=frozenset(_members(row[13])),
+        accounts=frozenset(int(a) for a in _members(row[14])),
+        password_version=row[15],
+        totp_last_step=row[16],
+    )
+
+
+def to_session(row: Row) -> Session:
+    return Session(row[0], row[1], row[2])
+
+
+def to_question(row: Row) -> SecurityQuestion:
+    return SecurityQuestion(row[0], row[1], row[2])
+
+
+def to_code(row: Row) -> ResetCode:
+    """A row of ``reset_code`` or ``live_code``."""
+    return ResetCode(row[0], row[1], row[2], CodeState(row[3]))
+
+
+def to_outbox(row: Row) -> OutboxRow:
+    """A row of :data:`OUTBOX_COLUMNS`, as the claim that counted the attempt returns it:
+    ``attempts`` already includes the claim."""
+    return OutboxRow(
+        id=row[0],
+        kind=row[1],
+        recipient=row[2],
+        user_id=row[3],
+        public=msgspec.json.decode(row[4]),
+        sealed=row[5],
+        attempts=row[6],
+        created_at=row[7],
+    )
+
+
+def to_audit(row: Row) -> AuditRow:
+    """A row of :data:`AUDIT_COLUMNS`."""
+    return AuditRow(
+        id=row[0],
+        at=row[1],
+        action=row[2],
+        actor_id=row[3],
+        target_id=row[4],
+        target_name=row[5],
+        source=row[6],
+        detail=row[7],
+        prev_hash=row[8],
+        hash=row[9],
+    )

@@ -1,0 +1,132 @@
+"""The SQLite store's schema: its migrations, in order.
+
+Each entry of :data:`MIGRATIONS` migrates from version (index) to version (index + 1). The
+store records the version it reached (``PRAGMA user_version``) and, at open,
+runs the missing ones in one transaction.
+
+Rules: append only, never edit an entry (an existing store must still open and end up exactly
+as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
+the rules under concurrency), so the DDL differs only where the dialects do.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "RECHAIN_AFTER"]
+
+# Each entry migrates from version (index) to version (index + 1). Append; never edit.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL UNIQUE,
+        email TEXT NOT NULL,
+        email_verified INTEGER NOT NULL DEFAULT 0,
+        oms_id INTEGER NOT NULL,
+        account_id INTEGER,
+        password_hash TEXT NOT NULL,
+        totp_sealed BLOB,
+        auth_source TEXT NOT NULL DEFAULT 'native',
+        active INTEGER NOT NULL DEFAULT 1,
+        master INTEGER NOT NULL DEFAULT 0,
+        last_login REAL,
+        locked_until REAL,
+        created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+    );
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        oms_id INTEGER NOT NULL
+    );
+    CREATE TABLE user_accounts (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        PRIMARY KEY (user_id, account_id)
+    );
+    CREATE INDEX user_accounts_by_account ON user_accounts(account_id);
+    CREATE TABLE user_permissions (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        permission TEXT NOT NULL,
+        PRIMARY KEY (user_id, permission)
+    );
+    CREATE TABLE security_questions (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        question TEXT NOT NULL,
+        answer_hash TEXT NOT NULL
+    );
+    CREATE TABLE sessions (
+        digest BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions(user_id);
+    CREATE TABLE events (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX events_by_key ON events(kind, key, at);
+    CREATE TABLE reset_codes (
+        digest BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+    );
+    CREATE INDEX reset_codes_by_user ON reset_codes(user_id, state);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        user_id INTEGER,
+        public TEXT NOT NULL,
+        sealed BLOB,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        due_at REAL NOT NULL,
+        last_error TEXT,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_due ON outbox(state, due_at);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        actor_id INTEGER,
+        target_id INTEGER,
+        target_name TEXT,
+        source TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_target ON audit(target_id);
+    """,
+    # 2: the audit trail becomes a hash chain (rows written before: RECHAIN_AFTER).
+    """
+    ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_by_time ON audit(at);
+    """,
+    # 3: rules that hold under concurrency (SPEC section 4). A password version, so a session is
+    # only created for the password its check read; the last TOTP time step accepted, so a code
+    # is never accepted twice; pending second login steps, counted and bounded in the store. The
+    # audit chain is re-computed keyed with the service key (RECHAIN_AFTER).
+    """
+    ALTER TABLE users ADD COLUMN password_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+    CREATE TABLE pending_logins (
+        digest BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        password_version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX pending_logins_by_user ON pending_logins(user_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# After reaching these versions the store (re-)chains the audit rows written before (2 chained
+# them, 3 keyed the chain with the service key); re-chaining is idempotent.
+RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
