@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
@@ -28,6 +27,7 @@ from .server.page import ResetPage
 from .server.registry import Registry
 from .server.ws import WS_PATHS, Gateway
 from .store import Store, open_store
+from .tasks import cancel
 
 __all__ = ["App", "build_deps"]
 
@@ -202,10 +202,8 @@ class App:
             await self.server.wait_closed()
             self.server = None
         if self._deps is not None:
-            if self._maintenance is not None:
-                self._maintenance.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._maintenance
+            await cancel(self._maintenance)
+            self._maintenance = None
             await self.resets.drain()
             if self.outbox is not None:
                 await self.outbox.stop()

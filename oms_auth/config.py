@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .store.base import is_postgres_url, sqlite_path
+from .store.urls import is_postgres_url, sqlite_path
 
 __all__ = ["Settings", "load_settings", "ConfigError"]
 

@@ -20,7 +20,7 @@ from oms_auth.crypto import audit_key, load_or_create_key
 from oms_auth.store import AuditEntry, AuditRow, Store, open_store
 from oms_auth.store import postgres as pg_store
 from oms_auth.store import sqlite as sqlite_store
-from oms_auth.store.base import chain_hash
+from oms_auth.store.audit import chain_hash
 
 from .helpers import is_postgres, oms_auth, pg_connect, schema_of, sql
 

@@ -33,9 +33,16 @@ class Bounded(Generic[T]):
     """Items run through ``work`` in the background, at most ``cap`` waiting at once."""
 
     def __init__(
-        self, work: Callable[[T], Awaitable[None]], *, cap: int, share: int, workers: int
+        self,
+        work: Callable[[T], Awaitable[None]],
+        *,
+        cap: int,
+        share: int,
+        workers: int,
+        name: str = "background-work",
     ) -> None:
         self._work = work
+        self._name = name  # the workers' task name, for whoever looks at what runs
         self._queue: asyncio.Queue[tuple[str, T]] = asyncio.Queue(maxsize=max(1, cap))
         self._share = max(1, share)
         self._queued: Counter[str] = Counter()
@@ -52,7 +59,7 @@ class Bounded(Generic[T]):
             return Refused.FULL
         self._queued[key] += 1
         if len(self._workers) < self._max_workers:
-            self._workers.add(asyncio.create_task(self._serve(), name="background-work"))
+            self._workers.add(asyncio.create_task(self._serve(), name=self._name))
         return None
 
     async def drain(self) -> None:

@@ -98,6 +98,7 @@ class Resets:
             cap=s.self_service_queue,
             share=s.reset_requests_per_source,
             workers=s.self_service_workers,
+            name="self-service-reset",
         )
 
     @property

@@ -19,6 +19,7 @@ import msgspec
 from ..crypto import mail_context
 from ..engine.deps import Deps
 from ..store import AuditEntry, OutboxRow
+from ..tasks import cancel
 from .maildir import MaildirTransport
 from .smtp import SmtpTransport
 from .templates import render, reset_link
@@ -67,11 +68,8 @@ class OutboxWorker:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self.transport.close()
 
     async def _run(self) -> None:

@@ -4,10 +4,6 @@ Each implementation brings its own SQL and concurrency (:mod:`.sqlite`, :mod:`.p
 records crossing this interface are in :mod:`.records`.
 
 Every write method is one transaction: when it returns, its effect is committed.
-
-The records, the URL helpers and the audit-chain functions used to live here and are still
-importable from here (``from oms_auth.store.base import chain_hash``, ``is_postgres_url``...):
-the names below ``Store`` in ``__all__`` are re-exports from where they live now.
 """
 
 from __future__ import annotations
@@ -15,9 +11,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 
-from .audit import AuditCheck, chain_hash, check_chain, checked_audit_key
+from .audit import AuditCheck, check_chain
 from .records import (
-    RESET_FAILURE,
     AuditEntry,
     AuditRow,
     Claim,
@@ -29,37 +24,10 @@ from .records import (
     Revocation,
     SecurityQuestion,
     Session,
-    StoreError,
     User,
-    username_key,
 )
-from .urls import is_postgres_url, sqlite_path
 
-__all__ = [
-    "Store",
-    # re-exported from .records, .audit and .urls
-    "RESET_FAILURE",
-    "StoreError",
-    "NewUser",
-    "User",
-    "SecurityQuestion",
-    "Session",
-    "ResetCode",
-    "MailItem",
-    "OutboxRow",
-    "AuditEntry",
-    "AuditRow",
-    "AuditCheck",
-    "Claim",
-    "Outcome",
-    "Revocation",
-    "check_chain",
-    "chain_hash",
-    "checked_audit_key",
-    "username_key",
-    "is_postgres_url",
-    "sqlite_path",
-]
+__all__ = ["Store"]
 
 
 class Store(abc.ABC):

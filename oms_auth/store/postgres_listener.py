@@ -28,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ..tasks import cancel
 from .records import Revocation
 
 if TYPE_CHECKING:
@@ -101,11 +102,8 @@ class RevocationListener:
         self._task = asyncio.create_task(self._keep_listening(closed), name="pg-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._drop()
 
     def _live(self) -> asyncpg.Connection[asyncpg.Record]:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from ..tasks import cancel
 from . import codes
 from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
@@ -133,9 +134,7 @@ class SqliteStore(Store):
             # Let queued writes finish: what a caller awaits must not be dropped.
             while not self._queue.empty():
                 await asyncio.sleep(0.01)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await cancel(self._writer)
             self._writer = None
         for db in (self._r, self._w):
             if db is not None:
