@@ -156,8 +156,8 @@ def encode(m: int, i: int, n: str, o: bytes | str) -> bytes:
         return _encoder.encode(Frame(m=m, i=i, n=safe, o=o))
 
 
-def encode_reply(i: int, n: str, payload: msgspec.Struct) -> bytes:
-    """An m=1 reply carrying ``payload``."""
+def encode_reply(i: int, n: str, payload: object) -> bytes:
+    """An m=1 reply carrying ``payload`` (a Struct, or a list for the functions answering one)."""
     return encode(MessageType.REPLY, i, n, _encoder.encode(payload))
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "UserInfo",
     "AuthenticateUserReply",
     "LogoutEvent",
+    "UserRequest",
+    "UserInfoReply",
     "LogoutReason",
     "ResetPasswordRequest",
     "ResetPassword2Request",
@@ -55,7 +57,11 @@ class Authenticate2FARequest(msgspec.Struct, frozen=True):
 
 
 class WebAuthenticateUserRequest(msgspec.Struct, frozen=True):
+    """``{SessionToken}`` resumes a session; ``{UserName, Password}`` is a login."""
+
     SessionToken: str | None = None
+    UserName: str | None = None
+    Password: str | None = None
 
 
 class UserInfo(msgspec.Struct, frozen=True):
@@ -69,19 +75,30 @@ class UserInfo(msgspec.Struct, frozen=True):
 
 
 class AuthenticateUserReply(msgspec.Struct, frozen=True):
+    """The login reply (SPEC section 2): front-ends and bots read the top-level ``UserId`` and
+    ``AuthType`` (= ``TwoFAType``); a pending second step carries ``Pending2FaToken``."""
+
     Authenticated: bool
     SessionToken: str | None = None
+    UserId: int | None = None
     User: UserInfo | None = None
     Locked: bool = False
     Requires2FA: bool = False
     TwoFAType: str | None = None
+    AuthType: str | None = None
     TwoFAToken: str | None = None
+    Pending2FaToken: str | None = None
+    AddtlInfo: str = ""
     errormsg: str | None = None
 
     def __repr__(self) -> str:
-        # The token is a bearer credential: never let it reach a log through a repr.
+        # The tokens are bearer credentials: never let them reach a log through a repr.
         token = "<redacted>" if self.SessionToken else None
-        return f"AuthenticateUserReply(Authenticated={self.Authenticated}, SessionToken={token})"
+        pending = "<redacted>" if self.Pending2FaToken else None
+        return (
+            f"AuthenticateUserReply(Authenticated={self.Authenticated}, SessionToken={token},"
+            f" Pending2FaToken={pending})"
+        )
 
 
 class LogoutReason(StrEnum):
@@ -139,6 +156,22 @@ class UnlockUserRequest(msgspec.Struct, frozen=True):
     UserId: int | str | None = None
 
 
+class UserRequest(msgspec.Struct, frozen=True):
+    """GetUserInfo, GetUserPermissions, GetUserAccounts: no UserId (or one's own) for oneself.
+    Clients also send OMSId and UserName beside it; the caller's OMS is what counts."""
+
+    UserId: int | str | None = None
+
+
+class UserInfoReply(UserInfo, frozen=True):
+    """GetUserInfo: the User object, what the user may do, its accounts, and whether it has
+    security questions set (a master user without them is asked to set them, SPEC 000)."""
+
+    Permissions: list[str] = []
+    AccountIds: list[int] = []
+    HasSecurityQuestions: bool = False
+
+
 class PayloadError(msgspec.Struct, frozen=True):
     """Why a payload was refused. ``routable`` is False when ``o`` is not a JSON object at all
     (an m=5 answer), True when a key has the wrong type (an m=1 reply of the function)."""
@@ -149,6 +182,7 @@ class PayloadError(msgspec.Struct, frozen=True):
 
 
 T = TypeVar("T", bound=msgspec.Struct)
+_any_json = msgspec.json.Decoder()
 
 _WRONG_TYPE = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)` - at `\$\.(?P<key>\w+)")
 _AT_KEY = re.compile(r"at `\$\.(?P<key>\w+)")
@@ -169,23 +203,46 @@ def _kind(name: str) -> str:
 
 
 class PayloadDecoder(Generic[T]):
-    """Decodes ``o`` (a JSON string or an already-parsed object) into one payload Struct."""
+    """Decodes ``o`` (a JSON string or an already-parsed object) into one payload Struct.
 
-    __slots__ = ("type", "_decoder")
+    Keys match their fields case-insensitively (``username`` is ``UserName``, as the deployed
+    gateways accept); where a payload holds both spellings, the documented one wins. Unknown
+    keys are ignored."""
+
+    __slots__ = ("type", "_fields", "_by_folded")
 
     def __init__(self, type_: type[T]) -> None:
         self.type = type_
-        self._decoder = msgspec.json.Decoder(type_)
+        self._fields = frozenset(type_.__struct_fields__)
+        self._by_folded = {name.lower(): name for name in type_.__struct_fields__}
 
     def decode(self, o: str | dict[str, Any]) -> T | PayloadError:
         try:
-            if isinstance(o, str):
-                return self._decoder.decode(o)
-            return msgspec.convert(o, self.type)
+            doc = _any_json.decode(o) if isinstance(o, str) else o
+            if not isinstance(doc, dict):
+                return PayloadError(
+                    ErrorCode.INVALID_REQUEST, "Key o must hold a JSON object", False
+                )
+            if not self._fields.issuperset(doc):
+                doc = self._canonical(doc)
+            return msgspec.convert(doc, self.type)
         except msgspec.ValidationError as exc:
             return self._explain(str(exc))
         except (msgspec.DecodeError, RecursionError):
             return PayloadError(ErrorCode.INVALID_REQUEST, "Key o is not valid JSON", False)
+
+    def _canonical(self, doc: dict[Any, Any]) -> dict[str, Any]:
+        exact: dict[str, Any] = {}
+        loose: dict[str, Any] = {}
+        for key, value in doc.items():
+            name = self._by_folded.get(key.lower()) if isinstance(key, str) else None
+            if name is None:
+                continue  # unknown keys are ignored
+            if key == name:
+                exact[name] = value
+            else:
+                loose.setdefault(name, value)
+        return {**loose, **exact}
 
     @staticmethod
     def _explain(message: str) -> PayloadError:

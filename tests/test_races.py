@@ -188,13 +188,19 @@ async def test_a_reset2_burst_checks_at_most_the_lockout_and_a_lock_sets_no_pass
         assert good_answer.ok and await stored_hash(app, uid) != old
     details = [a.o["detail"] for a in answers]
     assert details.count("Invalid answer provided for security question") == failed
-    # Everything else was refused unchecked: locked, or (after a success) a used code.
+    # Everything else was refused unchecked: locked, or (after a success) a used code, and
+    # past 20 of those the address's limit of invalid codes.
     assert set(details) <= {
         None,
         "Invalid answer provided for security question",
         LOCKED["detail"],
         "Invalid password recovery key",
+        "Too many invalid password recovery keys from this address; try again later",
     }
+    # One lock, never after the password was set (a success and a lock are ordered).
+    assert actions.count("locked") <= 1
+    if "password-set" in actions:
+        assert "locked" not in actions
 
 
 async def test_a_lock_set_while_a_right_code_is_in_flight_sets_no_password(

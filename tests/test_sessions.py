@@ -16,11 +16,15 @@ SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 FAILED = {
     "Authenticated": False,
     "SessionToken": None,
+    "UserId": None,
     "User": None,
     "Locked": False,
     "Requires2FA": False,
     "TwoFAType": None,
+    "AuthType": None,
     "TwoFAToken": None,
+    "Pending2FaToken": None,
+    "AddtlInfo": "",
     "errormsg": "Invalid username or password",
 }
 
@@ -35,6 +39,7 @@ async def test_login_returns_a_session_token_and_the_user(app: App, client: Clie
     user_id = await make_user(app.deps, "alice", accounts=[7], permissions=["Trading"])
     reply = await login(client, "alice")
     assert reply["Authenticated"] is True and len(reply["SessionToken"]) >= 40
+    assert reply["UserId"] == user_id  # top level too: deployed front-ends read it there
     assert reply["User"] == {
         "UserId": user_id,
         "UserName": "alice",
@@ -76,13 +81,21 @@ async def test_totp_users_must_pass_authenticate2fa_on_the_same_connection(
 ) -> None:
     await make_user(app.deps, "bob", totp_secret=SECRET)
     reply = await login(client, "bob")
-    assert reply["Authenticated"] is False and reply["SessionToken"] is None
-    assert (reply["Requires2FA"], reply["TwoFAType"]) == (True, "Google")
+    # The password was right: Authenticated, but no session until the second step.
+    assert reply["Authenticated"] is True and reply["SessionToken"] is None
+    assert reply["User"] is None and reply["UserId"] is None
+    assert (reply["Requires2FA"], reply["TwoFAType"], reply["AuthType"]) == (
+        True,
+        "Google",
+        "Google",
+    )
+    assert len(reply["Pending2FaToken"]) >= 40
     wrong = (await client.call("Authenticate2FA", {"Code": "000000"})).o
     assert wrong["Authenticated"] is False and wrong["errormsg"] == "Invalid two-factor code"
     code = pyotp.TOTP(SECRET).at(int(clock()))
     ok = (await client.call("Authenticate2FA", {"Code": code})).o
     assert ok["Authenticated"] is True and ok["User"]["Use2FA"] is True
+    assert ok["UserId"] == ok["User"]["UserId"] and ok["SessionToken"]
 
 
 async def test_authenticate2fa_without_the_password_step_is_refused(
@@ -214,3 +227,21 @@ async def test_a_session_logged_out_elsewhere_ends_on_every_connection_within_a_
     clock.advance(61)
     await client.call("Ping")  # the next request finds the session gone
     assert (await client.call("LogOut")).o["errorcode"] == 20
+
+
+async def test_web_authenticate_user_logs_in_with_a_username_and_password(
+    app: App, client: Client
+) -> None:
+    user_id = await make_user(app.deps, "alice")
+    reply = (
+        await client.call("WebAuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+    ).o
+    assert reply["Authenticated"] is True and reply["UserId"] == user_id
+    wrong = (await client.call("WebAuthenticateUser", {"username": "alice", "password": "x"})).o
+    assert wrong == FAILED
+
+
+async def test_lower_case_payload_keys_log_in_too(app: App, client: Client) -> None:
+    await make_user(app.deps, "alice")
+    reply = (await client.call("AuthenticateUser", {"username": "alice", "password": PASSWORD})).o
+    assert reply["Authenticated"] is True

@@ -8,7 +8,6 @@ WebSocket; refusals are raised as values of :mod:`oms_auth.errors`.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -50,20 +49,17 @@ from .texts import (
     USERNAME_NOT_FOUND,
     federated_refusal,
 )
+from .users import MAX_USER_ID, OPERATOR, TRADING, parse_user_id
 
 __all__ = ["Requirements", "Resets"]
 
 
-OPERATOR = "Operator"
-TRADING = "Trading"
 # Counters (store event kinds). Self-service and authenticated requests count apart, so
 # anonymous traffic can never use up an Operator's requests for a user.
 REQUESTS_ANONYMOUS = "reset-request-anonymous"
 REQUESTS_AUTHENTICATED = "reset-request-authenticated"
 REQUESTS_FROM_SOURCE = "reset-request-source"
 INVALID_CODES_FROM_SOURCE = "invalid-code-source"
-_MAX_ID = 2**63 - 1
-_DECIMAL = re.compile(r"\s*\+?[0-9]{1,40}\s*")
 
 
 class Requirements(msgspec.Struct, frozen=True):
@@ -72,16 +68,6 @@ class Requirements(msgspec.Struct, frozen=True):
     requires_totp: bool
     rules: list[str]
     expires_at: float
-
-
-def parse_user_id(value: int | str | None) -> int | None:
-    """UserId as an integer or a decimal string; None when it is neither. Out-of-range
-    integers are kept (no code can belong to them)."""
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and _DECIMAL.fullmatch(value):
-        return int(value)
-    return None
 
 
 class Resets:
@@ -293,7 +279,7 @@ class Resets:
         left)."""
         d, s = self.deps, self.deps.settings
         key = digest(code) if isinstance(code, str) and code else None
-        if user_id is not None and not 0 < user_id <= _MAX_ID:
+        if user_id is not None and not 0 < user_id <= MAX_USER_ID:
             key = user_id = None  # no code belongs to an id the store cannot hold
         outcome, record = await d.store.check_code(
             key,
@@ -361,7 +347,7 @@ class Resets:
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue(INVALID_USER_ID)
-        user = await d.store.user_by_id(uid) if 0 < uid <= _MAX_ID else None
+        user = await d.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
         questions = await d.store.security_questions(uid) if user else []
         # An attempt that will check a secret (an answer, a TOTP code) reserves one of the
         # user's lockout slots together with the code check; anything but a wrong secret
@@ -377,8 +363,9 @@ class Resets:
 
         async def wrong(reason: str) -> None:
             nonlocal kept
+            assert slot is not None  # a secret is only checked with a slot held
             kept = True
-            await self._failure(user, source, reason, now)
+            await self._failure(user, slot, source, reason, now)
 
         outcome = Outcome.INVALID
         try:
@@ -443,10 +430,14 @@ class Resets:
         d.events.password_changed(user.id)
         d.events.mail_queued()
 
-    async def _failure(self, user: User, source: str, reason: str, now: float) -> None:
+    async def _failure(
+        self, user: User, slot: Claim, source: str, reason: str, now: float
+    ) -> None:
         """A wrong answer or TOTP code (its slot already reserved): once the user's slots are
         used up within the window, the user is locked. Slots of attempts still in flight count
-        too, so a burst that reaches the limit locks whatever order its checks finish in."""
+        too, so a burst that reaches the limit locks whatever order its checks finish in; the
+        store counts and locks in one transaction, ordered against a success that clears the
+        count."""
         d, s = self.deps, self.deps.settings
         await d.store.audit(
             [
@@ -460,21 +451,20 @@ class Resets:
             ],
             now,
         )
-        failures = await d.store.count_events(
-            RESET_FAILURE, str(user.id), now - s.lockout_window_seconds
+        locked = await d.store.lock_when_spent(
+            user.id,
+            slot,
+            now,
+            now + s.lockout_seconds,
+            AuditEntry(
+                action="locked",
+                target_id=user.id,
+                target_name=user.username,
+                source=source,
+                detail=f"{slot.limit} failed reset attempts",
+            ),
         )
-        if failures >= s.lockout_failures:
-            await d.store.set_lock(
-                user.id,
-                now + s.lockout_seconds,
-                AuditEntry(
-                    action="locked",
-                    target_id=user.id,
-                    target_name=user.username,
-                    source=source,
-                    detail=f"{failures} failed reset attempts",
-                ),
-            )
+        if locked:
             d.events.count("lockouts")
 
     # -- operators -------------------------------------------------------------------------------
@@ -486,7 +476,7 @@ class Resets:
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue(INVALID_USER_ID)
-        target = await self.deps.store.user_by_id(uid) if 0 < uid <= _MAX_ID else None
+        target = await self.deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
         if target is None or target.oms_id != caller.oms_id:
             raise NotFound(USER_NOT_FOUND)
         await users.unlock(self.deps, target, actor_id=caller.id, source=source)

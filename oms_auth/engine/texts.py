@@ -15,6 +15,7 @@ __all__ = [
     "INVALID_USER_ID",
     "NOT_LOGGED_IN",
     "ONLY_OPERATORS_UNLOCK",
+    "ONLY_OWN_USER",
     "INVALID_PASSWORD",
     "INVALID_RECOVERY_KEY",
     "INVALID_ANSWER",
@@ -42,6 +43,7 @@ INVALID_PASSWORD = "Invalid value provided for Password"
 INVALID_USER_ID = "Invalid value provided for UserId"
 NOT_LOGGED_IN = "Not logged in"
 ONLY_OPERATORS_UNLOCK = "Only an Operator may unlock users"
+ONLY_OWN_USER = "Only an Operator may see users other than itself"
 INVALID_RECOVERY_KEY = "Invalid password recovery key"
 INVALID_ANSWER = "Invalid answer provided for security question"
 USERNAME_NOT_FOUND = "Username does not exist"

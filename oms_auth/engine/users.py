@@ -7,15 +7,31 @@ users here; the UnlockUser function and ``oms-auth user unlock`` end a lock here
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from ..errors import InvalidValue
+from ..errors import InvalidValue, NotAuthorized, NotFound
 from ..store import AuditEntry, NewUser, User
 from . import totp
 from .answers import normalize_answer
 from .deps import Deps
+from .texts import INVALID_USER_ID, NOT_LOGGED_IN, ONLY_OWN_USER, USER_NOT_FOUND
 
-__all__ = ["create_user", "unlock", "permission_name"]
+__all__ = [
+    "create_user",
+    "unlock",
+    "permission_name",
+    "parse_user_id",
+    "visible_user",
+    "MAX_USER_ID",
+    "OPERATOR",
+    "TRADING",
+]
+
+OPERATOR = "Operator"
+TRADING = "Trading"
+MAX_USER_ID = 2**63 - 1
+_DECIMAL = re.compile(r"\s*\+?[0-9]{1,40}\s*")
 
 # Operator and Trading are matched whatever the case they were typed in.
 _KNOWN_PERMISSIONS = {"operator": "Operator", "trading": "Trading"}
@@ -88,3 +104,29 @@ async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str)
             source=source,
         ),
     )
+
+
+def parse_user_id(value: int | str | None) -> int | None:
+    """UserId as an integer or a decimal string; None when it is neither. Out-of-range
+    integers are kept (no code can belong to them)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return int(value)
+    return None
+
+
+async def visible_user(deps: Deps, caller: User | None, user_id: int | str | None) -> User:
+    """The user a caller asks about (GetUserInfo and alike): itself (no UserId, or its own), or
+    for an Operator any user of its OMS (users of other OMSs look missing)."""
+    if caller is None:
+        raise NotAuthorized(NOT_LOGGED_IN)
+    uid = caller.id if user_id is None or user_id == "" else parse_user_id(user_id)
+    if uid is None:
+        raise InvalidValue(INVALID_USER_ID)
+    if uid != caller.id and OPERATOR not in caller.permissions:
+        raise NotAuthorized(ONLY_OWN_USER)
+    target = await deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
+    if target is None or target.oms_id != caller.oms_id:
+        raise NotFound(USER_NOT_FOUND)
+    return target

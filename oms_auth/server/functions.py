@@ -14,6 +14,7 @@ import msgspec
 from protocol import messages as msg
 from protocol.errors import SUCCESS
 
+from ..engine import users
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import NOT_LOGGED_IN
@@ -29,7 +30,9 @@ SECRET_KEYS = frozenset(
     {"Password", "PendingCode", "SecurityQuestionAnswer", "Code", "SessionToken"}
 )
 
-Handler = Callable[[Conn, Any], Awaitable[msgspec.Struct]]
+# A handler answers a Struct, or a list (GetUserPermissions, GetUserAccounts).
+Handler = Callable[[Conn, Any], Awaitable[Any]]
+TOTP_TYPE = "Google"  # the OMS name of RFC 6238 TOTP (Google Authenticator and alike)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +60,31 @@ def user_info(user: User) -> msg.UserInfo:
 
 
 def login_reply(login: Login) -> msg.AuthenticateUserReply:
+    """A login step's outcome in the reply shape of SPEC section 2."""
     if login.state is LoginState.AUTHENTICATED and login.user is not None:
         return msg.AuthenticateUserReply(
-            Authenticated=True, SessionToken=login.token, User=user_info(login.user)
+            Authenticated=True,
+            SessionToken=login.token,
+            UserId=login.user.id,
+            User=user_info(login.user),
         )
-    if login.state is LoginState.NEEDS_2FA:
+    if login.state is LoginState.NEEDS_2FA and login.message is None:
+        # The password was right: deployed clients read this as "go on to the second step".
         return msg.AuthenticateUserReply(
-            Authenticated=False, Requires2FA=True, TwoFAType="Google", errormsg=login.message
+            Authenticated=True,
+            Requires2FA=True,
+            TwoFAType=TOTP_TYPE,
+            AuthType=TOTP_TYPE,
+            Pending2FaToken=login.pending,
+        )
+    if login.state is LoginState.NEEDS_2FA:  # a wrong code, attempts left: try again
+        return msg.AuthenticateUserReply(
+            Authenticated=False,
+            Requires2FA=True,
+            TwoFAType=TOTP_TYPE,
+            AuthType=TOTP_TYPE,
+            Pending2FaToken=login.pending,
+            errormsg=login.message,
         )
     return msg.AuthenticateUserReply(
         Authenticated=False, Locked=login.locked, errormsg=login.message
@@ -92,6 +113,9 @@ class Functions:
             self.requirements_for_password_set,
         )
         self.add("UnlockUser", msg.UnlockUserRequest, self.unlock_user)
+        self.add("GetUserInfo", msg.UserRequest, self.get_user_info)
+        self.add("GetUserPermissions", msg.UserRequest, self.get_user_permissions)
+        self.add("GetUserAccounts", msg.UserRequest, self.get_user_accounts)
 
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
@@ -124,7 +148,11 @@ class Functions:
     async def web_authenticate(
         self, conn: Conn, req: msg.WebAuthenticateUserRequest
     ) -> msg.AuthenticateUserReply:
-        return self._apply(conn, await self.sessions.resume(req.SessionToken))
+        if req.SessionToken is None and (req.UserName is not None or req.Password is not None):
+            login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
+        else:
+            login = await self.sessions.resume(req.SessionToken)
+        return self._apply(conn, login)
 
     async def log_out(self, conn: Conn, req: msg.Empty) -> msgspec.Struct:
         user, digest = conn.user, conn.token_digest
@@ -169,7 +197,7 @@ class Functions:
             UserId=r.user_id,
             SecurityQuestion=r.question,
             Requires2FA=r.requires_totp,
-            TwoFAType="Google" if r.requires_totp else None,
+            TwoFAType=TOTP_TYPE if r.requires_totp else None,
             PasswordRules=r.rules,
             ExpiresAt=int(r.expires_at * 1000),
         )
@@ -177,3 +205,22 @@ class Functions:
     async def unlock_user(self, conn: Conn, req: msg.UnlockUserRequest) -> msgspec.Struct:
         await self.resets.unlock(await self._caller(conn), req.UserId, conn.source)
         return SUCCESS
+
+    async def _visible(self, conn: Conn, req: msg.UserRequest) -> User:
+        return await users.visible_user(self.sessions.deps, await self._caller(conn), req.UserId)
+
+    async def get_user_info(self, conn: Conn, req: msg.UserRequest) -> msg.UserInfoReply:
+        user = await self._visible(conn, req)
+        questions = await self.sessions.deps.store.security_questions(user.id)
+        return msg.UserInfoReply(
+            **msgspec.structs.asdict(user_info(user)),
+            Permissions=sorted(user.permissions),
+            AccountIds=sorted(user.accounts),
+            HasSecurityQuestions=bool(questions),
+        )
+
+    async def get_user_permissions(self, conn: Conn, req: msg.UserRequest) -> list[str]:
+        return sorted((await self._visible(conn, req)).permissions)
+
+    async def get_user_accounts(self, conn: Conn, req: msg.UserRequest) -> list[int]:
+        return sorted((await self._visible(conn, req)).accounts)

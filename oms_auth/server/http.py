@@ -57,13 +57,14 @@ class HttpPages:
     async def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, _ = request.path.partition("?")
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        if upgrade and path in self.ws_paths and request.method == "GET":
+        gateway = path.lower() in self.ws_paths
+        if upgrade and gateway and request.method == "GET":
             return None
         if request.method not in ("GET", "HEAD"):
             return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
         page = self.pages.get(path)
         if page is None:
-            if path in self.ws_paths:
+            if gateway:
                 return text(HTTPStatus.UPGRADE_REQUIRED, "This path speaks WebSocket\n")
             return text(HTTPStatus.NOT_FOUND, "Not found\n")
         answer = await page(request)

@@ -12,7 +12,6 @@ import logging
 from collections import Counter
 from typing import Any
 
-import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -34,7 +33,8 @@ __all__ = ["Gateway", "WS_PATHS"]
 
 log = logging.getLogger("oms_auth.server")
 
-WS_PATHS = frozenset({"/WSGateway/", "/WSGateway", "/"})
+# Matched case-insensitively: published clients ask for /wsgateway/ and /WSGateway alike.
+WS_PATHS = frozenset({"/wsgateway/", "/wsgateway", "/"})
 
 
 class Gateway:
@@ -164,7 +164,7 @@ class Gateway:
                         await self.registry.tell_and_log_off(conn, reason)
                     else:
                         conn.last_written = written
-                reply: msgspec.Struct = await function.handler(conn, payload)
+                reply: Any = await function.handler(conn, payload)
                 code = reply.errorcode if isinstance(reply, StandardResponse) else 0
             except Refusal as refusal:
                 reply = refusal.response()
@@ -186,7 +186,7 @@ class Gateway:
         self.metrics.count(function.name, code, asyncio.get_running_loop().time() - started)
         await self._reply(conn, frame, reply)
 
-    async def _reply(self, conn: Conn, frame: Frame, reply: msgspec.Struct) -> None:
+    async def _reply(self, conn: Conn, frame: Frame, reply: object) -> None:
         await self.send(conn, encode_reply(frame.i, frame.n, reply))
 
     @staticmethod

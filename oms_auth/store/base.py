@@ -73,6 +73,14 @@ class Store(abc.ABC):
     async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
         """Lock a user until ``until`` (None unlocks and clears the failure count)."""
 
+    @abc.abstractmethod
+    async def lock_when_spent(
+        self, user_id: int, claim: Claim, now: float, until: float, audit: AuditEntry
+    ) -> bool:
+        """Lock the user until ``until`` if ``claim``'s counter is used up, in one transaction
+        (so a success clearing the count and this lock are ordered); False when the count is
+        below the limit or the user is locked already (then nothing is written)."""
+
     # Sessions (keyed by the SHA-256 of the token)
     @abc.abstractmethod
     async def open_session(

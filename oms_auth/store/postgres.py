@@ -105,6 +105,7 @@ _HEALTH_ERRORS: tuple[type[BaseException], ...] = (StoreError, *CONNECTION_ERROR
 # The shared statements with the row locks this store's rules take (see the module docstring).
 _LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
 _LOGIN_STATE_LOCKED = S.login_state + " FOR UPDATE"
+_LOCKED_UNTIL_LOCKED = S.locked_until + " FOR UPDATE"
 _RESET_STATE_LOCKED = S.reset_state + " FOR UPDATE"
 _LIVE_CODE_SHARED = S.live_code + " FOR SHARE"
 _ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
@@ -398,6 +399,22 @@ class PostgresStore(Store):
             if until is None:
                 await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
             await self._insert_audit(conn, [audit], await self._now(conn))
+
+    async def lock_when_spent(
+        self, user_id: int, claim: Claim, now: float, until: float, audit: AuditEntry
+    ) -> bool:
+        async with self._tx() as conn:
+            # The user's row first (as a reset holds it): a reset that clears the count
+            # commits before or after this, never between the count and the lock.
+            row = await conn.fetchrow(_LOCKED_UNTIL_LOCKED, user_id)
+            if row is None or (row[0] is not None and row[0] > now):
+                return False  # gone, or locked already
+            await self._lock_claims(conn, [claim])
+            if await self._count(conn, claim, now) < claim.limit:
+                return False
+            await conn.execute(S.set_lock, until, user_id)
+            await self._insert_audit(conn, [audit], now)
+            return True
 
     # -- sessions -----------------------------------------------------------------------------
 

@@ -174,6 +174,7 @@ class Statements:
     )
     set_totp: str = "UPDATE users SET totp_sealed = ? WHERE id = ?"
     set_lock: str = "UPDATE users SET locked_until = ? WHERE id = ?"
+    locked_until: str = "SELECT locked_until FROM users WHERE id = ?"
     # sessions and second login steps
     login_state: str = (
         "SELECT password_version, totp_last_step, locked_until FROM users WHERE id = ?"

@@ -281,6 +281,23 @@ class SqliteStore(Store):
 
         await self._write(job)
 
+    async def lock_when_spent(
+        self, user_id: int, claim: Claim, now: float, until: float, audit: AuditEntry
+    ) -> bool:
+        async def job(db: aiosqlite.Connection) -> bool:
+            # In the single writer: a reset that clears the count commits before or after
+            # this, never between the count and the lock.
+            if await self._count(db, claim, now) < claim.limit:
+                return False
+            row = await self._one(db, S.locked_until, (user_id,))
+            if row is None or (row[0] is not None and row[0] > now):
+                return False  # gone, or locked already
+            await db.execute(S.set_lock, (until, user_id))
+            await self._insert_audit(db, [audit], now)
+            return True
+
+        return await self._write(job)
+
     # -- sessions -----------------------------------------------------------------------------
 
     async def open_session(

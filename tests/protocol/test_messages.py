@@ -7,6 +7,7 @@ import pytest
 from protocol.errors import SUCCESS, ErrorCode, StandardResponse
 from protocol.messages import (
     AuthenticateUserReply,
+    AuthenticateUserRequest,
     PayloadDecoder,
     PayloadError,
     ResetPassword2Request,
@@ -65,3 +66,21 @@ def test_o_that_is_not_a_json_object_is_unroutable(o: str) -> None:
 def test_secrets_do_not_appear_in_reprs() -> None:
     assert "hunter2" not in repr(ResetPassword2Request(UserId=1, Password="hunter2"))
     assert "tok" not in repr(AuthenticateUserReply(Authenticated=True, SessionToken="tok"))
+
+
+def test_keys_match_their_fields_whatever_their_case() -> None:
+    decoder = PayloadDecoder(AuthenticateUserRequest)
+    got = decoder.decode('{"username": "alice", "PASSWORD": "pw", "extra": 1}')
+    assert got == AuthenticateUserRequest(UserName="alice", Password="pw")
+    assert decoder.decode({"userName": "bob"}) == AuthenticateUserRequest(UserName="bob")
+
+
+def test_the_documented_spelling_wins_over_another_case_of_it() -> None:
+    got = PayloadDecoder(AuthenticateUserRequest).decode('{"username": "x", "UserName": "y"}')
+    assert got == AuthenticateUserRequest(UserName="y")
+
+
+def test_a_wrongly_typed_key_in_another_case_is_named_as_documented() -> None:
+    got = PayloadDecoder(AuthenticateUserRequest).decode('{"username": 5}')
+    assert isinstance(got, PayloadError) and got.routable
+    assert got.detail == "UserName must be a string, not an integer"
