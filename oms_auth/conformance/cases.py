@@ -245,6 +245,80 @@ async def _session(options: Options, evidence: list[str]) -> None:
             expect(again["o"].get("Authenticated") is False, "a logged-out token still resumes")
 
 
+LOGIN_KEYS = {
+    "Authenticated",
+    "SessionToken",
+    "UserId",
+    "User",
+    "Locked",
+    "Requires2FA",
+    "TwoFAType",
+    "AuthType",
+    "TwoFAToken",
+    "Pending2FaToken",
+    "AddtlInfo",
+    "errormsg",
+}
+
+
+@case("login-reply-shape", "the login reply has every key deployed clients read, UserId on top")
+async def _login_shape(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        reply = await p.login(options.trader or options.operator, "trader")
+        expect(LOGIN_KEYS <= set(reply), f"login reply lacks {sorted(LOGIN_KEYS - set(reply))}")
+        user = reply.get("User") or {}
+        expect(reply.get("UserId") == user.get("UserId"), "UserId on top differs from User.UserId")
+        expect(not reply.get("errormsg"), "a successful login carries an errormsg")
+        failed = await p.call(
+            "AuthenticateUser", {"UserName": missing_name(), "Password": "Wrong-Pass-1"}
+        )
+        o = failed["o"]
+        expect(LOGIN_KEYS <= set(o), f"failed login reply lacks {sorted(LOGIN_KEYS - set(o))}")
+        expect(o.get("UserId") is None, "a failed login names a UserId")
+
+
+@case("login-key-case", "payload keys match case-insensitively (username, password)")
+async def _key_case(options: Options, evidence: list[str]) -> None:
+    creds = options.trader or options.operator
+    if creds is None:
+        raise Skip("needs --trader USER:PASS")
+    async with Probe(options, evidence) as p:
+        answer = await p.call("AuthenticateUser", {"username": creds[0], "password": creds[1]})
+        expect(answer["o"].get("Authenticated") is True, "lower-case keys did not log in")
+
+
+@case(
+    "web-login-password", "WebAuthenticateUser {UserName, Password} logs in like AuthenticateUser"
+)
+async def _web_login(options: Options, evidence: list[str]) -> None:
+    creds = options.trader or options.operator
+    if creds is None:
+        raise Skip("needs --trader USER:PASS")
+    async with Probe(options, evidence) as p:
+        answer = await p.call("WebAuthenticateUser", {"UserName": creds[0], "Password": creds[1]})
+        o = answer["o"]
+        expect(o.get("Authenticated") is True, "WebAuthenticateUser with a password failed")
+        expect(isinstance(o.get("UserId"), int), "no top-level UserId")
+
+
+@case("user-info", "after login GetUserInfo, GetUserPermissions, GetUserAccounts answer m=1")
+async def _user_info(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as anonymous:
+        check_refusal(await anonymous.call("GetUserInfo", {}), 1, 20)
+    async with Probe(options, evidence) as p:
+        reply = await p.login(options.trader or options.operator, "trader")
+        info = await p.call("GetUserInfo", {})
+        expect(info["m"] == 1, "GetUserInfo is not an m=1 reply")
+        o = info["o"]
+        expect(isinstance(o, dict) and o.get("UserId") == reply.get("UserId"), "not the user")
+        expect(isinstance(o.get("Permissions"), list), "no Permissions list")
+        expect(isinstance(o.get("AccountIds"), list), "no AccountIds list")
+        perms = await p.call("GetUserPermissions", {"UserId": reply.get("UserId")})
+        expect(perms["m"] == 1 and isinstance(perms["o"], list), "GetUserPermissions: no list")
+        accounts = await p.call("GetUserAccounts", {"OMSId": 1})
+        expect(accounts["m"] == 1 and isinstance(accounts["o"], list), "GetUserAccounts: no list")
+
+
 # -- SPEC 3: who may start a reset --------------------------------------------------------------
 
 
