@@ -22,6 +22,7 @@ from .logs import pin_library_loggers
 from .mail.outbox import OutboxWorker, transport_for
 from .server.functions import Functions
 from .server.http import HttpPages
+from .server.http_gateway import BodyConnection, HttpGateway
 from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
@@ -120,11 +121,13 @@ class App:
             raise
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
         self.http.extra_metrics = self._store_metrics
+        self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
         self.server = await serve(
             self.gateway.handle,
             s.host,
             s.port,
             process_request=self.http,
+            create_connection=BodyConnection,  # reads POST bodies for the /AP/ gateway
             server_header=None,
             max_size=s.max_frame_bytes,
             # permessage-deflate with small windows: browsers still get compression, at about

@@ -64,6 +64,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     second_step_seconds: float = 300
     second_step_attempts: int = 5
     password_policy: Literal["default", "nist"] = "default"
+    # A completed password reset revokes the user's API keys (SPEC section 2a) unless this is
+    # set; the "password changed" email says which happened.
+    reset_keeps_api_keys: bool = False
+    # How many API keys one user may hold.
+    api_keys_per_user: Annotated[int, msgspec.Meta(ge=1)] = 20
     # Argon2id cost; the defaults follow RFC 9106's second recommendation.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536

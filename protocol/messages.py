@@ -35,6 +35,10 @@ __all__ = [
     "UserIdReply",
     "RequirementsReply",
     "UnlockUserRequest",
+    "AddUserAPIKeyRequest",
+    "AddUserAPIKeyReply",
+    "APIKeyInfo",
+    "RemoveUserAPIKeyRequest",
 ]
 
 
@@ -47,8 +51,22 @@ class PingReply(msgspec.Struct, frozen=True):
 
 
 class AuthenticateUserRequest(msgspec.Struct, frozen=True):
+    """``{UserName, Password}``, or with ``APIKey`` an API-key login: ``Signature`` is the
+    lower-case hex HMAC-SHA256 of ``Nonce + UserId + APIKey`` keyed with the APISecret (SPEC
+    section 2a); ``UserId`` and ``Nonce`` as integers or decimal strings."""
+
     UserName: str | None = None
     Password: str | None = None
+    APIKey: str | None = None
+    Signature: str | None = None
+    UserId: int | str | None = None
+    Nonce: int | str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AuthenticateUserRequest(UserName={self.UserName!r}, APIKey={self.APIKey!r},"
+            " <secrets redacted>)"
+        )
 
 
 class Authenticate2FARequest(msgspec.Struct, frozen=True):
@@ -172,6 +190,39 @@ class UserInfoReply(UserInfo, frozen=True):
     HasSecurityQuestions: bool = False
 
 
+class AddUserAPIKeyRequest(msgspec.Struct, frozen=True):
+    """AddUserAPIKey: a new key for ``UserId`` (none: the caller) with these permissions."""
+
+    UserId: int | str | None = None
+    Permissions: list[str] | None = None
+
+
+class AddUserAPIKeyReply(msgspec.Struct, frozen=True):
+    """The new key; ``APISecret`` is shown here once and never again."""
+
+    APIKey: str
+    APISecret: str
+    UserId: int
+    Permissions: list[str]
+
+    def __repr__(self) -> str:
+        # The secret signs logins: never let it reach a log through a repr.
+        return f"AddUserAPIKeyReply(APIKey={self.APIKey!r}, UserId={self.UserId}, <redacted>)"
+
+
+class APIKeyInfo(msgspec.Struct, frozen=True):
+    """One of GetUserAPIKeys' answer (never the secret)."""
+
+    APIKey: str
+    UserId: int
+    Permissions: list[str]
+
+
+class RemoveUserAPIKeyRequest(msgspec.Struct, frozen=True):
+    UserId: int | str | None = None
+    APIKey: str | None = None
+
+
 class PayloadError(msgspec.Struct, frozen=True):
     """Why a payload was refused. ``routable`` is False when ``o`` is not a JSON object at all
     (an m=5 answer), True when a key has the wrong type (an m=1 reply of the function)."""
@@ -216,7 +267,9 @@ class PayloadDecoder(Generic[T]):
         self._fields = frozenset(type_.__struct_fields__)
         self._by_folded = {name.lower(): name for name in type_.__struct_fields__}
 
-    def decode(self, o: str | dict[str, Any]) -> T | PayloadError:
+    def decode(self, o: str | dict[str, Any], *, lax: bool = False) -> T | PayloadError:
+        """``lax``: values may be strings where numbers or booleans are expected (an HTTP
+        query string carries only strings)."""
         try:
             doc = _any_json.decode(o) if isinstance(o, str) else o
             if not isinstance(doc, dict):
@@ -225,7 +278,7 @@ class PayloadDecoder(Generic[T]):
                 )
             if not self._fields.issuperset(doc):
                 doc = self._canonical(doc)
-            return msgspec.convert(doc, self.type)
+            return msgspec.convert(doc, self.type, strict=not lax)
         except msgspec.ValidationError as exc:
             return self._explain(str(exc))
         except (msgspec.DecodeError, RecursionError):

@@ -6,9 +6,14 @@ Importing this module registers them into :data:`.registry.CASES`, in the order 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
+import hashlib
+import hmac
 import re
 import secrets
+import time
+import urllib.error
 import urllib.request
 import uuid
 from email import policy
@@ -317,6 +322,78 @@ async def _user_info(options: Options, evidence: list[str]) -> None:
         expect(perms["m"] == 1 and isinstance(perms["o"], list), "GetUserPermissions: no list")
         accounts = await p.call("GetUserAccounts", {"OMSId": 1})
         expect(accounts["m"] == 1 and isinstance(accounts["o"], list), "GetUserAccounts: no list")
+
+
+@case("apikey-login", "an API key logs in with its signature; a replayed nonce does not")
+async def _api_key(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        reply = await p.login(options.trader or options.operator, "trader")
+        added = await p.call("AddUserAPIKey", {"UserId": reply["UserId"], "Permissions": []})
+        key = added["o"]
+        expect(isinstance(key, dict) and bool(key.get("APIKey") and key.get("APISecret")), "no key")
+        try:
+            nonce, uid = str(int(time.time() * 1000)), str(reply["UserId"])
+            message = (nonce + uid + key["APIKey"]).encode()
+            signature = hmac.new(key["APISecret"].encode(), message, hashlib.sha256).hexdigest()
+            login = {"APIKey": key["APIKey"], "Signature": signature, "UserId": uid, "Nonce": nonce}
+            async with Probe(options, evidence) as bot:
+                first = await bot.call("AuthenticateUser", login)
+                expect(first["o"].get("Authenticated") is True, "the signed login failed")
+                again = await bot.call("AuthenticateUser", login)
+                expect(again["o"].get("Authenticated") is False, "a replayed nonce logged in")
+        finally:
+            await p.call("RemoveUserAPIKey", {"UserId": reply["UserId"], "APIKey": key["APIKey"]})
+
+
+def _http_base(options: Options) -> str:
+    scheme, _, rest = options.url.partition("://")
+    host = rest.split("/", 1)[0]
+    return ("https" if scheme == "wss" else "http") + "://" + host
+
+
+def _http(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One GET: its status and JSON body (a body that is not JSON fails the case)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            status, body = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    try:
+        return status, orjson.loads(body or b"null")
+    except orjson.JSONDecodeError:
+        detail = f"GET {url.split('?')[0]} answered {status} with a body that is not JSON"
+        raise Failure(detail) from None
+
+
+@case("http-gateway", "/AP/Ping answers PONG; an unknown /AP/ function is HTTP 404 with 104")
+async def _http_gateway(options: Options, evidence: list[str]) -> None:
+    base = _http_base(options)
+    status, pong = await asyncio.to_thread(_http, base + "/AP/Ping")
+    evidence.append(f"GET /AP/Ping -> {status} {pong}")
+    expect(status == 200 and pong == {"msg": "PONG"}, "GET /AP/Ping did not answer PONG")
+    status, missing = await asyncio.to_thread(_http, base + "/AP/" + missing_name())
+    evidence.append(f"GET /AP/<unknown> -> {status} {missing}")
+    expect(status == 404 and isinstance(missing, dict), "an unknown function is not HTTP 404")
+    expect(missing.get("errorcode") == 104, "an unknown function is not errorcode 104")
+
+
+@case("http-session", "Basic /AP/Authenticate gives a token; APToken calls run as that user")
+async def _http_session(options: Options, evidence: list[str]) -> None:
+    creds = options.trader or options.operator
+    if creds is None:
+        raise Skip("needs --trader USER:PASS")
+    base = _http_base(options)
+    basic = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+    status, login = await asyncio.to_thread(
+        _http, base + "/AP/Authenticate", {"Authorization": "Basic " + basic}
+    )
+    evidence.append(f"GET /AP/Authenticate -> {status} Authenticated={login.get('Authenticated')}")
+    expect(status == 200 and login.get("Authenticated") is True, "Basic authentication failed")
+    status, info = await asyncio.to_thread(
+        _http, base + "/AP/GetUserInfo", {"APToken": login["SessionToken"]}
+    )
+    expect(status == 200 and info.get("UserId") == login.get("UserId"), "APToken call failed")
 
 
 # -- SPEC 3: who may start a reset --------------------------------------------------------------

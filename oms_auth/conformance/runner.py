@@ -30,6 +30,9 @@ async def run_cases(
             result = Result(case.name, case.title, "fail", str(failure), evidence)
         except (OSError, ConnectionClosed) as exc:
             result = Result(case.name, case.title, "fail", f"connection problem: {exc}", evidence)
+        except Exception as exc:  # a server this odd fails the case; it never stops the run
+            detail = f"unexpected answer ({type(exc).__name__}: {exc})"
+            result = Result(case.name, case.title, "fail", detail, evidence)
         else:
             result = Result(case.name, case.title, "pass", "", evidence)
         result.seconds = time.monotonic() - started

@@ -31,6 +31,7 @@ from .deps import Deps
 from .passwords import POLICIES, Policy
 from .texts import (
     ACCOUNT_LOCKED,
+    API_KEY_SESSION,
     CONTACT_SUPPORT,
     INVALID_2FA_CODE,
     INVALID_ANSWER,
@@ -93,8 +94,17 @@ class Resets:
 
     # -- the first step -----------------------------------------------------------------------
 
-    async def request(self, caller: User | None, username: str | None, source: str) -> None:
-        """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise."""
+    async def request(
+        self,
+        caller: User | None,
+        username: str | None,
+        source: str,
+        *,
+        via_api_key: bool = False,
+    ) -> None:
+        """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise.
+        ``via_api_key``: the caller's session was opened with an API key, which may not start
+        a reset for another user (SPEC section 2a)."""
         if not isinstance(username, str) or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if caller is None:
@@ -109,19 +119,26 @@ class Resets:
             elif refused is Refused.FULL:
                 self.deps.events.count("self_service_dropped")
             return
-        await self._authenticated(caller, username, source)
+        await self._authenticated(caller, username, source, via_api_key)
 
     async def drain(self) -> None:
         """Wait until every queued self-service request is done (shutdown, tests)."""
         await self._background.drain()
 
-    async def _authenticated(self, caller: User, username: str, source: str) -> None:
+    async def _authenticated(
+        self, caller: User, username: str, source: str, via_api_key: bool
+    ) -> None:
         d, s = self.deps, self.deps.settings
         now = d.clock()
         target = await d.store.user_by_name(username)
 
         async def refused(reason: str) -> None:
             await self._refused(caller, target, username, source, reason, now)
+
+        if via_api_key and (target is None or target.id != caller.id):
+            # The same answer whether the user exists or not.
+            await refused("API key session")
+            raise NotAuthorized(API_KEY_SESSION)
 
         if OPERATOR in caller.permissions:
             if target is None or target.oms_id != caller.oms_id:
@@ -393,6 +410,7 @@ class Resets:
                 raise InvalidValue(broken)
             new_hash = await d.hasher.hash(password)
             changed_at = d.clock()
+            keeps_keys = s.reset_keeps_api_keys
             outcome = await d.store.complete_reset(
                 user.id,
                 key,
@@ -402,7 +420,11 @@ class Resets:
                     kind="password-changed",
                     recipient=user.email,
                     user_id=user.id,
-                    public={"username": user.username, "changed_at": changed_at},
+                    public={
+                        "username": user.username,
+                        "changed_at": changed_at,
+                        "api_keys": "kept" if keeps_keys else "revoked",
+                    },
                 ),
                 [
                     AuditEntry(
@@ -411,9 +433,11 @@ class Resets:
                         target_id=user.id,
                         target_name=user.username,
                         source=source,
+                        detail="API keys kept" if keeps_keys else "API keys revoked",
                     )
                 ],
                 totp_step=step,
+                revoke_api_keys=not keeps_keys,
             )
         finally:
             # A success cleared every slot; a wrong secret keeps its own.
@@ -430,9 +454,7 @@ class Resets:
         d.events.password_changed(user.id)
         d.events.mail_queued()
 
-    async def _failure(
-        self, user: User, slot: Claim, source: str, reason: str, now: float
-    ) -> None:
+    async def _failure(self, user: User, slot: Claim, source: str, reason: str, now: float) -> None:
         """A wrong answer or TOTP code (its slot already reserved): once the user's slots are
         used up within the window, the user is locked. Slots of attempts still in flight count
         too, so a burst that reaches the limit locks whatever order its checks finish in; the

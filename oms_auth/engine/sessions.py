@@ -1,4 +1,5 @@
-"""Logins and sessions: AuthenticateUser, Authenticate2FA, WebAuthenticateUser, LogOut.
+"""Logins and sessions: AuthenticateUser (with a password or an API key), Authenticate2FA,
+WebAuthenticateUser, LogOut.
 
 A failed login says "Invalid username or password" whether the user exists or not, and costs the
 same: a missing user is verified against a decoy hash. Failed logins are counted per submitted
@@ -14,6 +15,11 @@ The rules that must hold when requests race (SPEC section 4):
   a login that read the old password and finishes after a reset opens nothing.
 - A pending second step lives in the store: at most ``second_step_attempts`` wrong codes, for
   ``second_step_seconds``, ended by a password change. A TOTP time step is accepted once per user.
+- An API-key login (:mod:`.apikeys`) reserves its slots like a password attempt (by the key
+  holder's username, or the key itself when it names no one, and by address) before its
+  signature is checked, and answers one text for every failure. Its nonce is moved on by a
+  compare-and-set in the transaction that opens the session: of logins racing with one nonce,
+  on any node, one opens a session. The session is marked as the key's.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from protocol.messages import LogoutReason
 from ..crypto import digest, new_token
 from ..errors import InvalidValue
 from ..store import AuditEntry, Claim, Outcome, User, username_key
-from . import totp
+from . import apikeys, totp
 from .deps import Deps
 from .texts import (
     ACCOUNT_LOCKED,
     CONTACT_SUPPORT,
     INVALID_2FA_CODE,
+    INVALID_API_KEY_LOGIN,
     INVALID_LOGIN,
     INVALID_PASSWORD,
     INVALID_SESSION,
@@ -42,6 +49,7 @@ from .texts import (
     TOO_MANY_LOGINS,
     federated_refusal,
 )
+from .users import parse_user_id
 
 __all__ = ["LoginState", "Login", "Sessions", "TOUCH_EVERY"]
 
@@ -122,6 +130,56 @@ class Sessions:
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
         return await self._open_session(user, now, source, release=reserved[1:])
+
+    async def authenticate_api_key(
+        self,
+        api_key: str | None,
+        signature: str | None,
+        user_id: int | str | None,
+        nonce: int | str | None,
+        source: str,
+    ) -> Login:
+        """AuthenticateUser with an API key: ``Signature`` is the hex HMAC-SHA256 of ``Nonce +
+        UserId + APIKey`` keyed with the key's secret. Every failure is FAILED with one text
+        (a login-shaped answer, never a refusal)."""
+        d = self.deps
+        now = d.clock()
+        key = api_key if isinstance(api_key, str) else ""
+        record = None
+        if 0 < len(key) <= apikeys.MAX_KEY_LENGTH:
+            record = await d.store.api_key(key)
+        holder = await d.store.user_by_id(record.user_id) if record is not None else None
+        # A key that names no one is counted under its own name: it cannot use up a user's
+        # attempts, and a flood of made-up keys still meets the per-address limit.
+        name_key = username_key(holder.username) if holder else "api-key:" + key[:64]
+        counts = await self._reserve(name_key, source, now)
+        if counts is None:
+            return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
+        reserved = [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
+        await self._slow_down(counts[0])
+        number = apikeys.parse_nonce(nonce)
+        uid = parse_user_id(user_id)
+        secret = None
+        if record is not None and holder is not None and uid == holder.id:
+            secret = apikeys.open_secret(d.sealer, record)
+        d.events.count("api_key_checks")
+        signed = apikeys.signed_text(
+            "" if nonce is None else nonce, "" if user_id is None else user_id, key
+        )
+        ok = isinstance(signature, str) and apikeys.signature_matches(secret, signature, signed)
+        if not ok or holder is None or number is None:
+            # The reservation stays: it is this failure's count.
+            await self._audit_failure(name_key, source, now, holder, "API key")
+            d.events.count("login:api_key_failed")
+            return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
+        refusal = self._refusal(holder, now)
+        if refusal is not None:
+            for kind, claim_key, at in reserved:
+                await d.store.release(kind, claim_key, at)
+            return refusal
+        return await self._open_session(
+            holder, now, source, release=reserved[1:], api_key=(key, number)
+        )
 
     async def second_factor(
         self, pending: str | None, code: str | int | None, source: str
@@ -206,6 +264,13 @@ class Sessions:
             return now if alive else None
         return last_written
 
+    async def end_request_session(self, token_digest: bytes, user_id: int) -> None:
+        """The session a single signed HTTP request opened ends with that request (nothing
+        else holds it; it is not a LogOut to audit)."""
+        await self.deps.store.revoke_session(
+            token_digest, user_id, LogoutReason.LOGGED_OUT_ELSEWHERE
+        )
+
     async def logout(self, token_digest: bytes, user: User, source: str) -> None:
         """LogOut: the session ends on every connection that holds it, on every node."""
         d = self.deps
@@ -257,9 +322,11 @@ class Sessions:
         release: list[tuple[str, str, float]] | None = None,
         totp_step: int | None = None,
         pending: bytes | None = None,
+        api_key: tuple[str, int] | None = None,
     ) -> Login:
         d = self.deps
         token = new_token()
+        how = f"API key {api_key[0]}" if api_key is not None else None
         outcome = await d.store.open_session(
             digest(token),
             user.id,
@@ -267,10 +334,22 @@ class Sessions:
             user.password_version,
             totp_step=totp_step,
             pending=pending,
+            api_key=api_key,
             clear=[(LOGIN_FAILURE_USER, username_key(user.username))],
             release=release or (),
-            audit=[AuditEntry(action="login", actor_id=user.id, target_id=user.id, source=source)],
+            audit=[
+                AuditEntry(
+                    action="login", actor_id=user.id, target_id=user.id, source=source, detail=how
+                )
+            ],
         )
+        if outcome is Outcome.REPLAYED and api_key is not None:
+            # The nonce is not newer than the last accepted (another login took it), or the
+            # key was removed meanwhile. The attempt's slot stays: it is this failure's count.
+            detail = "API key nonce not newer than the last accepted"
+            await self._audit_failure(username_key(user.username), source, now, user, detail)
+            d.events.count("login:api_key_failed")
+            return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
         if outcome is Outcome.REPLAYED:
             return Login(LoginState.NEEDS_2FA, user=user, message=INVALID_2FA_CODE)
         if outcome is Outcome.LOCKED:  # locked while this login was being checked
@@ -280,7 +359,8 @@ class Sessions:
             # The password changed while this login was being checked: what was checked is
             # no longer the password.
             d.events.count("login:stale")
-            return Login(LoginState.FAILED, message=INVALID_LOGIN)
+            failed = INVALID_LOGIN if api_key is None else INVALID_API_KEY_LOGIN
+            return Login(LoginState.FAILED, message=failed)
         d.events.count("login:ok")
         return Login(LoginState.AUTHENTICATED, user=user, token=token)
 

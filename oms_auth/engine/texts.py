@@ -16,6 +16,7 @@ __all__ = [
     "NOT_LOGGED_IN",
     "ONLY_OPERATORS_UNLOCK",
     "ONLY_OWN_USER",
+    "BASIC_REQUIRED",
     "INVALID_PASSWORD",
     "INVALID_RECOVERY_KEY",
     "INVALID_ANSWER",
@@ -27,6 +28,12 @@ __all__ = [
     "TOO_MANY_RESETS",
     "SELF_SERVICE_OFF",
     "PASSWORD_RULES_PREFIX",
+    "INVALID_API_KEY_LOGIN",
+    "API_KEY_SESSION",
+    "ONLY_OWN_API_KEYS",
+    "API_KEY_NOT_FOUND",
+    "TOO_MANY_API_KEYS",
+    "INVALID_PERMISSIONS",
     "federated_refusal",
 ]
 
@@ -44,6 +51,7 @@ INVALID_USER_ID = "Invalid value provided for UserId"
 NOT_LOGGED_IN = "Not logged in"
 ONLY_OPERATORS_UNLOCK = "Only an Operator may unlock users"
 ONLY_OWN_USER = "Only an Operator may see users other than itself"
+BASIC_REQUIRED = "HTTP Basic credentials (UserName:Password) are required"
 INVALID_RECOVERY_KEY = "Invalid password recovery key"
 INVALID_ANSWER = "Invalid answer provided for security question"
 USERNAME_NOT_FOUND = "Username does not exist"
@@ -56,6 +64,15 @@ NEEDS_SECURITY_QUESTIONS = (
 TOO_MANY_RESETS = "Too many password reset requests for this user; try again later"
 SELF_SERVICE_OFF = "Self-service password reset is turned off; ask an operator"
 PASSWORD_RULES_PREFIX = "Your portal password must "
+# API keys (SPEC section 2a). One text for every way an API-key login fails.
+INVALID_API_KEY_LOGIN = "Invalid API key login"
+API_KEY_SESSION = (
+    "A session opened with an API key cannot change account security; log in with the password"
+)
+ONLY_OWN_API_KEYS = "Only an Operator may manage the API keys of other users"
+API_KEY_NOT_FOUND = "API key does not exist"
+TOO_MANY_API_KEYS = "This user has as many API keys as it may hold; remove one first"
+INVALID_PERMISSIONS = "Invalid value provided for Permissions"
 
 _FEDERATED = {
     "openidconnect": (

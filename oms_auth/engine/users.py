@@ -116,16 +116,19 @@ def parse_user_id(value: int | str | None) -> int | None:
     return None
 
 
-async def visible_user(deps: Deps, caller: User | None, user_id: int | str | None) -> User:
-    """The user a caller asks about (GetUserInfo and alike): itself (no UserId, or its own), or
-    for an Operator any user of its OMS (users of other OMSs look missing)."""
+async def visible_user(
+    deps: Deps, caller: User | None, user_id: int | str | None, others: str = ONLY_OWN_USER
+) -> User:
+    """The user a caller asks about (GetUserInfo, the API-key functions): itself (no UserId,
+    or its own), or for an Operator any user of its OMS (users of other OMSs look missing);
+    ``others`` is the refusal for anyone else asking about another user."""
     if caller is None:
         raise NotAuthorized(NOT_LOGGED_IN)
     uid = caller.id if user_id is None or user_id == "" else parse_user_id(user_id)
     if uid is None:
         raise InvalidValue(INVALID_USER_ID)
     if uid != caller.id and OPERATOR not in caller.permissions:
-        raise NotAuthorized(ONLY_OWN_USER)
+        raise NotAuthorized(others)
     target = await deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
     if target is None or target.oms_id != caller.oms_id:
         raise NotFound(USER_NOT_FOUND)

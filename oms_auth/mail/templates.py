@@ -26,6 +26,13 @@ class _CachedRegistry(HeaderRegistry):
 _POLICY = policy.default.clone(header_factory=_CachedRegistry())
 
 
+# What a completed reset did to the user's API keys (``reset_keeps_api_keys``), in one sentence.
+_API_KEYS_AFTER_RESET = {
+    "revoked": "Any API keys of your account were revoked too: bots using them need new keys.",
+    "kept": "The API keys of your account were kept and still work: remove any you do not know.",
+}
+
+
 def reset_link(public_url: str, user_id: int, code: str) -> str:
     return f"{public_url.rstrip('/')}/reset?UserId={user_id}&PendingCode={code}"
 
@@ -67,17 +74,20 @@ def render(
         )
     elif kind == "password-changed":
         changed = _when(public["changed_at"])
+        keys = _API_KEYS_AFTER_RESET.get(public.get("api_keys", ""), "")
         msg["Subject"] = "Your password was changed"
         text = (
             f"Hello {name},\n\n"
             f"The password of your trading account was changed at {changed}, and every\n"
             "session was logged off. If this was not you, contact support at once.\n"
+            + (f"\n{keys}\n" if keys else "")
         )
         body = (
             f"<p>Hello {html.escape(name)},</p>"
             f"<p>The password of your trading account was changed at {changed}, "
             "and every session was logged off.</p>"
             "<p>If this was not you, contact support at once.</p>"
+            + (f"<p>{keys}</p>" if keys else "")
         )
     else:
         raise ValueError(f"unknown mail kind {kind!r}")

@@ -9,7 +9,13 @@ from websockets.asyncio.server import ServerConnection
 
 from ..store import User
 
-__all__ = ["Conn"]
+__all__ = ["Conn", "source_of"]
+
+
+def source_of(ws: ServerConnection) -> str:
+    """The client's address, as every per-address rule and the audit trail know it."""
+    peer = ws.remote_address
+    return str(peer[0]) if peer else "unknown"
 
 
 class Conn:

@@ -15,6 +15,7 @@ from protocol import messages as msg
 from protocol.errors import SUCCESS
 
 from ..engine import users
+from ..engine.apikeys import ApiKeys
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import NOT_LOGGED_IN
@@ -27,7 +28,15 @@ __all__ = ["Function", "Functions", "SECRET_KEYS"]
 
 # Payload keys whose values no log line may show, whatever the line (tracebacks included).
 SECRET_KEYS = frozenset(
-    {"Password", "PendingCode", "SecurityQuestionAnswer", "Code", "SessionToken"}
+    {
+        "Password",
+        "PendingCode",
+        "SecurityQuestionAnswer",
+        "Code",
+        "SessionToken",
+        "Signature",
+        "APISecret",
+    }
 )
 
 # A handler answers a Struct, or a list (GetUserPermissions, GetUserAccounts).
@@ -98,6 +107,7 @@ class Functions:
         self.sessions = sessions
         self.resets = resets
         self.registry = registry
+        self.api_keys = ApiKeys(sessions.deps)
         self.table: dict[str, Function] = {}
         self.add("Ping", msg.Empty, self.ping, inline=True)
         self.add("AuthenticateUser", msg.AuthenticateUserRequest, self.authenticate_user)
@@ -116,6 +126,9 @@ class Functions:
         self.add("GetUserInfo", msg.UserRequest, self.get_user_info)
         self.add("GetUserPermissions", msg.UserRequest, self.get_user_permissions)
         self.add("GetUserAccounts", msg.UserRequest, self.get_user_accounts)
+        self.add("AddUserAPIKey", msg.AddUserAPIKeyRequest, self.add_user_api_key)
+        self.add("GetUserAPIKeys", msg.UserRequest, self.get_user_api_keys)
+        self.add("RemoveUserAPIKey", msg.RemoveUserAPIKeyRequest, self.remove_user_api_key)
 
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
@@ -136,7 +149,12 @@ class Functions:
     async def authenticate_user(
         self, conn: Conn, req: msg.AuthenticateUserRequest
     ) -> msg.AuthenticateUserReply:
-        login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
+        if req.APIKey is not None:
+            login = await self.sessions.authenticate_api_key(
+                req.APIKey, req.Signature, req.UserId, req.Nonce, conn.source
+            )
+        else:
+            login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
         return self._apply(conn, login)
 
     async def authenticate_2fa(
@@ -169,8 +187,21 @@ class Functions:
             return None
         return await self.sessions.deps.store.user_by_id(conn.user.id)
 
+    async def _via_api_key(self, conn: Conn) -> bool:
+        """Whether the connection's session was opened with an API key (the store says: a
+        session resumed on another connection is still the key's). A session gone meanwhile
+        is no login at all."""
+        if conn.token_digest is None:
+            return False
+        session = await self.sessions.deps.store.session(conn.token_digest)
+        if session is None:
+            raise NotAuthorized(NOT_LOGGED_IN)
+        return session.api_key is not None
+
     async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
-        await self.resets.request(await self._caller(conn), req.UserName, conn.source)
+        caller = await self._caller(conn)
+        via_api_key = caller is not None and await self._via_api_key(conn)
+        await self.resets.request(caller, req.UserName, conn.source, via_api_key=via_api_key)
         return SUCCESS
 
     async def reset_password2(self, conn: Conn, req: msg.ResetPassword2Request) -> msgspec.Struct:
@@ -224,3 +255,43 @@ class Functions:
 
     async def get_user_accounts(self, conn: Conn, req: msg.UserRequest) -> list[int]:
         return sorted((await self._visible(conn, req)).accounts)
+
+    async def add_user_api_key(
+        self, conn: Conn, req: msg.AddUserAPIKeyRequest
+    ) -> msg.AddUserAPIKeyReply:
+        caller = await self._caller(conn)
+        new = await self.api_keys.add(
+            caller,
+            req.UserId,
+            req.Permissions,
+            conn.source,
+            via_api_key=caller is not None and await self._via_api_key(conn),
+        )
+        return msg.AddUserAPIKeyReply(
+            APIKey=new.key,
+            APISecret=new.secret,
+            UserId=new.user_id,
+            Permissions=list(new.permissions),
+        )
+
+    async def get_user_api_keys(self, conn: Conn, req: msg.UserRequest) -> list[msg.APIKeyInfo]:
+        caller = await self._caller(conn)
+        keys = await self.api_keys.keys(
+            caller,
+            req.UserId,
+            via_api_key=caller is not None and await self._via_api_key(conn),
+        )
+        return [msg.APIKeyInfo(k.key, k.user_id, list(k.permissions)) for k in keys]
+
+    async def remove_user_api_key(
+        self, conn: Conn, req: msg.RemoveUserAPIKeyRequest
+    ) -> msgspec.Struct:
+        caller = await self._caller(conn)
+        await self.api_keys.remove(
+            caller,
+            req.UserId,
+            req.APIKey,
+            conn.source,
+            via_api_key=caller is not None and await self._via_api_key(conn),
+        )
+        return SUCCESS

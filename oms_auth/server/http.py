@@ -13,6 +13,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ..store import Store
+from .connection import source_of
 from .metrics import Metrics
 
 __all__ = ["HttpPages"]
@@ -44,6 +45,8 @@ class HttpPages:
         self.store = store
         self.metrics = metrics
         self.ws_paths = ws_paths
+        # The /AP/ gateway (http_gateway.HttpGateway), when the app installs one.
+        self.api: Callable[[ServerConnection, Request, str], Awaitable[Response]] | None = None
         self.pages: dict[str, Page] = {
             "/healthz": self.healthz,
             "/metrics": self.render_metrics,
@@ -60,6 +63,11 @@ class HttpPages:
         gateway = path.lower() in self.ws_paths
         if upgrade and gateway and request.method == "GET":
             return None
+        if self.api is not None and path.lower().startswith("/ap/"):
+            if request.method not in ("GET", "HEAD", "POST"):
+                return text(HTTPStatus.METHOD_NOT_ALLOWED, "/AP/ takes GET and POST\n")
+            answer = await self.api(conn, request, source_of(conn))
+            return _headless(answer) if request.method == "HEAD" else answer
         if request.method not in ("GET", "HEAD"):
             return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
         page = self.pages.get(path)
@@ -68,9 +76,7 @@ class HttpPages:
                 return text(HTTPStatus.UPGRADE_REQUIRED, "This path speaks WebSocket\n")
             return text(HTTPStatus.NOT_FOUND, "Not found\n")
         answer = await page(request)
-        if request.method == "HEAD":
-            answer = Response(answer.status_code, answer.reason_phrase, answer.headers, b"")
-        return answer
+        return _headless(answer) if request.method == "HEAD" else answer
 
     async def no_content(self, request: Request) -> Response:
         return response(HTTPStatus.NO_CONTENT, b"", "text/plain")
@@ -84,3 +90,8 @@ class HttpPages:
         extra = await self.extra_metrics() if self.extra_metrics else None
         body = self.metrics.render(extra).encode()
         return response(HTTPStatus.OK, body, "text/plain; version=0.0.4; charset=utf-8")
+
+
+def _headless(answer: Response) -> Response:
+    """A HEAD answer: the GET's status and headers, no body."""
+    return Response(answer.status_code, answer.reason_phrase, answer.headers, b"")

@@ -24,7 +24,7 @@ from ..config import Settings
 from ..engine.sessions import Sessions
 from ..errors import Refusal, server_error
 from ..logs import request_context
-from .connection import Conn
+from .connection import Conn, source_of
 from .functions import Function, Functions
 from .metrics import Metrics
 from .routing import Immediate, route
@@ -54,8 +54,7 @@ class Gateway:
     # -- connection life ----------------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
-        peer = ws.remote_address
-        source = str(peer[0]) if peer else "unknown"
+        source = source_of(ws)
         if self.per_source[source] >= self.settings.max_connections_per_source:
             self.metrics.event("connections_refused")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections from this address")
@@ -153,6 +152,11 @@ class Gateway:
         conn.last_activity = now
 
     async def _run(self, conn: Conn, frame: Frame, function: Function, payload: Any) -> None:
+        await self._reply(conn, frame, await self.call(conn, function, payload, frame.i))
+
+    async def call(self, conn: Conn, function: Function, payload: Any, i: int = 0) -> Any:
+        """Run one function for a connection (any transport): its reply, or the standard
+        response of its refusal; an unexpected exception is 102 with a reference, logged."""
         started = asyncio.get_running_loop().time()
         secrets = [getattr(payload, key) for key in function.secret_fields]
         with request_context(secrets) as cid:
@@ -171,20 +175,20 @@ class Gateway:
                 code = int(refusal.code)
             except Exception:
                 # The payload is not logged: it may hold a password or a code.
-                log.exception("request failed ref=%s: %s i=%d", cid, function.name, frame.i)
+                log.exception("request failed ref=%s: %s i=%d", cid, function.name, i)
                 reply = server_error(cid)
                 code = int(ErrorCode.SERVER_ERROR)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s i=%d from %s -> %d in %.1f ms",
                     function.name,
-                    frame.i,
+                    i,
                     conn.source,
                     code,
                     (asyncio.get_running_loop().time() - started) * 1e3,
                 )
         self.metrics.count(function.name, code, asyncio.get_running_loop().time() - started)
-        await self._reply(conn, frame, reply)
+        return reply
 
     async def _reply(self, conn: Conn, frame: Frame, reply: object) -> None:
         await self.send(conn, encode_reply(frame.i, frame.n, reply))

@@ -20,6 +20,7 @@ from .base import Store
 from .codes import CodeState
 from .records import (
     RESET_FAILURE,
+    ApiKey,
     AuditEntry,
     AuditRow,
     Claim,
@@ -38,6 +39,7 @@ from .records import (
 from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
+    "ApiKey",
     "AuditCheck",
     "RESET_FAILURE",
     "AuditEntry",

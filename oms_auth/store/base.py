@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from .audit import AuditCheck, check_chain
 from .records import (
+    ApiKey,
     AuditEntry,
     AuditRow,
     Claim,
@@ -92,15 +93,20 @@ class Store(abc.ABC):
         *,
         totp_step: int | None = None,
         pending: bytes | None = None,
+        api_key: tuple[str, int] | None = None,
         clear: Sequence[tuple[str, str]] = (),
         release: Sequence[tuple[str, str, float]] = (),
         audit: Sequence[AuditEntry] = (),
     ) -> Outcome:
         """A successful login, in one transaction: the session is created only while the user's
         password is still ``password_version`` (else STALE) and, with ``totp_step``, only if
-        that step is newer than the last accepted (else REPLAYED; it becomes the last). Either
-        way ``pending`` (a second step) ends, the ``release``d reservations go, and on DONE the
-        ``clear``ed counters go, the login time is recorded and ``audit`` written."""
+        that step is newer than the last accepted (else REPLAYED; it becomes the last). With
+        ``api_key`` (the key and the login's nonce) the session is the key's, created only if
+        the key is still the user's and the nonce is greater than the last accepted (else
+        REPLAYED; it becomes the last), a compare-and-set that of racing logins on any node
+        lets one through. Either way ``pending`` (a second step) ends, the ``release``d
+        reservations go, and on DONE the ``clear``ed counters go, the login time is recorded
+        and ``audit`` written."""
 
     @abc.abstractmethod
     async def begin_second_step(
@@ -128,6 +134,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
         """End one session; other nodes sharing the store are told (``listen_revocations``)."""
+
+    # API keys (SPEC section 2a)
+    @abc.abstractmethod
+    async def add_api_key(self, key: ApiKey, max_keys: int, audit: AuditEntry) -> bool:
+        """Store a new key (its secret already sealed) with ``audit``, in one transaction;
+        False (nothing written) when its user holds ``max_keys`` keys already."""
+
+    @abc.abstractmethod
+    async def api_key(self, key: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    async def api_keys(self, user_id: int) -> list[ApiKey]:
+        """The user's keys, oldest first."""
+
+    @abc.abstractmethod
+    async def remove_api_key(
+        self, user_id: int, key: str, reason: str, audit: AuditEntry
+    ) -> list[bytes] | None:
+        """Delete the user's key and every session opened with it (other nodes are told, with
+        ``reason``), with ``audit``, in one transaction. Returns those sessions' digests, or
+        None (nothing written) when the user has no such key."""
 
     # Counted events: request limits, failed attempts
     @abc.abstractmethod
@@ -196,13 +223,15 @@ class Store(abc.ABC):
         mail: MailItem,
         audit: list[AuditEntry],
         totp_step: int | None = None,
+        revoke_api_keys: bool = False,
     ) -> Outcome:
         """Consume the code and set the password at once, re-checking in the same transaction:
         INVALID when the code is no longer pending for that user or has expired (of racing
         calls, one wins), LOCKED when the user is locked, REPLAYED when ``totp_step`` is not
         newer than the last accepted; nothing changes then. On DONE the password version moves
-        on, every code, session and pending second step of the user is revoked, its failure
-        count cleared, and other nodes are told."""
+        on, every code, session and pending second step of the user is revoked (and with
+        ``revoke_api_keys`` every API key), its failure count cleared, and other nodes are
+        told."""
 
     # Mail outbox
     @abc.abstractmethod

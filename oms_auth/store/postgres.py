@@ -9,12 +9,14 @@ each rule is held by PostgreSQL itself:
 - ``reserve``, ``add_event``, ``release`` and ``check_code``: transaction-scoped advisory locks on
   (schema, kind, key) around count-then-insert, so no two nodes both take the last slot of a
   limit.
-- ``issue_code``, ``complete_reset`` and ``open_session``: the user's row is locked (``FOR
-  UPDATE``) first, so a newer code voids every older one, a lock or a TOTP step is re-read as it
-  is, and a login racing a reset either commits first (and is revoked) or sees the new password
-  version. ``complete_reset``'s ``UPDATE ... WHERE state = pending AND expires_at > now``
-  decides a race: of concurrent calls on any nodes, exactly one wins. ``check_code`` reads the
-  code ``FOR SHARE``, so it waits for a redemption in flight and then sees the code used.
+- ``issue_code``, ``complete_reset``, ``open_session``, ``add_api_key`` and ``remove_api_key``:
+  the user's row is locked (``FOR UPDATE``) first, so a newer code voids every older one, a
+  lock or a TOTP step is re-read as it is, and a login racing a reset either commits first (and
+  is revoked) or sees the new password version. ``complete_reset``'s ``UPDATE ... WHERE state =
+  pending AND expires_at > now`` decides a race: of concurrent calls on any nodes, exactly one
+  wins; so does an API-key login's ``UPDATE ... WHERE last_nonce < nonce`` among logins sharing
+  a nonce (a key removed meanwhile matches no row). ``check_code`` reads the code ``FOR
+  SHARE``, so it waits for a redemption in flight and then sees the code used.
 - ``claim_mail``: ``FOR UPDATE SKIP LOCKED``, and a claimed row is leased (not due again until
   the lease ends), so each message is delivered once whichever node's worker takes it.
 - the audit hash chain: an advisory lock around reading the tail and appending keeps it one line.
@@ -57,6 +59,7 @@ from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener
 from .postgres_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION
 from .records import (
     RESET_FAILURE,
+    ApiKey,
     AuditEntry,
     AuditRow,
     Claim,
@@ -427,6 +430,7 @@ class PostgresStore(Store):
         *,
         totp_step: int | None = None,
         pending: bytes | None = None,
+        api_key: tuple[str, int] | None = None,
         clear: Sequence[tuple[str, str]] = (),
         release: Sequence[tuple[str, str, float]] = (),
         audit: Sequence[AuditEntry] = (),
@@ -449,9 +453,17 @@ class PostgresStore(Store):
                 return Outcome.STALE
             if row[2] is not None and row[2] > now:
                 return Outcome.LOCKED
+            held_key: str | None = None
+            if api_key is not None:
+                # The key's row lock orders logins sharing a nonce: the first moves it on, the
+                # others (any node) then match no row.
+                held_key, nonce = api_key
+                status = await conn.execute(S.advance_nonce, nonce, held_key, user_id, nonce)
+                if status != "UPDATE 1":  # an older nonce, or the key is gone
+                    return Outcome.REPLAYED
             if totp_step is not None:
                 await conn.execute(S.set_totp_step, totp_step, user_id)
-            await conn.execute(S.insert_session, digest, user_id, now, now)
+            await conn.execute(S.insert_session, digest, user_id, now, now, held_key)
             await conn.execute(S.set_last_login, now, user_id)
             for kind, key in clear:
                 await conn.execute(S.clear_events, kind, _key(key))
@@ -513,6 +525,46 @@ class PostgresStore(Store):
             await self.listener.start()
         except CONNECTION_ERRORS as exc:
             raise StoreError(self._unreachable(exc)) from None
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    async def add_api_key(self, key: ApiKey, max_keys: int, audit: AuditEntry) -> bool:
+        async with self._tx() as conn:
+            # The user's row first: two additions on any nodes count in turn.
+            await conn.execute(_LOCK_USER, key.user_id)
+            if int(await conn.fetchval(S.count_user_api_keys, key.user_id)) >= max_keys:
+                return False
+            await conn.execute(S.insert_api_key, *q.api_key_args(key))
+            await self._insert_audit(conn, [audit], key.created_at)
+            return True
+
+    async def api_key(self, key: str) -> ApiKey | None:
+        if "\x00" in key:  # no stored key holds one
+            return None
+        row = await self._db.fetchrow(S.api_key, key)
+        return q.to_api_key(row) if row else None
+
+    async def api_keys(self, user_id: int) -> list[ApiKey]:
+        return [q.to_api_key(row) for row in await self._db.fetch(S.user_api_keys, user_id)]
+
+    async def remove_api_key(
+        self, user_id: int, key: str, reason: str, audit: AuditEntry
+    ) -> list[bytes] | None:
+        if "\x00" in key:
+            return None
+        async with self._tx() as conn:
+            # The user's row first, as a reset (which may delete the same key) and a login
+            # with the key take it: no cycle.
+            await conn.execute(_LOCK_USER, user_id)
+            rows = await conn.fetch(S.delete_api_key_sessions, key, user_id)
+            if await conn.execute(S.delete_api_key, key, user_id) != "DELETE 1":
+                return None  # not this user's key: no session of it was either
+            now = await self._now(conn)
+            digests = [bytes(row[0]) for row in rows]
+            for session_digest in digests:
+                await self._revoked(conn, Revocation(user_id, reason, session_digest), now)
+            await self._insert_audit(conn, [audit], now)
+            return digests
 
     # -- counted events -----------------------------------------------------------------------
 
@@ -632,6 +684,7 @@ class PostgresStore(Store):
         mail: MailItem,
         audit: list[AuditEntry],
         totp_step: int | None = None,
+        revoke_api_keys: bool = False,
     ) -> Outcome:
         async with self._tx() as conn:
             # Locked first: the lock and the TOTP step are read as they are now, and no login
@@ -652,6 +705,8 @@ class PostgresStore(Store):
                 S.move_user_codes, *q.move_codes_args(codes.PASSWORD_CHANGE, user_id)
             )
             await conn.execute(S.delete_user_sessions, user_id)
+            if revoke_api_keys:
+                await conn.execute(S.delete_user_api_keys, user_id)
             await conn.execute(S.delete_user_pending_logins, user_id)
             await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
             await self._revoked(conn, Revocation(user_id, LogoutReason.PASSWORD_CHANGED), now)

@@ -23,6 +23,7 @@ __all__ = [
     "User",
     "SecurityQuestion",
     "Session",
+    "ApiKey",
     "Claim",
     "Outcome",
     "Revocation",
@@ -110,6 +111,25 @@ class Session(msgspec.Struct, frozen=True):
     user_id: int
     created_at: float
     last_seen: float
+    # The API key this session was opened with (an API-key login), None for a password login:
+    # such a session cannot change account security (SPEC section 2a).
+    api_key: str | None = None
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's API key (SPEC section 2a). ``key`` is the public APIKey; the APISecret is held
+    only sealed with the service key (``secret_sealed``), and ``last_nonce`` is the greatest
+    nonce a login with it was accepted with (-1: none yet)."""
+
+    key: str
+    user_id: int
+    permissions: tuple[str, ...]
+    secret_sealed: bytes
+    created_at: float
+    last_nonce: int = -1
+
+    def __repr__(self) -> str:
+        return f"ApiKey(key={self.key!r}, user_id={self.user_id}, <secret redacted>)"
 
 
 class Claim(msgspec.Struct, frozen=True):

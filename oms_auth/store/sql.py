@@ -26,6 +26,7 @@ import msgspec
 from . import codes
 from .codes import CodeState, Move
 from .records import (
+    ApiKey,
     AuditRow,
     MailItem,
     NewUser,
@@ -52,6 +53,7 @@ __all__ = [
     "move_codes_args",
     "live_code_args",
     "redeem_args",
+    "api_key_args",
     "prune_plan",
     "audit_query",
     "to_user",
@@ -60,6 +62,7 @@ __all__ = [
     "to_code",
     "to_outbox",
     "to_audit",
+    "to_api_key",
 ]
 
 
@@ -182,9 +185,10 @@ class Statements:
     set_totp_step: str = "UPDATE users SET totp_last_step = ? WHERE id = ?"
     set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
     insert_session: str = (
-        "INSERT INTO sessions (digest, user_id, created_at, last_seen) VALUES (?, ?, ?, ?)"
+        "INSERT INTO sessions (digest, user_id, created_at, last_seen, api_key)"
+        " VALUES (?, ?, ?, ?, ?)"
     )
-    session: str = "SELECT user_id, created_at, last_seen FROM sessions WHERE digest = ?"
+    session: str = "SELECT user_id, created_at, last_seen, api_key FROM sessions WHERE digest = ?"
     delete_session: str = "DELETE FROM sessions WHERE digest = ?"
     delete_user_sessions: str = "DELETE FROM sessions WHERE user_id = ?"
     insert_pending_login: str = (
@@ -197,6 +201,30 @@ class Statements:
     )
     delete_pending_login: str = "DELETE FROM pending_logins WHERE digest = ?"
     delete_user_pending_logins: str = "DELETE FROM pending_logins WHERE user_id = ?"
+    # API keys (api_key_args, to_api_key)
+    insert_api_key: str = (
+        "INSERT INTO api_keys (key, user_id, permissions, secret_sealed, created_at)"
+        " VALUES (?, ?, ?, ?, ?)"
+    )
+    api_key: str = (
+        "SELECT key, user_id, permissions, secret_sealed, created_at, last_nonce"
+        " FROM api_keys WHERE key = ?"
+    )
+    user_api_keys: str = (
+        "SELECT key, user_id, permissions, secret_sealed, created_at, last_nonce"
+        " FROM api_keys WHERE user_id = ? ORDER BY id"
+    )
+    count_user_api_keys: str = "SELECT count(*) FROM api_keys WHERE user_id = ?"
+    # The nonce's compare-and-set: of logins racing with one nonce, on any node, one moves it.
+    advance_nonce: str = (
+        "UPDATE api_keys SET last_nonce = ? WHERE key = ? AND user_id = ? AND last_nonce < ?"
+    )
+    # Before the key itself (the sessions' foreign key would take them silently otherwise).
+    delete_api_key_sessions: str = (
+        "DELETE FROM sessions WHERE api_key = ? AND user_id = ? RETURNING digest"
+    )
+    delete_api_key: str = "DELETE FROM api_keys WHERE key = ? AND user_id = ?"
+    delete_user_api_keys: str = "DELETE FROM api_keys WHERE user_id = ?"
     # counted events
     count_events_since: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
     count_events: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ?"
@@ -325,6 +353,12 @@ def redeem_args(digest: bytes, user_id: int, now: float) -> tuple[object, ...]:
     return (codes.REDEEM.target.value, digest, user_id, codes.REDEEM.source.value, now)
 
 
+def api_key_args(key: ApiKey) -> tuple[object, ...]:
+    """``insert_api_key``'s arguments: the permissions as a JSON list (the same on both)."""
+    permissions = _json.encode(list(key.permissions)).decode()
+    return (key.key, key.user_id, permissions, key.secret_sealed, key.created_at)
+
+
 def prune_plan(
     s: Statements, events_before: float, sessions_idle_since: float
 ) -> list[tuple[str, tuple[object, ...]]]:
@@ -413,7 +447,19 @@ def to_user(row: Row) -> User:
 
 
 def to_session(row: Row) -> Session:
-    return Session(row[0], row[1], row[2])
+    return Session(row[0], row[1], row[2], row[3])
+
+
+def to_api_key(row: Row) -> ApiKey:
+    """A row of ``api_key`` or ``user_api_keys``."""
+    return ApiKey(
+        key=row[0],
+        user_id=row[1],
+        permissions=tuple(msgspec.json.decode(row[2])),
+        secret_sealed=bytes(row[3]),
+        created_at=row[4],
+        last_nonce=row[5],
+    )
 
 
 def to_question(row: Row) -> SecurityQuestion:

@@ -33,6 +33,7 @@ from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
 from .records import (
     RESET_FAILURE,
+    ApiKey,
     AuditEntry,
     AuditRow,
     Claim,
@@ -309,6 +310,7 @@ class SqliteStore(Store):
         *,
         totp_step: int | None = None,
         pending: bytes | None = None,
+        api_key: tuple[str, int] | None = None,
         clear: Sequence[tuple[str, str]] = (),
         release: Sequence[tuple[str, str, float]] = (),
         audit: Sequence[AuditEntry] = (),
@@ -330,9 +332,15 @@ class SqliteStore(Store):
                 return Outcome.STALE
             if row[2] is not None and row[2] > now:
                 return Outcome.LOCKED
+            held_key: str | None = None
+            if api_key is not None:
+                held_key, nonce = api_key
+                cur = await db.execute(S.advance_nonce, (nonce, held_key, user_id, nonce))
+                if cur.rowcount != 1:  # an older nonce, or the key is gone
+                    return Outcome.REPLAYED
             if totp_step is not None:
                 await db.execute(S.set_totp_step, (totp_step, user_id))
-            await db.execute(S.insert_session, (digest, user_id, now, now))
+            await db.execute(S.insert_session, (digest, user_id, now, now, held_key))
             await db.execute(S.set_last_login, (now, user_id))
             for kind, key in clear:
                 await db.execute(S.clear_events, (kind, key))
@@ -385,6 +393,40 @@ class SqliteStore(Store):
             await db.execute(S.delete_session, (digest,))
 
         await self._write(job)
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    async def add_api_key(self, key: ApiKey, max_keys: int, audit: AuditEntry) -> bool:
+        async def job(db: aiosqlite.Connection) -> bool:
+            (held,) = await self._one(db, S.count_user_api_keys, (key.user_id,))
+            if held >= max_keys:
+                return False
+            await db.execute(S.insert_api_key, q.api_key_args(key))
+            await self._insert_audit(db, [audit], key.created_at)
+            return True
+
+        return await self._write(job)
+
+    async def api_key(self, key: str) -> ApiKey | None:
+        row = await self._one(self._reader, S.api_key, (key,))
+        return q.to_api_key(row) if row else None
+
+    async def api_keys(self, user_id: int) -> list[ApiKey]:
+        rows = await self._all(self._reader, S.user_api_keys, (user_id,))
+        return [q.to_api_key(row) for row in rows]
+
+    async def remove_api_key(
+        self, user_id: int, key: str, reason: str, audit: AuditEntry
+    ) -> list[bytes] | None:
+        async def job(db: aiosqlite.Connection) -> list[bytes] | None:
+            sessions = await self._all(db, S.delete_api_key_sessions, (key, user_id))
+            cur = await db.execute(S.delete_api_key, (key, user_id))
+            if cur.rowcount != 1:  # not this user's key: no session of it was either
+                return None
+            await self._insert_audit(db, [audit], await self._now(db))
+            return [bytes(row[0]) for row in sessions]
+
+        return await self._write(job)
 
     # -- counted events -----------------------------------------------------------------------
 
@@ -507,6 +549,7 @@ class SqliteStore(Store):
         mail: MailItem,
         audit: list[AuditEntry],
         totp_step: int | None = None,
+        revoke_api_keys: bool = False,
     ) -> Outcome:
         async def job(db: aiosqlite.Connection) -> Outcome:
             user = await self._one(db, S.reset_state, (user_id,))
@@ -522,6 +565,8 @@ class SqliteStore(Store):
             await db.execute(S.set_password, (password_hash, totp_step, user_id))
             await db.execute(S.move_user_codes, q.move_codes_args(codes.PASSWORD_CHANGE, user_id))
             await db.execute(S.delete_user_sessions, (user_id,))
+            if revoke_api_keys:
+                await db.execute(S.delete_user_api_keys, (user_id,))
             await db.execute(S.delete_user_pending_logins, (user_id,))
             await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
             await self._insert_mail(db, mail, now)

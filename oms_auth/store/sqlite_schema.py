@@ -6,7 +6,7 @@ runs the missing ones in one transaction.
 
 Rules: append only, never edit an entry (an existing store must still open and end up exactly
 as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
-the rules under concurrency), so the DDL differs only where the dialects do.
+the rules under concurrency, 4 API keys), so the DDL differs only where the dialects do.
 """
 
 from __future__ import annotations
@@ -123,6 +123,24 @@ MIGRATIONS: list[str] = [
         attempts INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX pending_logins_by_user ON pending_logins(user_id);
+    """,
+    # 4: API keys (SPEC section 2a). The secret is held only sealed with the service key; the
+    # last accepted nonce is moved on by a compare-and-set in the login's transaction. A
+    # session remembers the key it was opened with (such a session cannot change account
+    # security); removing the key ends its sessions.
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        permissions TEXT NOT NULL,
+        secret_sealed BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        last_nonce INTEGER NOT NULL DEFAULT -1
+    );
+    CREATE INDEX api_keys_by_user ON api_keys(user_id);
+    ALTER TABLE sessions ADD COLUMN api_key TEXT REFERENCES api_keys(key) ON DELETE CASCADE;
+    CREATE INDEX sessions_by_api_key ON sessions(api_key);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

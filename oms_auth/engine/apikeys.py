@@ -1,0 +1,239 @@
+"""API keys (SPEC section 2a): AddUserAPIKey, GetUserAPIKeys, RemoveUserAPIKey, and the pieces of
+the API-key login that :mod:`.sessions` uses (the signature, the nonce, the sealed secret).
+
+The rules:
+
+- Who: the user itself, logged in with its password, or an Operator for users of its OMS
+  (users of other OMSs look missing). A session opened with an API key is refused, whoever
+  holds it: a key cannot mint, list or remove keys.
+- The APISecret is shown once, in AddUserAPIKey's reply. The store holds it only sealed with the
+  service key, bound to the key and its user (a sealed secret copied to another row does not
+  open there); GetUserAPIKeys never shows it.
+- A login signs ``Nonce + UserId + APIKey`` (the texts as sent, concatenated) with HMAC-SHA256
+  keyed with the APISecret, in lower-case hex, compared in constant time. The nonce is a decimal
+  number (0 to 2^63-1) that must be greater than the last one accepted for the key, on any node:
+  the store moves it on by a compare-and-set in the transaction that opens the session.
+- Adding and removing are audited (the key, never the secret); removing a key ends every
+  session opened with it, on every node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+import msgspec
+
+from protocol.messages import LogoutReason
+
+from ..crypto import Sealer
+from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
+from ..store import ApiKey, AuditEntry, User
+from . import users
+from .deps import Deps
+from .texts import (
+    API_KEY_NOT_FOUND,
+    API_KEY_SESSION,
+    INVALID_PERMISSIONS,
+    NOT_LOGGED_IN,
+    ONLY_OWN_API_KEYS,
+    TOO_MANY_API_KEYS,
+)
+from .users import OPERATOR, permission_name
+
+__all__ = [
+    "ApiKeys",
+    "NewApiKey",
+    "MAX_NONCE",
+    "MAX_KEY_LENGTH",
+    "new_key",
+    "new_secret",
+    "seal_secret",
+    "open_secret",
+    "signed_text",
+    "signature_matches",
+    "parse_nonce",
+]
+
+MAX_NONCE = 2**63 - 1  # what both stores' integer column holds
+MAX_KEY_LENGTH = 128  # longer APIKey values are never looked up
+MAX_PERMISSIONS = 16
+MAX_PERMISSION_LENGTH = 64
+INVALID_API_KEY = "Invalid value provided for APIKey"
+_NONCE = re.compile(r"[0-9]{1,19}")
+
+
+class NewApiKey(msgspec.Struct, frozen=True):
+    """A key just added: the only time its ``secret`` is known. Never log it."""
+
+    key: str
+    secret: str
+    user_id: int
+    permissions: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"NewApiKey(key={self.key!r}, user_id={self.user_id}, <secret redacted>)"
+
+
+def new_key() -> str:
+    """An APIKey: 128 random bits in hex (the public half; unique in the store)."""
+    return secrets.token_hex(16)
+
+
+def new_secret() -> str:
+    """An APISecret: 256 random bits in hex."""
+    return secrets.token_hex(32)
+
+
+def _context(user_id: int, key: str) -> bytes:
+    return f"api-key:{user_id}:{key}".encode()
+
+
+def seal_secret(sealer: Sealer, user_id: int, key: str, secret: str) -> bytes:
+    return sealer.seal(secret.encode(), _context(user_id, key))
+
+
+def open_secret(sealer: Sealer, record: ApiKey) -> str:
+    return sealer.open(record.secret_sealed, _context(record.user_id, record.key)).decode()
+
+
+def signed_text(nonce: str | int, user_id: str | int, key: str) -> str:
+    """What a login signs: the nonce, the UserId and the APIKey as sent, concatenated."""
+    return f"{nonce}{user_id}{key}"
+
+
+def signature_matches(secret: str | None, signature: str, text: str) -> bool:
+    """HMAC-SHA256 of ``text`` keyed with ``secret`` equals ``signature`` (hex, compared in
+    constant time). Without a secret (no such key) a random one is used, so the work is the
+    same and the answer False."""
+    key = secret.encode() if secret is not None else secrets.token_bytes(32)
+    expected = hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    given = signature.strip().lower().encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected.encode(), given) and secret is not None
+
+
+def parse_nonce(nonce: str | int | None) -> int | None:
+    """The nonce as a number (a decimal string or an integer, 0 to 2^63-1), else None."""
+    if isinstance(nonce, bool):
+        return None
+    if isinstance(nonce, int):
+        return nonce if 0 <= nonce <= MAX_NONCE else None
+    if isinstance(nonce, str) and _NONCE.fullmatch(nonce):
+        value = int(nonce)
+        return value if value <= MAX_NONCE else None
+    return None
+
+
+def _permissions(given: list[str] | None, target: User) -> tuple[str, ...]:
+    """The key's permissions, trimmed, known names in their usual case, without repeats. A key
+    never carries Operator for a user who is not one."""
+    if given is None:
+        return ()
+    if len(given) > MAX_PERMISSIONS:
+        raise InvalidValue(INVALID_PERMISSIONS)
+    out: list[str] = []
+    for raw in given:
+        name = permission_name(raw)
+        if not name or len(name) > MAX_PERMISSION_LENGTH or not name.isprintable():
+            raise InvalidValue(INVALID_PERMISSIONS)
+        if name == OPERATOR and OPERATOR not in target.permissions:
+            raise InvalidValue(INVALID_PERMISSIONS)
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+class ApiKeys:
+    """The API-key functions. ``via_api_key`` is True when the caller's session was opened
+    with an API key."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def add(
+        self,
+        caller: User | None,
+        user_id: int | str | None,
+        permissions: list[str] | None,
+        source: str,
+        *,
+        via_api_key: bool,
+    ) -> NewApiKey:
+        """AddUserAPIKey: a new key for the user; its secret is in the answer and nowhere
+        else in plain form."""
+        d = self.deps
+        caller, target = await self._target(caller, user_id, via_api_key)
+        granted = _permissions(permissions, target)
+        key, secret = new_key(), new_secret()
+        record = ApiKey(
+            key=key,
+            user_id=target.id,
+            permissions=granted,
+            secret_sealed=seal_secret(d.sealer, target.id, key, secret),
+            created_at=d.clock(),
+        )
+        entry = AuditEntry(
+            action="api-key-added",
+            actor_id=caller.id,
+            target_id=target.id,
+            target_name=target.username,
+            source=source,
+            detail=f"key {key}; permissions {','.join(granted) or '-'}",
+        )
+        if not await d.store.add_api_key(record, d.settings.api_keys_per_user, entry):
+            raise OperationFailed(TOO_MANY_API_KEYS)
+        d.events.count("api_keys_added")
+        return NewApiKey(key, secret, target.id, granted)
+
+    async def keys(
+        self, caller: User | None, user_id: int | str | None, *, via_api_key: bool
+    ) -> list[ApiKey]:
+        """GetUserAPIKeys: the user's keys (the records hold only the sealed secret)."""
+        _, target = await self._target(caller, user_id, via_api_key)
+        return await self.deps.store.api_keys(target.id)
+
+    async def remove(
+        self,
+        caller: User | None,
+        user_id: int | str | None,
+        key: str | None,
+        source: str,
+        *,
+        via_api_key: bool,
+    ) -> None:
+        """RemoveUserAPIKey: the key goes, and every session opened with it ends everywhere."""
+        d = self.deps
+        caller, target = await self._target(caller, user_id, via_api_key)
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidValue(INVALID_API_KEY)
+        key = key.strip()
+        reason = LogoutReason.LOGGED_OUT_ELSEWHERE
+        entry = AuditEntry(
+            action="api-key-removed",
+            actor_id=caller.id,
+            target_id=target.id,
+            target_name=target.username,
+            source=source,
+            detail=f"key {key}",
+        )
+        ended = None
+        if len(key) <= MAX_KEY_LENGTH:
+            ended = await d.store.remove_api_key(target.id, key, reason, entry)
+        if ended is None:
+            raise NotFound(API_KEY_NOT_FOUND)
+        for session_digest in ended:
+            d.events.session_revoked(session_digest, reason)
+        d.events.count("api_keys_removed")
+
+    async def _target(
+        self, caller: User | None, user_id: int | str | None, via_api_key: bool
+    ) -> tuple[User, User]:
+        """The caller and the user whose keys it asks about, or the refusal."""
+        if caller is None:
+            raise NotAuthorized(NOT_LOGGED_IN)
+        if via_api_key:
+            raise NotAuthorized(API_KEY_SESSION)
+        target = await users.visible_user(self.deps, caller, user_id, ONLY_OWN_API_KEYS)
+        return caller, target

@@ -1,0 +1,242 @@
+"""The HTTP gateway (SPEC section 2b): ``/AP/{Function}`` over the same function table.
+
+``GET`` takes the payload from the query string (keys in any case, values as strings, numbers
+parsed where the payload expects them); ``POST`` takes a JSON body. The answer is the function's
+reply document (the frame's ``o``) as ``application/json``, with the same errorcodes; an unknown
+function is HTTP 404 with the 104 standard response. Every function runs through
+:meth:`.ws.Gateway.call`, so each rule, limit and redaction holds here as on the WebSocket.
+
+Authentication, per request: the header ``APToken: <SessionToken>`` resumes a session;
+``GET /AP/Authenticate`` with HTTP Basic credentials is AuthenticateUser; ``/AP/Authenticate2FA``
+with the header ``Pending2FaToken`` finishes a TOTP login.
+
+Bodies: websockets reads only a request's head on its own port, so :class:`BodyConnection`
+(the connection class the server is built with) keeps the bytes after the head of a request
+that declares a ``Content-Length`` aside for the gateway instead of handing them to the
+WebSocket frame parser; the response is sent and the connection closed, as for every plain HTTP
+request on this port. A body must declare its length (no chunked encoding) and stays within the
+frame size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from protocol.errors import ErrorCode, StandardResponse
+from protocol.messages import AuthenticateUserReply, PayloadError
+
+from ..engine.sessions import Login, LoginState, Sessions
+from ..engine.texts import BASIC_REQUIRED
+from .connection import Conn
+from .functions import Functions, login_reply
+from .http import response
+from .ws import Gateway
+
+__all__ = ["BodyConnection", "HttpGateway", "AP_PREFIX"]
+
+AP_PREFIX = "/ap/"
+_HEAD_END = b"\r\n\r\n"
+_MAX_HEAD = 65536
+# Per-request API-key authentication (SPEC section 2b), as the signature covers them.
+_SIGNATURE_HEADERS = ("Nonce", "APIKey", "Signature", "UserId")
+_encode = msgspec.json.Encoder().encode
+_any_json = msgspec.json.Decoder()
+
+
+class BodyConnection(ServerConnection):
+    """A server connection that sets aside the body of a plain HTTP request (see module)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: bytearray | None = bytearray()  # None once the head was handed on
+        self.body: bytearray | None = None  # set once a head declaring a body has been read
+        self.body_length = 0
+        self.body_complete = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        if self.body is not None:
+            self._add_to_body(data)
+            return
+        if self._head is None:
+            super().data_received(data)
+            return
+        self._head += data
+        end = self._head.find(_HEAD_END)
+        if end < 0:
+            if len(self._head) > _MAX_HEAD:  # let websockets refuse a head this long
+                head, self._head = bytes(self._head), None
+                super().data_received(head)
+            return
+        head, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
+        self._head = None
+        length = _declared_length(head)
+        if length is None:  # no body: websockets reads it all as usual
+            super().data_received(head + rest)
+            return
+        # websockets refuses a request whose head declares a body: it is handed the head with
+        # the length taken out, and the body stays here.
+        self.body, self.body_length = bytearray(), length
+        super().data_received(_without_length(head))
+        self._add_to_body(rest)
+
+    def _add_to_body(self, data: bytes) -> None:
+        assert self.body is not None
+        self.body += data
+        if len(self.body) >= self.body_length:
+            self.body_complete.set()
+
+
+def _without_length(head: bytes) -> bytes:
+    lines = head.split(b"\r\n")
+    return b"\r\n".join(
+        line for line in lines if line.partition(b":")[0].strip().lower() != b"content-length"
+    )
+
+
+def _declared_length(head: bytes | bytearray) -> int | None:
+    for line in bytes(head).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return None
+            return length if length > 0 else None
+    return None
+
+
+class HttpGateway:
+    """Answers ``/AP/{Function}`` requests (GET and POST)."""
+
+    def __init__(self, gateway: Gateway, sessions: Sessions, max_body: int) -> None:
+        self.gateway = gateway
+        self.functions: Functions = gateway.functions
+        self.sessions = sessions
+        self.registry = gateway.registry
+        self.max_body = max_body
+
+    async def __call__(self, ws: ServerConnection, request: Request, source: str) -> Response:
+        path, _, query = request.path.partition("?")
+        name = path[len(AP_PREFIX) :].strip("/")
+        if request.method == "POST":
+            payload = await self._body(ws, request)
+            if isinstance(payload, Response):
+                return payload
+        else:
+            payload = dict(parse_qsl(query, keep_blank_values=True))
+        conn = Conn(ws, source)
+        try:
+            return await self._answer(conn, request, name, payload)
+        finally:
+            self.registry.log_off(conn)  # this request's login ends with it
+
+    async def _answer(
+        self, conn: Conn, request: Request, name: str, payload: dict[str, Any]
+    ) -> Response:
+        headers = request.headers
+        folded = name.lower()
+        if folded == "authenticate":
+            return _json(HTTPStatus.OK, await self._basic(conn, headers.get("Authorization")))
+        if folded == "authenticate2fa":
+            code = _folded(payload).get("code")
+            step = await self.sessions.second_factor(
+                headers.get("Pending2FaToken"), code, conn.source
+            )
+            return _json(HTTPStatus.OK, login_reply(step))
+        function = self.functions.table.get(folded)
+        if function is None:
+            detail = f"Unknown function {name[:80]!r}"
+            refusal = StandardResponse.failure(ErrorCode.NOT_FOUND, detail)
+            return _json(HTTPStatus.NOT_FOUND, refusal)
+        signed = {k: headers[k] for k in _SIGNATURE_HEADERS if k in headers}
+        if folded == "authenticateuser" and signed:
+            # A signed login by headers (as bots send it): the headers are its payload.
+            payload = {**signed, **payload}
+            signed = {}
+        token = headers.get("APToken")
+        login: Login | None = None
+        if token is not None:
+            login = await self.sessions.resume(token)
+        elif len(signed) == len(_SIGNATURE_HEADERS):
+            login = await self.sessions.authenticate_api_key(
+                signed["APIKey"],
+                signed["Signature"],
+                signed["UserId"],
+                signed["Nonce"],
+                conn.source,
+            )
+        if login is not None:
+            if login.user is None or login.token_digest is None:
+                refusal = StandardResponse.failure(ErrorCode.NOT_AUTHORIZED, login.message)
+                return _json(HTTPStatus.UNAUTHORIZED, refusal)
+            self.registry.apply(conn, login, self.sessions.deps.clock())
+        decoded = function.payload.decode(payload, lax=request.method != "POST")
+        if isinstance(decoded, PayloadError):
+            refusal = StandardResponse.failure(decoded.code, decoded.detail)
+            status = HTTPStatus.OK if decoded.routable else HTTPStatus.BAD_REQUEST
+            return _json(status, refusal)
+        try:
+            reply = await self.gateway.call(conn, function, decoded)
+        finally:
+            if token is None and login is not None and login.token_digest and login.user:
+                # A session opened for this one signed request ends with it.
+                await self.sessions.end_request_session(login.token_digest, login.user.id)
+        return _json(HTTPStatus.OK, reply)
+
+    async def _basic(self, conn: Conn, authorization: str | None) -> AuthenticateUserReply:
+        """``GET /AP/Authenticate`` with ``Authorization: Basic base64(user:password)``."""
+        username = password = None
+        scheme, _, encoded = (authorization or "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(encoded, validate=True).decode()
+                username, _, password = decoded.partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                username = password = None
+        if not username or not password:
+            return login_reply(Login(LoginState.FAILED, message=BASIC_REQUIRED))
+        login = await self.sessions.authenticate(username, password, conn.source)
+        return login_reply(login)
+
+    async def _body(self, ws: ServerConnection, request: Request) -> dict[str, Any] | Response:
+        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            return _refused(HTTPStatus.LENGTH_REQUIRED, "A body must declare its Content-Length")
+        body = getattr(ws, "body", None)
+        if body is None:
+            return {}  # no body (a POST without one means {})
+        length = ws.body_length  # type: ignore[attr-defined]
+        if length > self.max_body:
+            detail = f"A body is at most {self.max_body} bytes"
+            return _refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
+        try:
+            await asyncio.wait_for(ws.body_complete.wait(), 10)  # type: ignore[attr-defined]
+        except TimeoutError:
+            return _refused(HTTPStatus.REQUEST_TIMEOUT, "The body did not arrive in time")
+        try:
+            doc = _any_json.decode(bytes(body[:length]))
+        except msgspec.DecodeError:
+            return _refused(HTTPStatus.BAD_REQUEST, "The body is not valid JSON")
+        if not isinstance(doc, dict):
+            return _refused(HTTPStatus.BAD_REQUEST, "The body must hold a JSON object")
+        return doc
+
+
+def _folded(payload: dict[str, Any]) -> dict[str, Any]:
+    return {str(k).lower(): v for k, v in payload.items()}
+
+
+def _json(status: HTTPStatus, reply: object) -> Response:
+    return response(status, _encode(reply), "application/json")
+
+
+def _refused(status: HTTPStatus, detail: str) -> Response:
+    return _json(status, StandardResponse.failure(ErrorCode.INVALID_REQUEST, detail))

@@ -1,0 +1,155 @@
+"""SPEC section 2b: the HTTP gateway /AP/{Function} over the same function table, with every
+rule as on the WebSocket (the same cases run through both)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import pyotp
+import pytest
+
+from oms_auth.app import App
+from protocol.client import Client
+
+from .helpers import PASSWORD, Clock, make_user
+
+SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
+
+
+async def http(
+    app: App,
+    method: str,
+    path: str,
+    *,
+    query: dict[str, Any] | None = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One request over a real socket; the status and the parsed JSON body (None if empty)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    target = path + ("?" + urlencode(query) if query else "")
+    head = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{app.port}", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body is not None:
+        head.append(f"Content-Length: {len(body)}")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    _, _, content = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), orjson.loads(content) if content else None
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    return {
+        "Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    }
+
+
+async def test_ping_and_an_unknown_function(app: App) -> None:
+    assert await http(app, "GET", "/AP/Ping") == (200, {"msg": "PONG"})
+    status, answer = await http(app, "GET", "/ap/NoSuchThing")
+    assert status == 404 and (answer["errorcode"], answer["errormsg"]) == (
+        104,
+        "Resource Not Found",
+    )
+    status, nothing = await http(app, "HEAD", "/AP/Ping")
+    assert (status, nothing) == (200, None)
+
+
+async def test_basic_authentication_then_calls_with_the_aptoken(app: App) -> None:
+    uid = await make_user(app.deps, "trader", accounts=[10], permissions=["Trading"])
+    status, login = await http(
+        app, "GET", "/AP/Authenticate", query={"grant_type": "x"}, headers=basic("trader", PASSWORD)
+    )
+    assert status == 200 and login["Authenticated"] is True and login["UserId"] == uid
+    token = {"APToken": login["SessionToken"]}
+    assert (await http(app, "GET", "/AP/GetUserAccounts", query={"omsId": 1}, headers=token)) == (
+        200,
+        [10],
+    )
+    status, info = await http(app, "POST", "/AP/GetUserInfo", body=b'{"OMSId":1}', headers=token)
+    assert status == 200 and info["UserName"] == "trader"
+    status, refused = await http(app, "GET", "/AP/GetUserInfo", headers={"aptoken": "nope"})
+    assert status == 401 and refused["errorcode"] == 20
+    _, wrong = await http(app, "GET", "/AP/Authenticate", headers=basic("trader", "nope"))
+    assert wrong["Authenticated"] is False and wrong["errormsg"] == "Invalid username or password"
+    _, bare = await http(app, "GET", "/AP/Authenticate")
+    assert bare["Authenticated"] is False and "Basic" in bare["errormsg"]
+
+
+async def test_a_totp_login_finishes_with_the_pending2fatoken_header(
+    app: App, clock: Clock
+) -> None:
+    await make_user(app.deps, "bob", totp_secret=SECRET)
+    _, step = await http(app, "GET", "/AP/Authenticate", headers=basic("bob", PASSWORD))
+    assert step["Requires2FA"] is True and step["SessionToken"] is None
+    pending = {"Pending2FaToken": step["Pending2FaToken"]}
+    code = pyotp.TOTP(SECRET).at(clock.now)
+    _, done = await http(app, "GET", "/AP/Authenticate2FA", query={"Code": code}, headers=pending)
+    assert done["Authenticated"] is True and done["SessionToken"]
+    _, again = await http(app, "GET", "/AP/Authenticate2FA", query={"Code": code}, headers=pending)
+    assert again["Authenticated"] is False  # single use
+
+
+async def test_post_bodies_that_are_not_json_objects_are_refused(app: App) -> None:
+    for body, detail in ((b"garbage", "The body is not valid JSON"), (b"[1]", "must hold")):
+        status, answer = await http(app, "POST", "/AP/Ping", body=body)
+        assert status == 400 and answer["errorcode"] == 100 and detail in answer["detail"]
+    status, answer = await http(app, "POST", "/AP/Ping", body=b"x" * 70000)
+    assert status == 413 and answer["errorcode"] == 100
+
+
+CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("ResetPassword", {}, {"errorcode": 100, "detail": "Invalid value provided for Username"}),
+    ("UnlockUser", {"UserId": 1}, {"errorcode": 20}),
+    ("GetUserInfo", {}, {"errorcode": 20, "detail": "Not logged in"}),
+    (
+        "ResetPassword2",
+        {"UserId": 1, "Password": "Fresh-Start42", "PendingCode": "nope"},
+        {"errorcode": 104, "detail": "Invalid password recovery key"},
+    ),
+    ("ResetPassword", {"username": "somebody"}, {"errorcode": 0, "result": True}),
+]
+
+
+@pytest.mark.parametrize(("function", "payload", "expected"), CASES)
+async def test_the_same_call_answers_alike_over_websocket_get_and_post(
+    app: App, function: str, payload: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    async with await Client.connect(app.url) as c:
+        over_ws = (await c.call(function, payload)).o
+    _, over_get = await http(app, "GET", f"/AP/{function}", query=payload)
+    _, over_post = await http(app, "POST", f"/AP/{function}", body=orjson.dumps(payload))
+    assert over_ws == over_get == over_post
+    assert expected.items() <= over_ws.items()
+
+
+async def test_a_login_burst_over_http_checks_at_most_the_limit(app: App) -> None:
+    await make_user(app.deps, "victim")
+    before = app.deps.hasher.checks
+    answers = await asyncio.gather(
+        *(
+            http(app, "GET", "/AP/Authenticate", headers=basic("victim", f"guess{n}"))
+            for n in range(40)
+        )
+    )
+    assert app.deps.hasher.checks - before <= app.settings.login_failures_per_user
+    assert all(a["Authenticated"] is False for _, a in answers)
+
+
+async def test_no_password_from_a_body_reaches_the_log(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_user(app.deps, "alice")
+    caplog.set_level(logging.DEBUG)
+    secret = "Very-Secret-77"
+    body = orjson.dumps({"UserName": "alice", "Password": secret})
+    await http(app, "POST", "/AP/AuthenticateUser", body=body)
+    assert secret not in caplog.text
