@@ -19,7 +19,7 @@ from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
 from .logs import pin_library_loggers
-from .mail.outbox import OutboxWorker, transport_for
+from .mail.outbox import OutboxWorker, Transport, transport_for
 from .server.functions import Functions
 from .server.http import HttpPages
 from .server.http_gateway import BodyConnection, HttpGateway
@@ -27,7 +27,7 @@ from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
 from .server.ws import WS_PATHS, Gateway
-from .store import Store, open_store
+from .store import Store, check_location, open_store
 from .tasks import cancel
 
 __all__ = ["App", "build_deps"]
@@ -37,6 +37,7 @@ log = logging.getLogger("oms_auth")
 
 async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
     """Open the store and load the key: what the CLI's offline commands need too."""
+    check_location(settings.db)  # before the key file beside it is created
     from_env = os.environ.get("OMS_AUTH_SECRET_KEY")
     key_file = settings.key_file()
     key = load_or_create_key(key_file, from_env)
@@ -105,20 +106,27 @@ class App:
     # -- life ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the store, start the engine, mail and servers; if any part cannot start,
+        what did start is stopped again before the error goes on (nothing left half-open)."""
         s = self.settings
         pin_library_loggers()
+        transport = transport_for(s.mail)  # a malformed --mail fails before anything opens
+        try:
+            await self._start(transport)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, transport: Transport) -> None:
+        s = self.settings
         self._deps = deps = await build_deps(s, self.clock)
         deps.events = self
         self.sessions = Sessions(deps, delay_unit=self.login_delay)
         self.resets = Resets(deps)
         self.functions = Functions(self.sessions, self.resets, self.registry)
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
-        try:
-            # Sessions that other nodes sharing the store end log off this node's connections.
-            await deps.store.listen_revocations(self.registry.revoked)
-        except BaseException:
-            await self.stop()
-            raise
+        # Sessions that other nodes sharing the store end log off this node's connections.
+        await deps.store.listen_revocations(self.registry.revoked)
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
         self.http.extra_metrics = self._store_metrics
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
@@ -147,7 +155,7 @@ class App:
         # Known only now: port 0 picks a port at bind time, and links must carry the real one.
         self._public_url = s.resolved_public_url(self.port)
         ResetPage(self.public_url, self.resets.policy).install(self.http)
-        self.outbox = OutboxWorker(deps, transport_for(s.mail), self.public_url)
+        self.outbox = OutboxWorker(deps, transport, self.public_url)
         self.outbox.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
 

@@ -183,7 +183,11 @@ async def _conformance(args: argparse.Namespace) -> int:
 
 async def _serve(settings: Settings) -> int:
     app = App(settings)
-    await app.start()
+    try:
+        await app.start()
+    except OSError as exc:  # the port taken, the address not this machine's
+        reason = exc.strerror or str(exc)
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,7 +23,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     db: str = "./oms-auth.sqlite3"
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     public_url: str | None = None
     mail: str = "maildir:./mail"
     secret_key_file: str | None = None

@@ -132,3 +132,34 @@ def test_a_key_inside_a_git_checkout_is_warned_about_and_ignored_by_ours(tmp_pat
     for name in ("oms-auth.key", "oms-auth.sqlite3.key", "prod.key"):
         ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=root)
         assert ignored.returncode == 0, name
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--port", "70000"], "port"),
+        (["--mail", "smtp//oops"], "mail transport"),
+        (["--db", "no-such-folder/x.sqlite3"], "does not exist"),
+        (["--port", "TAKEN"], "cannot listen"),
+    ],
+)
+def test_serve_that_cannot_start_exits_2_with_one_line(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = [port if a == "TAKEN" else a for a in args]
+        if "--port" not in args:
+            args += ["--port", "0"]
+        started = time.monotonic()
+        result = oms_auth(tmp_path, "serve", *args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 20  # no hang
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("20")]
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "no-such-folder").exists()  # nothing created

@@ -59,17 +59,28 @@ __all__ = [
     "User",
     "is_postgres_url",
     "open_store",
+    "check_location",
     "sqlite_path",
     "username_key",
 ]
+
+
+def check_location(url: str) -> None:
+    """A SQLite store is created on first use, but in a folder that exists: a mistyped path
+    must not silently become a new, empty store (SPEC section 6)."""
+    if is_postgres_url(url):
+        return
+    from pathlib import Path
+
+    folder = Path(sqlite_path(url)).resolve().parent
+    if not folder.is_dir():
+        raise StoreError(f"the folder of --db {sqlite_path(url)} does not exist: {folder}")
 
 
 async def open_store(url: str, *, audit_key: bytes) -> Store:
     """Open the store a ``--db`` value names: ``postgresql://`` (or ``postgres://``) for
     PostgreSQL, shared by several nodes; otherwise a path or ``sqlite:PATH``, the embedded
     default. ``audit_key`` (``crypto.audit_key`` of the service key) keys the audit chain."""
-    from pathlib import Path
-
     store: Store
     if is_postgres_url(url):
         from .postgres import PostgresStore
@@ -78,8 +89,7 @@ async def open_store(url: str, *, audit_key: bytes) -> Store:
     else:
         from .sqlite import SqliteStore
 
-        path = sqlite_path(url)
-        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-        store = SqliteStore(path, audit_key=audit_key)
+        check_location(url)
+        store = SqliteStore(sqlite_path(url), audit_key=audit_key)
     await store.open()
     return store
