@@ -27,23 +27,11 @@ from .helpers import (
     store_contents,
     wait_for_mail,
 )
+from .test_sessions import FAILED
 
 NEW = "Fresh-Start42"
 OK = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
-INVALID = {
-    "Authenticated": False,
-    "SessionToken": None,
-    "UserId": None,
-    "User": None,
-    "Locked": False,
-    "Requires2FA": False,
-    "TwoFAType": None,
-    "AuthType": None,
-    "TwoFAToken": None,
-    "Pending2FaToken": None,
-    "AddtlInfo": "",
-    "errormsg": "Invalid API key login",
-}
+INVALID = {**FAILED, "errormsg": "Invalid API key login"}
 KEY_SESSION = {
     "result": False,
     "errormsg": "Not Authorized",

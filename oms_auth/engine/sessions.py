@@ -103,11 +103,9 @@ class Sessions:
         d = self.deps
         now = d.clock()
         name_key = username_key(username or "")
-        counts = await self._reserve(name_key, source, now)
-        if counts is None:
+        reserved = await self._attempt(name_key, source, now)
+        if reserved is None:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
-        reserved = [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
-        await self._slow_down(counts[0])
         user = await d.store.user_by_name(username) if username else None
         ok = await d.hasher.verify(user.password_hash if user else None, password or "")
         if not ok or user is None:
@@ -152,11 +150,9 @@ class Sessions:
         # A key that names no one is counted under its own name: it cannot use up a user's
         # attempts, and a flood of made-up keys still meets the per-address limit.
         name_key = username_key(holder.username) if holder else "api-key:" + key[:64]
-        counts = await self._reserve(name_key, source, now)
-        if counts is None:
+        reserved = await self._attempt(name_key, source, now)
+        if reserved is None:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
-        reserved = [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
-        await self._slow_down(counts[0])
         number = apikeys.parse_nonce(nonce)
         uid = parse_user_id(user_id)
         secret = None
@@ -281,6 +277,18 @@ class Sessions:
         )
 
     # -- helpers ------------------------------------------------------------------------------
+
+    async def _attempt(
+        self, name_key: str, source: str, now: float
+    ) -> list[tuple[str, str, float]] | None:
+        """A login attempt's slots (per username and per address), taken before its secret is
+        checked, and the growing delay once failures pile up; None when a limit is used up.
+        The slots, to give back (``release``) if the attempt turns out not to count."""
+        counts = await self._reserve(name_key, source, now)
+        if counts is None:
+            return None
+        await self._slow_down(counts[0])
+        return [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
 
     async def _reserve(self, name_key: str, source: str, now: float) -> list[int] | None:
         """One slot of the per-username and the per-address login limits, before a secret is
