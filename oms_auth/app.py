@@ -135,7 +135,8 @@ class App:
             s.host,
             s.port,
             process_request=self.http,
-            create_connection=BodyConnection,  # reads POST bodies for the /AP/ gateway
+            # Reads POST bodies for the /AP/ gateway, at most a frame's size.
+            create_connection=BodyConnection.with_limit(s.max_frame_bytes),
             server_header=None,
             max_size=s.max_frame_bytes,
             # permessage-deflate with small windows: browsers still get compression, at about

@@ -365,3 +365,18 @@ async def test_a_burst_of_wrong_signatures_checks_at_most_the_login_limit(
     assert f'oms_auth_logins_total{{outcome="api_key_failed"}} {events["api_key_checks"]}' in (
         metrics
     )
+
+
+async def test_a_captured_login_cannot_replay_respelled_under_a_greater_nonce(
+    app: App, ids: dict[str, int]
+) -> None:
+    async with await password_client(app, "bot") as c:
+        key = await add_key(c, {"UserId": ids["bot"], "Permissions": []})
+    uid = str(ids["bot"])
+    # Nonce "1" + UserId "0<uid>" would sign the same text as Nonce "10" + UserId "<uid>":
+    # only one spelling of each is taken, so a login can never be respelled into another.
+    captured = signature(key["APISecret"], "1", "0" + uid, key["APIKey"])
+    async with await Client.connect(app.url) as c:
+        for nonce, user_id in (("1", "0" + uid), ("01", "0" + uid), ("1", " 0" + uid)):
+            attempt = {"APIKey": key["APIKey"], "Signature": captured, "UserId": user_id}
+            assert (await c.call("AuthenticateUser", {**attempt, "Nonce": nonce})).o == INVALID

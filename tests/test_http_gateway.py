@@ -43,7 +43,12 @@ async def http(
     writer.close()
     status_line, _, rest = raw.partition(b"\r\n")
     _, _, content = rest.partition(b"\r\n\r\n")
-    return int(status_line.split()[1]), orjson.loads(content) if content else None
+    if not content:
+        return int(status_line.split()[1]), None
+    try:
+        return int(status_line.split()[1]), orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return int(status_line.split()[1]), content.decode()  # a plain-text refusal
 
 
 def basic(username: str, password: str) -> dict[str, str]:
@@ -59,8 +64,8 @@ async def test_ping_and_an_unknown_function(app: App) -> None:
         104,
         "Resource Not Found",
     )
-    status, nothing = await http(app, "HEAD", "/AP/Ping")
-    assert (status, nothing) == (200, None)
+    status, _ = await http(app, "HEAD", "/AP/Ping")
+    assert status == 405  # HEAD would run the function: refused
 
 
 async def test_basic_authentication_then_calls_with_the_aptoken(app: App) -> None:
@@ -153,3 +158,40 @@ async def test_no_password_from_a_body_reaches_the_log(
     body = orjson.dumps({"UserName": "alice", "Password": secret})
     await http(app, "POST", "/AP/AuthenticateUser", body=body)
     assert secret not in caplog.text
+
+
+# -- found by a review ------------------------------------------------------------------------
+
+
+async def test_odd_requests_get_clear_answers_never_a_500(app: App) -> None:
+    await make_user(app.deps, "alice")
+    status, _ = await http(app, "HEAD", "/AP/LogOut")
+    assert status == 405  # HEAD never runs a function
+    _, odd = await http(app, "GET", "/AP/Authenticate", headers={"Authorization": "Basic é"})
+    assert odd["Authenticated"] is False
+    _, blank = await http(app, "GET", "/AP/Authenticate", headers=basic(" ", "x"))
+    assert blank["Authenticated"] is False
+    _, listed = await http(app, "POST", "/AP/Authenticate2FA", body=b'{"Code": [1]}')
+    assert listed["Authenticated"] is False
+
+
+async def test_a_body_longer_than_declared_ends_the_connection(app: App) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"POST /AP/Ping HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" + b"x" * 5000)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert not raw.startswith(b"HTTP/1.1 200")
+
+
+async def test_an_upgrade_that_declares_a_body_is_refused(app: App) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(
+        b"GET /WSGateway/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Content-Length: 1\r\n\r\nx"
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert not raw.startswith(b"HTTP/1.1 101")

@@ -122,7 +122,9 @@ def parse_nonce(nonce: str | int | None) -> int | None:
         return nonce if 0 <= nonce <= MAX_NONCE else None
     if isinstance(nonce, str) and _NONCE.fullmatch(nonce):
         value = int(nonce)
-        return value if value <= MAX_NONCE else None
+        # Written one way only (no leading zeros): otherwise "5"+"037" and "50"+"37" would
+        # sign the same text, and a captured login would replay under a greater nonce.
+        return value if value <= MAX_NONCE and str(value) == nonce else None
     return None
 
 

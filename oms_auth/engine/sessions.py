@@ -155,6 +155,8 @@ class Sessions:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
         number = apikeys.parse_nonce(nonce)
         uid = parse_user_id(user_id)
+        if isinstance(user_id, str) and uid is not None and str(uid) != user_id:
+            uid = None  # one spelling only, for the signed text's sake (see parse_nonce)
         secret = None
         if record is not None and holder is not None and uid == holder.id:
             secret = apikeys.open_secret(d.sealer, record)

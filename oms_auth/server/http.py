@@ -64,10 +64,9 @@ class HttpPages:
         if upgrade and gateway and request.method == "GET":
             return None
         if self.api is not None and path.lower().startswith("/ap/"):
-            if request.method not in ("GET", "HEAD", "POST"):
+            if request.method not in ("GET", "POST"):  # HEAD too: a function must not run
                 return text(HTTPStatus.METHOD_NOT_ALLOWED, "/AP/ takes GET and POST\n")
-            answer = await self.api(conn, request, source_of(conn))
-            return _headless(answer) if request.method == "HEAD" else answer
+            return await self.api(conn, request, source_of(conn))
         if request.method not in ("GET", "HEAD"):
             return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
         page = self.pages.get(path)

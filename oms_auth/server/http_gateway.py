@@ -53,7 +53,13 @@ _any_json = msgspec.json.Decoder()
 
 
 class BodyConnection(ServerConnection):
-    """A server connection that sets aside the body of a plain HTTP request (see module)."""
+    """A server connection that sets aside the body of a plain HTTP request (see module).
+
+    Bounded: a body declared longer than ``max_body`` is not taken (websockets refuses the
+    request), a request asking for a WebSocket upgrade is never read as having a body, and bytes
+    past the declared length end the connection."""
+
+    max_body = 65536  # the app makes a subclass with its own limit (``with_limit``)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,6 +67,11 @@ class BodyConnection(ServerConnection):
         self.body: bytearray | None = None  # set once a head declaring a body has been read
         self.body_length = 0
         self.body_complete = asyncio.Event()
+        self.too_long = False  # a body declared past max_body: answered 413, never read
+
+    @classmethod
+    def with_limit(cls, max_body: int) -> type[BodyConnection]:
+        return type("BodyConnection", (cls,), {"max_body": max_body})
 
     def data_received(self, data: bytes) -> None:
         if self.body is not None:
@@ -69,8 +80,9 @@ class BodyConnection(ServerConnection):
         if self._head is None:
             super().data_received(data)
             return
+        seen = len(self._head)
         self._head += data
-        end = self._head.find(_HEAD_END)
+        end = self._head.find(_HEAD_END, max(0, seen - len(_HEAD_END) + 1))
         if end < 0:
             if len(self._head) > _MAX_HEAD:  # let websockets refuse a head this long
                 head, self._head = bytes(self._head), None
@@ -79,9 +91,14 @@ class BodyConnection(ServerConnection):
         head, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
         self._head = None
         length = _declared_length(head)
-        if length is None:  # no body: websockets reads it all as usual
+        if length is None or _asks_upgrade(head):
+            # No body, or a WebSocket upgrade: websockets reads it all as usual (and refuses
+            # an upgrade that declares a body).
             super().data_received(head + rest)
             return
+        if length > self.max_body:
+            self.too_long, length = True, 0  # its bytes are dropped as they come
+
         # websockets refuses a request whose head declares a body: it is handed the head with
         # the length taken out, and the body stays here.
         self.body, self.body_length = bytearray(), length
@@ -90,9 +107,21 @@ class BodyConnection(ServerConnection):
 
     def _add_to_body(self, data: bytes) -> None:
         assert self.body is not None
+        if self.too_long:
+            return
+        room = self.body_length - len(self.body)
+        if len(data) > room:  # more than it declared: not a client to read further
+            self.transport.abort()
+            data = data[:room]
         self.body += data
         if len(self.body) >= self.body_length:
             self.body_complete.set()
+
+
+def _asks_upgrade(head: bytes) -> bool:
+    return any(
+        line.partition(b":")[0].strip().lower() == b"upgrade" for line in head.split(b"\r\n")
+    )
 
 
 def _without_length(head: bytes) -> bytes:
@@ -148,6 +177,8 @@ class HttpGateway:
             return _json(HTTPStatus.OK, await self._basic(conn, headers.get("Authorization")))
         if folded == "authenticate2fa":
             code = _folded(payload).get("code")
+            if not isinstance(code, str | int) or isinstance(code, bool):
+                code = None
             step = await self.sessions.second_factor(
                 headers.get("Pending2FaToken"), code, conn.source
             )
@@ -162,6 +193,12 @@ class HttpGateway:
             # A signed login by headers (as bots send it): the headers are its payload.
             payload = {**signed, **payload}
             signed = {}
+        # The payload first: a request refused for its payload opens no session.
+        decoded = function.payload.decode(payload, lax=request.method != "POST")
+        if isinstance(decoded, PayloadError):
+            refusal = StandardResponse.failure(decoded.code, decoded.detail)
+            status = HTTPStatus.OK if decoded.routable else HTTPStatus.BAD_REQUEST
+            return _json(status, refusal)
         token = headers.get("APToken")
         login: Login | None = None
         if token is not None:
@@ -179,11 +216,6 @@ class HttpGateway:
                 refusal = StandardResponse.failure(ErrorCode.NOT_AUTHORIZED, login.message)
                 return _json(HTTPStatus.UNAUTHORIZED, refusal)
             self.registry.apply(conn, login, self.sessions.deps.clock())
-        decoded = function.payload.decode(payload, lax=request.method != "POST")
-        if isinstance(decoded, PayloadError):
-            refusal = StandardResponse.failure(decoded.code, decoded.detail)
-            status = HTTPStatus.OK if decoded.routable else HTTPStatus.BAD_REQUEST
-            return _json(status, refusal)
         try:
             reply = await self.gateway.call(conn, function, decoded)
         finally:
@@ -200,9 +232,9 @@ class HttpGateway:
             try:
                 decoded = base64.b64decode(encoded, validate=True).decode()
                 username, _, password = decoded.partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
                 username = password = None
-        if not username or not password:
+        if not username or not username.strip() or not password:
             return login_reply(Login(LoginState.FAILED, message=BASIC_REQUIRED))
         login = await self.sessions.authenticate(username, password, conn.source)
         return login_reply(login)
@@ -214,11 +246,12 @@ class HttpGateway:
         if body is None:
             return {}  # no body (a POST without one means {})
         length = ws.body_length  # type: ignore[attr-defined]
-        if length > self.max_body:
+        if ws.too_long or length > self.max_body:  # type: ignore[attr-defined]
             detail = f"A body is at most {self.max_body} bytes"
             return _refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
         try:
-            await asyncio.wait_for(ws.body_complete.wait(), 10)  # type: ignore[attr-defined]
+            # Within websockets' own 10 s for the whole request, so this answer can go out.
+            await asyncio.wait_for(ws.body_complete.wait(), 5)  # type: ignore[attr-defined]
         except TimeoutError:
             return _refused(HTTPStatus.REQUEST_TIMEOUT, "The body did not arrive in time")
         try:
