@@ -157,7 +157,7 @@ class HttpGateway:
         path, _, query = request.path.partition("?")
         name = path[len(AP_PREFIX) :].strip("/")
         if request.method == "POST":
-            payload = await self._body(ws, request)
+            payload = await self._body(ws)
             if isinstance(payload, Response):
                 return payload
         else:
@@ -239,9 +239,7 @@ class HttpGateway:
         login = await self.sessions.authenticate(username, password, conn.source)
         return login_reply(login)
 
-    async def _body(self, ws: ServerConnection, request: Request) -> dict[str, Any] | Response:
-        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-            return _refused(HTTPStatus.LENGTH_REQUIRED, "A body must declare its Content-Length")
+    async def _body(self, ws: ServerConnection) -> dict[str, Any] | Response:
         body = getattr(ws, "body", None)
         if body is None:
             return {}  # no body (a POST without one means {})

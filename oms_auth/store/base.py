@@ -178,9 +178,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_events(self, kind: str, key: str, since: float) -> int: ...
 
-    @abc.abstractmethod
-    async def clear_events(self, kind: str, key: str) -> None: ...
-
     # Reset codes (keyed by the SHA-256 of the code)
     @abc.abstractmethod
     async def issue_code(

@@ -614,9 +614,6 @@ class PostgresStore(Store):
     async def count_events(self, kind: str, key: str, since: float) -> int:
         return int(await self._db.fetchval(S.count_events_since, kind, _key(key), since))
 
-    async def clear_events(self, kind: str, key: str) -> None:
-        await self._db.execute(S.clear_events, kind, _key(key))
-
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         # One transaction per table: clean-up needs no atomicity, and holding one table's rows
         # while waiting for another's would invert a reset's lock order (a deadlock).

@@ -476,12 +476,6 @@ class SqliteStore(Store):
         (count,) = await self._one(self._reader, S.count_events_since, (kind, key, since))
         return int(count)
 
-    async def clear_events(self, kind: str, key: str) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.clear_events, (kind, key))
-
-        await self._write(job)
-
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         async def job(db: aiosqlite.Connection) -> int:
             gone = 0
