@@ -11,8 +11,6 @@ import time
 from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
-from protocol.messages import LogoutReason
-
 from .config import Settings
 from .crypto import Hasher, Sealer, audit_key, checkout_holding, load_or_create_key
 from .engine.deps import Clock, Deps
@@ -93,8 +91,8 @@ class App:
     def count(self, name: str) -> None:
         self.metrics.event(name)
 
-    def password_changed(self, user_id: int) -> None:
-        self.registry.end_user(user_id, LogoutReason.PASSWORD_CHANGED)
+    def sessions_ended(self, user_id: int, reason: str) -> None:
+        self.registry.end_user(user_id, reason)
 
     def session_revoked(self, token_digest: bytes, reason: str) -> None:
         self.registry.end_session(token_digest, reason)

@@ -42,6 +42,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_idle_seconds: float = 3600
     # Reset engine (SPEC section 4)
     code_valid_seconds: float = 86400
+    invite_valid_seconds: float = 72 * 3600  # an invitation's link (SPEC section 4)
+    # The issuer an authenticator app shows beside the username (EnableGoogle2FA).
+    totp_issuer: str = "oms-auth"
     self_service_reset: bool = True
     # Self-service requests are answered at once and worked off in the background: at most
     # this many wait (past it they are answered the same and dropped, counted in /metrics as

@@ -95,13 +95,26 @@ def new_cid() -> str:
 @contextmanager
 def request_context(secrets: Iterable[object] = (), cid: str | None = None) -> Iterator[str]:
     """Run a request: its correlation id, and the secrets no log line may show."""
-    values = tuple(s for s in secrets if isinstance(s, str) and s)
+    values = tuple(_strings(secrets))
     ctx = _Context(cid=cid or new_cid(), secrets=values)
     token = _current.set(ctx)
     try:
         yield ctx.cid
     finally:
         _current.reset(token)
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every non-empty string in a value (a payload's Questions hold their answers nested)."""
+    if isinstance(value, str):
+        if value:
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -39,6 +39,13 @@ __all__ = [
     "AddUserAPIKeyReply",
     "APIKeyInfo",
     "RemoveUserAPIKeyRequest",
+    "EnableGoogle2FAReply",
+    "Disable2FARequest",
+    "SetSecurityQuestionsRequest",
+    "SecurityQuestionsReply",
+    "CreateUserRequest",
+    "ForceUserLogoffRequest",
+    "LockedUser",
 ]
 
 
@@ -108,6 +115,9 @@ class AuthenticateUserReply(msgspec.Struct, frozen=True):
     Pending2FaToken: str | None = None
     AddtlInfo: str = ""
     errormsg: str | None = None
+    # A master user without security questions, logged in: it must set them before it logs
+    # out (SPEC 000); front-ends show the form.
+    NeedsSecurityQuestions: bool = False
 
     def __repr__(self) -> str:
         # The tokens are bearer credentials: never let them reach a log through a repr.
@@ -221,6 +231,64 @@ class APIKeyInfo(msgspec.Struct, frozen=True):
 class RemoveUserAPIKeyRequest(msgspec.Struct, frozen=True):
     UserId: int | str | None = None
     APIKey: str | None = None
+
+
+class EnableGoogle2FAReply(msgspec.Struct, frozen=True):
+    """The new TOTP secret, shown once: as an ``otpauth://`` URI (for a QR code) and typed."""
+
+    GoogleQRCode: str
+    ManualCode: str
+
+    def __repr__(self) -> str:
+        return "EnableGoogle2FAReply(<secret redacted>)"
+
+
+class Disable2FARequest(msgspec.Struct, frozen=True):
+    Code: str | int | None = None
+    UserId: int | str | None = None
+
+    def __repr__(self) -> str:
+        return "Disable2FARequest(<redacted>)"
+
+
+class SetSecurityQuestionsRequest(msgspec.Struct, frozen=True):
+    """``{Password, Questions: [{Question, Answer}]}``, 1 to 3; ``UserId``, when sent, must be
+    the caller's own."""
+
+    Password: str | None = None
+    Questions: list[dict[str, Any]] | None = None
+    UserId: int | str | None = None
+
+    def __repr__(self) -> str:
+        return "SetSecurityQuestionsRequest(<secrets redacted>)"
+
+
+class SecurityQuestionsReply(msgspec.Struct, frozen=True):
+    Questions: list[str]
+
+
+class CreateUserRequest(msgspec.Struct, frozen=True):
+    """An invited user in the caller's OMS (the caller's ``OMSId`` counts, whatever is sent)."""
+
+    UserName: str | None = None
+    Email: str | None = None
+    AccountId: int | None = None
+    Permissions: list[str] | None = None
+
+
+class ForceUserLogoffRequest(msgspec.Struct, frozen=True):
+    UserId: int | str | None = None
+    UserName: str | None = None
+
+
+class LockedUser(msgspec.Struct, frozen=True):
+    """One of GetLockedUsers' answer; the times in ISO 8601 UTC."""
+
+    UserId: int
+    UserName: str
+    Email: str
+    LockedDateTime: str
+    LockedUntil: str
 
 
 class PayloadError(msgspec.Struct, frozen=True):

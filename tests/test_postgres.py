@@ -436,7 +436,7 @@ async def test_a_reset_on_one_node_is_told_to_the_others_not_to_itself(
     await eventually(lambda: told_b == [uid], timeout=1)
     assert time.monotonic() - started < 1
     await asyncio.sleep(0.2)
-    assert told_a == [] and told_b == [uid]  # a handled its own (Deps.password_changed)
+    assert told_a == [] and told_b == [uid]  # a handled its own (Events.sessions_ended)
 
 
 @pg_only

@@ -26,6 +26,7 @@ FAILED = {
     "Pending2FaToken": None,
     "AddtlInfo": "",
     "errormsg": "Invalid username or password",
+    "NeedsSecurityQuestions": False,
 }
 
 

@@ -24,6 +24,11 @@ _SECRET_KEYS = (
     "Code",
     "SessionToken",
     "TwoFAToken",
+    "Pending2FaToken",
+    "ManualCode",
+    "GoogleQRCode",
+    "Answer",
+    "APISecret",
 )
 _KEYS = "|".join(_SECRET_KEYS)
 

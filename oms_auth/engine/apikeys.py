@@ -41,7 +41,7 @@ from .texts import (
     ONLY_OWN_API_KEYS,
     TOO_MANY_API_KEYS,
 )
-from .users import OPERATOR, permission_name
+from .users import OPERATOR
 
 __all__ = [
     "ApiKeys",
@@ -59,8 +59,6 @@ __all__ = [
 
 MAX_NONCE = 2**63 - 1  # what both stores' integer column holds
 MAX_KEY_LENGTH = 128  # longer APIKey values are never looked up
-MAX_PERMISSIONS = 16
-MAX_PERMISSION_LENGTH = 64
 INVALID_API_KEY = "Invalid value provided for APIKey"
 _NONCE = re.compile(r"[0-9]{1,19}")
 
@@ -129,22 +127,12 @@ def parse_nonce(nonce: str | int | None) -> int | None:
 
 
 def _permissions(given: list[str] | None, target: User) -> tuple[str, ...]:
-    """The key's permissions, trimmed, known names in their usual case, without repeats. A key
-    never carries Operator for a user who is not one."""
-    if given is None:
-        return ()
-    if len(given) > MAX_PERMISSIONS:
+    """The key's permissions (:func:`.users.permission_names`). A key never carries Operator
+    for a user who is not one."""
+    names = users.permission_names(given)
+    if OPERATOR in names and OPERATOR not in target.permissions:
         raise InvalidValue(INVALID_PERMISSIONS)
-    out: list[str] = []
-    for raw in given:
-        name = permission_name(raw)
-        if not name or len(name) > MAX_PERMISSION_LENGTH or not name.isprintable():
-            raise InvalidValue(INVALID_PERMISSIONS)
-        if name == OPERATOR and OPERATOR not in target.permissions:
-            raise InvalidValue(INVALID_PERMISSIONS)
-        if name not in out:
-            out.append(name)
-    return tuple(out)
+    return names
 
 
 class ApiKeys:

@@ -3,8 +3,8 @@ and where to tell what happened.
 
 The clock is a seam (as in Django's token generator): tests pass a function they can move
 forward, so expiry and lockout are tested without sleeping. ``events`` is the one way the engine
-reaches up: it says what happened (a counter, a password changed, a session revoked, mail
-queued) to whoever wired it, without knowing who listens.
+reaches up: it says what happened (a counter, a user's sessions ended, a session revoked,
+mail queued) to whoever wired it, without knowing who listens.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ class Events(Protocol):
     def count(self, name: str) -> None:
         """A counter for /metrics, e.g. ``resets_requested``; ``login:failed`` is an outcome."""
 
-    def password_changed(self, user_id: int) -> None:
-        """A reset completed here: the user's connections on this node are logged off."""
+    def sessions_ended(self, user_id: int, reason: str) -> None:
+        """Every session of the user ended here (a reset, a forced logoff): the user's
+        connections on this node are logged off with ``reason``."""
 
     def session_revoked(self, token_digest: bytes, reason: str) -> None:
         """A session ended here (LogOut, expiry): every connection holding it is logged off."""
@@ -45,7 +46,7 @@ class Quiet:
     def count(self, name: str) -> None:
         pass
 
-    def password_changed(self, user_id: int) -> None:
+    def sessions_ended(self, user_id: int, reason: str) -> None:
         pass
 
     def session_revoked(self, token_digest: bytes, reason: str) -> None:

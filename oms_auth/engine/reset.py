@@ -12,7 +12,9 @@ from typing import Any
 
 import msgspec
 
-from ..crypto import digest, mail_context, new_pending_code
+from protocol.messages import LogoutReason
+
+from ..crypto import digest
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
 from ..store import (
     RESET_FAILURE,
@@ -28,6 +30,7 @@ from . import totp, users
 from .answers import normalize_answer
 from .background import Bounded, Refused
 from .deps import Deps
+from .links import issue_link
 from .passwords import POLICIES, Policy
 from .texts import (
     ACCOUNT_LOCKED,
@@ -263,21 +266,7 @@ class Resets:
         return None
 
     async def _issue(self, target: User, now: float, audit: AuditEntry) -> None:
-        d = self.deps
-        code = new_pending_code()
-        expires_at = now + d.settings.code_valid_seconds
-        mail = MailItem(
-            kind="reset",
-            recipient=target.email,
-            user_id=target.id,
-            public={"username": target.username, "expires_at": expires_at},
-            sealed=d.sealer.seal(
-                msgspec.json.encode({"code": code}), mail_context(target.id, "reset")
-            ),
-        )
-        await d.store.issue_code(target.id, digest(code), now, expires_at, mail, [audit])
-        d.events.count("resets_requested")
-        d.events.mail_queued()
+        await issue_link(self.deps, target, now, audit)
 
     # -- the link ------------------------------------------------------------------------------
 
@@ -451,7 +440,7 @@ class Resets:
             # Another call with the same code won the race, or it expired meanwhile.
             raise NotFound(INVALID_RECOVERY_KEY)
         d.events.count("resets_completed")
-        d.events.password_changed(user.id)
+        d.events.sessions_ended(user.id, LogoutReason.PASSWORD_CHANGED)
         d.events.mail_queued()
 
     async def _failure(self, user: User, slot: Claim, source: str, reason: str, now: float) -> None:

@@ -32,7 +32,7 @@ import msgspec
 from protocol.messages import LogoutReason
 
 from ..crypto import digest, new_token
-from ..errors import InvalidValue
+from ..errors import InvalidValue, NotAuthorized, OperationFailed
 from ..store import AuditEntry, Claim, Outcome, User, username_key
 from . import apikeys, totp
 from .deps import Deps
@@ -47,6 +47,7 @@ from .texts import (
     INVALID_USERNAME,
     NO_PENDING_2FA,
     TOO_MANY_LOGINS,
+    TOTP_REQUIRED,
     federated_refusal,
 )
 from .users import parse_user_id
@@ -77,6 +78,8 @@ class Login(msgspec.Struct, frozen=True):
     message: str | None = None
     # The pending second step's token (NEEDS_2FA): Authenticate2FA names it.
     pending: str | None = None
+    # A master user without security questions, logged in: it must set them (SPEC 000).
+    needs_questions: bool = False
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -247,7 +250,12 @@ class Sessions:
             return refusal
         if not await d.store.touch_session(key, now):  # revoked since it was read
             return Login(LoginState.FAILED, message=INVALID_SESSION)
-        return Login(LoginState.AUTHENTICATED, user=user, token=token)
+        return Login(
+            LoginState.AUTHENTICATED,
+            user=user,
+            token=token,
+            needs_questions=await self.needs_questions(user),
+        )
 
     def expired(self, last_seen: float, now: float | None = None) -> bool:
         now = self.deps.clock() if now is None else now
@@ -269,14 +277,62 @@ class Sessions:
             token_digest, user_id, LogoutReason.LOGGED_OUT_ELSEWHERE
         )
 
-    async def logout(self, token_digest: bytes, user: User, source: str) -> None:
-        """LogOut: the session ends on every connection that holds it, on every node."""
+    async def logout(self, token_digest: bytes, user: User, source: str) -> bool:
+        """LogOut: the session ends on every connection that holds it, on every node. True
+        when the user is a master user still without security questions, to be told so."""
         d = self.deps
         await self._revoke(token_digest, user.id, LogoutReason.LOGGED_OUT_ELSEWHERE)
         await d.store.audit(
             [AuditEntry(action="logout", actor_id=user.id, target_id=user.id, source=source)],
             d.clock(),
         )
+        current = await d.store.user_by_id(user.id)
+        return current is not None and await self.needs_questions(current)
+
+    async def needs_questions(self, user: User) -> bool:
+        """A master user without security questions: it could not reset its password once it
+        has logged in, so it is told to set them (SPEC 000)."""
+        return user.master and not await self.deps.store.security_questions(user.id)
+
+    async def recheck_password(self, user: User, password: str | None, source: str) -> bool:
+        """The current password given again (SetSecurityQuestions): an attempt counted like a
+        login's, reserved before the check and given back when right. Refusal when the limits
+        are used up; False when wrong."""
+        if not password:
+            raise InvalidValue(INVALID_PASSWORD)
+        d = self.deps
+        now = d.clock()
+        name_key = username_key(user.username)
+        reserved = await self._attempt(name_key, source, now)
+        if reserved is None:
+            raise OperationFailed(TOO_MANY_LOGINS)
+        if not await d.hasher.verify(user.password_hash, password):
+            await self._audit_failure(name_key, source, now, user, "wrong password again")
+            return False
+        for kind, key, at in reserved:
+            await d.store.release(kind, key, at)
+        return True
+
+    async def check_totp(self, user: User, secret: str, code: str | int | None, source: str) -> int:
+        """A TOTP code from a logged-in user (Disable2FA, an enrolment's first code): a slot of
+        the login limits taken first, kept when wrong. The accepted time step (still to be
+        recorded by the write it allows, which refuses a step taken meanwhile)."""
+        d = self.deps
+        given = totp.normalize_code(code)
+        if given is None:
+            raise NotAuthorized(TOTP_REQUIRED)
+        now = d.clock()
+        name_key = username_key(user.username)
+        if await self._reserve(name_key, source, now) is None:
+            raise OperationFailed(TOO_MANY_LOGINS)
+        d.events.count("totp_checks")
+        step = totp.accepted(secret, given, now, user.totp_last_step)
+        if step is None:
+            await self._audit_failure(name_key, source, now, user, "wrong TOTP code")
+            raise NotAuthorized(INVALID_2FA_CODE)
+        await d.store.release(LOGIN_FAILURE_USER, name_key, now)
+        await d.store.release(LOGIN_FAILURE_SOURCE, source, now)
+        return step
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -372,7 +428,12 @@ class Sessions:
             failed = INVALID_LOGIN if api_key is None else INVALID_API_KEY_LOGIN
             return Login(LoginState.FAILED, message=failed)
         d.events.count("login:ok")
-        return Login(LoginState.AUTHENTICATED, user=user, token=token)
+        return Login(
+            LoginState.AUTHENTICATED,
+            user=user,
+            token=token,
+            needs_questions=await self.needs_questions(user),
+        )
 
     async def _audit_failure(
         self, name_key: str, source: str, now: float, user: User | None, detail: str | None = None

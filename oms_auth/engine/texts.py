@@ -13,6 +13,7 @@ __all__ = [
     "INVALID_SESSION",
     "INVALID_USERNAME",
     "INVALID_USER_ID",
+    "INVALID_EMAIL",
     "NOT_LOGGED_IN",
     "ONLY_OPERATORS_UNLOCK",
     "ONLY_OWN_USER",
@@ -34,6 +35,15 @@ __all__ = [
     "API_KEY_NOT_FOUND",
     "TOO_MANY_API_KEYS",
     "INVALID_PERMISSIONS",
+    "ONLY_OPERATORS",
+    "ONLY_OWN_SECURITY",
+    "TOTP_ALREADY_ON",
+    "TOTP_NOT_ON",
+    "INVALID_QUESTIONS",
+    "WRONG_PASSWORD",
+    "USERNAME_TAKEN",
+    "MUST_SET_QUESTIONS",
+    "ENROLMENT_NEEDS_CONNECTION",
     "federated_refusal",
 ]
 
@@ -48,6 +58,7 @@ INVALID_SESSION = "Invalid or expired session token"
 INVALID_USERNAME = "Invalid value provided for Username"
 INVALID_PASSWORD = "Invalid value provided for Password"
 INVALID_USER_ID = "Invalid value provided for UserId"
+INVALID_EMAIL = "Invalid value provided for Email"
 NOT_LOGGED_IN = "Not logged in"
 ONLY_OPERATORS_UNLOCK = "Only an Operator may unlock users"
 ONLY_OWN_USER = "Only an Operator may see users other than itself"
@@ -73,6 +84,22 @@ ONLY_OWN_API_KEYS = "Only an Operator may manage the API keys of other users"
 API_KEY_NOT_FOUND = "API key does not exist"
 TOO_MANY_API_KEYS = "This user has as many API keys as it may hold; remove one first"
 INVALID_PERMISSIONS = "Invalid value provided for Permissions"
+# The account functions (SPEC section 2a).
+ONLY_OPERATORS = "Only an Operator may do this"
+ONLY_OWN_SECURITY = "Only the user itself may change or see its account security"
+TOTP_ALREADY_ON = "Two-factor authentication is already enabled; disable it first"
+TOTP_NOT_ON = "Two-factor authentication is not enabled for this user"
+INVALID_QUESTIONS = "Invalid value provided for Questions"
+WRONG_PASSWORD = "The password given is not the current password"
+USERNAME_TAKEN = "A user with this username exists already"
+MUST_SET_QUESTIONS = (
+    "Set your security questions before you log out: a master user answers one to reset"
+    " its password"
+)
+ENROLMENT_NEEDS_CONNECTION = (
+    "EnableGoogle2FA needs a WebSocket connection: the code that proves it follows on the same"
+    " connection"
+)
 
 _FEDERATED = {
     "openidconnect": (

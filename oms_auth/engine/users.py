@@ -8,19 +8,33 @@ users here; the UnlockUser function and ``oms-auth user unlock`` end a lock here
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from ..errors import InvalidValue, NotAuthorized, NotFound
-from ..store import AuditEntry, NewUser, User
+from ..store import NO_PASSWORD, AuditEntry, NewUser, User
 from . import totp
 from .answers import normalize_answer
 from .deps import Deps
-from .texts import INVALID_USER_ID, NOT_LOGGED_IN, ONLY_OWN_USER, USER_NOT_FOUND
+from .links import issue_link
+from .texts import (
+    INVALID_EMAIL,
+    INVALID_PERMISSIONS,
+    INVALID_USER_ID,
+    INVALID_USERNAME,
+    NOT_LOGGED_IN,
+    ONLY_OWN_USER,
+    USER_NOT_FOUND,
+)
 
 __all__ = [
     "create_user",
+    "invite",
+    "check_username",
+    "check_email",
     "unlock",
     "permission_name",
+    "permission_names",
     "parse_user_id",
     "visible_user",
     "MAX_USER_ID",
@@ -32,6 +46,12 @@ OPERATOR = "Operator"
 TRADING = "Trading"
 MAX_USER_ID = 2**63 - 1
 _DECIMAL = re.compile(r"\s*\+?[0-9]{1,40}\s*")
+MAX_PERMISSIONS = 16
+MAX_PERMISSION_LENGTH = 64
+MAX_USERNAME_LENGTH = 64
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
+# One @, something on each side, a dot in the domain, no spaces: the form, not deliverability.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
 # Operator and Trading are matched whatever the case they were typed in.
 _KNOWN_PERMISSIONS = {"operator": "Operator", "trading": "Trading"}
@@ -41,12 +61,51 @@ def permission_name(name: str) -> str:
     return _KNOWN_PERMISSIONS.get(name.strip().lower(), name.strip())
 
 
+def permission_names(given: Sequence[object] | None) -> tuple[str, ...]:
+    """Permission names (CreateUser, AddUserAPIKey) trimmed, known ones in their usual case,
+    without repeats; InvalidValue for anything but up to 16 short printable names."""
+    if given is None:
+        return ()
+    if len(given) > MAX_PERMISSIONS:
+        raise InvalidValue(INVALID_PERMISSIONS)
+    out: list[str] = []
+    for raw in given:
+        name = permission_name(raw) if isinstance(raw, str) else ""
+        if not name or len(name) > MAX_PERMISSION_LENGTH or not name.isprintable():
+            raise InvalidValue(INVALID_PERMISSIONS)
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def check_username(username: str) -> str:
+    """The username as stored (NFKC-normalised, trimmed), or InvalidValue naming the fault."""
+    name = unicodedata.normalize("NFKC", username).strip()
+    if not name:
+        raise InvalidValue(f"{INVALID_USERNAME}: it must not be empty")
+    if len(name) > MAX_USERNAME_LENGTH:
+        raise InvalidValue(f"{INVALID_USERNAME}: at most {MAX_USERNAME_LENGTH} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise InvalidValue(f"{INVALID_USERNAME}: it holds a control or format character")
+    return name
+
+
+def check_email(email: str) -> str:
+    """The address trimmed, or InvalidValue when it is not of the form name@domain.tld."""
+    address = email.strip()
+    if len(address) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(address):
+        raise InvalidValue(f"{INVALID_EMAIL}: expected an address like name@example.com")
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in address):
+        raise InvalidValue(f"{INVALID_EMAIL}: it holds a control or format character")
+    return address
+
+
 async def create_user(
     deps: Deps,
     *,
     username: str,
     email: str,
-    password: str,
+    password: str | None,
     oms: int = 1,
     permissions: Sequence[str] = (),
     accounts: Sequence[int] = (),
@@ -59,9 +118,10 @@ async def create_user(
     actor_id: int | None = None,
     source: str = "cli",
 ) -> int:
-    """Create a user (the first of ``accounts`` is its default); returns its UserId."""
-    if not username.strip():
-        raise InvalidValue("--username must not be empty")
+    """Create a user (the first of ``accounts`` is its default); returns its UserId. Without
+    a password the user is invited: it has no usable password until it follows the link
+    :func:`invite` mails it."""
+    username, email = check_username(username), check_email(email)
     if (question is None) != (answer is None):
         raise InvalidValue("--security-question and --security-answer go together")
     if totp_secret is not None and not totp.valid_secret(totp_secret):
@@ -73,7 +133,7 @@ async def create_user(
         NewUser(
             username=username,
             email=email,
-            password_hash=await deps.hasher.hash(password),
+            password_hash=NO_PASSWORD if password is None else await deps.hasher.hash(password),
             oms_id=oms,
             permissions=tuple(permission_name(p) for p in permissions),
             accounts=tuple(accounts),
@@ -89,6 +149,23 @@ async def create_user(
     if totp_secret is not None:
         await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
     return user_id
+
+
+async def invite(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:
+    """Mail the user a link to set its first password, valid ``invite_valid_seconds``; a
+    newer invitation voids the older link."""
+    await issue_link(
+        deps,
+        target,
+        deps.clock(),
+        AuditEntry(
+            action="invited",
+            actor_id=actor_id,
+            target_id=target.id,
+            target_name=target.username,
+            source=source,
+        ),
+    )
 
 
 async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:

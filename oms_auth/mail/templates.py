@@ -41,56 +41,100 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+# Notices of a change to the account's security (SPEC section 2a): what happened, in one
+# sentence; {at} is when.
+_NOTICES = {
+    "2fa-enabled": (
+        "Two-factor authentication was turned on",
+        "Two-factor authentication was turned on for your trading account at {at}. From now on"
+        " a login asks for a code from your authenticator app.",
+    ),
+    "2fa-disabled": (
+        "Two-factor authentication was turned off",
+        "Two-factor authentication was turned off for your trading account at {at}. A login now"
+        " needs only your password.",
+    ),
+    "questions-set": (
+        "Your security questions were changed",
+        "The security questions of your trading account were changed at {at}.",
+    ),
+    "forced-logoff": (
+        "Your sessions were logged off",
+        "An operator logged off every session of your trading account at {at}. Log in again to"
+        " go on.",
+    ),
+}
+_NOT_YOU = "If this was not you, contact support at once."
+
+
+def _link_mail(kind: str, name: str) -> tuple[str, list[str], str]:
+    """A reset or an invitation: subject, paragraphs before the link, the link's words."""
+    if kind == "invite":
+        return (
+            "Set the password of your new trading account",
+            [
+                f"An account was created for you on the exchange, with the username {name}.",
+                "To choose its password, open this link:",
+            ],
+            "Choose your password",
+        )
+    return (
+        "Reset your password",
+        [
+            "Someone asked to reset the password of your trading account. To choose a new"
+            " password, open this link:"
+        ],
+        "Choose a new password",
+    )
+
+
 def render(
     kind: str, public: dict[str, Any], secret: dict[str, Any], *, sender: str, recipient: str
 ) -> EmailMessage:
-    """Build the message for an outbox row; ``secret`` is what was sealed (the reset link)."""
+    """Build the message for an outbox row; ``secret`` is what was sealed (the link)."""
     msg = EmailMessage(policy=_POLICY)
     msg["From"] = sender
     msg["To"] = recipient
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2].strip("> ") or "localhost")
     name = public.get("username", "")
-    if kind == "reset":
+    after: list[str] = []
+    link = None
+    if kind in ("reset", "invite"):
         link = secret["link"]
         expires = _when(public["expires_at"])
-        msg["Subject"] = "Reset your password"
-        text = (
-            f"Hello {name},\n\n"
-            "Someone asked to reset the password of your trading account. To choose a new\n"
-            "password, open this link:\n\n"
-            f"{link}\n\n"
-            f"The link works once and expires at {expires}.\n"
-            "If you did not ask for this, ignore this message: your password stays as it is.\n"
-        )
-        body = (
-            f"<p>Hello {html.escape(name)},</p>"
-            "<p>Someone asked to reset the password of your trading account. "
-            "To choose a new password, open this link:</p>"
-            f'<p><a href="{html.escape(link)}">Choose a new password</a></p>'
-            f"<p>The link works once and expires at {expires}.</p>"
-            "<p>If you did not ask for this, ignore this message: "
-            "your password stays as it is.</p>"
-        )
+        subject, before, words = _link_mail(kind, name)
+        after = [f"The link works once and expires at {expires}."]
+        if kind == "reset":
+            after.append(
+                "If you did not ask for this, ignore this message: your password stays as it is."
+            )
+        else:
+            after.append("If you expected no such account, ignore this message.")
     elif kind == "password-changed":
-        changed = _when(public["changed_at"])
+        subject = "Your password was changed"
+        before = [
+            f"The password of your trading account was changed at {_when(public['changed_at'])},"
+            " and every session was logged off. If this was not you, contact support at once."
+        ]
         keys = _API_KEYS_AFTER_RESET.get(public.get("api_keys", ""), "")
-        msg["Subject"] = "Your password was changed"
-        text = (
-            f"Hello {name},\n\n"
-            f"The password of your trading account was changed at {changed}, and every\n"
-            "session was logged off. If this was not you, contact support at once.\n"
-            + (f"\n{keys}\n" if keys else "")
-        )
-        body = (
-            f"<p>Hello {html.escape(name)},</p>"
-            f"<p>The password of your trading account was changed at {changed}, "
-            "and every session was logged off.</p>"
-            "<p>If this was not you, contact support at once.</p>"
-            + (f"<p>{keys}</p>" if keys else "")
-        )
+        if keys:
+            before.append(keys)
+    elif kind in _NOTICES:
+        subject, sentence = _NOTICES[kind]
+        before = [sentence.format(at=_when(public["at"])), _NOT_YOU]
     else:
         raise ValueError(f"unknown mail kind {kind!r}")
+    msg["Subject"] = subject
+    text = f"Hello {name},\n\n" + "".join(p + "\n\n" for p in before)
+    body = f"<p>Hello {html.escape(name)},</p>" + "".join(
+        f"<p>{html.escape(p)}</p>" for p in before
+    )
+    if link is not None:
+        text += f"{link}\n\n"
+        body += f'<p><a href="{html.escape(link)}">{words}</a></p>'
+    text += "".join(p + "\n" for p in after)
+    body += "".join(f"<p>{html.escape(p)}</p>" for p in after)
     # 8bit, not quoted-printable: the link stays whole in the raw message (grep, scripts).
     msg.set_content(text, cte="8bit")
     msg.add_alternative(

@@ -7,6 +7,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
+from ..engine.accounts import Enrolment
 from ..store import User
 
 __all__ = ["Conn", "source_of"]
@@ -30,13 +31,17 @@ class Conn:
         "last_activity",
         "last_written",
         "pending",
+        "token",
+        "enrolment",
+        "verified_at",
+        "lasting",
         "closed",
         "tasks",
         "tokens",
         "tokens_at",
     )
 
-    def __init__(self, ws: ServerConnection, source: str) -> None:
+    def __init__(self, ws: ServerConnection, source: str, *, lasting: bool = True) -> None:
         self.ws = ws
         self.source = source
         self.user: User | None = None
@@ -45,6 +50,14 @@ class Conn:
         self.last_written = 0.0
         # The token of a login waiting for its second step on this connection (a secret).
         self.pending: str | None = None
+        # The session's token (a secret): Authenticate2FA that confirms an enrolment answers it.
+        self.token: str | None = None
+        # An EnableGoogle2FA waiting for its first code on this connection.
+        self.enrolment: Enrolment | None = None
+        # When a 2FA last succeeded on this connection (Disable2FA needs no code soon after).
+        self.verified_at: float | None = None
+        # False for an HTTP request: nothing it leaves on the connection outlives it.
+        self.lasting = lasting
         self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
         # Request-rate token bucket: starts full.

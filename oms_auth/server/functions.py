@@ -7,19 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from protocol import messages as msg
-from protocol.errors import SUCCESS
+from protocol.errors import SUCCESS, StandardResponse
 
 from ..engine import users
+from ..engine.accounts import RECENT_2FA_SECONDS, Accounts
 from ..engine.apikeys import ApiKeys
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
-from ..engine.texts import NOT_LOGGED_IN
-from ..errors import NotAuthorized
+from ..engine.texts import ENROLMENT_NEEDS_CONNECTION, MUST_SET_QUESTIONS, NOT_LOGGED_IN
+from ..errors import NotAuthorized, NotSupported
 from ..store import User
 from .connection import Conn
 from .registry import Registry
@@ -36,6 +38,7 @@ SECRET_KEYS = frozenset(
         "SessionToken",
         "Signature",
         "APISecret",
+        "Questions",  # their answers
     }
 )
 
@@ -76,6 +79,7 @@ def login_reply(login: Login) -> msg.AuthenticateUserReply:
             SessionToken=login.token,
             UserId=login.user.id,
             User=user_info(login.user),
+            NeedsSecurityQuestions=login.needs_questions,
         )
     if login.state is LoginState.NEEDS_2FA and login.message is None:
         # The password was right: deployed clients read this as "go on to the second step".
@@ -108,6 +112,7 @@ class Functions:
         self.resets = resets
         self.registry = registry
         self.api_keys = ApiKeys(sessions.deps)
+        self.accounts = Accounts(sessions)
         self.table: dict[str, Function] = {}
         self.add("Ping", msg.Empty, self.ping, inline=True)
         self.add("AuthenticateUser", msg.AuthenticateUserRequest, self.authenticate_user)
@@ -129,6 +134,13 @@ class Functions:
         self.add("AddUserAPIKey", msg.AddUserAPIKeyRequest, self.add_user_api_key)
         self.add("GetUserAPIKeys", msg.UserRequest, self.get_user_api_keys)
         self.add("RemoveUserAPIKey", msg.RemoveUserAPIKeyRequest, self.remove_user_api_key)
+        self.add("EnableGoogle2FA", msg.UserRequest, self.enable_google_2fa)
+        self.add("Disable2FA", msg.Disable2FARequest, self.disable_2fa)
+        self.add("SetSecurityQuestions", msg.SetSecurityQuestionsRequest, self.set_questions)
+        self.add("GetSecurityQuestions", msg.UserRequest, self.get_questions)
+        self.add("CreateUser", msg.CreateUserRequest, self.create_user)
+        self.add("ForceUserLogoff", msg.ForceUserLogoffRequest, self.force_user_logoff)
+        self.add("GetLockedUsers", msg.Empty, self.get_locked_users)
 
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
@@ -160,8 +172,27 @@ class Functions:
     async def authenticate_2fa(
         self, conn: Conn, req: msg.Authenticate2FARequest
     ) -> msg.AuthenticateUserReply:
+        if conn.pending is None and conn.enrolment is not None and conn.user is not None:
+            return await self._confirm_enrolment(conn, req.Code)
         login = await self.sessions.second_factor(conn.pending, req.Code, conn.source)
-        return self._apply(conn, login)
+        reply = self._apply(conn, login)
+        if login.state is LoginState.AUTHENTICATED:
+            conn.verified_at = self.sessions.deps.clock()
+        return reply
+
+    async def _confirm_enrolment(
+        self, conn: Conn, code: str | int | None
+    ) -> msg.AuthenticateUserReply:
+        """The first code of an EnableGoogle2FA: TOTP is active from here; the connection
+        stays logged in with its session."""
+        user = await self.accounts.confirm_totp(
+            await self._caller(conn), conn.enrolment, code, conn.source
+        )
+        conn.enrolment = None
+        conn.user, conn.verified_at = user, self.sessions.deps.clock()
+        return msg.AuthenticateUserReply(
+            Authenticated=True, SessionToken=conn.token, UserId=user.id, User=user_info(user)
+        )
 
     async def web_authenticate(
         self, conn: Conn, req: msg.WebAuthenticateUserRequest
@@ -178,7 +209,11 @@ class Functions:
             raise NotAuthorized(NOT_LOGGED_IN)
         # This connection ends its own session (no event); every other holder is told.
         self.registry.log_off(conn)
-        await self.sessions.logout(digest, user, conn.source)
+        if await self.sessions.logout(digest, user, conn.source):
+            # Logged out all the same; a master user is told what it still has to do.
+            return StandardResponse(
+                result=True, errormsg=None, errorcode=0, detail=MUST_SET_QUESTIONS
+            )
         return SUCCESS
 
     async def _caller(self, conn: Conn) -> User | None:
@@ -295,3 +330,86 @@ class Functions:
             via_api_key=caller is not None and await self._via_api_key(conn),
         )
         return SUCCESS
+
+    async def enable_google_2fa(self, conn: Conn, req: msg.UserRequest) -> msg.EnableGoogle2FAReply:
+        caller = await self._caller(conn)
+        via_api_key = caller is not None and await self._via_api_key(conn)
+        new = self.accounts.enable_totp(caller, req.UserId, via_api_key=via_api_key)
+        if not conn.lasting:
+            raise NotSupported(ENROLMENT_NEEDS_CONNECTION)
+        conn.enrolment = new.enrolment
+        return msg.EnableGoogle2FAReply(GoogleQRCode=new.uri, ManualCode=new.manual_code)
+
+    async def disable_2fa(self, conn: Conn, req: msg.Disable2FARequest) -> msgspec.Struct:
+        caller = await self._caller(conn)
+        now = self.sessions.deps.clock()
+        recent = conn.verified_at is not None and now - conn.verified_at < RECENT_2FA_SECONDS
+        await self.accounts.disable_totp(
+            caller,
+            req.UserId,
+            req.Code,
+            conn.source,
+            via_api_key=caller is not None and await self._via_api_key(conn),
+            recently_verified=recent,
+        )
+        conn.verified_at = None
+        return SUCCESS
+
+    async def set_questions(
+        self, conn: Conn, req: msg.SetSecurityQuestionsRequest
+    ) -> msgspec.Struct:
+        caller = await self._caller(conn)
+        await self.accounts.set_questions(
+            caller,
+            req.UserId,
+            req.Password,
+            req.Questions,
+            conn.source,
+            via_api_key=caller is not None and await self._via_api_key(conn),
+        )
+        return SUCCESS
+
+    async def get_questions(self, conn: Conn, req: msg.UserRequest) -> msg.SecurityQuestionsReply:
+        texts = await self.accounts.questions(await self._caller(conn), req.UserId)
+        return msg.SecurityQuestionsReply(Questions=texts)
+
+    async def create_user(self, conn: Conn, req: msg.CreateUserRequest) -> msg.UserIdReply:
+        caller = await self._caller(conn)
+        user_id = await self.accounts.create_user(
+            caller,
+            req.UserName,
+            req.Email,
+            req.AccountId,
+            req.Permissions,
+            conn.source,
+            via_api_key=caller is not None and await self._via_api_key(conn),
+        )
+        return msg.UserIdReply(UserId=user_id)
+
+    async def force_user_logoff(
+        self, conn: Conn, req: msg.ForceUserLogoffRequest
+    ) -> msgspec.Struct:
+        await self.accounts.force_logoff(
+            await self._caller(conn), req.UserId, req.UserName, conn.source
+        )
+        return SUCCESS
+
+    async def get_locked_users(self, conn: Conn, req: msg.Empty) -> list[msg.LockedUser]:
+        locked = await self.accounts.locked_users(await self._caller(conn))
+        lockout = self.sessions.deps.settings.lockout_seconds
+        return [
+            msg.LockedUser(
+                UserId=u.id,
+                UserName=u.username,
+                Email=u.email,
+                # The lock's start is not stored: it began lockout_seconds before it ends.
+                LockedDateTime=_iso(u.locked_until - lockout),
+                LockedUntil=_iso(u.locked_until),
+            )
+            for u in locked
+            if u.locked_until is not None
+        ]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -162,7 +162,7 @@ class HttpGateway:
                 return payload
         else:
             payload = dict(parse_qsl(query, keep_blank_values=True))
-        conn = Conn(ws, source)
+        conn = Conn(ws, source, lasting=False)
         try:
             return await self._answer(conn, request, name, payload)
         finally:

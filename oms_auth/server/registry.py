@@ -60,14 +60,17 @@ class Registry:
         effect = _ON_OUTCOME[login.state]
         if effect.new_session:
             assert login.user is not None and login.token_digest is not None
-            self.log_in(conn, login.user, login.token_digest, now)
+            self.log_in(conn, login.user, login.token, login.token_digest, now)
         conn.pending = login.pending if effect.keeps_pending else None
 
-    def log_in(self, conn: Conn, user: User, token_digest: bytes, now: float) -> None:
+    def log_in(
+        self, conn: Conn, user: User, token: str | None, token_digest: bytes, now: float
+    ) -> None:
         if conn.closed:  # a login that finished after its connection went: nothing to index
             return
         self._untrack(conn)
         conn.user, conn.token_digest, conn.pending = user, token_digest, None
+        conn.token, conn.enrolment, conn.verified_at = token, None, None
         conn.last_activity = conn.last_written = now
         self.by_session.setdefault(token_digest, set()).add(conn)
         self.by_user.setdefault(user.id, set()).add(conn)
@@ -120,7 +123,8 @@ class Registry:
 
     def _forget(self, conn: Conn) -> None:
         self._untrack(conn)
-        conn.user = conn.token_digest = conn.pending = None
+        conn.user = conn.token_digest = conn.pending = conn.token = None
+        conn.enrolment = conn.verified_at = None
 
     def _untrack(self, conn: Conn) -> None:
         if conn.token_digest is not None:

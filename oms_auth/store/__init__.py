@@ -19,7 +19,9 @@ from .audit import AuditCheck
 from .base import Store
 from .codes import CodeState
 from .records import (
+    NO_PASSWORD,
     RESET_FAILURE,
+    AccountChange,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -39,6 +41,8 @@ from .records import (
 from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
+    "NO_PASSWORD",
+    "AccountChange",
     "ApiKey",
     "AuditCheck",
     "RESET_FAILURE",

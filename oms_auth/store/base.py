@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from .audit import AuditCheck, check_chain
 from .records import (
+    AccountChange,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -68,7 +69,20 @@ class Store(abc.ABC):
     async def list_users(self) -> list[User]: ...
 
     @abc.abstractmethod
+    async def locked_users(self, oms_id: int, now: float) -> list[User]:
+        """The OMS's users locked at ``now``, by UserId."""
+
+    @abc.abstractmethod
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]: ...
+
+    @abc.abstractmethod
+    async def change_account(self, change: AccountChange, now: float) -> Outcome:
+        """Apply an :class:`AccountChange` in one transaction, re-checking in it: STALE when
+        the user is gone or its password is no longer ``password_version``, REPLAYED when
+        ``totp_step`` is not newer than the last accepted step (it becomes the last), INVALID
+        when ``set_totp`` finds TOTP already in the state asked for; nothing changes then.
+        On DONE the audit row and the notice are written with it, and with ``end_sessions``
+        other nodes are told."""
 
     @abc.abstractmethod
     async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:

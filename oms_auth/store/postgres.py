@@ -59,6 +59,7 @@ from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener
 from .postgres_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION
 from .records import (
     RESET_FAILURE,
+    AccountChange,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -110,6 +111,7 @@ _LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
 _LOGIN_STATE_LOCKED = S.login_state + " FOR UPDATE"
 _LOCKED_UNTIL_LOCKED = S.locked_until + " FOR UPDATE"
 _RESET_STATE_LOCKED = S.reset_state + " FOR UPDATE"
+_ACCOUNT_STATE_LOCKED = S.account_state + " FOR UPDATE"
 _LIVE_CODE_SHARED = S.live_code + " FOR SHARE"
 _ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _CLAIM_MAIL = (
@@ -392,6 +394,26 @@ class PostgresStore(Store):
 
     async def list_users(self) -> list[User]:
         return [q.to_user(row) for row in await self._db.fetch(S.users)]
+
+    async def locked_users(self, oms_id: int, now: float) -> list[User]:
+        return [q.to_user(row) for row in await self._db.fetch(S.users_locked, oms_id, now)]
+
+    async def change_account(self, change: AccountChange, now: float) -> Outcome:
+        async with self._tx() as conn:
+            # The user's row locked, as a reset and a login take it: the password version and
+            # the TOTP step are read as they are until this commits.
+            state = await conn.fetchrow(_ACCOUNT_STATE_LOCKED, change.user_id)
+            plan = q.account_plan(S, change, state)
+            if isinstance(plan, Outcome):
+                return plan
+            for statement, args in plan:
+                await conn.execute(statement, *args)
+            if change.end_sessions is not None:
+                await self._revoked(conn, Revocation(change.user_id, change.end_sessions), now)
+            if change.mail is not None:
+                await self._insert_mail(conn, change.mail, now)
+            await self._insert_audit(conn, [change.audit], now)
+            return Outcome.DONE
 
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
         return [q.to_question(row) for row in await self._db.fetch(S.questions, user_id)]

@@ -17,6 +17,7 @@ from .codes import CodeState
 
 __all__ = [
     "RESET_FAILURE",
+    "NO_PASSWORD",
     "StoreError",
     "username_key",
     "NewUser",
@@ -25,6 +26,7 @@ __all__ = [
     "Session",
     "ApiKey",
     "Claim",
+    "AccountChange",
     "Outcome",
     "Revocation",
     "ResetCode",
@@ -42,6 +44,9 @@ def username_key(username: str) -> str:
 
 # The event kind counting a user's failed ResetPassword2 attempts: a success or an unlock clears it.
 RESET_FAILURE = "reset-failure"
+# The password hash of an invited user who has not set a password yet: nothing verifies
+# against it (a login costs the same as for a missing user), so it cannot log in.
+NO_PASSWORD = ""
 
 
 class StoreError(Exception):
@@ -97,6 +102,11 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     def uses_totp(self) -> bool:
         return self.totp_sealed is not None
 
+    @property
+    def invited(self) -> bool:
+        """Created without a password, and none set yet."""
+        return self.password_hash == NO_PASSWORD
+
 
 class SecurityQuestion(msgspec.Struct, frozen=True):
     id: int
@@ -140,6 +150,33 @@ class Claim(msgspec.Struct, frozen=True):
     key: str
     window: float
     limit: int
+
+
+class AccountChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A change to a user's account security, written in one transaction with its audit row
+    and the notice mailed to the user (``Store.change_account``). Each field left at its
+    default changes nothing.
+
+    ``password_version`` is the version the caller's check read (a password, or the session's
+    user): a password changed meanwhile makes the change STALE (None: whatever it is now).
+    ``totp_step`` is a time step just accepted: not newer than the last accepted makes it
+    REPLAYED."""
+
+    user_id: int
+    password_version: int | None
+    audit: AuditEntry
+    mail: MailItem | None = None
+    totp_step: int | None = None
+    # Enable (a sealed secret) or disable (None) TOTP; only from the other state, else INVALID.
+    set_totp: bool = False
+    totp_sealed: bytes | None = None
+    # Replace the security questions: (question, Argon2id hash of the answer).
+    questions: tuple[tuple[str, str], ...] | None = None
+    # End every session and pending second step of the user, on every node, with this reason.
+    end_sessions: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AccountChange(user_id={self.user_id}, action={self.audit.action!r})"
 
 
 class Outcome(enum.Enum):

@@ -26,11 +26,13 @@ import msgspec
 from . import codes
 from .codes import CodeState, Move
 from .records import (
+    AccountChange,
     ApiKey,
     AuditRow,
     MailItem,
     NewUser,
     OutboxRow,
+    Outcome,
     ResetCode,
     SecurityQuestion,
     Session,
@@ -141,6 +143,7 @@ def _user_select(permissions: str, accounts: str) -> dict[str, str]:
         "user_by_id": select + " WHERE u.id = ?",
         "user_by_name": select + " WHERE u.username_key = ?",
         "users": select + " ORDER BY u.id",
+        "users_locked": select + " WHERE u.oms_id = ? AND u.locked_until > ? ORDER BY u.id",
     }
 
 
@@ -153,6 +156,7 @@ class Statements:
     user_by_id: str
     user_by_name: str
     users: str
+    users_locked: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
     insert_user: str = (
         "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
@@ -176,6 +180,10 @@ class Statements:
         "SELECT id, question, answer_hash FROM security_questions WHERE user_id = ? ORDER BY id"
     )
     set_totp: str = "UPDATE users SET totp_sealed = ? WHERE id = ?"
+    account_state: str = (
+        "SELECT password_version, totp_last_step, totp_sealed IS NOT NULL FROM users WHERE id = ?"
+    )
+    delete_questions: str = "DELETE FROM security_questions WHERE user_id = ?"
     set_lock: str = "UPDATE users SET locked_until = ? WHERE id = ?"
     locked_until: str = "SELECT locked_until FROM users WHERE id = ?"
     # sessions and second login steps
@@ -371,6 +379,35 @@ def prune_plan(
         (s.prune_pending_logins, (sessions_idle_since,)),
         (s.prune_codes, (live, events_before, events_before)),
     ]
+
+
+def account_plan(
+    s: Statements, change: AccountChange, state: Row | None
+) -> Outcome | list[tuple[str, tuple[object, ...]]]:
+    """What ``change_account`` runs, given the user's ``account_state`` row read in its
+    transaction: the refusing Outcome, or the statements (the audit row and the mail are the
+    store's to add)."""
+    version = change.password_version
+    if state is None or (version is not None and state[0] != version):
+        return Outcome.STALE
+    step, last_step, has_totp = change.totp_step, state[1], bool(state[2])
+    if step is not None and last_step is not None and last_step >= step:
+        return Outcome.REPLAYED
+    if change.set_totp and has_totp == (change.totp_sealed is not None):
+        return Outcome.INVALID
+    uid = change.user_id
+    plan: list[tuple[str, tuple[object, ...]]] = []
+    if change.set_totp:
+        plan.append((s.set_totp, (change.totp_sealed, uid)))
+    if step is not None:
+        plan.append((s.set_totp_step, (step, uid)))
+    if change.questions is not None:
+        plan.append((s.delete_questions, (uid,)))
+        plan.extend((s.insert_question, (uid, q, a)) for q, a in change.questions)
+    if change.end_sessions is not None:
+        plan.append((s.delete_user_sessions, (uid,)))
+        plan.append((s.delete_user_pending_logins, (uid,)))
+    return plan
 
 
 def audit_query(

@@ -33,6 +33,7 @@ from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
 from .records import (
     RESET_FAILURE,
+    AccountChange,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -268,6 +269,25 @@ class SqliteStore(Store):
 
     async def list_users(self) -> list[User]:
         return [q.to_user(row) for row in await self._all(self._reader, S.users)]
+
+    async def locked_users(self, oms_id: int, now: float) -> list[User]:
+        rows = await self._all(self._reader, S.users_locked, (oms_id, now))
+        return [q.to_user(row) for row in rows]
+
+    async def change_account(self, change: AccountChange, now: float) -> Outcome:
+        async def job(db: aiosqlite.Connection) -> Outcome:
+            state = await self._one(db, S.account_state, (change.user_id,))
+            plan = q.account_plan(S, change, state)
+            if isinstance(plan, Outcome):
+                return plan
+            for statement, args in plan:
+                await db.execute(statement, args)
+            if change.mail is not None:
+                await self._insert_mail(db, change.mail, now)
+            await self._insert_audit(db, [change.audit], now)
+            return Outcome.DONE
+
+        return await self._write(job)
 
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
         rows = await self._all(self._reader, S.questions, (user_id,))

@@ -19,15 +19,15 @@ class Told:
 
     def __init__(self) -> None:
         self.counts: list[str] = []
-        self.password_changes: list[int] = []
+        self.ended: list[tuple[int, str]] = []
         self.revoked: list[tuple[bytes, str]] = []
         self.mail = 0
 
     def count(self, name: str) -> None:
         self.counts.append(name)
 
-    def password_changed(self, user_id: int) -> None:
-        self.password_changes.append(user_id)
+    def sessions_ended(self, user_id: int, reason: str) -> None:
+        self.ended.append((user_id, reason))
 
     def session_revoked(self, token_digest: bytes, reason: str) -> None:
         self.revoked.append((token_digest, reason))

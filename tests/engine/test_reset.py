@@ -45,7 +45,7 @@ async def test_an_operator_request_issues_a_code_that_works_once(
     await resets.complete(
         user_id=str(uid), password=NEW, code=code, answer=None, totp_code=None, source="x"
     )
-    assert told.password_changes == [uid] and told.mail == 2
+    assert told.ended == [(uid, "PasswordChanged")] and told.mail == 2
     with pytest.raises(NotFound):
         await resets.complete(
             user_id=uid, password=NEW + "x", code=code, answer=None, totp_code=None, source="x"

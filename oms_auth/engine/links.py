@@ -1,0 +1,41 @@
+"""The emailed one-time link (SPEC sections 4 and 5): a reset, or an invitation to set a first
+password.
+
+Both are the same kind of PendingCode, completed by ResetPassword2 under the same rules; they
+differ in the message and in how long the link lives (``code_valid_seconds``, or
+``invite_valid_seconds`` for a user who has no password yet). Issuing one voids the user's
+earlier links, so a re-invitation voids the older invitation.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..crypto import digest, mail_context, new_pending_code
+from ..store import AuditEntry, MailItem, User
+from .deps import Deps
+
+__all__ = ["issue_link", "link_kind"]
+
+
+def link_kind(target: User) -> str:
+    """``invite`` for a user who has never set a password, else ``reset``."""
+    return "invite" if target.invited else "reset"
+
+
+async def issue_link(deps: Deps, target: User, now: float, audit: AuditEntry) -> None:
+    """Store a new code for ``target`` (voiding its earlier ones) and queue its mail, at once."""
+    s = deps.settings
+    kind = link_kind(target)
+    code = new_pending_code()
+    expires_at = now + (s.invite_valid_seconds if kind == "invite" else s.code_valid_seconds)
+    mail = MailItem(
+        kind=kind,
+        recipient=target.email,
+        user_id=target.id,
+        public={"username": target.username, "expires_at": expires_at},
+        sealed=deps.sealer.seal(msgspec.json.encode({"code": code}), mail_context(target.id, kind)),
+    )
+    await deps.store.issue_code(target.id, digest(code), now, expires_at, mail, [audit])
+    deps.events.count("invitations_sent" if kind == "invite" else "resets_requested")
+    deps.events.mail_queued()
