@@ -55,7 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     _common(add)
     add.add_argument("--username", required=True)
     add.add_argument("--email", required=True)
-    add.add_argument("--password", required=True)
+    secret = add.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password")
+    secret.add_argument(
+        "--invite",
+        action="store_true",
+        help="no password: mail the user a link to set one (valid invite_valid_seconds)",
+    )
     add.add_argument("--oms", type=int, default=1)
     add.add_argument("--permission", action="append", default=[])
     add.add_argument("--account", type=int, action="append", default=[])
@@ -76,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     unlock = user.add_parser("unlock", help="end a user's lockout")
     _common(unlock)
     unlock.add_argument("username")
+    invite = user.add_parser(
+        "invite", help="mail an invited user a new link to set its password (voids the older)"
+    )
+    _common(invite)
+    invite.add_argument("username")
 
     audit = sub.add_parser(
         "audit",
@@ -208,9 +219,12 @@ async def _offline(args: argparse.Namespace, settings: Settings) -> int:
     deps = await build_deps(settings)
     try:
         if args.command == "user":
-            return await {"add": _user_add, "list": _user_list, "unlock": _user_unlock}[
-                args.user_command
-            ](deps, args)
+            return await {
+                "add": _user_add,
+                "list": _user_list,
+                "unlock": _user_unlock,
+                "invite": _user_invite,
+            }[args.user_command](deps, args)
         if args.command == "audit":
             return await _audit(deps, args)
         return await _demo(deps)
@@ -235,8 +249,27 @@ async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
         auth_source=args.auth_source,
         active=not args.inactive,
     )
-    print(f"created user {args.username.strip()}")
+    created = await deps.store.user_by_id(user_id)
+    assert created is not None
+    if args.invite:
+        await users.invite(deps, created, actor_id=None, source="cli")
+        print(f"created user {created.username}; invitation queued for {created.email}")
+    else:
+        print(f"created user {created.username}")
     print(user_id)
+    return 0
+
+
+async def _user_invite(deps: Deps, args: argparse.Namespace) -> int:
+    target = await deps.store.user_by_name(args.username)
+    if target is None:
+        raise CliError(f"no user named {args.username!r}")
+    if not target.invited:
+        raise CliError(
+            f"user {target.username} has set a password; a reset (ResetPassword) is the way now"
+        )
+    await users.invite(deps, target, actor_id=None, source="cli")
+    print(f"invitation queued for {target.email}; older links of {target.username} are void")
     return 0
 
 
@@ -400,6 +433,21 @@ DEMO_USERS: list[dict[str, Any]] = [
         question="Name of your first pet?",
         answer="Rex",
     ),
+    dict(
+        username="boss",
+        email="boss@example.test",
+        password="Boss!2345678",
+        permissions=["Trading"],
+        accounts=[13],
+        master=True,
+    ),
+    dict(
+        username="newhire",
+        email="newhire@example.test",
+        password=None,
+        permissions=["Trading"],
+        accounts=[10],
+    ),
 ]
 
 
@@ -408,13 +456,24 @@ async def _demo(deps: Deps) -> int:
     for spec in DEMO_USERS:
         existing = await deps.store.user_by_name(spec["username"])
         user_id = existing.id if existing else await users.create_user(deps, **spec)
+        created = await deps.store.user_by_id(user_id)
+        assert created is not None
         extra = ""
         if spec.get("totp_secret"):
             extra = f"  TOTP secret {spec['totp_secret']}, answer {spec['answer']!r}"
+        if spec.get("master") and not spec.get("question"):
+            extra = "  master, no security questions yet"
+        password = spec["password"]
+        if password is None:
+            if existing is None:
+                await users.invite(deps, created, actor_id=None, source="demo")
+            password = "(invited: the link is mailed)" if created.invited else "(set by the user)"
+        elif existing is not None and not await deps.hasher.verify(created.password_hash, password):
+            password = "(changed since)"  # the demo prints only what it set and still holds
         state = "exists" if existing else "created"
         print(
-            f"  {spec['username']:<9} UserId {user_id:<3} password {spec['password']:<14} "
-            f"{'/'.join(spec['permissions'])} accounts {spec['accounts']}{extra} ({state})"
+            f"  {spec['username']:<9} UserId {user_id:<3} password {password:<14} "
+            f"{'/'.join(spec['permissions']) or '-'} accounts {spec['accounts']}{extra} ({state})"
         )
     return 0
 

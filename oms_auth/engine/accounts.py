@@ -59,6 +59,7 @@ from .users import OPERATOR
 __all__ = ["Accounts", "Enrolment", "NewSecret", "ENROLMENT_SECONDS", "RECENT_2FA_SECONDS"]
 
 # An enrolment's first code must follow within this long.
+INVALID_ACCOUNT_ID = "Invalid value provided for AccountId"
 ENROLMENT_SECONDS = 600.0
 # Disable2FA needs no code this long after a 2FA on the same connection (SPEC section 2a).
 RECENT_2FA_SECONDS = 600.0
@@ -222,7 +223,7 @@ class Accounts:
         if via_api_key and OPERATOR in granted:
             raise NotAuthorized(API_KEY_SESSION)
         if account_id is not None and not 0 < account_id <= users.MAX_USER_ID:
-            raise InvalidValue("Invalid value provided for AccountId")
+            raise InvalidValue(INVALID_ACCOUNT_ID)
         d = self.deps
         try:
             user_id = await users.create_user(
@@ -237,8 +238,12 @@ class Accounts:
                 source=source,
             )
         except StoreError as exc:
-            taken = "is taken" in str(exc)
-            raise OperationFailed(USERNAME_TAKEN if taken else f"{exc}") from None
+            if "is taken" in str(exc):
+                raise OperationFailed(USERNAME_TAKEN) from None
+            # The only other refusal: the account is another OMS's (which one is not said).
+            raise InvalidValue(
+                f"{INVALID_ACCOUNT_ID}: the account belongs to another OMS"
+            ) from None
         target = await d.store.user_by_id(user_id)
         assert target is not None
         await users.invite(d, target, actor_id=operator.id, source=source)

@@ -21,7 +21,7 @@ from ..engine.apikeys import ApiKeys
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import ENROLMENT_NEEDS_CONNECTION, MUST_SET_QUESTIONS, NOT_LOGGED_IN
-from ..errors import NotAuthorized, NotSupported
+from ..errors import NotAuthorized, NotSupported, Refusal
 from ..store import User
 from .connection import Conn
 from .registry import Registry
@@ -185,9 +185,20 @@ class Functions:
     ) -> msg.AuthenticateUserReply:
         """The first code of an EnableGoogle2FA: TOTP is active from here; the connection
         stays logged in with its session."""
-        user = await self.accounts.confirm_totp(
-            await self._caller(conn), conn.enrolment, code, conn.source
-        )
+        try:
+            user = await self.accounts.confirm_totp(
+                await self._caller(conn), conn.enrolment, code, conn.source
+            )
+        except Refusal as refusal:
+            # In the login shape, as every Authenticate2FA answer; the connection stays logged
+            # in, and the enrolment waits for a right code.
+            return msg.AuthenticateUserReply(
+                Authenticated=False,
+                Requires2FA=True,
+                TwoFAType=TOTP_TYPE,
+                AuthType=TOTP_TYPE,
+                errormsg=refusal.detail,
+            )
         conn.enrolment = None
         conn.user, conn.verified_at = user, self.sessions.deps.clock()
         return msg.AuthenticateUserReply(
