@@ -42,6 +42,9 @@ KEY_SESSION = {
 TOO_MANY_LOGINS = "Too many failed login attempts; try again later"
 
 
+QUESTION = {"Question": "Q?", "Answer": "a"}
+
+
 def signature(secret: str, nonce: str, user_id: str, key: str) -> str:
     """A bot's signature: lower-case hex HMAC-SHA256 of Nonce + UserId + APIKey, keyed with the
     APISecret (the string concatenation of the texts it sends)."""
@@ -205,6 +208,13 @@ async def test_a_key_session_cannot_change_account_security(app: App, ids: dict[
             ("RemoveUserAPIKey", {"APIKey": key["APIKey"]}),
             ("ResetPassword", {"UserName": "bot"}),
             ("ResetPassword", {"UserName": "nobody"}),
+            ("EnableGoogle2FA", {}),
+            ("Disable2FA", {"Code": "123456"}),
+            ("SetSecurityQuestions", {"Password": PASSWORD, "Questions": [QUESTION]}),
+            (
+                "CreateUser",
+                {"UserName": "n", "Email": "n@example.test", "Permissions": ["Operator"]},
+            ),
         ]:
             assert (await bot.call(name, payload)).o == KEY_SESSION, (name, payload)
         # Its own reset stays possible (the mail goes to the user, not the bot).

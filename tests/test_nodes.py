@@ -401,3 +401,20 @@ async def test_a_reset_on_one_node_sends_logout_events_on_the_other(cluster: Clu
     event = await next_event(on_b, timeout=1)
     assert event.o == {"Reason": "PasswordChanged"}
     assert not await logged_in(on_b)
+
+
+async def test_a_forced_logoff_on_one_node_ends_the_users_sessions_on_the_other(
+    cluster: Cluster,
+) -> None:
+    ids = await cluster.users("mover", mover={"permissions": ["Trading"], "accounts": [10]})
+    await cluster.start()
+    on_a = await cluster.client("a", "mover")
+    on_b = await cluster.client("b", "mover")
+    op = await cluster.client("a", "op")
+    started = time.monotonic()
+    assert (await op.call("ForceUserLogoff", {"UserId": ids["mover"]})).o == OK
+    for c in (on_a, on_b):
+        event = await next_event(c, timeout=1)
+        assert event.o == {"Reason": "ForcedLogoff"}
+    assert time.monotonic() - started < 1
+    assert not await logged_in(on_a) and not await logged_in(on_b)

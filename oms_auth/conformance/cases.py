@@ -489,14 +489,26 @@ async def mailed_link(options: Options, p: Probe, *, fresh: bool = False) -> tup
 
 
 async def _request_link(options: Options, p: Probe) -> tuple[int, str, str]:
+    before = _mail_files(options)
+    check_success(await p.call("ResetPassword", {"UserName": options.target}))
+    return await _link_mailed(options, p, before)
+
+
+def _mail_files(options: Options) -> set[Any]:
     assert options.maildir is not None
     new = options.maildir / "new"
-    before = set(new.iterdir()) if new.exists() else set()
-    check_success(await p.call("ResetPassword", {"UserName": options.target}))
+    return set(new.iterdir()) if new.exists() else set()
+
+
+async def _link_mailed(
+    options: Options, p: Probe, before: set[Any], to: str | None = None
+) -> tuple[int, str, str]:
+    """The link of the first message (to ``to``, when given) that arrived since ``before``."""
     for _ in range(int(options.timeout * 20)):
-        fresh = (set(new.iterdir()) if new.exists() else set()) - before
-        for path in sorted(fresh):
+        for path in sorted(_mail_files(options) - before):
             msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+            if to is not None and msg["To"] != to:
+                continue
             body = msg.get_body(("plain",))
             text = body.get_content() if body is not None else ""
             found = re.search(r"(\S+/reset\?UserId=(\d+)&PendingCode=([0-9A-Za-z-]+))", text)
@@ -598,3 +610,130 @@ async def _lockout(options: Options, evidence: list[str]) -> None:
             "Invalid answer provided for security question",
         )
         check_success(await p.call("UnlockUser", {"UserId": user_id}))  # leave it unlocked
+
+
+# -- SPEC 2a: the account functions around a reset --------------------------------------------
+
+NEW_USER_PASSWORD = "Conformance-Pass9"
+
+
+async def invited_user(options: Options, p: Probe) -> tuple[int, str]:
+    """A user made for this case: CreateUser as the Operator, its invitation read from the
+    Maildir, its first password set by ResetPassword2. Every run makes its own, so runs repeat
+    against one server; the user's name and UserId."""
+    if options.maildir is None:
+        raise Skip("needs --mail maildir:PATH")
+    await p.login(options.operator, "operator")
+    name = missing_name()
+    address = f"{name}@example.test"
+    before = _mail_files(options)
+    created = await p.call("CreateUser", {"UserName": name, "Email": address})
+    user_id = created["o"].get("UserId") if isinstance(created["o"], dict) else None
+    if not isinstance(user_id, int):
+        raise Failure(f"CreateUser did not answer a UserId: {created['o']!r}")
+    linked, code, _ = await _link_mailed(options, p, before, to=address)
+    expect(linked == user_id, "the invitation's link names another user")
+    async with Probe(options, p.evidence) as anonymous:
+        refused = await anonymous.call("AuthenticateUser", {"UserName": name, "Password": "x"})
+        expect(refused["o"].get("Authenticated") is False, "an invited user logged in")
+        payload = {"UserId": str(user_id), "PendingCode": code, "Password": NEW_USER_PASSWORD}
+        check_success(await anonymous.call("ResetPassword2", payload))
+    return user_id, name
+
+
+@case("create-user-invitation", "CreateUser mails a link that sets the user's first password")
+async def _create_user(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        _, name = await invited_user(options, p)
+        async with Probe(options, evidence) as q:
+            reply = await q.login((name, NEW_USER_PASSWORD), "invited user")
+            expect(reply.get("User", {}).get("UserName") == name, "not the invited user")
+        async with Probe(options, evidence) as anonymous:
+            check_refusal(
+                await anonymous.call("CreateUser", {"UserName": name, "Email": "x@example.test"}),
+                1,
+                20,
+            )
+
+
+@case("totp-enrolment", "EnableGoogle2FA is active after Authenticate2FA; Disable2FA ends it")
+async def _totp_enrolment(options: Options, evidence: list[str]) -> None:
+    import pyotp
+
+    async with Probe(options, evidence) as p:
+        _, name = await invited_user(options, p)
+    async with Probe(options, evidence) as c:
+        await c.login((name, NEW_USER_PASSWORD), "invited user")
+        enrolled = (await c.call("EnableGoogle2FA", {}))["o"]
+        uri = enrolled.get("GoogleQRCode", "") if isinstance(enrolled, dict) else ""
+        expect(uri.startswith("otpauth://totp/"), f"no otpauth URI: {enrolled!r}")
+        secret = enrolled["ManualCode"]
+        async with Probe(options, evidence) as other:
+            first = await other.call(
+                "AuthenticateUser", {"UserName": name, "Password": NEW_USER_PASSWORD}
+            )
+            expect(first["o"].get("Requires2FA") is False, "TOTP was active before its first code")
+        done = (await c.call("Authenticate2FA", {"Code": pyotp.TOTP(secret).now()}))["o"]
+        expect(done.get("Authenticated") is True, f"the first code was refused: {done!r}")
+        expect((done.get("User") or {}).get("Use2FA") is True, "Use2FA is not true after it")
+        async with Probe(options, evidence) as other:
+            second = await other.call(
+                "AuthenticateUser", {"UserName": name, "Password": NEW_USER_PASSWORD}
+            )
+            expect(second["o"].get("Requires2FA") is True, "a login does not ask for the code")
+        check_success(await c.call("Disable2FA", {}))  # right after a 2FA on this connection
+        async with Probe(options, evidence) as other:
+            third = await other.call(
+                "AuthenticateUser", {"UserName": name, "Password": NEW_USER_PASSWORD}
+            )
+            expect(third["o"].get("Requires2FA") is False, "TOTP still asked after Disable2FA")
+
+
+@case(
+    "security-questions",
+    "SetSecurityQuestions needs the password; GetSecurityQuestions shows texts",
+)
+async def _security_questions(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        _, name = await invited_user(options, p)
+    async with Probe(options, evidence) as c:
+        await c.login((name, NEW_USER_PASSWORD), "invited user")
+        questions = [{"Question": "Conformance question?", "Answer": "conformance answer"}]
+        wrong = {"Password": "Not-The-Password1", "Questions": questions}
+        check_refusal(await c.call("SetSecurityQuestions", wrong), 1, 20)
+        check_refusal(
+            await c.call("SetSecurityQuestions", {"Password": NEW_USER_PASSWORD, "Questions": []}),
+            1,
+            100,
+        )
+        ok = {"Password": NEW_USER_PASSWORD, "Questions": questions}
+        check_success(await c.call("SetSecurityQuestions", ok))
+        shown = (await c.call("GetSecurityQuestions", {}))["o"]
+        expect(shown == {"Questions": ["Conformance question?"]}, f"not the texts: {shown!r}")
+
+
+@case("force-user-logoff", "ForceUserLogoff ends every session of the user with a LogoutEvent")
+async def _force_logoff(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        user_id, name = await invited_user(options, p)
+        async with Probe(options, evidence) as a, Probe(options, evidence) as b:
+            for c in (a, b):
+                await c.login((name, NEW_USER_PASSWORD), "invited user")
+            check_success(await p.call("ForceUserLogoff", {"UserId": user_id}))
+            for c in (a, b):
+                event = await c.event()
+                expect(event.get("n") == "LogoutEvent", f"no LogoutEvent: {event!r}")
+                check_refusal(await c.call("GetUserInfo", {}), 1, 20)
+
+
+@case("locked-users", "GetLockedUsers answers the Operator a list; others are refused with 20")
+async def _locked_users(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        await p.login(options.operator, "operator")
+        listed = await p.call("GetLockedUsers", {})
+        expect(listed["m"] == 1 and isinstance(listed["o"], list), "GetLockedUsers: no list")
+        for user in listed["o"]:
+            keys = {"UserId", "UserName", "Email", "LockedDateTime", "LockedUntil"}
+            expect(keys <= set(user), f"a locked user lacks {sorted(keys - set(user))}")
+    async with Probe(options, evidence) as anonymous:
+        check_refusal(await anonymous.call("GetLockedUsers", {}), 1, 20)

@@ -75,6 +75,13 @@ class Probe:
             if frame.get("m") != EVENT:
                 return frame
 
+    async def event(self) -> dict[str, Any]:
+        """The next event (m=3) the server sends, answers passed over."""
+        while True:
+            frame = _frame(await self._next())
+            if frame.get("m") == EVENT:
+                return frame
+
     async def _next(self) -> Answer:
         try:
             answer = await self.client.next_unmatched(self.options.timeout)
