@@ -472,6 +472,8 @@ async def test_an_operator_invites_a_user_who_sets_a_first_password_by_the_link(
         assert (await c.call("ResetPassword2", ok)).o["errorcode"] == 104
     assert (await login(app, "newhire", NEW))["Authenticated"] is True
     assert {"user-created", "invited", "password-set"} <= set(await actions(app, "newhire"))
+    set_mail = (await mails(app, 2))[1]
+    assert set_mail["msg"]["Subject"] == "Your password was set"
 
 
 async def test_an_invitation_link_lives_72_hours(app: App, clock: Clock) -> None:

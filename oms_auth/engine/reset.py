@@ -413,6 +413,7 @@ class Resets:
                         "username": user.username,
                         "changed_at": changed_at,
                         "api_keys": "kept" if keeps_keys else "revoked",
+                        "first": user.invited,
                     },
                 ),
                 [

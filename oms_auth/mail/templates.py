@@ -111,6 +111,12 @@ def render(
             )
         else:
             after.append("If you expected no such account, ignore this message.")
+    elif kind == "password-changed" and public.get("first"):
+        subject = "Your password was set"
+        before = [
+            f"The first password of your trading account was set at {_when(public['changed_at'])}."
+            " If this was not you, contact support at once."
+        ]
     elif kind == "password-changed":
         subject = "Your password was changed"
         before = [
