@@ -6,12 +6,13 @@ import asyncio
 import hmac
 import logging
 import os
+import ssl
 import time
 
 from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .crypto import Hasher, Sealer, audit_key, checkout_holding, load_or_create_key
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
@@ -31,6 +32,22 @@ from .tasks import cancel
 __all__ = ["App", "build_deps"]
 
 log = logging.getLogger("oms_auth")
+
+
+def _tls_context(s: Settings) -> ssl.SSLContext | None:
+    """TLS terminated in the process (``tls_cert``/``tls_key``), for a deployment without a
+    proxy; None without. A file that cannot be read or does not match is StoreError-like: the
+    start fails with one line."""
+    if s.tls_cert is None or s.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(s.tls_cert, s.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use --tls-cert {s.tls_cert} / --tls-key {s.tls_key}: {exc}"
+        ) from None
+    return ctx
 
 
 async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
@@ -125,7 +142,7 @@ class App:
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         # Sessions that other nodes sharing the store end log off this node's connections.
         await deps.store.listen_revocations(self.registry.revoked)
-        self.http = HttpPages(deps.store, self.metrics, WS_PATHS)
+        self.http = HttpPages(deps.store, self.metrics, WS_PATHS, s.trusted_networks())
         self.http.extra_metrics = self._store_metrics
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
         self.server = await serve(
@@ -150,6 +167,7 @@ class App:
             ],
             ping_interval=s.ping_interval_seconds or None,
             ping_timeout=s.ping_timeout_seconds or None,
+            ssl=_tls_context(s),
         )
         # Known only now: port 0 picks a port at bind time, and links must carry the real one.
         self._public_url = s.resolved_public_url(self.port)
@@ -165,7 +183,8 @@ class App:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.settings.display_host()}:{self.port}/WSGateway/"
+        scheme = "wss" if self.settings.tls else "ws"
+        return f"{scheme}://{self.settings.display_host()}:{self.port}/WSGateway/"
 
     @property
     def public_url(self) -> str:

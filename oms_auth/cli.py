@@ -47,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", dest="public_url")
     serve.add_argument("--mail", help="maildir:PATH (default maildir:./mail) or smtp://host:port")
     serve.add_argument("--secret-key-file", dest="secret_key_file")
+    serve.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        metavar="ADDR|CIDR",
+        help="a proxy whose Forwarded / X-Forwarded-For names the client (repeatable)",
+    )
+    serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: serve TLS")
+    serve.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
 
     user = sub.add_parser("user", help="manage users").add_subparsers(
         dest="user_command", required=True
@@ -126,7 +135,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SETTING_FLAGS = ("db", "host", "port", "public_url", "mail", "secret_key_file")
+_SETTING_FLAGS = (
+    "db",
+    "host",
+    "port",
+    "public_url",
+    "mail",
+    "secret_key_file",
+    "trusted_proxies",
+    "tls_cert",
+    "tls_key",
+)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

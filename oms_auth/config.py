@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -30,7 +31,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     max_frame_bytes: int = 65536
+    # Behind a load balancer or reverse proxy (SPEC section 6a): peers whose Forwarded /
+    # X-Forwarded-For name the client, as addresses or CIDRs.
+    trusted_proxies: list[str] = []
+    # Optional TLS termination in the process: a PEM certificate chain and its key.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Overload protection: refuse clearly rather than slow everyone down.
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10000  # per node
     max_connections_per_source: int = 256
     max_in_flight_per_connection: int = 64
     max_requests_per_second: float = 500
@@ -82,6 +90,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A claimed message not marked sent within this time (its worker died) is due again.
     mail_lease_seconds: float = 120
 
+    def __post_init__(self) -> None:
+        self.trusted_networks()  # a bad entry is a configuration error, at load
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        out = []
+        for value in self.trusted_proxies:
+            try:
+                out.append(ipaddress.ip_network(value.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"trusted_proxies: not an address or CIDR: {value!r}") from None
+        return tuple(out)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
     def display_host(self) -> str:
         """Where a local client reaches the service (a wildcard bind is reached on loopback)."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
@@ -90,7 +116,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """``public_url``, else ``http://HOST:PORT`` (``port``: the one actually bound)."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.display_host()}:{self.port if port is None else port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.display_host()}:{self.port if port is None else port}"
 
     def key_file(self) -> Path:
         if self.secret_key_file:
@@ -104,6 +131,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _FIELDS = set(Settings.__struct_fields__)
+_LISTS = {"trusted_proxies"}  # comma-separated in the environment
 
 
 def load_settings(
@@ -129,7 +157,7 @@ def load_settings(
     for name in _FIELDS:
         value = environ.get("OMS_AUTH_" + name.upper())
         if value is not None and name != "secret_key":
-            merged[name] = value
+            merged[name] = [v for v in value.split(",") if v.strip()] if name in _LISTS else value
     for name, value in (flags or {}).items():
         if value is not None:
             merged[name] = value

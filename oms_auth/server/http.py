@@ -5,7 +5,7 @@ Only GET and HEAD are served; a WebSocket upgrade on a gateway path is passed th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
@@ -14,6 +14,7 @@ from websockets.http11 import Request, Response
 
 from ..store import Store
 from .connection import source_of
+from .forwarded import Network
 from .metrics import Metrics
 
 __all__ = ["HttpPages"]
@@ -41,10 +42,17 @@ def text(status: HTTPStatus, body: str) -> Response:
 class HttpPages:
     """Routes plain HTTP requests; extra pages are added with :meth:`add`."""
 
-    def __init__(self, store: Store, metrics: Metrics, ws_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        ws_paths: frozenset[str],
+        trusted: Sequence[Network] = (),
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.ws_paths = ws_paths
+        self.trusted = trusted  # proxies whose forwarding headers name the client
         # The /AP/ gateway (http_gateway.HttpGateway), when the app installs one.
         self.api: Callable[[ServerConnection, Request, str], Awaitable[Response]] | None = None
         self.pages: dict[str, Page] = {
@@ -66,7 +74,7 @@ class HttpPages:
         if self.api is not None and path.lower().startswith("/ap/"):
             if request.method not in ("GET", "POST"):  # HEAD too: a function must not run
                 return text(HTTPStatus.METHOD_NOT_ALLOWED, "/AP/ takes GET and POST\n")
-            return await self.api(conn, request, source_of(conn))
+            return await self.api(conn, request, source_of(conn, self.trusted))
         if request.method not in ("GET", "HEAD"):
             return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
         page = self.pages.get(path)

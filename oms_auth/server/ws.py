@@ -50,11 +50,16 @@ class Gateway:
         self.registry = functions.registry
         self.connections: set[Conn] = set()
         self.per_source: Counter[str] = Counter()
+        self.trusted = settings.trusted_networks()
 
     # -- connection life ----------------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
-        source = source_of(ws)
+        source = source_of(ws, self.trusted)
+        if len(self.connections) >= self.settings.max_connections:
+            self.metrics.event("connections_refused")
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections to this node")
+            return
         if self.per_source[source] >= self.settings.max_connections_per_source:
             self.metrics.event("connections_refused")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections from this address")
