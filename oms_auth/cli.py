@@ -423,28 +423,28 @@ DEMO_USERS: list[dict[str, Any]] = [
     dict(
         username="operator",
         email="operator@example.test",
-        password="Operator!2345",
+        password="Kestrel-Op-2718",
         permissions=["Operator"],
         accounts=[1],
     ),
     dict(
         username="trader1",
         email="trader1@example.test",
-        password="Trader1!2345",
+        password="Heron-Trade-3141",
         permissions=["Trading"],
         accounts=[10],
     ),
     dict(
         username="trader2",
         email="trader2@example.test",
-        password="Trader2!2345",
+        password="Plover-Trade-1618",
         permissions=["Trading"],
         accounts=[10, 11],
     ),
     dict(
         username="master",
         email="master@example.test",
-        password="Master!23456",
+        password="Osprey-Master-1414",
         permissions=["Trading"],
         accounts=[12],
         master=True,
@@ -455,7 +455,7 @@ DEMO_USERS: list[dict[str, Any]] = [
     dict(
         username="boss",
         email="boss@example.test",
-        password="Boss!2345678",
+        password="Condor-Boss-5772",
         permissions=["Trading"],
         accounts=[13],
         master=True,
@@ -491,7 +491,7 @@ async def _demo(deps: Deps) -> int:
             password = "(changed since)"  # the demo prints only what it set and still holds
         state = "exists" if existing else "created"
         print(
-            f"  {spec['username']:<9} UserId {user_id:<3} password {password:<14} "
+            f"  {spec['username']:<9} UserId {user_id:<3} password {password:<18} "
             f"{'/'.join(spec['permissions']) or '-'} accounts {spec['accounts']}{extra} ({state})"
         )
     return 0

@@ -33,7 +33,7 @@ REQUESTS: list[tuple[str, str, type[msgspec.Struct]]] = [
     ("Ping", _frame("Ping", {}), msg.Empty),
     (
         "AuthenticateUser",
-        _frame("AuthenticateUser", {"UserName": "trader1", "Password": "Trader1!2345"}),
+        _frame("AuthenticateUser", {"UserName": "trader1", "Password": "Heron-Trade-3141"}),
         msg.AuthenticateUserRequest,
     ),
     (

@@ -44,7 +44,7 @@ from .bench_procs import (
 
 __all__ = ["main"]
 
-USERNAME, PASSWORD = "trader1", "Trader1!2345"  # from oms-auth demo
+USERNAME, PASSWORD = "trader1", "Heron-Trade-3141"  # from oms-auth demo
 MB = 1024 * 1024
 COUNTERS = ("self_service_dropped", "resets_throttled", "resets_refused", "resets_requested")
 

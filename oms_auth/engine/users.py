@@ -8,7 +8,6 @@ users here; the UnlockUser function and ``oms-auth user unlock`` end a lock here
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
 
 from ..errors import InvalidValue, NotAuthorized, NotFound
@@ -17,11 +16,11 @@ from . import totp
 from .answers import normalize_answer
 from .deps import Deps
 from .links import issue_link
+from .names import check_distinct, check_email, check_username
+from .passwords import POLICIES
 from .texts import (
-    INVALID_EMAIL,
     INVALID_PERMISSIONS,
     INVALID_USER_ID,
-    INVALID_USERNAME,
     NOT_LOGGED_IN,
     ONLY_OWN_USER,
     USER_NOT_FOUND,
@@ -30,8 +29,6 @@ from .texts import (
 __all__ = [
     "create_user",
     "invite",
-    "check_username",
-    "check_email",
     "unlock",
     "permission_name",
     "permission_names",
@@ -48,10 +45,6 @@ MAX_USER_ID = 2**63 - 1
 _DECIMAL = re.compile(r"\s*\+?[0-9]{1,40}\s*")
 MAX_PERMISSIONS = 16
 MAX_PERMISSION_LENGTH = 64
-MAX_USERNAME_LENGTH = 64
-MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
-# One @, something on each side, a dot in the domain, no spaces: the form, not deliverability.
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
 # Operator and Trading are matched whatever the case they were typed in.
 _KNOWN_PERMISSIONS = {"operator": "Operator", "trading": "Trading"}
@@ -78,28 +71,6 @@ def permission_names(given: Sequence[object] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check_username(username: str) -> str:
-    """The username as stored (NFKC-normalised, trimmed), or InvalidValue naming the fault."""
-    name = unicodedata.normalize("NFKC", username).strip()
-    if not name:
-        raise InvalidValue(f"{INVALID_USERNAME}: it must not be empty")
-    if len(name) > MAX_USERNAME_LENGTH:
-        raise InvalidValue(f"{INVALID_USERNAME}: at most {MAX_USERNAME_LENGTH} characters")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
-        raise InvalidValue(f"{INVALID_USERNAME}: it holds a control or format character")
-    return name
-
-
-def check_email(email: str) -> str:
-    """The address trimmed, or InvalidValue when it is not of the form name@domain.tld."""
-    address = email.strip()
-    if len(address) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(address):
-        raise InvalidValue(f"{INVALID_EMAIL}: expected an address like name@example.com")
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in address):
-        raise InvalidValue(f"{INVALID_EMAIL}: it holds a control or format character")
-    return address
-
-
 async def create_user(
     deps: Deps,
     *,
@@ -122,6 +93,12 @@ async def create_user(
     a password the user is invited: it has no usable password until it follows the link
     :func:`invite` mails it."""
     username, email = check_username(username), check_email(email)
+    names = permission_names(list(permissions))
+    if password is not None:
+        broken = POLICIES[deps.settings.password_policy].refusal(password, username)
+        if broken is not None:
+            raise InvalidValue(broken)
+    check_distinct(username, [u.username for u in await deps.store.list_users()])
     if (question is None) != (answer is None):
         raise InvalidValue("--security-question and --security-answer go together")
     if totp_secret is not None and not totp.valid_secret(totp_secret):
@@ -135,7 +112,7 @@ async def create_user(
             email=email,
             password_hash=NO_PASSWORD if password is None else await deps.hasher.hash(password),
             oms_id=oms,
-            permissions=tuple(permission_name(p) for p in permissions),
+            permissions=names,
             accounts=tuple(accounts),
             master=master,
             auth_source=auth_source,

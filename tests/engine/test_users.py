@@ -7,6 +7,7 @@ import pytest
 from oms_auth.engine import users
 from oms_auth.engine.deps import Deps
 from oms_auth.errors import InvalidValue
+from oms_auth.store import StoreError
 
 
 async def test_a_user_is_created_with_its_permissions_accounts_and_question(deps: Deps) -> None:
@@ -28,20 +29,54 @@ async def test_a_user_is_created_with_its_permissions_accounts_and_question(deps
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "text"),
     [
-        {"username": "  "},
-        {"question": "Pet?"},
-        {"totp_secret": "short"},
+        ({"username": "  "}, "Username: it must not be empty"),
+        ({"question": "Pet?"}, "go together"),
+        ({"totp_secret": "short"}, "base32"),
+        ({"password": "a"}, "Your portal password must be over eight characters long"),
+        ({"password": "Summer2024!"}, "must not be a commonly used password"),
+        ({"password": "Alice-Pass-77", "username": "Alice-Pass-77"}, "must not match your username"),
+        ({"email": "notanemail"}, "Email: expected an address like name@example.com"),
+        ({"email": "a@example.test\r\nBcc: x@example.test"}, "control or format character"),
+        ({"email": "a b@example.test"}, "Email: expected"),
+        ({"username": "ali\u200bce2"}, "control or format character"),
+        ({"username": "al\u202eice2"}, "control or format character"),
+        ({"permissions": ["Viewer\x1fOperator"]}, "Permissions"),
+        ({"permissions": [""]}, "Permissions"),
     ],
 )
 async def test_what_cannot_be_a_user_is_refused_and_nothing_is_created(
-    deps: Deps, bad: dict[str, str]
+    deps: Deps, bad: dict[str, object], text: str
 ) -> None:
     spec = {"username": "alice", "email": "a@example.test", "password": "Correct-Horse9"}
-    with pytest.raises(InvalidValue):
+    with pytest.raises(InvalidValue) as refused:
         await users.create_user(deps, **{**spec, **bad})  # type: ignore[arg-type]
+    assert text in str(refused.value.detail)
     assert await deps.store.list_users() == []
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    [
+        "ｔｒａｄｅｒ１",  # fullwidth: NFKC makes it trader1 itself
+        "tr\u0430der1",  # a Cyrillic a
+        "TRADERl",  # l for 1
+        "trader_1",
+        "tra\u0301der1",  # a combining accent
+        "trαder1",  # a Greek alpha
+    ],
+)
+async def test_a_username_that_looks_like_an_existing_one_is_refused(
+    deps: Deps, lookalike: str
+) -> None:
+    spec = {"email": "a@example.test", "password": "Correct-Horse9"}
+    await users.create_user(deps, username="trader1", **spec)  # type: ignore[arg-type]
+    with pytest.raises((InvalidValue, StoreError)):
+        await users.create_user(deps, username=lookalike, **spec)  # type: ignore[arg-type]
+    assert [u.username for u in await deps.store.list_users()] == ["trader1"]
+    # Names that merely resemble each other in part are fine.
+    await users.create_user(deps, username="trader2", **spec)  # type: ignore[arg-type]
 
 
 async def test_unlock_ends_a_lock_and_is_audited(deps: Deps) -> None:
