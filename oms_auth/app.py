@@ -138,6 +138,10 @@ class App:
         deps.events = self
         self.sessions = Sessions(deps, delay_unit=self.login_delay)
         self.resets = Resets(deps)
+        # Before listening: a second serve on a single-node store stops here, quietly.
+        reclaimed = await deps.store.start_serving(self.clock())
+        if reclaimed:
+            log.info("took back %d mail claim(s) a stopped process left", reclaimed)
         self.functions = Functions(self.sessions, self.resets, self.registry)
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         # Sessions that other nodes sharing the store end log off this node's connections.

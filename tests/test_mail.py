@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from oms_auth.app import App
 from protocol.client import Client
 
@@ -89,7 +91,8 @@ async def test_queued_mail_survives_a_restart_and_is_delivered_once(
         await c.call("AuthenticateUser", {"UserName": "op", "Password": "Correct-Horse9"})
         assert (await c.call("ResetPassword", {"UserName": "op"})).o["result"] is True
     await app.stop()
-    assert not (tmp_path / "mail" / "new").exists()
+    new = tmp_path / "mail" / "new"
+    assert not new.exists() or not list(new.iterdir())
     again = App(settings, clock=clock, login_delay=0)
     await again.start()
     try:
@@ -126,3 +129,70 @@ def test_the_audit_command_prints_the_trail_without_secrets(tmp_path: Path, db: 
         assert action in trail
     assert "Pw-secret-1" not in trail
     assert len(run("audit", "--limit", "2").strip().splitlines()) == 2
+
+
+async def test_a_single_node_takes_back_a_dead_process_claims_and_tmp_leftovers_at_start(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """SPEC 6a: mail a dead process had claimed goes out at once after a restart (not after its
+    120 s lease), once; the files it left half-written in Maildir/tmp (plain links) are gone."""
+    import socket
+    import subprocess
+    import sys
+
+    settings = settings_for(tmp_path)  # SQLite, the default lease (120 s)
+    assert settings.mail_lease_seconds == 120
+    app = App(settings, clock=clock, login_delay=0)
+    await app.start()
+    assert app.outbox is not None
+    await app.outbox.stop()  # this process will "die" holding claims
+    for n in range(3):
+        await make_user(app.deps, f"u{n}")
+        async with await Client.connect(app.url) as c:
+            assert (await c.call("ResetPassword", {"UserName": f"u{n}"})).ok
+    await app.resets.drain()
+    claimed = await app.deps.store.claim_mail(clock(), settings.mail_lease_seconds, 10)
+    assert len(claimed) == 3
+    await app.stop()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    host = socket.gethostname()
+    tmp = tmp_path / "mail" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    leftover = tmp / f"1.oms-auth-{claimed[0].id}.P{dead.stdout.strip()}.{host}"
+    leftover.write_text("To: u0@example.test\n\nhttp://x/reset?UserId=1&PendingCode=secret\n")
+    other = tmp / f"1.oms-auth-99.P{dead.stdout.strip()}.another-host"  # not ours to touch
+    other.write_text("x")
+    again = App(settings, clock=clock, login_delay=0)
+    await again.start()
+    try:
+        delivered = await wait_for_mail(tmp_path / "mail", 3, timeout=5)
+        await asyncio.sleep(0.3)
+        assert len(list((tmp_path / "mail" / "new").iterdir())) == len(delivered) == 3
+        assert not leftover.exists() and other.exists()
+        assert {parse_mail(p)["to"] for p in delivered} == {f"u{n}@example.test" for n in range(3)}
+    finally:
+        await again.stop()
+
+
+async def test_a_second_serve_on_one_sqlite_store_is_refused(tmp_path: Path) -> None:
+    from oms_auth.store import StoreError
+
+    settings = settings_for(tmp_path)
+    first = App(settings, login_delay=0)
+    await first.start()
+    try:
+        with pytest.raises(StoreError, match="another oms-auth serve is using"):
+            await App(settings, login_delay=0).start()
+        done = oms_auth(tmp_path, "serve", "--port", "0", "--db", settings.db, check=False)
+        assert done.returncode == 2 and "another oms-auth serve is using" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        await first.stop()
+    second = App(settings, login_delay=0)  # the lock went with the first
+    await second.start()
+    await second.stop()

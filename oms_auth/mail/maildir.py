@@ -14,6 +14,17 @@ from pathlib import Path
 __all__ = ["MaildirTransport"]
 
 _ID = re.compile(r"\.oms-auth-(\d+)\.")
+_WRITER = re.compile(r"\.oms-auth-\d+\.P(\d+)\.(.+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class MaildirTransport:
@@ -47,7 +58,8 @@ class MaildirTransport:
         self._ensure()
         if self._already(mail_id):
             return
-        name = f"{int(time.time())}.oms-auth-{mail_id}.{self._host}"
+        # The writer's pid is in the name, so files a dead writer left in tmp/ are known.
+        name = f"{int(time.time())}.oms-auth-{mail_id}.P{os.getpid()}.{self._host}"
         tmp = self.path / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -58,6 +70,21 @@ class MaildirTransport:
         with self._lock:
             assert self._delivered is not None
             self._delivered.add(mail_id)
+
+    def _clear_leftovers(self) -> int:
+        """Remove this host's files in ``tmp/`` whose writer is no longer running: a message
+        cut off mid-write (it holds the link in plain text; the outbox delivers it again)."""
+        self._ensure()
+        gone = 0
+        for path in (self.path / "tmp").iterdir():
+            found = _WRITER.search(path.name)
+            if found and found[2] == self._host and not _alive(int(found[1])):
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._clear_leftovers)
 
     async def send(self, message: EmailMessage, mail_id: int) -> None:
         await asyncio.to_thread(self._deliver, message, mail_id)

@@ -32,6 +32,9 @@ MAX_BACKOFF = 3600.0
 
 
 class Transport(Protocol):
+    async def start(self) -> None:
+        """Before the first delivery: clear what a dead process left (Maildir ``tmp/``)."""
+
     async def send(self, message: EmailMessage, mail_id: int) -> None: ...
 
     async def close(self) -> None: ...
@@ -73,6 +76,10 @@ class OutboxWorker:
         await self.transport.close()
 
     async def _run(self) -> None:
+        try:
+            await self.transport.start()
+        except Exception:
+            log.exception("mail transport could not start; delivering anyway")
         while True:
             try:
                 busy = await self.deliver_due()

@@ -48,5 +48,8 @@ class SmtpTransport:
             timeout=self.timeout,
         )
 
+    async def start(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

@@ -250,6 +250,19 @@ class Store(abc.ABC):
         """Take due queued messages for delivery; a claimed message is not due again until
         ``lease`` seconds have passed (so a crashed worker's claim expires)."""
 
+    async def start_serving(self, now: float) -> int:
+        """Called once by a node before its outbox starts. A store only one node serves
+        (SQLite) makes sure this is the only one (StoreError otherwise) and takes back the mail
+        claims a dead process left (:meth:`reclaim_mail`), returning how many; a store shared
+        by nodes does nothing (claims there expire by their lease)."""
+        return 0
+
+    async def reclaim_mail(self, now: float) -> int:
+        """Make every claimed, undelivered message due at once: for a single node at start,
+        when no other process can hold a claim (a dead one's would otherwise wait for its
+        lease). How many were taken back. A store shared by nodes keeps the leases (0)."""
+        return 0
+
     @abc.abstractmethod
     async def mail_delivered(self, mail_id: int, now: float) -> None:
         """Mark delivered and erase the sealed part."""

@@ -117,7 +117,7 @@ _ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _CLAIM_MAIL = (
     "WITH due AS (SELECT id FROM outbox WHERE state = 'queued' AND due_at <= $1"
     " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-    " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1 FROM due"
+    " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1, claimed = 1 FROM due"
     " WHERE o.id = due.id RETURNING " + ", ".join(f"o.{c}" for c in q.OUTBOX_COLUMNS)
 )
 _RELEASE_EVENT = (

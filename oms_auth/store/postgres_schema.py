@@ -6,7 +6,8 @@ runs the missing ones in one transaction.
 
 Rules: append only, never edit an entry (an existing store must still open and end up exactly
 as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
-the rules under concurrency, 4 API keys), so the DDL differs only where the dialects do.
+the rules under concurrency, 4 API keys, 5 marked mail claims), so the DDL differs only
+where the dialects do.
 """
 
 from __future__ import annotations
@@ -156,6 +157,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX api_keys_by_user ON api_keys(user_id);
     ALTER TABLE sessions ADD COLUMN api_key TEXT REFERENCES api_keys(key) ON DELETE CASCADE;
     CREATE INDEX sessions_by_api_key ON sessions(api_key);
+    """,
+    # 5: a claimed message is marked, so a single node can take back at start what a process
+    # that died had claimed, without waiting for its lease (SPEC section 6a).
+    """
+    ALTER TABLE outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

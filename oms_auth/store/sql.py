@@ -269,13 +269,17 @@ class Statements:
         " VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
     mail_sent: str = (
-        "UPDATE outbox SET state = 'sent', sealed = NULL, sent_at = ?, last_error = NULL"
-        " WHERE id = ?"
+        "UPDATE outbox SET state = 'sent', sealed = NULL, sent_at = ?, last_error = NULL,"
+        " claimed = 0 WHERE id = ?"
     )
     mail_given_up: str = (
-        "UPDATE outbox SET state = 'failed', sealed = NULL, last_error = ? WHERE id = ?"
+        "UPDATE outbox SET state = 'failed', sealed = NULL, last_error = ?, claimed = 0"
+        " WHERE id = ?"
     )
-    mail_retry: str = "UPDATE outbox SET due_at = ?, last_error = ? WHERE id = ?"
+    mail_retry: str = "UPDATE outbox SET due_at = ?, last_error = ?, claimed = 0 WHERE id = ?"
+    reclaim_mail: str = (
+        "UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = 'queued' AND claimed = 1"
+    )
     mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"
     # audit
     audit_tail: str = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"

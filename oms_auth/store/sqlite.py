@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -60,7 +62,8 @@ S = q.SQLITE
 
 # What only this store runs (its dialect's way of saying it).
 _CLAIM_MAIL = (
-    "UPDATE outbox SET due_at = ?, attempts = attempts + 1 WHERE id IN (SELECT id FROM outbox"
+    "UPDATE outbox SET due_at = ?, attempts = attempts + 1, claimed = 1"
+    " WHERE id IN (SELECT id FROM outbox"
     " WHERE state = 'queued' AND due_at <= ? ORDER BY id LIMIT ?)"
     " RETURNING " + ", ".join(q.OUTBOX_COLUMNS)
 )
@@ -84,6 +87,7 @@ class SqliteStore(Store):
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # how many commits the writer made (the group-commit benchmark reads it)
+        self._serving: int | None = None  # the descriptor holding the serve lock
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -131,7 +135,25 @@ class SqliteStore(Store):
             await db.execute("ROLLBACK")
             raise
 
+    async def start_serving(self, now: float) -> int:
+        # An exclusive lock beside the store, held while this process serves: a second serve
+        # on the same file is refused, so claims found now can only be a dead process's.
+        lock = self.path + ".serve.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"another oms-auth serve is using {self.path} (it holds {lock})"
+            ) from None
+        self._serving = fd
+        return await self.reclaim_mail(now)
+
     async def close(self) -> None:
+        if self._serving is not None:
+            os.close(self._serving)  # releases the lock
+            self._serving = None
         if self._writer is not None:
             # Let queued writes finish: what a caller awaits must not be dropped.
             while not self._queue.empty():
@@ -596,6 +618,13 @@ class SqliteStore(Store):
             # One statement: attempts come back as the claim left them, as on PostgreSQL.
             rows = await self._all(db, _CLAIM_MAIL, (now + lease, now, limit))
             return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
+
+        return await self._write(job)
+
+    async def reclaim_mail(self, now: float) -> int:
+        async def job(db: aiosqlite.Connection) -> int:
+            cur = await db.execute(S.reclaim_mail, (now,))
+            return max(cur.rowcount, 0)
 
         return await self._write(job)
 

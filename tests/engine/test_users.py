@@ -36,7 +36,10 @@ async def test_a_user_is_created_with_its_permissions_accounts_and_question(deps
         ({"totp_secret": "short"}, "base32"),
         ({"password": "a"}, "Your portal password must be over eight characters long"),
         ({"password": "Summer2024!"}, "must not be a commonly used password"),
-        ({"password": "Alice-Pass-77", "username": "Alice-Pass-77"}, "must not match your username"),
+        (
+            {"password": "Alice-Pass-77", "username": "Alice-Pass-77"},
+            "must not match your username",
+        ),
         ({"email": "notanemail"}, "Email: expected an address like name@example.com"),
         ({"email": "a@example.test\r\nBcc: x@example.test"}, "control or format character"),
         ({"email": "a b@example.test"}, "Email: expected"),
