@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,14 +31,18 @@ class CliError(Exception):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given before the command or after it, neither place overwrites the other.
     p.add_argument(
-        "--db", help="store: a SQLite path (default ./oms-auth.sqlite3) or postgresql://URL"
+        "--db",
+        default=argparse.SUPPRESS,
+        help="store: a SQLite path (default ./oms-auth.sqlite3) or postgresql://URL",
     )
-    p.add_argument("--config", help="TOML file with settings")
+    p.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oms-auth", description=__doc__)
+    _common(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service")
@@ -150,7 +155,7 @@ _SETTING_FLAGS = (
 
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {k: getattr(args, k, None) for k in _SETTING_FLAGS}
-    return load_settings(flags, config_file=args.config)
+    return load_settings(flags, config_file=getattr(args, "config", None))
 
 
 def _credentials(text: str) -> tuple[str, str]:
@@ -161,6 +166,17 @@ def _credentials(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`oms-auth user list | head`): as Unix tools do, stop quietly.
+        # stdout is pointed at /dev/null so the interpreter's final flush does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "conformance":
         return _run(_conformance(args))

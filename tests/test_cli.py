@@ -4,7 +4,9 @@ that use a store run on both: SQLite by default (``./oms-auth.sqlite3``), Postgr
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from oms_auth.config import ConfigError, load_settings
 from protocol.client import Client
 
-from .helpers import ServerProcess, is_postgres, oms_auth, run_async, sql, store_contents
+from .helpers import FAST, ServerProcess, is_postgres, oms_auth, run_async, sql, store_contents
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
@@ -81,10 +83,55 @@ def test_user_unlock_ends_a_lockout_and_names_unknown_users(tmp_path: Path, stor
 
 def test_demo_creates_the_documented_users_once(tmp_path: Path, store_env: str) -> None:
     first = oms_auth(tmp_path, "demo").stdout
-    for name in ("operator", "trader1", "trader2", "master"):
+    for name in ("operator", "trader1", "trader2", "master", "boss", "newhire"):
         assert name in first
-    assert "created" in first
+    assert "created" in first and "Kestrel-Op-2718" in first
+    assert "(invited: the link is mailed)" in first
     assert "exists" in oms_auth(tmp_path, "demo").stdout
+
+
+def test_demo_never_prints_a_password_it_no_longer_holds(tmp_path: Path, store_env: str) -> None:
+    oms_auth(tmp_path, "demo")
+    db = store_env if is_postgres(store_env) else str(tmp_path / "oms-auth.sqlite3")
+    # The password changed since (as a reset would change it).
+    run_async(sql(db, "UPDATE users SET password_hash = 'x' WHERE username = 'trader1'"))
+    again = oms_auth(tmp_path, "demo").stdout
+    line = next(x for x in again.splitlines() if "trader1" in x)
+    assert "Heron-Trade-3141" not in line and "(changed since)" in line
+
+
+def test_options_go_before_or_after_the_command_and_pipes_close_quietly(
+    tmp_path: Path, store_env: str
+) -> None:
+    oms_auth(tmp_path, "demo")
+    db = store_env if is_postgres(store_env) else str(tmp_path / "oms-auth.sqlite3")
+    before = oms_auth(tmp_path, "--db", db, "user", "list").stdout
+    after = oms_auth(tmp_path, "user", "list", "--db", db).stdout
+    assert before == after and "trader1" in before
+    # A reader that is gone (`oms-auth user list | head -1`): no traceback, exit 0.
+    read, write = os.pipe()
+    os.close(read)
+    done = subprocess.run(
+        [sys.executable, "-m", "oms_auth.cli", "user", "list", "--db", db],
+        cwd=tmp_path,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        env={**os.environ, **FAST},
+    )
+    os.close(write)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    piped = subprocess.run(
+        f"{sys.executable} -m oms_auth.cli audit --db {db} --limit 5000 | head -1",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **FAST},
+    )
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
 
 
 def test_settings_come_from_flags_then_environment_then_config_file(tmp_path: Path) -> None:
