@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["native", "openidconnect", "saml"],
     )
     add.add_argument("--inactive", action="store_true")
+    add.add_argument("--locale", help="the language of the user's mail (en, de; default_locale)")
     add.add_argument("--secret-key-file", dest="secret_key_file")
     lst = user.add_parser("list", help="list users")
     _common(lst)
@@ -283,6 +284,7 @@ async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
         answer=args.security_answer,
         auth_source=args.auth_source,
         active=not args.inactive,
+        locale=args.locale,
     )
     created = await deps.store.user_by_id(user_id)
     assert created is not None

@@ -85,6 +85,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     argon2_memory_kib: int = 65536
     hash_workers: int = 2
     mail_from: str = "oms-auth <no-reply@localhost>"
+    # What the messages say (SPEC section 5): a folder of templates replacing the shipped ones
+    # file by file, the exchange's name, where users get help, and the language of users who
+    # have none of their own (en and de ship).
+    mail_templates: str | None = None
+    brand_name: str = "OMS Exchange"
+    support_email: str | None = None
+    support_url: str | None = None
+    default_locale: str = "en"
     mail_retry_seconds: float = 5
     mail_max_attempts: int = 12
     # A claimed message not marked sent within this time (its worker died) is due again.

@@ -274,6 +274,7 @@ class CreateUserRequest(msgspec.Struct, frozen=True):
     Email: str | None = None
     AccountId: int | None = None
     Permissions: list[str] | None = None
+    Locale: str | None = None  # the language of its mail (en, de, ...); none: the default
 
 
 class ForceUserLogoffRequest(msgspec.Struct, frozen=True):

@@ -456,7 +456,7 @@ async def test_an_operator_invites_a_user_who_sets_a_first_password_by_the_link(
         )
     invite = (await mails(app, 1))[0]
     assert invite["to"] == "new@example.test" and invite["user_id"] == uid
-    assert invite["msg"]["Subject"] == "Set the password of your new trading account"
+    assert invite["msg"]["Subject"] == "Set the password of your new OMS Exchange account"
     assert "username newhire" in invite["text"]
     # No usable password until the link is followed: a login fails like a wrong password.
     for guess in (PASSWORD, "Anything-1x"):
@@ -473,7 +473,7 @@ async def test_an_operator_invites_a_user_who_sets_a_first_password_by_the_link(
     assert (await login(app, "newhire", NEW))["Authenticated"] is True
     assert {"user-created", "invited", "password-set"} <= set(await actions(app, "newhire"))
     set_mail = (await mails(app, 2))[1]
-    assert set_mail["msg"]["Subject"] == "Your password was set"
+    assert set_mail["msg"]["Subject"] == "Your OMS Exchange password was set"
 
 
 async def test_an_invitation_link_lives_72_hours(app: App, clock: Clock) -> None:
@@ -501,7 +501,7 @@ async def test_a_new_invitation_voids_the_older_link(app: App) -> None:
         # Asked again (the Operator's ResetPassword), an invited user is invited again.
         assert (await c.call("ResetPassword", {"UserName": "newhire"})).o == OK
     second = next(m for m in await mails(app, 2) if m["code"] != first["code"])
-    assert second["msg"]["Subject"] == "Set the password of your new trading account"
+    assert second["msg"]["Subject"] == "Set the password of your new OMS Exchange account"
     async with await Client.connect(app.url) as c:
         old = {"UserId": uid, "PendingCode": first["code"], "Password": NEW}
         assert (await c.call("ResetPassword2", old)).o["errorcode"] == 104

@@ -256,7 +256,7 @@ async def reset_by_operator(app: App, username: str) -> dict[str, Any]:
         payload = {"UserId": mail["user_id"], "Password": NEW, "PendingCode": mail["code"]}
         assert (await c.call("ResetPassword2", payload)).o == OK
     changed = parse_mail((await wait_for_mail(maildir, before + 2))[-1])
-    assert changed["msg"]["Subject"] == "Your password was changed"
+    assert changed["msg"]["Subject"] == "Your OMS Exchange password was changed"
     return changed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,115 @@ async def test_a_second_serve_on_one_sqlite_store_is_refused(tmp_path: Path) -> 
     second = App(settings, login_delay=0)  # the lock went with the first
     await second.start()
     await second.stop()
+
+
+# -- templates: brand, support, locale, an exchange's own --------------------------------------
+
+
+def templates_render(t: Any, kind: str, **public: object) -> dict[str, object]:
+    secret = (
+        {"link": "https://auth.example/reset?UserId=1&PendingCode=c0de"}
+        if kind
+        in (
+            "reset",
+            "invite",
+        )
+        else {}
+    )
+    msg = t.render(
+        kind,
+        {"username": "alice", **public},
+        secret,
+        sender="x@example.test",
+        recipient="alice@example.test",
+    )
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    return {"subject": msg["Subject"], "text": text, "html": html, "lang": msg["Content-Language"]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "public", "en", "de"),
+    [
+        ("reset", {"expires_at": 1_800_000_000}, "Reset your Acme password", "zurücksetzen"),
+        ("invite", {"expires_at": 1_800_000_000}, "new Acme account", "neues Konto"),
+        (
+            "password-changed",
+            {"changed_at": 1_800_000_000, "api_keys": "revoked"},
+            "changed",
+            "geändert",
+        ),
+        ("password-changed", {"changed_at": 1_800_000_000, "first": True}, "was set", "festgelegt"),
+        ("2fa-enabled", {"at": 1_800_000_000}, "turned on", "eingeschaltet"),
+        ("2fa-disabled", {"at": 1_800_000_000}, "turned off", "ausgeschaltet"),
+        ("questions-set", {"at": 1_800_000_000}, "security questions", "Sicherheitsfragen"),
+        ("forced-logoff", {"at": 1_800_000_000}, "logged off", "abgemeldet"),
+    ],
+)
+def test_every_message_ships_in_english_and_german_with_the_brand_and_support(
+    kind: str, public: dict[str, object], en: str, de: str
+) -> None:
+    from oms_auth.mail.templates import Templates
+
+    t = Templates(
+        brand="Acme", support_email="help@acme.example", support_url="https://acme.example/help"
+    )
+    english = templates_render(t, kind, **public)
+    assert en in str(english["subject"]) and english["lang"] == "en"
+    for part in ("text", "html"):
+        assert "Acme" in str(english[part]) and "help@acme.example" in str(english[part])
+        assert "https://acme.example/help" in str(english[part])
+    german = templates_render(t, kind, locale="de", **public)
+    assert de in str(german["subject"]) + str(german["text"]) and german["lang"] == "de"
+    assert "Support" in str(german["text"])
+    if "expires_at" in public:
+        assert "2027-01-15 08:00 UTC" in str(english["text"])
+        assert "15.01.2027, 08:00 UTC" in str(german["text"])
+        assert "https://auth.example/reset?UserId=1&PendingCode=c0de" in str(german["text"])
+    # A language not shipped (and not a tag at all) falls back to English.
+    assert templates_render(t, kind, locale="pt-BR", **public)["subject"] == english["subject"]
+    assert templates_render(t, kind, locale="<x>", **public)["subject"] == english["subject"]
+
+
+def test_an_exchange_replaces_templates_file_by_file_and_html_is_escaped(tmp_path: Path) -> None:
+    from oms_auth.mail.templates import Templates
+
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "reset.txt").write_text(
+        "Subject: {{ brand }}: your reset link\n\nHi {{ username }}: {{ link }}\n"
+    )
+    t = Templates(str(tmp_path), brand="Acme")
+    mine = templates_render(t, "reset", expires_at=1_800_000_000)
+    assert mine["subject"] == "Acme: your reset link"
+    assert str(mine["text"]).startswith("Hi alice: https://auth.example/reset")
+    assert "Choose a new password" in str(mine["html"])  # the shipped HTML still serves
+    hostile = templates_render(t, "2fa-enabled", username="<script>x</script>", at=0)
+    assert "<script>" not in str(hostile["html"]) and "&lt;script&gt;" in str(hostile["html"])
+    with pytest.raises(ValueError, match="not a folder"):
+        Templates(str(tmp_path / "missing"))
+
+
+async def test_a_user_gets_mail_in_its_language(tmp_path: Path, clock: Clock) -> None:
+    app = App(
+        settings_for(tmp_path, brand_name="Acme", support_email="help@acme.example"),
+        clock=clock,
+        login_delay=0,
+    )
+    await app.start()
+    try:
+        await make_user(app.deps, "op", permissions=["Operator"])
+        async with await Client.connect(app.url) as c:
+            await c.call("AuthenticateUser", {"UserName": "op", "Password": "Correct-Horse9"})
+            made = await c.call(
+                "CreateUser", {"UserName": "hans", "Email": "hans@example.test", "Locale": "de"}
+            )
+            assert made.o["UserId"]
+            bad = await c.call(
+                "CreateUser", {"UserName": "x", "Email": "x@example.test", "Locale": "not a tag"}
+            )
+            assert bad.o["errorcode"] == 100 and "Locale" in bad.o["detail"]
+        mail = parse_mail((await wait_for_mail(tmp_path / "mail", 1))[0])
+        assert mail["msg"]["Subject"] == "Passwort für Ihr neues Konto bei Acme festlegen"
+        assert "help@acme.example" in mail["text"] and mail["code"]
+    finally:
+        await app.stop()

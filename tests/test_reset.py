@@ -520,7 +520,7 @@ async def test_success_sets_the_password_and_logs_every_session_off(world: World
     for c in (elsewhere, token_client, fresh):
         await c.close()
     changed = (await world.mails(2))[-1]
-    assert changed["msg"]["Subject"] == "Your password was changed"
+    assert changed["msg"]["Subject"] == "Your OMS Exchange password was changed"
     assert "link" not in changed
 
 

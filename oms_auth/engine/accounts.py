@@ -32,10 +32,11 @@ import pyotp
 from protocol.messages import LogoutReason
 
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..store import AccountChange, AuditEntry, MailItem, Outcome, StoreError, User
+from ..store import AccountChange, AuditEntry, Outcome, StoreError, User
 from . import totp, users
 from .answers import normalize_answer
 from .deps import Deps
+from .links import user_mail
 from .sessions import Sessions
 from .texts import (
     API_KEY_SESSION,
@@ -216,6 +217,7 @@ class Accounts:
         source: str,
         *,
         via_api_key: bool,
+        locale: str | None = None,
     ) -> int:
         """CreateUser: an invited user in the caller's OMS; the invitation goes out with it."""
         operator = _operator(caller)
@@ -234,6 +236,7 @@ class Accounts:
                 oms=operator.oms_id,
                 permissions=granted,
                 accounts=() if account_id is None else (account_id,),
+                locale=locale,
                 actor_id=operator.id,
                 source=source,
             )
@@ -309,12 +312,7 @@ class Accounts:
                     source=source,
                     detail=detail,
                 ),
-                mail=MailItem(
-                    kind=action,
-                    recipient=user.email,
-                    user_id=user.id,
-                    public={"username": user.username, "at": now},
-                ),
+                mail=user_mail(action, user, {"at": now}),
             ),
             now,
         )

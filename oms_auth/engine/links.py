@@ -9,13 +9,29 @@ earlier links, so a re-invitation voids the older invitation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ..crypto import digest, mail_context, new_pending_code
 from ..store import AuditEntry, MailItem, User
 from .deps import Deps
 
-__all__ = ["issue_link", "link_kind"]
+__all__ = ["issue_link", "link_kind", "user_mail"]
+
+
+def user_mail(
+    kind: str, user: User, public: dict[str, Any], sealed: bytes | None = None
+) -> MailItem:
+    """A message to the user, in its language: ``public`` is what its template may show anyone
+    who reads the store, ``sealed`` (already encrypted) what must stay secret."""
+    return MailItem(
+        kind=kind,
+        recipient=user.email,
+        user_id=user.id,
+        public={"username": user.username, "locale": user.locale, **public},
+        sealed=sealed,
+    )
 
 
 def link_kind(target: User) -> str:
@@ -29,13 +45,8 @@ async def issue_link(deps: Deps, target: User, now: float, audit: AuditEntry) ->
     kind = link_kind(target)
     code = new_pending_code()
     expires_at = now + (s.invite_valid_seconds if kind == "invite" else s.code_valid_seconds)
-    mail = MailItem(
-        kind=kind,
-        recipient=target.email,
-        user_id=target.id,
-        public={"username": target.username, "expires_at": expires_at},
-        sealed=deps.sealer.seal(msgspec.json.encode({"code": code}), mail_context(target.id, kind)),
-    )
+    sealed = deps.sealer.seal(msgspec.json.encode({"code": code}), mail_context(target.id, kind))
+    mail = user_mail(kind, target, {"expires_at": expires_at}, sealed)
     await deps.store.issue_code(target.id, digest(code), now, expires_at, mail, [audit])
     deps.events.count("invitations_sent" if kind == "invite" else "resets_requested")
     deps.events.mail_queued()

@@ -20,6 +20,8 @@ __all__ = [
     "check_username",
     "check_email",
     "check_distinct",
+    "check_locale",
+    "is_locale",
     "skeleton",
     "confusable",
     "MAX_USERNAME_LENGTH",
@@ -70,6 +72,24 @@ def check_distinct(name: str, existing: Iterable[str]) -> None:
     not said: an Operator must not learn the usernames of other OMSs this way)."""
     if any(confusable(name, other) for other in existing):
         raise InvalidValue(f"{INVALID_USERNAME}: it looks too much like an existing username")
+
+
+_LOCALE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
+
+
+def is_locale(tag: str) -> bool:
+    """A BCP 47-looking language tag (``de``, ``pt-BR``)."""
+    return bool(_LOCALE.fullmatch(tag))
+
+
+def check_locale(locale: str | None) -> str | None:
+    """A language tag like ``de`` or ``pt-BR`` (mail in a language not shipped falls back to
+    the default), or InvalidValue."""
+    if locale is None or locale == "":
+        return None
+    if not is_locale(locale.strip()):
+        raise InvalidValue("Invalid value provided for Locale: expected a tag like en or pt-BR")
+    return locale.strip()
 
 
 def check_username(username: str) -> str:

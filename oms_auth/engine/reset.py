@@ -20,7 +20,6 @@ from ..store import (
     RESET_FAILURE,
     AuditEntry,
     Claim,
-    MailItem,
     Outcome,
     ResetCode,
     User,
@@ -30,7 +29,7 @@ from . import totp, users
 from .answers import normalize_answer
 from .background import Bounded, Refused
 from .deps import Deps
-from .links import issue_link
+from .links import issue_link, user_mail
 from .passwords import POLICIES, Policy
 from .texts import (
     ACCOUNT_LOCKED,
@@ -405,12 +404,10 @@ class Resets:
                 key,
                 new_hash,
                 changed_at,
-                MailItem(
-                    kind="password-changed",
-                    recipient=user.email,
-                    user_id=user.id,
-                    public={
-                        "username": user.username,
+                user_mail(
+                    "password-changed",
+                    user,
+                    {
                         "changed_at": changed_at,
                         "api_keys": "kept" if keeps_keys else "revoked",
                         "first": user.invited,

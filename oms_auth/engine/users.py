@@ -16,7 +16,7 @@ from . import totp
 from .answers import normalize_answer
 from .deps import Deps
 from .links import issue_link
-from .names import check_distinct, check_email, check_username
+from .names import check_distinct, check_email, check_locale, check_username
 from .passwords import POLICIES
 from .texts import (
     INVALID_PERMISSIONS,
@@ -86,6 +86,7 @@ async def create_user(
     answer: str | None = None,
     auth_source: str = "native",
     active: bool = True,
+    locale: str | None = None,
     actor_id: int | None = None,
     source: str = "cli",
 ) -> int:
@@ -93,6 +94,7 @@ async def create_user(
     a password the user is invited: it has no usable password until it follows the link
     :func:`invite` mails it."""
     username, email = check_username(username), check_email(email)
+    locale = check_locale(locale)
     names = permission_names(list(permissions))
     if password is not None:
         broken = POLICIES[deps.settings.password_policy].refusal(password, username)
@@ -118,6 +120,7 @@ async def create_user(
             auth_source=auth_source,
             active=active,
             questions=questions,
+            locale=locale,
         ),
         AuditEntry(
             action="user-created", actor_id=actor_id, target_name=username.strip(), source=source

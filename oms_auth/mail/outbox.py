@@ -22,7 +22,7 @@ from ..store import AuditEntry, OutboxRow
 from ..tasks import cancel
 from .maildir import MaildirTransport
 from .smtp import SmtpTransport
-from .templates import render, reset_link
+from .templates import Templates, reset_link
 
 __all__ = ["Transport", "transport_for", "OutboxWorker"]
 
@@ -61,6 +61,14 @@ class OutboxWorker:
         # another node carries it too.
         self.public_url = public_url
         self.poll_seconds = poll_seconds
+        s = deps.settings
+        self.templates = Templates(
+            s.mail_templates,
+            brand=s.brand_name,
+            support_email=s.support_email,
+            support_url=s.support_url,
+            default_locale=s.default_locale,
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -110,7 +118,7 @@ class OutboxWorker:
                 secret = msgspec.json.decode(opened)
             if "code" in secret and row.user_id is not None:
                 secret["link"] = reset_link(self.public_url, row.user_id, secret.pop("code"))
-            message = render(
+            message = self.templates.render(
                 row.kind, row.public, secret, sender=d.settings.mail_from, recipient=row.recipient
             )
             await self.transport.send(message, row.id)

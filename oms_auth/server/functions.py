@@ -394,6 +394,7 @@ class Functions:
             req.Permissions,
             conn.source,
             via_api_key=caller is not None and await self._via_api_key(conn),
+            locale=req.Locale,
         )
         return msg.UserIdReply(UserId=user_id)
 

@@ -65,6 +65,7 @@ class NewUser(msgspec.Struct, kw_only=True):
     active: bool = True
     email_verified: bool = False
     questions: tuple[tuple[str, str], ...] = ()  # (question, Argon2id hash of the answer)
+    locale: str | None = None  # the language of its mail; None: the deployment's default
 
     def __repr__(self) -> str:
         return f"NewUser(username={self.username!r}, <hashes redacted>)"
@@ -91,6 +92,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     password_version: int = 0
     # The last RFC 6238 time step accepted for this user: a code is never accepted twice.
     totp_last_step: int | None = None
+    locale: str | None = None  # the language of its mail; None: the deployment's default
 
     def __repr__(self) -> str:
         return f"User(id={self.id}, username={self.username!r}, <secrets redacted>)"

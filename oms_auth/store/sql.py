@@ -136,7 +136,8 @@ def _user_select(permissions: str, accounts: str) -> dict[str, str]:
     select = (
         "SELECT u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id,"
         " u.password_hash, u.totp_sealed, u.auth_source, u.active, u.master, u.last_login,"
-        f" u.locked_until, {permissions}, {accounts}, u.password_version, u.totp_last_step"
+        f" u.locked_until, {permissions}, {accounts}, u.password_version, u.totp_last_step,"
+        " u.locale"
         " FROM users u"
     )
     return {
@@ -160,8 +161,8 @@ class Statements:
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
     insert_user: str = (
         "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
-        " password_hash, auth_source, active, master) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " RETURNING id"
+        " password_hash, auth_source, active, master, locale)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
     insert_account: str = (
         "INSERT INTO accounts (id, oms_id) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
@@ -334,6 +335,7 @@ def user_args(user: NewUser) -> tuple[object, ...]:
         user.auth_source,
         user.active,
         user.master,
+        user.locale,
     )
 
 
@@ -484,6 +486,7 @@ def to_user(row: Row) -> User:
         accounts=frozenset(int(a) for a in _members(row[14])),
         password_version=row[15],
         totp_last_step=row[16],
+        locale=row[17],
     )
 
 

@@ -6,8 +6,8 @@ runs the missing ones in one transaction.
 
 Rules: append only, never edit an entry (an existing store must still open and end up exactly
 as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
-the rules under concurrency, 4 API keys, 5 marked mail claims), so the DDL differs only
-where the dialects do.
+the rules under concurrency, 4 API keys, 5 marked mail claims, 6 user locales), so the DDL
+differs only where the dialects do.
 """
 
 from __future__ import annotations
@@ -147,6 +147,10 @@ MIGRATIONS: list[str] = [
     # that died had claimed, without waiting for its lease (SPEC section 6a).
     """
     ALTER TABLE outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 6: the language a user's mail is written in (SPEC section 5); none: the default.
+    """
+    ALTER TABLE users ADD COLUMN locale TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
