@@ -478,8 +478,9 @@ async def _invalid_code(options: Options, evidence: list[str]) -> None:
 async def mailed_link(options: Options, p: Probe, *, fresh: bool = False) -> tuple[int, str, str]:
     """The target's latest reset link: asked for as the Operator (unless this run already has
     one and ``fresh`` is not asked) and read from the Maildir."""
-    if options.maildir is None or not options.target:
-        raise Skip("needs --mail maildir:PATH and --target USERNAME")
+    if options.maildir is None:
+        raise Skip("needs --mail maildir:PATH")
+    await run_target(options, p)
     await p.login(options.operator, "operator")
     if options.latest_link is not None and not fresh:
         p.note("@ reusing this run's latest link for the target")
@@ -490,8 +491,25 @@ async def mailed_link(options: Options, p: Probe, *, fresh: bool = False) -> tup
 
 async def _request_link(options: Options, p: Probe) -> tuple[int, str, str]:
     before = _mail_files(options)
-    check_success(await p.call("ResetPassword", {"UserName": options.target}))
+    check_success(await p.call("ResetPassword", {"UserName": await run_target(options, p)}))
     return await _link_mailed(options, p, before)
+
+
+async def run_target(options: Options, p: Probe) -> str:
+    """The user the reset cases mail links to: ``--target``, else one this run creates (with a
+    security question, so the lockout case has one to answer wrongly)."""
+    if options.target:
+        return options.target
+    if options.own_target is None:
+        _, name = await invited_user(options, p)
+        async with Probe(options, p.evidence) as own:
+            await own.login((name, NEW_USER_PASSWORD), "the run's own target")
+            question = [{"Question": "Conformance question?", "Answer": "conformance answer"}]
+            payload = {"Password": NEW_USER_PASSWORD, "Questions": question}
+            check_success(await own.call("SetSecurityQuestions", payload))
+        options.own_target = name
+        p.note(f"@ this run's own reset target: {name}")
+    return options.own_target
 
 
 def _mail_files(options: Options) -> set[Any]:

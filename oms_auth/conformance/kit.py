@@ -32,6 +32,9 @@ class Options:
     # Shared across the cases of one run: the target's latest mailed link. The server allows
     # few reset requests per user and hour, so cases reuse a link rather than ask again.
     latest_link: tuple[int, str, str] | None = None
+    # Without ``target``, the reset cases' target is a user the run makes for itself (with
+    # CreateUser), so runs repeat against one server without meeting its hourly request limit.
+    own_target: str | None = None
 
     def secrets(self) -> tuple[str, ...]:
         """The passwords this run was given: the evidence never shows them."""
