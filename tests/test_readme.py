@@ -153,8 +153,7 @@ def test_the_readme_example_runs_as_written(
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=subprocess.DEVNULL,
         )
         _wait_for(int(ports["8765"]))
     try:
