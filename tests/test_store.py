@@ -145,3 +145,56 @@ async def test_claims_come_in_id_order_up_to_the_limit(store: Store) -> None:
     rest = await store.claim_mail(NOW, 120, 3)
     assert [r.id for r in first] == sorted(r.id for r in first) and len(first) == 3
     assert len(rest) == 2 and max(r.id for r in first) < min(r.id for r in rest)
+
+
+# -- usernames that look alike (migration 7) ----------------------------------------------------
+
+
+async def test_a_store_from_before_skeletons_fills_them_in_and_refuses_lookalikes(db: str) -> None:
+    """Users written by schema 6 get their skeletons at open; a new name that looks like one of
+    them is refused in the transaction that would insert it, a merely similar one is not."""
+    import sqlite3
+
+    from oms_auth.store import UsernameConfusable, UsernameTaken
+    from oms_auth.store import postgres as pg_store
+    from oms_auth.store import sqlite as sqlite_store
+
+    from .helpers import is_postgres, pg_connect, schema_of
+
+    insert = (
+        "INSERT INTO users (username, username_key, email, oms_id, password_hash)"
+        " VALUES ('trader1', 'trader1', 't@example.test', 1, 'h')"
+    )
+    if is_postgres(db):
+        conn = await pg_connect(db)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema_of(db)}"')
+            for step in pg_store.MIGRATIONS[:6]:
+                await conn.execute(step)
+            await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', '6')")
+            await conn.execute(insert)
+        finally:
+            await conn.close()
+    else:
+        with sqlite3.connect(db) as lite:
+            for step in sqlite_store.MIGRATIONS[:6]:
+                lite.executescript(step)
+            lite.execute("PRAGMA user_version=6")
+            lite.execute(insert)
+    store = await open_store(db, audit_key=b"k" * 32)
+    try:
+        for lookalike, error in (
+            ("tr\u0430der1", UsernameConfusable),
+            ("TRADERl", UsernameConfusable),
+            ("Trader1", UsernameTaken),
+        ):
+            with pytest.raises(error):
+                await store.create_user(
+                    NewUser(username=lookalike, email="x@example.test", password_hash="h")
+                )
+        assert await store.create_user(
+            NewUser(username="trader2", email="x@example.test", password_hash="h")
+        )
+    finally:
+        await store.close()

@@ -32,7 +32,7 @@ import pyotp
 from protocol.messages import LogoutReason
 
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..store import AccountChange, AuditEntry, Outcome, StoreError, User
+from ..store import AccountChange, AuditEntry, Outcome, StoreError, User, UsernameTaken
 from . import totp, users
 from .answers import normalize_answer
 from .deps import Deps
@@ -240,9 +240,9 @@ class Accounts:
                 actor_id=operator.id,
                 source=source,
             )
-        except StoreError as exc:
-            if "is taken" in str(exc):
-                raise OperationFailed(USERNAME_TAKEN) from None
+        except UsernameTaken:
+            raise OperationFailed(USERNAME_TAKEN) from None
+        except StoreError:
             # The only other refusal: the account is another OMS's (which one is not said).
             raise InvalidValue(
                 f"{INVALID_ACCOUNT_ID}: the account belongs to another OMS"

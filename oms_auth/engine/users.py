@@ -11,16 +11,17 @@ import re
 from collections.abc import Sequence
 
 from ..errors import InvalidValue, NotAuthorized, NotFound
-from ..store import NO_PASSWORD, AuditEntry, NewUser, User
+from ..store import NO_PASSWORD, AuditEntry, NewUser, User, UsernameConfusable
 from . import totp
 from .answers import normalize_answer
 from .deps import Deps
 from .links import issue_link
-from .names import check_distinct, check_email, check_locale, check_username
+from .names import check_email, check_locale, check_username
 from .passwords import POLICIES
 from .texts import (
     INVALID_PERMISSIONS,
     INVALID_USER_ID,
+    INVALID_USERNAME,
     NOT_LOGGED_IN,
     ONLY_OWN_USER,
     USER_NOT_FOUND,
@@ -100,7 +101,6 @@ async def create_user(
         broken = POLICIES[deps.settings.password_policy].refusal(password, username)
         if broken is not None:
             raise InvalidValue(broken)
-    check_distinct(username, [u.username for u in await deps.store.list_users()])
     if (question is None) != (answer is None):
         raise InvalidValue("--security-question and --security-answer go together")
     if totp_secret is not None and not totp.valid_secret(totp_secret):
@@ -108,24 +108,34 @@ async def create_user(
     questions: tuple[tuple[str, str], ...] = ()
     if question is not None and answer is not None:
         questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
-    user_id = await deps.store.create_user(
-        NewUser(
-            username=username,
-            email=email,
-            password_hash=NO_PASSWORD if password is None else await deps.hasher.hash(password),
-            oms_id=oms,
-            permissions=names,
-            accounts=tuple(accounts),
-            master=master,
-            auth_source=auth_source,
-            active=active,
-            questions=questions,
-            locale=locale,
-        ),
-        AuditEntry(
-            action="user-created", actor_id=actor_id, target_name=username.strip(), source=source
-        ),
-    )
+    try:
+        user_id = await deps.store.create_user(
+            NewUser(
+                username=username,
+                email=email,
+                password_hash=NO_PASSWORD if password is None else await deps.hasher.hash(password),
+                oms_id=oms,
+                permissions=names,
+                accounts=tuple(accounts),
+                master=master,
+                auth_source=auth_source,
+                active=active,
+                questions=questions,
+                locale=locale,
+            ),
+            AuditEntry(
+                action="user-created",
+                actor_id=actor_id,
+                target_name=username.strip(),
+                source=source,
+            ),
+        )
+    except UsernameConfusable:
+        # Which user it looks like is not said: an Operator must not learn the usernames of
+        # other OMSs this way.
+        raise InvalidValue(
+            f"{INVALID_USERNAME}: it looks too much like an existing username"
+        ) from None
     if totp_secret is not None:
         await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
     return user_id

@@ -36,7 +36,10 @@ from .records import (
     Session,
     StoreError,
     User,
+    UsernameConfusable,
+    UsernameTaken,
     username_key,
+    username_skeleton,
 )
 from .urls import is_postgres_url, sqlite_path
 
@@ -66,6 +69,9 @@ __all__ = [
     "check_location",
     "sqlite_path",
     "username_key",
+    "username_skeleton",
+    "UsernameTaken",
+    "UsernameConfusable",
 ]
 
 

@@ -56,7 +56,13 @@ from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, notice
-from .postgres_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION
+from .postgres_schema import (
+    META,
+    MIGRATIONS,
+    RECHAIN_AFTER,
+    SCHEMA_VERSION,
+    SKELETONS_AFTER,
+)
 from .records import (
     RESET_FAILURE,
     AccountChange,
@@ -74,7 +80,10 @@ from .records import (
     Session,
     StoreError,
     User,
+    UsernameConfusable,
+    UsernameTaken,
     username_key,
+    username_skeleton,
 )
 from .urls import PgTarget, parse_url
 
@@ -261,6 +270,9 @@ class PostgresStore(Store):
                 if target + 1 in RECHAIN_AFTER:
                     links = rechain(self._audit_key, await conn.fetch(S.audit_chain))
                     await conn.executemany(S.relink_audit, links)
+                if target + 1 == SKELETONS_AFTER:
+                    rows = await conn.fetch(S.unskeletoned)
+                    await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -356,10 +368,15 @@ class PostgresStore(Store):
         ]
         if any("\x00" in t for t in texts):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
-        taken = StoreError(f"username {user.username.strip()!r} is taken")
+        taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
+        key, skeleton = username_key(user.username), username_skeleton(user.username)
         async with self._tx() as conn:
-            if await conn.fetchval(S.username_taken, username_key(user.username)):
+            # Two nodes adding look-alike names at once: one waits for the other's commit.
+            await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "skeleton:" + skeleton))
+            if await conn.fetchval(S.username_taken, key):
                 raise taken
+            if await conn.fetchval(S.username_lookalike, skeleton, key):
+                raise UsernameConfusable("the username looks too much like an existing username")
             try:
                 user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
             except asyncpg.UniqueViolationError:  # the same name, added on another node just now

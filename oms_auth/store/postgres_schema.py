@@ -6,13 +6,14 @@ runs the missing ones in one transaction.
 
 Rules: append only, never edit an entry (an existing store must still open and end up exactly
 as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
-the rules under concurrency, 4 API keys, 5 marked mail claims, 6 user locales), so the DDL
+the rules under concurrency, 4 API keys, 5 marked mail claims, 6 user locales,
+7 username skeletons), so the DDL
 differs only where the dialects do.
 """
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "RECHAIN_AFTER", "META"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "RECHAIN_AFTER", "SKELETONS_AFTER", "META"]
 
 # Each entry migrates from version (index) to version (index + 1), as in sqlite.py (the same
 # numbering: version 2 is the audit hash chain on both). Append; never edit.
@@ -167,12 +168,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE users ADD COLUMN locale TEXT;
     """,
+    # 7: what a username looks like (records.username_skeleton), so a new name that looks like
+    # an existing one is found by an index in the transaction that inserts it. Rows from before
+    # are filled in at open (SKELETONS_AFTER).
+    """
+    ALTER TABLE users ADD COLUMN name_skeleton TEXT;
+    CREATE INDEX users_by_skeleton ON users(name_skeleton);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # After reaching these versions the store (re-)chains the audit rows written before (2 chained
 # them, 3 keyed the chain with the service key); re-chaining is idempotent.
 RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
+# After reaching this version the store computes the skeletons of the users written before.
+SKELETONS_AFTER = 7
 
 # Where the schema version (and the service key's fingerprint) is kept: made before any
 # migration runs, so it is not one of them.

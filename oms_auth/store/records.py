@@ -9,6 +9,8 @@ that hold a hash or a sealed secret redact it from their repr. A reset code's st
 from __future__ import annotations
 
 import enum
+import re
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -20,6 +22,9 @@ __all__ = [
     "NO_PASSWORD",
     "StoreError",
     "username_key",
+    "username_skeleton",
+    "UsernameTaken",
+    "UsernameConfusable",
     "NewUser",
     "User",
     "SecurityQuestion",
@@ -42,6 +47,35 @@ def username_key(username: str) -> str:
     return username.strip().casefold()
 
 
+# Letters of other scripts that render like Latin ones, and the digits and letters that pass
+# for each other: each maps to one representative.
+_HOMOGLYPHS = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o",
+        "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "l", "ї": "l",
+        "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "һ": "h", "ү": "y",
+        # Greek
+        "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "l", "κ": "k", "ν": "v", "ο": "o",
+        "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c",
+        # Latin lookalikes
+        "0": "o", "1": "l", "i": "l", "ı": "l", "|": "l", "5": "s", "$": "s", "@": "a",
+        "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ł": "l",
+    }
+)  # fmt: skip
+
+
+def username_skeleton(name: str) -> str:
+    """What a name looks like: NFKD, case-folded, marks dropped, homoglyphs merged, and the
+    separators people do not see the difference between (``_``, ``-``, ``.``, spaces) gone;
+    ``rn`` reads as ``m``, ``vv`` as ``w``."""
+    folded = unicodedata.normalize("NFKD", name).casefold()
+    bare = "".join(c for c in folded if not unicodedata.combining(c))
+    merged = bare.translate(_HOMOGLYPHS)
+    merged = re.sub(r"[\s_\-.]+", "", merged)
+    return merged.replace("rn", "m").replace("vv", "w")
+
+
 # The event kind counting a user's failed ResetPassword2 attempts: a success or an unlock clears it.
 RESET_FAILURE = "reset-failure"
 # The password hash of an invited user who has not set a password yet: nothing verifies
@@ -51,6 +85,14 @@ NO_PASSWORD = ""
 
 class StoreError(Exception):
     """The store refused a write for a reason the caller can state (e.g. a duplicate username)."""
+
+
+class UsernameTaken(StoreError):
+    """The username (compared trimmed and case-folded) is another user's."""
+
+
+class UsernameConfusable(StoreError):
+    """The username looks like another user's (the same :func:`username_skeleton`)."""
 
 
 class NewUser(msgspec.Struct, kw_only=True):

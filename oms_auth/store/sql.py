@@ -38,6 +38,7 @@ from .records import (
     Session,
     User,
     username_key,
+    username_skeleton,
 )
 
 __all__ = [
@@ -159,10 +160,16 @@ class Statements:
     users: str
     users_locked: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
+    # Another user whose name looks the same (the same skeleton, another key).
+    username_lookalike: str = (
+        "SELECT 1 FROM users WHERE name_skeleton = ? AND username_key <> ? LIMIT 1"
+    )
+    unskeletoned: str = "SELECT id, username FROM users WHERE name_skeleton IS NULL"
+    set_skeleton: str = "UPDATE users SET name_skeleton = ? WHERE id = ?"
     insert_user: str = (
         "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
-        " password_hash, auth_source, active, master, locale)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+        " password_hash, auth_source, active, master, locale, name_skeleton)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
     insert_account: str = (
         "INSERT INTO accounts (id, oms_id) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
@@ -336,6 +343,7 @@ def user_args(user: NewUser) -> tuple[object, ...]:
         user.active,
         user.master,
         user.locale,
+        username_skeleton(user.username),
     )
 
 
@@ -385,6 +393,11 @@ def prune_plan(
         (s.prune_pending_logins, (sessions_idle_since,)),
         (s.prune_codes, (live, events_before, events_before)),
     ]
+
+
+def skeleton_backfill(rows: Iterable[Row]) -> list[tuple[object, ...]]:
+    """``set_skeleton``'s arguments for the ``unskeletoned`` rows."""
+    return [(username_skeleton(row[1]), row[0]) for row in rows]
 
 
 def account_plan(

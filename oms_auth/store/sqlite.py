@@ -49,9 +49,12 @@ from .records import (
     Session,
     StoreError,
     User,
+    UsernameConfusable,
+    UsernameTaken,
     username_key,
+    username_skeleton,
 )
-from .sqlite_schema import MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION
+from .sqlite_schema import MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
 
@@ -59,6 +62,7 @@ T = TypeVar("T")
 Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 S = q.SQLITE
+_LOOKALIKE = "the username looks too much like an existing username"
 
 # What only this store runs (its dialect's way of saying it).
 _CLAIM_MAIL = (
@@ -129,6 +133,9 @@ class SqliteStore(Store):
                 if target + 1 in RECHAIN_AFTER:
                     links = rechain(self._audit_key, await self._all(db, S.audit_chain))
                     await db.executemany(S.relink_audit, links)
+                if target + 1 == SKELETONS_AFTER:
+                    rows = await self._all(db, S.unskeletoned)
+                    await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await db.execute(f"PRAGMA user_version={target + 1}")
             await db.execute("COMMIT")
         except BaseException:
@@ -255,8 +262,11 @@ class SqliteStore(Store):
 
     async def create_user(self, user: NewUser, audit: AuditEntry | None = None) -> int:
         async def job(db: aiosqlite.Connection) -> int:
-            if await self._one(db, S.username_taken, (username_key(user.username),)):
-                raise StoreError(f"username {user.username.strip()!r} is taken")
+            key = username_key(user.username)
+            if await self._one(db, S.username_taken, (key,)):
+                raise UsernameTaken(f"username {user.username.strip()!r} is taken")
+            if await self._one(db, S.username_lookalike, (username_skeleton(user.username), key)):
+                raise UsernameConfusable(_LOOKALIKE)
             (user_id,) = await self._one(db, S.insert_user, q.user_args(user))
             for account in user.accounts:
                 await db.execute(S.insert_account, (account, user.oms_id))
