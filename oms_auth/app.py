@@ -175,7 +175,7 @@ class App:
         )
         # Known only now: port 0 picks a port at bind time, and links must carry the real one.
         self._public_url = s.resolved_public_url(self.port)
-        ResetPage(self.public_url, self.resets.policy).install(self.http)
+        ResetPage(self.public_url, self.resets.policy, login_url=s.login_url).install(self.http)
         self.outbox = OutboxWorker(deps, transport, self.public_url)
         self.outbox.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")

@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     public_url: str | None = None
+    # Where the reset page sends the user once the new password is set (None: no link).
+    login_url: str | None = None
     mail: str = "maildir:./mail"
     secret_key_file: str | None = None
     log_level: str = "INFO"

@@ -178,6 +178,10 @@ class RequirementsReply(msgspec.Struct, frozen=True):
     TwoFAType: str | None
     PasswordRules: list[str]
     ExpiresAt: int
+    # For the reset page: whoever holds the link is the user, so its name may be shown and
+    # checked against the new password; Locale picks the page's language (None: the browser's).
+    UserName: str | None = None
+    Locale: str | None = None
 
 
 class UnlockUserRequest(msgspec.Struct, frozen=True):

@@ -71,6 +71,8 @@ class Requirements(msgspec.Struct, frozen=True):
     requires_totp: bool
     rules: list[str]
     expires_at: float
+    username: str
+    locale: str | None  # the user's own; None: the page picks the browser's
 
 
 class Resets:
@@ -324,6 +326,8 @@ class Resets:
             requires_totp=user.uses_totp,
             rules=self.policy.words,
             expires_at=record.expires_at,
+            username=user.username,
+            locale=user.locale,
         )
 
     # -- the second step ------------------------------------------------------------------------

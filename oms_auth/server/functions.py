@@ -277,6 +277,8 @@ class Functions:
             TwoFAType=TOTP_TYPE if r.requires_totp else None,
             PasswordRules=r.rules,
             ExpiresAt=int(r.expires_at * 1000),
+            UserName=r.username,
+            Locale=r.locale,
         )
 
     async def unlock_user(self, conn: Conn, req: msg.UnlockUserRequest) -> msgspec.Struct:
