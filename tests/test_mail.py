@@ -212,13 +212,19 @@ def templates_render(t: Any, kind: str, **public: object) -> dict[str, object]:
         )
         else {}
     )
-    msg = t.render(
+    import email
+    from email import policy
+
+    out = t.render(
         kind,
         {"username": "alice", **public},
         secret,
         sender="x@example.test",
         recipient="alice@example.test",
     )
+    # What a mail reader makes of the bytes: the message must parse without defects.
+    msg = email.message_from_bytes(out.data, policy=policy.default)
+    assert not msg.defects and all(not part.defects for part in msg.walk())
     text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
     return {"subject": msg["Subject"], "text": text, "html": html, "lang": msg["Content-Language"]}

@@ -8,8 +8,9 @@ import re
 import socket
 import threading
 import time
-from email.message import EmailMessage
 from pathlib import Path
+
+from .templates import Outgoing
 
 __all__ = ["MaildirTransport"]
 
@@ -38,10 +39,14 @@ class MaildirTransport:
         # folder of thousands of messages for every delivery would stall the process.
         self._delivered: set[int] | None = None
         self._lock = threading.Lock()
+        self._ready = False  # the folders exist (made once, not per message)
 
     def _ensure(self) -> None:
+        if self._ready:
+            return
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self._ready = True
 
     def _already(self, mail_id: int) -> bool:
         with self._lock:
@@ -54,7 +59,7 @@ class MaildirTransport:
                 }
             return mail_id in self._delivered
 
-    def _deliver(self, message: EmailMessage, mail_id: int) -> None:
+    def _deliver(self, message: Outgoing, mail_id: int) -> None:
         self._ensure()
         if self._already(mail_id):
             return
@@ -62,14 +67,26 @@ class MaildirTransport:
         name = f"{int(time.time())}.oms-auth-{mail_id}.P{os.getpid()}.{self._host}"
         tmp = self.path / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(message.as_bytes())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.write(fd, message.data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(tmp, self.path / "new" / name)
         with self._lock:
             assert self._delivered is not None
             self._delivered.add(mail_id)
+
+    def _deliver_all(self, batch: list[tuple[Outgoing, int]]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        for message, mail_id in batch:
+            try:
+                self._deliver(message, mail_id)
+            except Exception as exc:  # one message's failure is its own
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     def _clear_leftovers(self) -> int:
         """Remove this host's files in ``tmp/`` whose writer is no longer running: a message
@@ -86,8 +103,12 @@ class MaildirTransport:
     async def start(self) -> None:
         await asyncio.to_thread(self._clear_leftovers)
 
-    async def send(self, message: EmailMessage, mail_id: int) -> None:
+    async def send(self, message: Outgoing, mail_id: int) -> None:
         await asyncio.to_thread(self._deliver, message, mail_id)
+
+    async def send_batch(self, batch: list[tuple[Outgoing, int]]) -> list[Exception | None]:
+        """Several messages in one trip to a thread; each outcome in order (None: delivered)."""
+        return await asyncio.to_thread(self._deliver_all, batch)
 
     async def close(self) -> None:
         return None

@@ -264,8 +264,14 @@ class Store(abc.ABC):
         return 0
 
     @abc.abstractmethod
+    async def mails_delivered(
+        self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Mark these messages delivered and erase their sealed parts, with ``audit``, in one
+        transaction."""
+
     async def mail_delivered(self, mail_id: int, now: float) -> None:
-        """Mark delivered and erase the sealed part."""
+        await self.mails_delivered([mail_id], now)
 
     @abc.abstractmethod
     async def mail_failed(

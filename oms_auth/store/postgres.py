@@ -756,8 +756,13 @@ class PostgresStore(Store):
         rows = await self._db.fetch(_CLAIM_MAIL, now, limit, lease)
         return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
-    async def mail_delivered(self, mail_id: int, now: float) -> None:
-        await self._db.execute(S.mail_sent, now, mail_id)
+    async def mails_delivered(
+        self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
+            if audit:
+                await self._insert_audit(conn, audit, now)
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None

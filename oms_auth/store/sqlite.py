@@ -638,9 +638,13 @@ class SqliteStore(Store):
 
         return await self._write(job)
 
-    async def mail_delivered(self, mail_id: int, now: float) -> None:
+    async def mails_delivered(
+        self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.mail_sent, (now, mail_id))
+            await db.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
+            if audit:
+                await self._insert_audit(db, audit, now)
 
         await self._write(job)
 
