@@ -80,6 +80,8 @@ class Login(msgspec.Struct, frozen=True):
     pending: str | None = None
     # A master user without security questions, logged in: it must set them (SPEC 000).
     needs_questions: bool = False
+    # The session was opened with an API key: it cannot change account security.
+    via_api_key: bool = False
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -255,6 +257,7 @@ class Sessions:
             user=user,
             token=token,
             needs_questions=await self.needs_questions(user),
+            via_api_key=session.api_key is not None,
         )
 
     def expired(self, last_seen: float, now: float | None = None) -> bool:
@@ -433,6 +436,7 @@ class Sessions:
             user=user,
             token=token,
             needs_questions=await self.needs_questions(user),
+            via_api_key=api_key is not None,
         )
 
     async def _audit_failure(

@@ -118,7 +118,10 @@ class OutboxWorker:
                 ready.append((row, self._message(row)))
             except Exception as exc:  # a row that cannot be rendered (a broken template)
                 await self._failed(row, exc)
-        outcomes = await self.transport.send_batch([(m, row.id) for row, m in ready])
+        try:
+            outcomes = await self.transport.send_batch([(m, row.id) for row, m in ready])
+        except Exception as exc:  # the transport failed as a whole: each message is retried
+            outcomes = [exc] * len(ready)
         sent: list[int] = []
         audit: list[AuditEntry] = []
         for (row, _), error in zip(ready, outcomes, strict=True):

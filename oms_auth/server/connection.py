@@ -41,6 +41,7 @@ class Conn:
         "last_written",
         "pending",
         "token",
+        "via_api_key",
         "enrolment",
         "verified_at",
         "lasting",
@@ -61,6 +62,8 @@ class Conn:
         self.pending: str | None = None
         # The session's token (a secret): Authenticate2FA that confirms an enrolment answers it.
         self.token: str | None = None
+        # The session was opened with an API key (it stays so on every connection resuming it).
+        self.via_api_key = False
         # An EnableGoogle2FA waiting for its first code on this connection.
         self.enrolment: Enrolment | None = None
         # When a 2FA last succeeded on this connection (Disable2FA needs no code soon after).

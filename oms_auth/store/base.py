@@ -202,8 +202,11 @@ class Store(abc.ABC):
         expires_at: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> None:
-        """Void the user's pending codes, store the new one and queue its mail, at once."""
+        limit: Claim | None = None,
+    ) -> bool:
+        """Void the user's pending codes, store the new one and queue its mail, at once. With
+        ``limit``, one slot of it is reserved in the same transaction first; False (nothing
+        written) when it is used up."""
 
     @abc.abstractmethod
     async def reset_code(self, digest: bytes) -> ResetCode | None: ...

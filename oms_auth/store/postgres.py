@@ -671,14 +671,22 @@ class PostgresStore(Store):
         expires_at: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> None:
+        limit: Claim | None = None,
+    ) -> bool:
         async with self._tx() as conn:
-            # One code operation per user at a time, on every node: the newest code wins.
+            # One code operation per user at a time, on every node: the newest code wins. The
+            # user's row first, then the limit's lock, as lock_when_spent takes them.
             await conn.execute(_LOCK_USER, user_id)
+            if limit is not None:
+                await self._lock_claims(conn, [limit])
+                if await self._count(conn, limit, now) >= limit.limit:
+                    return False
+                await self._record(conn, [limit], now)
             await conn.execute(S.move_user_codes, *q.move_codes_args(codes.SUPERSEDE, user_id))
             await conn.execute(S.insert_code, *q.code_args(digest, user_id, now, expires_at))
             await self._insert_mail(conn, mail, now)
             await self._insert_audit(conn, audit, now)
+            return True
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
         row = await self._db.fetchrow(S.reset_code, digest)

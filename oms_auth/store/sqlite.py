@@ -548,14 +548,20 @@ class SqliteStore(Store):
         expires_at: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
+        limit: Claim | None = None,
+    ) -> bool:
+        async def job(db: aiosqlite.Connection) -> bool:
+            if limit is not None:
+                if await self._count(db, limit, now) >= limit.limit:
+                    return False
+                await self._record(db, [limit], now)
             await db.execute(S.move_user_codes, q.move_codes_args(codes.SUPERSEDE, user_id))
             await db.execute(S.insert_code, q.code_args(digest, user_id, now, expires_at))
             await self._insert_mail(db, mail, now)
             await self._insert_audit(db, audit, now)
+            return True
 
-        await self._write(job)
+        return await self._write(job)
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
         row = await self._one(self._reader, S.reset_code, (digest,))
