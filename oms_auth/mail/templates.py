@@ -9,19 +9,28 @@ exchange replaces only the files it wants to. Templates see ``brand``, ``support
 ``support_url``, ``username``, ``recipient``, ``locale``, the message's own values (``link``,
 ``expires_at``, ``changed_at``, ``at``, ``api_keys``, ``first``, ``event``) and the filter
 ``when`` (a time, in the locale's way). HTML is autoescaped; no remote content, no tracking.
+
+Each message is not rendered from scratch: its templates are rendered once per kind, locale and
+structure (the values conditions may read: ``first``, ``api_keys``, ``event``, the brand and
+support settings) with markers where the per-message values go (``username``, ``recipient``,
+``link``, the times), and each message fills them in. So templates show those values (and
+format times with ``when``) but do not branch on them; one that transforms them (``upper``, a
+slice) is noticed and rendered in full per message instead.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import re
 import secrets
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
+import markupsafe
 import msgspec
 
 from ..engine.names import is_locale
@@ -62,6 +71,7 @@ class Templates:
         }
         self.default_locale = default_locale
         self._envs: dict[str, jinja2.Environment] = {}
+        self._shapes: dict[tuple[str, ...], _Shape | Literal[False]] = {}
 
     def _env(self, locale: str) -> jinja2.Environment:
         """One compiled environment per locale: templates are parsed once."""
@@ -117,6 +127,23 @@ class Templates:
             "recipient": recipient,
             "locale": locale,
         }
+        key = (
+            name,
+            locale,
+            *(repr(values[k]) for k in _SHAPE),
+            *(str(values.get(k) is None) for k in _SLOTS),
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = self._shape(name, locale, values)
+        if shape is False:  # a template that uses a value otherwise than showing it
+            subject, body, page = self._full(name, locale, values)
+        else:
+            subject, body, page = shape.fill(values, self._fmt(locale))
+        return compose(sender, recipient, subject, body.lstrip("\n"), page, locale)
+
+    def _full(self, name: str, locale: str, values: dict[str, Any]) -> tuple[str, str, str]:
+        """The templates rendered for one message: subject, text body, HTML."""
         env = self._env(locale)
         text = env.get_template(f"{name}.txt").render(values)
         first, _, body = text.partition("\n")
@@ -124,7 +151,79 @@ class Templates:
             raise ValueError(f"{name}.txt must begin with a 'Subject:' line")
         subject = first.removeprefix("Subject:").strip()
         page = env.get_template(f"{name}.html").render({**values, "subject": subject})
-        return compose(sender, recipient, subject, body.lstrip("\n"), page, locale)
+        return subject, body, page
+
+    def _shape(self, name: str, locale: str, values: dict[str, Any]) -> _Shape | Literal[False]:
+        """The message pre-rendered once for every message of its kind, locale and structure
+        (the values its conditions read: ``_SHAPE``), with a marker where each per-message
+        value goes; False when a template uses such a value otherwise than by showing it (then
+        each message is rendered in full, as before)."""
+        marked = {**values, **{k: _Slot(k) for k in _SLOTS if values.get(k) is not None}}
+        try:
+            subject, body, page = self._full(name, locale, marked)
+        except Exception:
+            return False
+        shape = _Shape.of(subject, body, page)
+        return shape if shape is not None else False
+
+    def _fmt(self, locale: str) -> str | None:
+        return _TIME_FORMATS.get(locale.split("-")[0])
+
+
+# What a message shows but never decides on: each is filled into the pre-rendered shape.
+_SLOTS = ("username", "recipient", "link", "expires_at", "changed_at", "at")
+# What decides a message's structure (its templates' conditions): one shape per combination.
+_SHAPE = ("first", "api_keys", "event", "brand", "support_email", "support_url")
+_MARK = re.compile(r"\x00([a-z_]+)(:when)?\x00")
+
+
+class _Slot:
+    """Stands for a value while a shape is rendered; the ``when`` filter marks its output."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"\x00{self.name}\x00"
+
+    def __html__(self) -> str:  # markupsafe: the marker is not escaped; its value will be
+        return str(self)
+
+
+class _Shape(msgspec.Struct, frozen=True):
+    """A pre-rendered message: literal pieces and the slots between them, per part."""
+
+    parts: tuple[tuple[tuple[str, ...], tuple[tuple[str, bool], ...]], ...]
+
+    @classmethod
+    def of(cls, subject: str, body: str, page: str) -> _Shape | None:
+        parts = []
+        for text in (subject, body, page):
+            pieces = _MARK.split(text)
+            # split() yields text, name, ":when"|None, text, ...
+            literals = tuple(pieces[0::3])
+            slots = tuple(
+                (n, w is not None) for n, w in zip(pieces[1::3], pieces[2::3], strict=True)
+            )
+            if "\x00" in "".join(literals) or any(n not in _SLOTS for n, _ in slots):
+                return None  # a value was changed on its way (upper(), a slice...)
+            parts.append((literals, slots))
+        return cls(tuple(parts))
+
+    def fill(self, values: dict[str, Any], fmt: str | None) -> tuple[str, str, str]:
+        out = []
+        for k, (literals, slots) in enumerate(self.parts):
+            html = k == 2
+            text = [literals[0]]
+            for (name, when), literal in zip(slots, literals[1:], strict=True):
+                value = values[name]
+                shown = _when(fmt, value) if when else str(value)
+                text.append(str(markupsafe.escape(shown)) if html else shown)
+                text.append(literal)
+            out.append("".join(text))
+        return out[0], out[1], out[2]
 
 
 class Outgoing(msgspec.Struct, frozen=True):
@@ -196,7 +295,9 @@ def compose(
     return Outgoing(sender, recipient, data.encode())
 
 
-def _when(fmt: str | None, ts: float | None) -> str:
+def _when(fmt: str | None, ts: float | _Slot | None) -> str:
+    if isinstance(ts, _Slot):
+        return f"\x00{ts.name}:when\x00"
     if ts is None:
         return ""
     moment = datetime.fromtimestamp(ts, UTC)
