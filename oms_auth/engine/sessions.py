@@ -264,6 +264,10 @@ class Sessions:
         now = self.deps.clock() if now is None else now
         return now - last_seen >= self.deps.settings.session_idle_seconds
 
+    def touch_due(self, last_written: float) -> bool:
+        """Whether a request now would write the session's activity to the store."""
+        return self.deps.clock() - last_written >= TOUCH_EVERY
+
     async def touch(self, token_digest: bytes, last_written: float) -> float | None:
         """Record activity on a session; returns when it was last written to the store, or
         None when the session is gone (logged out or revoked on another connection or node)."""

@@ -45,6 +45,8 @@ class Conn:
         "enrolment",
         "verified_at",
         "lasting",
+        "last_frame",
+        "idle_timer",
         "closed",
         "tasks",
         "tokens",
@@ -70,6 +72,10 @@ class Conn:
         self.verified_at: float | None = None
         # False for an HTTP request: nothing it leaves on the connection outlives it.
         self.lasting = lasting
+        # When the last frame arrived, and the timer that closes the connection once it has
+        # been quiet for idle_timeout_seconds (re-armed when it fires early).
+        self.last_frame = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
         # Request-rate token bucket: starts full.

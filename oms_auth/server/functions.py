@@ -53,7 +53,7 @@ class Function:
     payload: msg.PayloadDecoder[Any]
     handler: Handler
     # Answered in the connection's reader without a task of its own: for functions that never
-    # wait (Ping), where a task would cost more than the work.
+    # wait and never fail (Ping), where a task would cost more than the work.
     inline: bool = False
     # The payload's fields whose values no log line may show.
     secret_fields: tuple[str, ...] = ()
