@@ -43,6 +43,7 @@ from .bench_setup import (
     hash_seconds,
     login,
     mail_backlog,
+    metric,
     read_codes,
     request_resets,
     seed,
@@ -65,15 +66,21 @@ CASES = (
     "Ping during ResetPassword2",
     "idle authenticated connections",
     "start to listening",
+    "ResetPassword (self-service)",
 )
 SLOW = ("AuthenticateUser", "ResetPassword2")  # one Argon2id computation per request
-ONLY = {  # --only keys
+ONLY = {  # --only keys, by case
     "Ping": "ping",
     "AuthenticateUser": "auth",
-    "ResetPassword": "reset",
+    "ResetPassword (Operator)": "reset",
+    "ResetPassword (self-service)": "selfservice",
     "ResetPassword2": "reset2",
 }
-ALL_CASES = ("ping", "auth", "reset2", "saturation", "reset", "idle", "startup")
+ALL_CASES = ("ping", "auth", "reset2", "saturation", "reset", "selfservice", "idle", "startup")
+# Cases that leave mail behind: the server's CPU is counted until the outbox is empty again, so
+# a figure per reset includes its delivery, and the backlog at the end says whether delivery
+# kept up.
+MAILING = ("ResetPassword (Operator)", "ResetPassword (self-service)")
 
 
 @dataclass
@@ -220,6 +227,15 @@ def _request_table(max_conns: int, n_targets: int) -> list[tuple[str, str, dict[
                 "mode": "cycle",
             },
         ),
+        (
+            "ResetPassword (self-service)",
+            "ResetPassword",
+            {
+                "payloads": [{"UserName": f"target{k}"} for k in range(n_targets)],
+                "mode": "cycle",
+                "token": None,  # anonymous: answered at once, the work queued behind
+            },
+        ),
     ]
 
 
@@ -275,7 +291,7 @@ def _request_cases(opts: Options, loop: str, tmp: Path, rows: list[Row], notes: 
             if label == "ResetPassword (Operator)" and "saturation" in opts.only:
                 # Last: its mail backlog would otherwise run under the cases after it.
                 rows.append(_saturation_case(bench))
-            if ONLY[function] not in opts.only:
+            if ONLY[label] not in opts.only:
                 continue
             for n in opts.conns:
                 row = _request_row(bench, label, function, extra, n)
@@ -313,7 +329,12 @@ def _request_row(bench: _Bench, label: str, function: str, extra: dict[str, Any]
                 more.update(payloads=bench.codes.payloads or [{}], mode="cycle")
             # oms-auth's background work would disturb either run.
             quiesce(bench.opts, bench.oms, bench.loop)
+            dropped = metric(bench.oms, "self_service_dropped") or 0
             result = load(bench.spec(function, server, n, **more))
+            if label in MAILING and server is bench.oms:
+                _drain(bench, result)
+                after = metric(bench.oms, "self_service_dropped") or 0
+                result["dropped"] = after - dropped
             row.foreign.append(_foreign(result))
             if function == "ResetPassword2" and server is bench.oms:
                 bench.codes.spend(result, row.notes)
@@ -329,16 +350,57 @@ def _request_row(bench: _Bench, label: str, function: str, extra: dict[str, Any]
     return row
 
 
+def _drain(bench: _Bench, result: dict[str, Any], limit: float = 120) -> None:
+    """After a mailing run: the outbox backlog at its end (and in seconds of that traffic),
+    then the server's CPU until the outbox is empty, added to the run's, so a figure per
+    request includes delivering its mail."""
+    backlog = mail_backlog(bench.oms) or 0
+    before, started = cpu_seconds(bench.oms.pid), time.monotonic()
+    left = backlog
+    while left and time.monotonic() - started < limit:
+        time.sleep(0.1)
+        left = mail_backlog(bench.oms) or 0
+    result["mail_backlog"] = backlog
+    result["mail_backlog_s"] = backlog / result["rps"] if result.get("rps") else float("nan")
+    result["drain_s"] = time.monotonic() - started
+    result["server_cpu_s"] += cpu_seconds(bench.oms.pid) - before
+
+
 def _targets(row: Row, max_conns: int) -> None:
     if row.conns != str(max_conns):
         return
-    rps = ratio(row.med("rps"), row.med("rps", True))
     p99 = ratio(row.med("p99_ms"), row.med("p99_ms", True))
     if row.case == "Ping":
-        met = rps >= 0.7 and p99 <= 1.5
-        row.target = f">= 0.7x, p99 <= 1.5x: {'met' if met else 'SHORT'}"
+        # Efficiency: the ceiling's CPU per request over ours (SPEC: at least 0.8).
+        efficiency = ratio(row.cpu_us(True), row.cpu_us())
+        met = efficiency >= 0.8 and p99 <= 1.3
+        row.target = (
+            f"CPU efficiency {efficiency:.2f} >= 0.8, p99 <= 1.3x: {'met' if met else 'SHORT'}"
+        )
     elif row.case == "ResetPassword (Operator)":
-        row.target = f">= 0.25x: {'met' if rps >= 0.25 else 'SHORT'}"
+        backlog = row.med("mail_backlog_s")
+        met = (
+            row.med("rps") >= 1500
+            and row.med("p99_ms") < 100
+            and row.cpu_us() <= 600
+            and backlog < 1
+            and not any(r["errors"] for r in row.runs)
+        )
+        row.target = (
+            f">= 1,500/s, p99 < 100 ms, <= 600 us incl. mail, backlog {backlog:.2f} s < 1 s: "
+            f"{'met' if met else 'SHORT'}"
+        )
+    if row.case in MAILING:
+        row.notes.append(
+            f"mail backlog at the end {row.med('mail_backlog'):,.0f} "
+            f"({row.med('mail_backlog_s'):.2f} s of that traffic), drained in "
+            f"{row.med('drain_s'):.1f} s; CPU per request includes the drain"
+        )
+    if row.case == "ResetPassword (self-service)":
+        row.notes.append(
+            f"self-service: {row.med('dropped'):,.0f} requests per run answered but dropped "
+            "past the bounded queue (by design: the answer promises nothing)"
+        )
 
 
 def _saturation_case(bench: _Bench) -> Row:

@@ -26,6 +26,7 @@ __all__ = [
     "read_codes",
     "hash_seconds",
     "mail_backlog",
+    "metric",
 ]
 
 PASSWORD = "Bench-Pass-2468!"  # every seeded user's
@@ -110,12 +111,17 @@ def hash_seconds() -> float:
     return min(times)
 
 
-def mail_backlog(server: Server) -> int | None:
-    """Reset mails still queued in the server's outbox (from ``/metrics``), if it says."""
+def metric(server: Server, name: str) -> int | None:
+    """One counter or gauge of the server's ``/metrics`` (``oms_auth_NAME``), if it says."""
     try:
         with urllib.request.urlopen(server.http + "/metrics", timeout=10) as response:
             text = response.read().decode()
     except OSError:
         return None
-    match = re.search(r"^oms_auth_mail_queued (\d+)", text, re.MULTILINE)
+    match = re.search(rf"^oms_auth_{name} (\d+)", text, re.MULTILINE)
     return int(match[1]) if match else None
+
+
+def mail_backlog(server: Server) -> int | None:
+    """Reset mails still queued in the server's outbox (from ``/metrics``), if it says."""
+    return metric(server, "mail_queued")

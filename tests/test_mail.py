@@ -212,13 +212,19 @@ def templates_render(t: Any, kind: str, **public: object) -> dict[str, object]:
         )
         else {}
     )
-    msg = t.render(
+    import email
+    from email import policy
+
+    out = t.render(
         kind,
         {"username": "alice", **public},
         secret,
         sender="x@example.test",
         recipient="alice@example.test",
     )
+    # What a mail reader makes of the bytes: the message must parse without defects.
+    msg = email.message_from_bytes(out.data, policy=policy.default)
+    assert not msg.defects and all(not part.defects for part in msg.walk())
     text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
     return {"subject": msg["Subject"], "text": text, "html": html, "lang": msg["Content-Language"]}
@@ -309,3 +315,57 @@ async def test_a_user_gets_mail_in_its_language(tmp_path: Path, clock: Clock) ->
         assert "help@acme.example" in mail["text"] and mail["code"]
     finally:
         await app.stop()
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_a_pre_rendered_message_is_the_template_rendered_in_full(locale: str) -> None:
+    """Each message fills a shape rendered once; what it gets is exactly what rendering its
+    templates for it would give, for every kind and structure, escaping included."""
+    from oms_auth.mail.templates import Templates
+
+    t = Templates(brand="Acme <Exchange>", support_email="help@acme.example")
+    link = {"link": "https://auth.example/reset?UserId=1&PendingCode=c0de&x=<y>"}
+    cases: list[tuple[str, dict[str, object], dict[str, object]]] = [
+        ("reset", {"expires_at": 1_800_000_000.5}, link),
+        ("invite", {"expires_at": 1_800_000_000.0}, link),
+        ("password-changed", {"changed_at": 1_800_000_000, "api_keys": "kept"}, {}),
+        ("password-changed", {"changed_at": 1_800_000_000, "first": True}, {}),
+        ("2fa-enabled", {"at": 1_800_000_000}, {}),
+        ("forced-logoff", {"at": 1_800_000_000}, {}),
+    ]
+    for kind, extra, secret in cases:
+        for name in ("alice", "<b>&\"bob'</b>", "jörg ü"):
+            public = {"username": name, "locale": locale, **extra}
+            values = {
+                **t.common,
+                "username": "",
+                "link": None,
+                "expires_at": None,
+                "changed_at": None,
+                "at": None,
+                "api_keys": None,
+                "first": False,
+                **public,
+                **secret,
+                "event": kind,
+                "recipient": "r@example.test",
+                "locale": locale,
+            }
+            base = "notice" if kind.startswith(("2fa", "forced")) else kind
+            full = t._full(base, locale, values)
+            shape = t._shape(base, locale, values)
+            assert shape is not False
+            assert shape.fill(values, t._fmt(locale)) == full, (kind, name)
+
+
+def test_a_template_that_transforms_a_value_is_rendered_in_full(tmp_path: Path) -> None:
+    from oms_auth.mail.templates import Templates
+
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "reset.txt").write_text(
+        "Subject: Hi {{ username | upper }}\n\n{{ link }} {{ username[:2] }}\n"
+    )
+    t = Templates(str(tmp_path))
+    msg = templates_render(t, "reset", username="alice", expires_at=0)
+    assert msg["subject"] == "Hi ALICE" and "https://auth.example/reset" in str(msg["text"])
+    assert str(msg["text"]).rstrip().endswith(" al")

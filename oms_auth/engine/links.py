@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from ..crypto import digest, mail_context, new_pending_code
-from ..store import AuditEntry, MailItem, User
+from ..store import AuditEntry, Claim, MailItem, User
 from .deps import Deps
 
 __all__ = ["issue_link", "link_kind", "user_mail"]
@@ -39,14 +39,22 @@ def link_kind(target: User) -> str:
     return "invite" if target.invited else "reset"
 
 
-async def issue_link(deps: Deps, target: User, now: float, audit: AuditEntry) -> None:
-    """Store a new code for ``target`` (voiding its earlier ones) and queue its mail, at once."""
+async def issue_link(
+    deps: Deps, target: User, now: float, audit: AuditEntry, limit: Claim | None = None
+) -> bool:
+    """Store a new code for ``target`` (voiding its earlier ones) and queue its mail, at once;
+    with ``limit``, only if a slot of it is left, taken in the same transaction (False: none
+    was, nothing written)."""
     s = deps.settings
     kind = link_kind(target)
     code = new_pending_code()
     expires_at = now + (s.invite_valid_seconds if kind == "invite" else s.code_valid_seconds)
     sealed = deps.sealer.seal(msgspec.json.encode({"code": code}), mail_context(target.id, kind))
     mail = user_mail(kind, target, {"expires_at": expires_at}, sealed)
-    await deps.store.issue_code(target.id, digest(code), now, expires_at, mail, [audit])
+    if not await deps.store.issue_code(
+        target.id, digest(code), now, expires_at, mail, [audit], limit
+    ):
+        return False
     deps.events.count("invitations_sent" if kind == "invite" else "resets_requested")
     deps.events.mail_queued()
+    return True

@@ -155,17 +155,9 @@ class Resets:
         if refusal is not None:
             await refused(refusal)
             raise OperationFailed(refusal)
-        allowed = await d.store.take(
-            REQUESTS_AUTHENTICATED,
-            username_key(username),
-            now,
-            s.reset_window_seconds,
-            s.reset_requests_per_user,
-        )
-        if not allowed:
-            await refused("too many requests")
-            raise OperationFailed(TOO_MANY_RESETS)
-        await self._issue(
+        # The request's slot is taken in the transaction that issues the code: one store job.
+        issued = await issue_link(
+            d,
             target,
             now,
             AuditEntry(
@@ -175,7 +167,16 @@ class Resets:
                 target_name=target.username,
                 source=source,
             ),
+            Claim(
+                REQUESTS_AUTHENTICATED,
+                username_key(username),
+                s.reset_window_seconds,
+                s.reset_requests_per_user,
+            ),
         )
+        if not issued:
+            await refused("too many requests")
+            raise OperationFailed(TOO_MANY_RESETS)
 
     @staticmethod
     def _may_reset(caller: User, target: User) -> bool:
@@ -198,17 +199,22 @@ class Resets:
 
         # Throttled requests are counted, not audited one by one: a flood would otherwise
         # write a row per request (and the trail is never pruned).
-        if not await d.store.take(
-            REQUESTS_FROM_SOURCE, source, now, s.reset_window_seconds, s.reset_requests_per_source
-        ):
-            d.events.count("resets_throttled")
-            return
-        if not await d.store.take(
-            REQUESTS_ANONYMOUS,
-            username_key(username),
-            now,
-            s.reset_window_seconds,
-            s.reset_requests_per_user,
+        # Both counters in one store job, all or none; whether or not the user exists.
+        window = s.reset_window_seconds
+        if (
+            await d.store.reserve(
+                [
+                    Claim(REQUESTS_FROM_SOURCE, source, window, s.reset_requests_per_source),
+                    Claim(
+                        REQUESTS_ANONYMOUS,
+                        username_key(username),
+                        window,
+                        s.reset_requests_per_user,
+                    ),
+                ],
+                now,
+            )
+            is None
         ):
             d.events.count("resets_throttled")
             return
@@ -218,7 +224,8 @@ class Resets:
         refusal = await self._ineligible(target)
         if refusal is not None:
             return await refused(refusal, target)
-        await self._issue(
+        await issue_link(
+            d,
             target,
             now,
             AuditEntry(
@@ -265,9 +272,6 @@ class Resets:
             if not await self.deps.store.security_questions(target.id):
                 return NEEDS_SECURITY_QUESTIONS
         return None
-
-    async def _issue(self, target: User, now: float, audit: AuditEntry) -> None:
-        await issue_link(self.deps, target, now, audit)
 
     # -- the link ------------------------------------------------------------------------------
 

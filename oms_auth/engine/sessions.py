@@ -80,6 +80,8 @@ class Login(msgspec.Struct, frozen=True):
     pending: str | None = None
     # A master user without security questions, logged in: it must set them (SPEC 000).
     needs_questions: bool = False
+    # The session was opened with an API key: it cannot change account security.
+    via_api_key: bool = False
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -255,11 +257,16 @@ class Sessions:
             user=user,
             token=token,
             needs_questions=await self.needs_questions(user),
+            via_api_key=session.api_key is not None,
         )
 
     def expired(self, last_seen: float, now: float | None = None) -> bool:
         now = self.deps.clock() if now is None else now
         return now - last_seen >= self.deps.settings.session_idle_seconds
+
+    def touch_due(self, last_written: float) -> bool:
+        """Whether a request now would write the session's activity to the store."""
+        return self.deps.clock() - last_written >= TOUCH_EVERY
 
     async def touch(self, token_digest: bytes, last_written: float) -> float | None:
         """Record activity on a session; returns when it was last written to the store, or
@@ -433,6 +440,7 @@ class Sessions:
             user=user,
             token=token,
             needs_questions=await self.needs_questions(user),
+            via_api_key=api_key is not None,
         )
 
     async def _audit_failure(

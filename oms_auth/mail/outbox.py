@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from email.message import EmailMessage
 from typing import Protocol
 
 import msgspec
@@ -22,20 +21,25 @@ from ..store import AuditEntry, OutboxRow
 from ..tasks import cancel
 from .maildir import MaildirTransport
 from .smtp import SmtpTransport
-from .templates import Templates, reset_link
+from .templates import Outgoing, Templates, reset_link
 
 __all__ = ["Transport", "transport_for", "OutboxWorker"]
 
 log = logging.getLogger("oms_auth.mail")
 
 MAX_BACKOFF = 3600.0
+BATCH = 128  # messages per pass: one transport trip and one store transaction for them all
 
 
 class Transport(Protocol):
     async def start(self) -> None:
         """Before the first delivery: clear what a dead process left (Maildir ``tmp/``)."""
 
-    async def send(self, message: EmailMessage, mail_id: int) -> None: ...
+    async def send(self, message: Outgoing, mail_id: int) -> None: ...
+
+    async def send_batch(self, batch: list[tuple[Outgoing, int]]) -> list[Exception | None]:
+        """Deliver several; each one's outcome in order (None: delivered)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -102,35 +106,48 @@ class OutboxWorker:
                     await self._wake.wait()
 
     async def deliver_due(self) -> bool:
-        """One pass: deliver what is due. True when it found work (there may be more)."""
+        """One pass: deliver what is due, as one batch (one trip to the transport, one store
+        transaction marking them sent with their audit rows). True when it found work."""
         d = self.deps
-        rows = await d.store.claim_mail(d.clock(), d.settings.mail_lease_seconds, 32)
-        if rows:
-            await asyncio.gather(*(self._deliver(row) for row in rows))
-        return bool(rows)
-
-    async def _deliver(self, row: OutboxRow) -> None:
-        d = self.deps
+        rows = await d.store.claim_mail(d.clock(), d.settings.mail_lease_seconds, BATCH)
+        if not rows:
+            return False
+        ready: list[tuple[OutboxRow, Outgoing]] = []
+        for row in rows:
+            try:
+                ready.append((row, self._message(row)))
+            except Exception as exc:  # a row that cannot be rendered (a broken template)
+                await self._failed(row, exc)
         try:
-            secret = {}
-            if row.sealed is not None:
-                opened = d.sealer.open(row.sealed, mail_context(row.user_id, row.kind))
-                secret = msgspec.json.decode(opened)
-            if "code" in secret and row.user_id is not None:
-                secret["link"] = reset_link(self.public_url, row.user_id, secret.pop("code"))
-            message = self.templates.render(
-                row.kind, row.public, secret, sender=d.settings.mail_from, recipient=row.recipient
+            outcomes = await self.transport.send_batch([(m, row.id) for row, m in ready])
+        except Exception as exc:  # the transport failed as a whole: each message is retried
+            outcomes = [exc] * len(ready)
+        sent: list[int] = []
+        audit: list[AuditEntry] = []
+        for (row, _), error in zip(ready, outcomes, strict=True):
+            if error is not None:
+                await self._failed(row, error)
+                continue
+            sent.append(row.id)
+            audit.append(
+                AuditEntry(action=f"{row.kind}-emailed", target_id=row.user_id, source="outbox")
             )
-            await self.transport.send(message, row.id)
-        except Exception as exc:
-            await self._failed(row, exc)
-            return
-        now = d.clock()
-        await d.store.mail_delivered(row.id, now)
-        d.events.count("mail_sent")
-        await d.store.audit(
-            [AuditEntry(action=f"{row.kind}-emailed", target_id=row.user_id, source="outbox")],
-            now,
+        if sent:
+            await d.store.mails_delivered(sent, d.clock(), audit)
+            for _ in sent:
+                d.events.count("mail_sent")
+        return True
+
+    def _message(self, row: OutboxRow) -> Outgoing:
+        d = self.deps
+        secret = {}
+        if row.sealed is not None:
+            opened = d.sealer.open(row.sealed, mail_context(row.user_id, row.kind))
+            secret = msgspec.json.decode(opened)
+        if "code" in secret and row.user_id is not None:
+            secret["link"] = reset_link(self.public_url, row.user_id, secret.pop("code"))
+        return self.templates.render(
+            row.kind, row.public, secret, sender=d.settings.mail_from, recipient=row.recipient
         )
 
     async def _failed(self, row: OutboxRow, exc: Exception) -> None:

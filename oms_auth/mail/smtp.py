@@ -7,11 +7,14 @@ instead come from ``OMS_AUTH_SMTP_PASSWORD`` so that it is not on a command line
 
 from __future__ import annotations
 
+import asyncio
 import os
-from email.message import EmailMessage
+from email.utils import parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+
+from .templates import Outgoing
 
 __all__ = ["SmtpTransport"]
 
@@ -35,9 +38,11 @@ class SmtpTransport:
     def __repr__(self) -> str:
         return f"SmtpTransport({self.host}:{self.port})"
 
-    async def send(self, message: EmailMessage, mail_id: int) -> None:
+    async def send(self, message: Outgoing, mail_id: int) -> None:
         await aiosmtplib.send(
-            message,
+            message.data,
+            sender=parseaddr(message.sender)[1] or message.sender,
+            recipients=[message.recipient],
             hostname=self.host,
             port=self.port,
             use_tls=self.use_tls,
@@ -47,6 +52,12 @@ class SmtpTransport:
             password=self._password if self.username else None,
             timeout=self.timeout,
         )
+
+    async def send_batch(self, batch: list[tuple[Outgoing, int]]) -> list[Exception | None]:
+        results = await asyncio.gather(
+            *(self.send(message, mail_id) for message, mail_id in batch), return_exceptions=True
+        )
+        return [r if isinstance(r, Exception) else None for r in results]
 
     async def start(self) -> None:
         return None

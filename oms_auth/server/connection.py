@@ -41,9 +41,12 @@ class Conn:
         "last_written",
         "pending",
         "token",
+        "via_api_key",
         "enrolment",
         "verified_at",
         "lasting",
+        "last_frame",
+        "idle_timer",
         "closed",
         "tasks",
         "tokens",
@@ -61,12 +64,18 @@ class Conn:
         self.pending: str | None = None
         # The session's token (a secret): Authenticate2FA that confirms an enrolment answers it.
         self.token: str | None = None
+        # The session was opened with an API key (it stays so on every connection resuming it).
+        self.via_api_key = False
         # An EnableGoogle2FA waiting for its first code on this connection.
         self.enrolment: Enrolment | None = None
         # When a 2FA last succeeded on this connection (Disable2FA needs no code soon after).
         self.verified_at: float | None = None
         # False for an HTTP request: nothing it leaves on the connection outlives it.
         self.lasting = lasting
+        # When the last frame arrived, and the timer that closes the connection once it has
+        # been quiet for idle_timeout_seconds (re-armed when it fires early).
+        self.last_frame = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
         # Request-rate token bucket: starts full.

@@ -53,7 +53,7 @@ class Function:
     payload: msg.PayloadDecoder[Any]
     handler: Handler
     # Answered in the connection's reader without a task of its own: for functions that never
-    # wait (Ping), where a task would cost more than the work.
+    # wait and never fail (Ping), where a task would cost more than the work.
     inline: bool = False
     # The payload's fields whose values no log line may show.
     secret_fields: tuple[str, ...] = ()
@@ -234,15 +234,9 @@ class Functions:
         return await self.sessions.deps.store.user_by_id(conn.user.id)
 
     async def _via_api_key(self, conn: Conn) -> bool:
-        """Whether the connection's session was opened with an API key (the store says: a
-        session resumed on another connection is still the key's). A session gone meanwhile
-        is no login at all."""
-        if conn.token_digest is None:
-            return False
-        session = await self.sessions.deps.store.session(conn.token_digest)
-        if session is None:
-            raise NotAuthorized(NOT_LOGGED_IN)
-        return session.api_key is not None
+        """Whether the connection's session was opened with an API key (told by its login or
+        its resumption, so a session resumed on another connection is still the key's)."""
+        return conn.via_api_key
 
     async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
         caller = await self._caller(conn)

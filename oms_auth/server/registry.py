@@ -61,6 +61,7 @@ class Registry:
         if effect.new_session:
             assert login.user is not None and login.token_digest is not None
             self.log_in(conn, login.user, login.token, login.token_digest, now)
+            conn.via_api_key = login.via_api_key
         conn.pending = login.pending if effect.keeps_pending else None
 
     def log_in(
@@ -71,6 +72,7 @@ class Registry:
         self._untrack(conn)
         conn.user, conn.token_digest, conn.pending = user, token_digest, None
         conn.token, conn.enrolment, conn.verified_at = token, None, None
+        conn.via_api_key = False
         conn.last_activity = conn.last_written = now
         self.by_session.setdefault(token_digest, set()).add(conn)
         self.by_user.setdefault(user.id, set()).add(conn)
@@ -125,6 +127,7 @@ class Registry:
         self._untrack(conn)
         conn.user = conn.token_digest = conn.pending = conn.token = None
         conn.enrolment = conn.verified_at = None
+        conn.via_api_key = False
 
     def _untrack(self, conn: Conn) -> None:
         if conn.token_digest is not None:

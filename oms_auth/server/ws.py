@@ -86,15 +86,30 @@ class Gateway:
                 await asyncio.gather(*conn.tasks, return_exceptions=True)
 
     async def _serve(self, conn: Conn) -> None:
+        # One idle timer per connection, re-armed only when it fires, rather than a timeout
+        # scheduled and cancelled around every frame (a tenth of a Ping's cost).
         idle = self.settings.idle_timeout_seconds
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    data = await conn.ws.recv()
-            except TimeoutError:
-                await conn.ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
-                return
-            await self._on_message(conn, data)
+        loop = asyncio.get_running_loop()
+        conn.last_frame = loop.time()
+        conn.idle_timer = loop.call_later(idle, self._idle_check, conn, idle)
+        try:
+            async for data in conn.ws:
+                conn.last_frame = loop.time()
+                await self._on_message(conn, data)
+        finally:
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+
+    def _idle_check(self, conn: Conn, idle: float) -> None:
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - conn.last_frame
+        if quiet < idle:
+            conn.idle_timer = loop.call_later(idle - quiet, self._idle_check, conn, idle)
+            return
+        conn.idle_timer = None
+        task = asyncio.ensure_future(conn.ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout"))
+        conn.tasks.add(task)
+        task.add_done_callback(conn.tasks.discard)
 
     async def drain(self, grace: float) -> None:
         """Shutdown: let requests in flight finish (up to ``grace`` seconds), then close every
@@ -125,6 +140,13 @@ class Gateway:
             return
         await self._check_session(conn)
         if function.inline:
+            if conn.token_digest is None or not self.sessions.touch_due(conn.last_written):
+                # Answered here, as it never waits: no task, no request context (no secrets,
+                # nothing to log), no timing.
+                reply = await function.handler(conn, payload)
+                self.metrics.count(function.name, 0)
+                await self._reply(conn, frame, reply)
+                return
             await self._run(conn, frame, function, payload)
             return
         task = asyncio.create_task(self._run(conn, frame, function, payload))

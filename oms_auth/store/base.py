@@ -202,8 +202,11 @@ class Store(abc.ABC):
         expires_at: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> None:
-        """Void the user's pending codes, store the new one and queue its mail, at once."""
+        limit: Claim | None = None,
+    ) -> bool:
+        """Void the user's pending codes, store the new one and queue its mail, at once. With
+        ``limit``, one slot of it is reserved in the same transaction first; False (nothing
+        written) when it is used up."""
 
     @abc.abstractmethod
     async def reset_code(self, digest: bytes) -> ResetCode | None: ...
@@ -264,8 +267,14 @@ class Store(abc.ABC):
         return 0
 
     @abc.abstractmethod
+    async def mails_delivered(
+        self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Mark these messages delivered and erase their sealed parts, with ``audit``, in one
+        transaction."""
+
     async def mail_delivered(self, mail_id: int, now: float) -> None:
-        """Mark delivered and erase the sealed part."""
+        await self.mails_delivered([mail_id], now)
 
     @abc.abstractmethod
     async def mail_failed(

@@ -671,14 +671,22 @@ class PostgresStore(Store):
         expires_at: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> None:
+        limit: Claim | None = None,
+    ) -> bool:
         async with self._tx() as conn:
-            # One code operation per user at a time, on every node: the newest code wins.
+            # One code operation per user at a time, on every node: the newest code wins. The
+            # user's row first, then the limit's lock, as lock_when_spent takes them.
             await conn.execute(_LOCK_USER, user_id)
+            if limit is not None:
+                await self._lock_claims(conn, [limit])
+                if await self._count(conn, limit, now) >= limit.limit:
+                    return False
+                await self._record(conn, [limit], now)
             await conn.execute(S.move_user_codes, *q.move_codes_args(codes.SUPERSEDE, user_id))
             await conn.execute(S.insert_code, *q.code_args(digest, user_id, now, expires_at))
             await self._insert_mail(conn, mail, now)
             await self._insert_audit(conn, audit, now)
+            return True
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
         row = await self._db.fetchrow(S.reset_code, digest)
@@ -756,8 +764,13 @@ class PostgresStore(Store):
         rows = await self._db.fetch(_CLAIM_MAIL, now, limit, lease)
         return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
-    async def mail_delivered(self, mail_id: int, now: float) -> None:
-        await self._db.execute(S.mail_sent, now, mail_id)
+    async def mails_delivered(
+        self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
+            if audit:
+                await self._insert_audit(conn, audit, now)
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None

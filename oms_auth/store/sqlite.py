@@ -23,7 +23,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import msgspec
@@ -61,6 +61,43 @@ __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
 T = TypeVar("T")
 Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
+
+def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
+    args = (claim.kind, claim.key, now - claim.window)
+    (count,) = raw.execute(S.count_events_since, args).fetchone()
+    return int(count)
+
+
+def _run_sync_jobs(
+    raw: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[Any, BaseException | None]]:
+    """In the writer's thread, inside the batch's transaction: each job in a savepoint of its
+    own, so one that fails leaves no trace and the others stand."""
+    out: list[tuple[Any, BaseException | None]] = []
+    for fn in fns:
+        raw.execute("SAVEPOINT job")
+        try:
+            result = fn(raw)
+        except Exception as exc:
+            raw.execute("ROLLBACK TO job")
+            raw.execute("RELEASE job")
+            out.append((None, exc))
+        else:
+            raw.execute("RELEASE job")
+            out.append((result, None))
+    return out
+
+
+class SyncJob:
+    """A write job that runs whole in the writer's thread (one trip there, not one per
+    statement): the hot writes of a reset. ``fn`` gets the thread's sqlite3 connection."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+
+
 S = q.SQLITE
 _LOOKALIKE = "the username looks too much like an existing username"
 
@@ -88,7 +125,7 @@ class SqliteStore(Store):
         self._max_batch = max_batch
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Job | SyncJob, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # how many commits the writer made (the group-commit benchmark reads it)
         self._serving: int | None = None  # the descriptor holding the serve lock
@@ -196,13 +233,23 @@ class SqliteStore(Store):
     async def _all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
         return list(await db.execute_fetchall(sql, params))
 
-    async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]] | SyncJob) -> T:
         if self._writer is None:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((job, future))
         # shield: a caller that is cancelled must not leave the batch without its answer.
         return await asyncio.shield(future)
+
+    async def _write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A write job run whole in the writer's thread (see :class:`SyncJob`)."""
+        return await self._write(SyncJob(fn))
+
+    async def _in_thread(self, db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+        # aiosqlite has no public way to run a function in its connection's thread; its
+        # _execute is that (pinned below 0.23 in pyproject; tests/store/test_sqlite_thread.py
+        # fails first if it goes).
+        return cast(T, await db._execute(fn, db._conn, *args))  # type: ignore[no-untyped-call]
 
     async def _write_loop(self) -> None:
         while True:
@@ -211,16 +258,32 @@ class SqliteStore(Store):
                 batch.append(self._queue.get_nowait())
             await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+    async def _run_batch(self, batch: list[tuple[Job | SyncJob, asyncio.Future[Any]]]) -> None:
         db = self._w
         assert db is not None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             await db.execute("BEGIN IMMEDIATE")
-            for job, future in batch:
+            k = 0
+            while k < len(batch):
+                if isinstance(batch[k][0], SyncJob):
+                    # Consecutive thread-whole jobs go to the thread together: one trip.
+                    group = []
+                    while k < len(batch) and isinstance(batch[k][0], SyncJob):
+                        group.append(batch[k])
+                        k += 1
+                    fns = [cast(SyncJob, job).fn for job, _ in group]
+                    results = await self._in_thread(db, _run_sync_jobs, fns)
+                    outcomes.extend(
+                        (future, result, error)
+                        for (_, future), (result, error) in zip(group, results, strict=True)
+                    )
+                    continue
+                job, future = batch[k]
+                k += 1
                 await db.execute("SAVEPOINT job")
                 try:
-                    result = await job(db)
+                    result = await cast(Job, job)(db)
                 except Exception as exc:
                     await db.execute("ROLLBACK TO job")
                     await db.execute("RELEASE job")
@@ -245,9 +308,14 @@ class SqliteStore(Store):
     async def _insert_audit(
         self, db: aiosqlite.Connection, entries: Sequence[AuditEntry], now: float
     ) -> None:
+        await self._in_thread(db, self._insert_audit_sync, entries, now)
+
+    def _insert_audit_sync(
+        self, raw: sqlite3.Connection, entries: Sequence[AuditEntry], now: float
+    ) -> None:
         # Inside the write job, so the chain's tail cannot move under us.
-        tail = await self._one(db, S.audit_tail)
-        await db.executemany(S.insert_audit, link_entries(self._audit_key, tail, entries, now))
+        tail = raw.execute(S.audit_tail).fetchone()
+        raw.executemany(S.insert_audit, link_entries(self._audit_key, tail, entries, now))
 
     @staticmethod
     async def _insert_mail(db: aiosqlite.Connection, mail: MailItem, now: float) -> None:
@@ -483,18 +551,18 @@ class SqliteStore(Store):
     # -- counted events -----------------------------------------------------------------------
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
-        async def job(db: aiosqlite.Connection) -> list[int] | None:
+        def job(raw: sqlite3.Connection) -> list[int] | None:
             # Counted and recorded in one job of the single writer: nothing runs in between.
             counts = []
             for c in claims:
-                count = await self._count(db, c, now)
+                count = _count_sync(raw, c, now)
                 if count >= c.limit:
                     return None
                 counts.append(count)
-            await self._record(db, claims, now)
+            raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
             return counts
 
-        return await self._write(job)
+        return await self._write_sync(job)
 
     @staticmethod
     async def _count(db: aiosqlite.Connection, claim: Claim, now: float) -> int:
@@ -548,14 +616,20 @@ class SqliteStore(Store):
         expires_at: float,
         mail: MailItem,
         audit: list[AuditEntry],
-    ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.move_user_codes, q.move_codes_args(codes.SUPERSEDE, user_id))
-            await db.execute(S.insert_code, q.code_args(digest, user_id, now, expires_at))
-            await self._insert_mail(db, mail, now)
-            await self._insert_audit(db, audit, now)
+        limit: Claim | None = None,
+    ) -> bool:
+        def job(raw: sqlite3.Connection) -> bool:
+            if limit is not None:
+                if _count_sync(raw, limit, now) >= limit.limit:
+                    return False
+                raw.execute(S.insert_event, (limit.kind, limit.key, now))
+            raw.execute(S.move_user_codes, q.move_codes_args(codes.SUPERSEDE, user_id))
+            raw.execute(S.insert_code, q.code_args(digest, user_id, now, expires_at))
+            raw.execute(S.insert_mail, q.mail_args(mail, now))
+            self._insert_audit_sync(raw, audit, now)
+            return True
 
-        await self._write(job)
+        return await self._write_sync(job)
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
         row = await self._one(self._reader, S.reset_code, (digest,))
@@ -624,12 +698,12 @@ class SqliteStore(Store):
     # -- mail outbox --------------------------------------------------------------------------
 
     async def claim_mail(self, now: float, lease: float, limit: int) -> list[OutboxRow]:
-        async def job(db: aiosqlite.Connection) -> list[OutboxRow]:
+        def job(raw: sqlite3.Connection) -> list[OutboxRow]:
             # One statement: attempts come back as the claim left them, as on PostgreSQL.
-            rows = await self._all(db, _CLAIM_MAIL, (now + lease, now, limit))
+            rows = raw.execute(_CLAIM_MAIL, (now + lease, now, limit)).fetchall()
             return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
-        return await self._write(job)
+        return await self._write_sync(job)
 
     async def reclaim_mail(self, now: float) -> int:
         async def job(db: aiosqlite.Connection) -> int:
@@ -638,11 +712,15 @@ class SqliteStore(Store):
 
         return await self._write(job)
 
-    async def mail_delivered(self, mail_id: int, now: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.mail_sent, (now, mail_id))
+    async def mails_delivered(
+        self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            raw.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
+            if audit:
+                self._insert_audit_sync(raw, audit, now)
 
-        await self._write(job)
+        await self._write_sync(job)
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None
