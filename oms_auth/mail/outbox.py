@@ -28,7 +28,7 @@ __all__ = ["Transport", "transport_for", "OutboxWorker"]
 log = logging.getLogger("oms_auth.mail")
 
 MAX_BACKOFF = 3600.0
-BATCH = 128  # messages per pass: one transport trip and one store transaction for them all
+BATCH = 512  # messages per pass: one transport trip and one store transaction for them all
 
 
 class Transport(Protocol):
