@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,12 @@ def _options(argv: list[str] | None) -> Options:
         "--only",
         help=f"comma-separated cases to run, of {','.join(ALL_CASES)} (default: all)",
     )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run the peer (FastAPI + fastapi-users forgot-password, scripts.bench_peer; "
+        "sets up its own venv in .bench-peer/ on first use) and compare",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny numbers: a smoke run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
     parser.add_argument("--json", help="also write every run's raw figures to this file")
@@ -114,6 +121,7 @@ def _options(argv: list[str] | None) -> Options:
     def pick(value: Any, normal: Any, small: Any) -> Any:
         return value if value is not None else (small if quick else normal)
 
+    peer = args.peer
     opts = Options(
         loops=loops,
         conns=conns,
@@ -132,7 +140,53 @@ def _options(argv: list[str] | None) -> Options:
         server_env=dict(kv.split("=", 1) for kv in args.server_env),
         quiesce_s=0.1 if quick else 0.5,
     )
+    opts.peer = peer
     return opts
+
+
+def _peer(opts: Options, rows: list[Row]) -> list[str]:
+    """The peer on the Operator case's largest connection count, and how oms-auth compares."""
+    conns = max(opts.conns)
+    log(f"peer: FastAPI + fastapi-users forgot-password x{conns}")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.bench_peer",
+            "--conns",
+            str(conns),
+            "--duration",
+            str(max(opts.duration, 10.0)),
+            "--warmup",
+            str(opts.warmup),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if out.returncode != 0:
+        return [f"peer: did not run ({out.stderr.strip().splitlines()[-1:]})"]
+    peer = json.loads(out.stdout.strip().splitlines()[-1])
+    v = peer["versions"]
+    line = (
+        f"peer (FastAPI {v.get('fastapi')} + fastapi-users {v.get('fastapi-users')} on uvicorn "
+        f"{v.get('uvicorn')}, SQLite; its forgot-password route writing the mail to an outbox "
+        f"table before its 202) x{conns}: {peer['rps']:,.1f} req/s, p99 {peer['p99_ms']:,.0f} ms, "
+        f"{peer['errors']} errors, {peer['server_cpu_us_per_req'] or 0:,} us server CPU per request"
+    )
+    ours = [r for r in rows if r.case == "ResetPassword (Operator)" and r.conns == str(conns)]
+    notes = [line]
+    for row in ours:
+        notes.append(
+            f"{row.loop}: oms-auth's Operator ResetPassword x{conns} (mail delivered) does "
+            f"{row.med('rps') / peer['rps']:,.0f}x the peer's answers/s at "
+            f"{peer['p99_ms'] / row.med('p99_ms'):,.0f}x lower p99 and "
+            f"{(peer['server_cpu_us_per_req'] or 0) / row.cpu_us():,.0f}x less CPU per request"
+            if peer["rps"]
+            else f"{row.loop}: the peer answered nothing in its window"
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     with stop_everything():
         for loop in opts.loops:
             run_loop(opts, loop, rows, notes)
+    if opts.peer:
+        notes.extend(_peer(opts, rows))
     print(machine(opts.loops, gen_loop))
     print(
         f"Per run: {opts.warmup:g} s warm-up, {opts.duration:g} s measured; {opts.rounds} "

@@ -101,6 +101,7 @@ class Options:
     only: set[str] = field(default_factory=lambda: set(ALL_CASES))
     server_env: dict[str, str] = field(default_factory=dict)
     quiesce_s: float = 0.5  # how long an idle check samples (--quick: less)
+    peer: bool = False  # also run scripts.bench_peer and compare
 
 
 def run_loop(opts: Options, loop: str, rows: list[Row], notes: list[str]) -> None:
