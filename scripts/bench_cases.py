@@ -260,7 +260,7 @@ def _request_cases(opts: Options, loop: str, tmp: Path, rows: list[Row], notes: 
     tmp.mkdir(parents=True)
     db = tmp / "bench.sqlite3"
     max_conns = max(opts.conns)
-    per_hash = hash_seconds()
+    per_hash = hash_seconds(opts.server_env)
     n_codes = _codes_needed(opts, Settings().hash_workers, per_hash)
     n_targets = 200 if opts.quick else 5000
     log(

@@ -94,13 +94,14 @@ def read_codes(maildir: Path, user_ids: set[int], timeout: float) -> dict[int, s
         time.sleep(0.2)
 
 
-def hash_seconds() -> float:
-    """One Argon2id hash at the default cost, here (sizes the supply of reset codes)."""
+def hash_seconds(server_env: dict[str, str] | None = None) -> float:
+    """One Argon2id hash at the server's cost (the default, or what ``server_env`` sets), here:
+    it sizes the supply of reset codes."""
     from argon2 import PasswordHasher
 
-    from oms_auth.config import Settings
+    from oms_auth.config import load_settings
 
-    s = Settings()
+    s = load_settings(environ=server_env or {})
     hasher = PasswordHasher(time_cost=s.argon2_time_cost, memory_cost=s.argon2_memory_kib)
     hasher.hash("warm-up")  # the first one also pays for faulting its memory in
     times = []
