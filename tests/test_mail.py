@@ -336,22 +336,7 @@ def test_a_pre_rendered_message_is_the_template_rendered_in_full(locale: str) ->
     for kind, extra, secret in cases:
         for name in ("alice", "<b>&\"bob'</b>", "jörg ü"):
             public = {"username": name, "locale": locale, **extra}
-            values = {
-                **t.common,
-                "username": "",
-                "link": None,
-                "expires_at": None,
-                "changed_at": None,
-                "at": None,
-                "api_keys": None,
-                "first": False,
-                **public,
-                **secret,
-                "event": kind,
-                "recipient": "r@example.test",
-                "locale": locale,
-            }
-            base = "notice" if kind.startswith(("2fa", "forced")) else kind
+            base, _, values = t.values(kind, public, secret, "r@example.test")
             full = t._full(base, locale, values)
             shape = t._shape(base, locale, values)
             assert shape is not False

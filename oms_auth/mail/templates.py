@@ -106,6 +106,27 @@ class Templates:
         recipient: str,
     ) -> Outgoing:
         """Build the message for an outbox row; ``secret`` is what was sealed (the link)."""
+        name, locale, values = self.values(kind, public, secret, recipient)
+        key = (
+            name,
+            locale,
+            *(repr(values[k]) for k in _SHAPE),
+            *(str(values.get(k) is None) for k in _SLOTS),
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = self._shape(name, locale, values)
+        if shape is False:  # a template that uses a value otherwise than showing it
+            subject, body, page = self._full(name, locale, values)
+        else:
+            subject, body, page = shape.fill(values, self._fmt(locale))
+        return compose(sender, recipient, subject, body.lstrip("\n"), page, locale)
+
+    def values(
+        self, kind: str, public: dict[str, Any], secret: dict[str, Any], recipient: str
+    ) -> tuple[str, str, dict[str, Any]]:
+        """What a message's templates are rendered with: the template's name, the locale, and
+        the values (every one a template may name, defaulted)."""
         locale = public.get("locale") or self.default_locale
         if not isinstance(locale, str) or not is_locale(locale):
             locale = self.default_locale
@@ -127,20 +148,7 @@ class Templates:
             "recipient": recipient,
             "locale": locale,
         }
-        key = (
-            name,
-            locale,
-            *(repr(values[k]) for k in _SHAPE),
-            *(str(values.get(k) is None) for k in _SLOTS),
-        )
-        shape = self._shapes.get(key)
-        if shape is None:
-            shape = self._shapes[key] = self._shape(name, locale, values)
-        if shape is False:  # a template that uses a value otherwise than showing it
-            subject, body, page = self._full(name, locale, values)
-        else:
-            subject, body, page = shape.fill(values, self._fmt(locale))
-        return compose(sender, recipient, subject, body.lstrip("\n"), page, locale)
+        return name, locale, values
 
     def _full(self, name: str, locale: str, values: dict[str, Any]) -> tuple[str, str, str]:
         """The templates rendered for one message: subject, text body, HTML."""
