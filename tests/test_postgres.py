@@ -26,6 +26,7 @@ from oms_auth.config import Settings
 from oms_auth.crypto import audit_key
 from oms_auth.store import (
     AuditEntry,
+    Claim,
     MailItem,
     NewUser,
     Outcome,
@@ -83,11 +84,12 @@ async def test_a_limit_counts_across_nodes_and_the_last_slot_goes_once(
     nodes: tuple[Store, Store],
 ) -> None:
     a, b = nodes
-    takes = [(a, b)[n % 2].take("requests", "alice", NOW, 3600, 5) for n in range(40)]
-    taken = await asyncio.gather(*takes)
+    claim = [Claim("requests", "alice", 3600, 5)]
+    takes = [(a, b)[n % 2].reserve(claim, NOW) for n in range(40)]
+    taken = [t is not None for t in await asyncio.gather(*takes)]
     assert taken.count(True) == 5
     assert await a.count_events("requests", "alice", NOW - 1) == 5
-    assert await b.take("requests", "alice", NOW + 1, 3600, 5) is False
+    assert await b.reserve(claim, NOW + 1) is None
 
 
 async def test_failure_counts_from_two_nodes_are_one_sequence(nodes: tuple[Store, Store]) -> None:

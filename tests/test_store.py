@@ -132,7 +132,7 @@ async def test_a_claim_reports_the_attempt_it_counts_as_stored(store: Store, db:
     await store.mail_failed(again.id, NOW + 121, "refused", NOW + 130)
     (third,) = await store.claim_mail(NOW + 130, 120, 10)
     assert third.attempts == 3 == await stored(third.id)
-    await store.mail_delivered(third.id, NOW + 131)
+    await store.mails_delivered([third.id], NOW + 131)
     assert await store.claim_mail(NOW + 1000, 120, 10) == []
     assert await store.mail_counts() == {"queued": 0, "sent": 1, "failed": 0}
 

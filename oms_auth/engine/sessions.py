@@ -293,8 +293,7 @@ class Sessions:
             [AuditEntry(action="logout", actor_id=user.id, target_id=user.id, source=source)],
             d.clock(),
         )
-        current = await d.store.user_by_id(user.id)
-        return current is not None and await self.needs_questions(current)
+        return await self.needs_questions(user)  # (its questions are read fresh)
 
     async def needs_questions(self, user: User) -> bool:
         """A master user without security questions: it could not reset its password once it

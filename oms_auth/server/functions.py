@@ -233,14 +233,9 @@ class Functions:
             return None
         return await self.sessions.deps.store.user_by_id(conn.user.id)
 
-    async def _via_api_key(self, conn: Conn) -> bool:
-        """Whether the connection's session was opened with an API key (told by its login or
-        its resumption, so a session resumed on another connection is still the key's)."""
-        return conn.via_api_key
-
     async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
         caller = await self._caller(conn)
-        via_api_key = caller is not None and await self._via_api_key(conn)
+        via_api_key = conn.via_api_key
         await self.resets.request(caller, req.UserName, conn.source, via_api_key=via_api_key)
         return SUCCESS
 
@@ -307,7 +302,7 @@ class Functions:
             req.UserId,
             req.Permissions,
             conn.source,
-            via_api_key=caller is not None and await self._via_api_key(conn),
+            via_api_key=conn.via_api_key,
         )
         return msg.AddUserAPIKeyReply(
             APIKey=new.key,
@@ -321,7 +316,7 @@ class Functions:
         keys = await self.api_keys.keys(
             caller,
             req.UserId,
-            via_api_key=caller is not None and await self._via_api_key(conn),
+            via_api_key=conn.via_api_key,
         )
         return [msg.APIKeyInfo(k.key, k.user_id, list(k.permissions)) for k in keys]
 
@@ -334,13 +329,13 @@ class Functions:
             req.UserId,
             req.APIKey,
             conn.source,
-            via_api_key=caller is not None and await self._via_api_key(conn),
+            via_api_key=conn.via_api_key,
         )
         return SUCCESS
 
     async def enable_google_2fa(self, conn: Conn, req: msg.UserRequest) -> msg.EnableGoogle2FAReply:
         caller = await self._caller(conn)
-        via_api_key = caller is not None and await self._via_api_key(conn)
+        via_api_key = conn.via_api_key
         new = self.accounts.enable_totp(caller, req.UserId, via_api_key=via_api_key)
         if not conn.lasting:
             raise NotSupported(ENROLMENT_NEEDS_CONNECTION)
@@ -356,7 +351,7 @@ class Functions:
             req.UserId,
             req.Code,
             conn.source,
-            via_api_key=caller is not None and await self._via_api_key(conn),
+            via_api_key=conn.via_api_key,
             recently_verified=recent,
         )
         conn.verified_at = None
@@ -372,7 +367,7 @@ class Functions:
             req.Password,
             req.Questions,
             conn.source,
-            via_api_key=caller is not None and await self._via_api_key(conn),
+            via_api_key=conn.via_api_key,
         )
         return SUCCESS
 
@@ -389,7 +384,7 @@ class Functions:
             req.AccountId,
             req.Permissions,
             conn.source,
-            via_api_key=caller is not None and await self._via_api_key(conn),
+            via_api_key=conn.via_api_key,
             locale=req.Locale,
         )
         return msg.UserIdReply(UserId=user_id)

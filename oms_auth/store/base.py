@@ -177,10 +177,6 @@ class Store(abc.ABC):
         atomically (concurrent callers cannot both take the last slot, on any node). Returns
         how many events each claim's counter held before, or None when refused."""
 
-    async def take(self, kind: str, key: str, now: float, window: float, limit: int) -> bool:
-        """Reserve a single claim; True when recorded."""
-        return await self.reserve([Claim(kind, key, window, limit)], now) is not None
-
     @abc.abstractmethod
     async def release(self, kind: str, key: str, at: float) -> None:
         """Give back one reserved event (the attempt it counted turned out not to count)."""
@@ -272,9 +268,6 @@ class Store(abc.ABC):
     ) -> None:
         """Mark these messages delivered and erase their sealed parts, with ``audit``, in one
         transaction."""
-
-    async def mail_delivered(self, mail_id: int, now: float) -> None:
-        await self.mails_delivered([mail_id], now)
 
     @abc.abstractmethod
     async def mail_failed(

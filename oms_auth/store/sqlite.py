@@ -63,9 +63,15 @@ Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 
 def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
+    """Events of ``claim``'s counter within its window."""
     args = (claim.kind, claim.key, now - claim.window)
     (count,) = raw.execute(S.count_events_since, args).fetchone()
     return int(count)
+
+
+def _record_sync(raw: sqlite3.Connection, claims: Sequence[Claim], now: float) -> None:
+    """One event for each claim."""
+    raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
 
 
 def _run_sync_jobs(
@@ -559,20 +565,16 @@ class SqliteStore(Store):
                 if count >= c.limit:
                     return None
                 counts.append(count)
-            raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
+            _record_sync(raw, claims, now)
             return counts
 
         return await self._write_sync(job)
 
-    @staticmethod
-    async def _count(db: aiosqlite.Connection, claim: Claim, now: float) -> int:
-        args = (claim.kind, claim.key, now - claim.window)
-        (count,) = await SqliteStore._one(db, S.count_events_since, args)
-        return int(count)
+    async def _count(self, db: aiosqlite.Connection, claim: Claim, now: float) -> int:
+        return await self._in_thread(db, _count_sync, claim, now)
 
-    @staticmethod
-    async def _record(db: aiosqlite.Connection, claims: Sequence[Claim], now: float) -> None:
-        await db.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
+    async def _record(self, db: aiosqlite.Connection, claims: Sequence[Claim], now: float) -> None:
+        await self._in_thread(db, _record_sync, claims, now)
 
     async def release(self, kind: str, key: str, at: float) -> None:
         async def job(db: aiosqlite.Connection) -> None:
@@ -622,7 +624,7 @@ class SqliteStore(Store):
             if limit is not None:
                 if _count_sync(raw, limit, now) >= limit.limit:
                     return False
-                raw.execute(S.insert_event, (limit.kind, limit.key, now))
+                _record_sync(raw, [limit], now)
             raw.execute(S.move_user_codes, q.move_codes_args(codes.SUPERSEDE, user_id))
             raw.execute(S.insert_code, q.code_args(digest, user_id, now, expires_at))
             raw.execute(S.insert_mail, q.mail_args(mail, now))
