@@ -521,20 +521,33 @@ def _mail_files(options: Options) -> set[Any]:
 async def _link_mailed(
     options: Options, p: Probe, before: set[Any], to: str | None = None
 ) -> tuple[int, str, str]:
-    """The link of the first message (to ``to``, when given) that arrived since ``before``."""
+    """The link of the first message (to ``to``, when given) that arrived since ``before`` and
+    still holds a live code. A message an earlier request queued can arrive after ``before``
+    (its delivery lagged): its code was voided by the newer request, so it is passed over."""
+    seen: set[Any] = set(before)
     for _ in range(int(options.timeout * 20)):
-        for path in sorted(_mail_files(options) - before):
-            msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
-            if to is not None and msg["To"] != to:
+        for path in sorted(_mail_files(options) - seen):
+            seen.add(path)
+            found = _link_in(path, to)
+            if found is None:
                 continue
-            body = msg.get_body(("plain",))
-            text = body.get_content() if body is not None else ""
-            found = re.search(r"(\S+/reset\?UserId=(\d+)&PendingCode=([0-9A-Za-z-]+))", text)
-            if found:
-                p.note(f"@ mail to {msg['To']} with link {found[1]}")
+            answer = await p.call("GetUserIdForPasswordSet", {"PendingCode": found[3]})
+            if isinstance(answer["o"], dict) and "UserId" in answer["o"]:
+                p.note(f"@ mail with link {found[1]}")
                 return int(found[2]), found[3], found[1]
+            p.note("@ passed over an older message whose code a newer request voided")
         await asyncio.sleep(0.05)
-    raise Failure("no email with a reset link arrived in the Maildir")
+    raise Failure("no email with a live reset link arrived in the Maildir")
+
+
+def _link_in(path: Any, to: str | None) -> re.Match[str] | None:
+    """The reset link in a Maildir message (to ``to``, when given), else None."""
+    msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    if to is not None and msg["To"] != to:
+        return None
+    body = msg.get_body(("plain",))
+    text = body.get_content() if body is not None else ""
+    return re.search(r"(\S+/reset\?UserId=(\d+)&PendingCode=([0-9A-Za-z-]+))", text)
 
 
 @case("reset-link", "the emailed link's code looks up the user and is not used up by reading it")
