@@ -167,15 +167,34 @@ async def test_serve_prints_its_address_serves_and_stops_on_sigterm(
     assert "stopped" in await server.stop()
 
 
-def test_a_key_inside_a_git_checkout_is_warned_about_and_ignored_by_ours(tmp_path: Path) -> None:
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_a_key_git_would_commit_is_warned_about_and_an_ignored_one_is_not(tmp_path: Path) -> None:
     checkout = tmp_path / "repo"
-    (checkout / ".git").mkdir(parents=True)
-    inside = oms_auth(checkout, "user", "list", "--db", str(checkout / "x.sqlite3"))
-    assert "inside the git checkout" in inside.stderr
-    outside = oms_auth(tmp_path, "user", "list", "--db", str(tmp_path / "y.sqlite3"))
-    assert "inside the git checkout" not in outside.stderr
-    # This repository's .gitignore keeps the default key files out of commits.
+    checkout.mkdir()
+    _git(checkout, "init", "-q")
+    warning = "inside the git checkout"
+    # Not ignored: one `git add -A` away from a commit.
+    exposed = oms_auth(checkout, "user", "list", "--db", str(checkout / "x.sqlite3"))
+    assert warning in exposed.stderr
+    # Ignored by the checkout's .gitignore (this repository's): a default run says nothing.
     root = Path(__file__).resolve().parents[1]
+    (checkout / ".gitignore").write_text((root / ".gitignore").read_text())
+    for args in (["user", "list"], ["demo"], ["audit"], ["user", "list", "--db", "y.sqlite3"]):
+        quiet = oms_auth(checkout, *args)
+        assert "WARNING" not in quiet.stderr, (args, quiet.stderr)
+    # A key file git tracks is not ignored, whatever .gitignore says.
+    tracked = checkout / "kept.key"
+    tracked.write_text("00" * 32 + "\n")
+    _git(checkout, "add", "-f", "kept.key")
+    env = {"OMS_AUTH_SECRET_KEY_FILE": str(tracked)}
+    assert warning in oms_auth(checkout, "user", "list", "--db", "z.sqlite3", env=env).stderr
+    # Outside any checkout: nothing to warn about.
+    outside = oms_auth(tmp_path, "user", "list", "--db", str(tmp_path / "y.sqlite3"))
+    assert warning not in outside.stderr
+    # This repository's .gitignore keeps the default key files out of commits.
     for name in ("oms-auth.key", "oms-auth.sqlite3.key", "prod.key"):
         ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=root)
         assert ignored.returncode == 0, name
