@@ -8,13 +8,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oms_auth.config import ConfigError, load_settings
 from protocol.client import Client
 
-from .helpers import FAST, ServerProcess, is_postgres, oms_auth, run_async, sql, store_contents
+from .helpers import (
+    FAST,
+    ServerProcess,
+    is_postgres,
+    oms_auth,
+    run_async,
+    settings_for,
+    sql,
+    store_contents,
+)
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
@@ -98,6 +108,114 @@ def test_demo_never_prints_a_password_it_no_longer_holds(tmp_path: Path, store_e
     again = oms_auth(tmp_path, "demo").stdout
     line = next(x for x in again.splitlines() if "trader1" in x)
     assert "Heron-Trade-3141" not in line and "(changed since)" in line
+
+
+async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
+    """What a walk-through (and worse) leaves: changed passwords, a lock, a session, an API
+    key, TOTP turned on and changed, questions changed and added, an invitation used. The
+    trader1 session's digest."""
+    from oms_auth.app import build_deps
+    from oms_auth.crypto import digest, new_pending_code
+    from oms_auth.engine import totp
+    from oms_auth.engine.apikeys import ApiKeys
+    from oms_auth.engine.links import user_mail
+    from oms_auth.engine.sessions import Sessions
+    from oms_auth.store import AccountChange, AuditEntry
+
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    store, now = deps.store, deps.clock()
+    note = AuditEntry(action="test")
+
+    async def user(name: str) -> Any:
+        found = await store.user_by_name(name)
+        assert found is not None
+        return found
+
+    async def new_password(name: str, password: str) -> None:
+        code = digest(new_pending_code())
+        target = await user(name)
+        mail = user_mail("password-changed", target, {"changed_at": now})
+        await store.issue_code(target.id, code, now, now + 60, mail, [note])
+        await store.complete_reset(target.id, code, await deps.hasher.hash(password), now, mail, [])
+
+    try:
+        login = await Sessions(deps, delay_unit=0).authenticate(
+            "trader1", "Heron-Trade-3141", "test"
+        )
+        assert login.token_digest is not None
+        trader1 = await user("trader1")
+        await ApiKeys(deps).add(trader1, None, ["Trading"], "test", via_api_key=False)
+        for name in ("trader1", "master", "newhire"):
+            await new_password(name, "Another-Pass-2718")
+        await store.set_lock(trader1.id, now + 1800, note)
+        for name in ("trader2", "master"):
+            target = await user(name)
+            await store.set_totp(target.id, totp.seal_secret(deps.sealer, target.id, "KRSXG5A" * 4))
+        for name in ("master", "boss"):
+            questions = (("Favourite colour?", await deps.hasher.hash("blue")),)
+            change = AccountChange(
+                user_id=(await user(name)).id,
+                password_version=None,
+                questions=questions,
+                audit=note,
+            )
+            await store.change_account(change, now)
+        return login.token_digest
+    finally:
+        await store.close()
+        deps.hasher.close()
+
+
+async def _the_demo_as_printed(tmp_path: Path, db: str, session: bytes) -> None:
+    from oms_auth.app import build_deps
+    from oms_auth.cli import DEMO_USERS
+    from oms_auth.engine import totp
+
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    store = deps.store
+    try:
+        for spec in DEMO_USERS:
+            user = await store.user_by_name(spec["username"])
+            assert user is not None
+            if spec["password"] is None:
+                assert user.invited
+            else:
+                assert await deps.hasher.verify(user.password_hash, spec["password"]), user
+            assert user.locked_until is None
+            secret = user.totp_sealed and totp.open_secret(deps.sealer, user.id, user.totp_sealed)
+            assert secret == spec.get("totp_secret"), user.username
+            questions = await store.security_questions(user.id)
+            assert [q.question for q in questions] == (
+                [spec["question"]] if spec.get("question") else []
+            )
+            for q in questions:
+                assert await deps.hasher.verify(q.answer_hash, spec["answer"].casefold())
+            assert await store.api_keys(user.id) == []
+        assert await store.session(session) is None
+    finally:
+        await store.close()
+        deps.hasher.close()
+
+
+def test_demo_reset_puts_the_demo_users_back_as_printed(tmp_path: Path, store_env: str) -> None:
+    first = oms_auth(tmp_path, "demo").stdout
+    db = store_env if is_postgres(store_env) else str(tmp_path / "oms-auth.sqlite3")
+    session = run_async(_spoil_the_demo(tmp_path, db))
+    spoiled = oms_auth(tmp_path, "demo").stdout
+    assert "(changed since)" in spoiled and "(set by the user)" in spoiled
+    again = oms_auth(tmp_path, "demo", "--reset").stdout
+    # What it prints is what the first run printed, each user "put back".
+    assert again == first.replace("(created)", "(put back)")
+    run_async(_the_demo_as_printed(tmp_path, db, session))
+    # Nothing left to put back: the same again.
+    assert oms_auth(tmp_path, "demo", "--reset").stdout == again
+    run_async(_the_demo_as_printed(tmp_path, db, session))
+    # The trail says what was done, for whom.
+    trail = oms_auth(tmp_path, "audit", "--user", "trader1", "--limit", "20").stdout.splitlines()
+    assert "detail=put back: nothing changed; sessions ended" in trail[0]
+    assert "detail=put back: lock, password; sessions ended" in trail[1]
+    assert "password-set" in trail[2] and "API keys revoked" in trail[2]
+    assert "unlocked" in trail[4]
 
 
 def test_options_go_before_or_after_the_command_and_pipes_close_quietly(
