@@ -19,7 +19,7 @@ from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
 from .engine import users
 from .engine.deps import Deps
-from .engine.restore import restore
+from .engine.restore import forget_counters, restore
 from .errors import Refusal
 from .logs import setup_logging
 from .store import StoreError, User
@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         "--reset",
         action="store_true",
         help="put the demo users back as printed (passwords, locks, TOTP, questions; "
-        "sessions and API keys ended)",
+        "sessions and API keys ended) and clear the store's request and attempt counters",
     )
     demo.add_argument("--secret-key-file", dest="secret_key_file")
     return parser
@@ -496,6 +496,8 @@ DEMO_USERS: list[dict[str, Any]] = [
 
 
 async def _demo(deps: Deps, *, reset: bool = False) -> int:
+    if reset:
+        await forget_counters(deps)
     print("Demo OMS 1 (passwords are for this demo only):")
     for spec in DEMO_USERS:
         existing = await deps.store.user_by_name(spec["username"])

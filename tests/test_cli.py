@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from oms_auth.config import ConfigError, load_settings
+from oms_auth.engine.reset import REQUESTS_ANONYMOUS
+from oms_auth.store import Claim, username_key
 from protocol.client import Client
 
 from .helpers import (
@@ -110,6 +112,9 @@ def test_demo_never_prints_a_password_it_no_longer_holds(tmp_path: Path, store_e
     assert "Heron-Trade-3141" not in line and "(changed since)" in line
 
 
+_REQUESTS = Claim(REQUESTS_ANONYMOUS, username_key("trader1"), 3600, 3)
+
+
 async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
     """What a walk-through (and worse) leaves: changed passwords, a lock, a session, an API
     key, TOTP turned on and changed, questions changed and added, an invitation used. The
@@ -148,6 +153,9 @@ async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
         for name in ("trader1", "master", "newhire"):
             await new_password(name, "Another-Pass-2718")
         await store.set_lock(trader1.id, now + 1800, note)
+        for _ in range(3):  # the walk-through's self-service reset, three times this hour
+            assert await store.reserve([_REQUESTS], now) is not None
+        assert await store.reserve([_REQUESTS], now) is None
         for name in ("trader2", "master"):
             target = await user(name)
             await store.set_totp(target.id, totp.seal_secret(deps.sealer, target.id, "KRSXG5A" * 4))
@@ -192,6 +200,8 @@ async def _the_demo_as_printed(tmp_path: Path, db: str, session: bytes) -> None:
                 assert await deps.hasher.verify(q.answer_hash, spec["answer"].casefold())
             assert await store.api_keys(user.id) == []
         assert await store.session(session) is None
+        # The request limits start again: the walk-through can run once more.
+        assert await store.reserve([_REQUESTS], deps.clock()) == [0]
     finally:
         await store.close()
         deps.hasher.close()
