@@ -9,7 +9,8 @@ demo store, with that service running, the venv's commands on PATH. Three kinds 
 - a shell session (its ``$ `` lines, with continuation lines and here-documents): one bash
   script; each command prints exactly the lines shown under it. A shown line ``...`` stands for
   any number of lines; ``...`` inside a line for any text, and ``abc123...`` for the rest of a
-  token (a secret, a time) that differs from run to run.
+  token (a secret, a time) that differs from run to run. A shell block marked
+  ``<!-- readme: continued -->`` goes on with the session of the one before it.
 - a frame session (``>`` sent, ``<`` received): one WebSocket connection to the running
   service; each ``<`` line is the next frame received. A token shown elided in an answer
   (``"SessionToken":"XH3tAwZm..."``) is sent as its real value where a later ``>`` shows it.
@@ -47,21 +48,31 @@ VENV_BIN = Path(sys.executable).parent
 PORTS = ("8765", "8766", "8767", "8768", "8769")
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 _SKIP = re.compile(r"<!-- readme: not run, (.+?) -->\s*$")
+_CONTINUED = re.compile(r"<!-- readme: continued -->\s*$")
 
 pytestmark = pytest.mark.slow
 
 
 def blocks(page: Path) -> list[tuple[int, str, str, str | None]]:
-    """``(line, kind, body, skip reason)`` of every block of ``page`` that runs."""
+    """``(line, kind, body, skip reason)`` of every block of ``page`` that runs. A shell block
+    preceded by ``<!-- readme: continued -->`` goes on with the session of the shell block
+    before it (its variables, its folder): they run as one."""
     text = page.read_text()
-    out = []
+    out: list[tuple[int, str, str, str | None]] = []
     for m in _FENCE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
         skip = _SKIP.search(before)
         kind = kind_of(m[1], m[2])
-        if kind is not None:
-            out.append((line, kind, m[2], skip[1] if skip else None))
+        if kind is None:
+            continue
+        if _CONTINUED.search(before):
+            shell = [k for k, block in enumerate(out) if block[1] == "shell"]
+            assert kind == "shell" and shell, f"{page.name}:{line}: nothing to continue"
+            first, _, body, reason = out[shell[-1]]
+            out[shell[-1]] = (first, kind, body + m[2], reason)
+            continue
+        out.append((line, kind, m[2], skip[1] if skip else None))
     return out
 
 
