@@ -5,7 +5,8 @@ checkout) and activated the venv. Each example runs like that: in a fresh folder
 demo store, with that service running, the venv's commands on PATH. Three kinds of block run:
 
 - ```` ```python ````: run as a script; what it says it prints (``print(...)  # True 2``) is
-  all it prints, in order.
+  all it prints, in order; or, when a block marked ``<!-- readme: output -->`` follows it,
+  that block is all it prints.
 - a shell session (its ``$ `` lines, with continuation lines and here-documents): one bash
   script; each command prints exactly the lines shown under it. A shown line ``...`` stands for
   any number of lines; ``...`` inside a line for any text, and ``abc123...`` for the rest of a
@@ -49,30 +50,36 @@ PORTS = ("8765", "8766", "8767", "8768", "8769")
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 _SKIP = re.compile(r"<!-- readme: not run, (.+?) -->\s*$")
 _CONTINUED = re.compile(r"<!-- readme: continued -->\s*$")
+_OUTPUT = re.compile(r"<!-- readme: output -->\s*$")
 
 pytestmark = pytest.mark.slow
 
 
-def blocks(page: Path) -> list[tuple[int, str, str, str | None]]:
-    """``(line, kind, body, skip reason)`` of every block of ``page`` that runs. A shell block
-    preceded by ``<!-- readme: continued -->`` goes on with the session of the shell block
-    before it (its variables, its folder): they run as one."""
+def blocks(page: Path) -> list[tuple[int, str, str, str | None, str | None]]:
+    """``(line, kind, body, skip reason, output)`` of every block of ``page`` that runs. A shell
+    block marked ``<!-- readme: continued -->`` goes on with the session of the shell block
+    before it (its variables, its folder): they run as one. A block marked ``<!-- readme:
+    output -->`` is all the python block before it prints."""
     text = page.read_text()
-    out: list[tuple[int, str, str, str | None]] = []
+    out: list[tuple[int, str, str, str | None, str | None]] = []
     for m in _FENCE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
         skip = _SKIP.search(before)
         kind = kind_of(m[1], m[2])
+        if _OUTPUT.search(before):
+            assert out and out[-1][1] == "python", f"{page.name}:{line}: no example before"
+            out[-1] = (*out[-1][:4], m[2])
+            continue
         if kind is None:
             continue
         if _CONTINUED.search(before):
             shell = [k for k, block in enumerate(out) if block[1] == "shell"]
             assert kind == "shell" and shell, f"{page.name}:{line}: nothing to continue"
-            first, _, body, reason = out[shell[-1]]
-            out[shell[-1]] = (first, kind, body + m[2], reason)
+            first, _, body, reason, _ = out[shell[-1]]
+            out[shell[-1]] = (first, kind, body + m[2], reason, None)
             continue
-        out.append((line, kind, m[2], skip[1] if skip else None))
+        out.append((line, kind, m[2], skip[1] if skip else None, None))
     return out
 
 
@@ -261,11 +268,12 @@ CASES = [
         line,
         kind,
         body,
+        output,
         id=f"{page.relative_to(ROOT)}:{line}",
         marks=[pytest.mark.skip(reason=skip)] if skip else [],
     )
     for page in PAGES
-    for line, kind, body, skip in blocks(page)
+    for line, kind, body, skip, output in blocks(page)
 ]
 
 
@@ -282,9 +290,15 @@ def test_every_page_is_found_and_every_block_runs_or_says_why_not() -> None:
                 assert not any(x.startswith(("> {", "< {")) for x in lines), (page, m[2][:80])
 
 
-@pytest.mark.parametrize(("page", "line", "kind", "body"), CASES)
+@pytest.mark.parametrize(("page", "line", "kind", "body", "output"), CASES)
 def test_the_example_runs_as_written(
-    tmp_path: Path, demo_store: Path, page: Path, line: int, kind: str, body: str
+    tmp_path: Path,
+    demo_store: Path,
+    page: Path,
+    line: int,
+    kind: str,
+    body: str,
+    output: str | None,
 ) -> None:
     ports = {p: str(_free_port()) for p in PORTS}
     schema = "readme_" + uuid.uuid4().hex[:8]
@@ -314,7 +328,7 @@ def test_the_example_runs_as_written(
     try:
         _wait_for(int(ports["8765"]))
         if kind == "python":
-            _python(report, adapted(body), body, tmp_path, env, canonical)
+            _python(report, adapted(body), body, output, tmp_path, env)
         elif kind == "frames":
             url = f"ws://127.0.0.1:{ports['8765']}/WSGateway/"
             asyncio.run(_frames(report, body, url))
@@ -331,7 +345,7 @@ def test_the_example_runs_as_written(
 
 
 def _python(
-    report: str, script: str, body: str, folder: Path, env: dict[str, str], canonical: object
+    report: str, script: str, body: str, output: str | None, folder: Path, env: dict[str, str]
 ) -> None:
     path = folder / "example.py"
     path.write_text(script)
@@ -345,8 +359,11 @@ def _python(
     )
     report += f"\n--- output\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0 and "Traceback" not in done.stderr, report
-    # What the example says it prints (`print(...)  # True 2`) is all it prints.
+    # What the example says it prints (`print(...)  # True 2`, or the block after it) is all
+    # it prints.
     promised = re.findall(r"print\(.*\)\s+# (.+)$", body, re.M)
+    if output is not None:
+        promised = output.splitlines()
     assert lines_match(promised, done.stdout.splitlines()), report
 
 
