@@ -424,6 +424,8 @@ def _shell(
             "wait_for() { for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/$1) "
             "2>/dev/null && return 0; sleep 0.05; done; return 1; }",
             *steps,
+            # What services print as they stop comes after the last command's output.
+            f"printf '\\n@@step {len(session)}\\n'",
         ]
     )
     # What a terminal shows: stdout and stderr, in order.
