@@ -290,6 +290,28 @@ def test_every_page_is_found_and_every_block_runs_or_says_why_not() -> None:
                 assert not any(x.startswith(("> {", "< {")) for x in lines), (page, m[2][:80])
 
 
+def _anchor(heading: str) -> str:
+    """The anchor a heading gets on GitHub: lower case, punctuation gone, spaces as dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_between_pages_reaches_a_page_and_a_heading() -> None:
+    anchors = {}
+    for page in PAGES:
+        outside = _FENCE.sub("", page.read_text())
+        anchors[page.resolve()] = {_anchor(m[1]) for m in re.finditer(r"^#+ (.+)$", outside, re.M)}
+    for page in PAGES:
+        outside = _FENCE.sub("", page.read_text())
+        for target, fragment in re.findall(r"\]\(([\w./-]*\.md)?(?:#([\w-]+))?\)", outside):
+            if not target and not fragment:
+                continue
+            linked = (page.parent / target).resolve() if target else page.resolve()
+            assert linked in anchors, f"{page.name}: {target} is not a page"
+            if fragment:
+                assert fragment in anchors[linked], f"{page.name}: no heading #{fragment}"
+
+
 @pytest.mark.parametrize(("page", "line", "kind", "body", "output"), CASES)
 def test_the_example_runs_as_written(
     tmp_path: Path,
