@@ -19,9 +19,10 @@ from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
 from .engine import users
 from .engine.deps import Deps
+from .engine.restore import forget_counters, restore
 from .errors import Refusal
 from .logs import setup_logging
-from .store import StoreError
+from .store import StoreError, User
 
 __all__ = ["main"]
 
@@ -137,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="create a demo OMS and print its credentials")
     _common(demo)
+    demo.add_argument(
+        "--reset",
+        action="store_true",
+        help="put the demo users back as printed (passwords, locks, TOTP, questions; "
+        "sessions and API keys ended) and clear the store's request and attempt counters",
+    )
     demo.add_argument("--secret-key-file", dest="secret_key_file")
     return parser
 
@@ -263,7 +270,7 @@ async def _offline(args: argparse.Namespace, settings: Settings) -> int:
             }[args.user_command](deps, args)
         if args.command == "audit":
             return await _audit(deps, args)
-        return await _demo(deps)
+        return await _demo(deps, reset=args.reset)
     finally:
         await deps.store.close()
         deps.hasher.close()
@@ -488,10 +495,14 @@ DEMO_USERS: list[dict[str, Any]] = [
 ]
 
 
-async def _demo(deps: Deps) -> int:
+async def _demo(deps: Deps, *, reset: bool = False) -> int:
+    if reset:
+        await forget_counters(deps)
     print("Demo OMS 1 (passwords are for this demo only):")
     for spec in DEMO_USERS:
         existing = await deps.store.user_by_name(spec["username"])
+        if existing is not None and reset:
+            await _put_back(deps, existing, spec)
         user_id = existing.id if existing else await users.create_user(deps, **spec)
         created = await deps.store.user_by_id(user_id)
         assert created is not None
@@ -507,12 +518,25 @@ async def _demo(deps: Deps) -> int:
             password = "(invited: the link is mailed)" if created.invited else "(set by the user)"
         elif existing is not None and not await deps.hasher.verify(created.password_hash, password):
             password = "(changed since)"  # the demo prints only what it set and still holds
-        state = "exists" if existing else "created"
+        state = "created" if existing is None else "put back" if reset else "exists"
         print(
             f"  {spec['username']:<9} UserId {user_id:<3} password {password:<18} "
             f"{'/'.join(spec['permissions']) or '-'} accounts {spec['accounts']}{extra} ({state})"
         )
     return 0
+
+
+async def _put_back(deps: Deps, user: User, spec: dict[str, Any]) -> None:
+    """``demo --reset``: the user as ``spec`` has it (:mod:`.engine.restore`)."""
+    question, answer = spec.get("question"), spec.get("answer")
+    await restore(
+        deps,
+        user,
+        password=spec["password"],
+        totp_secret=spec.get("totp_secret"),
+        questions=[(question, answer)] if question and answer else [],
+        source="demo",
+    )
 
 
 if __name__ == "__main__":

@@ -151,12 +151,31 @@ def audit_key(service_key: bytes) -> bytes:
 
 
 def checkout_holding(path: Path) -> Path | None:
-    """The git work tree ``path`` lies in, if any: a key there is one ``git add -A`` away
-    from being committed."""
+    """The git work tree ``path`` lies in, unless git ignores it there: a key git does not
+    ignore is one ``git add -A`` away from being committed. None outside a checkout, and for
+    a key its ``.gitignore`` covers (this repository's covers the default key files)."""
     for folder in path.resolve().parents:
         if (folder / ".git").exists():
-            return folder
+            return None if _ignored_by_git(folder, path.resolve()) else folder
     return None
+
+
+def _ignored_by_git(work_tree: Path, path: Path) -> bool:
+    """``git check-ignore``: True only when git answers that it ignores ``path`` (a tracked
+    file is not ignored; no git, or a checkout git cannot read, cannot say so)."""
+    import subprocess  # only for a key inside a checkout
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(work_tree), "check-ignore", "-q", "--", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:

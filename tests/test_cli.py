@@ -8,13 +8,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oms_auth.config import ConfigError, load_settings
+from oms_auth.engine.reset import REQUESTS_ANONYMOUS
+from oms_auth.store import Claim, username_key
 from protocol.client import Client
 
-from .helpers import FAST, ServerProcess, is_postgres, oms_auth, run_async, sql, store_contents
+from .helpers import (
+    FAST,
+    ServerProcess,
+    is_postgres,
+    oms_auth,
+    run_async,
+    settings_for,
+    sql,
+    store_contents,
+)
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
@@ -100,6 +112,122 @@ def test_demo_never_prints_a_password_it_no_longer_holds(tmp_path: Path, store_e
     assert "Heron-Trade-3141" not in line and "(changed since)" in line
 
 
+_REQUESTS = Claim(REQUESTS_ANONYMOUS, username_key("trader1"), 3600, 3)
+
+
+async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
+    """What a walk-through (and worse) leaves: changed passwords, a lock, a session, an API
+    key, TOTP turned on and changed, questions changed and added, an invitation used. The
+    trader1 session's digest."""
+    from oms_auth.app import build_deps
+    from oms_auth.crypto import digest, new_pending_code
+    from oms_auth.engine import totp
+    from oms_auth.engine.apikeys import ApiKeys
+    from oms_auth.engine.links import user_mail
+    from oms_auth.engine.sessions import Sessions
+    from oms_auth.store import AccountChange, AuditEntry
+
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    store, now = deps.store, deps.clock()
+    note = AuditEntry(action="test")
+
+    async def user(name: str) -> Any:
+        found = await store.user_by_name(name)
+        assert found is not None
+        return found
+
+    async def new_password(name: str, password: str) -> None:
+        code = digest(new_pending_code())
+        target = await user(name)
+        mail = user_mail("password-changed", target, {"changed_at": now})
+        await store.issue_code(target.id, code, now, now + 60, mail, [note])
+        await store.complete_reset(target.id, code, await deps.hasher.hash(password), now, mail, [])
+
+    try:
+        login = await Sessions(deps, delay_unit=0).authenticate(
+            "trader1", "Heron-Trade-3141", "test"
+        )
+        assert login.token_digest is not None
+        trader1 = await user("trader1")
+        await ApiKeys(deps).add(trader1, None, ["Trading"], "test", via_api_key=False)
+        for name in ("trader1", "master", "newhire"):
+            await new_password(name, "Another-Pass-2718")
+        await store.set_lock(trader1.id, now + 1800, note)
+        for _ in range(3):  # the walk-through's self-service reset, three times this hour
+            assert await store.reserve([_REQUESTS], now) is not None
+        assert await store.reserve([_REQUESTS], now) is None
+        for name in ("trader2", "master"):
+            target = await user(name)
+            await store.set_totp(target.id, totp.seal_secret(deps.sealer, target.id, "KRSXG5A" * 4))
+        for name in ("master", "boss"):
+            questions = (("Favourite colour?", await deps.hasher.hash("blue")),)
+            change = AccountChange(
+                user_id=(await user(name)).id,
+                password_version=None,
+                questions=questions,
+                audit=note,
+            )
+            await store.change_account(change, now)
+        return login.token_digest
+    finally:
+        await store.close()
+        deps.hasher.close()
+
+
+async def _the_demo_as_printed(tmp_path: Path, db: str, session: bytes) -> None:
+    from oms_auth.app import build_deps
+    from oms_auth.cli import DEMO_USERS
+    from oms_auth.engine import totp
+
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    store = deps.store
+    try:
+        for spec in DEMO_USERS:
+            user = await store.user_by_name(spec["username"])
+            assert user is not None
+            if spec["password"] is None:
+                assert user.invited
+            else:
+                assert await deps.hasher.verify(user.password_hash, spec["password"]), user
+            assert user.locked_until is None
+            secret = user.totp_sealed and totp.open_secret(deps.sealer, user.id, user.totp_sealed)
+            assert secret == spec.get("totp_secret"), user.username
+            questions = await store.security_questions(user.id)
+            assert [q.question for q in questions] == (
+                [spec["question"]] if spec.get("question") else []
+            )
+            for q in questions:
+                assert await deps.hasher.verify(q.answer_hash, spec["answer"].casefold())
+            assert await store.api_keys(user.id) == []
+        assert await store.session(session) is None
+        # The request limits start again: the walk-through can run once more.
+        assert await store.reserve([_REQUESTS], deps.clock()) == [0]
+    finally:
+        await store.close()
+        deps.hasher.close()
+
+
+def test_demo_reset_puts_the_demo_users_back_as_printed(tmp_path: Path, store_env: str) -> None:
+    first = oms_auth(tmp_path, "demo").stdout
+    db = store_env if is_postgres(store_env) else str(tmp_path / "oms-auth.sqlite3")
+    session = run_async(_spoil_the_demo(tmp_path, db))
+    spoiled = oms_auth(tmp_path, "demo").stdout
+    assert "(changed since)" in spoiled and "(set by the user)" in spoiled
+    again = oms_auth(tmp_path, "demo", "--reset").stdout
+    # What it prints is what the first run printed, each user "put back".
+    assert again == first.replace("(created)", "(put back)")
+    run_async(_the_demo_as_printed(tmp_path, db, session))
+    # Nothing left to put back: the same again.
+    assert oms_auth(tmp_path, "demo", "--reset").stdout == again
+    run_async(_the_demo_as_printed(tmp_path, db, session))
+    # The trail says what was done, for whom.
+    trail = oms_auth(tmp_path, "audit", "--user", "trader1", "--limit", "20").stdout.splitlines()
+    assert "detail=put back: nothing changed; sessions ended" in trail[0]
+    assert "detail=put back: lock, password; sessions ended" in trail[1]
+    assert "password-set" in trail[2] and "API keys revoked" in trail[2]
+    assert "unlocked" in trail[4]
+
+
 def test_options_go_before_or_after_the_command_and_pipes_close_quietly(
     tmp_path: Path, store_env: str
 ) -> None:
@@ -167,15 +295,34 @@ async def test_serve_prints_its_address_serves_and_stops_on_sigterm(
     assert "stopped" in await server.stop()
 
 
-def test_a_key_inside_a_git_checkout_is_warned_about_and_ignored_by_ours(tmp_path: Path) -> None:
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_a_key_git_would_commit_is_warned_about_and_an_ignored_one_is_not(tmp_path: Path) -> None:
     checkout = tmp_path / "repo"
-    (checkout / ".git").mkdir(parents=True)
-    inside = oms_auth(checkout, "user", "list", "--db", str(checkout / "x.sqlite3"))
-    assert "inside the git checkout" in inside.stderr
-    outside = oms_auth(tmp_path, "user", "list", "--db", str(tmp_path / "y.sqlite3"))
-    assert "inside the git checkout" not in outside.stderr
-    # This repository's .gitignore keeps the default key files out of commits.
+    checkout.mkdir()
+    _git(checkout, "init", "-q")
+    warning = "inside the git checkout"
+    # Not ignored: one `git add -A` away from a commit.
+    exposed = oms_auth(checkout, "user", "list", "--db", str(checkout / "x.sqlite3"))
+    assert warning in exposed.stderr
+    # Ignored by the checkout's .gitignore (this repository's): a default run says nothing.
     root = Path(__file__).resolve().parents[1]
+    (checkout / ".gitignore").write_text((root / ".gitignore").read_text())
+    for args in (["user", "list"], ["demo"], ["audit"], ["user", "list", "--db", "y.sqlite3"]):
+        quiet = oms_auth(checkout, *args)
+        assert "WARNING" not in quiet.stderr, (args, quiet.stderr)
+    # A key file git tracks is not ignored, whatever .gitignore says.
+    tracked = checkout / "kept.key"
+    tracked.write_text("00" * 32 + "\n")
+    _git(checkout, "add", "-f", "kept.key")
+    env = {"OMS_AUTH_SECRET_KEY_FILE": str(tracked)}
+    assert warning in oms_auth(checkout, "user", "list", "--db", "z.sqlite3", env=env).stderr
+    # Outside any checkout: nothing to warn about.
+    outside = oms_auth(tmp_path, "user", "list", "--db", str(tmp_path / "y.sqlite3"))
+    assert warning not in outside.stderr
+    # This repository's .gitignore keeps the default key files out of commits.
     for name in ("oms-auth.key", "oms-auth.sqlite3.key", "prod.key"):
         ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=root)
         assert ignored.returncode == 0, name

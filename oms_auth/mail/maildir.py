@@ -115,7 +115,7 @@ class MaildirTransport:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
-                    os.write(fd, message.data)
+                    os.write(fd, message.data.replace(b"\r\n", b"\n"))  # Maildir: LF lines
                     if not _SYNCFS:
                         os.fsync(fd)
                 finally:
