@@ -204,6 +204,7 @@ class App:
         await deps.store.listen_revocations(self.registry.revoked)
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS, s.trusted_networks())
         self.http.extra_metrics = self._store_metrics
+        self.http.mail_writable = transport.writable
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
         self.server = await serve(
             self.gateway.handle,

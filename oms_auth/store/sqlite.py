@@ -194,15 +194,19 @@ class SqliteStore(Store):
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one implicitly.
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in (
-            "busy_timeout=10000",
-            "foreign_keys=ON",
-            # FULL: a commit is on disk before the caller is told so, power loss included.
-            "synchronous=FULL",
-            # Erased secrets (delivered mail, voided codes) are overwritten, not just unlinked.
-            "secure_delete=ON",
-        ):
-            await db.execute("PRAGMA " + pragma)
+        try:
+            for pragma in (
+                "busy_timeout=10000",
+                "foreign_keys=ON",
+                # FULL: a commit is on disk before the caller is told so, power loss included.
+                "synchronous=FULL",
+                # Erased secrets (delivered mail, voided codes) are overwritten, not unlinked.
+                "secure_delete=ON",
+            ):
+                await db.execute("PRAGMA " + pragma)
+        except BaseException:
+            await db.close()  # its thread would keep the process alive
+            raise
         return db
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
