@@ -102,6 +102,21 @@ async def test_healthz_is_503_naming_the_mail_folder_when_its_disk_is_full(
             assert await healthz(app) == (200, "ok\n")
 
 
+# A database that answers reads and refuses every write, with the error a full disk gives.
+REFUSE_WRITES = {
+    "postgres": [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON meta"
+        " FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER refuse BEFORE INSERT ON meta"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    ],
+}
+
+
 async def test_healthz_is_503_naming_the_store_when_the_database_refuses_writes(
     tmp_path: Path, db: str
 ) -> None:
@@ -109,14 +124,8 @@ async def test_healthz_is_503_naming_the_store_when_the_database_refuses_writes(
     read-only): made so by a trigger on the table the probe writes to."""
     async with running(tmp_path, db=db) as app:
         assert await healthz(app) == (200, "ok\n")
-        if is_postgres(db):
-            await sql(db, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
-                          " $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left'; END $$")  # fmt: skip
-            await sql(db, "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON meta"
-                          " FOR EACH ROW EXECUTE FUNCTION refuse()")  # fmt: skip
-        else:
-            await sql(db, "CREATE TRIGGER refuse BEFORE INSERT ON meta"
-                          " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")  # fmt: skip
+        for statement in REFUSE_WRITES["postgres" if is_postgres(db) else "sqlite"]:
+            await sql(db, statement)
         status, reason = await healthz(app)
         assert status == 503 and "store" in reason, reason
         assert "No space left" in reason or "disk is full" in reason

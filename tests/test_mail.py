@@ -25,7 +25,6 @@ from .helpers import (
     parse_mail,
     pg_connect,
     settings_for,
-    sql,
     wait_for_mail,
 )
 

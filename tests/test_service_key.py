@@ -19,7 +19,7 @@ TOTP = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP"
 # Every command that opens the store, as a user types it.
 COMMANDS = {
     "serve": ["serve", "--port", "0"],
-    "user add": ["user", "add", "--username", "bob", "--email", "b@x.test", "--password", "Pw-1a2b3c4d5e"],
+    "user add": "user add --username bob --email b@x.test --password Pw-1a2b3c4d5e".split(),
     "user list": ["user", "list"],
     "audit": ["audit"],
     "audit verify": ["audit", "verify"],

@@ -151,4 +151,5 @@ async def bind(
     if stored is None:
         if binding.adopt is not None:
             binding.adopt()
-        await fetch("INSERT INTO meta (key, value) VALUES (?, ?)", (FINGERPRINT, binding.fingerprint))
+        record = (FINGERPRINT, binding.fingerprint)
+        await fetch("INSERT INTO meta (key, value) VALUES (?, ?)", record)

@@ -171,9 +171,7 @@ def _count_of(status: str) -> int:
 class PostgresStore(Store):
     """PostgreSQL at ``url`` (see the module docstring), schema created on first use."""
 
-    def __init__(
-        self, url: str, *, audit_key: bytes, key: keys.KeyBinding | None = None
-    ) -> None:
+    def __init__(self, url: str, *, audit_key: bytes, key: keys.KeyBinding | None = None) -> None:
         self.target = parse_url(url)
         self._audit_key = checked_audit_key(audit_key)
         self._key = key  # None: opened without checking the service key (tests, tools)

@@ -23,8 +23,8 @@ import fcntl
 import os
 import secrets
 import sqlite3
-from pathlib import Path
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
