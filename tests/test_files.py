@@ -86,26 +86,25 @@ def _try(*cmd: str) -> bool:
 
 
 @contextlib.contextmanager
-def read_only(folder: Path) -> Iterator[None]:
+def read_only(folder: Path, how: str = "immutable") -> Iterator[None]:
     """Make ``folder`` refuse new entries in a way that holds for root too (tests run as root,
-    which ignores permission bits): the immutable attribute, else a read-only bind mount; as
+    which ignores permission bits): the immutable attribute, or a read-only bind mount; as
     another user, the permission bits suffice."""
     if os.geteuid() != 0:
         folder.chmod(0o555)
         undo = [("chmod", "755", str(folder))]
-    elif shutil.which("chattr") and _try("chattr", "+i", str(folder)):
+    elif how == "immutable" and shutil.which("chattr") and _try("chattr", "+i", str(folder)):
         undo = [("chattr", "-i", str(folder))]
-    elif _try("mount", "--bind", str(folder), str(folder)):
+    elif how == "read-only mount" and _try("mount", "--bind", str(folder), str(folder)):
         undo = [("umount", str(folder))]
         if not _try("mount", "-o", "remount,bind,ro", str(folder)):
             _try(*undo[0])
-            pytest.skip("cannot make a folder read-only for root here")
+            pytest.skip("cannot remount a folder read-only here")
     else:
-        pytest.skip("cannot make a folder read-only for root here")
+        pytest.skip(f"cannot make a folder read-only for root here ({how})")
     try:
-        probe = folder / "probe"
         with pytest.raises(OSError):
-            probe.touch()
+            (folder / "probe").touch()
         yield
     finally:
         for cmd in undo:
@@ -127,13 +126,16 @@ def serve_refused(tmp_path: Path, *args: str) -> str:
     return lines[0]
 
 
-def test_serve_on_a_store_in_a_read_only_folder_exits_2_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["immutable", "read-only mount"])
+def test_serve_on_a_store_in_a_read_only_folder_exits_2_with_one_line(
+    tmp_path: Path, how: str
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     db = data / "auth.sqlite3"
     oms_auth(tmp_path, "user", "add", "--db", str(db), "--username", "alice",
              "--email", "a@x.test", "--password", "Sekrit-Pass1")  # fmt: skip
-    with read_only(data):
+    with read_only(data, how):
         line = serve_refused(tmp_path, "--db", str(db))
     assert str(db) in line and "read-only" in line
 

@@ -6,12 +6,14 @@ never silently become a new key."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .helpers import is_postgres, oms_auth, run_async, sql
+from .helpers import FAST, is_postgres, oms_auth, run_async, sql
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 TOTP = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP"
@@ -173,3 +175,36 @@ def test_a_store_without_a_fingerprint_takes_only_the_key_its_audit_chain_was_ma
     assert "alice" in oms_auth(tmp_path, "user", "list").stdout
     rows = run_async(sql(db, "SELECT value FROM meta WHERE key = 'key_fingerprint'"))
     assert len(rows) == 1
+
+
+def test_commands_started_at_once_on_a_new_store_share_one_key(
+    tmp_path: Path, store_env: str
+) -> None:
+    """Four processes, no store and no key yet: one writes the key (under the store's lock),
+    the others read it: each process's audit row verifies under that one key."""
+    env = {**os.environ, **FAST}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "oms_auth.cli",
+                *f"{ALICE} {TOTP}".replace("alice", f"u{n}").split(),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    key = key_file(tmp_path, store_env)
+    assert len(bytes.fromhex(key.read_text().strip())) == 32
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{key.name}.")]
+    assert "audit trail intact: 4 rows" in oms_auth(tmp_path, "audit", "verify").stdout
+    listed = oms_auth(tmp_path, "user", "list").stdout
+    assert all(f"u{n}" in listed for n in range(4)) and listed.count("totp") == 4
