@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
+import secrets
 import ssl
 import time
 
@@ -13,7 +13,16 @@ from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from .config import ConfigError, Settings
-from .crypto import Hasher, Sealer, audit_key, checkout_holding, load_or_create_key
+from .crypto import (
+    Hasher,
+    Sealer,
+    audit_key,
+    checkout_holding,
+    key_fingerprint,
+    key_from_env,
+    read_key_file,
+    write_key_file,
+)
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
@@ -26,7 +35,8 @@ from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
 from .server.ws import WS_PATHS, Gateway
-from .store import Store, check_location, open_store
+from .store import KeyBinding, KeyRefused, Store, StoreError, check_location, open_store
+from .store.keys import MISSING
 from .tasks import cancel
 
 __all__ = ["App", "build_deps"]
@@ -50,13 +60,15 @@ def _tls_context(s: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
-    """Open the store and load the key: what the CLI's offline commands need too."""
-    check_location(settings.db)  # before the key file beside it is created
+def _service_key(settings: Settings) -> tuple[bytes, KeyBinding, str]:
+    """The service key, its binding for the store, and where it came from (for messages). A
+    missing key file gives a new key whose file the store writes only if it is empty."""
     from_env = os.environ.get("OMS_AUTH_SECRET_KEY")
+    if from_env:
+        key = key_from_env(from_env)
+        return key, KeyBinding(fingerprint=key_fingerprint(key)), "OMS_AUTH_SECRET_KEY"
     key_file = settings.key_file()
-    key = load_or_create_key(key_file, from_env)
-    checkout = None if from_env else checkout_holding(key_file)
+    checkout = checkout_holding(key_file)
     if checkout is not None:
         log.warning(
             "the service key %s is inside the git checkout %s: keep it out of version control"
@@ -64,13 +76,57 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
             key_file,
             checkout,
         )
-    store: Store = await open_store(settings.db, audit_key=audit_key(key))
     try:
-        # A store shared by several nodes refuses a node whose key differs from the others'.
-        await store.bind_key(hmac.new(key, b"oms-auth key fingerprint", "sha256").hexdigest())
-    except BaseException:
-        await store.close()
-        raise
+        found = read_key_file(key_file)
+    except OSError as exc:
+        raise StoreError(f"cannot read the secret key file {key_file}: {exc.strerror}") from None
+    if found is not None:
+        return found, KeyBinding(fingerprint=key_fingerprint(found)), f"key file {key_file}"
+    key = secrets.token_bytes(32)
+
+    def adopt() -> None:
+        try:
+            write_key_file(key_file, key)
+        except OSError as exc:  # FileExistsError too: another process made one meanwhile
+            raise StoreError(
+                f"cannot create the secret key file {key_file}: {exc.strerror or exc}"
+            ) from None
+
+    return key, KeyBinding(fingerprint=key_fingerprint(key), adopt=adopt), f"key file {key_file}"
+
+
+def _key_refused(refused: KeyRefused, settings: Settings, source: str) -> StoreError:
+    """The one line a refused key gives: which key, which store, what to do."""
+    if refused.reason == MISSING:
+        return StoreError(
+            f"the secret key file {settings.key_file()} is missing, but {refused.where} was"
+            " used with a key: restore that file (a new key would lock every TOTP user out,"
+            " leave API keys and queued mail unreadable and break the audit chain)"
+        )
+    return StoreError(
+        f"the secret key differs from the one {refused.where} was first used with ({source}"
+        " holds another); give every node the same key (OMS_AUTH_SECRET_KEY or secret_key_file)"
+    )
+
+
+async def _open_with_key(settings: Settings, *, retry: bool = True) -> tuple[Store, bytes]:
+    """The store, opened with the service key it was used with (SPEC section 5)."""
+    key, binding, source = _service_key(settings)
+    try:
+        store = await open_store(settings.db, audit_key=audit_key(key), key=binding)
+    except KeyRefused as refused:
+        # Two processes on an empty store, both without a key file: the one that wrote its
+        # file first bound the store, and the other reads that file now.
+        if retry and binding.new and refused.reason == MISSING and settings.key_file().exists():
+            return await _open_with_key(settings, retry=False)
+        raise _key_refused(refused, settings, source) from None
+    return store, key
+
+
+async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
+    """Open the store and load the key: what the CLI's offline commands need too."""
+    check_location(settings.db)  # before the key file beside it is created
+    store, key = await _open_with_key(settings)
     hasher = Hasher(
         workers=settings.hash_workers,
         time_cost=settings.argon2_time_cost,
@@ -148,6 +204,7 @@ class App:
         await deps.store.listen_revocations(self.registry.revoked)
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS, s.trusted_networks())
         self.http.extra_metrics = self._store_metrics
+        self.http.mail_writable = transport.writable
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
         self.server = await serve(
             self.gateway.handle,

@@ -95,8 +95,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     support_email: str | None = None
     support_url: str | None = None
     default_locale: str = "en"
+    # A message that cannot be delivered is tried again after mail_retry_seconds, doubling up
+    # to 15 minutes between tries, until it is mail_max_age seconds old; only then is it
+    # marked failed (SPEC section 5).
     mail_retry_seconds: float = 5
-    mail_max_attempts: int = 12
+    mail_max_age: Annotated[float, msgspec.Meta(gt=0)] = 72 * 3600
     # A claimed message not marked sent within this time (its worker died) is due again.
     mail_lease_seconds: float = 120
 

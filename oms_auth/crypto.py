@@ -23,6 +23,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .files import PRIVATE, tighten
+
 __all__ = [
     "Hasher",
     "Sealer",
@@ -31,6 +33,10 @@ __all__ = [
     "new_pending_code",
     "constant_time_equal",
     "load_or_create_key",
+    "key_fingerprint",
+    "key_from_env",
+    "read_key_file",
+    "write_key_file",
     "audit_key",
     "mail_context",
     "checkout_holding",
@@ -178,29 +184,79 @@ def _ignored_by_git(work_tree: Path, path: Path) -> bool:
     return done.returncode == 0
 
 
-def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:
-    """The service key from ``OMS_AUTH_SECRET_KEY`` (hex), else from the key file, which is
-    created with mode 0600 on first use."""
-    if env_value:
-        key = bytes.fromhex(env_value.strip())
-        if len(key) != 32:
-            raise ValueError("OMS_AUTH_SECRET_KEY must be 64 hex digits (32 bytes)")
-        return key
-    if path is None:
-        raise ValueError("no secret key file and no OMS_AUTH_SECRET_KEY")
+def key_fingerprint(key: bytes) -> str:
+    """What a store records of the key it was first used with: a keyed digest, never the key."""
+    return hmac.new(key, b"oms-auth key fingerprint", hashlib.sha256).hexdigest()
+
+
+def key_from_env(value: str) -> bytes:
+    """The service key given as ``OMS_AUTH_SECRET_KEY`` (64 hex digits)."""
     try:
-        text = path.read_text().strip()
+        key = bytes.fromhex(value.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("OMS_AUTH_SECRET_KEY must be 64 hex digits (32 bytes)")
+    return key
+
+
+def read_key_file(path: Path) -> bytes | None:
+    """The key in ``path``; None when there is no such file. A file others may read is
+    tightened to 0600 first (SPEC section 5, "Files")."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return load_or_create_key(path, None)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.hex() + "\n")
-        return key
-    key = bytes.fromhex(text)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        tighten(fd, path)
+        text = f.read(1024)
+    try:
+        key = bytes.fromhex(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
     if len(key) != 32:
         raise ValueError(f"secret key file {path} must hold 64 hex digits")
+    return key
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Publish ``key`` at ``path``, mode 0600 whatever the umask; FileExistsError when a file is
+    there already (never overwritten). Written and synced under a temporary name first, then
+    linked into place, so a reader never finds half a key and a crash leaves none."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    try:
+        os.fchmod(fd, PRIVATE)
+        os.write(fd, (key.hex() + "\n").encode())
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.link(tmp, path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the new name itself is durable before anything is sealed with it
+    finally:
+        os.close(folder)
+
+
+def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:
+    """The service key from ``OMS_AUTH_SECRET_KEY`` (hex), else from the key file, which is
+    made when missing. Without the empty-store check the service makes (``app.build_deps``):
+    for tools and tests that need the key a command would use."""
+    if env_value:
+        return key_from_env(env_value)
+    if path is None:
+        raise ValueError("no secret key file and no OMS_AUTH_SECRET_KEY")
+    key = read_key_file(path)
+    if key is None:
+        key = secrets.token_bytes(32)
+        try:
+            write_key_file(path, key)
+        except FileExistsError:  # another process made it first: theirs
+            return load_or_create_key(path, None)
     return key

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from oms_auth.app import App
+from oms_auth.crypto import mail_context
 from protocol.client import Client
 
 from .helpers import (
@@ -18,6 +23,7 @@ from .helpers import (
     make_user,
     oms_auth,
     parse_mail,
+    pg_connect,
     settings_for,
     wait_for_mail,
 )
@@ -54,30 +60,95 @@ async def test_delivery_is_retried_with_backoff_until_the_transport_works(
         await app.stop()
 
 
-async def test_a_message_that_keeps_failing_is_marked_failed(
-    tmp_path: Path, clock: Clock, db: str
+_OUTBOX_ROW = "SELECT created_at, due_at, attempts, state, sealed FROM outbox"
+
+
+@contextlib.asynccontextmanager
+async def outbox_reader(db: str) -> AsyncIterator[Callable[[], Awaitable[tuple[Any, ...]]]]:
+    """Reads the outbox's one message over one connection of its own (hundreds of reads)."""
+    if is_postgres(db):
+        conn = await pg_connect(db)
+        try:
+            yield lambda: conn.fetchrow(_OUTBOX_ROW)
+        finally:
+            await conn.close()
+        return
+    import aiosqlite
+
+    async with aiosqlite.connect(db) as lite:
+
+        async def read() -> tuple[Any, ...]:
+            (row,) = await lite.execute_fetchall(_OUTBOX_ROW)
+            return tuple(row)
+
+        yield read
+
+
+async def test_failing_mail_is_retried_with_backoff_capped_at_15_minutes_for_mail_max_age(
+    tmp_path: Path, clock: Clock, db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "oms_auth")
     blocker = tmp_path / "blocked"
-    blocker.write_text("")
-    app = App(
-        settings_for(tmp_path, db=db, mail=f"maildir:{blocker / 'mail'}", mail_max_attempts=3),
-        clock=clock,
-        login_delay=0,
-    )
+    blocker.write_text("a file where the Maildir's parent should be: every delivery fails")
+    mail = f"maildir:{blocker / 'mail'}"
+    app = App(settings_for(tmp_path, db=db, mail=mail, mail_retry_seconds=5), clock=clock)
     await app.start()
     try:
-        await make_user(app.deps, "op", permissions=["Operator"])
+        # The test alone delivers, pass by pass on its clock: no background pass races it.
+        assert app.outbox is not None
+        worker = app.outbox
+        await worker.stop()
+        op = await make_user(app.deps, "op", permissions=["Operator"])
         async with await Client.connect(app.url) as c:
             await c.call("AuthenticateUser", {"UserName": "op", "Password": "Correct-Horse9"})
-            await c.call("ResetPassword", {"UserName": "op"})
-        for _ in range(3):
-            clock.advance(3600)
-            await app.outbox.deliver_due()
-        assert (await app.deps.store.mail_counts())["failed"] == 1
+            assert (await c.call("ResetPassword", {"UserName": "op"})).o["result"] is True
+        async with outbox_reader(db) as outbox_row:
+            created, _, _, _, sealed = await outbox_row()
+            assert sealed is not None
+            opened = app.deps.sealer.open(sealed, mail_context(op, "reset"))
+            code = msgspec.json.decode(opened)["code"]
+            max_age = app.settings.mail_max_age
+            assert max_age == 72 * 3600  # the default
+            delays, state = [], "queued"
+            while state == "queued":
+                _, due, _, _, _ = await outbox_row()
+                clock.now = max(clock.now, due)
+                tried_at = clock.now
+                assert await worker.deliver_due()
+                _, due, attempts, state, _ = await outbox_row()
+                if state == "queued":
+                    assert tried_at < created + max_age  # still trying before its time is up
+                    delays.append(due - tried_at)
+            _, _, _, state, sealed = await outbox_row()
+        assert tried_at >= created + max_age  # given up only once mail_max_age has passed
+        assert attempts > 12 and len(delays) == attempts - 1
+        assert delays[:3] == pytest.approx([5, 10, 20])
+        assert max(delays) == pytest.approx(15 * 60)  # the cap
+        assert all(a < b + 1e-3 for a, b in zip(delays, delays[1:-1], strict=False))  # backing off
+        assert state == "failed" and sealed is None
+        assert app.metrics.events["mail_retried"] == attempts - 1
+        assert "oms_auth_mail_failed_total 1\n" in await metrics(app)
         actions = [r.action for r in await app.deps.store.audit_rows()]
         assert "reset-mail-failed" in actions
+        gave_up = [r for r in caplog.records if "failed for good" in r.getMessage()]
+        assert len(gave_up) == 1
+        assert code not in caplog.text and "PendingCode" not in caplog.text
     finally:
         await app.stop()
+
+
+async def metrics(app: App) -> str:
+    def get() -> str:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(get)
 
 
 async def test_queued_mail_survives_a_restart_and_is_delivered_once(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from ..files import PRIVATE, probe_write
 from .templates import Outgoing
 
 __all__ = ["MaildirTransport"]
@@ -75,7 +76,8 @@ class MaildirTransport:
         if self._ready:
             return
         for sub in ("tmp", "new", "cur"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
+            # 0700: the messages (0600) hold links that reset passwords.
+            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._ready = True
 
     def _already(self, mail_id: int) -> bool:
@@ -113,8 +115,9 @@ class MaildirTransport:
             name = f"{int(time.time())}.oms-auth-{mail_id}.P{pid}.{self._host}"
             tmp = self.path / "tmp" / name
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE)
                 try:
+                    os.fchmod(fd, PRIVATE)  # exactly 0600, whatever the umask left of it
                     os.write(fd, message.data.replace(b"\r\n", b"\n"))  # Maildir: LF lines
                     if not _SYNCFS:
                         os.fsync(fd)
@@ -156,6 +159,20 @@ class MaildirTransport:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._clear_leftovers)
+
+    def _probe(self) -> None:
+        self._ready = False  # made again if someone removed them
+        self._ensure()
+        probe_write(self.path / "tmp", ".healthz-")
+
+    async def writable(self) -> str | None:
+        """None when a file can be made, written a page and removed in ``tmp/``, where every
+        message is first written; else why not."""
+        try:
+            await asyncio.to_thread(self._probe)
+        except OSError as exc:
+            return f"the Maildir takes no write: {exc.strerror or exc}"
+        return None
 
     async def send(self, message: Outgoing, mail_id: int) -> None:
         await asyncio.to_thread(self._deliver, message, mail_id)

@@ -1,5 +1,10 @@
 """The outbox worker: delivers queued messages, retrying with backoff until they go or give up.
 
+A message that fails is tried again after ``mail_retry_seconds``, the wait doubling up to
+:data:`MAX_BACKOFF`, until it is ``mail_max_age`` old (its last try falls exactly then); only a
+failure at that age marks it failed, counted in ``oms_auth_mail_failed_total``, audited and
+logged with the transport's error alone (never the message's sealed part).
+
 Messages are put in the outbox by the same transaction as the decision that sends them, so an
 acknowledged request's mail survives a crash. The worker claims due rows (a claim is a lease:
 if the process dies mid-delivery the row comes due again), opens the sealed part with the
@@ -27,7 +32,7 @@ __all__ = ["Transport", "transport_for", "OutboxWorker"]
 
 log = logging.getLogger("oms_auth.mail")
 
-MAX_BACKOFF = 3600.0
+MAX_BACKOFF = 15 * 60.0  # the longest wait between two tries (SPEC section 5)
 BATCH = 512  # messages per pass: one transport trip and one store transaction for them all
 
 
@@ -42,6 +47,10 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def writable(self) -> str | None:
+        """None when the transport's folder takes a write (``/healthz``); else why not."""
+        ...
 
 
 def transport_for(uri: str) -> Transport:
@@ -155,25 +164,37 @@ class OutboxWorker:
         now = d.clock()
         # The error text is about the transport (a refused connection, a 4xx); it holds no code.
         error = f"{type(exc).__name__}: {exc}"[:300]
-        if row.attempts >= d.settings.mail_max_attempts:
-            await d.store.mail_failed(row.id, now, error, None)
-            d.events.count("mail_failed")
-            log.error("mail %d to user %s failed for good: %s", row.id, row.user_id, error)
-            await d.store.audit(
-                [
-                    AuditEntry(
-                        action=f"{row.kind}-mail-failed",
-                        target_id=row.user_id,
-                        source="outbox",
-                        detail=error,
-                    )
-                ],
-                now,
-            )
+        give_up_at = row.created_at + d.settings.mail_max_age
+        if now >= give_up_at:
+            await self._gave_up(row, now, error)
             return
-        delay = min(d.settings.mail_retry_seconds * 2 ** (row.attempts - 1), MAX_BACKOFF)
-        await d.store.mail_failed(row.id, now, error, now + delay)
+        backoff = d.settings.mail_retry_seconds * 2 ** min(row.attempts - 1, 32)
+        retry_at = min(now + min(backoff, MAX_BACKOFF), give_up_at)
+        await d.store.mail_failed(row.id, now, error, retry_at)
         d.events.count("mail_retried")
         log.warning(
-            "mail %d attempt %d failed (%s); retry in %.1f s", row.id, row.attempts, error, delay
+            "mail %d attempt %d failed (%s); retry in %.1f s",
+            row.id,
+            row.attempts,
+            error,
+            retry_at - now,
         )
+
+    async def _gave_up(self, row: OutboxRow, now: float, error: str) -> None:
+        """Mark the message failed (its sealed part is erased), count, log and audit it."""
+        d = self.deps
+        await d.store.mail_failed(row.id, now, error, None)
+        d.events.count("mail_failed_total")
+        log.error(
+            "mail %d (%s) to user %s failed for good after %d attempts in %.0f h: %s",
+            row.id,
+            row.kind,
+            row.user_id,
+            row.attempts,
+            (now - row.created_at) / 3600,
+            error,
+        )
+        entry = AuditEntry(
+            action=f"{row.kind}-mail-failed", target_id=row.user_id, source="outbox", detail=error
+        )
+        await d.store.audit([entry], now)

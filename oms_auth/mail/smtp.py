@@ -62,5 +62,8 @@ class SmtpTransport:
     async def start(self) -> None:
         return None
 
+    async def writable(self) -> str | None:
+        return None  # no folder of ours: the server's own queue is the server's business
+
     async def close(self) -> None:
         return None

@@ -5,6 +5,7 @@ Only GET and HEAD are served; a WebSocket upgrade on a gateway path is passed th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
@@ -61,6 +62,9 @@ class HttpPages:
             "/favicon.ico": self.no_content,  # browsers ask; a 404 would be a console error
         }
         self.extra_metrics: Callable[[], Awaitable[dict[str, int]]] | None = None
+        # Whether the mail transport's folder takes a write (Transport.writable), for /healthz.
+        self.mail_writable: Callable[[], Awaitable[str | None]] | None = None
+        self._probe: asyncio.Future[list[str]] | None = None  # the /healthz probe running
 
     def add(self, path: str, page: Page) -> None:
         self.pages[path] = page
@@ -89,9 +93,25 @@ class HttpPages:
         return response(HTTPStatus.NO_CONTENT, b"", "text/plain")
 
     async def healthz(self, request: Request) -> Response:
-        if await self.store.healthy():
+        """200 only when the store takes a write (one it rolls back) and the mail transport's
+        folder takes one too, so a node with a full disk leaves the load balancer's pool; 503
+        with each reason (no path, no secret: anyone may ask) otherwise. Requests that come
+        while a probe runs share its answer: a flood of them costs one probe at a time."""
+        if self._probe is None:
+            self._probe = probe = asyncio.ensure_future(self._health_reasons())
+            probe.add_done_callback(lambda _: setattr(self, "_probe", None))
+        reasons = await asyncio.shield(self._probe)
+        if not reasons:
             return text(HTTPStatus.OK, "ok\n")
-        return text(HTTPStatus.SERVICE_UNAVAILABLE, "store unreachable\n")
+        return text(HTTPStatus.SERVICE_UNAVAILABLE, "".join(f"{r}\n" for r in reasons))
+
+    async def _health_reasons(self) -> list[str]:
+        checks: list[Awaitable[str | None]] = [self.store.writable()]
+        if self.mail_writable is not None:
+            checks.append(self.mail_writable())
+        store, *mail = await asyncio.gather(*checks)
+        reasons = [f"store: {store}"] if store else []
+        return reasons + [f"mail: {m}" for m in mail if m]
 
     async def render_metrics(self, request: Request) -> Response:
         extra = await self.extra_metrics() if self.extra_metrics else None

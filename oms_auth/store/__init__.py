@@ -6,6 +6,7 @@ Layout (each module one job; imports point down this list, never up):
 - :mod:`.audit`: the audit trail's keyed hash chain (computing, linking, walking).
 - :mod:`.records`: the values crossing the interface (msgspec Structs).
 - :mod:`.urls`: what a ``--db`` value names.
+- :mod:`.keys`: which service key a store opens with (its fingerprint, the empty-store rule).
 - :mod:`.base`: the :class:`Store` interface.
 - :mod:`.sql`: the SQL both stores share (texts written once, arguments, row mappers).
 - :mod:`.sqlite_schema`, :mod:`.sqlite`: the embedded store, its migrations, its writer.
@@ -18,6 +19,7 @@ Layout (each module one job; imports point down this list, never up):
 from .audit import AuditCheck
 from .base import Store
 from .codes import CodeState
+from .keys import KeyBinding, KeyRefused
 from .records import (
     NO_PASSWORD,
     RESET_FAILURE,
@@ -53,6 +55,8 @@ __all__ = [
     "AuditRow",
     "Claim",
     "CodeState",
+    "KeyBinding",
+    "KeyRefused",
     "MailItem",
     "NewUser",
     "OutboxRow",
@@ -87,19 +91,21 @@ def check_location(url: str) -> None:
         raise StoreError(f"the folder of --db {sqlite_path(url)} does not exist: {folder}")
 
 
-async def open_store(url: str, *, audit_key: bytes) -> Store:
+async def open_store(url: str, *, audit_key: bytes, key: KeyBinding | None = None) -> Store:
     """Open the store a ``--db`` value names: ``postgresql://`` (or ``postgres://``) for
     PostgreSQL, shared by several nodes; otherwise a path or ``sqlite:PATH``, the embedded
-    default. ``audit_key`` (``crypto.audit_key`` of the service key) keys the audit chain."""
+    default. ``audit_key`` (``crypto.audit_key`` of the service key) keys the audit chain;
+    ``key`` (the service key's binding) is checked against the store before it migrates
+    (:class:`KeyRefused`), as every command does; without it nothing is checked."""
     store: Store
     if is_postgres_url(url):
         from .postgres import PostgresStore
 
-        store = PostgresStore(url, audit_key=audit_key)
+        store = PostgresStore(url, audit_key=audit_key, key=key)
     else:
         from .sqlite import SqliteStore
 
         check_location(url)
-        store = SqliteStore(sqlite_path(url), audit_key=audit_key)
+        store = SqliteStore(sqlite_path(url), audit_key=audit_key, key=key)
     await store.open()
     return store

@@ -49,6 +49,12 @@ class Store(abc.ABC):
     async def healthy(self) -> bool:
         """True when a trivial query answers."""
 
+    @abc.abstractmethod
+    async def writable(self) -> str | None:
+        """None when the store takes a write (one made and rolled back, within a few seconds;
+        the SQLite store also writes a page beside itself, since a rolled-back write never
+        reaches its disk); else why not, in words fit for ``/healthz`` (no secret, no path)."""
+
     # Users
     @abc.abstractmethod
     async def create_user(self, user: NewUser, audit: AuditEntry | None = None) -> int:
@@ -311,9 +317,4 @@ class Store(abc.ABC):
         """Call ``callback`` whenever sessions end on another node sharing this store (a reset,
         a LogOut), so this node's connections holding them are logged off too, within a second.
         A node's own revocations are not reported: the engine tells its own node directly."""
-        return None
-
-    async def bind_key(self, fingerprint: str) -> None:
-        """Remember the service key's fingerprint on first use; StoreError when a node comes
-        with a different key (it could not open what the others sealed)."""
         return None

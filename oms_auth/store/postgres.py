@@ -51,7 +51,7 @@ import msgspec
 
 from protocol.messages import LogoutReason
 
-from . import codes
+from . import codes, keys
 from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
@@ -171,9 +171,10 @@ def _count_of(status: str) -> int:
 class PostgresStore(Store):
     """PostgreSQL at ``url`` (see the module docstring), schema created on first use."""
 
-    def __init__(self, url: str, *, audit_key: bytes) -> None:
+    def __init__(self, url: str, *, audit_key: bytes, key: keys.KeyBinding | None = None) -> None:
         self.target = parse_url(url)
         self._audit_key = checked_audit_key(audit_key)
+        self._key = key  # None: opened without checking the service key (tests, tools)
         self.schema = self.target.schema
         # Tells this node's own notifications apart: the engine already logged those users off.
         self.node = secrets.token_hex(8)
@@ -265,6 +266,14 @@ class PostgresStore(Store):
                     f"PostgreSQL schema {self.schema!r} at {self.target.where} has schema version "
                     f"{version}; this oms-auth knows up to {SCHEMA_VERSION}"
                 )
+            if self._key is not None:  # before migrating: a refused key re-chains nothing
+                await keys.bind(
+                    self._key,
+                    audit_key=self._audit_key,
+                    version=version,
+                    where=f"PostgreSQL schema {self.schema!r} at {self.target.where}",
+                    fetch=lambda sql, args: conn.fetch(q.to_dollar(sql), *args),
+                )
             for target in range(version, SCHEMA_VERSION):
                 await conn.execute(MIGRATIONS[target])
                 if target + 1 in RECHAIN_AFTER:
@@ -299,20 +308,23 @@ class PostgresStore(Store):
         except _HEALTH_ERRORS:
             return False
 
-    async def bind_key(self, fingerprint: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('key_fingerprint', $1)"
-                " ON CONFLICT (key) DO NOTHING",
-                fingerprint,
-            )
-            stored = await conn.fetchval("SELECT value FROM meta WHERE key = 'key_fingerprint'")
-        if stored != fingerprint:
-            raise StoreError(
-                f"the secret key differs from the one PostgreSQL schema {self.schema!r} at "
-                f"{self.target.where} was first used with; give every node the same key "
-                "(OMS_AUTH_SECRET_KEY or secret_key_file)"
-            )
+    async def writable(self) -> str | None:
+        try:
+            async with asyncio.timeout(5), self._db.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    await conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ($1, '')",
+                        "healthz:" + secrets.token_hex(8),
+                    )
+                finally:
+                    await tx.rollback()
+        except TimeoutError:
+            return "the store took no write within 5 s"
+        except _HEALTH_ERRORS as exc:
+            return f"the store takes no write: {str(exc) or type(exc).__name__}"
+        return None
 
     # -- plumbing -----------------------------------------------------------------------------
 

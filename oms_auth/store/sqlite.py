@@ -21,15 +21,18 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
 import msgspec
 
+from ..files import create_private, probe_write, tighten_path
 from ..tasks import cancel
-from . import codes
+from . import codes, keys
 from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
@@ -54,7 +57,7 @@ from .records import (
     username_key,
     username_skeleton,
 )
-from .sqlite_schema import MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
+from .sqlite_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
 
@@ -94,6 +97,10 @@ def _run_sync_jobs(
     return out
 
 
+class _RolledBack(Exception):
+    """Raised by the health probe's write job, so the writer rolls its write back."""
+
+
 class SyncJob:
     """A write job that runs whole in the writer's thread (one trip there, not one per
     statement): the hot writes of a reset. ``fn`` gets the thread's sqlite3 connection."""
@@ -125,9 +132,17 @@ _NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
 class SqliteStore(Store):
     """SQLite at ``path``, created on first use."""
 
-    def __init__(self, path: str, *, audit_key: bytes, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        audit_key: bytes,
+        key: keys.KeyBinding | None = None,
+        max_batch: int = 256,
+    ) -> None:
         self.path = path
         self._audit_key = checked_audit_key(audit_key)
+        self._key = key  # None: opened without checking the service key (tests, tools)
         self._max_batch = max_batch
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
@@ -139,25 +154,59 @@ class SqliteStore(Store):
     # -- life cycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._w = await self._connect()
-        await self._w.execute("PRAGMA journal_mode=WAL")
-        await self._migrate(self._w)
-        self._r = await self._connect()
-        await self._r.execute("PRAGMA query_only=ON")
+        """Open (creating the file when missing), check the service key, migrate. StoreError
+        with one line when the store cannot be used; nothing is left open then."""
+        try:
+            self._prepare_files()
+            self._w = await self._connect()
+            await self._w.execute("PRAGMA journal_mode=WAL")
+            await self._migrate(self._w)
+            self._r = await self._connect()
+            await self._r.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from None
+        except BaseException:
+            await self.close()
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    def _prepare_files(self) -> None:
+        """Files before SQLite touches them (SPEC section 5, "Files"). The store is created here,
+        0600: SQLite would make it 0644 less the umask, and gives its -wal and -shm the store's
+        mode. Looser files, a crash's -wal and -shm included, are tightened. The folder must take
+        new files: SQLite creates the -wal and -shm there on every open."""
+        folder = Path(self.path).resolve().parent
+        try:
+            probe_write(folder, f".{Path(self.path).name}.probe-")
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use the store {self.path}: its folder {folder} is read-only or full"
+                f" ({exc.strerror or exc}); SQLite creates the -wal and -shm files there"
+            ) from None
+        try:
+            create_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc.strerror or exc}") from None
+        for suffix in ("-wal", "-shm"):
+            tighten_path(self.path + suffix)
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one implicitly.
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in (
-            "busy_timeout=10000",
-            "foreign_keys=ON",
-            # FULL: a commit is on disk before the caller is told so, power loss included.
-            "synchronous=FULL",
-            # Erased secrets (delivered mail, voided codes) are overwritten, not just unlinked.
-            "secure_delete=ON",
-        ):
-            await db.execute("PRAGMA " + pragma)
+        try:
+            for pragma in (
+                "busy_timeout=10000",
+                "foreign_keys=ON",
+                # FULL: a commit is on disk before the caller is told so, power loss included.
+                "synchronous=FULL",
+                # Erased secrets (delivered mail, voided codes) are overwritten, not unlinked.
+                "secure_delete=ON",
+            ):
+                await db.execute("PRAGMA " + pragma)
+        except BaseException:
+            await db.close()  # its thread would keep the process alive
+            raise
         return db
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
@@ -168,6 +217,15 @@ class SqliteStore(Store):
                 raise StoreError(
                     f"store {self.path} has schema version {version}; "
                     f"this oms-auth knows up to {SCHEMA_VERSION}"
+                )
+            await db.execute(META)
+            if self._key is not None:  # before migrating: a refused key re-chains nothing
+                await keys.bind(
+                    self._key,
+                    audit_key=self._audit_key,
+                    version=version,
+                    where=f"the store {self.path}",
+                    fetch=lambda sql, args: self._all(db, sql, args),
                 )
             for target in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[target].split(";"):
@@ -189,7 +247,10 @@ class SqliteStore(Store):
         # An exclusive lock beside the store, held while this process serves: a second serve
         # on the same file is refused, so claims found now can only be a dead process's.
         lock = self.path + ".serve.lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create {lock}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -220,6 +281,32 @@ class SqliteStore(Store):
             return bool(await self._one(self._reader, "SELECT 1") == (1,))
         except (sqlite3.Error, ValueError):
             return False
+
+    async def writable(self) -> str | None:
+        # A rolled-back write never reaches the disk (and the WAL reuses its space), so it
+        # shows a store that refuses writes (read-only, locked, broken) but not a full disk:
+        # a page written beside the store shows that.
+        token = secrets.token_hex(8)
+
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute("INSERT INTO meta (key, value) VALUES (?, '')", ("healthz:" + token,))
+            raise _RolledBack
+
+        try:
+            async with asyncio.timeout(5):
+                await self._write_sync(job)
+        except _RolledBack:
+            pass
+        except TimeoutError:
+            return "the store took no write within 5 s"
+        except (sqlite3.Error, StoreError) as exc:
+            return f"the store takes no write: {exc}"
+        folder = Path(self.path).resolve().parent
+        try:
+            await asyncio.to_thread(probe_write, folder, f".{Path(self.path).name}.probe-")
+        except OSError as exc:
+            return f"the store's folder takes no write: {exc.strerror or exc}"
+        return None
 
     @property
     def _reader(self) -> aiosqlite.Connection:

@@ -13,7 +13,7 @@ differs only where the dialects do.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "RECHAIN_AFTER", "SKELETONS_AFTER"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "RECHAIN_AFTER", "SKELETONS_AFTER", "META"]
 
 # Each entry migrates from version (index) to version (index + 1). Append; never edit.
 MIGRATIONS: list[str] = [
@@ -168,3 +168,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
 # After reaching this version the store computes the skeletons of the users written before.
 SKELETONS_AFTER = 7
+
+# Where the service key's fingerprint is kept (and what /healthz writes and rolls back): made
+# before any migration runs, as on PostgreSQL, because the key is checked before migrating (a
+# refused key must not re-chain the audit trail). The schema version stays PRAGMA user_version.
+META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
