@@ -4,6 +4,11 @@ Every way into a reset meets the same rules here: who may start one (``request``
 first step (``request_anonymously``), what the link's page needs (``requirements``), and the
 second step (``complete``) with its checks in the order the SPEC gives. Nothing here knows about
 WebSocket; refusals are raised as values of :mod:`oms_auth.errors`.
+
+A request by a logged-in caller (a :class:`~.caller.Caller`) is decided on its permissions (a key
+session: its key's, and never for another user) and issued only while they hold: the code's
+transaction re-checks the caller's session and, for another user, the permission the decision
+rested on (:meth:`.caller.Caller.authority`). UnlockUser likewise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
 from ..store import (
     RESET_FAILURE,
     AuditEntry,
+    Authority,
     Claim,
     Outcome,
     ResetCode,
@@ -28,6 +34,7 @@ from ..store import (
 from . import totp, users
 from .answers import normalize_answer
 from .background import Bounded, Refused
+from .caller import Caller, guarded
 from .deps import Deps
 from .links import issue_link, user_mail
 from .passwords import POLICIES, Policy
@@ -98,17 +105,10 @@ class Resets:
 
     # -- the first step -----------------------------------------------------------------------
 
-    async def request(
-        self,
-        caller: User | None,
-        username: str | None,
-        source: str,
-        *,
-        via_api_key: bool = False,
-    ) -> None:
+    async def request(self, caller: Caller | None, username: str | None, source: str) -> None:
         """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise.
-        ``via_api_key``: the caller's session was opened with an API key, which may not start
-        a reset for another user (SPEC section 2a)."""
+        A session opened with an API key may not start a reset for another user (SPEC
+        section 2a)."""
         if not isinstance(username, str) or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if caller is None:
@@ -123,29 +123,27 @@ class Resets:
             elif refused is Refused.FULL:
                 self.deps.events.count("self_service_dropped")
             return
-        await self._authenticated(caller, username, source, via_api_key)
+        await self._authenticated(caller, username, source)
 
     async def drain(self) -> None:
         """Wait until every queued self-service request is done (shutdown, tests)."""
         await self._background.drain()
 
-    async def _authenticated(
-        self, caller: User, username: str, source: str, via_api_key: bool
-    ) -> None:
+    async def _authenticated(self, caller: Caller, username: str, source: str) -> None:
         d, s = self.deps, self.deps.settings
         now = d.clock()
         target = await d.store.user_by_name(username)
 
         async def refused(reason: str) -> None:
-            await self._refused(caller, target, username, source, reason, now)
+            await self._refused(caller.user, target, username, source, reason, now)
 
-        if via_api_key and (target is None or target.id != caller.id):
+        if caller.via_api_key and (target is None or target.id != caller.id):
             # The same answer whether the user exists or not.
             await refused("API key session")
             raise NotAuthorized(API_KEY_SESSION)
 
         if OPERATOR in caller.permissions:
-            if target is None or target.oms_id != caller.oms_id:
+            if target is None or target.oms_id != caller.user.oms_id:
                 await refused("no such user in the OMS")
                 raise NotFound(USERNAME_NOT_FOUND)
         elif target is None or not self._may_reset(caller, target):
@@ -155,8 +153,9 @@ class Resets:
         if refusal is not None:
             await refused(refusal)
             raise OperationFailed(refusal)
-        # The request's slot is taken in the transaction that issues the code: one store job.
-        issued = await issue_link(
+        # The request's slot is taken in the transaction that issues the code: one store job,
+        # which re-checks the caller's authority first.
+        issue = issue_link(
             d,
             target,
             now,
@@ -173,20 +172,29 @@ class Resets:
                 s.reset_window_seconds,
                 s.reset_requests_per_user,
             ),
+            authority=self._authority(caller, target),
         )
-        if not issued:
+        if not await guarded(issue):
             await refused("too many requests")
             raise OperationFailed(TOO_MANY_RESETS)
 
     @staticmethod
-    def _may_reset(caller: User, target: User) -> bool:
+    def _may_reset(caller: Caller, target: User) -> bool:
         if caller.id == target.id:
             return True
         return (
             TRADING in caller.permissions
-            and caller.oms_id == target.oms_id
-            and bool(caller.accounts & target.accounts)
+            and caller.user.oms_id == target.oms_id
+            and bool(caller.user.accounts & target.accounts)
         )
+
+    @staticmethod
+    def _authority(caller: Caller, target: User) -> Authority:
+        """What issuing the code re-checks: the caller's session, and for another user the
+        permission that let it ask (Operator, else Trading)."""
+        if target.id == caller.id:
+            return caller.authority()
+        return caller.authority(OPERATOR if OPERATOR in caller.permissions else TRADING)
 
     async def _anonymous(self, request: tuple[str, str]) -> None:
         """A self-service request, in the background (its answer went out already)."""
@@ -486,14 +494,19 @@ class Resets:
 
     # -- operators -------------------------------------------------------------------------------
 
-    async def unlock(self, caller: User | None, user_id: int | str | None, source: str) -> None:
-        """UnlockUser: an Operator of the user's OMS ends a lockout."""
+    async def unlock(self, caller: Caller | None, user_id: int | str | None, source: str) -> None:
+        """UnlockUser: an Operator of the user's OMS ends a lockout (only while the caller's
+        session and Operator permission hold)."""
         if caller is None or OPERATOR not in caller.permissions:
             raise NotAuthorized(ONLY_OPERATORS_UNLOCK)
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue(INVALID_USER_ID)
         target = await self.deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
-        if target is None or target.oms_id != caller.oms_id:
+        if target is None or target.oms_id != caller.user.oms_id:
             raise NotFound(USER_NOT_FOUND)
-        await users.unlock(self.deps, target, actor_id=caller.id, source=source)
+        authority = caller.authority(OPERATOR)
+        unlocking = users.unlock(
+            self.deps, target, actor_id=caller.id, source=source, authority=authority
+        )
+        await guarded(unlocking)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidValue, NotAuthorized, NotFound
-from ..store import NO_PASSWORD, AuditEntry, NewUser, User, UsernameConfusable
+from ..store import NO_PASSWORD, AuditEntry, Authority, NewUser, User, UsernameConfusable
 from . import totp
 from .answers import normalize_answer
 from .deps import Deps
@@ -26,6 +27,9 @@ from .texts import (
     ONLY_OWN_USER,
     USER_NOT_FOUND,
 )
+
+if TYPE_CHECKING:
+    from .caller import Caller
 
 __all__ = [
     "create_user",
@@ -90,10 +94,12 @@ async def create_user(
     locale: str | None = None,
     actor_id: int | None = None,
     source: str = "cli",
+    authority: Authority | None = None,
 ) -> int:
     """Create a user (the first of ``accounts`` is its default); returns its UserId. Without
     a password the user is invited: it has no usable password until it follows the link
-    :func:`invite` mails it."""
+    :func:`invite` mails it. ``authority``: the caller's (CreateUser), re-checked by the
+    store in the creating transaction (CallerGone when gone)."""
     username, email = check_username(username), check_email(email)
     locale = check_locale(locale)
     names = permission_names(list(permissions))
@@ -129,6 +135,7 @@ async def create_user(
                 target_name=username.strip(),
                 source=source,
             ),
+            authority=authority,
         )
     except UsernameConfusable:
         # Which user it looks like is not said: an Operator must not learn the usernames of
@@ -158,8 +165,16 @@ async def invite(deps: Deps, target: User, *, actor_id: int | None, source: str)
     )
 
 
-async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:
-    """End the user's lockout and clear its failed attempts (audited)."""
+async def unlock(
+    deps: Deps,
+    target: User,
+    *,
+    actor_id: int | None,
+    source: str,
+    authority: Authority | None = None,
+) -> None:
+    """End the user's lockout and clear its failed attempts (audited); with the caller's
+    ``authority`` (UnlockUser), re-checked in the same transaction."""
     await deps.store.set_lock(
         target.id,
         None,
@@ -170,6 +185,7 @@ async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str)
             target_name=target.username,
             source=source,
         ),
+        authority=authority,
     )
 
 
@@ -184,19 +200,22 @@ def parse_user_id(value: int | str | None) -> int | None:
 
 
 async def visible_user(
-    deps: Deps, caller: User | None, user_id: int | str | None, others: str = ONLY_OWN_USER
+    deps: Deps, caller: Caller | None, user_id: int | str | None, others: str = ONLY_OWN_USER
 ) -> User:
     """The user a caller asks about (GetUserInfo, the API-key functions): itself (no UserId,
-    or its own), or for an Operator any user of its OMS (users of other OMSs look missing);
-    ``others`` is the refusal for anyone else asking about another user."""
+    or its own), or for a caller holding Operator (on a key session, only with a key that
+    holds it) any user of its OMS (users of other OMSs look missing); ``others`` is the
+    refusal for anyone else asking about another user."""
     if caller is None:
         raise NotAuthorized(NOT_LOGGED_IN)
     uid = caller.id if user_id is None or user_id == "" else parse_user_id(user_id)
     if uid is None:
         raise InvalidValue(INVALID_USER_ID)
-    if uid != caller.id and OPERATOR not in caller.permissions:
+    if uid == caller.id:
+        return caller.user
+    if OPERATOR not in caller.permissions:
         raise NotAuthorized(others)
     target = await deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
-    if target is None or target.oms_id != caller.oms_id:
+    if target is None or target.oms_id != caller.user.oms_id:
         raise NotFound(USER_NOT_FOUND)
     return target
