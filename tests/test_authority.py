@@ -388,9 +388,7 @@ async def writes_after_reset(app: App, op: int) -> tuple[int, list[str]]:
     """How many of the operator's writes are on record, and those recorded after its
     password was reset."""
     rows = await app.deps.store.audit_rows(limit=None, oldest_first=True)
-    reset_at = next(
-        r.id for r in rows if r.action == "password-set" and r.target_id == op
-    )
+    reset_at = next(r.id for r in rows if r.action == "password-set" and r.target_id == op)
     writes = [r for r in rows if r.actor_id == op and r.action in OPERATOR_WRITES]
     return len(writes), [f"{r.action} #{r.id}" for r in writes if r.id > reset_at]
 

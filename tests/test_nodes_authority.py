@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +18,19 @@ from protocol.client import Client
 from .helpers import sql
 from .test_apikeys import INVALID, key_login
 from .test_authority import OPERATOR_WRITES, operator_calls
-from .test_nodes import NEW, OK, Cluster, cluster  # noqa: F401 (the fixture)
+from .test_nodes import NEW, OK, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, db)
+    try:
+        yield c
+    finally:
+        await c.stop()
+
 
 ROOMY = {
     "api_keys_per_user": 100000,
@@ -79,9 +91,7 @@ async def test_operator_writes_on_one_node_during_its_reset_on_the_other_land_be
     ids = await cluster.users("victim")
     await cluster.start(**ROOMY)
     await race_a_reset_across_nodes(cluster, "op", operator_calls(ids["victim"]))
-    rows = await sql(
-        cluster.db, "SELECT id, action, actor_id, target_id FROM audit ORDER BY id"
-    )
+    rows = await sql(cluster.db, "SELECT id, action, actor_id, target_id FROM audit ORDER BY id")
     reset_at = next(
         row_id
         for row_id, action, _, target in rows

@@ -41,9 +41,9 @@ from protocol.messages import LogoutReason
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
 from ..store import (
     AccountChange,
-    CallerGone,
     AuditEntry,
     Authority,
+    CallerGone,
     Outcome,
     StoreError,
     User,

@@ -28,6 +28,7 @@ from ..store import (
     Claim,
     Outcome,
     ResetCode,
+    SecurityQuestion,
     User,
     username_key,
 )
@@ -70,6 +71,16 @@ REQUESTS_ANONYMOUS = "reset-request-anonymous"
 REQUESTS_AUTHENTICATED = "reset-request-authenticated"
 REQUESTS_FROM_SOURCE = "reset-request-source"
 INVALID_CODES_FROM_SOURCE = "invalid-code-source"
+
+
+class _Slot:
+    """One of the user's lockout slots, held by a ResetPassword2 attempt that checks a
+    secret: ``kept`` once a wrong secret made it the failure it counts."""
+
+    __slots__ = ("claim", "source", "at", "kept")
+
+    def __init__(self, claim: Claim, source: str, at: float) -> None:
+        self.claim, self.source, self.at, self.kept = claim, source, at, False
 
 
 class Requirements(msgspec.Struct, frozen=True):
@@ -371,81 +382,107 @@ class Resets:
         user = await d.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
         questions = await d.store.security_questions(uid) if user else []
         # An attempt that will check a secret (an answer, a TOTP code) reserves one of the
-        # user's lockout slots together with the code check; anything but a wrong secret
-        # gives it back.
+        # user's lockout slots together with the code check.
         slot = None
         if user is not None and (questions or user.uses_totp):
-            slot = Claim(RESET_FAILURE, str(uid), s.lockout_window_seconds, s.lockout_failures)
-        now = d.clock()
-        _, key = await self._valid_code(code, source, uid, slot, now)
+            limit = Claim(RESET_FAILURE, str(uid), s.lockout_window_seconds, s.lockout_failures)
+            slot = _Slot(limit, source, d.clock())
+        now = d.clock() if slot is None else slot.at
+        claim = None if slot is None else slot.claim
+        _, key = await self._valid_code(code, source, uid, claim, now)
         if user is None:
             raise NotFound(INVALID_RECOVERY_KEY)
-        kept = False
-
-        async def wrong(reason: str) -> None:
-            nonlocal kept
-            assert slot is not None  # a secret is only checked with a slot held
-            kept = True
-            await self._failure(user, slot, source, reason, now)
-
         outcome = Outcome.INVALID
         try:
             if user.locked(now):
                 raise OperationFailed(ACCOUNT_LOCKED)
-            if questions:
-                if not answer or not answer.strip():
-                    raise NotAuthorized(INVALID_ANSWER)
-                if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
-                    await wrong("wrong security answer")
-                    raise NotAuthorized(INVALID_ANSWER)
-            step = None
-            if user.totp_sealed is not None:
-                given = totp.normalize_code(totp_code)
-                if given is None:
-                    raise NotAuthorized(TOTP_REQUIRED)
-                secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
-                d.events.count("totp_checks")
-                step = totp.accepted(secret, given, now, user.totp_last_step)
-                if step is None:
-                    await wrong("wrong TOTP code")
-                    raise NotAuthorized(INVALID_2FA_CODE)
+            step = await self._check_secrets(user, questions, answer, totp_code, slot)
             broken = self.policy.refusal(password, user.username)
             if broken is not None:
                 raise InvalidValue(broken)
-            new_hash = await d.hasher.hash(password)
-            changed_at = d.clock()
-            keeps_keys = s.reset_keeps_api_keys
-            outcome = await d.store.complete_reset(
-                user.id,
-                key,
-                new_hash,
-                changed_at,
-                user_mail(
-                    "password-changed",
-                    user,
-                    {
-                        "changed_at": changed_at,
-                        "api_keys": "kept" if keeps_keys else "revoked",
-                        "first": user.invited,
-                    },
-                ),
-                [
-                    AuditEntry(
-                        action="password-set",
-                        actor_id=user.id,
-                        target_id=user.id,
-                        target_name=user.username,
-                        source=source,
-                        detail="API keys kept" if keeps_keys else "API keys revoked",
-                    )
-                ],
-                totp_step=step,
-                revoke_api_keys=not keeps_keys,
-            )
+            outcome = await self._set_password(user, key, password, source, step)
         finally:
             # A success cleared every slot; a wrong secret keeps its own.
-            if slot is not None and not kept and outcome is not Outcome.DONE:
-                await d.store.release(slot.kind, slot.key, now)
+            if slot is not None and not slot.kept and outcome is not Outcome.DONE:
+                await d.store.release(slot.claim.kind, slot.claim.key, now)
+        self._completed(user, outcome)
+
+    async def _check_secrets(
+        self,
+        user: User,
+        questions: list[SecurityQuestion],
+        answer: str | None,
+        totp_code: str | int | None,
+        slot: _Slot | None,
+    ) -> int | None:
+        """The security answer, then the TOTP code, where the user has them; a wrong one
+        keeps its ``slot`` as the failure (and may lock the user). The accepted time step."""
+        d = self.deps
+        if questions:
+            if not answer or not answer.strip():
+                raise NotAuthorized(INVALID_ANSWER)
+            if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
+                await self._wrong(user, slot, "wrong security answer")
+                raise NotAuthorized(INVALID_ANSWER)
+        if user.totp_sealed is None:
+            return None
+        given = totp.normalize_code(totp_code)
+        if given is None:
+            raise NotAuthorized(TOTP_REQUIRED)
+        secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
+        d.events.count("totp_checks")
+        assert slot is not None  # a secret is only checked with a slot held
+        step = totp.accepted(secret, given, slot.at, user.totp_last_step)
+        if step is None:
+            await self._wrong(user, slot, "wrong TOTP code")
+            raise NotAuthorized(INVALID_2FA_CODE)
+        return step
+
+    async def _wrong(self, user: User, slot: _Slot | None, reason: str) -> None:
+        assert slot is not None  # a secret is only checked with a slot held
+        slot.kept = True
+        await self._failure(user, slot.claim, slot.source, reason, slot.at)
+
+    async def _set_password(
+        self, user: User, key: bytes, password: str, source: str, step: int | None
+    ) -> Outcome:
+        """The new password, committed with the code's redemption (the store re-checks the
+        lock and the TOTP step), its audit row and the "password changed" mail."""
+        d = self.deps
+        new_hash = await d.hasher.hash(password)
+        changed_at = d.clock()
+        keeps_keys = d.settings.reset_keeps_api_keys
+        mail = user_mail(
+            "password-changed",
+            user,
+            {
+                "changed_at": changed_at,
+                "api_keys": "kept" if keeps_keys else "revoked",
+                "first": user.invited,
+            },
+        )
+        entry = AuditEntry(
+            action="password-set",
+            actor_id=user.id,
+            target_id=user.id,
+            target_name=user.username,
+            source=source,
+            detail="API keys kept" if keeps_keys else "API keys revoked",
+        )
+        return await d.store.complete_reset(
+            user.id,
+            key,
+            new_hash,
+            changed_at,
+            mail,
+            [entry],
+            totp_step=step,
+            revoke_api_keys=not keeps_keys,
+        )
+
+    def _completed(self, user: User, outcome: Outcome) -> None:
+        """The store's outcome as the refusal, or the success told."""
+        d = self.deps
         if outcome is Outcome.LOCKED:
             raise OperationFailed(ACCOUNT_LOCKED)
         if outcome is Outcome.REPLAYED:  # a login took this TOTP step meanwhile

@@ -98,22 +98,11 @@ async def create_user(
 ) -> int:
     """Create a user (the first of ``accounts`` is its default); returns its UserId. Without
     a password the user is invited: it has no usable password until it follows the link
-    :func:`invite` mails it. ``authority``: the caller's (CreateUser), re-checked by the
-    store in the creating transaction (CallerGone when gone)."""
+    :func:`invite` mails it. ``authority``: the caller's, re-checked as it is written."""
     username, email = check_username(username), check_email(email)
     locale = check_locale(locale)
     names = permission_names(list(permissions))
-    if password is not None:
-        broken = POLICIES[deps.settings.password_policy].refusal(password, username)
-        if broken is not None:
-            raise InvalidValue(broken)
-    if (question is None) != (answer is None):
-        raise InvalidValue("--security-question and --security-answer go together")
-    if totp_secret is not None and not totp.valid_secret(totp_secret):
-        raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
-    questions: tuple[tuple[str, str], ...] = ()
-    if question is not None and answer is not None:
-        questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
+    questions = await _checked_secrets(deps, username, password, totp_secret, question, answer)
     try:
         user_id = await deps.store.create_user(
             NewUser(
@@ -146,6 +135,29 @@ async def create_user(
     if totp_secret is not None:
         await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
     return user_id
+
+
+async def _checked_secrets(
+    deps: Deps,
+    username: str,
+    password: str | None,
+    totp_secret: str | None,
+    question: str | None,
+    answer: str | None,
+) -> tuple[tuple[str, str], ...]:
+    """A new user's password, TOTP secret and question checked (InvalidValue naming what is
+    wrong); the question with its answer's hash."""
+    if password is not None:
+        broken = POLICIES[deps.settings.password_policy].refusal(password, username)
+        if broken is not None:
+            raise InvalidValue(broken)
+    if (question is None) != (answer is None):
+        raise InvalidValue("--security-question and --security-answer go together")
+    if totp_secret is not None and not totp.valid_secret(totp_secret):
+        raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
+    if question is None or answer is None:
+        return ()
+    return ((question, await deps.hasher.hash(normalize_answer(answer))),)
 
 
 async def invite(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:

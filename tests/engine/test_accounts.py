@@ -97,9 +97,7 @@ async def test_questions_checked_against_an_older_password_version_are_not_writt
     uid = await make_user(deps, "trader")
     accounts = Accounts(Sessions(deps, delay_unit=0))
     me = await caller(deps, "trader")
-    await accounts.set_questions(
-        me, None, PASSWORD, [{"Question": "Q?", "Answer": "A"}], "test"
-    )
+    await accounts.set_questions(me, None, PASSWORD, [{"Question": "Q?", "Answer": "A"}], "test")
     assert "questions_set" in told.counts and told.mail == 1
     # A caller whose session was opened for an older password: the write refuses it.
     stale = msgspec.structs.replace(me, password_version=me.password_version - 1)
