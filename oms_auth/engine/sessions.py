@@ -106,10 +106,6 @@ class Login(msgspec.Struct, frozen=True):
         return f"Login(state={self.state}, user={self.user!r})"
 
     @property
-    def via_api_key(self) -> bool:
-        return self.key_permissions is not None
-
-    @property
     def token_digest(self) -> bytes | None:
         return digest(self.token) if self.token else None
 

@@ -87,10 +87,6 @@ class Conn:
         self.tokens = -1.0
         self.tokens_at = 0.0
 
-    @property
-    def via_api_key(self) -> bool:
-        return self.key_permissions is not None
-
     def take_token(self, now: float, rate: float) -> bool:
         """One request's worth from a bucket refilled at ``rate`` per second, holding up to
         one second's worth; False when empty."""
