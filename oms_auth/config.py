@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reset_keeps_api_keys: bool = False
     # How many API keys one user may hold.
     api_keys_per_user: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # Fresh proof (SPEC section 2a): account-security changes (EnableGoogle2FA, Disable2FA
+    # without a code, adding or removing API keys) act only on a connection that proved the
+    # password this recently, or with the password given again.
+    fresh_auth_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600
     # Argon2id cost; the defaults follow RFC 9106's second recommendation.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536

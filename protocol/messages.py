@@ -41,6 +41,7 @@ __all__ = [
     "RemoveUserAPIKeyRequest",
     "EnableGoogle2FAReply",
     "Disable2FARequest",
+    "EnableGoogle2FARequest",
     "SetSecurityQuestionsRequest",
     "SecurityQuestionsReply",
     "CreateUserRequest",
@@ -205,10 +206,15 @@ class UserInfoReply(UserInfo, frozen=True):
 
 
 class AddUserAPIKeyRequest(msgspec.Struct, frozen=True):
-    """AddUserAPIKey: a new key for ``UserId`` (none: the caller) with these permissions."""
+    """AddUserAPIKey: a new key for ``UserId`` (none: the caller) with these permissions.
+    ``Password``, the current one, stands in for a fresh login on this connection."""
 
     UserId: int | str | None = None
     Permissions: list[str] | None = None
+    Password: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AddUserAPIKeyRequest(UserId={self.UserId!r}, <password redacted>)"
 
 
 class AddUserAPIKeyReply(msgspec.Struct, frozen=True):
@@ -233,8 +239,24 @@ class APIKeyInfo(msgspec.Struct, frozen=True):
 
 
 class RemoveUserAPIKeyRequest(msgspec.Struct, frozen=True):
+    """``Password``, the current one, stands in for a fresh login on this connection."""
+
     UserId: int | str | None = None
     APIKey: str | None = None
+    Password: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoveUserAPIKeyRequest(UserId={self.UserId!r}, APIKey={self.APIKey!r}, <...>)"
+
+
+class EnableGoogle2FARequest(msgspec.Struct, frozen=True):
+    """``Password``, the current one, stands in for a fresh login on this connection."""
+
+    UserId: int | str | None = None
+    Password: str | None = None
+
+    def __repr__(self) -> str:
+        return f"EnableGoogle2FARequest(UserId={self.UserId!r}, <password redacted>)"
 
 
 class EnableGoogle2FAReply(msgspec.Struct, frozen=True):

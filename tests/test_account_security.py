@@ -30,6 +30,8 @@ from .helpers import (
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 NEW = "Fresh-Start42"
 OK = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
+# A connection that did not itself prove the password recently (SPEC 2a, fresh proof).
+CONFIRM = "Confirm your password first: log in again on this connection"
 
 
 def refusal(code: int, detail: str) -> dict[str, Any]:
@@ -215,11 +217,10 @@ async def test_disable2fa_elsewhere_needs_a_current_code_never_a_used_one(
     used = code_at(SECRET, clock)
     first, token = await with_totp(app, "trader", clock)
     async with first, await Client.connect(app.url) as c:
-        # The same session resumed on another connection: no 2FA happened on this one.
+        # The same session resumed on another connection: it proved nothing, so without a
+        # code it must log in again (fresh proof); a current code is proof enough.
         assert (await c.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
-        assert (await c.call("Disable2FA", {})).o == refusal(
-            20, "Time-based One Time Password authentication is required to log in with this user"
-        )
+        assert (await c.call("Disable2FA", {})).o == refusal(20, CONFIRM)
         assert (await c.call("Disable2FA", {"Code": used})).o == refusal(
             20, "Invalid two-factor code"
         )
@@ -233,9 +234,8 @@ async def test_disable2fa_long_after_the_2fa_needs_a_code(app: App, clock: Clock
     c, _ = await with_totp(app, "trader", clock)
     async with c:
         clock.advance(11 * 60)
-        assert (await c.call("Disable2FA", {})).o["detail"] == (
-            "Time-based One Time Password authentication is required to log in with this user"
-        )
+        # An older login than fresh_auth_seconds: log in again, or give a current code.
+        assert (await c.call("Disable2FA", {})).o["detail"] == CONFIRM
         assert (await c.call("Disable2FA", {"Code": code_at(SECRET, clock)})).o == OK
 
 

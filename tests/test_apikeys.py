@@ -204,7 +204,8 @@ async def test_a_key_session_cannot_change_account_security(app: App, ids: dict[
         for name, payload in [
             ("AddUserAPIKey", {"Permissions": []}),
             ("AddUserAPIKey", {"UserId": ids["bot"], "Permissions": []}),
-            ("GetUserAPIKeys", {}),
+            ("AddUserAPIKey", {"Permissions": [], "Password": PASSWORD}),
+            ("GetUserAPIKeys", {"UserId": ids["bot"]}),
             ("RemoveUserAPIKey", {"APIKey": key["APIKey"]}),
             ("ResetPassword", {"UserName": "bot"}),
             ("ResetPassword", {"UserName": "nobody"}),
@@ -217,8 +218,12 @@ async def test_a_key_session_cannot_change_account_security(app: App, ids: dict[
             ),
         ]:
             assert (await bot.call(name, payload)).o == KEY_SESSION, (name, payload)
-        # Its own reset stays possible (the mail goes to the user, not the bot).
+        # Its own reset stays possible (the mail goes to the user, not the bot), and so does
+        # listing its own user's keys, without their secrets.
         assert (await bot.call("ResetPassword", {"UserName": "op"})).o == OK
+        listed = (await bot.call("GetUserAPIKeys", {})).o
+        own = {"APIKey": key["APIKey"], "UserId": ids["op"], "Permissions": ["Operator"]}
+        assert listed == [own]
     # Resumed on another connection, the session is still the key's.
     async with await Client.connect(app.url) as c:
         resumed = await c.call("WebAuthenticateUser", {"SessionToken": reply["SessionToken"]})

@@ -6,8 +6,13 @@ The rules:
 - Who: the user itself, logged in with its password, changes its own two-factor
   authentication and security questions; a session opened with an API key cannot, and no one
   changes another user's (an Operator resets or unlocks them instead). CreateUser,
-  ForceUserLogoff and GetLockedUsers are an Operator's, for users of its own OMS (users of
-  other OMSs look missing).
+  ForceUserLogoff and GetLockedUsers are for a caller holding Operator (on a key session, only
+  with a key that holds it), for users of its own OMS (users of other OMSs look missing).
+- Fresh proof (SPEC section 2a): EnableGoogle2FA, and Disable2FA without a code, act only on a
+  connection that proved the password within ``fresh_auth_seconds`` (or, EnableGoogle2FA, with
+  the password given again); Disable2FA without a code also needs a TOTP code accepted on that
+  connection in the last 10 minutes. SetSecurityQuestions always carries the password; a valid
+  code is proof enough for Disable2FA.
 - A secret is checked like a password: the current password (SetSecurityQuestions) and a TOTP
   code (Disable2FA, an enrolment's first code) take a slot of the login limits first, so a
   hijacked session cannot guess them faster than a login could. A TOTP time step accepted once
@@ -17,7 +22,9 @@ The rules:
   session cannot swap in its own authenticator.
 - Every change is one store transaction with its audit row and a notice mailed to the user
   (``Store.change_account``), so nothing weakens an account quietly; the write re-checks the
-  password version and the TOTP step it was decided on.
+  caller's authority (its session, the password version the session was opened for, and for
+  an Operator's change its permission) and the TOTP step it was decided on, so a reset or a
+  logoff racing the change leaves nothing of it behind.
 """
 
 from __future__ import annotations
@@ -32,14 +39,26 @@ import pyotp
 from protocol.messages import LogoutReason
 
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..store import AccountChange, AuditEntry, Outcome, StoreError, User, UsernameTaken
+from ..store import (
+    AccountChange,
+    AuditEntry,
+    Authority,
+    CallerGone,
+    Outcome,
+    StoreError,
+    User,
+    UsernameTaken,
+)
 from . import totp, users
 from .answers import normalize_answer
+from .caller import Caller, guarded
 from .deps import Deps
 from .links import user_mail
 from .sessions import Sessions
 from .texts import (
     API_KEY_SESSION,
+    AUTHORITY_GONE,
+    CONFIRM_PASSWORD,
     INVALID_2FA_CODE,
     INVALID_QUESTIONS,
     INVALID_SESSION,
@@ -93,8 +112,7 @@ class NewSecret(msgspec.Struct, frozen=True):
 
 
 class Accounts:
-    """The account functions. ``via_api_key`` is True when the caller's session was opened with
-    an API key; ``caller`` is the connection's user as the store has it now."""
+    """The account functions, for a :class:`~.caller.Caller` (None: not logged in)."""
 
     def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
@@ -102,13 +120,20 @@ class Accounts:
 
     # -- two-factor authentication ------------------------------------------------------------
 
-    def enable_totp(
-        self, caller: User | None, user_id: int | str | None, *, via_api_key: bool
+    async def enable_totp(
+        self,
+        caller: Caller | None,
+        user_id: int | str | None,
+        source: str,
+        *,
+        password: str | None = None,
     ) -> NewSecret:
         """EnableGoogle2FA: a new secret, active only once :meth:`confirm_totp` proves it."""
-        user = _own_security(caller, user_id, via_api_key)
+        user = _own_security(caller, user_id).user
         if user.uses_totp:
             raise OperationFailed(TOTP_ALREADY_ON)
+        assert caller is not None
+        await self.sessions.prove(caller, password, source)
         d = self.deps
         secret = base64.b32encode(os.urandom(20)).decode()  # 160 bits, as RFC 4226 advises
         issuer = d.settings.totp_issuer
@@ -117,7 +142,11 @@ class Accounts:
         return NewSecret(uri, secret, Enrolment(user.id, sealed, d.clock()))
 
     async def confirm_totp(
-        self, caller: User | None, enrolment: Enrolment | None, code: str | int | None, source: str
+        self,
+        caller: Caller | None,
+        enrolment: Enrolment | None,
+        code: str | int | None,
+        source: str,
     ) -> User:
         """Authenticate2FA after EnableGoogle2FA: a valid code of the new secret makes TOTP
         active (its step is the last accepted). Returns the user as it is now."""
@@ -127,12 +156,12 @@ class Accounts:
         if d.clock() - enrolment.started_at >= ENROLMENT_SECONDS:
             raise NotAuthorized(NO_PENDING_2FA)
         secret = totp.open_secret(d.sealer, caller.id, enrolment.sealed)
-        step = await self.sessions.check_totp(caller, secret, code, source)
+        step = await self.sessions.check_totp(caller.user, secret, code, source)
         await self._change(
-            caller,
+            caller.user,
             "2fa-enabled",
             source,
-            password_version=caller.password_version,
+            caller.authority(),
             totp_step=step,
             set_totp=True,
             totp_sealed=enrolment.sealed,
@@ -144,29 +173,34 @@ class Accounts:
 
     async def disable_totp(
         self,
-        caller: User | None,
+        caller: Caller | None,
         user_id: int | str | None,
         code: str | int | None,
         source: str,
-        *,
-        via_api_key: bool,
-        recently_verified: bool,
     ) -> None:
-        """Disable2FA: with a current code, or none right after a 2FA on this connection."""
-        user = _own_security(caller, user_id, via_api_key)
+        """Disable2FA: with a current code (proof enough), or none on a connection that proved
+        the password within ``fresh_auth_seconds`` and a code within 10 minutes."""
+        me = _own_security(caller, user_id)
+        user = me.user
         if user.totp_sealed is None:
             raise OperationFailed(TOTP_NOT_ON)
         step = None
-        if (code is not None and code != "") or not recently_verified:
+        if code is not None and code != "":
             if totp.normalize_code(code) is None:
                 raise NotAuthorized(TOTP_REQUIRED)
             secret = totp.open_secret(self.deps.sealer, user.id, user.totp_sealed)
             step = await self.sessions.check_totp(user, secret, code, source)
+        else:
+            now = self.deps.clock()
+            if not me.proved_within(self.deps.settings.fresh_auth_seconds, now):
+                raise NotAuthorized(CONFIRM_PASSWORD)
+            if not me.verified_within(RECENT_2FA_SECONDS, now):
+                raise NotAuthorized(TOTP_REQUIRED)
         await self._change(
             user,
             "2fa-disabled",
             source,
-            password_version=user.password_version,
+            me.authority(),
             totp_step=step,
             set_totp=True,
             totp_sealed=None,
@@ -176,16 +210,16 @@ class Accounts:
 
     async def set_questions(
         self,
-        caller: User | None,
+        caller: Caller | None,
         user_id: int | str | None,
         password: str | None,
         questions: object,
         source: str,
-        *,
-        via_api_key: bool,
     ) -> None:
-        """SetSecurityQuestions: 1 to 3 questions replace the user's, with its password."""
-        user = _own_security(caller, user_id, via_api_key)
+        """SetSecurityQuestions: 1 to 3 questions replace the user's, with its password (the
+        payload always carries it: proof enough)."""
+        me = _own_security(caller, user_id)
+        user = me.user
         wanted = _questions(questions)
         if not await self.sessions.recheck_password(user, password, source):
             raise NotAuthorized(WRONG_PASSWORD)
@@ -195,34 +229,35 @@ class Accounts:
             user,
             "questions-set",
             source,
-            password_version=user.password_version,
+            me.authority(),
             questions=hashed,
             detail=f"{len(hashed)} question(s)",
         )
 
-    async def questions(self, caller: User | None, user_id: int | str | None) -> list[str]:
+    async def questions(self, caller: Caller | None, user_id: int | str | None) -> list[str]:
         """GetSecurityQuestions: the texts, never the answers."""
-        user = _own(caller, user_id)
-        return [q.question for q in await self.deps.store.security_questions(user.id)]
+        me = _own(caller, user_id)
+        return [q.question for q in await self.deps.store.security_questions(me.id)]
 
     # -- operators ------------------------------------------------------------------------------
 
     async def create_user(
         self,
-        caller: User | None,
+        caller: Caller | None,
         username: str | None,
         email: str | None,
         account_id: int | None,
         permissions: list[str] | None,
         source: str,
         *,
-        via_api_key: bool,
         locale: str | None = None,
     ) -> int:
-        """CreateUser: an invited user in the caller's OMS; the invitation goes out with it."""
-        operator = _operator(caller)
+        """CreateUser: an invited user in the caller's OMS; the invitation goes out with it.
+        The user is created only while the caller's session and Operator permission hold."""
+        me = _operator(caller)
+        operator = me.user
         granted = users.permission_names(permissions)
-        if via_api_key and OPERATOR in granted:
+        if me.via_api_key and OPERATOR in granted:
             raise NotAuthorized(API_KEY_SESSION)
         if account_id is not None and not 0 < account_id <= users.MAX_USER_ID:
             raise InvalidValue(INVALID_ACCOUNT_ID)
@@ -239,7 +274,10 @@ class Accounts:
                 locale=locale,
                 actor_id=operator.id,
                 source=source,
+                authority=me.authority(OPERATOR),
             )
+        except CallerGone:
+            raise NotAuthorized(AUTHORITY_GONE) from None
         except UsernameTaken:
             raise OperationFailed(USERNAME_TAKEN) from None
         except StoreError:
@@ -254,26 +292,38 @@ class Accounts:
         return user_id
 
     async def force_logoff(
-        self, caller: User | None, user_id: int | str | None, username: str | None, source: str
+        self,
+        caller: Caller | None,
+        user_id: int | str | None,
+        username: str | None,
+        source: str,
     ) -> None:
-        """ForceUserLogoff: every session of the user ends, on every node, with a LogoutEvent."""
-        operator = _operator(caller)
+        """ForceUserLogoff: every session of the user ends, on every node, with a LogoutEvent
+        (only while the caller's session and Operator permission hold)."""
+        me = _operator(caller)
         d = self.deps
         if user_id is None and isinstance(username, str) and username.strip():
             target = await d.store.user_by_name(username)
-            if target is None or target.oms_id != operator.oms_id:
+            if target is None or target.oms_id != me.user.oms_id:
                 raise NotFound(USER_NOT_FOUND)
         else:
-            target = await users.visible_user(d, operator, user_id)
+            target = await users.visible_user(d, me, user_id)
         reason = LogoutReason.FORCED_LOGOFF
-        await self._change(target, "forced-logoff", source, actor=operator, end_sessions=reason)
+        await self._change(
+            target,
+            "forced-logoff",
+            source,
+            me.authority(OPERATOR),
+            actor=me.user,
+            end_sessions=reason,
+        )
         d.events.sessions_ended(target.id, reason)
 
-    async def locked_users(self, caller: User | None) -> list[User]:
+    async def locked_users(self, caller: Caller | None) -> list[User]:
         """GetLockedUsers: the caller's OMS's users locked now."""
-        operator = _operator(caller)
+        me = _operator(caller)
         d = self.deps
-        return await d.store.locked_users(operator.oms_id, d.clock())
+        return await d.store.locked_users(me.user.oms_id, d.clock())
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -282,28 +332,32 @@ class Accounts:
         user: User,
         action: str,
         source: str,
+        authority: Authority,
         *,
         actor: User | None = None,
         detail: str | None = None,
-        password_version: int | None = None,
         totp_step: int | None = None,
         set_totp: bool = False,
         totp_sealed: bytes | None = None,
         questions: tuple[tuple[str, str], ...] | None = None,
         end_sessions: str | None = None,
     ) -> None:
-        """Write the change with its audit row and the user's notice; its outcome as refusals."""
+        """Write the change with its audit row and the user's notice, while the caller's
+        ``authority`` holds (its own changes: at the password version its session was opened
+        for); its outcome as refusals."""
         d = self.deps
         now = d.clock()
-        outcome = await d.store.change_account(
+        own = authority.user_id == user.id
+        change = d.store.change_account(
             AccountChange(
                 user_id=user.id,
-                password_version=password_version,
+                password_version=authority.password_version if own else None,
                 totp_step=totp_step,
                 set_totp=set_totp,
                 totp_sealed=totp_sealed,
                 questions=questions,
                 end_sessions=end_sessions,
+                authority=authority,
                 audit=AuditEntry(
                     action=action,
                     actor_id=(actor or user).id,
@@ -316,6 +370,7 @@ class Accounts:
             ),
             now,
         )
+        outcome = await guarded(change)
         if outcome is Outcome.STALE:  # the password changed: this session is no more
             raise NotAuthorized(INVALID_SESSION)
         if outcome is Outcome.REPLAYED:  # another login or change took this time step
@@ -326,7 +381,7 @@ class Accounts:
         d.events.mail_queued()
 
 
-def _own(caller: User | None, user_id: int | str | None) -> User:
+def _own(caller: Caller | None, user_id: int | str | None) -> Caller:
     """The caller, asking about itself (no UserId, or its own)."""
     if caller is None:
         raise NotAuthorized(NOT_LOGGED_IN)
@@ -339,15 +394,15 @@ def _own(caller: User | None, user_id: int | str | None) -> User:
     return caller
 
 
-def _own_security(caller: User | None, user_id: int | str | None, via_api_key: bool) -> User:
+def _own_security(caller: Caller | None, user_id: int | str | None) -> Caller:
     """The caller, who may change its own account security: logged in, not with an API key."""
-    user = _own(caller, user_id)
-    if via_api_key:
+    me = _own(caller, user_id)
+    if me.via_api_key:
         raise NotAuthorized(API_KEY_SESSION)
-    return user
+    return me
 
 
-def _operator(caller: User | None) -> User:
+def _operator(caller: Caller | None) -> Caller:
     if caller is None:
         raise NotAuthorized(NOT_LOGGED_IN)
     if OPERATOR not in caller.permissions:

@@ -4,8 +4,13 @@ the API-key login that :mod:`.sessions` uses (the signature, the nonce, the seal
 The rules:
 
 - Who: the user itself, logged in with its password, or an Operator for users of its OMS
-  (users of other OMSs look missing). A session opened with an API key is refused, whoever
-  holds it: a key cannot mint, list or remove keys.
+  (users of other OMSs look missing). Adding and removing need fresh proof (the password
+  proved on this connection within ``fresh_auth_seconds``, or given again in the payload:
+  :meth:`.sessions.Sessions.prove`). A session opened with an API key cannot add or remove
+  keys, whoever holds it; it may list its own user's keys.
+- The write re-checks its caller in its own transaction (:mod:`.caller`): a key whose addition
+  raced a reset of the password the decision was made on is never written after the reset,
+  so a reset that revokes the keys leaves none behind.
 - The APISecret is shown once, in AddUserAPIKey's reply. The store holds it only sealed with the
   service key, bound to the key and its user (a sealed secret copied to another row does not
   open there); GetUserAPIKeys never shows it.
@@ -23,6 +28,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -30,8 +36,9 @@ from protocol.messages import LogoutReason
 
 from ..crypto import Sealer
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..store import ApiKey, AuditEntry, User
+from ..store import ApiKey, AuditEntry, Authority, User
 from . import users
+from .caller import Caller, guarded
 from .deps import Deps
 from .texts import (
     API_KEY_NOT_FOUND,
@@ -42,6 +49,9 @@ from .texts import (
     TOO_MANY_API_KEYS,
 )
 from .users import OPERATOR
+
+if TYPE_CHECKING:
+    from .sessions import Sessions
 
 __all__ = [
     "ApiKeys",
@@ -136,26 +146,28 @@ def _permissions(given: list[str] | None, target: User) -> tuple[str, ...]:
 
 
 class ApiKeys:
-    """The API-key functions. ``via_api_key`` is True when the caller's session was opened
-    with an API key."""
+    """The API-key functions, for a :class:`~.caller.Caller` (None: not logged in)."""
 
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+        self.deps: Deps = sessions.deps
 
     async def add(
         self,
-        caller: User | None,
+        caller: Caller | None,
         user_id: int | str | None,
         permissions: list[str] | None,
         source: str,
         *,
-        via_api_key: bool,
+        password: str | None = None,
     ) -> NewApiKey:
         """AddUserAPIKey: a new key for the user; its secret is in the answer and nowhere
-        else in plain form."""
+        else in plain form. ``password``: the current one, when the connection has no fresh
+        proof."""
         d = self.deps
-        caller, target = await self._target(caller, user_id, via_api_key)
+        caller, target = await self._target(caller, user_id)
         granted = _permissions(permissions, target)
+        await self.sessions.prove(caller, password, source)
         key, secret = new_key(), new_secret()
         record = ApiKey(
             key=key,
@@ -172,33 +184,40 @@ class ApiKeys:
             source=source,
             detail=f"key {key}; permissions {','.join(granted) or '-'}",
         )
-        if not await d.store.add_api_key(record, d.settings.api_keys_per_user, entry):
+        authority = _authority(caller, target)
+        limit = d.settings.api_keys_per_user
+        if not await guarded(d.store.add_api_key(record, limit, entry, authority=authority)):
             raise OperationFailed(TOO_MANY_API_KEYS)
         d.events.count("api_keys_added")
         return NewApiKey(key, secret, target.id, granted)
 
-    async def keys(
-        self, caller: User | None, user_id: int | str | None, *, via_api_key: bool
-    ) -> list[ApiKey]:
-        """GetUserAPIKeys: the user's keys (the records hold only the sealed secret)."""
-        _, target = await self._target(caller, user_id, via_api_key)
+    async def keys(self, caller: Caller | None, user_id: int | str | None) -> list[ApiKey]:
+        """GetUserAPIKeys: the user's keys (the records hold only the sealed secret). A key
+        session may list its own user's."""
+        if caller is not None and caller.via_api_key:
+            target = await users.visible_user(self.deps, caller, user_id, ONLY_OWN_API_KEYS)
+            if target.id != caller.id:
+                raise NotAuthorized(API_KEY_SESSION)
+        else:
+            _, target = await self._target(caller, user_id)
         return await self.deps.store.api_keys(target.id)
 
     async def remove(
         self,
-        caller: User | None,
+        caller: Caller | None,
         user_id: int | str | None,
         key: str | None,
         source: str,
         *,
-        via_api_key: bool,
+        password: str | None = None,
     ) -> None:
         """RemoveUserAPIKey: the key goes, and every session opened with it ends everywhere."""
         d = self.deps
-        caller, target = await self._target(caller, user_id, via_api_key)
+        caller, target = await self._target(caller, user_id)
         if not isinstance(key, str) or not key.strip():
             raise InvalidValue(INVALID_API_KEY)
         key = key.strip()
+        await self.sessions.prove(caller, password, source)
         reason = LogoutReason.LOGGED_OUT_ELSEWHERE
         entry = AuditEntry(
             action="api-key-removed",
@@ -210,7 +229,9 @@ class ApiKeys:
         )
         ended = None
         if len(key) <= MAX_KEY_LENGTH:
-            ended = await d.store.remove_api_key(target.id, key, reason, entry)
+            authority = _authority(caller, target)
+            removal = d.store.remove_api_key(target.id, key, reason, entry, authority=authority)
+            ended = await guarded(removal)
         if ended is None:
             raise NotFound(API_KEY_NOT_FOUND)
         for session_digest in ended:
@@ -218,12 +239,17 @@ class ApiKeys:
         d.events.count("api_keys_removed")
 
     async def _target(
-        self, caller: User | None, user_id: int | str | None, via_api_key: bool
-    ) -> tuple[User, User]:
-        """The caller and the user whose keys it asks about, or the refusal."""
+        self, caller: Caller | None, user_id: int | str | None
+    ) -> tuple[Caller, User]:
+        """The caller and the user whose keys it manages, or the refusal."""
         if caller is None:
             raise NotAuthorized(NOT_LOGGED_IN)
-        if via_api_key:
+        if caller.via_api_key:
             raise NotAuthorized(API_KEY_SESSION)
         target = await users.visible_user(self.deps, caller, user_id, ONLY_OWN_API_KEYS)
         return caller, target
+
+
+def _authority(caller: Caller, target: User) -> Authority:
+    """What the key's write re-checks: the caller's session, and Operator for another user."""
+    return caller.authority(None if target.id == caller.id else OPERATOR)

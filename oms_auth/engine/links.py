@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from ..crypto import digest, mail_context, new_pending_code
-from ..store import AuditEntry, Claim, MailItem, User
+from ..store import AuditEntry, Authority, Claim, MailItem, User
 from .deps import Deps
 
 __all__ = ["issue_link", "link_kind", "user_mail"]
@@ -40,11 +40,18 @@ def link_kind(target: User) -> str:
 
 
 async def issue_link(
-    deps: Deps, target: User, now: float, audit: AuditEntry, limit: Claim | None = None
+    deps: Deps,
+    target: User,
+    now: float,
+    audit: AuditEntry,
+    limit: Claim | None = None,
+    *,
+    authority: Authority | None = None,
 ) -> bool:
     """Store a new code for ``target`` (voiding its earlier ones) and queue its mail, at once;
     with ``limit``, only if a slot of it is left, taken in the same transaction (False: none
-    was, nothing written)."""
+    was, nothing written); with the caller's ``authority``, only while it holds (CallerGone:
+    nothing written)."""
     s = deps.settings
     kind = link_kind(target)
     code = new_pending_code()
@@ -52,7 +59,7 @@ async def issue_link(
     sealed = deps.sealer.seal(msgspec.json.encode({"code": code}), mail_context(target.id, kind))
     mail = user_mail(kind, target, {"expires_at": expires_at}, sealed)
     if not await deps.store.issue_code(
-        target.id, digest(code), now, expires_at, mail, [audit], limit
+        target.id, digest(code), now, expires_at, mail, [audit], limit, authority=authority
     ):
         return False
     deps.events.count("invitations_sent" if kind == "invite" else "resets_requested")

@@ -4,6 +4,11 @@ Every way into a reset meets the same rules here: who may start one (``request``
 first step (``request_anonymously``), what the link's page needs (``requirements``), and the
 second step (``complete``) with its checks in the order the SPEC gives. Nothing here knows about
 WebSocket; refusals are raised as values of :mod:`oms_auth.errors`.
+
+A request by a logged-in caller (a :class:`~.caller.Caller`) is decided on its permissions (a key
+session: its key's, and never for another user) and issued only while they hold: the code's
+transaction re-checks the caller's session and, for another user, the permission the decision
+rested on (:meth:`.caller.Caller.authority`). UnlockUser likewise.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
 from ..store import (
     RESET_FAILURE,
     AuditEntry,
+    Authority,
     Claim,
     Outcome,
     ResetCode,
+    SecurityQuestion,
     User,
     username_key,
 )
 from . import totp, users
 from .answers import normalize_answer
 from .background import Bounded, Refused
+from .caller import Caller, guarded
 from .deps import Deps
 from .links import issue_link, user_mail
 from .passwords import POLICIES, Policy
@@ -65,6 +73,16 @@ REQUESTS_FROM_SOURCE = "reset-request-source"
 INVALID_CODES_FROM_SOURCE = "invalid-code-source"
 
 
+class _Slot:
+    """One of the user's lockout slots, held by a ResetPassword2 attempt that checks a
+    secret: ``kept`` once a wrong secret made it the failure it counts."""
+
+    __slots__ = ("claim", "source", "at", "kept")
+
+    def __init__(self, claim: Claim, source: str, at: float) -> None:
+        self.claim, self.source, self.at, self.kept = claim, source, at, False
+
+
 class Requirements(msgspec.Struct, frozen=True):
     user_id: int
     question: str | None
@@ -98,17 +116,10 @@ class Resets:
 
     # -- the first step -----------------------------------------------------------------------
 
-    async def request(
-        self,
-        caller: User | None,
-        username: str | None,
-        source: str,
-        *,
-        via_api_key: bool = False,
-    ) -> None:
+    async def request(self, caller: Caller | None, username: str | None, source: str) -> None:
         """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise.
-        ``via_api_key``: the caller's session was opened with an API key, which may not start
-        a reset for another user (SPEC section 2a)."""
+        A session opened with an API key may not start a reset for another user (SPEC
+        section 2a)."""
         if not isinstance(username, str) or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if caller is None:
@@ -123,29 +134,27 @@ class Resets:
             elif refused is Refused.FULL:
                 self.deps.events.count("self_service_dropped")
             return
-        await self._authenticated(caller, username, source, via_api_key)
+        await self._authenticated(caller, username, source)
 
     async def drain(self) -> None:
         """Wait until every queued self-service request is done (shutdown, tests)."""
         await self._background.drain()
 
-    async def _authenticated(
-        self, caller: User, username: str, source: str, via_api_key: bool
-    ) -> None:
+    async def _authenticated(self, caller: Caller, username: str, source: str) -> None:
         d, s = self.deps, self.deps.settings
         now = d.clock()
         target = await d.store.user_by_name(username)
 
         async def refused(reason: str) -> None:
-            await self._refused(caller, target, username, source, reason, now)
+            await self._refused(caller.user, target, username, source, reason, now)
 
-        if via_api_key and (target is None or target.id != caller.id):
+        if caller.via_api_key and (target is None or target.id != caller.id):
             # The same answer whether the user exists or not.
             await refused("API key session")
             raise NotAuthorized(API_KEY_SESSION)
 
         if OPERATOR in caller.permissions:
-            if target is None or target.oms_id != caller.oms_id:
+            if target is None or target.oms_id != caller.user.oms_id:
                 await refused("no such user in the OMS")
                 raise NotFound(USERNAME_NOT_FOUND)
         elif target is None or not self._may_reset(caller, target):
@@ -155,8 +164,9 @@ class Resets:
         if refusal is not None:
             await refused(refusal)
             raise OperationFailed(refusal)
-        # The request's slot is taken in the transaction that issues the code: one store job.
-        issued = await issue_link(
+        # The request's slot is taken in the transaction that issues the code: one store job,
+        # which re-checks the caller's authority first.
+        issue = issue_link(
             d,
             target,
             now,
@@ -173,20 +183,29 @@ class Resets:
                 s.reset_window_seconds,
                 s.reset_requests_per_user,
             ),
+            authority=self._authority(caller, target),
         )
-        if not issued:
+        if not await guarded(issue):
             await refused("too many requests")
             raise OperationFailed(TOO_MANY_RESETS)
 
     @staticmethod
-    def _may_reset(caller: User, target: User) -> bool:
+    def _may_reset(caller: Caller, target: User) -> bool:
         if caller.id == target.id:
             return True
         return (
             TRADING in caller.permissions
-            and caller.oms_id == target.oms_id
-            and bool(caller.accounts & target.accounts)
+            and caller.user.oms_id == target.oms_id
+            and bool(caller.user.accounts & target.accounts)
         )
+
+    @staticmethod
+    def _authority(caller: Caller, target: User) -> Authority:
+        """What issuing the code re-checks: the caller's session, and for another user the
+        permission that let it ask (Operator, else Trading)."""
+        if target.id == caller.id:
+            return caller.authority()
+        return caller.authority(OPERATOR if OPERATOR in caller.permissions else TRADING)
 
     async def _anonymous(self, request: tuple[str, str]) -> None:
         """A self-service request, in the background (its answer went out already)."""
@@ -363,81 +382,107 @@ class Resets:
         user = await d.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
         questions = await d.store.security_questions(uid) if user else []
         # An attempt that will check a secret (an answer, a TOTP code) reserves one of the
-        # user's lockout slots together with the code check; anything but a wrong secret
-        # gives it back.
+        # user's lockout slots together with the code check.
         slot = None
         if user is not None and (questions or user.uses_totp):
-            slot = Claim(RESET_FAILURE, str(uid), s.lockout_window_seconds, s.lockout_failures)
-        now = d.clock()
-        _, key = await self._valid_code(code, source, uid, slot, now)
+            limit = Claim(RESET_FAILURE, str(uid), s.lockout_window_seconds, s.lockout_failures)
+            slot = _Slot(limit, source, d.clock())
+        now = d.clock() if slot is None else slot.at
+        claim = None if slot is None else slot.claim
+        _, key = await self._valid_code(code, source, uid, claim, now)
         if user is None:
             raise NotFound(INVALID_RECOVERY_KEY)
-        kept = False
-
-        async def wrong(reason: str) -> None:
-            nonlocal kept
-            assert slot is not None  # a secret is only checked with a slot held
-            kept = True
-            await self._failure(user, slot, source, reason, now)
-
         outcome = Outcome.INVALID
         try:
             if user.locked(now):
                 raise OperationFailed(ACCOUNT_LOCKED)
-            if questions:
-                if not answer or not answer.strip():
-                    raise NotAuthorized(INVALID_ANSWER)
-                if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
-                    await wrong("wrong security answer")
-                    raise NotAuthorized(INVALID_ANSWER)
-            step = None
-            if user.totp_sealed is not None:
-                given = totp.normalize_code(totp_code)
-                if given is None:
-                    raise NotAuthorized(TOTP_REQUIRED)
-                secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
-                d.events.count("totp_checks")
-                step = totp.accepted(secret, given, now, user.totp_last_step)
-                if step is None:
-                    await wrong("wrong TOTP code")
-                    raise NotAuthorized(INVALID_2FA_CODE)
+            step = await self._check_secrets(user, questions, answer, totp_code, slot)
             broken = self.policy.refusal(password, user.username)
             if broken is not None:
                 raise InvalidValue(broken)
-            new_hash = await d.hasher.hash(password)
-            changed_at = d.clock()
-            keeps_keys = s.reset_keeps_api_keys
-            outcome = await d.store.complete_reset(
-                user.id,
-                key,
-                new_hash,
-                changed_at,
-                user_mail(
-                    "password-changed",
-                    user,
-                    {
-                        "changed_at": changed_at,
-                        "api_keys": "kept" if keeps_keys else "revoked",
-                        "first": user.invited,
-                    },
-                ),
-                [
-                    AuditEntry(
-                        action="password-set",
-                        actor_id=user.id,
-                        target_id=user.id,
-                        target_name=user.username,
-                        source=source,
-                        detail="API keys kept" if keeps_keys else "API keys revoked",
-                    )
-                ],
-                totp_step=step,
-                revoke_api_keys=not keeps_keys,
-            )
+            outcome = await self._set_password(user, key, password, source, step)
         finally:
             # A success cleared every slot; a wrong secret keeps its own.
-            if slot is not None and not kept and outcome is not Outcome.DONE:
-                await d.store.release(slot.kind, slot.key, now)
+            if slot is not None and not slot.kept and outcome is not Outcome.DONE:
+                await d.store.release(slot.claim.kind, slot.claim.key, now)
+        self._completed(user, outcome)
+
+    async def _check_secrets(
+        self,
+        user: User,
+        questions: list[SecurityQuestion],
+        answer: str | None,
+        totp_code: str | int | None,
+        slot: _Slot | None,
+    ) -> int | None:
+        """The security answer, then the TOTP code, where the user has them; a wrong one
+        keeps its ``slot`` as the failure (and may lock the user). The accepted time step."""
+        d = self.deps
+        if questions:
+            if not answer or not answer.strip():
+                raise NotAuthorized(INVALID_ANSWER)
+            if not await d.hasher.verify(questions[0].answer_hash, normalize_answer(answer)):
+                await self._wrong(user, slot, "wrong security answer")
+                raise NotAuthorized(INVALID_ANSWER)
+        if user.totp_sealed is None:
+            return None
+        given = totp.normalize_code(totp_code)
+        if given is None:
+            raise NotAuthorized(TOTP_REQUIRED)
+        secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
+        d.events.count("totp_checks")
+        assert slot is not None  # a secret is only checked with a slot held
+        step = totp.accepted(secret, given, slot.at, user.totp_last_step)
+        if step is None:
+            await self._wrong(user, slot, "wrong TOTP code")
+            raise NotAuthorized(INVALID_2FA_CODE)
+        return step
+
+    async def _wrong(self, user: User, slot: _Slot | None, reason: str) -> None:
+        assert slot is not None  # a secret is only checked with a slot held
+        slot.kept = True
+        await self._failure(user, slot.claim, slot.source, reason, slot.at)
+
+    async def _set_password(
+        self, user: User, key: bytes, password: str, source: str, step: int | None
+    ) -> Outcome:
+        """The new password, committed with the code's redemption (the store re-checks the
+        lock and the TOTP step), its audit row and the "password changed" mail."""
+        d = self.deps
+        new_hash = await d.hasher.hash(password)
+        changed_at = d.clock()
+        keeps_keys = d.settings.reset_keeps_api_keys
+        mail = user_mail(
+            "password-changed",
+            user,
+            {
+                "changed_at": changed_at,
+                "api_keys": "kept" if keeps_keys else "revoked",
+                "first": user.invited,
+            },
+        )
+        entry = AuditEntry(
+            action="password-set",
+            actor_id=user.id,
+            target_id=user.id,
+            target_name=user.username,
+            source=source,
+            detail="API keys kept" if keeps_keys else "API keys revoked",
+        )
+        return await d.store.complete_reset(
+            user.id,
+            key,
+            new_hash,
+            changed_at,
+            mail,
+            [entry],
+            totp_step=step,
+            revoke_api_keys=not keeps_keys,
+        )
+
+    def _completed(self, user: User, outcome: Outcome) -> None:
+        """The store's outcome as the refusal, or the success told."""
+        d = self.deps
         if outcome is Outcome.LOCKED:
             raise OperationFailed(ACCOUNT_LOCKED)
         if outcome is Outcome.REPLAYED:  # a login took this TOTP step meanwhile
@@ -486,14 +531,19 @@ class Resets:
 
     # -- operators -------------------------------------------------------------------------------
 
-    async def unlock(self, caller: User | None, user_id: int | str | None, source: str) -> None:
-        """UnlockUser: an Operator of the user's OMS ends a lockout."""
+    async def unlock(self, caller: Caller | None, user_id: int | str | None, source: str) -> None:
+        """UnlockUser: an Operator of the user's OMS ends a lockout (only while the caller's
+        session and Operator permission hold)."""
         if caller is None or OPERATOR not in caller.permissions:
             raise NotAuthorized(ONLY_OPERATORS_UNLOCK)
         uid = parse_user_id(user_id)
         if uid is None:
             raise InvalidValue(INVALID_USER_ID)
         target = await self.deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
-        if target is None or target.oms_id != caller.oms_id:
+        if target is None or target.oms_id != caller.user.oms_id:
             raise NotFound(USER_NOT_FOUND)
-        await users.unlock(self.deps, target, actor_id=caller.id, source=source)
+        authority = caller.authority(OPERATOR)
+        unlocking = users.unlock(
+            self.deps, target, actor_id=caller.id, source=source, authority=authority
+        )
+        await guarded(unlocking)

@@ -19,7 +19,12 @@ The rules that must hold when requests race (SPEC section 4):
   holder's username, or the key itself when it names no one, and by address) before its
   signature is checked, and answers one text for every failure. Its nonce is moved on by a
   compare-and-set in the transaction that opens the session: of logins racing with one nonce,
-  on any node, one opens a session. The session is marked as the key's.
+  on any node, one opens a session. The session is marked as the key's, and holds the key's
+  permissions (:mod:`.caller`).
+- A login says what it proved (:class:`Proof`): the password (and second step) on this request,
+  or nothing (a session resumed by token, a key login). The server keeps when a connection
+  proved the password; account-security changes need that proof to be fresh or the password
+  given again (:meth:`Sessions.prove`).
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from ..crypto import digest, new_token
 from ..errors import InvalidValue, NotAuthorized, OperationFailed
 from ..store import AuditEntry, Claim, Outcome, User, username_key
 from . import apikeys, totp
+from .caller import Caller
 from .deps import Deps
 from .texts import (
     ACCOUNT_LOCKED,
+    CONFIRM_PASSWORD,
     CONTACT_SUPPORT,
     INVALID_2FA_CODE,
     INVALID_API_KEY_LOGIN,
@@ -48,11 +55,12 @@ from .texts import (
     NO_PENDING_2FA,
     TOO_MANY_LOGINS,
     TOTP_REQUIRED,
+    WRONG_PASSWORD,
     federated_refusal,
 )
 from .users import parse_user_id
 
-__all__ = ["LoginState", "Login", "Sessions", "TOUCH_EVERY"]
+__all__ = ["LoginState", "Login", "Proof", "Sessions", "TOUCH_EVERY"]
 
 LOGIN_FAILURE_USER = "login-failure-user"
 LOGIN_FAILURE_SOURCE = "login-failure-source"
@@ -65,6 +73,14 @@ class LoginState(Enum):
     AUTHENTICATED = "authenticated"
     NEEDS_2FA = "needs-2fa"
     FAILED = "failed"
+
+
+class Proof(Enum):
+    """What a login step proved on the request that made it."""
+
+    NONE = "none"  # a session resumed by its token, or opened with an API key
+    PASSWORD = "password"  # the password
+    PASSWORD_AND_CODE = "password-and-code"  # the password, then a TOTP code
 
 
 class Login(msgspec.Struct, frozen=True):
@@ -80,8 +96,11 @@ class Login(msgspec.Struct, frozen=True):
     pending: str | None = None
     # A master user without security questions, logged in: it must set them (SPEC 000).
     needs_questions: bool = False
-    # The session was opened with an API key: it cannot change account security.
-    via_api_key: bool = False
+    # What this step proved (AUTHENTICATED): fresh proof for account-security changes.
+    proof: Proof = Proof.NONE
+    # The session was opened with an API key: the key's permissions (it cannot change account
+    # security, and holds no more than these).
+    key_permissions: frozenset[str] | None = None
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -132,7 +151,9 @@ class Sessions:
                 await d.store.release(kind, key, at)
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
-        return await self._open_session(user, now, source, release=reserved[1:])
+        return await self._open_session(
+            user, now, source, release=reserved[1:], proof=Proof.PASSWORD
+        )
 
     async def authenticate_api_key(
         self,
@@ -180,8 +201,14 @@ class Sessions:
             for kind, claim_key, at in reserved:
                 await d.store.release(kind, claim_key, at)
             return refusal
+        assert record is not None  # (a holder is the record's user)
         return await self._open_session(
-            holder, now, source, release=reserved[1:], api_key=(key, number)
+            holder,
+            now,
+            source,
+            release=reserved[1:],
+            api_key=(key, number),
+            key_permissions=frozenset(record.permissions),
         )
 
     async def second_factor(
@@ -224,6 +251,7 @@ class Sessions:
                 totp_step=accepted,
                 pending=key,
                 release=[(LOGIN_FAILURE_SOURCE, source, now)],
+                proof=Proof.PASSWORD_AND_CODE,
             )
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
@@ -250,14 +278,21 @@ class Sessions:
         refusal = self._refusal(user, now)
         if refusal is not None:
             return refusal
+        key_permissions = None
+        if session.api_key is not None:  # still the key's session: its scope comes with it
+            record = await d.store.api_key(session.api_key)
+            if record is None:  # removed meanwhile (which ends its sessions)
+                return Login(LoginState.FAILED, message=INVALID_SESSION)
+            key_permissions = frozenset(record.permissions)
         if not await d.store.touch_session(key, now):  # revoked since it was read
             return Login(LoginState.FAILED, message=INVALID_SESSION)
+        # A token proves nothing of the password: this connection has no fresh proof.
         return Login(
             LoginState.AUTHENTICATED,
             user=user,
             token=token,
             needs_questions=await self.needs_questions(user),
-            via_api_key=session.api_key is not None,
+            key_permissions=key_permissions,
         )
 
     def expired(self, last_seen: float, now: float | None = None) -> bool:
@@ -318,6 +353,19 @@ class Sessions:
         for kind, key, at in reserved:
             await d.store.release(kind, key, at)
         return True
+
+    async def prove(self, caller: Caller, password: str | None, source: str) -> None:
+        """Fresh proof for an account-security change (SPEC section 2a): the caller's
+        connection proved the password within ``fresh_auth_seconds``, or ``password`` is the
+        current one (checked as a login's, under the same limits). Otherwise NotAuthorized:
+        a stolen session token alone never makes such a change."""
+        d = self.deps
+        if caller.proved_within(d.settings.fresh_auth_seconds, d.clock()):
+            return
+        if not password:
+            raise NotAuthorized(CONFIRM_PASSWORD)
+        if not await self.recheck_password(caller.user, password, source):
+            raise NotAuthorized(WRONG_PASSWORD)
 
     async def check_totp(self, user: User, secret: str, code: str | int | None, source: str) -> int:
         """A TOTP code from a logged-in user (Disable2FA, an enrolment's first code): a slot of
@@ -395,6 +443,8 @@ class Sessions:
         totp_step: int | None = None,
         pending: bytes | None = None,
         api_key: tuple[str, int] | None = None,
+        key_permissions: frozenset[str] | None = None,
+        proof: Proof = Proof.NONE,
     ) -> Login:
         d = self.deps
         token = new_token()
@@ -439,7 +489,8 @@ class Sessions:
             user=user,
             token=token,
             needs_questions=await self.needs_questions(user),
-            via_api_key=api_key is not None,
+            proof=proof,
+            key_permissions=key_permissions,
         )
 
     async def _audit_failure(

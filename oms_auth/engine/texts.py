@@ -44,6 +44,8 @@ __all__ = [
     "USERNAME_TAKEN",
     "MUST_SET_QUESTIONS",
     "ENROLMENT_NEEDS_CONNECTION",
+    "CONFIRM_PASSWORD",
+    "AUTHORITY_GONE",
     "federated_refusal",
 ]
 
@@ -99,6 +101,11 @@ MUST_SET_QUESTIONS = (
 ENROLMENT_NEEDS_CONNECTION = (
     "EnableGoogle2FA needs a WebSocket connection: the code that proves it follows on the same"
     " connection"
+)
+# Who may do what (SPEC section 2a "Fresh proof"; issue 22).
+CONFIRM_PASSWORD = "Confirm your password first: log in again on this connection"
+AUTHORITY_GONE = (
+    "Your session ended or lost the permission this needs meanwhile; nothing was changed"
 )
 
 _FEDERATED = {

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidValue, NotAuthorized, NotFound
-from ..store import NO_PASSWORD, AuditEntry, NewUser, User, UsernameConfusable
+from ..store import NO_PASSWORD, AuditEntry, Authority, NewUser, User, UsernameConfusable
 from . import totp
 from .answers import normalize_answer
 from .deps import Deps
@@ -26,6 +27,9 @@ from .texts import (
     ONLY_OWN_USER,
     USER_NOT_FOUND,
 )
+
+if TYPE_CHECKING:
+    from .caller import Caller
 
 __all__ = [
     "create_user",
@@ -90,24 +94,15 @@ async def create_user(
     locale: str | None = None,
     actor_id: int | None = None,
     source: str = "cli",
+    authority: Authority | None = None,
 ) -> int:
     """Create a user (the first of ``accounts`` is its default); returns its UserId. Without
     a password the user is invited: it has no usable password until it follows the link
-    :func:`invite` mails it."""
+    :func:`invite` mails it. ``authority``: the caller's, re-checked as it is written."""
     username, email = check_username(username), check_email(email)
     locale = check_locale(locale)
     names = permission_names(list(permissions))
-    if password is not None:
-        broken = POLICIES[deps.settings.password_policy].refusal(password, username)
-        if broken is not None:
-            raise InvalidValue(broken)
-    if (question is None) != (answer is None):
-        raise InvalidValue("--security-question and --security-answer go together")
-    if totp_secret is not None and not totp.valid_secret(totp_secret):
-        raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
-    questions: tuple[tuple[str, str], ...] = ()
-    if question is not None and answer is not None:
-        questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
+    questions = await _checked_secrets(deps, username, password, totp_secret, question, answer)
     try:
         user_id = await deps.store.create_user(
             NewUser(
@@ -129,6 +124,7 @@ async def create_user(
                 target_name=username.strip(),
                 source=source,
             ),
+            authority=authority,
         )
     except UsernameConfusable:
         # Which user it looks like is not said: an Operator must not learn the usernames of
@@ -139,6 +135,29 @@ async def create_user(
     if totp_secret is not None:
         await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
     return user_id
+
+
+async def _checked_secrets(
+    deps: Deps,
+    username: str,
+    password: str | None,
+    totp_secret: str | None,
+    question: str | None,
+    answer: str | None,
+) -> tuple[tuple[str, str], ...]:
+    """A new user's password, TOTP secret and question checked (InvalidValue naming what is
+    wrong); the question with its answer's hash."""
+    if password is not None:
+        broken = POLICIES[deps.settings.password_policy].refusal(password, username)
+        if broken is not None:
+            raise InvalidValue(broken)
+    if (question is None) != (answer is None):
+        raise InvalidValue("--security-question and --security-answer go together")
+    if totp_secret is not None and not totp.valid_secret(totp_secret):
+        raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
+    if question is None or answer is None:
+        return ()
+    return ((question, await deps.hasher.hash(normalize_answer(answer))),)
 
 
 async def invite(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:
@@ -158,8 +177,16 @@ async def invite(deps: Deps, target: User, *, actor_id: int | None, source: str)
     )
 
 
-async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:
-    """End the user's lockout and clear its failed attempts (audited)."""
+async def unlock(
+    deps: Deps,
+    target: User,
+    *,
+    actor_id: int | None,
+    source: str,
+    authority: Authority | None = None,
+) -> None:
+    """End the user's lockout and clear its failed attempts (audited); with the caller's
+    ``authority`` (UnlockUser), re-checked in the same transaction."""
     await deps.store.set_lock(
         target.id,
         None,
@@ -170,6 +197,7 @@ async def unlock(deps: Deps, target: User, *, actor_id: int | None, source: str)
             target_name=target.username,
             source=source,
         ),
+        authority=authority,
     )
 
 
@@ -184,19 +212,22 @@ def parse_user_id(value: int | str | None) -> int | None:
 
 
 async def visible_user(
-    deps: Deps, caller: User | None, user_id: int | str | None, others: str = ONLY_OWN_USER
+    deps: Deps, caller: Caller | None, user_id: int | str | None, others: str = ONLY_OWN_USER
 ) -> User:
     """The user a caller asks about (GetUserInfo, the API-key functions): itself (no UserId,
-    or its own), or for an Operator any user of its OMS (users of other OMSs look missing);
-    ``others`` is the refusal for anyone else asking about another user."""
+    or its own), or for a caller holding Operator (on a key session, only with a key that
+    holds it) any user of its OMS (users of other OMSs look missing); ``others`` is the
+    refusal for anyone else asking about another user."""
     if caller is None:
         raise NotAuthorized(NOT_LOGGED_IN)
     uid = caller.id if user_id is None or user_id == "" else parse_user_id(user_id)
     if uid is None:
         raise InvalidValue(INVALID_USER_ID)
-    if uid != caller.id and OPERATOR not in caller.permissions:
+    if uid == caller.id:
+        return caller.user
+    if OPERATOR not in caller.permissions:
         raise NotAuthorized(others)
     target = await deps.store.user_by_id(uid) if 0 < uid <= MAX_USER_ID else None
-    if target is None or target.oms_id != caller.oms_id:
+    if target is None or target.oms_id != caller.user.oms_id:
         raise NotFound(USER_NOT_FOUND)
     return target

@@ -41,9 +41,10 @@ class Conn:
         "last_written",
         "pending",
         "token",
-        "via_api_key",
+        "key_permissions",
         "enrolment",
         "verified_at",
+        "proved_at",
         "lasting",
         "last_frame",
         "idle_timer",
@@ -64,12 +65,16 @@ class Conn:
         self.pending: str | None = None
         # The session's token (a secret): Authenticate2FA that confirms an enrolment answers it.
         self.token: str | None = None
-        # The session was opened with an API key (it stays so on every connection resuming it).
-        self.via_api_key = False
+        # The session was opened with an API key: the key's permissions (it stays so on every
+        # connection resuming it). None for a password session.
+        self.key_permissions: frozenset[str] | None = None
         # An EnableGoogle2FA waiting for its first code on this connection.
         self.enrolment: Enrolment | None = None
         # When a 2FA last succeeded on this connection (Disable2FA needs no code soon after).
         self.verified_at: float | None = None
+        # When this connection itself proved the password (and second step): fresh proof for
+        # account-security changes. None on a connection that resumed a session by token.
+        self.proved_at: float | None = None
         # False for an HTTP request: nothing it leaves on the connection outlives it.
         self.lasting = lasting
         # When the last frame arrived, and the timer that closes the connection once it has

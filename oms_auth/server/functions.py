@@ -1,6 +1,9 @@
 """The OMS functions: each turns a typed request into an engine call and a typed reply.
 
 A function returns a reply Struct or raises a Refusal; the adapter in ``ws.py`` does the rest.
+Who may do what is the engine's to decide: each request hands it a
+:class:`~oms_auth.engine.caller.Caller` built from the connection (:meth:`Functions._caller`),
+and every change to a connection's login goes through the :class:`~.registry.Registry`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from protocol import messages as msg
 from protocol.errors import SUCCESS, StandardResponse
 
 from ..engine import users
-from ..engine.accounts import RECENT_2FA_SECONDS, Accounts
+from ..engine.accounts import Accounts
 from ..engine.apikeys import ApiKeys
+from ..engine.caller import Caller
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import ENROLMENT_NEEDS_CONNECTION, MUST_SET_QUESTIONS, NOT_LOGGED_IN
@@ -111,7 +115,7 @@ class Functions:
         self.sessions = sessions
         self.resets = resets
         self.registry = registry
-        self.api_keys = ApiKeys(sessions.deps)
+        self.api_keys = ApiKeys(sessions)
         self.accounts = Accounts(sessions)
         self.table: dict[str, Function] = {}
         self.add("Ping", msg.Empty, self.ping, inline=True)
@@ -134,7 +138,7 @@ class Functions:
         self.add("AddUserAPIKey", msg.AddUserAPIKeyRequest, self.add_user_api_key)
         self.add("GetUserAPIKeys", msg.UserRequest, self.get_user_api_keys)
         self.add("RemoveUserAPIKey", msg.RemoveUserAPIKeyRequest, self.remove_user_api_key)
-        self.add("EnableGoogle2FA", msg.UserRequest, self.enable_google_2fa)
+        self.add("EnableGoogle2FA", msg.EnableGoogle2FARequest, self.enable_google_2fa)
         self.add("Disable2FA", msg.Disable2FARequest, self.disable_2fa)
         self.add("SetSecurityQuestions", msg.SetSecurityQuestionsRequest, self.set_questions)
         self.add("GetSecurityQuestions", msg.UserRequest, self.get_questions)
@@ -175,10 +179,7 @@ class Functions:
         if conn.pending is None and conn.enrolment is not None and conn.user is not None:
             return await self._confirm_enrolment(conn, req.Code)
         login = await self.sessions.second_factor(conn.pending, req.Code, conn.source)
-        reply = self._apply(conn, login)
-        if login.state is LoginState.AUTHENTICATED:
-            conn.verified_at = self.sessions.deps.clock()
-        return reply
+        return self._apply(conn, login)
 
     async def _confirm_enrolment(
         self, conn: Conn, code: str | int | None
@@ -199,8 +200,7 @@ class Functions:
                 AuthType=TOTP_TYPE,
                 errormsg=refusal.detail,
             )
-        conn.enrolment = None
-        conn.user, conn.verified_at = user, self.sessions.deps.clock()
+        self.registry.enrolled(conn, user, self.sessions.deps.clock())
         return msg.AuthenticateUserReply(
             Authenticated=True, SessionToken=conn.token, UserId=user.id, User=user_info(user)
         )
@@ -227,16 +227,34 @@ class Functions:
             )
         return SUCCESS
 
-    async def _caller(self, conn: Conn) -> User | None:
-        """The connection's user as the store has it now (permissions may have changed)."""
-        if conn.user is None:
+    async def _caller(self, conn: Conn) -> Caller | None:
+        """Who asks on this connection, for the engine: its user as the store has it now
+        (permissions may have changed), the session it holds and the password version that
+        session was opened for, its key's permissions, and what the connection proved when.
+        None when it is not logged in."""
+        held, session = conn.user, conn.token_digest
+        if held is None or session is None:
             return None
-        return await self.sessions.deps.store.user_by_id(conn.user.id)
+        # Read before the store is asked: a logoff meanwhile must not mix two logins.
+        key_permissions, proved_at, verified_at = (
+            conn.key_permissions,
+            conn.proved_at,
+            conn.verified_at,
+        )
+        user = await self.sessions.deps.store.user_by_id(held.id)
+        if user is None:
+            return None
+        return Caller(
+            user=user,
+            session=session,
+            password_version=held.password_version,
+            key_permissions=key_permissions,
+            proved_at=proved_at,
+            verified_at=verified_at,
+        )
 
     async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
-        caller = await self._caller(conn)
-        via_api_key = conn.via_api_key
-        await self.resets.request(caller, req.UserName, conn.source, via_api_key=via_api_key)
+        await self.resets.request(await self._caller(conn), req.UserName, conn.source)
         return SUCCESS
 
     async def reset_password2(self, conn: Conn, req: msg.ResetPassword2Request) -> msgspec.Struct:
@@ -298,11 +316,7 @@ class Functions:
     ) -> msg.AddUserAPIKeyReply:
         caller = await self._caller(conn)
         new = await self.api_keys.add(
-            caller,
-            req.UserId,
-            req.Permissions,
-            conn.source,
-            via_api_key=conn.via_api_key,
+            caller, req.UserId, req.Permissions, conn.source, password=req.Password
         )
         return msg.AddUserAPIKeyReply(
             APIKey=new.key,
@@ -312,12 +326,7 @@ class Functions:
         )
 
     async def get_user_api_keys(self, conn: Conn, req: msg.UserRequest) -> list[msg.APIKeyInfo]:
-        caller = await self._caller(conn)
-        keys = await self.api_keys.keys(
-            caller,
-            req.UserId,
-            via_api_key=conn.via_api_key,
-        )
+        keys = await self.api_keys.keys(await self._caller(conn), req.UserId)
         return [msg.APIKeyInfo(k.key, k.user_id, list(k.permissions)) for k in keys]
 
     async def remove_user_api_key(
@@ -325,36 +334,27 @@ class Functions:
     ) -> msgspec.Struct:
         caller = await self._caller(conn)
         await self.api_keys.remove(
-            caller,
-            req.UserId,
-            req.APIKey,
-            conn.source,
-            via_api_key=conn.via_api_key,
+            caller, req.UserId, req.APIKey, conn.source, password=req.Password
         )
         return SUCCESS
 
-    async def enable_google_2fa(self, conn: Conn, req: msg.UserRequest) -> msg.EnableGoogle2FAReply:
-        caller = await self._caller(conn)
-        via_api_key = conn.via_api_key
-        new = self.accounts.enable_totp(caller, req.UserId, via_api_key=via_api_key)
-        if not conn.lasting:
+    async def enable_google_2fa(
+        self, conn: Conn, req: msg.EnableGoogle2FARequest
+    ) -> msg.EnableGoogle2FAReply:
+        if conn.user is not None and not conn.lasting:
+            # Its first code must follow on the same connection: an HTTP request has none.
             raise NotSupported(ENROLMENT_NEEDS_CONNECTION)
-        conn.enrolment = new.enrolment
+        caller = await self._caller(conn)
+        new = await self.accounts.enable_totp(
+            caller, req.UserId, conn.source, password=req.Password
+        )
+        self.registry.enrolling(conn, new.enrolment)
         return msg.EnableGoogle2FAReply(GoogleQRCode=new.uri, ManualCode=new.manual_code)
 
     async def disable_2fa(self, conn: Conn, req: msg.Disable2FARequest) -> msgspec.Struct:
         caller = await self._caller(conn)
-        now = self.sessions.deps.clock()
-        recent = conn.verified_at is not None and now - conn.verified_at < RECENT_2FA_SECONDS
-        await self.accounts.disable_totp(
-            caller,
-            req.UserId,
-            req.Code,
-            conn.source,
-            via_api_key=conn.via_api_key,
-            recently_verified=recent,
-        )
-        conn.verified_at = None
+        await self.accounts.disable_totp(caller, req.UserId, req.Code, conn.source)
+        self.registry.spent_verification(conn)
         return SUCCESS
 
     async def set_questions(
@@ -362,12 +362,7 @@ class Functions:
     ) -> msgspec.Struct:
         caller = await self._caller(conn)
         await self.accounts.set_questions(
-            caller,
-            req.UserId,
-            req.Password,
-            req.Questions,
-            conn.source,
-            via_api_key=conn.via_api_key,
+            caller, req.UserId, req.Password, req.Questions, conn.source
         )
         return SUCCESS
 
@@ -384,7 +379,6 @@ class Functions:
             req.AccountId,
             req.Permissions,
             conn.source,
-            via_api_key=conn.via_api_key,
             locale=req.Locale,
         )
         return msg.UserIdReply(UserId=user_id)

@@ -14,6 +14,13 @@ the session the connection holds and to its pending second step.
     NEEDS_2FA        unchanged                   the outcome's (a new one, or the same)
     FAILED           unchanged                   none
     (log off)        none                        none
+
+A new session also sets what the connection itself proved, from the login's
+:class:`~oms_auth.engine.sessions.Proof` (``_PROVED``): when it proved the password, and when
+a TOTP code was accepted on it. A session resumed by token or opened with an API key proved
+nothing here (fresh proof, SPEC section 2a), and carries the key's permissions when it is a
+key's. The engine reads these through the :class:`~oms_auth.engine.caller.Caller` the server
+builds from the connection; they change only here.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import Any, NamedTuple, TypeVar
 from protocol.frame import encode_event
 from protocol.messages import LogoutEvent
 
-from ..engine.sessions import Login, LoginState
+from ..engine.accounts import Enrolment
+from ..engine.sessions import Login, LoginState, Proof
 from ..store import Revocation, User
 from .connection import Conn
 
@@ -46,6 +54,18 @@ _ON_OUTCOME = {
 }
 
 
+class _Proved(NamedTuple):
+    password: bool  # the connection proved the password now
+    code: bool  # and a TOTP code
+
+
+_PROVED = {
+    Proof.NONE: _Proved(password=False, code=False),
+    Proof.PASSWORD: _Proved(password=True, code=False),
+    Proof.PASSWORD_AND_CODE: _Proved(password=True, code=True),
+}
+
+
 class Registry:
     """Connections by session digest and by user id."""
 
@@ -60,22 +80,42 @@ class Registry:
         effect = _ON_OUTCOME[login.state]
         if effect.new_session:
             assert login.user is not None and login.token_digest is not None
-            self.log_in(conn, login.user, login.token, login.token_digest, now)
-            conn.via_api_key = login.via_api_key
+            self.log_in(conn, login, now)
         conn.pending = login.pending if effect.keeps_pending else None
 
-    def log_in(
-        self, conn: Conn, user: User, token: str | None, token_digest: bytes, now: float
-    ) -> None:
+    def log_in(self, conn: Conn, login: Login, now: float) -> None:
+        """The connection holds the login's new session from now on."""
         if conn.closed:  # a login that finished after its connection went: nothing to index
             return
+        user, token_digest = login.user, login.token_digest
+        assert user is not None and token_digest is not None
+        proved = _PROVED[login.proof]
         self._untrack(conn)
         conn.user, conn.token_digest, conn.pending = user, token_digest, None
-        conn.token, conn.enrolment, conn.verified_at = token, None, None
-        conn.via_api_key = False
+        conn.token, conn.enrolment = login.token, None
+        conn.key_permissions = login.key_permissions
+        conn.proved_at = now if proved.password else None
+        conn.verified_at = now if proved.code else None
         conn.last_activity = conn.last_written = now
         self.by_session.setdefault(token_digest, set()).add(conn)
         self.by_user.setdefault(user.id, set()).add(conn)
+
+    def enrolling(self, conn: Conn, enrolment: Enrolment) -> None:
+        """An EnableGoogle2FA waits for its first code on this connection."""
+        if conn.user is not None and conn.user.id == enrolment.user_id:
+            conn.enrolment = enrolment
+
+    def enrolled(self, conn: Conn, user: User, now: float) -> None:
+        """The enrolment's first code was accepted: TOTP is on for ``user`` (the connection's
+        user, as it is now), and a code was accepted on this connection."""
+        if conn.user is None or conn.user.id != user.id:
+            return  # logged off (or in as another) meanwhile
+        conn.enrolment = None
+        conn.user, conn.verified_at = user, now
+
+    def spent_verification(self, conn: Conn) -> None:
+        """A Disable2FA used the connection's recent code: the next needs a code again."""
+        conn.verified_at = None
 
     def log_off(self, conn: Conn, reason: str | None = None) -> None:
         """End the connection's login; with a ``reason``, tell the client first (the event is
@@ -126,8 +166,8 @@ class Registry:
     def _forget(self, conn: Conn) -> None:
         self._untrack(conn)
         conn.user = conn.token_digest = conn.pending = conn.token = None
-        conn.enrolment = conn.verified_at = None
-        conn.via_api_key = False
+        conn.enrolment = conn.verified_at = conn.proved_at = None
+        conn.key_permissions = None
 
     def _untrack(self, conn: Conn) -> None:
         if conn.token_digest is not None:

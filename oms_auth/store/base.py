@@ -3,7 +3,12 @@
 Each implementation brings its own SQL and concurrency (:mod:`.sqlite`, :mod:`.postgres`); the
 records crossing this interface are in :mod:`.records`.
 
-Every write method is one transaction: when it returns, its effect is committed.
+Every write method is one transaction: when it returns, its effect is committed. A write made
+for a caller takes its :class:`~.records.Authority` and re-checks it inside that transaction
+before anything else is written: when it no longer holds (the caller's session ended, its
+password changed, it lost the permission) the write raises :class:`~.records.CallerGone` and
+leaves no trace. So no decision taken on a caller's power lands after that power is gone, on
+any node.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .records import (
     ApiKey,
     AuditEntry,
     AuditRow,
+    Authority,
     Claim,
     MailItem,
     NewUser,
@@ -57,7 +63,13 @@ class Store(abc.ABC):
 
     # Users
     @abc.abstractmethod
-    async def create_user(self, user: NewUser, audit: AuditEntry | None = None) -> int:
+    async def create_user(
+        self,
+        user: NewUser,
+        audit: AuditEntry | None = None,
+        *,
+        authority: Authority | None = None,
+    ) -> int:
         """Insert a user with its accounts, permissions and questions; StoreError on a
         duplicate username (compared case-insensitively)."""
 
@@ -88,10 +100,17 @@ class Store(abc.ABC):
         ``totp_step`` is not newer than the last accepted step (it becomes the last), INVALID
         when ``set_totp`` finds TOTP already in the state asked for; nothing changes then.
         On DONE the audit row and the notice are written with it, and with ``end_sessions``
-        other nodes are told."""
+        other nodes are told. With ``authority``, CallerGone when it no longer holds."""
 
     @abc.abstractmethod
-    async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
+    async def set_lock(
+        self,
+        user_id: int,
+        until: float | None,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
+    ) -> None:
         """Lock a user until ``until`` (None unlocks and clears the failure count)."""
 
     @abc.abstractmethod
@@ -157,9 +176,17 @@ class Store(abc.ABC):
 
     # API keys (SPEC section 2a)
     @abc.abstractmethod
-    async def add_api_key(self, key: ApiKey, max_keys: int, audit: AuditEntry) -> bool:
+    async def add_api_key(
+        self,
+        key: ApiKey,
+        max_keys: int,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
+    ) -> bool:
         """Store a new key (its secret already sealed) with ``audit``, in one transaction;
-        False (nothing written) when its user holds ``max_keys`` keys already."""
+        False (nothing written) when its user holds ``max_keys`` keys already. Ordered against
+        a reset of the key's user: a key the reset would revoke is never written after it."""
 
     @abc.abstractmethod
     async def api_key(self, key: str) -> ApiKey | None: ...
@@ -170,7 +197,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_api_key(
-        self, user_id: int, key: str, reason: str, audit: AuditEntry
+        self,
+        user_id: int,
+        key: str,
+        reason: str,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
     ) -> list[bytes] | None:
         """Delete the user's key and every session opened with it (other nodes are told, with
         ``reason``), with ``audit``, in one transaction. Returns those sessions' digests, or
@@ -205,6 +238,8 @@ class Store(abc.ABC):
         mail: MailItem,
         audit: list[AuditEntry],
         limit: Claim | None = None,
+        *,
+        authority: Authority | None = None,
     ) -> bool:
         """Void the user's pending codes, store the new one and queue its mail, at once. With
         ``limit``, one slot of it is reserved in the same transaction first; False (nothing

@@ -19,14 +19,20 @@ each rule is held by PostgreSQL itself:
   SHARE``, so it waits for a redemption in flight and then sees the code used.
 - ``claim_mail``: ``FOR UPDATE SKIP LOCKED``, and a claimed row is leased (not due again until
   the lease ends), so each message is delivered once whichever node's worker takes it.
+- a write made for a caller (``authority``): the caller's user row is locked ``FOR SHARE`` and its
+  session row ``FOR SHARE`` before anything is written, and re-read there: a reset of the caller
+  (which holds the row ``FOR UPDATE``) commits before the write (which then sees the session gone
+  and writes nothing) or after it; a LogOut's delete of the session waits for the write, or the
+  write waits for the delete and then finds no session.
 - the audit hash chain: an advisory lock around reading the tail and appending keeps it one line.
 - every revocation (a completed reset, a LogOut) sends ``NOTIFY`` inside its transaction (only a
   committed change is told); each node's :class:`~.postgres_listener.RevocationListener` logs
   the connections holding those sessions off.
 - migrations: an advisory lock, so nodes starting at once migrate once.
 
-Lock order, to rule out deadlocks: a user's row, then event locks (sorted by kind and key),
-then the audit lock. Advisory locks are keyed by schema, so stores in different schemas of one
+Lock order, to rule out deadlocks: users' rows (the one written for and the caller's, the lower
+id first), then the caller's session row, then event locks (sorted by kind and key), then the
+audit lock. Advisory locks are keyed by schema, so stores in different schemas of one
 database never wait on each other.
 
 PostgreSQL text cannot hold NUL, which a client may send inside a username: event keys are
@@ -69,6 +75,8 @@ from .records import (
     ApiKey,
     AuditEntry,
     AuditRow,
+    Authority,
+    CallerGone,
     Claim,
     MailItem,
     NewUser,
@@ -117,6 +125,9 @@ _HEALTH_ERRORS: tuple[type[BaseException], ...] = (StoreError, *CONNECTION_ERROR
 
 # The shared statements with the row locks this store's rules take (see the module docstring).
 _LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
+_SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
+_AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
+_GONE = "the caller's session or permission is gone"
 _LOGIN_STATE_LOCKED = S.login_state + " FOR UPDATE"
 _LOCKED_UNTIL_LOCKED = S.locked_until + " FOR UPDATE"
 _RESET_STATE_LOCKED = S.reset_state + " FOR UPDATE"
@@ -366,12 +377,32 @@ class PostgresStore(Store):
     async def _now(conn: Conn) -> float:
         return float(await conn.fetchval(_NOW))
 
+    @staticmethod
+    async def _lock_for(conn: Conn, user_id: int | None, authority: Authority | None) -> None:
+        """Lock the row of the user written for (``FOR UPDATE``) and the caller's (``FOR
+        SHARE``), the lower id first so two writes for two callers never wait in a cycle; then
+        CallerGone unless the caller's authority still holds (its session row ``FOR SHARE``)."""
+        rows = [] if user_id is None else [(user_id, _LOCK_USER)]
+        if authority is not None and authority.user_id != user_id:
+            rows.append((authority.user_id, _SHARE_USER))
+        for uid, statement in sorted(rows):
+            await conn.execute(statement, uid)
+        if authority is not None:
+            if await conn.fetchval(_AUTHORITY_SHARED, *q.authority_args(authority)) is None:
+                raise CallerGone(_GONE)
+
     async def _lock_events(self, conn: Conn, kind: str, key: str) -> None:
         await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "events", kind, key))
 
     # -- users --------------------------------------------------------------------------------
 
-    async def create_user(self, user: NewUser, audit: AuditEntry | None = None) -> int:
+    async def create_user(
+        self,
+        user: NewUser,
+        audit: AuditEntry | None = None,
+        *,
+        authority: Authority | None = None,
+    ) -> int:
         texts = [
             user.username,
             user.email,
@@ -383,6 +414,7 @@ class PostgresStore(Store):
         taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
         key, skeleton = username_key(user.username), username_skeleton(user.username)
         async with self._tx() as conn:
+            await self._lock_for(conn, None, authority)
             # Two nodes adding look-alike names at once: one waits for the other's commit.
             await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "skeleton:" + skeleton))
             if await conn.fetchval(S.username_taken, key):
@@ -431,6 +463,7 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # The user's row locked, as a reset and a login take it: the password version and
             # the TOTP step are read as they are until this commits.
+            await self._lock_for(conn, change.user_id, change.authority)
             state = await conn.fetchrow(_ACCOUNT_STATE_LOCKED, change.user_id)
             plan = q.account_plan(S, change, state)
             if isinstance(plan, Outcome):
@@ -447,8 +480,16 @@ class PostgresStore(Store):
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
         return [q.to_question(row) for row in await self._db.fetch(S.questions, user_id)]
 
-    async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
+    async def set_lock(
+        self,
+        user_id: int,
+        until: float | None,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
+    ) -> None:
         async with self._tx() as conn:
+            await self._lock_for(conn, user_id, authority)
             await conn.execute(S.set_lock, until, user_id)
             if until is None:
                 await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
@@ -579,10 +620,19 @@ class PostgresStore(Store):
 
     # -- API keys -----------------------------------------------------------------------------
 
-    async def add_api_key(self, key: ApiKey, max_keys: int, audit: AuditEntry) -> bool:
+    async def add_api_key(
+        self,
+        key: ApiKey,
+        max_keys: int,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
+    ) -> bool:
         async with self._tx() as conn:
-            # The user's row first: two additions on any nodes count in turn.
-            await conn.execute(_LOCK_USER, key.user_id)
+            # The user's row first: two additions on any nodes count in turn, and a reset
+            # revoking the user's keys commits before this (the caller's session is gone then)
+            # or after it (and deletes this key too).
+            await self._lock_for(conn, key.user_id, authority)
             if int(await conn.fetchval(S.count_user_api_keys, key.user_id)) >= max_keys:
                 return False
             await conn.execute(S.insert_api_key, *q.api_key_args(key))
@@ -599,14 +649,20 @@ class PostgresStore(Store):
         return [q.to_api_key(row) for row in await self._db.fetch(S.user_api_keys, user_id)]
 
     async def remove_api_key(
-        self, user_id: int, key: str, reason: str, audit: AuditEntry
+        self,
+        user_id: int,
+        key: str,
+        reason: str,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
     ) -> list[bytes] | None:
         if "\x00" in key:
             return None
         async with self._tx() as conn:
             # The user's row first, as a reset (which may delete the same key) and a login
             # with the key take it: no cycle.
-            await conn.execute(_LOCK_USER, user_id)
+            await self._lock_for(conn, user_id, authority)
             rows = await conn.fetch(S.delete_api_key_sessions, key, user_id)
             if await conn.execute(S.delete_api_key, key, user_id) != "DELETE 1":
                 return None  # not this user's key: no session of it was either
@@ -684,11 +740,13 @@ class PostgresStore(Store):
         mail: MailItem,
         audit: list[AuditEntry],
         limit: Claim | None = None,
+        *,
+        authority: Authority | None = None,
     ) -> bool:
         async with self._tx() as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
             # user's row first, then the limit's lock, as lock_when_spent takes them.
-            await conn.execute(_LOCK_USER, user_id)
+            await self._lock_for(conn, user_id, authority)
             if limit is not None:
                 await self._lock_claims(conn, [limit])
                 if await self._count(conn, limit, now) >= limit.limit:

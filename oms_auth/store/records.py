@@ -21,6 +21,7 @@ __all__ = [
     "RESET_FAILURE",
     "NO_PASSWORD",
     "StoreError",
+    "CallerGone",
     "username_key",
     "username_skeleton",
     "UsernameTaken",
@@ -31,6 +32,7 @@ __all__ = [
     "Session",
     "ApiKey",
     "Claim",
+    "Authority",
     "AccountChange",
     "Outcome",
     "Revocation",
@@ -93,6 +95,12 @@ class UsernameTaken(StoreError):
 
 class UsernameConfusable(StoreError):
     """The username looks like another user's (the same :func:`username_skeleton`)."""
+
+
+class CallerGone(StoreError):
+    """A write made for a caller whose :class:`Authority` no longer holds in the write's own
+    transaction (its session ended, its password changed, or it lost the permission the
+    decision rested on): nothing was written."""
 
 
 class NewUser(msgspec.Struct, kw_only=True):
@@ -196,6 +204,23 @@ class Claim(msgspec.Struct, frozen=True):
     limit: int
 
 
+class Authority(msgspec.Struct, frozen=True, kw_only=True):
+    """What a write made for a caller re-checks of it in its own transaction, so a decision
+    taken on a caller's power cannot land after that power is gone: the session the request
+    came on still exists (a LogOut, a forced logoff, a removed key or a reset ends it), the
+    user's password is still ``password_version`` (the version that session was opened for),
+    and, with ``permission``, the user still holds it. The store raises :class:`CallerGone`
+    otherwise, and writes nothing."""
+
+    user_id: int
+    session: bytes  # the SHA-256 digest of the session's token
+    password_version: int
+    permission: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Authority(user_id={self.user_id}, permission={self.permission!r})"
+
+
 class AccountChange(msgspec.Struct, frozen=True, kw_only=True):
     """A change to a user's account security, written in one transaction with its audit row
     and the notice mailed to the user (``Store.change_account``). Each field left at its
@@ -218,6 +243,8 @@ class AccountChange(msgspec.Struct, frozen=True, kw_only=True):
     questions: tuple[tuple[str, str], ...] | None = None
     # End every session and pending second step of the user, on every node, with this reason.
     end_sessions: str | None = None
+    # The caller's authority, re-checked in the change's transaction (CallerGone otherwise).
+    authority: Authority | None = None
 
     def __repr__(self) -> str:
         return f"AccountChange(user_id={self.user_id}, action={self.audit.action!r})"

@@ -29,6 +29,7 @@ from .records import (
     AccountChange,
     ApiKey,
     AuditRow,
+    Authority,
     MailItem,
     NewUser,
     OutboxRow,
@@ -57,6 +58,7 @@ __all__ = [
     "live_code_args",
     "redeem_args",
     "api_key_args",
+    "authority_args",
     "prune_plan",
     "audit_query",
     "to_user",
@@ -194,6 +196,15 @@ class Statements:
     delete_questions: str = "DELETE FROM security_questions WHERE user_id = ?"
     set_lock: str = "UPDATE users SET locked_until = ? WHERE id = ?"
     locked_until: str = "SELECT locked_until FROM users WHERE id = ?"
+    # A caller's authority (records.Authority), re-checked inside a write made for it: its
+    # session still exists, its password is still that session's version, and (unless the
+    # permission given is NULL) it still holds that permission.
+    authority_holds: str = (
+        "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id"
+        " WHERE s.digest = ? AND s.user_id = ? AND u.password_version = ?"
+        " AND (CAST(? AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM user_permissions p"
+        " WHERE p.user_id = s.user_id AND p.permission = ?))"
+    )
     # sessions and second login steps
     login_state: str = (
         "SELECT password_version, totp_last_step, locked_until FROM users WHERE id = ?"
@@ -373,6 +384,12 @@ def live_code_args(digest: bytes, now: float, user_id: int | None) -> tuple[obje
 def redeem_args(digest: bytes, user_id: int, now: float) -> tuple[object, ...]:
     """``redeem_code``'s arguments: the redemption move, for an unexpired code of the user."""
     return (codes.REDEEM.target.value, digest, user_id, codes.REDEEM.source.value, now)
+
+
+def authority_args(authority: Authority) -> tuple[object, ...]:
+    """``authority_holds``'s arguments."""
+    a = authority
+    return (a.session, a.user_id, a.password_version, a.permission, a.permission)
 
 
 def api_key_args(key: ApiKey) -> tuple[object, ...]:

@@ -42,6 +42,8 @@ from .records import (
     ApiKey,
     AuditEntry,
     AuditRow,
+    Authority,
+    CallerGone,
     Claim,
     MailItem,
     NewUser,
@@ -75,6 +77,13 @@ def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
 def _record_sync(raw: sqlite3.Connection, claims: Sequence[Claim], now: float) -> None:
     """One event for each claim."""
     raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
+
+
+def _authorize_sync(raw: sqlite3.Connection, authority: Authority | None) -> None:
+    """CallerGone unless ``authority`` still holds (first in a write job: nothing written)."""
+    if authority is not None:
+        if raw.execute(S.authority_holds, q.authority_args(authority)).fetchone() is None:
+            raise CallerGone(_GONE)
 
 
 def _run_sync_jobs(
@@ -113,6 +122,7 @@ class SyncJob:
 
 S = q.SQLITE
 _LOOKALIKE = "the username looks too much like an existing username"
+_GONE = "the caller's session or permission is gone"
 
 # What only this store runs (its dialect's way of saying it).
 _CLAIM_MAIL = (
@@ -419,10 +429,26 @@ class SqliteStore(Store):
         (now,) = await SqliteStore._one(db, _NOW)
         return float(now)
 
+    @staticmethod
+    async def _authorize(db: aiosqlite.Connection, authority: Authority | None) -> None:
+        """CallerGone unless ``authority`` still holds. First in a write job: the single
+        writer orders it against every revocation, so what it saw holds until the commit."""
+        if authority is not None:
+            args = q.authority_args(authority)
+            if await SqliteStore._one(db, S.authority_holds, args) is None:
+                raise CallerGone(_GONE)
+
     # -- users --------------------------------------------------------------------------------
 
-    async def create_user(self, user: NewUser, audit: AuditEntry | None = None) -> int:
+    async def create_user(
+        self,
+        user: NewUser,
+        audit: AuditEntry | None = None,
+        *,
+        authority: Authority | None = None,
+    ) -> int:
         async def job(db: aiosqlite.Connection) -> int:
+            await self._authorize(db, authority)
             key = username_key(user.username)
             if await self._one(db, S.username_taken, (key,)):
                 raise UsernameTaken(f"username {user.username.strip()!r} is taken")
@@ -469,6 +495,7 @@ class SqliteStore(Store):
 
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         async def job(db: aiosqlite.Connection) -> Outcome:
+            await self._authorize(db, change.authority)
             state = await self._one(db, S.account_state, (change.user_id,))
             plan = q.account_plan(S, change, state)
             if isinstance(plan, Outcome):
@@ -486,8 +513,16 @@ class SqliteStore(Store):
         rows = await self._all(self._reader, S.questions, (user_id,))
         return [q.to_question(row) for row in rows]
 
-    async def set_lock(self, user_id: int, until: float | None, audit: AuditEntry) -> None:
+    async def set_lock(
+        self,
+        user_id: int,
+        until: float | None,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
+    ) -> None:
         async def job(db: aiosqlite.Connection) -> None:
+            await self._authorize(db, authority)
             await db.execute(S.set_lock, (until, user_id))
             if until is None:
                 await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
@@ -609,8 +644,18 @@ class SqliteStore(Store):
 
     # -- API keys -----------------------------------------------------------------------------
 
-    async def add_api_key(self, key: ApiKey, max_keys: int, audit: AuditEntry) -> bool:
+    async def add_api_key(
+        self,
+        key: ApiKey,
+        max_keys: int,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
+    ) -> bool:
         async def job(db: aiosqlite.Connection) -> bool:
+            # In the single writer: a reset revoking this user's keys commits before this
+            # (then the authority is gone) or after it (then it deletes this key too).
+            await self._authorize(db, authority)
             (held,) = await self._one(db, S.count_user_api_keys, (key.user_id,))
             if held >= max_keys:
                 return False
@@ -629,9 +674,16 @@ class SqliteStore(Store):
         return [q.to_api_key(row) for row in rows]
 
     async def remove_api_key(
-        self, user_id: int, key: str, reason: str, audit: AuditEntry
+        self,
+        user_id: int,
+        key: str,
+        reason: str,
+        audit: AuditEntry,
+        *,
+        authority: Authority | None = None,
     ) -> list[bytes] | None:
         async def job(db: aiosqlite.Connection) -> list[bytes] | None:
+            await self._authorize(db, authority)
             sessions = await self._all(db, S.delete_api_key_sessions, (key, user_id))
             cur = await db.execute(S.delete_api_key, (key, user_id))
             if cur.rowcount != 1:  # not this user's key: no session of it was either
@@ -706,8 +758,11 @@ class SqliteStore(Store):
         mail: MailItem,
         audit: list[AuditEntry],
         limit: Claim | None = None,
+        *,
+        authority: Authority | None = None,
     ) -> bool:
         def job(raw: sqlite3.Connection) -> bool:
+            _authorize_sync(raw, authority)
             if limit is not None:
                 if _count_sync(raw, limit, now) >= limit.limit:
                     return False

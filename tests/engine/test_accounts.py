@@ -15,7 +15,7 @@ from oms_auth.errors import NotAuthorized, OperationFailed
 from oms_auth.store import AccountChange, AuditEntry, MailItem, Outcome, User
 
 from ..helpers import PASSWORD, Clock, make_user
-from .conftest import Told
+from .conftest import Told, as_key_session, caller
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 
@@ -96,36 +96,28 @@ async def test_questions_checked_against_an_older_password_version_are_not_writt
 ) -> None:
     uid = await make_user(deps, "trader")
     accounts = Accounts(Sessions(deps, delay_unit=0))
-    caller = await user(deps, uid)
-    await accounts.set_questions(
-        caller, None, PASSWORD, [{"Question": "Q?", "Answer": "A"}], "test", via_api_key=False
-    )
+    me = await caller(deps, "trader")
+    await accounts.set_questions(me, None, PASSWORD, [{"Question": "Q?", "Answer": "A"}], "test")
     assert "questions_set" in told.counts and told.mail == 1
-    # A caller's record read before a password change: the write refuses it.
-    stale = msgspec.structs.replace(caller, password_version=caller.password_version - 1)
-    with pytest.raises(NotAuthorized, match="Invalid or expired session token"):
+    # A caller whose session was opened for an older password: the write refuses it.
+    stale = msgspec.structs.replace(me, password_version=me.password_version - 1)
+    with pytest.raises(NotAuthorized, match="nothing was changed"):
         await accounts.set_questions(
-            stale, None, PASSWORD, [{"Question": "Q2?", "Answer": "B"}], "test", via_api_key=False
+            stale, None, PASSWORD, [{"Question": "Q2?", "Answer": "B"}], "test"
         )
     assert [q.question for q in await deps.store.security_questions(uid)] == ["Q?"]
 
 
 async def test_enabling_needs_totp_off_and_a_key_session_cannot(deps: Deps, clock: Clock) -> None:
-    uid = await make_user(deps, "trader", totp_secret=SECRET)
+    await make_user(deps, "trader", totp_secret=SECRET)
     accounts = Accounts(Sessions(deps, delay_unit=0))
-    u = await user(deps, uid)
+    me = await caller(deps, "trader", totp_secret=SECRET)
     with pytest.raises(OperationFailed, match="already enabled"):
-        accounts.enable_totp(u, None, via_api_key=False)
+        await accounts.enable_totp(me, None, "test")
     with pytest.raises(NotAuthorized, match="API key"):
-        accounts.enable_totp(u, None, via_api_key=True)
-    await accounts.disable_totp(
-        u,
-        None,
-        pyotp.TOTP(SECRET).at(clock.now),
-        "test",
-        via_api_key=False,
-        recently_verified=False,
-    )
-    new = accounts.enable_totp(await user(deps, uid), None, via_api_key=False)
+        await accounts.enable_totp(as_key_session(me), None, "test")
+    clock.advance(30)  # the login took this step's code
+    await accounts.disable_totp(me, None, pyotp.TOTP(SECRET).at(clock.now), "test")
+    new = await accounts.enable_totp(await caller(deps, "trader"), None, "test")
     assert new.uri.startswith("otpauth://totp/") and "<secret" in repr(new)
     assert new.manual_code not in repr(new.enrolment)

@@ -15,17 +15,11 @@ from oms_auth.engine.deps import Deps
 from oms_auth.engine.reset import Resets
 from oms_auth.engine.sessions import LoginState, Sessions
 from oms_auth.errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from oms_auth.store import User
 
 from ..helpers import make_user, sql, store_contents
-from .conftest import Told
+from .conftest import Told, as_key_session, caller
 
 INVALID = "Invalid API key login"
-
-
-@pytest.fixture
-def keys(deps: Deps) -> ApiKeys:
-    return ApiKeys(deps)
 
 
 @pytest.fixture
@@ -33,10 +27,9 @@ def sessions(deps: Deps) -> Sessions:
     return Sessions(deps, delay_unit=0)
 
 
-async def user(deps: Deps, user_id: int) -> User:
-    found = await deps.store.user_by_id(user_id)
-    assert found is not None
-    return found
+@pytest.fixture
+def keys(sessions: Sessions) -> ApiKeys:
+    return ApiKeys(sessions)
 
 
 def sign(secret: str, nonce: str | int, user_id: str | int, key: str) -> str:
@@ -47,7 +40,7 @@ def sign(secret: str, nonce: str | int, user_id: str | int, key: str) -> str:
 
 async def new_key(deps: Deps, keys: ApiKeys, username: str = "bot") -> tuple[int, NewApiKey]:
     uid = await make_user(deps, username, permissions=["Trading"])
-    added = await keys.add(await user(deps, uid), None, ["trading"], "10.0.0.1", via_api_key=False)
+    added = await keys.add(await caller(deps, username), None, ["trading"], "10.0.0.1")
     return uid, added
 
 
@@ -58,75 +51,82 @@ async def test_a_user_adds_lists_and_removes_its_own_keys(
     assert added.user_id == uid and added.permissions == ("Trading",)
     assert len(added.key) == 32 and int(added.key, 16) >= 0
     assert len(added.secret) == 64 and added.secret not in repr(added)
-    me = await user(deps, uid)
-    listed = await keys.keys(me, str(uid), via_api_key=False)
+    me = await caller(deps, "bot")
+    listed = await keys.keys(me, str(uid))
     assert [(k.key, k.user_id, k.permissions) for k in listed] == [(added.key, uid, ("Trading",))]
     assert added.secret not in repr(listed)
-    await keys.remove(me, uid, added.key, "10.0.0.1", via_api_key=False)
-    assert await keys.keys(me, None, via_api_key=False) == []
+    await keys.remove(me, uid, added.key, "10.0.0.1")
+    assert await keys.keys(me, None) == []
     with pytest.raises(NotFound):
-        await keys.remove(me, uid, added.key, "10.0.0.1", via_api_key=False)
+        await keys.remove(me, uid, added.key, "10.0.0.1")
     assert told.counts.count("api_keys_added") == 1 and "api_keys_removed" in told.counts
     actions = [r.action for r in await deps.store.audit_rows(oldest_first=True)]
-    assert actions[-2:] == ["api-key-added", "api-key-removed"]
+    keyed = [a for a in actions if a.startswith("api-key")]
+    assert keyed == ["api-key-added", "api-key-removed"]
 
 
 async def test_an_operator_manages_keys_of_users_of_its_oms_only(deps: Deps, keys: ApiKeys) -> None:
-    op = await user(deps, await make_user(deps, "op", permissions=["Operator"]))
+    await make_user(deps, "op", permissions=["Operator"])
+    op = await caller(deps, "op")
     uid = await make_user(deps, "alice")
     foreign = await make_user(deps, "foreign", oms=2)
-    added = await keys.add(op, uid, ["Trading"], "x", via_api_key=False)
-    assert [k.key for k in await keys.keys(op, uid, via_api_key=False)] == [added.key]
+    added = await keys.add(op, uid, ["Trading"], "x")
+    assert [k.key for k in await keys.keys(op, uid)] == [added.key]
     rows = await deps.store.audit_rows(limit=1)
     assert (rows[0].actor_id, rows[0].target_id) == (op.id, uid)
-    await keys.remove(op, uid, added.key, "x", via_api_key=False)
+    await keys.remove(op, uid, added.key, "x")
     with pytest.raises(NotFound):
-        await keys.add(op, foreign, [], "x", via_api_key=False)
+        await keys.add(op, foreign, [], "x")
 
 
 async def test_another_user_a_key_session_and_no_login_are_refused(
     deps: Deps, keys: ApiKeys
 ) -> None:
     uid, added = await new_key(deps, keys)
-    other = await user(deps, await make_user(deps, "other", permissions=["Trading"]))
-    me = await user(deps, uid)
+    await make_user(deps, "other", permissions=["Trading"])
+    other = await caller(deps, "other")
+    me = await caller(deps, "bot")
     with pytest.raises(NotAuthorized):
-        await keys.add(other, uid, [], "x", via_api_key=False)
+        await keys.add(other, uid, [], "x")
     with pytest.raises(NotAuthorized):
-        await keys.keys(other, uid, via_api_key=False)
+        await keys.keys(other, uid)
     with pytest.raises(NotAuthorized):
-        await keys.remove(other, uid, added.key, "x", via_api_key=False)
+        await keys.remove(other, uid, added.key, "x")
+    bot = as_key_session(me, ("Trading",))
     for call in (
-        keys.add(me, None, [], "x", via_api_key=True),
-        keys.keys(me, None, via_api_key=True),
-        keys.remove(me, None, added.key, "x", via_api_key=True),
-        keys.add(None, uid, [], "x", via_api_key=False),
+        keys.add(bot, None, [], "x"),
+        keys.remove(bot, None, added.key, "x"),
+        keys.add(None, uid, [], "x"),
     ):
         with pytest.raises(NotAuthorized):
             await call
     # Another user's key looks missing, even with the right owner named nowhere.
     with pytest.raises(NotFound):
-        await keys.remove(other, None, added.key, "x", via_api_key=False)
-    assert len(await keys.keys(me, None, via_api_key=False)) == 1
+        await keys.remove(other, None, added.key, "x")
+    # A key session lists its own user's keys (the records hold only the sealed secret).
+    assert [k.key for k in await keys.keys(bot, None)] == [added.key]
+    assert len(await keys.keys(me, None)) == 1
 
 
 @pytest.mark.parametrize(
     "permissions", [["Operator"], [""], ["x" * 65], ["a\x00b"], [f"p{n}" for n in range(17)]]
 )
 async def test_permissions_are_checked(deps: Deps, keys: ApiKeys, permissions: list[str]) -> None:
-    me = await user(deps, await make_user(deps, "alice"))
+    await make_user(deps, "alice")
+    me = await caller(deps, "alice")
     with pytest.raises(InvalidValue):
-        await keys.add(me, None, permissions, "x", via_api_key=False)
+        await keys.add(me, None, permissions, "x")
 
 
 async def test_a_user_holds_at_most_the_configured_number_of_keys(
     deps: Deps, keys: ApiKeys
 ) -> None:
     deps.settings = msgspec.structs.replace(deps.settings, api_keys_per_user=2)
-    me = await user(deps, await make_user(deps, "alice"))
-    await asyncio.gather(*(keys.add(me, None, [], "x", via_api_key=False) for _ in range(2)))
+    await make_user(deps, "alice")
+    me = await caller(deps, "alice")
+    await asyncio.gather(*(keys.add(me, None, [], "x") for _ in range(2)))
     with pytest.raises(OperationFailed):
-        await keys.add(me, None, [], "x", via_api_key=False)
+        await keys.add(me, None, [], "x")
 
 
 async def test_the_secret_is_stored_only_sealed_to_its_key_and_user(
@@ -255,7 +255,7 @@ async def test_removing_a_key_ends_its_sessions(
         added.key, sign(added.secret, 1, uid, added.key), uid, 1, "x"
     )
     assert login.token_digest is not None
-    await keys.remove(await user(deps, uid), None, added.key, "x", via_api_key=False)
+    await keys.remove(await caller(deps, "bot"), None, added.key, "x")
     assert await deps.store.session(login.token_digest) is None
     assert (login.token_digest, "LoggedOutElsewhere") in told.revoked
     late = await sessions.authenticate_api_key(
@@ -266,21 +266,24 @@ async def test_removing_a_key_ends_its_sessions(
 
 async def test_a_key_session_cannot_start_a_reset_for_another_user(deps: Deps) -> None:
     resets = Resets(deps)
-    op = await user(deps, await make_user(deps, "op", permissions=["Operator"]))
+    await make_user(deps, "op", permissions=["Operator"])
     await make_user(deps, "alice")
+    op = await caller(deps, "op")
+    bot = as_key_session(op, ("Operator",))
     for target in ("alice", "nobody"):
         with pytest.raises(NotAuthorized):
-            await resets.request(op, target, "x", via_api_key=True)
-    await resets.request(op, "op", "x", via_api_key=True)  # itself: allowed
-    await resets.request(op, "alice", "x", via_api_key=False)
+            await resets.request(bot, target, "x")
+    await resets.request(bot, "op", "x")  # itself: allowed
+    await resets.request(op, "alice", "x")
 
 
 async def reset_password(deps: Deps, uid: int) -> dict[str, object]:
     """A completed reset of ``uid``; returns the public fields of its password-changed mail."""
     resets = Resets(deps)
-    op = await make_user(deps, "op", permissions=["Operator"])
-    target = await user(deps, uid)
-    await resets.request(await user(deps, op), target.username, "x")
+    await make_user(deps, "op", permissions=["Operator"])
+    target = await deps.store.user_by_id(uid)
+    assert target is not None
+    await resets.request(await caller(deps, "op"), target.username, "x")
     (sealed,) = (await sql(deps.settings.db, "SELECT sealed FROM outbox WHERE kind = 'reset'"))[0]
     code = msgspec.json.decode(deps.sealer.open(sealed, mail_context(uid, "reset")))["code"]
     await resets.complete(
