@@ -13,7 +13,7 @@ from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from .config import ConfigError, Settings
-from .crypto import Hasher, Sealer, audit_key, checkout_holding, load_or_create_key
+from .crypto import Hasher, Sealer, audit_key, checkout_holding, load_or_create_key, names_key
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
@@ -76,7 +76,14 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
         time_cost=settings.argon2_time_cost,
         memory_cost=settings.argon2_memory_kib,
     )
-    return Deps(store=store, hasher=hasher, sealer=Sealer(key), settings=settings, clock=clock)
+    return Deps(
+        store=store,
+        hasher=hasher,
+        sealer=Sealer(key),
+        settings=settings,
+        clock=clock,
+        names_key=names_key(key),
+    )
 
 
 class App:

@@ -120,7 +120,8 @@ def test_user_add_refuses_homoglyphs_and_invisible_characters(
     for name in INVISIBLES:
         out = user_add(tmp_path, name)
         assert out.returncode == 2 and out.stderr == f"oms-auth: {INVISIBLE}\n", name
-    assert oms_auth(tmp_path, "user", "list").stdout.count("\n") == 1
+    listed = oms_auth(tmp_path, "user", "list").stdout.splitlines()[1:]  # after the header
+    assert [line.split()[1] for line in listed] == ["oscar1"]
 
 
 def test_skeletons_come_from_the_full_confusables_data() -> None:
@@ -258,17 +259,23 @@ async def test_accounts_written_before_are_kept_per_oms(tmp_path: Path, db: str)
     from oms_auth.store import sqlite as sqlite_store
     from oms_auth.store.records import NewUser
 
+    def link(name: str, account: int) -> str:
+        return (
+            "INSERT INTO user_accounts (user_id, account_id)"
+            f" SELECT id, {account} FROM users WHERE username = '{name}'"
+        )
+
     steps = [
-        "INSERT INTO users (id, username, username_key, email, oms_id, password_hash,"
-        " account_id) VALUES (1, 'alice', 'alice', 'a@example.test', 1, 'h', 7)",
-        "INSERT INTO users (id, username, username_key, email, oms_id, password_hash,"
-        " account_id) VALUES (2, 'bob', 'bob', 'b@example.test', 2, 'h', 8)",
+        "INSERT INTO users (username, username_key, email, oms_id, password_hash, account_id)"
+        " VALUES ('alice', 'alice', 'a@example.test', 1, 'h', 7)",
+        "INSERT INTO users (username, username_key, email, oms_id, password_hash, account_id)"
+        " VALUES ('bob', 'bob', 'b@example.test', 2, 'h', 8)",
         "INSERT INTO accounts (id, oms_id) VALUES (7, 1)",
         "INSERT INTO accounts (id, oms_id) VALUES (8, 2)",
         "INSERT INTO accounts (id, oms_id) VALUES (9, 1)",
-        "INSERT INTO user_accounts (user_id, account_id) VALUES (1, 7)",
-        "INSERT INTO user_accounts (user_id, account_id) VALUES (1, 9)",
-        "INSERT INTO user_accounts (user_id, account_id) VALUES (2, 8)",
+        link("alice", 7),
+        link("alice", 9),
+        link("bob", 8),
     ]
     if is_postgres(db):
         conn = await pg_connect(db)
@@ -291,7 +298,7 @@ async def test_accounts_written_before_are_kept_per_oms(tmp_path: Path, db: str)
                 lite.execute(statement)
     store = await open_store(db, audit_key=b"k" * 32)
     try:
-        alice, bob = await store.user_by_id(1), await store.user_by_id(2)
+        alice, bob = await store.user_by_name("alice"), await store.user_by_name("bob")
         assert alice is not None and alice.accounts == {7, 9} and alice.account_id == 7
         assert bob is not None and bob.accounts == {8}
         for oms, account in ((2, 7), (2, 9), (1, 8)):

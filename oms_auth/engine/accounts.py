@@ -32,7 +32,7 @@ import pyotp
 from protocol.messages import LogoutReason
 
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..store import AccountChange, AuditEntry, Outcome, StoreError, User, UsernameTaken
+from ..store import AccountChange, AuditEntry, Outcome, User
 from . import totp, users
 from .answers import normalize_answer
 from .deps import Deps
@@ -52,7 +52,6 @@ from .texts import (
     TOTP_NOT_ON,
     TOTP_REQUIRED,
     USER_NOT_FOUND,
-    USERNAME_TAKEN,
     WRONG_PASSWORD,
 )
 from .users import OPERATOR
@@ -227,26 +226,20 @@ class Accounts:
         if account_id is not None and not 0 < account_id <= users.MAX_USER_ID:
             raise InvalidValue(INVALID_ACCOUNT_ID)
         d = self.deps
-        try:
-            user_id = await users.create_user(
-                d,
-                username=username if isinstance(username, str) else "",
-                email=email if isinstance(email, str) else "",
-                password=None,
-                oms=operator.oms_id,
-                permissions=granted,
-                accounts=() if account_id is None else (account_id,),
-                locale=locale,
-                actor_id=operator.id,
-                source=source,
-            )
-        except UsernameTaken:
-            raise OperationFailed(USERNAME_TAKEN) from None
-        except StoreError:
-            # The only other refusal: the account is another OMS's (which one is not said).
-            raise InvalidValue(
-                f"{INVALID_ACCOUNT_ID}: the account belongs to another OMS"
-            ) from None
+        # Account ids are the caller's OMS's own (another OMS's account 7 is another account);
+        # a taken or look-alike name is one refusal whatever OMS holds it (users.create_user).
+        user_id = await users.create_user(
+            d,
+            username=username if isinstance(username, str) else "",
+            email=email if isinstance(email, str) else "",
+            password=None,
+            oms=operator.oms_id,
+            permissions=granted,
+            accounts=() if account_id is None else (account_id,),
+            locale=locale,
+            actor_id=operator.id,
+            source=source,
+        )
         target = await d.store.user_by_id(user_id)
         assert target is not None
         await users.invite(d, target, actor_id=operator.id, source=source)

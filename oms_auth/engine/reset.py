@@ -30,6 +30,7 @@ from .answers import normalize_answer
 from .background import Bounded, Refused
 from .deps import Deps
 from .links import issue_link, user_mail
+from .names import recorded_name
 from .passwords import POLICIES, Policy
 from .texts import (
     ACCOUNT_LOCKED,
@@ -253,7 +254,7 @@ class Resets:
             action="reset-refused",
             actor_id=caller.id if caller else None,
             target_id=target.id if target else None,
-            target_name=username.strip()[:200],
+            target_name=recorded_name(self.deps, username, target),
             source=source,
             detail=reason,
         )

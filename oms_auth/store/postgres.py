@@ -270,7 +270,7 @@ class PostgresStore(Store):
                 if target + 1 in RECHAIN_AFTER:
                     links = rechain(self._audit_key, await conn.fetch(S.audit_chain))
                     await conn.executemany(S.relink_audit, links)
-                if target + 1 == SKELETONS_AFTER:
+                if target + 1 in SKELETONS_AFTER:
                     rows = await conn.fetch(S.unskeletoned)
                     await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await conn.execute(
@@ -381,12 +381,8 @@ class PostgresStore(Store):
                 user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
             except asyncpg.UniqueViolationError:  # the same name, added on another node just now
                 raise taken from None
-            for account in user.accounts:
-                await conn.execute(S.insert_account, account, user.oms_id)
-                oms = await conn.fetchval(S.account_oms, account)
-                if oms != user.oms_id:
-                    raise StoreError(f"account {account} belongs to OMS {oms}")
-            await conn.executemany(S.insert_user_account, [(user_id, a) for a in user.accounts])
+            await conn.executemany(S.insert_account, q.account_args(user))
+            await conn.executemany(S.insert_user_account, q.user_account_args(user_id, user))
             await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
             await conn.executemany(
                 S.insert_question, [(user_id, question, a) for question, a in user.questions]

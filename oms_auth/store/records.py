@@ -13,6 +13,7 @@ import re
 import unicodedata
 from typing import Any
 
+import icu  # type: ignore[import-untyped,unused-ignore]
 import msgspec
 
 from .codes import CodeState
@@ -47,33 +48,24 @@ def username_key(username: str) -> str:
     return username.strip().casefold()
 
 
-# Letters of other scripts that render like Latin ones, and the digits and letters that pass
-# for each other: each maps to one representative.
-_HOMOGLYPHS = str.maketrans(
-    {
-        # Cyrillic
-        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o",
-        "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "l", "ї": "l",
-        "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "һ": "h", "ү": "y",
-        # Greek
-        "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "l", "κ": "k", "ν": "v", "ο": "o",
-        "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c",
-        # Latin lookalikes
-        "0": "o", "1": "l", "i": "l", "ı": "l", "|": "l", "5": "s", "$": "s", "@": "a",
-        "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ł": "l",
-    }
-)  # fmt: skip
+# The full Unicode confusables data (TR39), as the ICU library ships it: one checker, built once.
+# getSkeleton is a const call on it, safe from any thread.
+_SPOOF = icu.SpoofChecker()
+# Separators people do not see the difference between: ``trader_1`` reads as ``trader1``.
+_SEPARATORS = re.compile(r"[\s_\-.]+")
 
 
 def username_skeleton(name: str) -> str:
-    """What a name looks like: NFKD, case-folded, marks dropped, homoglyphs merged, and the
-    separators people do not see the difference between (``_``, ``-``, ``.``, spaces) gone;
-    ``rn`` reads as ``m``, ``vv`` as ``w``."""
-    folded = unicodedata.normalize("NFKD", name).casefold()
-    bare = "".join(c for c in folded if not unicodedata.combining(c))
-    merged = bare.translate(_HOMOGLYPHS)
-    merged = re.sub(r"[\s_\-.]+", "", merged)
-    return merged.replace("rn", "m").replace("vv", "w")
+    """What a name looks like: two names with the same skeleton look alike.
+
+    The Unicode TR39 skeleton (ICU's full confusables data, so ``trad\u0585r1`` with an
+    Armenian oh and ``TRADERl`` are both ``traderl``), case-folded, with combining marks and
+    separators dropped, then the skeleton again (case folding and dropped marks can make new
+    confusables). Invisible characters are not handled here: usernames holding any are
+    refused before they reach a store (``oms_auth.engine.names``)."""
+    once = _SPOOF.getSkeleton(0, unicodedata.normalize("NFKC", name)).casefold()
+    bare = "".join(c for c in unicodedata.normalize("NFD", once) if not unicodedata.combining(c))
+    return _SEPARATORS.sub("", _SPOOF.getSkeleton(0, _SEPARATORS.sub("", bare)))
 
 
 # The event kind counting a user's failed ResetPassword2 attempts: a success or an unlock clears it.

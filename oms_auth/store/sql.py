@@ -51,6 +51,8 @@ __all__ = [
     "AUDIT_COLUMNS",
     "OUTBOX_COLUMNS",
     "user_args",
+    "account_args",
+    "user_account_args",
     "mail_args",
     "code_args",
     "move_codes_args",
@@ -171,12 +173,14 @@ class Statements:
         " password_hash, auth_source, active, master, locale, name_skeleton)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
+    # Accounts are per OMS (SPEC section 3): an OMS's account 7 is its own, whoever else has
+    # one numbered 7 (account_args, user_account_args).
     insert_account: str = (
-        "INSERT INTO accounts (id, oms_id) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+        "INSERT INTO accounts (oms_id, id) VALUES (?, ?) ON CONFLICT (oms_id, id) DO NOTHING"
     )
-    account_oms: str = "SELECT oms_id FROM accounts WHERE id = ?"
     insert_user_account: str = (
-        "INSERT INTO user_accounts (user_id, account_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        "INSERT INTO user_accounts (user_id, oms_id, account_id) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING"
     )
     insert_permission: str = (
         "INSERT INTO user_permissions (user_id, permission) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -345,6 +349,16 @@ def user_args(user: NewUser) -> tuple[object, ...]:
         user.locale,
         username_skeleton(user.username),
     )
+
+
+def account_args(user: NewUser) -> list[tuple[object, ...]]:
+    """``insert_account``'s arguments: the user's accounts, in its OMS."""
+    return [(user.oms_id, account) for account in user.accounts]
+
+
+def user_account_args(user_id: int, user: NewUser) -> list[tuple[object, ...]]:
+    """``insert_user_account``'s arguments: the new user's links to its OMS's accounts."""
+    return [(user_id, user.oms_id, account) for account in user.accounts]
 
 
 def mail_args(mail: MailItem, now: float) -> tuple[object, ...]:

@@ -176,7 +176,7 @@ class SqliteStore(Store):
                 if target + 1 in RECHAIN_AFTER:
                     links = rechain(self._audit_key, await self._all(db, S.audit_chain))
                     await db.executemany(S.relink_audit, links)
-                if target + 1 == SKELETONS_AFTER:
+                if target + 1 in SKELETONS_AFTER:
                     rows = await self._all(db, S.unskeletoned)
                     await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await db.execute(f"PRAGMA user_version={target + 1}")
@@ -342,12 +342,8 @@ class SqliteStore(Store):
             if await self._one(db, S.username_lookalike, (username_skeleton(user.username), key)):
                 raise UsernameConfusable(_LOOKALIKE)
             (user_id,) = await self._one(db, S.insert_user, q.user_args(user))
-            for account in user.accounts:
-                await db.execute(S.insert_account, (account, user.oms_id))
-                (oms,) = await self._one(db, S.account_oms, (account,))
-                if oms != user.oms_id:
-                    raise StoreError(f"account {account} belongs to OMS {oms}")
-            await db.executemany(S.insert_user_account, [(user_id, a) for a in user.accounts])
+            await db.executemany(S.insert_account, q.account_args(user))
+            await db.executemany(S.insert_user_account, q.user_account_args(user_id, user))
             await db.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
             await db.executemany(
                 S.insert_question, [(user_id, question, a) for question, a in user.questions]
