@@ -411,11 +411,12 @@ async def _audit(deps: Deps, args: argparse.Namespace) -> int:
         )
         return 1
     oldest_first = args.action == "export"
-    user = args.user
-    if user is not None and await deps.store.user_by_name(user) is None:
-        user = names.unknown_name(deps.names_key, user)  # as such a name is recorded
+    recorded_as = None
+    if args.user is not None and await deps.store.user_by_name(args.user) is None:
+        recorded_as = names.unknown_name(deps.names_key, args.user)  # how it is recorded
     rows = await deps.store.audit_rows(
-        user=user,
+        user=args.user,
+        recorded_as=recorded_as,
         since=args.since,
         until=args.until,
         limit=None if oldest_first else args.limit,

@@ -795,8 +795,14 @@ class PostgresStore(Store):
         until: float | None = None,
         limit: int | None = 100,
         oldest_first: bool = False,
+        recorded_as: str | None = None,
     ) -> list[AuditRow]:
         statement, args = q.audit_query(
-            user=_text(user), since=since, until=until, limit=limit, oldest_first=oldest_first
+            user=_text(user),
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
+            recorded_as=recorded_as,
         )
         return [q.to_audit(r) for r in await self._db.fetch(q.to_dollar(statement), *args)]

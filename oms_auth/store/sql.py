@@ -450,10 +450,12 @@ def audit_query(
     until: float | None,
     limit: int | None,
     oldest_first: bool,
+    recorded_as: str | None = None,
 ) -> tuple[str, list[object]]:
     """The audit rows a filter selects, in ``?`` form: ``user`` matches the target's or the
-    actor's username (or a target name, for a user who never existed), ``since``/``until``
-    bound the time; newest first unless ``oldest_first``."""
+    actor's username (or a target name, for a user who never existed, or as ``recorded_as``
+    says such a name is recorded), ``since``/``until`` bound the time; newest first unless
+    ``oldest_first``."""
     where: list[str] = []
     params: list[object] = []
     if user is not None:
@@ -461,9 +463,9 @@ def audit_query(
         where.append(
             "(target_id IN (SELECT id FROM users WHERE username_key = ?)"
             " OR actor_id IN (SELECT id FROM users WHERE username_key = ?)"
-            " OR lower(target_name) = ?)"
+            " OR lower(target_name) IN (?, ?))"
         )
-        params += [key, key, key]
+        params += [key, key, key, username_key(recorded_as or user)]
     if since is not None:
         where.append("at >= ?")
         params.append(since)

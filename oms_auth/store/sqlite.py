@@ -752,8 +752,14 @@ class SqliteStore(Store):
         until: float | None = None,
         limit: int | None = 100,
         oldest_first: bool = False,
+        recorded_as: str | None = None,
     ) -> list[AuditRow]:
         statement, args = q.audit_query(
-            user=user, since=since, until=until, limit=limit, oldest_first=oldest_first
+            user=user,
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
+            recorded_as=recorded_as,
         )
         return [q.to_audit(r) for r in await self._all(self._reader, statement, args)]
