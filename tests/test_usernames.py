@@ -7,6 +7,7 @@ stores."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sqlite3
@@ -196,6 +197,23 @@ async def test_a_taken_or_lookalike_name_gets_one_answer_whatever_oms_holds_it(a
     assert len(await app.deps.store.list_users()) == 3
 
 
+async def test_of_simultaneous_lookalike_names_from_two_omss_exactly_one_is_created(
+    app: App,
+) -> None:
+    await make_user(app.deps, "op1", permissions=["Operator"], oms=1)
+    await make_user(app.deps, "op2", permissions=["Operator"], oms=2)
+    spellings = ["oscar1", "\u0585scar1", "osca\u04331", "OSCAR1", "oscar_1", "0scar1"]
+    clients = [await logged_in(app, "op1" if n % 2 else "op2") for n in range(len(spellings))]
+    try:
+        answers = await asyncio.gather(*(create(c, n) for c, n in zip(clients, spellings)))
+    finally:
+        for c in clients:
+            await c.close()
+    created = [a for a in answers if "UserId" in a]
+    assert len(created) == 1 and answers.count(NOT_AVAILABLE) == len(spellings) - 1, answers
+    assert len(await app.deps.store.list_users()) == 3
+
+
 def test_user_add_gives_one_answer_for_a_taken_or_lookalike_name(
     tmp_path: Path, store_env: str
 ) -> None:
@@ -228,6 +246,26 @@ async def test_account_ids_are_per_oms_and_one_oms_never_takes_or_blocks_another
     got = {u.username: (u.oms_id, u.accounts) for u in await store.list_users()}
     assert got["bob"] == (2, {7}) and got["alice"] == (1, {7})
     assert got["carol"] == (2, {8}) and got["dave"] == (1, {8})
+
+
+async def test_simultaneous_users_of_one_account_id_in_two_omss_all_get_their_own(
+    app: App,
+) -> None:
+    await make_user(app.deps, "op1", permissions=["Operator"], oms=1)
+    await make_user(app.deps, "op2", permissions=["Operator"], oms=2)
+    wanted = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    clients = [await logged_in(app, "op1" if n % 2 else "op2") for n in range(len(wanted))]
+    try:
+        answers = await asyncio.gather(
+            *(create(c, name, AccountId=7) for c, name in zip(clients, wanted))
+        )
+    finally:
+        for c in clients:
+            await c.close()
+    assert all("UserId" in a for a in answers), answers
+    got = {u.username: (u.oms_id, u.accounts) for u in await app.deps.store.list_users()}
+    for n, name in enumerate(wanted):
+        assert got[name] == (1 if n % 2 else 2, {7})
 
 
 async def test_sharing_an_account_id_across_omss_lets_no_trader_reset_the_other(app: App) -> None:
