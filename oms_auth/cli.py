@@ -111,11 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(audit)
     audit.add_argument("action", nargs="?", choices=["show", "verify", "export"], default="show")
-    audit.add_argument(
-        "--user",
-        help="rows whose actor or target is this user; for a name that names no user, the"
-        " attempts on it (recorded as unknown: and a digest)",
-    )
+    audit.add_argument("--user", help="rows whose actor or target is this user (or name)")
     audit.add_argument("--since", type=_timestamp, help="ISO time, e.g. 2026-11-23T00:00:00Z")
     audit.add_argument("--until", type=_timestamp, help="ISO time (exclusive)")
     audit.add_argument("--limit", type=int, default=50, help="rows to show (show only)")

@@ -205,7 +205,8 @@ async def test_of_simultaneous_lookalike_names_from_two_omss_exactly_one_is_crea
     spellings = ["oscar1", "\u0585scar1", "osca\u04331", "OSCAR1", "oscar_1", "0scar1"]
     clients = [await logged_in(app, "op1" if n % 2 else "op2") for n in range(len(spellings))]
     try:
-        answers = await asyncio.gather(*(create(c, n) for c, n in zip(clients, spellings)))
+        pairs = zip(clients, spellings, strict=True)
+        answers = await asyncio.gather(*(create(c, name) for c, name in pairs))
     finally:
         for c in clients:
             await c.close()
@@ -257,7 +258,7 @@ async def test_simultaneous_users_of_one_account_id_in_two_omss_all_get_their_ow
     clients = [await logged_in(app, "op1" if n % 2 else "op2") for n in range(len(wanted))]
     try:
         answers = await asyncio.gather(
-            *(create(c, name, AccountId=7) for c, name in zip(clients, wanted))
+            *(create(c, name, AccountId=7) for c, name in zip(clients, wanted, strict=True))
         )
     finally:
         for c in clients:
@@ -396,9 +397,7 @@ async def test_a_name_that_names_no_user_is_recorded_only_as_its_keyed_digest(
     assert refused == [token] * 3
 
 
-async def test_a_name_that_names_a_user_is_still_recorded_by_name(
-    app: App, client: Client
-) -> None:
+async def test_a_name_that_names_a_user_is_still_recorded_by_name(app: App, client: Client) -> None:
     await make_user(app.deps, "alice")
     reply = await client.call("AuthenticateUser", {"UserName": "Alice", "Password": "wrong"})
     assert reply.o["Authenticated"] is False
