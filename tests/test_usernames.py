@@ -354,6 +354,9 @@ async def test_accounts_written_before_are_kept_per_oms(tmp_path: Path, db: str)
             assert created is not None and created.accounts == {account}
     finally:
         await store.close()
+    if not is_postgres(db):  # PostgreSQL checked the rows when it added the foreign key
+        with sqlite3.connect(db) as lite:
+            assert lite.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 # -- 4. a username that names no user is never recorded as typed ---------------------------------

@@ -51,6 +51,10 @@ def username_key(username: str) -> str:
 # The full Unicode confusables data (TR39), as the ICU library ships it: one checker, built once.
 # getSkeleton is a const call on it, safe from any thread.
 _SPOOF = icu.SpoofChecker()
+# Nonspacing and enclosing marks (every one, whatever its combining class): a name that differs
+# from another only by marks on its letters looks like it.
+_MARKS = icu.UnicodeSet("[[:Mn:][:Me:]]")
+_MARKS.freeze()  # read-only from here: safe to share between threads
 # Separators people do not see the difference between: ``trader_1`` reads as ``trader1``.
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 
@@ -58,13 +62,13 @@ _SEPARATORS = re.compile(r"[\s_\-.]+")
 def username_skeleton(name: str) -> str:
     """What a name looks like: two names with the same skeleton look alike.
 
-    The Unicode TR39 skeleton (ICU's full confusables data, so ``trad\u0585r1`` with an
-    Armenian oh and ``TRADERl`` are both ``traderl``), case-folded, with combining marks and
-    separators dropped, then the skeleton again (case folding and dropped marks can make new
-    confusables). Invisible characters are not handled here: usernames holding any are
-    refused before they reach a store (``oms_auth.engine.names``)."""
+    The Unicode TR39 skeleton (ICU's full confusables data, so ``\u0585scar1`` with an
+    Armenian oh, ``0SCARl`` and ``oscar1`` are all ``oscarl``), case-folded, with nonspacing
+    and enclosing marks and separators dropped, then the skeleton again (folding and dropping
+    can make new confusables). Invisible characters are not handled here: usernames holding
+    any are refused before they reach a store (``oms_auth.engine.names``)."""
     once = _SPOOF.getSkeleton(0, unicodedata.normalize("NFKC", name)).casefold()
-    bare = "".join(c for c in unicodedata.normalize("NFD", once) if not unicodedata.combining(c))
+    bare = "".join(c for c in unicodedata.normalize("NFD", once) if c not in _MARKS)
     return _SEPARATORS.sub("", _SPOOF.getSkeleton(0, _SEPARATORS.sub("", bare)))
 
 
