@@ -181,6 +181,41 @@ async def test_skeletons_written_before_are_recomputed_at_open(tmp_path: Path, d
         await store.close()
 
 
+async def test_skeletons_are_recomputed_when_the_confusables_data_changes(db: str) -> None:
+    """An ICU upgrade brings newer confusables data: a store recomputes its skeletons at the
+    first open with another SKELETON_VERSION, and only then."""
+    from oms_auth.store import SKELETON_VERSION, UsernameConfusable
+    from oms_auth.store.records import NewUser
+
+    from .helpers import sql
+
+    def new(name: str) -> NewUser:
+        return NewUser(username=name, email="x@example.test", password_hash="h")
+
+    store = await open_store(db, audit_key=b"k" * 32)
+    await store.create_user(new("bo55"))
+    await store.close()
+    # As an older function (or data) made it; the same version: left alone at open.
+    await sql(db, "UPDATE users SET name_skeleton = 'boss'")
+    await (await open_store(db, audit_key=b"k" * 32)).close()
+    assert await sql(db, "SELECT name_skeleton FROM users") == [("boss",)]
+    if is_postgres(db):
+        await sql(db, "UPDATE meta SET value = 'older' WHERE key = 'skeleton_version'")
+    else:
+        await sql(db, "UPDATE skeleton_version SET version = 'older'")
+    store = await open_store(db, audit_key=b"k" * 32)
+    try:
+        with pytest.raises(UsernameConfusable):
+            await store.create_user(new("b\u058555"))
+    finally:
+        await store.close()
+    assert await sql(db, "SELECT name_skeleton FROM users") == [("bo55",)]
+    version = "SELECT value FROM meta WHERE key = 'skeleton_version'"
+    if not is_postgres(db):
+        version = "SELECT version FROM skeleton_version"
+    assert await sql(db, version) == [(SKELETON_VERSION,)]
+
+
 # -- 2. one answer whatever OMS holds the name --------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from .codes import CodeState
 from .records import (
     NO_PASSWORD,
     RESET_FAILURE,
+    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
@@ -70,6 +71,7 @@ __all__ = [
     "sqlite_path",
     "username_key",
     "username_skeleton",
+    "SKELETON_VERSION",
     "UsernameTaken",
     "UsernameConfusable",
 ]

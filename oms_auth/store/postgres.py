@@ -65,6 +65,7 @@ from .postgres_schema import (
 )
 from .records import (
     RESET_FAILURE,
+    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
@@ -270,7 +271,7 @@ class PostgresStore(Store):
                 if target + 1 in RECHAIN_AFTER:
                     links = rechain(self._audit_key, await conn.fetch(S.audit_chain))
                     await conn.executemany(S.relink_audit, links)
-                if target + 1 in SKELETONS_AFTER:
+                if target + 1 == SKELETONS_AFTER:
                     rows = await conn.fetch(S.unskeletoned)
                     await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await conn.execute(
@@ -278,6 +279,24 @@ class PostgresStore(Store):
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     str(target + 1),
                 )
+            await self._refresh_skeletons(conn)
+
+    @staticmethod
+    async def _refresh_skeletons(conn: Conn) -> None:
+        """Recompute every user's skeleton when they were computed with another
+        SKELETON_VERSION (or none recorded): look-alikes are found with one data set. Under
+        the migration lock: nodes starting at once do it once."""
+        recorded = await conn.fetchval("SELECT value FROM meta WHERE key = 'skeleton_version'")
+        if recorded == SKELETON_VERSION:
+            return
+        await conn.execute(S.clear_skeletons)
+        rows = await conn.fetch(S.unskeletoned)
+        await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('skeleton_version', $1)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            SKELETON_VERSION,
+        )
 
     async def schema_version(self) -> int:
         found = await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")

@@ -177,8 +177,9 @@ MIGRATIONS: list[str] = [
     """,
     # 8: accounts are per OMS (SPEC section 3): keyed by (OMS, AccountId), so an OMS can never
     # take or block another's; a user's links name its OMS, whose accounts they are (the
-    # links written before get their user's). The skeletons are recomputed with the full
-    # confusables data (records.username_skeleton), at open (SKELETONS_AFTER).
+    # links written before get their user's). The store recomputes the skeletons at open when
+    # records.SKELETON_VERSION differs from meta's 'skeleton_version': none recorded yet, so
+    # the first open computes them with the full confusables data.
     """
     ALTER TABLE user_accounts ADD COLUMN oms_id BIGINT;
     UPDATE user_accounts a SET oms_id = u.oms_id FROM users u WHERE u.id = a.user_id;
@@ -191,7 +192,6 @@ MIGRATIONS: list[str] = [
     ALTER TABLE user_accounts ADD FOREIGN KEY (oms_id, account_id) REFERENCES accounts(oms_id, id);
     DROP INDEX user_accounts_by_account;
     CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
-    UPDATE users SET name_skeleton = NULL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -199,9 +199,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # After reaching these versions the store (re-)chains the audit rows written before (2 chained
 # them, 3 keyed the chain with the service key); re-chaining is idempotent.
 RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
-# After reaching these versions the store computes the skeletons of the users that have none
-# (7 added the column, 8 cleared it for the full confusables data); idempotent.
-SKELETONS_AFTER: frozenset[int] = frozenset({7, 8})
+# After reaching this version the store computes the skeletons of the users written before.
+# (From 8 on, it also recomputes every skeleton at open when records.SKELETON_VERSION differs
+# from the one it recorded.)
+SKELETONS_AFTER = 7
 
 # Where the schema version (and the service key's fingerprint) is kept: made before any
 # migration runs, so it is not one of them.

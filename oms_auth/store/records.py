@@ -24,6 +24,7 @@ __all__ = [
     "StoreError",
     "username_key",
     "username_skeleton",
+    "SKELETON_VERSION",
     "UsernameTaken",
     "UsernameConfusable",
     "NewUser",
@@ -51,6 +52,10 @@ def username_key(username: str) -> str:
 # The full Unicode confusables data (TR39), as the ICU library ships it: one checker, built once.
 # getSkeleton is a const call on it, safe from any thread.
 _SPOOF = icu.SpoofChecker()
+# What skeletons are computed with: a store recomputes its users' skeletons at open when this
+# differs from what it recorded, so names added before are compared with the same data (an ICU
+# upgrade brings newer confusables). Bump the number when username_skeleton changes.
+SKELETON_VERSION = f"username_skeleton 2, ICU {icu.ICU_VERSION}"
 # Nonspacing and enclosing marks (every one, whatever its combining class): a name that differs
 # from another only by marks on its letters looks like it.
 _MARKS = icu.UnicodeSet("[[:Mn:][:Me:]]")

@@ -168,6 +168,7 @@ class Statements:
     )
     unskeletoned: str = "SELECT id, username FROM users WHERE name_skeleton IS NULL"
     set_skeleton: str = "UPDATE users SET name_skeleton = ? WHERE id = ?"
+    clear_skeletons: str = "UPDATE users SET name_skeleton = NULL"
     insert_user: str = (
         "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
         " password_hash, auth_source, active, master, locale, name_skeleton)"

@@ -35,6 +35,7 @@ from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
 from .records import (
     RESET_FAILURE,
+    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
@@ -176,14 +177,27 @@ class SqliteStore(Store):
                 if target + 1 in RECHAIN_AFTER:
                     links = rechain(self._audit_key, await self._all(db, S.audit_chain))
                     await db.executemany(S.relink_audit, links)
-                if target + 1 in SKELETONS_AFTER:
+                if target + 1 == SKELETONS_AFTER:
                     rows = await self._all(db, S.unskeletoned)
                     await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await db.execute(f"PRAGMA user_version={target + 1}")
+            await self._refresh_skeletons(db)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+
+    async def _refresh_skeletons(self, db: aiosqlite.Connection) -> None:
+        """Recompute every user's skeleton when they were computed with another
+        SKELETON_VERSION (or none recorded): look-alikes are found with one data set."""
+        recorded = await self._one(db, "SELECT version FROM skeleton_version")
+        if recorded is not None and recorded[0] == SKELETON_VERSION:
+            return
+        await db.execute(S.clear_skeletons)
+        rows = await self._all(db, S.unskeletoned)
+        await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
+        await db.execute("DELETE FROM skeleton_version")
+        await db.execute("INSERT INTO skeleton_version (version) VALUES (?)", (SKELETON_VERSION,))
 
     async def start_serving(self, now: float) -> int:
         # An exclusive lock beside the store, held while this process serves: a second serve

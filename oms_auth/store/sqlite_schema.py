@@ -163,8 +163,9 @@ MIGRATIONS: list[str] = [
     # 8: accounts are per OMS (SPEC section 3): keyed by (OMS, AccountId), so an OMS can never
     # take or block another's; a user's links name its OMS, whose accounts they are. SQLite
     # cannot change a primary key in place: both tables are made anew and the rows copied (the
-    # links' OMS is their user's). The skeletons are recomputed with the full confusables data
-    # (records.username_skeleton), at open (SKELETONS_AFTER).
+    # links' OMS is their user's). What the skeletons were computed with (SKELETON_VERSION in
+    # records), so the store recomputes them at open when that changes: none recorded yet, so
+    # the first open computes them with the full confusables data.
     """
     CREATE TABLE accounts_per_oms (
         oms_id INTEGER NOT NULL,
@@ -189,7 +190,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE accounts_per_oms RENAME TO accounts;
     ALTER TABLE user_accounts_per_oms RENAME TO user_accounts;
     CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
-    UPDATE users SET name_skeleton = NULL;
+    CREATE TABLE skeleton_version (version TEXT NOT NULL);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -197,6 +198,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # After reaching these versions the store (re-)chains the audit rows written before (2 chained
 # them, 3 keyed the chain with the service key); re-chaining is idempotent.
 RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
-# After reaching these versions the store computes the skeletons of the users that have none
-# (7 added the column, 8 cleared it for the full confusables data); idempotent.
-SKELETONS_AFTER: frozenset[int] = frozenset({7, 8})
+# After reaching this version the store computes the skeletons of the users written before.
+# (From 8 on, it also recomputes every skeleton at open when records.SKELETON_VERSION differs
+# from the one it recorded.)
+SKELETONS_AFTER = 7
