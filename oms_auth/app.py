@@ -20,6 +20,7 @@ from .crypto import (
     checkout_holding,
     key_fingerprint,
     key_from_env,
+    names_key,
     read_key_file,
     write_key_file,
 )
@@ -132,7 +133,14 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
         time_cost=settings.argon2_time_cost,
         memory_cost=settings.argon2_memory_kib,
     )
-    return Deps(store=store, hasher=hasher, sealer=Sealer(key), settings=settings, clock=clock)
+    return Deps(
+        store=store,
+        hasher=hasher,
+        sealer=Sealer(key),
+        settings=settings,
+        clock=clock,
+        names_key=names_key(key),
+    )
 
 
 class App:

@@ -17,7 +17,7 @@ import msgspec
 
 from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
-from .engine import users
+from .engine import names, users
 from .engine.deps import Deps
 from .engine.restore import forget_counters, restore
 from .errors import Refusal
@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(audit)
     audit.add_argument("action", nargs="?", choices=["show", "verify", "export"], default="show")
-    audit.add_argument("--user", help="rows whose actor or target is this user")
+    audit.add_argument("--user", help="rows whose actor or target is this user (or name)")
     audit.add_argument("--since", type=_timestamp, help="ISO time, e.g. 2026-11-23T00:00:00Z")
     audit.add_argument("--until", type=_timestamp, help="ISO time (exclusive)")
     audit.add_argument("--limit", type=int, default=50, help="rows to show (show only)")
@@ -414,8 +414,12 @@ async def _audit(deps: Deps, args: argparse.Namespace) -> int:
         )
         return 1
     oldest_first = args.action == "export"
+    recorded_as = None
+    if args.user is not None and await deps.store.user_by_name(args.user) is None:
+        recorded_as = names.unknown_name(deps.names_key, args.user)  # how it is recorded
     rows = await deps.store.audit_rows(
         user=args.user,
+        recorded_as=recorded_as,
         since=args.since,
         until=args.until,
         limit=None if oldest_first else args.limit,

@@ -38,6 +38,7 @@ __all__ = [
     "read_key_file",
     "write_key_file",
     "audit_key",
+    "names_key",
     "mail_context",
     "checkout_holding",
 ]
@@ -154,6 +155,13 @@ def audit_key(service_key: bytes) -> bytes:
     """The key of the audit hash chain (HMAC-SHA256), derived from the service key: whoever
     holds the store alone cannot re-hash a row they edited."""
     return hmac.new(service_key, b"oms-auth audit chain", hashlib.sha256).digest()
+
+
+def names_key(service_key: bytes) -> bytes:
+    """The key of the digests that stand for usernames naming no user in the audit trail
+    (``engine.names.unknown_name``), derived from the service key apart from the audit key:
+    whoever holds the store alone cannot test a guessed name (or password) against one."""
+    return hmac.new(service_key, b"oms-auth unknown usernames", hashlib.sha256).digest()
 
 
 def checkout_holding(path: Path) -> Path | None:

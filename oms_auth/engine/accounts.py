@@ -39,16 +39,7 @@ import pyotp
 from protocol.messages import LogoutReason
 
 from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
-from ..store import (
-    AccountChange,
-    AuditEntry,
-    Authority,
-    CallerGone,
-    Outcome,
-    StoreError,
-    User,
-    UsernameTaken,
-)
+from ..store import AccountChange, AuditEntry, Authority, CallerGone, Outcome, User
 from . import totp, users
 from .answers import normalize_answer
 from .caller import Caller, guarded
@@ -71,7 +62,6 @@ from .texts import (
     TOTP_NOT_ON,
     TOTP_REQUIRED,
     USER_NOT_FOUND,
-    USERNAME_TAKEN,
     WRONG_PASSWORD,
 )
 from .users import OPERATOR
@@ -262,6 +252,8 @@ class Accounts:
         if account_id is not None and not 0 < account_id <= users.MAX_USER_ID:
             raise InvalidValue(INVALID_ACCOUNT_ID)
         d = self.deps
+        # Account ids are the caller's OMS's own (another OMS's account 7 is another account);
+        # a taken or look-alike name is one refusal whatever OMS holds it (users.create_user).
         try:
             user_id = await users.create_user(
                 d,
@@ -278,13 +270,6 @@ class Accounts:
             )
         except CallerGone:
             raise NotAuthorized(AUTHORITY_GONE) from None
-        except UsernameTaken:
-            raise OperationFailed(USERNAME_TAKEN) from None
-        except StoreError:
-            # The only other refusal: the account is another OMS's (which one is not said).
-            raise InvalidValue(
-                f"{INVALID_ACCOUNT_ID}: the account belongs to another OMS"
-            ) from None
         target = await d.store.user_by_id(user_id)
         assert target is not None
         await users.invite(d, target, actor_id=operator.id, source=source)

@@ -9,6 +9,7 @@ mail queued) to whoever wired it, without knowing who listens.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,3 +65,7 @@ class Deps:
     settings: Settings
     clock: Clock = time.time
     events: Events = field(default_factory=Quiet)
+    # Keys the digests that stand for unknown usernames (crypto.names_key of the service key;
+    # build_deps sets it). The default, a random key, keeps them unguessable where none is
+    # given, at the cost of grouping only within the process.
+    names_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))

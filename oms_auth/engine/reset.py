@@ -38,6 +38,7 @@ from .background import Bounded, Refused
 from .caller import Caller, guarded
 from .deps import Deps
 from .links import issue_link, user_mail
+from .names import recorded_name
 from .passwords import POLICIES, Policy
 from .texts import (
     ACCOUNT_LOCKED,
@@ -272,7 +273,7 @@ class Resets:
             action="reset-refused",
             actor_id=caller.id if caller else None,
             target_id=target.id if target else None,
-            target_name=username.strip()[:200],
+            target_name=recorded_name(self.deps, username, target),
             source=source,
             detail=reason,
         )

@@ -42,6 +42,7 @@ from ..store import AuditEntry, Claim, Outcome, User, username_key
 from . import apikeys, totp
 from .caller import Caller
 from .deps import Deps
+from .names import recorded_name
 from .texts import (
     ACCOUNT_LOCKED,
     CONFIRM_PASSWORD,
@@ -501,7 +502,7 @@ class Sessions:
                 AuditEntry(
                     action="login-failed",
                     target_id=user.id if user else None,
-                    target_name=name_key[:200],
+                    target_name=recorded_name(self.deps, name_key, user),
                     source=source,
                     detail=detail,
                 )

@@ -41,7 +41,7 @@ __all__ = [
     "TOTP_NOT_ON",
     "INVALID_QUESTIONS",
     "WRONG_PASSWORD",
-    "USERNAME_TAKEN",
+    "USERNAME_NOT_AVAILABLE",
     "MUST_SET_QUESTIONS",
     "ENROLMENT_NEEDS_CONNECTION",
     "CONFIRM_PASSWORD",
@@ -93,7 +93,9 @@ TOTP_ALREADY_ON = "Two-factor authentication is already enabled; disable it firs
 TOTP_NOT_ON = "Two-factor authentication is not enabled for this user"
 INVALID_QUESTIONS = "Invalid value provided for Questions"
 WRONG_PASSWORD = "The password given is not the current password"
-USERNAME_TAKEN = "A user with this username exists already"
+# A taken username and a look-alike of one, whatever OMS holds it (SPEC section 3): one text, so
+# an Operator learns nothing of what another OMS holds, nor which of the two it was.
+USERNAME_NOT_AVAILABLE = "That username is not available"
 MUST_SET_QUESTIONS = (
     "Set your security questions before you log out: a master user answers one to reset"
     " its password"

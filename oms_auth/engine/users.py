@@ -11,8 +11,16 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidValue, NotAuthorized, NotFound
-from ..store import NO_PASSWORD, AuditEntry, Authority, NewUser, User, UsernameConfusable
+from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
+from ..store import (
+    NO_PASSWORD,
+    AuditEntry,
+    Authority,
+    NewUser,
+    User,
+    UsernameConfusable,
+    UsernameTaken,
+)
 from . import totp
 from .answers import normalize_answer
 from .deps import Deps
@@ -22,10 +30,10 @@ from .passwords import POLICIES
 from .texts import (
     INVALID_PERMISSIONS,
     INVALID_USER_ID,
-    INVALID_USERNAME,
     NOT_LOGGED_IN,
     ONLY_OWN_USER,
     USER_NOT_FOUND,
+    USERNAME_NOT_AVAILABLE,
 )
 
 if TYPE_CHECKING:
@@ -96,57 +104,48 @@ async def create_user(
     source: str = "cli",
     authority: Authority | None = None,
 ) -> int:
-    """Create a user (the first of ``accounts`` is its default); returns its UserId. Without
-    a password the user is invited: it has no usable password until it follows the link
-    :func:`invite` mails it. ``authority``: the caller's, re-checked as it is written."""
+    """Create a user (the first of ``accounts``, this OMS's account ids, is its default);
+    returns its UserId. Without a password the user is invited: it has no usable password
+    until it follows the link :func:`invite` mails it. A taken name, or one that looks like a
+    taken one, is OperationFailed "That username is not available", whatever OMS holds it.
+    ``authority``: the caller's, re-checked as it is written."""
     username, email = check_username(username), check_email(email)
-    locale = check_locale(locale)
-    names = permission_names(list(permissions))
-    questions = await _checked_secrets(deps, username, password, totp_secret, question, answer)
-    try:
-        user_id = await deps.store.create_user(
-            NewUser(
-                username=username,
-                email=email,
-                password_hash=NO_PASSWORD if password is None else await deps.hasher.hash(password),
-                oms_id=oms,
-                permissions=names,
-                accounts=tuple(accounts),
-                master=master,
-                auth_source=auth_source,
-                active=active,
-                questions=questions,
-                locale=locale,
-            ),
-            AuditEntry(
-                action="user-created",
-                actor_id=actor_id,
-                target_name=username.strip(),
-                source=source,
-            ),
-            authority=authority,
-        )
-    except UsernameConfusable:
-        # Which user it looks like is not said: an Operator must not learn the usernames of
-        # other OMSs this way.
-        raise InvalidValue(
-            f"{INVALID_USERNAME}: it looks too much like an existing username"
-        ) from None
+    new = NewUser(
+        username=username,
+        email=email,
+        password_hash=NO_PASSWORD,
+        oms_id=oms,
+        permissions=permission_names(list(permissions)),
+        accounts=tuple(accounts),
+        master=master,
+        auth_source=auth_source,
+        active=active,
+        locale=check_locale(locale),
+    )
+    _check_secrets(deps, username, password, totp_secret, question, answer)
+    if password is not None:
+        new.password_hash = await deps.hasher.hash(password)
+    if question is not None and answer is not None:
+        new.questions = ((question, await deps.hasher.hash(normalize_answer(answer))),)
+    created = AuditEntry(
+        action="user-created", actor_id=actor_id, target_name=username, source=source
+    )
+    user_id = await _insert(deps, new, created, authority)
     if totp_secret is not None:
         await deps.store.set_totp(user_id, totp.seal_secret(deps.sealer, user_id, totp_secret))
     return user_id
 
 
-async def _checked_secrets(
+def _check_secrets(
     deps: Deps,
     username: str,
     password: str | None,
     totp_secret: str | None,
     question: str | None,
     answer: str | None,
-) -> tuple[tuple[str, str], ...]:
-    """A new user's password, TOTP secret and question checked (InvalidValue naming what is
-    wrong); the question with its answer's hash."""
+) -> None:
+    """InvalidValue for a password the policy refuses, a question without its answer (or the
+    reverse), or a TOTP secret too short to be one."""
     if password is not None:
         broken = POLICIES[deps.settings.password_policy].refusal(password, username)
         if broken is not None:
@@ -155,9 +154,18 @@ async def _checked_secrets(
         raise InvalidValue("--security-question and --security-answer go together")
     if totp_secret is not None and not totp.valid_secret(totp_secret):
         raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
-    if question is None or answer is None:
-        return ()
-    return ((question, await deps.hasher.hash(normalize_answer(answer))),)
+
+
+async def _insert(
+    deps: Deps, new: NewUser, audit: AuditEntry, authority: Authority | None
+) -> int:
+    """The store's insert; a taken or look-alike name is one refusal. The store tells the two
+    apart (and says whose name it is) only to its own callers: here neither is said, so an
+    Operator learns nothing of the usernames other OMSs hold."""
+    try:
+        return await deps.store.create_user(new, audit, authority=authority)
+    except (UsernameTaken, UsernameConfusable):
+        raise OperationFailed(USERNAME_NOT_AVAILABLE) from None
 
 
 async def invite(deps: Deps, target: User, *, actor_id: int | None, source: str) -> None:

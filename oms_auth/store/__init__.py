@@ -23,6 +23,7 @@ from .keys import KeyBinding, KeyRefused
 from .records import (
     NO_PASSWORD,
     RESET_FAILURE,
+    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
@@ -78,6 +79,7 @@ __all__ = [
     "sqlite_path",
     "username_key",
     "username_skeleton",
+    "SKELETON_VERSION",
     "UsernameTaken",
     "UsernameConfusable",
 ]

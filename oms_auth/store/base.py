@@ -333,9 +333,12 @@ class Store(abc.ABC):
         until: float | None = None,
         limit: int | None = 100,
         oldest_first: bool = False,
+        recorded_as: str | None = None,
     ) -> list[AuditRow]:
         """Newest first (unless ``oldest_first``); ``user`` matches the target's or the actor's
-        username; ``since``/``until`` bound the time."""
+        username, or a target name (with ``recorded_as``, that one too: how a name that names
+        no user is recorded, ``engine.names.unknown_name``); ``since``/``until`` bound the
+        time."""
 
     async def verify_audit(self) -> AuditCheck:
         """Walk the whole hash chain, checking each row under the store's audit key."""

@@ -71,6 +71,7 @@ from .postgres_schema import (
 )
 from .records import (
     RESET_FAILURE,
+    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
@@ -298,6 +299,24 @@ class PostgresStore(Store):
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     str(target + 1),
                 )
+            await self._refresh_skeletons(conn)
+
+    @staticmethod
+    async def _refresh_skeletons(conn: Conn) -> None:
+        """Recompute every user's skeleton when they were computed with another
+        SKELETON_VERSION (or none recorded): look-alikes are found with one data set. Under
+        the migration lock: nodes starting at once do it once."""
+        recorded = await conn.fetchval("SELECT value FROM meta WHERE key = 'skeleton_version'")
+        if recorded == SKELETON_VERSION:
+            return
+        await conn.execute(S.clear_skeletons)
+        rows = await conn.fetch(S.unskeletoned)
+        await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('skeleton_version', $1)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            SKELETON_VERSION,
+        )
 
     async def schema_version(self) -> int:
         found = await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -425,12 +444,8 @@ class PostgresStore(Store):
                 user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
             except asyncpg.UniqueViolationError:  # the same name, added on another node just now
                 raise taken from None
-            for account in user.accounts:
-                await conn.execute(S.insert_account, account, user.oms_id)
-                oms = await conn.fetchval(S.account_oms, account)
-                if oms != user.oms_id:
-                    raise StoreError(f"account {account} belongs to OMS {oms}")
-            await conn.executemany(S.insert_user_account, [(user_id, a) for a in user.accounts])
+            await conn.executemany(S.insert_account, q.account_args(user))
+            await conn.executemany(S.insert_user_account, q.user_account_args(user_id, user))
             await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
             await conn.executemany(
                 S.insert_question, [(user_id, question, a) for question, a in user.questions]
@@ -869,8 +884,14 @@ class PostgresStore(Store):
         until: float | None = None,
         limit: int | None = 100,
         oldest_first: bool = False,
+        recorded_as: str | None = None,
     ) -> list[AuditRow]:
         statement, args = q.audit_query(
-            user=_text(user), since=since, until=until, limit=limit, oldest_first=oldest_first
+            user=_text(user),
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
+            recorded_as=recorded_as,
         )
         return [q.to_audit(r) for r in await self._db.fetch(q.to_dollar(statement), *args)]

@@ -7,7 +7,7 @@ runs the missing ones in one transaction.
 Rules: append only, never edit an entry (an existing store must still open and end up exactly
 as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
 the rules under concurrency, 4 API keys, 5 marked mail claims, 6 user locales,
-7 username skeletons), so the DDL
+7 username skeletons, 8 accounts per OMS), so the DDL
 differs only where the dialects do.
 """
 
@@ -175,6 +175,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN name_skeleton TEXT;
     CREATE INDEX users_by_skeleton ON users(name_skeleton);
     """,
+    # 8: accounts are per OMS (SPEC section 3): keyed by (OMS, AccountId), so an OMS can never
+    # take or block another's; a user's links name its OMS, whose accounts they are (the
+    # links written before get their user's). The store recomputes the skeletons at open when
+    # records.SKELETON_VERSION differs from meta's 'skeleton_version': none recorded yet, so
+    # the first open computes them with the full confusables data.
+    """
+    ALTER TABLE user_accounts ADD COLUMN oms_id BIGINT;
+    UPDATE user_accounts a SET oms_id = u.oms_id FROM users u WHERE u.id = a.user_id;
+    ALTER TABLE user_accounts ALTER COLUMN oms_id SET NOT NULL;
+    ALTER TABLE user_accounts DROP CONSTRAINT user_accounts_account_id_fkey;
+    ALTER TABLE accounts DROP CONSTRAINT accounts_pkey;
+    ALTER TABLE accounts ADD PRIMARY KEY (oms_id, id);
+    INSERT INTO accounts (oms_id, id) SELECT DISTINCT oms_id, account_id FROM user_accounts
+        ON CONFLICT DO NOTHING;
+    ALTER TABLE user_accounts ADD FOREIGN KEY (oms_id, account_id) REFERENCES accounts(oms_id, id);
+    DROP INDEX user_accounts_by_account;
+    CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -182,6 +200,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # them, 3 keyed the chain with the service key); re-chaining is idempotent.
 RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
 # After reaching this version the store computes the skeletons of the users written before.
+# (From 8 on, it also recomputes every skeleton at open when records.SKELETON_VERSION differs
+# from the one it recorded.)
 SKELETONS_AFTER = 7
 
 # Where the schema version (and the service key's fingerprint) is kept: made before any

@@ -13,6 +13,7 @@ import re
 import unicodedata
 from typing import Any
 
+import icu  # type: ignore[import-untyped,unused-ignore]
 import msgspec
 
 from .codes import CodeState
@@ -24,6 +25,7 @@ __all__ = [
     "CallerGone",
     "username_key",
     "username_skeleton",
+    "SKELETON_VERSION",
     "UsernameTaken",
     "UsernameConfusable",
     "NewUser",
@@ -49,33 +51,32 @@ def username_key(username: str) -> str:
     return username.strip().casefold()
 
 
-# Letters of other scripts that render like Latin ones, and the digits and letters that pass
-# for each other: each maps to one representative.
-_HOMOGLYPHS = str.maketrans(
-    {
-        # Cyrillic
-        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o",
-        "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "l", "ї": "l",
-        "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "һ": "h", "ү": "y",
-        # Greek
-        "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "l", "κ": "k", "ν": "v", "ο": "o",
-        "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c",
-        # Latin lookalikes
-        "0": "o", "1": "l", "i": "l", "ı": "l", "|": "l", "5": "s", "$": "s", "@": "a",
-        "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ł": "l",
-    }
-)  # fmt: skip
+# The full Unicode confusables data (TR39), as the ICU library ships it: one checker, built once.
+# getSkeleton is a const call on it, safe from any thread.
+_SPOOF = icu.SpoofChecker()
+# What skeletons are computed with: a store recomputes its users' skeletons at open when this
+# differs from what it recorded, so names added before are compared with the same data (an ICU
+# upgrade brings newer confusables). Bump the number when username_skeleton changes.
+SKELETON_VERSION = f"username_skeleton 2, ICU {icu.ICU_VERSION}"
+# Nonspacing and enclosing marks (every one, whatever its combining class): a name that differs
+# from another only by marks on its letters looks like it.
+_MARKS = icu.UnicodeSet("[[:Mn:][:Me:]]")
+_MARKS.freeze()  # read-only from here: safe to share between threads
+# Separators people do not see the difference between: ``trader_1`` reads as ``trader1``.
+_SEPARATORS = re.compile(r"[\s_\-.]+")
 
 
 def username_skeleton(name: str) -> str:
-    """What a name looks like: NFKD, case-folded, marks dropped, homoglyphs merged, and the
-    separators people do not see the difference between (``_``, ``-``, ``.``, spaces) gone;
-    ``rn`` reads as ``m``, ``vv`` as ``w``."""
-    folded = unicodedata.normalize("NFKD", name).casefold()
-    bare = "".join(c for c in folded if not unicodedata.combining(c))
-    merged = bare.translate(_HOMOGLYPHS)
-    merged = re.sub(r"[\s_\-.]+", "", merged)
-    return merged.replace("rn", "m").replace("vv", "w")
+    """What a name looks like: two names with the same skeleton look alike.
+
+    The Unicode TR39 skeleton (ICU's full confusables data, so ``\u0585scar1`` with an
+    Armenian oh, ``0SCARl`` and ``oscar1`` are all ``oscarl``), case-folded, with nonspacing
+    and enclosing marks and separators dropped, then the skeleton again (folding and dropping
+    can make new confusables). Invisible characters are not handled here: usernames holding
+    any are refused before they reach a store (``oms_auth.engine.names``)."""
+    once = _SPOOF.getSkeleton(0, unicodedata.normalize("NFKC", name)).casefold()
+    bare = "".join(c for c in unicodedata.normalize("NFD", once) if c not in _MARKS)
+    return _SEPARATORS.sub("", _SPOOF.getSkeleton(0, _SEPARATORS.sub("", bare)))
 
 
 # The event kind counting a user's failed ResetPassword2 attempts: a success or an unlock clears it.

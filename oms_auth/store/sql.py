@@ -52,6 +52,8 @@ __all__ = [
     "AUDIT_COLUMNS",
     "OUTBOX_COLUMNS",
     "user_args",
+    "account_args",
+    "user_account_args",
     "mail_args",
     "code_args",
     "move_codes_args",
@@ -168,17 +170,20 @@ class Statements:
     )
     unskeletoned: str = "SELECT id, username FROM users WHERE name_skeleton IS NULL"
     set_skeleton: str = "UPDATE users SET name_skeleton = ? WHERE id = ?"
+    clear_skeletons: str = "UPDATE users SET name_skeleton = NULL"
     insert_user: str = (
         "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
         " password_hash, auth_source, active, master, locale, name_skeleton)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
+    # Accounts are per OMS (SPEC section 3): an OMS's account 7 is its own, whoever else has
+    # one numbered 7 (account_args, user_account_args).
     insert_account: str = (
-        "INSERT INTO accounts (id, oms_id) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+        "INSERT INTO accounts (oms_id, id) VALUES (?, ?) ON CONFLICT (oms_id, id) DO NOTHING"
     )
-    account_oms: str = "SELECT oms_id FROM accounts WHERE id = ?"
     insert_user_account: str = (
-        "INSERT INTO user_accounts (user_id, account_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        "INSERT INTO user_accounts (user_id, oms_id, account_id) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING"
     )
     insert_permission: str = (
         "INSERT INTO user_permissions (user_id, permission) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -358,6 +363,16 @@ def user_args(user: NewUser) -> tuple[object, ...]:
     )
 
 
+def account_args(user: NewUser) -> list[tuple[object, ...]]:
+    """``insert_account``'s arguments: the user's accounts, in its OMS."""
+    return [(user.oms_id, account) for account in user.accounts]
+
+
+def user_account_args(user_id: int, user: NewUser) -> list[tuple[object, ...]]:
+    """``insert_user_account``'s arguments: the new user's links to its OMS's accounts."""
+    return [(user_id, user.oms_id, account) for account in user.accounts]
+
+
 def mail_args(mail: MailItem, now: float) -> tuple[object, ...]:
     """``insert_mail``'s arguments: due at once."""
     public = _json.encode(mail.public).decode()
@@ -453,10 +468,12 @@ def audit_query(
     until: float | None,
     limit: int | None,
     oldest_first: bool,
+    recorded_as: str | None = None,
 ) -> tuple[str, list[object]]:
     """The audit rows a filter selects, in ``?`` form: ``user`` matches the target's or the
-    actor's username (or a target name, for a user who never existed), ``since``/``until``
-    bound the time; newest first unless ``oldest_first``."""
+    actor's username (or a target name, for a user who never existed, or as ``recorded_as``
+    says such a name is recorded), ``since``/``until`` bound the time; newest first unless
+    ``oldest_first``."""
     where: list[str] = []
     params: list[object] = []
     if user is not None:
@@ -464,9 +481,9 @@ def audit_query(
         where.append(
             "(target_id IN (SELECT id FROM users WHERE username_key = ?)"
             " OR actor_id IN (SELECT id FROM users WHERE username_key = ?)"
-            " OR lower(target_name) = ?)"
+            " OR lower(target_name) IN (?, ?))"
         )
-        params += [key, key, key]
+        params += [key, key, key, username_key(recorded_as or user)]
     if since is not None:
         where.append("at >= ?")
         params.append(since)

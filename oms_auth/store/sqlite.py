@@ -38,6 +38,7 @@ from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
 from .records import (
     RESET_FAILURE,
+    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
@@ -248,10 +249,23 @@ class SqliteStore(Store):
                     rows = await self._all(db, S.unskeletoned)
                     await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
                 await db.execute(f"PRAGMA user_version={target + 1}")
+            await self._refresh_skeletons(db)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+
+    async def _refresh_skeletons(self, db: aiosqlite.Connection) -> None:
+        """Recompute every user's skeleton when they were computed with another
+        SKELETON_VERSION (or none recorded): look-alikes are found with one data set."""
+        recorded = await self._one(db, "SELECT version FROM skeleton_version")
+        if recorded is not None and recorded[0] == SKELETON_VERSION:
+            return
+        await db.execute(S.clear_skeletons)
+        rows = await self._all(db, S.unskeletoned)
+        await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
+        await db.execute("DELETE FROM skeleton_version")
+        await db.execute("INSERT INTO skeleton_version (version) VALUES (?)", (SKELETON_VERSION,))
 
     async def start_serving(self, now: float) -> int:
         # An exclusive lock beside the store, held while this process serves: a second serve
@@ -455,12 +469,8 @@ class SqliteStore(Store):
             if await self._one(db, S.username_lookalike, (username_skeleton(user.username), key)):
                 raise UsernameConfusable(_LOOKALIKE)
             (user_id,) = await self._one(db, S.insert_user, q.user_args(user))
-            for account in user.accounts:
-                await db.execute(S.insert_account, (account, user.oms_id))
-                (oms,) = await self._one(db, S.account_oms, (account,))
-                if oms != user.oms_id:
-                    raise StoreError(f"account {account} belongs to OMS {oms}")
-            await db.executemany(S.insert_user_account, [(user_id, a) for a in user.accounts])
+            await db.executemany(S.insert_account, q.account_args(user))
+            await db.executemany(S.insert_user_account, q.user_account_args(user_id, user))
             await db.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
             await db.executemany(
                 S.insert_question, [(user_id, question, a) for question, a in user.questions]
@@ -898,8 +908,14 @@ class SqliteStore(Store):
         until: float | None = None,
         limit: int | None = 100,
         oldest_first: bool = False,
+        recorded_as: str | None = None,
     ) -> list[AuditRow]:
         statement, args = q.audit_query(
-            user=user, since=since, until=until, limit=limit, oldest_first=oldest_first
+            user=user,
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
+            recorded_as=recorded_as,
         )
         return [q.to_audit(r) for r in await self._all(self._reader, statement, args)]

@@ -7,7 +7,7 @@ runs the missing ones in one transaction.
 Rules: append only, never edit an entry (an existing store must still open and end up exactly
 as a new one). Both dialects keep one numbering (version 2 is the audit hash chain on both, 3
 the rules under concurrency, 4 API keys, 5 marked mail claims, 6 user locales,
-7 username skeletons), so the DDL
+7 username skeletons, 8 accounts per OMS), so the DDL
 differs only where the dialects do.
 """
 
@@ -160,6 +160,38 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN name_skeleton TEXT;
     CREATE INDEX users_by_skeleton ON users(name_skeleton);
     """,
+    # 8: accounts are per OMS (SPEC section 3): keyed by (OMS, AccountId), so an OMS can never
+    # take or block another's; a user's links name its OMS, whose accounts they are. SQLite
+    # cannot change a primary key in place: both tables are made anew and the rows copied (the
+    # links' OMS is their user's). What the skeletons were computed with (SKELETON_VERSION in
+    # records), so the store recomputes them at open when that changes: none recorded yet, so
+    # the first open computes them with the full confusables data.
+    """
+    CREATE TABLE accounts_per_oms (
+        oms_id INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        PRIMARY KEY (oms_id, id)
+    );
+    INSERT INTO accounts_per_oms (oms_id, id) SELECT oms_id, id FROM accounts;
+    INSERT OR IGNORE INTO accounts_per_oms (oms_id, id)
+        SELECT u.oms_id, a.account_id FROM user_accounts a JOIN users u ON u.id = a.user_id;
+    CREATE TABLE user_accounts_per_oms (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        oms_id INTEGER NOT NULL,
+        account_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, account_id),
+        FOREIGN KEY (oms_id, account_id) REFERENCES accounts_per_oms(oms_id, id)
+    );
+    INSERT INTO user_accounts_per_oms (user_id, oms_id, account_id)
+        SELECT a.user_id, u.oms_id, a.account_id
+        FROM user_accounts a JOIN users u ON u.id = a.user_id;
+    DROP TABLE user_accounts;
+    DROP TABLE accounts;
+    ALTER TABLE accounts_per_oms RENAME TO accounts;
+    ALTER TABLE user_accounts_per_oms RENAME TO user_accounts;
+    CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
+    CREATE TABLE skeleton_version (version TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -167,6 +199,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # them, 3 keyed the chain with the service key); re-chaining is idempotent.
 RECHAIN_AFTER: frozenset[int] = frozenset({2, 3})
 # After reaching this version the store computes the skeletons of the users written before.
+# (From 8 on, it also recomputes every skeleton at open when records.SKELETON_VERSION differs
+# from the one it recorded.)
 SKELETONS_AFTER = 7
 
 # Where the service key's fingerprint is kept (and what /healthz writes and rolls back): made

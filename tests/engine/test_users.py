@@ -6,8 +6,7 @@ import pytest
 
 from oms_auth.engine import users
 from oms_auth.engine.deps import Deps
-from oms_auth.errors import InvalidValue
-from oms_auth.store import StoreError
+from oms_auth.errors import InvalidValue, OperationFailed
 
 
 async def test_a_user_is_created_with_its_permissions_accounts_and_question(deps: Deps) -> None:
@@ -75,8 +74,9 @@ async def test_a_username_that_looks_like_an_existing_one_is_refused(
 ) -> None:
     spec = {"email": "a@example.test", "password": "Correct-Horse9"}
     await users.create_user(deps, username="trader1", **spec)  # type: ignore[arg-type]
-    with pytest.raises((InvalidValue, StoreError)):
+    with pytest.raises(OperationFailed) as refused:
         await users.create_user(deps, username=lookalike, **spec)  # type: ignore[arg-type]
+    assert refused.value.detail == "That username is not available"
     assert [u.username for u in await deps.store.list_users()] == ["trader1"]
     # Names that merely resemble each other in part are fine.
     await users.create_user(deps, username="trader2", **spec)  # type: ignore[arg-type]

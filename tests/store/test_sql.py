@@ -105,10 +105,20 @@ def test_the_audit_filter() -> None:
     everything, args = q.audit_query(
         user=" Bob ", since=1.0, until=2.0, limit=None, oldest_first=True
     )
-    assert args == ["bob", "bob", "bob", 1.0, 2.0]
+    assert args == ["bob", "bob", "bob", "bob", 1.0, 2.0]
     assert everything.endswith("AND at >= ? AND at < ? ORDER BY id")
     assert everything.count("?") == len(args)
     assert to_dollar(everything).count("$") == len(args)
+    # A name that names no user: its target name as typed (rows from before), or as recorded.
+    unknown, args = q.audit_query(
+        user="Ghost",
+        since=None,
+        until=None,
+        limit=None,
+        oldest_first=True,
+        recorded_as="unknown:0123456789ab",
+    )
+    assert args == ["ghost", "ghost", "ghost", "unknown:0123456789ab"]
 
 
 # -- rows to records ---------------------------------------------------------------------------
