@@ -4,18 +4,26 @@ timeout, keepalive, and a graceful shutdown that finishes what it accepted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from oms_auth.app import App
 from protocol.client import Client
 from protocol.messages import Empty, PingReply
 
-from .helpers import Clock, settings_for
+from .flood import MB, flood
+from .helpers import Clock, ServerProcess, settings_for
+from .test_deployment import private_ca
 
 
 @pytest.fixture
@@ -130,3 +138,116 @@ async def test_shutdown_finishes_requests_in_flight_then_closes_with_1001(
         await c.next_unmatched(timeout=3)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     await c.close()
+
+
+# -- what one peer may cost the node (SPEC section 6a) ----------------------------------------
+
+RAISED_RATE = {"OMS_AUTH_MAX_REQUESTS_PER_SECOND": "1000000000"}
+
+
+@pytest.fixture
+async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ServerProcess]:
+    """``oms-auth serve`` as its own process (its memory is measured), warmed up by one
+    WebSocket Ping; ``request.param``: extra environment."""
+    server = ServerProcess(tmp_path, env=getattr(request, "param", {}))
+    await server.start()
+    try:
+        async with await Client.connect(server.url) as c:
+            assert (await c.call("Ping")).o == {"msg": "PONG"}
+        yield server
+    finally:
+        await server.kill()
+
+
+def port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+@pytest.mark.parametrize(
+    ("served", "frames"),
+    [({}, "pings"), (RAISED_RATE, "pings"), ({}, "requests")],
+    ids=["pings past the rate", "pongs past the output bound", "answers past the output bound"],
+    indirect=["served"],
+)
+async def test_a_client_that_never_reads_is_disconnected_and_the_node_stays_small(
+    served: ServerProcess, frames: str
+) -> None:
+    """Pings (each answered by a pong) or requests sent for 20 s by a client that never reads:
+    every such connection is closed, and the server grows by less than 50 MB."""
+    result = await asyncio.to_thread(
+        flood, port_of(served.url), served.proc.pid, frames, seconds=20
+    )
+    assert result.growth < 50 * MB, result
+    assert result.closed >= 1, result
+
+
+async def test_a_ping_flood_under_tls_is_closed_and_the_node_stays_small(
+    tmp_path: Path,
+) -> None:
+    ca, cert, key = private_ca(tmp_path)
+    server = ServerProcess(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    await server.start()
+    trust = ssl.create_default_context(cafile=str(ca))
+    try:
+        for env_frames in ("pings", "requests"):
+            result = await asyncio.to_thread(
+                flood, port_of(server.url), server.proc.pid, env_frames, seconds=10, tls=trust
+            )
+            assert result.growth < 50 * MB, (env_frames, result)
+            assert result.closed >= 1, (env_frames, result)
+    finally:
+        await server.kill()
+
+
+@pytest.mark.parametrize("limited", [{"max_requests_per_second": 10}], indirect=True)
+async def test_client_pings_count_toward_the_request_rate_and_past_it_close_the_connection(
+    limited: App,
+) -> None:
+    async with await Client.connect(limited.url) as c:
+        for _ in range(6):
+            await (await c.ws.ping())
+        answers = await asyncio.gather(*(c.call("Ping") for _ in range(10)))
+        refused = [a for a in answers if a.o.get("errorcode") == 101]
+        assert len(refused) >= 5  # the pings took their share of the second
+    async with await Client.connect(limited.url) as c:
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(40):
+                await (await c.ws.ping())
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason.startswith("Too many requests per second")
+
+
+async def test_a_ping_inside_a_fragmented_message_is_answered_and_the_message_still_counts(
+    app: App,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    protocol = ClientProtocol(parse_uri(app.url))
+    protocol.send_request(protocol.connect())
+    writer.write(b"".join(protocol.data_to_send()))
+    events: list[Any] = []
+
+    async def read_until(done: Callable[[], bool]) -> None:
+        while not done():
+            data = await asyncio.wait_for(reader.read(4096), 10)
+            assert data, f"closed; got {events}"
+            protocol.receive_data(data)
+            events.extend(protocol.events_received())
+
+    try:
+        await read_until(lambda: protocol.state is State.OPEN)
+        protocol.send_text(b'{"m":0,"i":1,', fin=False)
+        protocol.send_ping(b"between")
+        protocol.send_continuation(b'"n":"Ping","o":"{}"}', fin=True)
+        writer.write(b"".join(protocol.data_to_send()))
+        await read_until(
+            lambda: any(isinstance(e, Frame) and e.opcode is Opcode.TEXT for e in events)
+        )
+    finally:
+        writer.close()
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert [(f.opcode, bytes(f.data)) for f in frames if f.opcode is Opcode.PONG] == [
+        (Opcode.PONG, b"between")
+    ]
+    (text,) = [f for f in frames if f.opcode is Opcode.TEXT]
+    answer = orjson.loads(text.data)
+    assert (answer["i"], orjson.loads(answer["o"])) == (1, {"msg": "PONG"})
