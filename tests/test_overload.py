@@ -251,3 +251,115 @@ async def test_a_ping_inside_a_fragmented_message_is_answered_and_the_message_st
     (text,) = [f for f in frames if f.opcode is Opcode.TEXT]
     answer = orjson.loads(text.data)
     assert (answer["i"], orjson.loads(answer["o"])) == (1, {"msg": "PONG"})
+
+
+# -- every TCP connection counts toward the caps (SPEC sections 2b, 6a) -----------------------
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def slow_http(app: App, local: str, head: str = "", body_pending: bool = True) -> Stream:
+    """A connection from ``local`` that sent a POST's head and holds its body back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port, local_addr=(local, 0))
+    if body_pending:
+        writer.write(
+            f"POST /AP/Ping HTTP/1.1\r\nHost: x\r\n{head}Content-Length: 10\r\n\r\n".encode()
+        )
+    return reader, writer
+
+
+async def answer_within(stream: Stream, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None when it is still holding on."""
+    try:
+        return await asyncio.wait_for(stream[0].read(), seconds)
+    except TimeoutError:
+        return None
+
+
+def close_all(streams: list[Stream]) -> None:
+    for _, writer in streams:
+        writer.close()
+
+
+def assert_refused_503(raw: bytes) -> None:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), raw
+    assert b"\r\nconnection: close" in head.lower()
+    answer = orjson.loads(body)
+    assert (answer["result"], answer["errorcode"]) == (False, 101)
+    assert "Too many connections" in answer["detail"]
+
+
+CAPS = {"max_connections_per_source": 4, "max_connections": 20}
+
+
+@pytest.mark.parametrize("limited", [CAPS], indirect=True)
+async def test_slow_http_requests_count_toward_the_per_address_cap(limited: App) -> None:
+    held = [await slow_http(limited, "127.0.0.3") for _ in range(30)]
+    try:
+        answers = await asyncio.gather(*(answer_within(s, 3) for s in held))
+        refused = [a for a in answers if a is not None]
+        assert len(refused) >= 26, f"{30 - len(refused)} held by one address"
+        for raw in refused:
+            assert_refused_503(raw)
+        async with await Client.connect(limited.url, local_addr=("127.0.0.2", 0)) as c:
+            assert (await c.call("Ping")).o == {"msg": "PONG"}
+    finally:
+        close_all(held)
+
+
+@pytest.mark.parametrize("limited", [{"max_connections": 6}], indirect=True)
+async def test_http_connections_count_toward_max_connections(limited: App) -> None:
+    held = [await slow_http(limited, f"127.0.0.{10 + n}") for n in range(6)]
+    try:
+        other = await slow_http(limited, "127.0.0.30")
+        raw = await answer_within(other, 5)
+        assert raw is not None
+        assert_refused_503(raw)
+        ws = await Client.connect(limited.url, local_addr=("127.0.0.31", 0))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.call("Ping")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        await ws.close()
+        close_all(held[:1])
+        await asyncio.sleep(0.1)
+        async with await Client.connect(limited.url, local_addr=("127.0.0.32", 0)) as c:
+            assert (await c.call("Ping")).o == {"msg": "PONG"}
+    finally:
+        close_all(held)
+
+
+@pytest.mark.parametrize(
+    "limited", [{**CAPS, "trusted_proxies": ["127.0.0.2"]}], indirect=True
+)
+async def test_behind_a_proxy_the_cap_is_per_forwarded_client_not_per_proxy(
+    limited: App,
+) -> None:
+    proxy = "127.0.0.2"
+    many = [
+        await slow_http(limited, proxy, f"X-Forwarded-For: 198.51.100.{n}\r\n") for n in range(8)
+    ]
+    same = [
+        await slow_http(limited, proxy, "X-Forwarded-For: 198.51.100.99\r\n") for _ in range(8)
+    ]
+    try:
+        answers = await asyncio.gather(*(answer_within(s, 3) for s in many + same))
+        assert answers[:8] == [None] * 8  # eight clients through one proxy: all held
+        refused = [a for a in answers[8:] if a is not None]
+        assert len(refused) >= 4, "one forwarded client held more than its cap"
+        for raw in refused:
+            assert_refused_503(raw)
+    finally:
+        close_all(many + same)
+
+
+@pytest.mark.parametrize("limited", [CAPS], indirect=True)
+async def test_one_address_cannot_hold_descriptors_past_twice_its_cap(limited: App) -> None:
+    """Connections that send nothing: past the cap a few wait to be told (503 or 1013) once
+    their request arrives; the rest are closed at once."""
+    silent = [await slow_http(limited, "127.0.0.3", body_pending=False) for _ in range(40)]
+    try:
+        answers = await asyncio.gather(*(answer_within(s, 3) for s in silent))
+        assert sum(a is None for a in answers) <= 8, "held open"
+    finally:
+        close_all(silent)
