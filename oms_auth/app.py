@@ -25,6 +25,7 @@ from .server.http_gateway import BodyConnection, HttpGateway
 from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
+from .server.transport import Admission
 from .server.ws import WS_PATHS, Gateway
 from .store import Store, check_location, open_store
 from .tasks import cancel
@@ -146,16 +147,26 @@ class App:
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         # Sessions that other nodes sharing the store end log off this node's connections.
         await deps.store.listen_revocations(self.registry.revoked)
-        self.http = HttpPages(deps.store, self.metrics, WS_PATHS, s.trusted_networks())
+        proxies = self.gateway.proxies
+        self.http = HttpPages(deps.store, self.metrics, WS_PATHS, proxies, tls=s.tls)
         self.http.extra_metrics = self._store_metrics
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
+        admission = Admission(
+            s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
+        )
         self.server = await serve(
             self.gateway.handle,
             s.host,
             s.port,
             process_request=self.http,
-            # Reads POST bodies for the /AP/ gateway, at most a frame's size.
-            create_connection=BodyConnection.with_limit(s.max_frame_bytes),
+            process_response=self.http.finish,
+            # Counts every connection toward the caps, bounds what each costs, and reads
+            # POST bodies for the /AP/ gateway, at most a frame's size (server/transport.py).
+            create_connection=BodyConnection.configured(
+                admission=admission, max_body=s.max_frame_bytes
+            ),
+            # Past this much unsent for one peer, it is dropped (GuardedConnection).
+            write_limit=s.max_pending_output_bytes,
             server_header=None,
             max_size=s.max_frame_bytes,
             # permessage-deflate with small windows: browsers still get compression, at about

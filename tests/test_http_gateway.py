@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
+from http.client import HTTPSConnection
 import logging
 import ssl
 from pathlib import Path
@@ -292,7 +292,7 @@ async def test_under_tls_every_http_answer_carries_hsts(tmp_path: Path, db: str)
     trust = ssl.create_default_context(cafile=str(ca))
 
     def fetch(method: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
-        conn = http.client.HTTPSConnection("127.0.0.1", app.port, context=trust, timeout=10)
+        conn = HTTPSConnection("127.0.0.1", app.port, context=trust, timeout=10)
         try:
             conn.request(method, path, headers=headers)
             r = conn.getresponse()
