@@ -15,7 +15,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-__all__ = ["MB", "Flood", "flood", "open_ws", "rss_bytes", "ping_frames", "request_frames"]
+__all__ = ["KINDS", "MB", "Flood", "flood", "many", "open_ws", "rss_bytes"]
 
 MB = 1 << 20
 
@@ -55,16 +55,30 @@ def open_ws(
     return sock, protocol
 
 
-def ping_frames(protocol: ClientProtocol, count: int, payload: bytes = b"p" * 125) -> bytes:
-    """``count`` masked ping frames, each with ``payload`` (at most 125 bytes)."""
-    protocol.send_ping(payload)
-    return b"".join(protocol.data_to_send()) * count
+def ping_frames(protocol: ClientProtocol, count: int) -> tuple[bytes, bytes]:
+    """``count`` masked ping frames with 125-byte payloads, again and again."""
+    protocol.send_ping(b"p" * 125)
+    batch = b"".join(protocol.data_to_send()) * count
+    return batch, batch
 
 
-def request_frames(protocol: ClientProtocol, count: int) -> bytes:
-    """``count`` Ping requests (text frames) of the OMS protocol."""
+def request_frames(protocol: ClientProtocol, count: int) -> tuple[bytes, bytes]:
+    """``count`` Ping requests (text frames) of the OMS protocol, again and again."""
     protocol.send_text(b'{"m":0,"i":1,"n":"Ping","o":"{}"}')
-    return b"".join(protocol.data_to_send()) * count
+    batch = b"".join(protocol.data_to_send()) * count
+    return batch, batch
+
+
+def fragment_frames(protocol: ClientProtocol, count: int) -> tuple[bytes, bytes]:
+    """The start of a text message, then empty fragments of it, never the last."""
+    protocol.send_text(b"", fin=False)
+    start = b"".join(protocol.data_to_send())
+    protocol.send_continuation(b"", fin=False)
+    return start, b"".join(protocol.data_to_send()) * count
+
+
+# Each kind: (what is sent first, what is sent after it again and again).
+KINDS = {"pings": ping_frames, "requests": request_frames, "fragments": fragment_frames}
 
 
 @dataclass
@@ -85,7 +99,7 @@ def flood(
     give_up_growth: int = 100 * MB,
     reconnect: bool = True,
 ) -> Flood:
-    """Send ``frames`` ("pings" or "requests") without ever reading, for ``seconds``; a
+    """Send ``frames`` (a key of KINDS) without ever reading, for ``seconds``; a
     connection the server ends is counted and (with ``reconnect``) replaced. Stops early when
     the server grew by ``give_up_growth`` (the machine is shared: a failing run stays small)."""
     base = rss_bytes(pid)
@@ -94,9 +108,9 @@ def flood(
     deadline = started + seconds
     while time.monotonic() < deadline and result.growth < give_up_growth:
         sock, protocol = open_ws(port, tls=tls)
-        batch = (ping_frames if frames == "pings" else request_frames)(protocol, 400)
+        first, batch = KINDS[frames](protocol, 4000)
         sock.settimeout(0.5)
-        pending = memoryview(batch)
+        pending = memoryview(first)
         try:
             while time.monotonic() < deadline and result.growth < give_up_growth:
                 result.growth = max(result.growth, rss_bytes(pid) - base)
@@ -117,3 +131,28 @@ def flood(
     result.growth = max(result.growth, rss_bytes(pid) - base)
     result.seconds = time.monotonic() - started
     return result
+
+
+def many(port: int, pid: int, frames: str, connections: int, each: int = 2 * MB) -> int:
+    """``connections`` clients at once, each sending about ``each`` bytes of ``frames`` and
+    never reading: the largest RSS growth of the server while they are all open."""
+    base = rss_bytes(pid)
+    socks = []
+    try:
+        for _ in range(connections):
+            sock, protocol = open_ws(port, rcvbuf=1 << 20)
+            first, batch = KINDS[frames](protocol, 4000)
+            sock.settimeout(0.2)
+            try:
+                sock.sendall(first + batch * (each // len(batch)))
+            except OSError:
+                pass  # closed, or no longer read: either way it sent what it could
+            socks.append(sock)
+        peak = 0
+        for _ in range(10):
+            peak = max(peak, rss_bytes(pid) - base)
+            time.sleep(0.1)
+        return peak
+    finally:
+        for sock in socks:
+            sock.close()

@@ -21,7 +21,7 @@ from oms_auth.app import App
 from protocol.client import Client
 from protocol.messages import Empty, PingReply
 
-from .flood import MB, flood
+from .flood import MB, flood, many
 from .helpers import Clock, ServerProcess, settings_for
 from .test_deployment import private_ca
 
@@ -215,6 +215,31 @@ async def test_client_pings_count_toward_the_request_rate_and_past_it_close_the_
                 await (await c.ws.ping())
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         assert closed.value.rcvd.reason.startswith("Too many requests per second")
+
+
+@pytest.mark.parametrize("limited", [{"max_requests_per_second": 10}], indirect=True)
+async def test_each_fragment_of_a_message_takes_from_the_request_rate(limited: App) -> None:
+    async with await Client.connect(limited.url) as c:
+        # websockets sends each item as a fragment, then an empty last one: six in all, which
+        # cost as much as six requests; six more are past the budget of ten.
+        await c.ws.send(iter(['{"m":0,"i":1,', '"n":"Ping",', '"o":', '"{}"', "}"]))
+        assert (await c.next_unmatched()).o == {"msg": "PONG"}
+        answers = await asyncio.gather(*(c.call("Ping") for _ in range(6)))
+        assert [a for a in answers if a.o.get("errorcode") == 101]
+    async with await Client.connect(limited.url) as c:
+        with pytest.raises(ConnectionClosed) as closed:
+            await c.ws.send(iter(["{"] + [" "] * 40 + ["}"]))
+            await c.next_unmatched()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_many_clients_sending_endless_fragments_keep_the_node_small(
+    served: ServerProcess,
+) -> None:
+    """Each read of up to 256 KiB of empty fragments is tens of thousands of frames, all
+    queued at once: twenty such clients took 60 MB before fragments had a budget."""
+    growth = await asyncio.to_thread(many, port_of(served.url), served.proc.pid, "fragments", 20)
+    assert growth < 25 * MB, growth / MB
 
 
 async def test_a_ping_inside_a_fragmented_message_is_answered_and_the_message_still_counts(

@@ -11,10 +11,13 @@ port, WebSocket or HTTP alike.
   the head is in, such a connection counts toward the node only, never as the proxy's own.
 - Its unsent output is bounded (``max_pending_output_bytes``, the transport's high-water mark):
   past it the peer is not reading what it asked for (answers, events, pongs) and is dropped.
-- Its control frames (pings, and pongs nobody asked for) are requests too: each takes from the
-  connection's requests-per-second budget, which the gateway shares with its requests; past it
-  the connection is closed with 1008. (websockets answers a ping inside ``data_received``,
-  before any handler runs, so the budget is checked on each frame as it is processed.)
+- Its control frames (pings, and pongs nobody asked for) and the fragments of its messages are
+  requests too: each takes from the connection's requests-per-second budget, which the gateway
+  shares with its requests (a message in k fragments costs k); past it the connection is closed
+  with 1008. websockets answers a ping inside ``data_received``, before any handler runs, and
+  queues every frame of a read (up to 256 KiB of them) at once, so the budget is checked on
+  each frame as it is processed: a flood of tiny fragments or pings stops within a second's
+  budget, with what it queued freed as the connection ends.
 """
 
 from __future__ import annotations
@@ -179,7 +182,7 @@ class GuardedConnection(ServerConnection):
             return  # frames parsed in the same read as the one past the budget
         if self.request is None and isinstance(event, Request):
             self._identify(event)
-        elif isinstance(event, Frame) and event.opcode in _CONTROL:
+        elif isinstance(event, Frame) and _costs_a_request(event):
             if self.frame_budget is not None and not self.frame_budget():
                 self._close_over_budget()
                 return
@@ -210,6 +213,12 @@ class GuardedConnection(ServerConnection):
         if self.admission is not None:
             self.admission.count("connections_dropped_unread")
         self.transport.abort()
+
+
+def _costs_a_request(frame: Frame) -> bool:
+    """A control frame, or a fragment but the last of a message: work a request's budget pays
+    for. (The last fragment completes a message, which the gateway counts as the request.)"""
+    return frame.opcode in _CONTROL or not frame.fin
 
 
 def refusal_of(ws: ServerConnection) -> str | None:
