@@ -323,3 +323,24 @@ async def test_without_tls_no_hsts_is_sent(app: App) -> None:
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 200") and b"strict-transport" not in raw.lower()
+
+
+PATHS = ["/reset", "/reset.js", "/reset-texts.js", "/reset-common.js", "/healthz", "/AP/Ping"]
+REPEATABLE = ["Accept-Encoding", "Upgrade", "Host", "Connection", "Cookie", "Origin"]
+
+
+@pytest.mark.parametrize("header", REPEATABLE)
+async def test_any_header_twice_on_any_page_is_never_a_500(
+    app: App, header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for path in [*PATHS, "/WSGateway/"]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n{header}: gzip\r\n{header}: websocket\r\n\r\n"
+            .encode()
+        )
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert not status_line.startswith(b"HTTP/1.1 5"), (path, status_line)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
