@@ -344,3 +344,13 @@ async def test_any_header_twice_on_any_page_is_never_a_500(
         writer.close()
         assert not status_line.startswith(b"HTTP/1.1 5"), (path, status_line)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_chunked_body_is_411_with_a_100_never_silence(app: App) -> None:
+    for head in (
+        "Transfer-Encoding: chunked\r\n",
+        "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",  # the smuggler's pair
+    ):
+        status, answer = await raw_post(app, head, b"2\r\n{}\r\n0\r\n\r\n")
+        assert status == 411 and answer["errorcode"] == 100, answer
+        assert "Content-Length" in answer["detail"]

@@ -14,8 +14,8 @@ Bodies: websockets reads only a request's head on its own port, so :class:`BodyC
 (the connection class the server is built with) keeps the bytes after the head of a request
 that declares a ``Content-Length`` aside for the gateway instead of handing them to the
 WebSocket frame parser; the response is sent and the connection closed, as for every plain HTTP
-request on this port. A body must declare its length (no chunked encoding) and stays within the
-frame size limit.
+request on this port. A body must declare its length once (a chunked one is answered 411, two
+lengths 400, neither read) and stays within the frame size limit.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class BodyConnection(GuardedConnection):
         self.body_complete = asyncio.Event()
         self.too_long = False  # a body declared past max_body: answered 413, never read
         self.length_twice = False  # Content-Length named twice: answered 400, never read
+        self.unframed = False  # Transfer-Encoding (chunked): answered 411, never read
 
     def data_received(self, data: bytes) -> None:
         if self.body is not None:
@@ -108,20 +109,24 @@ class BodyConnection(GuardedConnection):
         self._on_head(head, rest)
 
     def _on_head(self, head: bytes, rest: bytes) -> None:
-        lengths = _declared_lengths(head)
-        self.length_twice = len(lengths) > 1
-        if _asks_upgrade(head) or (not self.length_twice and (not lengths or not lengths[0])):
-            # No body, or a WebSocket upgrade: websockets reads it all as usual (and refuses
-            # an upgrade that declares a body).
+        if _values(head, b"upgrade"):
+            # websockets reads it all as usual (and refuses an upgrade that declares a body).
             super().data_received(head + rest)
             return
-        length = 0 if self.length_twice else lengths[0] or 0
-        if self.length_twice or length > self.max_body:
+        lengths = [_body_length(value) for value in _values(head, b"content-length")]
+        self.length_twice = len(lengths) > 1
+        # A body framed otherwise (chunked) is not read: answered 411, its bytes dropped.
+        self.unframed = bool(_values(head, b"transfer-encoding"))
+        if not (self.length_twice or self.unframed or (lengths and lengths[0])):
+            super().data_received(head + rest)  # no body: websockets reads it as usual
+            return
+        length = (lengths[0] or 0) if lengths else 0
+        if self.length_twice or self.unframed or length > self.max_body:
             self.too_long, length = True, 0  # its bytes are dropped as they come
         # websockets refuses a request whose head declares a body: it is handed the head with
-        # the length taken out, and the body stays here.
+        # the framing taken out, and the body stays here.
         self.body, self.body_length = bytearray(), length
-        super().data_received(_without_length(head))
+        super().data_received(_without(head, (b"content-length", b"transfer-encoding")))
         self._add_to_body(rest)
 
     def _add_to_body(self, data: bytes) -> None:
@@ -137,32 +142,30 @@ class BodyConnection(GuardedConnection):
             self.body_complete.set()
 
 
-def _asks_upgrade(head: bytes) -> bool:
-    return any(
-        line.partition(b":")[0].strip().lower() == b"upgrade" for line in head.split(b"\r\n")
-    )
+def _values(head: bytes, name: bytes) -> list[bytes]:
+    """The values of every line of ``head`` naming header ``name`` (lower case)."""
+    values = []
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            values.append(value.strip())
+    return values
 
 
-def _without_length(head: bytes) -> bytes:
-    lines = head.split(b"\r\n")
-    return b"\r\n".join(
-        line for line in lines if line.partition(b":")[0].strip().lower() != b"content-length"
-    )
+def _without(head: bytes, names: tuple[bytes, ...]) -> bytes:
+    kept = [
+        line for line in head.split(b"\r\n") if line.partition(b":")[0].strip().lower() not in names
+    ]
+    return b"\r\n".join(kept)
 
 
-def _declared_lengths(head: bytes | bytearray) -> list[int | None]:
-    """Each Content-Length the head names, as a body length (None: no body, or not a number
-    websockets would take)."""
-    lengths: list[int | None] = []
-    for line in bytes(head).split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                length = None
-            lengths.append(length if length is not None and length > 0 else None)
-    return lengths
+def _body_length(value: bytes) -> int | None:
+    """A Content-Length as a body length (None: no body, or not a number websockets takes)."""
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length > 0 else None
 
 
 class HttpGateway:
@@ -291,6 +294,9 @@ class HttpGateway:
         if body is None:
             return {}  # no body (a POST without one means {})
         length = ws.body_length  # type: ignore[attr-defined]
+        if ws.unframed:  # type: ignore[attr-defined]
+            detail = "A body must come with its Content-Length (chunked bodies are not read)"
+            return _refused(HTTPStatus.LENGTH_REQUIRED, detail)
         if ws.too_long or length > self.max_body:  # type: ignore[attr-defined]
             detail = f"A body is at most {self.max_body} bytes"
             return _refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
