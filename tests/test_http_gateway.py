@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from http.client import HTTPSConnection
 import logging
 import ssl
+from http.client import HTTPSConnection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -336,10 +336,8 @@ async def test_any_header_twice_on_any_page_is_never_a_500(
     caplog.set_level(logging.INFO)
     for path in [*PATHS, "/WSGateway/"]:
         reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\n{header}: gzip\r\n{header}: websocket\r\n\r\n"
-            .encode()
-        )
+        twice = f"{header}: gzip\r\n{header}: websocket\r\n"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{twice}\r\n".encode())
         status_line = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
         assert not status_line.startswith(b"HTTP/1.1 5"), (path, status_line)

@@ -357,9 +357,7 @@ async def test_http_connections_count_toward_max_connections(limited: App) -> No
         close_all(held)
 
 
-@pytest.mark.parametrize(
-    "limited", [{**CAPS, "trusted_proxies": ["127.0.0.2"]}], indirect=True
-)
+@pytest.mark.parametrize("limited", [{**CAPS, "trusted_proxies": ["127.0.0.2"]}], indirect=True)
 async def test_behind_a_proxy_the_cap_is_per_forwarded_client_not_per_proxy(
     limited: App,
 ) -> None:
@@ -367,9 +365,7 @@ async def test_behind_a_proxy_the_cap_is_per_forwarded_client_not_per_proxy(
     many = [
         await slow_http(limited, proxy, f"X-Forwarded-For: 198.51.100.{n}\r\n") for n in range(8)
     ]
-    same = [
-        await slow_http(limited, proxy, "X-Forwarded-For: 198.51.100.99\r\n") for _ in range(8)
-    ]
+    same = [await slow_http(limited, proxy, "X-Forwarded-For: 198.51.100.99\r\n") for _ in range(8)]
     try:
         answers = await asyncio.gather(*(answer_within(s, 3) for s in many + same))
         assert answers[:8] == [None] * 8  # eight clients through one proxy: all held

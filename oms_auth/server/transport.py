@@ -161,7 +161,7 @@ class GuardedConnection(ServerConnection):
         peer = transport.get_extra_info("peername")
         self.place = self.admission.arrive(str(peer[0]) if peer else "unknown")
         if self.place is None:
-            transport.abort()
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
