@@ -19,6 +19,7 @@ from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
 from .logs import pin_library_loggers
 from .mail.outbox import OutboxWorker, Transport, transport_for
+from .server.forwarded import Proxies
 from .server.functions import Functions
 from .server.http import HttpPages
 from .server.http_gateway import BodyConnection, HttpGateway
@@ -151,10 +152,21 @@ class App:
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS, proxies, tls=s.tls)
         self.http.extra_metrics = self._store_metrics
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
+        self.server = await self._listen(proxies)
+        # Known only now: port 0 picks a port at bind time, and links must carry the real one.
+        self._public_url = s.resolved_public_url(self.port)
+        ResetPage(self.public_url, self.resets.policy, login_url=s.login_url).install(self.http)
+        self.outbox = OutboxWorker(deps, transport, self.public_url)
+        self.outbox.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
+
+    async def _listen(self, proxies: Proxies) -> Server:
+        """One port for WebSocket and HTTP, each connection within what a peer may cost."""
+        s = self.settings
         admission = Admission(
             s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
         )
-        self.server = await serve(
+        return await serve(
             self.gateway.handle,
             s.host,
             s.port,
@@ -184,12 +196,6 @@ class App:
             ping_timeout=s.ping_timeout_seconds or None,
             ssl=_tls_context(s),
         )
-        # Known only now: port 0 picks a port at bind time, and links must carry the real one.
-        self._public_url = s.resolved_public_url(self.port)
-        ResetPage(self.public_url, self.resets.policy, login_url=s.login_url).install(self.http)
-        self.outbox = OutboxWorker(deps, transport, self.public_url)
-        self.outbox.start()
-        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
 
     @property
     def port(self) -> int:
