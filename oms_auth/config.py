@@ -51,8 +51,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_in_flight_per_connection: int = 64
     max_requests_per_second: float = 500  # requests and client pings alike
     # What may wait unsent for one peer (answers, events, pongs): past it the peer is not
-    # reading and is disconnected, so a node's memory stays within its caps' worth.
-    max_pending_output_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 1 << 20
+    # reading and is disconnected, so a node's memory stays within its caps' worth. Above the
+    # largest single answer (the reset page's word list is 272 KB unpacked).
+    max_pending_output_bytes: Annotated[int, msgspec.Meta(ge=1 << 19)] = 1 << 20
     idle_timeout_seconds: float = 900
     ping_interval_seconds: float = 20
     ping_timeout_seconds: float = 20
