@@ -163,7 +163,7 @@ class App:
     async def _listen(self, proxies: Proxies) -> Server:
         """One port for WebSocket and HTTP, each connection within what a peer may cost."""
         s = self.settings
-        admission = Admission(
+        self.admission = admission = Admission(
             s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
         )
         return await serve(

@@ -22,7 +22,7 @@ from protocol.client import Client
 from protocol.messages import Empty, PingReply
 
 from .flood import MB, flood, many
-from .helpers import Clock, ServerProcess, settings_for
+from .helpers import Clock, ServerProcess, eventually, settings_for
 from .test_deployment import private_ca
 
 
@@ -387,3 +387,8 @@ async def test_one_address_cannot_hold_descriptors_past_twice_its_cap(limited: A
         assert sum(a is None for a in answers) <= 8, "held open"
     finally:
         close_all(silent)
+    # Every place is given back as its connection ends.
+    admission = limited.admission
+    await eventually(
+        lambda: (admission.open, admission.by_source, admission.waiting) == (0, {}, {})
+    )
