@@ -29,12 +29,14 @@ from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
 from .logs import pin_library_loggers
 from .mail.outbox import OutboxWorker, Transport, transport_for
+from .server.forwarded import Proxies
 from .server.functions import Functions
 from .server.http import HttpPages
 from .server.http_gateway import BodyConnection, HttpGateway
 from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
+from .server.transport import Admission
 from .server.ws import WS_PATHS, Gateway
 from .store import KeyBinding, KeyRefused, Store, StoreError, check_location, open_store
 from .store.keys import MISSING
@@ -210,17 +212,38 @@ class App:
         self.gateway = Gateway(self.functions, self.sessions, self.metrics, s)
         # Sessions that other nodes sharing the store end log off this node's connections.
         await deps.store.listen_revocations(self.registry.revoked)
-        self.http = HttpPages(deps.store, self.metrics, WS_PATHS, s.trusted_networks())
+        proxies = self.gateway.proxies
+        self.http = HttpPages(deps.store, self.metrics, WS_PATHS, proxies, tls=s.tls)
         self.http.extra_metrics = self._store_metrics
         self.http.mail_writable = transport.writable
         self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
-        self.server = await serve(
+        self.server = await self._listen(proxies)
+        # Known only now: port 0 picks a port at bind time, and links must carry the real one.
+        self._public_url = s.resolved_public_url(self.port)
+        ResetPage(self.public_url, self.resets.policy, login_url=s.login_url).install(self.http)
+        self.outbox = OutboxWorker(deps, transport, self.public_url)
+        self.outbox.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
+
+    async def _listen(self, proxies: Proxies) -> Server:
+        """One port for WebSocket and HTTP, each connection within what a peer may cost."""
+        s = self.settings
+        self.admission = admission = Admission(
+            s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
+        )
+        return await serve(
             self.gateway.handle,
             s.host,
             s.port,
             process_request=self.http,
-            # Reads POST bodies for the /AP/ gateway, at most a frame's size.
-            create_connection=BodyConnection.with_limit(s.max_frame_bytes),
+            process_response=self.http.finish,
+            # Counts every connection toward the caps, bounds what each costs, and reads
+            # POST bodies for the /AP/ gateway, at most a frame's size (server/transport.py).
+            create_connection=BodyConnection.configured(
+                admission=admission, max_body=s.max_frame_bytes
+            ),
+            # Past this much unsent for one peer, it is dropped (GuardedConnection).
+            write_limit=s.max_pending_output_bytes,
             server_header=None,
             max_size=s.max_frame_bytes,
             # permessage-deflate with small windows: browsers still get compression, at about
@@ -238,12 +261,6 @@ class App:
             ping_timeout=s.ping_timeout_seconds or None,
             ssl=_tls_context(s),
         )
-        # Known only now: port 0 picks a port at bind time, and links must carry the real one.
-        self._public_url = s.resolved_public_url(self.port)
-        ResetPage(self.public_url, self.resets.policy, login_url=s.login_url).install(self.http)
-        self.outbox = OutboxWorker(deps, transport, self.public_url)
-        self.outbox.start()
-        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
 
     @property
     def port(self) -> int:

@@ -58,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="trusted_proxies",
         action="append",
         metavar="ADDR|CIDR",
-        help="a proxy whose Forwarded / X-Forwarded-For names the client (repeatable)",
+        help="a proxy whose --proxy-header names the client (repeatable)",
+    )
+    serve.add_argument(
+        "--proxy-header",
+        dest="proxy_header",
+        metavar="x-forwarded-for|forwarded",
+        help="the one header the trusted proxies write (default x-forwarded-for)",
     )
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
@@ -156,6 +162,7 @@ _SETTING_FLAGS = (
     "mail",
     "secret_key_file",
     "trusted_proxies",
+    "proxy_header",
     "tls_cert",
     "tls_key",
 )

@@ -12,7 +12,9 @@ import msgspec
 
 from .store.urls import is_postgres_url, sqlite_path
 
-__all__ = ["Settings", "load_settings", "ConfigError"]
+__all__ = ["Settings", "load_settings", "ConfigError", "PROXY_HEADERS"]
+
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
 
 
 class ConfigError(Exception):
@@ -36,6 +38,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Behind a load balancer or reverse proxy (SPEC section 6a): peers whose Forwarded /
     # X-Forwarded-For name the client, as addresses or CIDRs.
     trusted_proxies: list[str] = []
+    # The one header those proxies write: "x-forwarded-for" (nginx's and HAProxy's default) or
+    # "forwarded" (RFC 7239). The other is never read: a client can send it through a proxy
+    # that only appends to its own header.
+    proxy_header: str = "x-forwarded-for"
     # Optional TLS termination in the process: a PEM certificate chain and its key.
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -43,7 +49,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10000  # per node
     max_connections_per_source: int = 256
     max_in_flight_per_connection: int = 64
-    max_requests_per_second: float = 500
+    max_requests_per_second: float = 500  # requests and client pings alike
+    # What may wait unsent for one peer (answers, events, pongs): past it the peer is not
+    # reading and is disconnected, so a node's memory stays within its caps' worth. Above the
+    # largest single answer (the reset page's word list is 272 KB unpacked).
+    max_pending_output_bytes: Annotated[int, msgspec.Meta(ge=1 << 19)] = 1 << 20
     idle_timeout_seconds: float = 900
     ping_interval_seconds: float = 20
     ping_timeout_seconds: float = 20
@@ -109,6 +119,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         self.trusted_networks()  # a bad entry is a configuration error, at load
+        self.proxy_header = self.proxy_header.strip().lower()
+        if self.proxy_header not in PROXY_HEADERS:
+            raise ValueError(
+                f"proxy_header: {' or '.join(PROXY_HEADERS)}, not {self.proxy_header!r}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
 

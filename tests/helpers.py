@@ -161,7 +161,7 @@ class ServerProcess:
             stderr=asyncio.subprocess.DEVNULL,
         )
         line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
-        match = re.search(r"listening on (ws://\S+)", line)
+        match = re.search(r"listening on (wss?://\S+)", line)
         assert match, line
         self.url = match[1]
         return self.url

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -27,35 +28,61 @@ TRUSTED = (ipaddress.ip_network("127.0.0.2/32"), ipaddress.ip_network("10.0.0.0/
 TOO_MANY = "Too many failed login attempts; try again later"
 
 
+XFF, FWD = "x-forwarded-for", "forwarded"
+
+
 @pytest.mark.parametrize(
-    ("peer", "forwarded", "xff", "client"),
+    ("peer", "header", "forwarded", "xff", "client"),
     [
-        ("127.0.0.2", [], ["198.51.100.7"], "198.51.100.7"),
-        ("127.0.0.2", [], ["6.6.6.6, 198.51.100.7"], "198.51.100.7"),  # the left is forgeable
-        ("127.0.0.2", [], ["198.51.100.7, 10.1.2.3"], "198.51.100.7"),  # through two proxies
-        ("127.0.0.2", [], ["198.51.100.7", "10.1.2.3"], "198.51.100.7"),  # two header lines
-        ("127.0.0.2", [], ["10.9.9.9, 10.1.2.3"], "10.9.9.9"),  # only proxies: the farthest
-        ("127.0.0.2", [], [], "127.0.0.2"),  # no header: the proxy itself
-        ("127.0.0.2", [], ["unknown"], "127.0.0.2"),
-        ("127.0.0.2", [], ["198.51.100.7, garbage"], "127.0.0.2"),
-        ("127.0.0.2", [], ["198.51.100.7:4711"], "198.51.100.7"),
-        ("127.0.0.2", ['for="[2001:db8::1]:4711";proto=https'], ["9.9.9.9"], "2001:db8::1"),
-        ("127.0.0.2", ["for=192.0.2.60;by=10.0.0.1, for=10.1.1.1"], [], "192.0.2.60"),
-        ("127.0.0.2", ["For=192.0.2.61"], [], "192.0.2.61"),
-        ("127.0.0.2", ["proto=https"], [], "127.0.0.2"),
-        ("127.0.0.2", [], ["::ffff:198.51.100.8"], "198.51.100.8"),
-        ("127.0.0.3", [], ["198.51.100.7"], "127.0.0.3"),  # an untrusted peer: ignored
-        ("127.0.0.3", ["for=198.51.100.7"], [], "127.0.0.3"),
+        ("127.0.0.2", XFF, [], ["198.51.100.7"], "198.51.100.7"),
+        ("127.0.0.2", XFF, [], ["6.6.6.6, 198.51.100.7"], "198.51.100.7"),  # left: forgeable
+        ("127.0.0.2", XFF, [], ["198.51.100.7, 10.1.2.3"], "198.51.100.7"),  # two proxies
+        ("127.0.0.2", XFF, [], ["198.51.100.7", "10.1.2.3"], "198.51.100.7"),  # two lines
+        ("127.0.0.2", XFF, [], ["10.9.9.9, 10.1.2.3"], "10.9.9.9"),  # only proxies: farthest
+        ("127.0.0.2", XFF, [], [], "127.0.0.2"),  # no header: the proxy itself
+        ("127.0.0.2", XFF, [], ["unknown"], "127.0.0.2"),
+        ("127.0.0.2", XFF, [], ["198.51.100.7, garbage"], "127.0.0.2"),
+        ("127.0.0.2", XFF, [], ["198.51.100.7:4711"], "198.51.100.7"),
+        ("127.0.0.2", FWD, ['for="[2001:db8::1]:4711";proto=https'], ["9.9.9.9"], "2001:db8::1"),
+        ("127.0.0.2", FWD, ["for=192.0.2.60;by=10.0.0.1, for=10.1.1.1"], [], "192.0.2.60"),
+        ("127.0.0.2", FWD, ["For=192.0.2.61"], [], "192.0.2.61"),
+        ("127.0.0.2", FWD, ["proto=https"], [], "127.0.0.2"),
+        ("127.0.0.2", XFF, [], ["::ffff:198.51.100.8"], "198.51.100.8"),
+        ("127.0.0.3", XFF, [], ["198.51.100.7"], "127.0.0.3"),  # an untrusted peer: ignored
+        ("127.0.0.3", FWD, ["for=198.51.100.7"], [], "127.0.0.3"),
+        # Only the configured header is read: the other is the client's own, whatever it says.
+        ("127.0.0.2", XFF, ["for=6.6.6.6"], ["198.51.100.7"], "198.51.100.7"),
+        ("127.0.0.2", XFF, ["for=6.6.6.6"], [], "127.0.0.2"),
+        ("127.0.0.2", FWD, ["for=198.51.100.7"], ["6.6.6.6"], "198.51.100.7"),
+        ("127.0.0.2", FWD, [], ["6.6.6.6"], "127.0.0.2"),
     ],
 )
-def test_the_client_is_the_rightmost_untrusted_forwarded_entry_from_a_trusted_peer(
-    peer: str, forwarded: list[str], xff: list[str], client: str
+def test_the_client_is_the_rightmost_untrusted_entry_of_the_proxy_header_from_a_trusted_peer(
+    peer: str, header: str, forwarded: list[str], xff: list[str], client: str
 ) -> None:
-    assert client_address(peer, forwarded, xff, TRUSTED) == client
+    assert client_address(peer, forwarded, xff, TRUSTED, header) == client
 
 
 def test_without_trusted_proxies_the_headers_are_never_read() -> None:
-    assert client_address("127.0.0.2", ["for=1.2.3.4"], ["1.2.3.4"], ()) == "127.0.0.2"
+    for header in (XFF, FWD):
+        assert client_address("127.0.0.2", ["for=1.2.3.4"], ["1.2.3.4"], (), header) == (
+            "127.0.0.2"
+        )
+
+
+def test_proxy_header_comes_from_flags_variables_and_toml_and_bad_ones_are_refused(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(environ={}).proxy_header == XFF
+    assert load_settings(environ={"OMS_AUTH_PROXY_HEADER": "Forwarded"}).proxy_header == FWD
+    config = tmp_path / "c.toml"
+    config.write_text('proxy-header = "forwarded"\n')
+    assert load_settings(config_file=str(config), environ={}).proxy_header == FWD
+    with pytest.raises(ConfigError, match="proxy_header"):
+        load_settings(environ={"OMS_AUTH_PROXY_HEADER": "x-real-ip"})
+    bad = oms_auth(tmp_path, "serve", "--proxy-header", "x-real-ip", check=False)
+    assert bad.returncode == 2 and "proxy_header" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_trusted_proxies_come_from_flags_variables_and_toml_and_bad_ones_are_refused(
@@ -132,25 +159,60 @@ async def test_behind_a_trusted_proxy_each_client_has_its_own_address_limits(
     assert not sources & {"198.51.100.3", "198.51.100.4", PROXY}
 
 
-async def test_forwarded_is_read_over_the_http_gateway_too(proxied: App) -> None:
+async def post_via(app: App, peer: str, path: str, body: bytes, **headers: str) -> Any:
+    """One HTTP POST from ``peer`` (bound to that local address); the JSON answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port, local_addr=(peer, 0))
+    head = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return orjson.loads(raw.partition(b"\r\n\r\n")[2])
+
+
+WRONG = orjson.dumps({"UserName": "nobody", "Password": "Wrong-1x"})
+
+
+async def test_behind_a_proxy_that_appends_x_forwarded_for_a_client_sent_forwarded_is_ignored(
+    proxied: App,
+) -> None:
+    """The default proxy_header: nginx and HAProxy append X-Forwarded-For and pass the
+    client's own Forwarded through untouched; it must not pick the client's address."""
     app = proxied
-    base = app.url.replace("ws://", "http://").replace("/WSGateway/", "")
-
-    def get(forwarded: str) -> int:
-        req = urllib.request.Request(
-            base + "/AP/AuthenticateUser?UserName=nobody&Password=Wrong-1x",
-            headers={"Forwarded": forwarded},
+    answers = []
+    for n in range(3):  # the limit is 3 failures per address: each forged address is new
+        async with await via(
+            app, PROXY, Forwarded=f"for=6.6.6.{n}", **{"X-Forwarded-For": "198.51.100.5"}
+        ) as c:
+            answers += await wrong_logins(c, 1)
+        forged = {"Forwarded": f"for=7.7.7.{n}", "X-Forwarded-For": "198.51.100.5"}
+        answers.append(
+            (await post_via(app, PROXY, "/AP/AuthenticateUser", WRONG, **forged))["errormsg"]
         )
-        handler = urllib.request.HTTPHandler()
-        opener = urllib.request.build_opener(handler)
-        # urllib cannot bind a source address: the trusted peer here is 127.0.0.1.
-        with opener.open(req) as r:
-            return r.status
-
-    app.http.trusted = (ipaddress.ip_network("127.0.0.1/32"),)
-    assert await asyncio.to_thread(get, 'for="[2001:db8::7]"') == 200
+    assert answers[3:] == [TOO_MANY] * 3
     rows = await app.deps.store.audit_rows(limit=None)
-    assert [r.source for r in rows if r.action == "login-failed"] == ["2001:db8::7"]
+    assert {r.source for r in rows if r.action == "login-failed"} == {"198.51.100.5"}
+
+
+async def test_with_proxy_header_forwarded_a_client_sent_x_forwarded_for_is_ignored(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        db=db,
+        trusted_proxies=[PROXY],
+        proxy_header="forwarded",
+        login_failures_per_source=3,
+    )
+    async with App(settings, clock=clock, login_delay=0) as app:
+        answers = []
+        for n in range(5):
+            headers = {"Forwarded": 'for="[2001:db8::7]"', "X-Forwarded-For": f"6.6.6.{n}"}
+            answer = await post_via(app, PROXY, "/AP/AuthenticateUser", WRONG, **headers)
+            answers.append(answer["errormsg"])
+        assert answers[3:] == [TOO_MANY] * 2
+        rows = await app.deps.store.audit_rows(limit=None)
+        assert {r.source for r in rows if r.action == "login-failed"} == {"2001:db8::7"}
 
 
 async def test_a_node_refuses_connections_past_max_connections_with_1013(proxied: App) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import ssl
+from http.client import HTTPSConnection
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,7 +19,8 @@ import pytest
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import PASSWORD, Clock, make_user
+from .helpers import PASSWORD, Clock, make_user, settings_for
+from .test_deployment import private_ca
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 
@@ -28,13 +32,15 @@ async def http(
     *,
     query: dict[str, Any] | None = None,
     body: bytes | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
 ) -> tuple[int, Any]:
-    """One request over a real socket; the status and the parsed JSON body (None if empty)."""
+    """One request over a real socket; the status and the parsed JSON body (None if empty).
+    ``headers`` as a list may name a header twice."""
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     target = path + ("?" + urlencode(query) if query else "")
     head = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{app.port}", "Connection: close"]
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    pairs = headers.items() if isinstance(headers, dict) else headers or []
+    head += [f"{k}: {v}" for k, v in pairs]
     if body is not None:
         head.append(f"Content-Length: {len(body)}")
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
@@ -115,11 +121,6 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("ResetPassword", {}, {"errorcode": 100, "detail": "Invalid value provided for Username"}),
     ("UnlockUser", {"UserId": 1}, {"errorcode": 20}),
     ("GetUserInfo", {}, {"errorcode": 20, "detail": "Not logged in"}),
-    (
-        "ResetPassword2",
-        {"UserId": 1, "Password": "Fresh-Start42", "PendingCode": "nope"},
-        {"errorcode": 104, "detail": "Invalid password recovery key"},
-    ),
     ("ResetPassword", {"username": "somebody"}, {"errorcode": 0, "result": True}),
 ]
 
@@ -134,6 +135,17 @@ async def test_the_same_call_answers_alike_over_websocket_get_and_post(
     _, over_post = await http(app, "POST", f"/AP/{function}", body=orjson.dumps(payload))
     assert over_ws == over_get == over_post
     assert expected.items() <= over_ws.items()
+
+
+async def test_a_function_carrying_a_secret_answers_alike_over_websocket_and_post(
+    app: App,
+) -> None:
+    payload = {"UserId": 1, "Password": "Fresh-Start42", "PendingCode": "nope"}
+    async with await Client.connect(app.url) as c:
+        over_ws = (await c.call("ResetPassword2", payload)).o
+    _, over_post = await http(app, "POST", "/AP/ResetPassword2", body=orjson.dumps(payload))
+    assert over_ws == over_post
+    assert (over_ws["errorcode"], over_ws["detail"]) == (104, "Invalid password recovery key")
 
 
 async def test_a_login_burst_over_http_checks_at_most_the_limit(app: App) -> None:
@@ -195,3 +207,148 @@ async def test_an_upgrade_that_declares_a_body_is_refused(app: App) -> None:
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     assert not raw.startswith(b"HTTP/1.1 101")
+
+
+# -- found by the security review (issue 22) ---------------------------------------------------
+
+ONCE_ONLY = [
+    "APToken",
+    "Nonce",
+    "APIKey",
+    "Signature",
+    "UserId",
+    "Authorization",
+    "Pending2FaToken",
+    "Content-Length",
+]
+
+
+@pytest.mark.parametrize("header", ONCE_ONLY)
+async def test_a_header_sent_twice_is_400_with_a_100_naming_it_never_a_500(
+    app: App, header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_user(app.deps, "alice")
+    _, login = await http(app, "GET", "/AP/Authenticate", headers=basic("alice", PASSWORD))
+    values = {
+        "APToken": login["SessionToken"],
+        "Authorization": basic("alice", PASSWORD)["Authorization"],
+        "Content-Length": "2",
+    }
+    value = values.get(header, "1")
+    path = "/AP/Authenticate" if header == "Authorization" else "/AP/GetUserInfo"
+    caplog.set_level(logging.INFO)
+    checks = app.deps.hasher.checks
+    if header == "Content-Length":
+        status, answer = await raw_post(app, "Content-Length: 2\r\nContent-Length: 2\r\n", b"{}")
+    else:
+        twice = [(header, value), (header, value)]
+        status, answer = await http(app, "POST", path, body=b"{}", headers=twice)
+    assert status == 400, answer
+    assert (answer["result"], answer["errorcode"]) == (False, 100)
+    assert header in answer["detail"]
+    assert app.deps.hasher.checks == checks  # no login was tried
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def raw_post(app: App, head: str, body: bytes) -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(f"POST /AP/Ping HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    return int(status_line.split()[1]), orjson.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize(
+    ("function", "query"),
+    [
+        ("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD}),
+        ("ResetPassword2", {"UserId": 1, "Password": "Fresh-Start42", "PendingCode": "x"}),
+        ("SetSecurityQuestions", {"Password": PASSWORD}),
+        ("authenticateuser", {"username": "alice", "password": PASSWORD}),
+    ],
+)
+async def test_functions_carrying_a_password_answer_or_code_are_refused_over_get(
+    app: App, function: str, query: dict[str, Any]
+) -> None:
+    await make_user(app.deps, "alice")
+    checks = app.deps.hasher.checks
+    status, answer = await http(app, "GET", f"/AP/{function}", query=query)
+    assert status == 405, answer
+    assert (answer["result"], answer["errorcode"]) == (False, 106)
+    assert "POST" in answer["detail"]
+    assert app.deps.hasher.checks == checks  # nothing was checked, nobody logged in
+    # POST still works, and so do the GETs published clients send.
+    body = orjson.dumps({"UserName": "alice", "Password": PASSWORD})
+    _, done = await http(app, "POST", "/AP/AuthenticateUser", body=body)
+    assert done["Authenticated"] is True
+    _, basic_login = await http(app, "GET", "/AP/Authenticate", headers=basic("alice", PASSWORD))
+    assert basic_login["Authenticated"] is True
+
+
+async def test_under_tls_every_http_answer_carries_hsts(tmp_path: Path, db: str) -> None:
+    ca, cert, key = private_ca(tmp_path)
+    settings = settings_for(tmp_path, db=db, tls_cert=str(cert), tls_key=str(key))
+    trust = ssl.create_default_context(cafile=str(ca))
+
+    def fetch(method: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
+        conn = HTTPSConnection("127.0.0.1", app.port, context=trust, timeout=10)
+        try:
+            conn.request(method, path, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            return r.status, r.headers["Strict-Transport-Security"]
+        finally:
+            conn.close()
+
+    async with App(settings, login_delay=0) as app:
+        for method, path, headers in [
+            ("GET", "/AP/Ping", {}),
+            ("GET", "/AP/NoSuchThing", {}),
+            ("GET", "/AP/ResetPassword2?Password=x", {}),
+            ("GET", "/AP/Ping", {"APToken": "a", "apToken": "b"}),
+            ("PUT", "/AP/Ping", {}),
+            ("GET", "/reset", {}),
+            ("GET", "/healthz", {}),
+            ("GET", "/nowhere", {}),
+            ("GET", "/WSGateway/", {}),
+        ]:
+            status, hsts = await asyncio.to_thread(fetch, method, path, headers)
+            assert hsts == "max-age=31536000", (method, path, status)
+
+
+async def test_without_tls_no_hsts_is_sent(app: App) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200") and b"strict-transport" not in raw.lower()
+
+
+PATHS = ["/reset", "/reset.js", "/reset-texts.js", "/reset-common.js", "/healthz", "/AP/Ping"]
+REPEATABLE = ["Accept-Encoding", "Upgrade", "Host", "Connection", "Cookie", "Origin"]
+
+
+@pytest.mark.parametrize("header", REPEATABLE)
+async def test_any_header_twice_on_any_page_is_never_a_500(
+    app: App, header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for path in [*PATHS, "/WSGateway/"]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        twice = f"{header}: gzip\r\n{header}: websocket\r\n"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{twice}\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert not status_line.startswith(b"HTTP/1.1 5"), (path, status_line)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_chunked_body_is_411_with_a_100_never_silence(app: App) -> None:
+    for head in (
+        "Transfer-Encoding: chunked\r\n",
+        "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",  # the smuggler's pair
+    ):
+        status, answer = await raw_post(app, head, b"2\r\n{}\r\n0\r\n\r\n")
+        assert status == 411 and answer["errorcode"] == 100, answer
+        assert "Content-Length" in answer["detail"]

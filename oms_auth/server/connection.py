@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
 from ..engine.accounts import Enrolment
 from ..store import User
-from .forwarded import Network, client_address
+from .forwarded import NO_PROXIES, Proxies
 
 __all__ = ["Conn", "source_of"]
 
 
-def source_of(ws: ServerConnection, trusted: Sequence[Network] = ()) -> str:
+def source_of(ws: ServerConnection, proxies: Proxies = NO_PROXIES) -> str:
     """The client's address, as every per-address rule and the audit trail know it: the peer,
     or behind a trusted proxy the client it forwards for (:mod:`.forwarded`)."""
     peer = ws.remote_address
     address = str(peer[0]) if peer else "unknown"
-    if not trusted or ws.request is None:
-        return address
-    headers = ws.request.headers
-    return client_address(
-        address, headers.get_all("Forwarded"), headers.get_all("X-Forwarded-For"), trusted
-    )
+    return proxies.client(address, ws.request.headers if ws.request is not None else None)
 
 
 class Conn:

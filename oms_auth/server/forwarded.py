@@ -1,11 +1,13 @@
 """The client's address behind trusted proxies (SPEC section 6a): sans-I/O, headers in, an
 address out.
 
-From a peer in ``trusted_proxies`` the client is the right-most entry of ``Forwarded: for=``
-(RFC 7239) or, without it, of ``X-Forwarded-For``, that is not itself a trusted proxy: each
-proxy appends the address it saw, so entries to the right were written by proxies we trust and
-entries to the left by whoever the client is (and can be forged). From any other peer the
-headers are ignored: anyone can send them.
+From a peer in ``trusted_proxies`` the client is the right-most entry of the one header the
+deployment's proxies write (``proxy_header``: ``X-Forwarded-For`` or RFC 7239 ``Forwarded:
+for=``) that is not itself a trusted proxy: each proxy appends the address it saw, so entries
+to the right were written by proxies we trust and entries to the left by whoever the client is
+(and can be forged). The other header is never read, whatever it says: a proxy that appends to
+its own header passes the client's copy of the other one through untouched. From any other peer
+neither header is read: anyone can send them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Network", "client_address"]
+__all__ = ["Network", "NO_PROXIES", "Proxies", "client_address", "X_FORWARDED_FOR", "FORWARDED"]
+
+X_FORWARDED_FOR, FORWARDED = "x-forwarded-for", "forwarded"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)', re.IGNORECASE)
@@ -36,15 +42,17 @@ def _address(token: str) -> str | None:
     return str(mapped or address)
 
 
-def _entries(forwarded: Sequence[str], x_forwarded_for: Sequence[str]) -> list[str | None]:
-    """The hops, left to right, from ``Forwarded`` when present, else ``X-Forwarded-For``."""
-    if forwarded:
+def _entries(values: Sequence[str], header: str) -> list[str | None]:
+    """The hops, left to right, of the lines of one header (none: no hop)."""
+    if not values:
+        return []
+    if header == FORWARDED:
         hops: list[str | None] = []
-        for element in ",".join(forwarded).split(","):
+        for element in ",".join(values).split(","):
             found = _FOR.search(element.strip())
             hops.append(_address(found[1]) if found else None)
         return hops
-    return [_address(entry) for entry in ",".join(x_forwarded_for).split(",")]
+    return [_address(entry) for entry in ",".join(values).split(",")]
 
 
 def _trusted(address: str, networks: Sequence[Network]) -> bool:
@@ -57,12 +65,21 @@ def client_address(
     forwarded: Sequence[str],
     x_forwarded_for: Sequence[str],
     trusted: Sequence[Network],
+    header: str = X_FORWARDED_FOR,
 ) -> str:
-    """The address every per-address rule and the audit trail key on."""
+    """The address every per-address rule and the audit trail key on: from the lines of
+    ``Forwarded`` or of ``X-Forwarded-For``, whichever ``header`` names."""
+    values = forwarded if header == FORWARDED else x_forwarded_for
+    return _rightmost_untrusted(peer, values, tuple(trusted), header)
+
+
+def _rightmost_untrusted(
+    peer: str, values: Sequence[str], trusted: Sequence[Network], header: str
+) -> str:
     if not trusted or _address(peer) is None or not _trusted(peer, trusted):
         return peer
     nearest = peer
-    for hop in reversed(_entries(forwarded, x_forwarded_for)):
+    for hop in reversed(_entries(values, header)):
         if hop is None:
             # A trusted proxy could not say who its client was: they stay that proxy's.
             return nearest
@@ -70,3 +87,28 @@ def client_address(
             return hop
         nearest = hop
     return nearest
+
+
+class _Headers(Protocol):
+    def get_all(self, key: str) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Proxies:
+    """The deployment's trusted proxies and the header they write (settings
+    ``trusted_proxies`` and ``proxy_header``)."""
+
+    trusted: tuple[Network, ...] = ()
+    header: str = X_FORWARDED_FOR
+
+    def trusts(self, peer: str) -> bool:
+        return bool(self.trusted) and _address(peer) is not None and _trusted(peer, self.trusted)
+
+    def client(self, peer: str, headers: _Headers | None) -> str:
+        """The client of a connection from ``peer`` whose request head holds ``headers``."""
+        if headers is None or not self.trusted:
+            return peer
+        return _rightmost_untrusted(peer, headers.get_all(self.header), self.trusted, self.header)
+
+
+NO_PROXIES = Proxies()

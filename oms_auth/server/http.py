@@ -1,26 +1,34 @@
 """Plain HTTP beside the WebSocket, through websockets' ``process_request`` hook.
 
-Only GET and HEAD are served; a WebSocket upgrade on a gateway path is passed through.
+Only GET and HEAD are served; a WebSocket upgrade on a gateway path is passed through. A
+connection past a connection cap (:mod:`.transport`) is answered 503 with a 101 standard
+response. Every answer, through the ``process_response`` hook (:meth:`HttpPages.finish`), says
+``Connection: close`` (the connection closes after it) and, under TLS, carries HSTS.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
+import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from protocol.errors import ErrorCode, StandardResponse
+
 from ..store import Store
 from .connection import source_of
-from .forwarded import Network
+from .forwarded import NO_PROXIES, Proxies
 from .metrics import Metrics
+from .transport import refusal_of
 
-__all__ = ["HttpPages"]
+__all__ = ["HttpPages", "HSTS"]
 
 Page = Callable[[Request], Awaitable[Response]]
+HSTS = "max-age=31536000"  # a year: browsers keep to HTTPS for this host (SPEC section 2b)
 
 
 def response(
@@ -48,12 +56,15 @@ class HttpPages:
         store: Store,
         metrics: Metrics,
         ws_paths: frozenset[str],
-        trusted: Sequence[Network] = (),
+        proxies: Proxies = NO_PROXIES,
+        *,
+        tls: bool = False,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.ws_paths = ws_paths
-        self.trusted = trusted  # proxies whose forwarding headers name the client
+        self.proxies = proxies  # whose forwarding header names the client
+        self.tls = tls
         # The /AP/ gateway (http_gateway.HttpGateway), when the app installs one.
         self.api: Callable[[ServerConnection, Request, str], Awaitable[Response]] | None = None
         self.pages: dict[str, Page] = {
@@ -71,14 +82,18 @@ class HttpPages:
 
     async def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, _ = request.path.partition("?")
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        # Any header may come twice: read as a list, never as the one value it should be.
+        upgrade = any("websocket" in v.lower() for v in request.headers.get_all("Upgrade"))
         gateway = path.lower() in self.ws_paths
         if upgrade and gateway and request.method == "GET":
-            return None
+            return None  # the gateway closes one past a cap with 1013
+        refused = refusal_of(conn)
+        if refused is not None:
+            return _busy(refused)
         if self.api is not None and path.lower().startswith("/ap/"):
             if request.method not in ("GET", "POST"):  # HEAD too: a function must not run
                 return text(HTTPStatus.METHOD_NOT_ALLOWED, "/AP/ takes GET and POST\n")
-            return await self.api(conn, request, source_of(conn, self.trusted))
+            return await self.api(conn, request, source_of(conn, self.proxies))
         if request.method not in ("GET", "HEAD"):
             return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
         page = self.pages.get(path)
@@ -88,6 +103,16 @@ class HttpPages:
             return text(HTTPStatus.NOT_FOUND, "Not found\n")
         answer = await page(request)
         return _headless(answer) if request.method == "HEAD" else answer
+
+    def finish(self, conn: ServerConnection, request: Request, answer: Response) -> None:
+        """websockets' ``process_response``: every answer, the WebSocket handshake's too."""
+        headers = answer.headers
+        if self.tls:
+            headers["Strict-Transport-Security"] = HSTS
+        if answer.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            if "Connection" in headers:
+                del headers["Connection"]
+            headers["Connection"] = "close"  # as it does: one request per connection
 
     async def no_content(self, request: Request) -> Response:
         return response(HTTPStatus.NO_CONTENT, b"", "text/plain")
@@ -117,6 +142,14 @@ class HttpPages:
         extra = await self.extra_metrics() if self.extra_metrics else None
         body = self.metrics.render(extra).encode()
         return response(HTTPStatus.OK, body, "text/plain; version=0.0.4; charset=utf-8")
+
+
+def _busy(reason: str) -> Response:
+    """A request on a connection past a cap; ``reason`` as a WebSocket would be told."""
+    detail = f"{reason[:1].upper()}{reason[1:]}; try again later"
+    refusal = StandardResponse.failure(ErrorCode.OPERATION_FAILED, detail)
+    body = msgspec.json.encode(refusal)
+    return response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
 
 
 def _headless(answer: Response) -> Response:

@@ -139,7 +139,8 @@ class ResetPage:
         plain, packed = self._common
         headers = {**self.headers, "Vary": "Accept-Encoding"}
         # A quarter of the size for every browser; the plain text for anything else.
-        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+        # A list header, which may come on several lines.
+        if "gzip" in ",".join(request.headers.get_all("Accept-Encoding")).lower():
             headers["Content-Encoding"] = "gzip"
             return response(HTTPStatus.OK, packed, "text/javascript; charset=utf-8", headers)
         return response(HTTPStatus.OK, plain, "text/javascript; charset=utf-8", headers)

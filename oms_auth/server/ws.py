@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -25,9 +25,11 @@ from ..engine.sessions import Sessions
 from ..errors import Refusal, server_error
 from ..logs import request_context
 from .connection import Conn, source_of
+from .forwarded import Proxies
 from .functions import Function, Functions
 from .metrics import Metrics
 from .routing import Immediate, route
+from .transport import GuardedConnection, refusal_of
 
 __all__ = ["Gateway", "WS_PATHS"]
 
@@ -49,24 +51,21 @@ class Gateway:
         self.settings = settings
         self.registry = functions.registry
         self.connections: set[Conn] = set()
-        self.per_source: Counter[str] = Counter()
-        self.trusted = settings.trusted_networks()
+        self.proxies = Proxies(settings.trusted_networks(), settings.proxy_header)
 
     # -- connection life ----------------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
-        source = source_of(ws, self.trusted)
-        if len(self.connections) >= self.settings.max_connections:
-            self.metrics.event("connections_refused")
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections to this node")
+        # Counted toward the caps since it was accepted (transport.Admission): one past them
+        # is told so now that it asked for a WebSocket.
+        refused = refusal_of(ws)
+        if refused is not None:
+            await ws.close(CloseCode.TRY_AGAIN_LATER, refused)
             return
-        if self.per_source[source] >= self.settings.max_connections_per_source:
-            self.metrics.event("connections_refused")
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections from this address")
-            return
-        conn = Conn(ws, source)
+        conn = Conn(ws, source_of(ws, self.proxies))
+        if isinstance(ws, GuardedConnection):
+            ws.limit_frames(self._frame_budget(conn), self._too_fast())
         self.connections.add(conn)
-        self.per_source[source] += 1
         self.metrics.connections += 1
         try:
             await self._serve(conn)
@@ -74,9 +73,6 @@ class Gateway:
             pass  # a client that vanished without a close frame is not our error
         finally:
             self.connections.discard(conn)
-            self.per_source[source] -= 1
-            if not self.per_source[source]:
-                del self.per_source[source]
             self.metrics.connections -= 1
             conn.closed = True
             self.registry.log_off(conn)
@@ -84,6 +80,18 @@ class Gateway:
             # answers are lost with the connection.
             if conn.tasks:
                 await asyncio.gather(*conn.tasks, return_exceptions=True)
+
+    def _frame_budget(self, conn: Conn) -> Callable[[], bool]:
+        """A client's pings take from the same budget as its requests (SPEC section 6a)."""
+        loop = asyncio.get_running_loop()
+        rate = self.settings.max_requests_per_second
+        return lambda: conn.take_token(loop.time(), rate)
+
+    def _too_fast(self) -> str:
+        return (
+            f"Too many requests per second on this connection (limit "
+            f"{self.settings.max_requests_per_second:g})"
+        )
 
     async def _serve(self, conn: Conn) -> None:
         # One idle timer per connection, re-armed only when it fires, rather than a timeout
@@ -161,10 +169,7 @@ class Gateway:
                 f"{s.max_in_flight_per_connection}); wait for answers before sending more"
             )
         if not conn.take_token(asyncio.get_running_loop().time(), s.max_requests_per_second):
-            return (
-                f"Too many requests per second on this connection (limit "
-                f"{s.max_requests_per_second:g})"
-            )
+            return self._too_fast()
         return None
 
     async def _check_session(self, conn: Conn) -> None:
