@@ -123,6 +123,7 @@ async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
     from oms_auth.crypto import digest, new_pending_code
     from oms_auth.engine import totp
     from oms_auth.engine.apikeys import ApiKeys
+    from oms_auth.engine.caller import Caller
     from oms_auth.engine.links import user_mail
     from oms_auth.engine.sessions import Sessions
     from oms_auth.store import AccountChange, AuditEntry
@@ -144,12 +145,17 @@ async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
         await store.complete_reset(target.id, code, await deps.hasher.hash(password), now, mail, [])
 
     try:
-        login = await Sessions(deps, delay_unit=0).authenticate(
-            "trader1", "Heron-Trade-3141", "test"
-        )
+        sessions = Sessions(deps, delay_unit=0)
+        login = await sessions.authenticate("trader1", "Heron-Trade-3141", "test")
         assert login.token_digest is not None
         trader1 = await user("trader1")
-        await ApiKeys(deps).add(trader1, None, ["Trading"], "test", via_api_key=False)
+        me = Caller(
+            user=trader1,
+            session=login.token_digest,
+            password_version=trader1.password_version,
+            proved_at=now,
+        )
+        await ApiKeys(sessions).add(me, None, ["Trading"], "test")
         for name in ("trader1", "master", "newhire"):
             await new_password(name, "Another-Pass-2718")
         await store.set_lock(trader1.id, now + 1800, note)

@@ -61,6 +61,15 @@ _SECRET_HEADERS = ("APToken", "Signature", "Authorization", "Pending2FaToken")
 # that has one is refused over GET (SPEC section 2b), so none sits in a URL or an access log.
 # TOTP codes are not among them: they expire in seconds, and clients send
 # /AP/Authenticate2FA?Code= as published.
+# Functions whose every call carries a secret: refused over GET whatever the query holds.
+_POST_ONLY = frozenset(
+    {
+        "resetpassword2",
+        "setsecurityquestions",
+        "getuseridforpasswordset",
+        "getrequirementsforpasswordset",
+    }
+)
 _URL_SECRETS = frozenset(
     {"password", "pendingcode", "securityquestionanswer", "questions", "sessiontoken"}
 )
@@ -322,13 +331,13 @@ def _named_twice(ws: ServerConnection, headers: Headers) -> str | None:
 
 
 def _secret_in_url(function: Function, payload: dict[str, Any]) -> bool:
-    """Whether a GET of ``function`` with this query would put a secret in a URL."""
-    fields = {f.lower() for f in function.secret_fields} & _URL_SECRETS
-    if not fields:
-        return False
-    if function.name.lower() != "authenticateuser":
+    """Whether a GET of ``function`` with this query would put a secret in a URL: always for
+    the functions made to carry one (a reset code, an answer), else when the query holds a
+    secret key (AuthenticateUser with a Password; AddUserAPIKey or EnableGoogle2FA with the
+    optional Password that proves the caller; these also run without one)."""
+    if function.name.lower() in _POST_ONLY:
         return True
-    # AuthenticateUser also logs in by signature headers, with nothing secret in the URL.
+    fields = {f.lower() for f in function.secret_fields} & _URL_SECRETS
     return any(str(key).lower() in fields for key in payload)
 
 
