@@ -407,3 +407,94 @@ async def test_operator_writes_in_flight_when_its_password_is_reset_land_before_
     count, late = await writes_after_reset(app, op)
     assert count, "no write landed before the reset: the race was not run"
     assert late == []
+
+
+# -- second factors set while the password is being reset --------------------------------------
+
+
+async def test_questions_set_while_the_owner_resets_the_password_do_not_survive_it(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    """A thief who knows the password sets questions just as the owner resets it (the reset
+    hashing the new password at a real Argon2id cost meanwhile): a question that landed
+    between the reset's checks and its commit is put back, so the owner keeps the questions
+    it had (none). A question set before the reset's checks is asked by the reset (a thief
+    who acted first; not this race)."""
+    settings = settings_for(
+        tmp_path, db=db, argon2_time_cost=3, argon2_memory_kib=32768, login_failures_per_source=1000
+    )
+    app = App(settings, clock=clock, login_delay=0)
+    await app.start()
+    raced = 0
+    try:
+        # The thief's call checks the password and hashes its answer (two hashes), the reset
+        # hashes one: the reset starts later by about a hash for the thief to land within.
+        for n, delay in enumerate((0.0, 0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.3)):
+            uid = await make_user(app.deps, f"owner{n}")
+            link = await reset_link(app, f"owner{n}")
+            thief, _ = await logged_in(app, f"owner{n}")
+            owner = await Client.connect(app.url)
+            question = {"Question": "Thief's question?", "Answer": "thief"}
+
+            async def recover() -> Any:
+                await asyncio.sleep(delay)
+                payload = {"UserId": link["user_id"], "PendingCode": link["code"], "Password": NEW}
+                return await owner.call("ResetPassword2", payload)
+
+            payload = {"Password": PASSWORD, "Questions": [question]}
+            reset, stolen = await asyncio.gather(
+                recover(), thief.call("SetSecurityQuestions", payload)
+            )
+            await asyncio.gather(thief.close(), owner.close())
+            if reset.o == OK:
+                raced += stolen.o == OK
+                assert await app.deps.store.security_questions(uid) == [], f"delay {delay}"
+    finally:
+        await app.stop()
+    assert raced, "no question landed during a reset: the race was not run"
+
+
+async def test_an_authenticator_enrolled_while_the_owner_resets_does_not_survive_it(
+    app: App,
+) -> None:
+    """The reset's transaction finds the second factors its checks read changed (an
+    old-password session enrolled TOTP in between) and puts them back, audited; the store
+    decides it, so the test writes the enrolment between the check and the commit itself."""
+    from oms_auth.crypto import digest, new_pending_code
+    from oms_auth.engine import totp
+    from oms_auth.engine.links import user_mail
+    from oms_auth.store import AccountChange, AuditEntry, Factors, Outcome
+
+    store, now = app.deps.store, app.deps.clock()
+    uid = await make_user(app.deps, "owner")
+    owner = await store.user_by_id(uid)
+    assert owner is not None
+    checked = Factors(owner.totp_sealed, ())  # what the reset's checks read: no TOTP
+    code = digest(new_pending_code())
+    mail = user_mail("password-changed", owner, {"changed_at": now})
+    await store.issue_code(uid, code, now, now + 60, mail, [AuditEntry(action="test")])
+    sealed = totp.seal_secret(app.deps.sealer, uid, SECRET)
+    enrol = AccountChange(
+        user_id=uid,
+        password_version=owner.password_version,
+        set_totp=True,
+        totp_sealed=sealed,
+        questions=(("Thief's question?", "x"),),
+        audit=AuditEntry(action="2fa-enabled", target_id=uid),
+    )
+    assert await store.change_account(enrol, now) is Outcome.DONE
+    done = await store.complete_reset(
+        uid,
+        code,
+        await app.deps.hasher.hash(NEW),
+        now,
+        mail,
+        [AuditEntry(action="password-set", target_id=uid, target_name="owner")],
+        checked=checked,
+    )
+    assert done is Outcome.DONE
+    after = await store.user_by_id(uid)
+    assert after is not None and after.totp_sealed is None
+    assert await store.security_questions(uid) == []
+    actions = [r.action for r in await store.audit_rows(limit=3)]
+    assert "factors-restored" in actions

@@ -26,6 +26,7 @@ from ..store import (
     AuditEntry,
     Authority,
     Claim,
+    Factors,
     Outcome,
     ResetCode,
     SecurityQuestion,
@@ -401,7 +402,10 @@ class Resets:
             broken = self.policy.refusal(password, user.username)
             if broken is not None:
                 raise InvalidValue(broken)
-            outcome = await self._set_password(user, key, password, source, step)
+            checked = Factors(
+                user.totp_sealed, tuple((q.question, q.answer_hash) for q in questions)
+            )
+            outcome = await self._set_password(user, key, password, source, step, checked)
         finally:
             # A success cleared every slot; a wrong secret keeps its own.
             if slot is not None and not slot.kept and outcome is not Outcome.DONE:
@@ -445,10 +449,17 @@ class Resets:
         await self._failure(user, slot.claim, slot.source, reason, slot.at)
 
     async def _set_password(
-        self, user: User, key: bytes, password: str, source: str, step: int | None
+        self,
+        user: User,
+        key: bytes,
+        password: str,
+        source: str,
+        step: int | None,
+        checked: Factors,
     ) -> Outcome:
         """The new password, committed with the code's redemption (the store re-checks the
-        lock and the TOTP step), its audit row and the "password changed" mail."""
+        lock and the TOTP step, and puts back the second factors as ``checked`` if they
+        changed meanwhile), its audit row and the "password changed" mail."""
         d = self.deps
         new_hash = await d.hasher.hash(password)
         changed_at = d.clock()
@@ -479,6 +490,7 @@ class Resets:
             [entry],
             totp_step=step,
             revoke_api_keys=not keeps_keys,
+            checked=checked,
         )
 
     def _completed(self, user: User, outcome: Outcome) -> None:

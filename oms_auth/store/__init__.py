@@ -31,6 +31,7 @@ from .records import (
     Authority,
     CallerGone,
     Claim,
+    Factors,
     MailItem,
     NewUser,
     OutboxRow,
@@ -49,6 +50,7 @@ from .records import (
 from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
+    "Factors",
     "NO_PASSWORD",
     "AccountChange",
     "ApiKey",

@@ -24,6 +24,7 @@ from .records import (
     AuditRow,
     Authority,
     Claim,
+    Factors,
     MailItem,
     NewUser,
     OutboxRow,
@@ -275,14 +276,16 @@ class Store(abc.ABC):
         audit: list[AuditEntry],
         totp_step: int | None = None,
         revoke_api_keys: bool = False,
+        checked: Factors | None = None,
     ) -> Outcome:
         """Consume the code and set the password at once, re-checking in the same transaction:
         INVALID when the code is no longer pending for that user or has expired (of racing
         calls, one wins), LOCKED when the user is locked, REPLAYED when ``totp_step`` is not
         newer than the last accepted; nothing changes then. On DONE the password version moves
         on, every code, session and pending second step of the user is revoked (and with
-        ``revoke_api_keys`` every API key), its failure count cleared, and other nodes are
-        told."""
+        ``revoke_api_keys`` every API key), its failure count cleared, the second factors
+        put back as ``checked`` says the reset's checks read them (an old-password session
+        that changed them meanwhile leaves nothing behind), and other nodes are told."""
 
     # Mail outbox
     @abc.abstractmethod

@@ -79,6 +79,7 @@ from .records import (
     Authority,
     CallerGone,
     Claim,
+    Factors,
     MailItem,
     NewUser,
     OutboxRow,
@@ -814,6 +815,7 @@ class PostgresStore(Store):
         audit: list[AuditEntry],
         totp_step: int | None = None,
         revoke_api_keys: bool = False,
+        checked: Factors | None = None,
     ) -> Outcome:
         async with self._tx() as conn:
             # Locked first: the lock and the TOTP step are read as they are now, and no login
@@ -838,6 +840,14 @@ class PostgresStore(Store):
                 await conn.execute(S.delete_user_api_keys, user_id)
             await conn.execute(S.delete_user_pending_logins, user_id)
             await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
+            if checked is not None:
+                sealed = await conn.fetchval(S.totp_sealed, user_id)
+                rows = await conn.fetch(S.questions, user_id)
+                plan = q.factors_plan(S, user_id, checked, sealed, rows)
+                for sql, args in plan:
+                    await conn.execute(sql, *args)
+                if plan:
+                    audit = [*audit, *q.factors_audit(audit)]
             await self._revoked(conn, Revocation(user_id, LogoutReason.PASSWORD_CHANGED), now)
             await self._insert_mail(conn, mail, now)
             await self._insert_audit(conn, audit, now)

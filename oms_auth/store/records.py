@@ -19,6 +19,7 @@ import msgspec
 from .codes import CodeState
 
 __all__ = [
+    "Factors",
     "RESET_FAILURE",
     "NO_PASSWORD",
     "StoreError",
@@ -249,6 +250,19 @@ class AccountChange(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         return f"AccountChange(user_id={self.user_id}, action={self.audit.action!r})"
+
+
+class Factors(msgspec.Struct, frozen=True):
+    """A user's second factors as a reset's checks read them: the sealed TOTP secret and the
+    security questions (question, answer hash). The reset's transaction puts them back if an
+    old-password session changed them while the reset was checking (docs/rules.md, "Account
+    security changes"): a reset racing an enrolment or new questions leaves nothing behind."""
+
+    totp_sealed: bytes | None
+    questions: tuple[tuple[str, str], ...]
+
+    def __repr__(self) -> str:
+        return f"Factors(totp={self.totp_sealed is not None}, questions={len(self.questions)})"
 
 
 class Outcome(enum.Enum):

@@ -18,7 +18,7 @@ Those stay in the store, beside the locking they serve. Pure: no I/O, no driver 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -28,8 +28,10 @@ from .codes import CodeState, Move
 from .records import (
     AccountChange,
     ApiKey,
+    AuditEntry,
     AuditRow,
     Authority,
+    Factors,
     MailItem,
     NewUser,
     OutboxRow,
@@ -195,6 +197,7 @@ class Statements:
         "SELECT id, question, answer_hash FROM security_questions WHERE user_id = ? ORDER BY id"
     )
     set_totp: str = "UPDATE users SET totp_sealed = ? WHERE id = ?"
+    totp_sealed: str = "SELECT totp_sealed FROM users WHERE id = ?"
     account_state: str = (
         "SELECT password_version, totp_last_step, totp_sealed IS NOT NULL FROM users WHERE id = ?"
     )
@@ -459,6 +462,28 @@ def account_plan(
         plan.append((s.delete_user_sessions, (uid,)))
         plan.append((s.delete_user_pending_logins, (uid,)))
     return plan
+
+
+def factors_plan(
+    s: Statements, user_id: int, checked: Factors, totp_now: bytes | None, rows: Iterable[Row]
+) -> list[tuple[str, tuple[object, ...]]]:
+    """What a reset's transaction runs to put back the second factors its checks read
+    (``checked``), given what the user holds now: nothing when they are unchanged."""
+    questions_now = tuple((row[1], row[2]) for row in rows)
+    plan: list[tuple[str, tuple[object, ...]]] = []
+    if (None if totp_now is None else bytes(totp_now)) != checked.totp_sealed:
+        plan.append((s.set_totp, (checked.totp_sealed, user_id)))
+    if questions_now != checked.questions:
+        plan.append((s.delete_questions, (user_id,)))
+        plan.extend((s.insert_question, (user_id, q, a)) for q, a in checked.questions)
+    return plan
+
+
+def factors_audit(audit: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The audit row of second factors a reset put back (beside the reset's own row)."""
+    base = audit[0] if audit else AuditEntry(action="password-set")
+    detail = "two-factor or security questions changed during the reset were put back"
+    return [msgspec.structs.replace(base, action="factors-restored", detail=detail)]
 
 
 def audit_query(

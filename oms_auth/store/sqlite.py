@@ -46,6 +46,7 @@ from .records import (
     Authority,
     CallerGone,
     Claim,
+    Factors,
     MailItem,
     NewUser,
     OutboxRow,
@@ -824,6 +825,7 @@ class SqliteStore(Store):
         audit: list[AuditEntry],
         totp_step: int | None = None,
         revoke_api_keys: bool = False,
+        checked: Factors | None = None,
     ) -> Outcome:
         async def job(db: aiosqlite.Connection) -> Outcome:
             user = await self._one(db, S.reset_state, (user_id,))
@@ -843,8 +845,17 @@ class SqliteStore(Store):
                 await db.execute(S.delete_user_api_keys, (user_id,))
             await db.execute(S.delete_user_pending_logins, (user_id,))
             await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
+            restored: list[AuditEntry] = []
+            if checked is not None:
+                sealed = await self._one(db, S.totp_sealed, (user_id,))
+                rows = await self._all(db, S.questions, (user_id,))
+                plan = q.factors_plan(S, user_id, checked, sealed[0] if sealed else None, rows)
+                for sql, args in plan:
+                    await db.execute(sql, args)
+                if plan:
+                    restored = q.factors_audit(audit)
             await self._insert_mail(db, mail, now)
-            await self._insert_audit(db, audit, now)
+            await self._insert_audit(db, [*audit, *restored], now)
             return Outcome.DONE
 
         return await self._write(job)
