@@ -352,3 +352,11 @@ async def test_a_chunked_body_is_411_with_a_100_never_silence(app: App) -> None:
         status, answer = await raw_post(app, head, b"2\r\n{}\r\n0\r\n\r\n")
         assert status == 411 and answer["errorcode"] == 100, answer
         assert "Content-Length" in answer["detail"]
+
+
+async def test_a_body_nested_past_the_decoders_depth_is_400_with_a_100_never_a_500(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, body = await http(app, "POST", "/AP/Ping", body=b"[" * 30000 + b"]" * 30000)
+    assert (status, body["errorcode"], body["detail"]) == (400, 100, "The body is not valid JSON")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -316,7 +316,7 @@ class HttpGateway:
             return _refused(HTTPStatus.REQUEST_TIMEOUT, "The body did not arrive in time")
         try:
             doc = _any_json.decode(bytes(body[:length]))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth too
             return _refused(HTTPStatus.BAD_REQUEST, "The body is not valid JSON")
         if not isinstance(doc, dict):
             return _refused(HTTPStatus.BAD_REQUEST, "The body must hold a JSON object")
