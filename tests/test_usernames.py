@@ -21,7 +21,16 @@ from oms_auth.engine import names
 from oms_auth.store import open_store, username_skeleton
 from protocol.client import Client
 
-from .helpers import PASSWORD, eventually, is_postgres, make_user, oms_auth, pg_connect, schema_of
+from .helpers import (
+    PASSWORD,
+    eventually,
+    is_postgres,
+    make_user,
+    oms_auth,
+    pg_connect,
+    schema_of,
+    sql,
+)
 
 NOT_AVAILABLE = {
     "result": False,
@@ -452,3 +461,20 @@ async def test_audit_user_finds_the_attempts_on_a_name_that_names_no_user(
     lines = shown.splitlines()
     assert len(lines) == 2 and all("login-failed" in line for line in lines), shown
     assert "unknown:" in shown and "hunter2" not in shown.lower()
+
+
+async def test_the_limit_counters_hold_no_submitted_name_as_typed(
+    app: App, client: Client, db: str
+) -> None:
+    """The per-username counters are rows in the store (and its WAL and backups): they are
+    keyed by the name's keyed digest, so a password typed into the username field is nowhere
+    readable there either; attempts on one name still count together."""
+    for name in (TYPED, f" {TYPED.upper()}"):
+        reply = await client.call("AuthenticateUser", {"UserName": name, "Password": "x"})
+        assert reply.o["Authenticated"] is False
+        assert (await client.call("ResetPassword", {"UserName": name})).o["result"] is True
+    await app.resets.drain()
+    keys = [str(row[0]) for row in await sql(db, "SELECT key FROM events")]
+    assert keys and not [k for k in keys if "hunter2" in k.lower()], keys
+    digest = names.counter_key(app.deps.names_key, TYPED)
+    assert keys.count(digest) == 4  # two failed logins, two self-service requests

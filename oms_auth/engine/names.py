@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .deps import Deps
 
 __all__ = [
+    "counter_key",
     "check_username",
     "check_email",
     "check_locale",
@@ -111,6 +112,14 @@ def unknown_name(key: bytes, typed: str) -> str:
     # surrogatepass: a lone surrogate sent as a JSON escape is still a name to record.
     data = username_key(typed).encode("utf-8", "surrogatepass")
     return _UNKNOWN + hmac.new(key, data, hashlib.sha256).hexdigest()[:_UNKNOWN_DIGITS]
+
+
+def counter_key(key: bytes, typed: str) -> str:
+    """What the per-username counters are keyed by: a keyed digest of the name as usernames
+    compare, never the name itself, since people type passwords into username fields and the
+    counters are rows in the store (docs/rules.md, "The audit trail")."""
+    data = username_key(typed).encode("utf-8", "surrogatepass")
+    return "name:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
 
 
 def recorded_name(deps: Deps, typed: str, user: User | None) -> str:

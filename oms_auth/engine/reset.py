@@ -31,7 +31,6 @@ from ..store import (
     ResetCode,
     SecurityQuestion,
     User,
-    username_key,
 )
 from . import totp, users
 from .answers import normalize_answer
@@ -39,7 +38,7 @@ from .background import Bounded, Refused
 from .caller import Caller, guarded
 from .deps import Deps
 from .links import issue_link, user_mail
-from .names import recorded_name
+from .names import counter_key, recorded_name
 from .passwords import POLICIES, Policy
 from .texts import (
     ACCOUNT_LOCKED,
@@ -181,7 +180,7 @@ class Resets:
             ),
             Claim(
                 REQUESTS_AUTHENTICATED,
-                username_key(username),
+                counter_key(d.names_key, username),
                 s.reset_window_seconds,
                 s.reset_requests_per_user,
             ),
@@ -228,7 +227,7 @@ class Resets:
                     Claim(REQUESTS_FROM_SOURCE, source, window, s.reset_requests_per_source),
                     Claim(
                         REQUESTS_ANONYMOUS,
-                        username_key(username),
+                        counter_key(d.names_key, username),
                         window,
                         s.reset_requests_per_user,
                     ),

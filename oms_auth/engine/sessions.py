@@ -38,11 +38,11 @@ from protocol.messages import LogoutReason
 
 from ..crypto import digest, new_token
 from ..errors import InvalidValue, NotAuthorized, OperationFailed
-from ..store import AuditEntry, Claim, Outcome, User, username_key
+from ..store import AuditEntry, Claim, Outcome, User
 from . import apikeys, totp
 from .caller import Caller
 from .deps import Deps
-from .names import recorded_name
+from .names import counter_key, recorded_name
 from .texts import (
     ACCOUNT_LOCKED,
     CONFIRM_PASSWORD,
@@ -127,7 +127,7 @@ class Sessions:
             raise InvalidValue(INVALID_PASSWORD)
         d = self.deps
         now = d.clock()
-        name_key = username_key(username or "")
+        name_key = self._counter(username or "")
         reserved = await self._attempt(name_key, source, now)
         if reserved is None:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
@@ -135,7 +135,7 @@ class Sessions:
         ok = await d.hasher.verify(user.password_hash if user else None, password or "")
         if not ok or user is None:
             # The reservation stays: it is this failure's count.
-            await self._audit_failure(name_key, source, now, user)
+            await self._audit_failure(username or "", source, now, user)
             d.events.count("login:failed")
             return Login(LoginState.FAILED, message=INVALID_LOGIN)
         # From here the caller has proven the password: telling it why it cannot log in
@@ -176,7 +176,8 @@ class Sessions:
         holder = await d.store.user_by_id(record.user_id) if record is not None else None
         # A key that names no one is counted under its own name: it cannot use up a user's
         # attempts, and a flood of made-up keys still meets the per-address limit.
-        name_key = username_key(holder.username) if holder else "api-key:" + key[:64]
+        name = holder.username if holder else "api-key:" + key[:64]
+        name_key = self._counter(name)
         reserved = await self._attempt(name_key, source, now)
         if reserved is None:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
@@ -194,7 +195,7 @@ class Sessions:
         ok = isinstance(signature, str) and apikeys.signature_matches(secret, signature, signed)
         if not ok or holder is None or number is None:
             # The reservation stays: it is this failure's count.
-            await self._audit_failure(name_key, source, now, holder, "API key")
+            await self._audit_failure(name, source, now, holder, "API key")
             d.events.count("login:api_key_failed")
             return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
         refusal = self._refusal(holder, now)
@@ -238,7 +239,7 @@ class Sessions:
             return refusal
         # A code is a secret checked like a password: it takes a slot of the login limits
         # first, so however many pending steps a password opened, the limits bound the codes.
-        name_key = username_key(user.username)
+        name_key = self._counter(user.username)
         if await self._reserve(name_key, source, now) is None:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
         secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
@@ -256,7 +257,7 @@ class Sessions:
             )
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
-        await self._audit_failure(name_key, source, now, user, "wrong TOTP code")
+        await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
         d.events.count("login:second_step_failed")
         return Login(LoginState.NEEDS_2FA, user=user, pending=pending, message=INVALID_2FA_CODE)
 
@@ -344,7 +345,7 @@ class Sessions:
             raise InvalidValue(INVALID_PASSWORD)
         d = self.deps
         now = d.clock()
-        name_key = username_key(user.username)
+        name_key = self._counter(user.username)
         reserved = await self._attempt(name_key, source, now)
         if reserved is None:
             raise OperationFailed(TOO_MANY_LOGINS)
@@ -377,13 +378,13 @@ class Sessions:
         if given is None:
             raise NotAuthorized(TOTP_REQUIRED)
         now = d.clock()
-        name_key = username_key(user.username)
+        name_key = self._counter(user.username)
         if await self._reserve(name_key, source, now) is None:
             raise OperationFailed(TOO_MANY_LOGINS)
         d.events.count("totp_checks")
         step = totp.accepted(secret, given, now, user.totp_last_step)
         if step is None:
-            await self._audit_failure(name_key, source, now, user, "wrong TOTP code")
+            await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
             raise NotAuthorized(INVALID_2FA_CODE)
         await d.store.release(LOGIN_FAILURE_USER, name_key, now)
         await d.store.release(LOGIN_FAILURE_SOURCE, source, now)
@@ -458,7 +459,7 @@ class Sessions:
             totp_step=totp_step,
             pending=pending,
             api_key=api_key,
-            clear=[(LOGIN_FAILURE_USER, username_key(user.username))],
+            clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
             release=release or (),
             audit=[
                 AuditEntry(
@@ -470,7 +471,7 @@ class Sessions:
             # The nonce is not newer than the last accepted (another login took it), or the
             # key was removed meanwhile. The attempt's slot stays: it is this failure's count.
             detail = "API key nonce not newer than the last accepted"
-            await self._audit_failure(username_key(user.username), source, now, user, detail)
+            await self._audit_failure(user.username, source, now, user, detail)
             d.events.count("login:api_key_failed")
             return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
         if outcome is Outcome.REPLAYED:
@@ -494,15 +495,20 @@ class Sessions:
             key_permissions=key_permissions,
         )
 
+    def _counter(self, name: str) -> str:
+        """The per-username login counters' key for ``name`` (:func:`.names.counter_key`)."""
+        return counter_key(self.deps.names_key, name)
+
     async def _audit_failure(
-        self, name_key: str, source: str, now: float, user: User | None, detail: str | None = None
+        self, name: str, source: str, now: float, user: User | None, detail: str | None = None
     ) -> None:
         await self.deps.store.audit(
             [
                 AuditEntry(
                     action="login-failed",
                     target_id=user.id if user else None,
-                    target_name=recorded_name(self.deps, name_key, user),
+                    # A user's own name; anything else only as its keyed digest.
+                    target_name=recorded_name(self.deps, user.username if user else name, user),
                     source=source,
                     detail=detail,
                 )
