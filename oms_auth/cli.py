@@ -45,8 +45,29 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oms-auth", description=__doc__)
     _common(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    _serve_args(sub.add_parser("serve", help="run the service"))
+    _user_commands(sub.add_parser("user", help="manage users"))
+    _audit_args(
+        sub.add_parser(
+            "audit",
+            help="print the audit trail, newest first",
+            description="Print the audit trail; 'verify' walks its hash chain, 'export' writes "
+            "it as JSON lines (oldest first) for record keeping.",
+        )
+    )
+    _conformance_args(
+        sub.add_parser(
+            "conformance",
+            help="check any OMS-frame server against the contract",
+            description="Run the conformance cases against a running server; exit 0 when none "
+            "fail.",
+        )
+    )
+    _demo_args(sub.add_parser("demo", help="create a demo OMS and print its credentials"))
+    return parser
 
-    serve = sub.add_parser("serve", help="run the service")
+
+def _serve_args(serve: argparse.ArgumentParser) -> None:
     _common(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -69,10 +90,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(
-        dest="user_command", required=True
+
+def _user_commands(parser: argparse.ArgumentParser) -> None:
+    user = parser.add_subparsers(dest="user_command", required=True)
+    _user_add_args(user.add_parser("add", help="create a user; prints its UserId on the last line"))
+    lst = user.add_parser("list", help="list users")
+    _common(lst)
+    unlock = user.add_parser("unlock", help="end a user's lockout")
+    _common(unlock)
+    unlock.add_argument("username")
+    invite = user.add_parser(
+        "invite", help="mail an invited user a new link to set its password (voids the older)"
     )
-    add = user.add_parser("add", help="create a user; prints its UserId on the last line")
+    _common(invite)
+    invite.add_argument("username")
+
+
+def _user_add_args(add: argparse.ArgumentParser) -> None:
     _common(add)
     add.add_argument("--username", required=True)
     add.add_argument("--email", required=True)
@@ -99,23 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--inactive", action="store_true")
     add.add_argument("--locale", help="the language of the user's mail (en, de; default_locale)")
     add.add_argument("--secret-key-file", dest="secret_key_file")
-    lst = user.add_parser("list", help="list users")
-    _common(lst)
-    unlock = user.add_parser("unlock", help="end a user's lockout")
-    _common(unlock)
-    unlock.add_argument("username")
-    invite = user.add_parser(
-        "invite", help="mail an invited user a new link to set its password (voids the older)"
-    )
-    _common(invite)
-    invite.add_argument("username")
 
-    audit = sub.add_parser(
-        "audit",
-        help="print the audit trail, newest first",
-        description="Print the audit trail; 'verify' walks its hash chain, 'export' writes it "
-        "as JSON lines (oldest first) for record keeping.",
-    )
+
+def _audit_args(audit: argparse.ArgumentParser) -> None:
     _common(audit)
     audit.add_argument("action", nargs="?", choices=["show", "verify", "export"], default="show")
     audit.add_argument("--user", help="rows whose actor or target is this user (or name)")
@@ -123,11 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", type=_timestamp, help="ISO time (exclusive)")
     audit.add_argument("--limit", type=int, default=50, help="rows to show (show only)")
 
-    conf = sub.add_parser(
-        "conformance",
-        help="check any OMS-frame server against the contract",
-        description="Run the conformance cases against a running server; exit 0 when none fail.",
-    )
+
+def _conformance_args(conf: argparse.ArgumentParser) -> None:
     conf.add_argument("url", help="ws://HOST:PORT/WSGateway/")
     conf.add_argument("--operator", type=_credentials, help="USER:PASS of an Operator")
     conf.add_argument("--trader", type=_credentials, help="USER:PASS of a Trading user")
@@ -142,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--case", action="append", help="run only this case (repeatable)")
     conf.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
 
-    demo = sub.add_parser("demo", help="create a demo OMS and print its credentials")
+
+def _demo_args(demo: argparse.ArgumentParser) -> None:
     _common(demo)
     demo.add_argument(
         "--reset",
@@ -151,7 +169,6 @@ def _parser() -> argparse.ArgumentParser:
         "sessions and API keys ended) and clear the store's request and attempt counters",
     )
     demo.add_argument("--secret-key-file", dest="secret_key_file")
-    return parser
 
 
 _SETTING_FLAGS = (
