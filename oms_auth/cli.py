@@ -17,10 +17,10 @@ import msgspec
 
 from .app import App, build_deps
 from .config import ConfigError, Settings, load_settings
-from .engine import names, users
+from .engine import names, texts, users
 from .engine.deps import Deps
 from .engine.restore import forget_counters, restore
-from .errors import Refusal
+from .errors import InvalidValue, Refusal
 from .logs import setup_logging
 from .store import StoreError, User
 
@@ -300,8 +300,33 @@ async def _offline(args: argparse.Namespace, settings: Settings) -> int:
         deps.hasher.close()
 
 
+# The engine names the values; here they come from flags, so the refusal names the flags.
+_FLAG_REFUSALS = {
+    texts.QUESTION_WITHOUT_ANSWER: "--security-question and --security-answer go together",
+    texts.INVALID_TOTP_SECRET: "--totp-secret must be base32 of at least 80 bits",
+}
+
+
 async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
-    user_id = await users.create_user(
+    try:
+        user_id = await _create(deps, args)
+    except InvalidValue as refusal:
+        if refusal.detail in _FLAG_REFUSALS:
+            raise CliError(_FLAG_REFUSALS[refusal.detail]) from None
+        raise
+    created = await deps.store.user_by_id(user_id)
+    assert created is not None
+    if args.invite:
+        await users.invite(deps, created, actor_id=None, source="cli")
+        print(f"created user {created.username}; invitation queued for {created.email}")
+    else:
+        print(f"created user {created.username}")
+    print(user_id)
+    return 0
+
+
+async def _create(deps: Deps, args: argparse.Namespace) -> int:
+    return await users.create_user(
         deps,
         username=args.username,
         email=args.email,
@@ -317,15 +342,6 @@ async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
         active=not args.inactive,
         locale=args.locale,
     )
-    created = await deps.store.user_by_id(user_id)
-    assert created is not None
-    if args.invite:
-        await users.invite(deps, created, actor_id=None, source="cli")
-        print(f"created user {created.username}; invitation queued for {created.email}")
-    else:
-        print(f"created user {created.username}")
-    print(user_id)
-    return 0
 
 
 async def _user_invite(deps: Deps, args: argparse.Namespace) -> int:

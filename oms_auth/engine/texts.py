@@ -46,6 +46,8 @@ __all__ = [
     "ENROLMENT_NEEDS_CONNECTION",
     "CONFIRM_PASSWORD",
     "AUTHORITY_GONE",
+    "QUESTION_WITHOUT_ANSWER",
+    "INVALID_TOTP_SECRET",
     "federated_refusal",
 ]
 
@@ -109,6 +111,10 @@ CONFIRM_PASSWORD = "Confirm your password first: log in again on this connection
 AUTHORITY_GONE = (
     "Your session ended or lost the permission this needs meanwhile; nothing was changed"
 )
+# Creating a user with its secrets given (the command line, the demo): the values, not the
+# flags that carry them, so the texts read right for every caller (the CLI names its flags).
+QUESTION_WITHOUT_ANSWER = "A security question and its answer go together"
+INVALID_TOTP_SECRET = "A TOTP secret must be base32 of at least 80 bits"
 
 _FEDERATED = {
     "openidconnect": (
