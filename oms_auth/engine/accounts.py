@@ -1,5 +1,5 @@
-"""The account functions around a reset (SPEC section 2a): TOTP enrolment and removal, security
-questions, invitations (CreateUser), forced logoff, locked users.
+"""The account functions around a reset (docs/protocol.md, "Functions"): TOTP enrolment and removal,
+security questions, invitations (CreateUser), forced logoff, locked users.
 
 The rules:
 
@@ -8,11 +8,11 @@ The rules:
   changes another user's (an Operator resets or unlocks them instead). CreateUser,
   ForceUserLogoff and GetLockedUsers are for a caller holding Operator (on a key session, only
   with a key that holds it), for users of its own OMS (users of other OMSs look missing).
-- Fresh proof (SPEC section 2a): EnableGoogle2FA, and Disable2FA without a code, act only on a
-  connection that proved the password within ``fresh_auth_seconds`` (or, EnableGoogle2FA, with
+- Fresh proof (docs/security-authority.md): EnableGoogle2FA, and Disable2FA without a code, act only
+  on a connection that proved the password within ``fresh_auth_seconds`` (or, EnableGoogle2FA, with
   the password given again); Disable2FA without a code also needs a TOTP code accepted on that
-  connection in the last 10 minutes. SetSecurityQuestions always carries the password; a valid
-  code is proof enough for Disable2FA.
+  connection in the last 10 minutes. SetSecurityQuestions always carries the password; a valid code
+  is proof enough for Disable2FA.
 - A secret is checked like a password: the current password (SetSecurityQuestions) and a TOTP
   code (Disable2FA, an enrolment's first code) take a slot of the login limits first, so a
   hijacked session cannot guess them faster than a login could. A TOTP time step accepted once
@@ -71,7 +71,7 @@ __all__ = ["Accounts", "Enrolment", "NewSecret", "ENROLMENT_SECONDS", "RECENT_2F
 # An enrolment's first code must follow within this long.
 INVALID_ACCOUNT_ID = "Invalid value provided for AccountId"
 ENROLMENT_SECONDS = 600.0
-# Disable2FA needs no code this long after a 2FA on the same connection (SPEC section 2a).
+# Disable2FA needs no code this long after a 2FA on the same connection (docs/rules.md, "TOTP").
 RECENT_2FA_SECONDS = 600.0
 MAX_QUESTIONS = 3
 MAX_QUESTION_LENGTH = 200

@@ -1,4 +1,5 @@
-"""Who asks: the caller of an engine function, and what it may do (SPEC sections 2a and 3).
+"""Who asks: the caller of an engine function, and what it may do (docs/rules.md, "Who may
+start a reset" and "Sessions"; docs/security-authority.md).
 
 The server builds a :class:`Caller` for each request from the connection that carries it (the
 engine knows nothing of connections): the user as the store has it now, the session the request

@@ -6,7 +6,8 @@ same: a missing user is verified against a decoy hash. Failed logins are counted
 username and per source address; past a few, answers slow down (a growing delay), past the limit
 they are refused without checking the password. They never lock the reset.
 
-The rules that must hold when requests race (SPEC section 4):
+The rules that must hold when requests race (docs/rules.md, "Concurrency: what holds under
+bursts and across nodes"):
 
 - An attempt is reserved (counted as a failure) before its password is checked, in the same
   transaction that reads the count; a success gives it back. N simultaneous attempts therefore
@@ -95,7 +96,8 @@ class Login(msgspec.Struct, frozen=True):
     message: str | None = None
     # The pending second step's token (NEEDS_2FA): Authenticate2FA names it.
     pending: str | None = None
-    # A master user without security questions, logged in: it must set them (SPEC 000).
+    # A master user without security questions, logged in: it must set them (docs/protocol.md,
+    # "SetSecurityQuestions and GetSecurityQuestions").
     needs_questions: bool = False
     # What this step proved (AUTHENTICATED): fresh proof for account-security changes.
     proof: Proof = Proof.NONE
@@ -333,7 +335,8 @@ class Sessions:
 
     async def needs_questions(self, user: User) -> bool:
         """A master user without security questions: it could not reset its password once it
-        has logged in, so it is told to set them (SPEC 000)."""
+        has logged in, so it is told to set them (docs/protocol.md, "SetSecurityQuestions and
+        GetSecurityQuestions")."""
         return user.master and not await self.deps.store.security_questions(user.id)
 
     async def recheck_password(self, user: User, password: str | None, source: str) -> bool:
@@ -356,7 +359,7 @@ class Sessions:
         return True
 
     async def prove(self, caller: Caller, password: str | None, source: str) -> None:
-        """Fresh proof for an account-security change (SPEC section 2a): the caller's
+        """Fresh proof for an account-security change (docs/security-authority.md): the caller's
         connection proved the password within ``fresh_auth_seconds``, or ``password`` is the
         current one (checked as a login's, under the same limits). Otherwise NotAuthorized:
         a stolen session token alone never makes such a change."""

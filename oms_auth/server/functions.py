@@ -76,7 +76,7 @@ def user_info(user: User) -> msg.UserInfo:
 
 
 def login_reply(login: Login) -> msg.AuthenticateUserReply:
-    """A login step's outcome in the reply shape of SPEC section 2."""
+    """A login step's outcome in the reply shape of docs/protocol.md, "The login reply"."""
     if login.state is LoginState.AUTHENTICATED and login.user is not None:
         return msg.AuthenticateUserReply(
             Authenticated=True,
