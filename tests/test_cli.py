@@ -1,6 +1,6 @@
-"""SPEC section 6: the oms-auth command, run as a user runs it (a real process). The commands
-that use a store run on both: SQLite by default (``./oms-auth.sqlite3``), PostgreSQL through
-``OMS_AUTH_DB``."""
+"""docs/operations.md, "The command line": the oms-auth command, run as a user runs it (a real
+process). The commands that use a store run on both: SQLite by default (``./oms-auth.sqlite3``),
+PostgreSQL through ``OMS_AUTH_DB``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""engine.sessions on its own (SPEC section 2 and the login rules of section 4)."""
+"""engine.sessions on its own (docs/rules.md, "Logins", "TOTP", "Sessions")."""
 
 from __future__ import annotations
 
