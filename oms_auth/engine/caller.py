@@ -50,6 +50,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     # last accepted on it (a login's second step, or an enrolment's first code).
     proved_at: float | None = None
     verified_at: float | None = None
+    # False for a request alone on its connection (one HTTP call): nothing that must follow on
+    # the same connection (an enrolment's first code) can.
+    lasting: bool = True
 
     def __repr__(self) -> str:
         return f"Caller(user={self.user!r}, via_api_key={self.via_api_key})"

@@ -54,7 +54,9 @@ from .texts import (
     INVALID_PASSWORD,
     INVALID_SESSION,
     INVALID_USERNAME,
+    MUST_SET_QUESTIONS,
     NO_PENDING_2FA,
+    NOT_LOGGED_IN,
     TOO_MANY_LOGINS,
     TOTP_REQUIRED,
     WRONG_PASSWORD,
@@ -322,16 +324,20 @@ class Sessions:
             token_digest, user_id, LogoutReason.LOGGED_OUT_ELSEWHERE
         )
 
-    async def logout(self, token_digest: bytes, user: User, source: str) -> bool:
-        """LogOut: the session ends on every connection that holds it, on every node. True
-        when the user is a master user still without security questions, to be told so."""
-        d = self.deps
-        await self._revoke(token_digest, user.id, LogoutReason.LOGGED_OUT_ELSEWHERE)
+    async def logout(self, caller: Caller | None, source: str) -> str | None:
+        """LogOut: the caller's session ends on every connection that holds it, on every node.
+        Returns the notice its answer carries: a master user still without security questions
+        is told to set them (it is logged out all the same)."""
+        if caller is None:
+            raise NotAuthorized(NOT_LOGGED_IN)
+        d, user = self.deps, caller.user
+        await self._revoke(caller.session, user.id, LogoutReason.LOGGED_OUT_ELSEWHERE)
         await d.store.audit(
             [AuditEntry(action="logout", actor_id=user.id, target_id=user.id, source=source)],
             d.clock(),
         )
-        return await self.needs_questions(user)  # (its questions are read fresh)
+        # (its questions are read fresh)
+        return MUST_SET_QUESTIONS if await self.needs_questions(user) else None
 
     async def needs_questions(self, user: User) -> bool:
         """A master user without security questions: it could not reset its password once it
