@@ -97,11 +97,17 @@ async def _login_shape(options: Options, evidence: list[str]) -> None:
         expect(o.get("UserId") is None, "a failed login names a UserId")
 
 
-@case("login-key-case", "payload keys match case-insensitively (username, password)")
-async def _key_case(options: Options, evidence: list[str]) -> None:
+def _credentials(options: Options) -> tuple[str, str]:
+    """A user's to log in with: the trader's, else the Operator's; the case is skipped without."""
     creds = options.trader or options.operator
     if creds is None:
         raise Skip("needs --trader USER:PASS")
+    return creds
+
+
+@case("login-key-case", "payload keys match case-insensitively (username, password)")
+async def _key_case(options: Options, evidence: list[str]) -> None:
+    creds = _credentials(options)
     async with Probe(options, evidence) as p:
         answer = await p.call("AuthenticateUser", {"username": creds[0], "password": creds[1]})
         expect(answer["o"].get("Authenticated") is True, "lower-case keys did not log in")
@@ -111,9 +117,7 @@ async def _key_case(options: Options, evidence: list[str]) -> None:
     "web-login-password", "WebAuthenticateUser {UserName, Password} logs in like AuthenticateUser"
 )
 async def _web_login(options: Options, evidence: list[str]) -> None:
-    creds = options.trader or options.operator
-    if creds is None:
-        raise Skip("needs --trader USER:PASS")
+    creds = _credentials(options)
     async with Probe(options, evidence) as p:
         answer = await p.call("WebAuthenticateUser", {"UserName": creds[0], "Password": creds[1]})
         o = answer["o"]
@@ -195,9 +199,7 @@ async def _http_gateway(options: Options, evidence: list[str]) -> None:
 
 @case("http-session", "Basic /AP/Authenticate gives a token; APToken calls run as that user")
 async def _http_session(options: Options, evidence: list[str]) -> None:
-    creds = options.trader or options.operator
-    if creds is None:
-        raise Skip("needs --trader USER:PASS")
+    creds = _credentials(options)
     base = _http_base(options)
     basic = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
     status, login = await asyncio.to_thread(
