@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -13,18 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
+from ..app import App, build_deps
+from ..config import ConfigError, Settings, load_settings
+from ..engine import texts, users
+from ..engine.deps import Deps
+from ..errors import InvalidValue, Refusal
+from ..logs import setup_logging
+from ..store import StoreError
+from .audit import audit
+from .demo import DEMO_USERS, demo
 
-from .app import App, build_deps
-from .config import ConfigError, Settings, load_settings
-from .engine import names, texts, users
-from .engine.deps import Deps
-from .engine.restore import forget_counters, restore
-from .errors import InvalidValue, Refusal
-from .logs import setup_logging
-from .store import StoreError, User
-
-__all__ = ["main"]
+__all__ = ["main", "DEMO_USERS"]
 
 
 class CliError(Exception):
@@ -235,8 +233,8 @@ def _run(coro: Any) -> int:
 
 
 async def _conformance(args: argparse.Namespace) -> int:
-    from .conformance import Options, run_suite
-    from .conformance.report import as_json, junit, table
+    from ..conformance import Options, run_suite
+    from ..conformance.report import as_json, junit, table
 
     maildir = None
     if args.mail:
@@ -293,8 +291,8 @@ async def _offline(args: argparse.Namespace, settings: Settings) -> int:
                 "invite": _user_invite,
             }[args.user_command](deps, args)
         if args.command == "audit":
-            return await _audit(deps, args)
-        return await _demo(deps, reset=args.reset)
+            return await audit(deps, args)
+        return await demo(deps, reset=args.reset)
     finally:
         await deps.store.close()
         deps.hasher.close()
@@ -396,193 +394,3 @@ def _timestamp(text: str) -> float:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from exc
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(ch: str) -> str:
-    named = _NAMED_ESCAPES.get(ch)
-    if named is not None:
-        return named
-    code = ord(ch)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def _printable(text: str) -> str:
-    """Audit text as one line a terminal shows as is: what is not printable (C0, DEL, C1, format
-    characters such as U+202E, line and paragraph separators, ...) and the backslash itself
-    are escaped, Python-style (``\\n``, ``\\x1b``, ``\\u202e``), so nothing in a row written
-    by a client can break the line, recolour the terminal or reorder what follows."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(ch if ch.isprintable() and ch != "\\" else _escape_char(ch) for ch in text)
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    """One JSON object on one line. JSON escapes C0 and quotes; DEL, C1, U+2028/U+2029 and
-    format characters would pass raw (and split the line for some readers), so they are
-    written as ``\\uXXXX`` too (only strings can hold them: the text decodes the same)."""
-    text = msgspec.json.encode(record).decode()
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch.isprintable():
-            out.append(ch)
-        else:
-            data = ch.encode("utf-16-be", "surrogatepass")
-            out.extend(f"\\u{int.from_bytes(data[i : i + 2]):04x}" for i in range(0, len(data), 2))
-    return "".join(out)
-
-
-async def _audit(deps: Deps, args: argparse.Namespace) -> int:
-    if args.action == "verify":
-        check = await deps.store.verify_audit()
-        if check.ok:
-            print(f"audit trail intact: {check.rows} rows, last hash {check.last_hash or '-'}")
-            return 0
-        print(
-            f"audit trail BROKEN at row {check.bad_id}: {check.reason} "
-            f"({check.rows} rows before it are intact)"
-        )
-        return 1
-    oldest_first = args.action == "export"
-    recorded_as = None
-    if args.user is not None and await deps.store.user_by_name(args.user) is None:
-        recorded_as = names.unknown_name(deps.names_key, args.user)  # how it is recorded
-    rows = await deps.store.audit_rows(
-        user=args.user,
-        recorded_as=recorded_as,
-        since=args.since,
-        until=args.until,
-        limit=None if oldest_first else args.limit,
-        oldest_first=oldest_first,
-    )
-    if oldest_first:
-        for row in rows:
-            record = msgspec.structs.asdict(row)
-            record["time"] = _iso(row.at)
-            sys.stdout.write(_json_line(record) + "\n")
-        return 0
-    for row in rows:
-        at = datetime.fromtimestamp(row.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        parts = [at, _printable(row.action)]
-        for label, value in (
-            ("actor", row.actor_id),
-            ("target", row.target_id),
-            ("name", row.target_name),
-            ("source", row.source),
-            ("detail", row.detail),
-        ):
-            if value is not None:
-                shown = _printable(value) if isinstance(value, str) else value
-                parts.append(f"{label}={shown}")
-        print(" ".join(parts))
-    return 0
-
-
-DEMO_USERS: list[dict[str, Any]] = [
-    dict(
-        username="operator",
-        email="operator@example.test",
-        password="Kestrel-Op-2718",
-        permissions=["Operator"],
-        accounts=[1],
-    ),
-    dict(
-        username="trader1",
-        email="trader1@example.test",
-        password="Heron-Trade-3141",
-        permissions=["Trading"],
-        accounts=[10],
-    ),
-    dict(
-        username="trader2",
-        email="trader2@example.test",
-        password="Plover-Trade-1618",
-        permissions=["Trading"],
-        accounts=[10, 11],
-    ),
-    dict(
-        username="master",
-        email="master@example.test",
-        password="Osprey-Master-1414",
-        permissions=["Trading"],
-        accounts=[12],
-        master=True,
-        totp_secret="JBSWY3DPEHPK3PXPJBSWY3DP",
-        question="Name of your first pet?",
-        answer="Rex",
-    ),
-    dict(
-        username="boss",
-        email="boss@example.test",
-        password="Condor-Boss-5772",
-        permissions=["Trading"],
-        accounts=[13],
-        master=True,
-    ),
-    dict(
-        username="newhire",
-        email="newhire@example.test",
-        password=None,
-        permissions=["Trading"],
-        accounts=[10],
-    ),
-]
-
-
-async def _demo(deps: Deps, *, reset: bool = False) -> int:
-    if reset:
-        await forget_counters(deps)
-    print("Demo OMS 1 (passwords are for this demo only):")
-    for spec in DEMO_USERS:
-        existing = await deps.store.user_by_name(spec["username"])
-        if existing is not None and reset:
-            await _put_back(deps, existing, spec)
-        user_id = existing.id if existing else await users.create_user(deps, **spec)
-        created = await deps.store.user_by_id(user_id)
-        assert created is not None
-        extra = ""
-        if spec.get("totp_secret"):
-            extra = f"  TOTP secret {spec['totp_secret']}, answer {spec['answer']!r}"
-        if spec.get("master") and not spec.get("question"):
-            extra = "  master, no security questions yet"
-        password = spec["password"]
-        if password is None:
-            if existing is None:
-                await users.invite(deps, created, actor_id=None, source="demo")
-            password = "(invited: the link is mailed)" if created.invited else "(set by the user)"
-        elif existing is not None and not await deps.hasher.verify(created.password_hash, password):
-            password = "(changed since)"  # the demo prints only what it set and still holds
-        state = "created" if existing is None else "put back" if reset else "exists"
-        print(
-            f"  {spec['username']:<9} UserId {user_id:<3} password {password:<18} "
-            f"{'/'.join(spec['permissions']) or '-'} accounts {spec['accounts']}{extra} ({state})"
-        )
-    return 0
-
-
-async def _put_back(deps: Deps, user: User, spec: dict[str, Any]) -> None:
-    """``demo --reset``: the user as ``spec`` has it (:mod:`.engine.restore`)."""
-    question, answer = spec.get("question"), spec.get("answer")
-    await restore(
-        deps,
-        user,
-        password=spec["password"],
-        totp_secret=spec.get("totp_secret"),
-        questions=[(question, answer)] if question and answer else [],
-        source="demo",
-    )
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
