@@ -113,7 +113,8 @@ def _key_refused(refused: KeyRefused, settings: Settings, source: str) -> StoreE
 
 
 async def _open_with_key(settings: Settings, *, retry: bool = True) -> tuple[Store, bytes]:
-    """The store, opened with the service key it was used with (SPEC section 5)."""
+    """The store, opened with the service key it was used with (docs/operations.md, "The service
+    key")."""
     key, binding, source = _service_key(settings)
     try:
         store = await open_store(settings.db, audit_key=audit_key(key), key=binding)

@@ -22,7 +22,7 @@ class ConfigError(Exception):
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Every knob of the service, with the SPEC's defaults."""
+    """Every knob of the service, with its default (docs/operations.md, "Configuration")."""
 
     db: str = "./oms-auth.sqlite3"
     host: str = "127.0.0.1"
@@ -35,8 +35,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     max_frame_bytes: int = 65536
-    # Behind a load balancer or reverse proxy (SPEC section 6a): peers whose Forwarded /
-    # X-Forwarded-For name the client, as addresses or CIDRs.
+    # Behind a load balancer or reverse proxy (docs/operations.md, "Behind a proxy:
+    # trusted_proxies"): peers whose Forwarded / X-Forwarded-For name the client, as addresses
+    # or CIDRs.
     trusted_proxies: list[str] = []
     # The one header those proxies write: "x-forwarded-for" (nginx's and HAProxy's default) or
     # "forwarded" (RFC 7239). The other is never read: a client can send it through a proxy
@@ -60,9 +61,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace_seconds: float = 10
     maintenance_seconds: float = 600  # how often expired events and sessions are deleted
     session_idle_seconds: float = 3600
-    # Reset engine (SPEC section 4)
+    # Reset engine (docs/rules.md, "The code and the link", "Lockout")
     code_valid_seconds: float = 86400
-    invite_valid_seconds: float = 72 * 3600  # an invitation's link (SPEC section 4)
+    invite_valid_seconds: float = 72 * 3600  # an invitation's link (docs/rules.md)
     # The issuer an authenticator app shows beside the username (EnableGoogle2FA).
     totp_issuer: str = "oms-auth"
     self_service_reset: bool = True
@@ -83,27 +84,27 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_failures_per_source: int = 50
     login_window_seconds: float = 900
     # A login that passed its password step waits this long, for at most this many wrong
-    # TOTP codes, for its second step (SPEC section 2).
+    # TOTP codes, for its second step (docs/rules.md, "TOTP").
     second_step_seconds: float = 300
     second_step_attempts: int = 5
     password_policy: Literal["default", "nist"] = "default"
-    # A completed password reset revokes the user's API keys (SPEC section 2a) unless this is
-    # set; the "password changed" email says which happened.
+    # A completed password reset revokes the user's API keys (docs/rules.md, "API keys") unless
+    # this is set; the "password changed" email says which happened.
     reset_keeps_api_keys: bool = False
     # How many API keys one user may hold.
     api_keys_per_user: Annotated[int, msgspec.Meta(ge=1)] = 20
-    # Fresh proof (SPEC section 2a): account-security changes (EnableGoogle2FA, Disable2FA
-    # without a code, adding or removing API keys) act only on a connection that proved the
-    # password this recently, or with the password given again.
+    # Fresh proof (docs/security-authority.md): account-security changes (EnableGoogle2FA,
+    # Disable2FA without a code, adding or removing API keys) act only on a connection that proved
+    # the password this recently, or with the password given again.
     fresh_auth_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600
     # Argon2id cost; the defaults follow RFC 9106's second recommendation.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     hash_workers: int = 2
     mail_from: str = "oms-auth <no-reply@localhost>"
-    # What the messages say (SPEC section 5): a folder of templates replacing the shipped ones
-    # file by file, the exchange's name, where users get help, and the language of users who
-    # have none of their own (en and de ship).
+    # What the messages say (docs/operations.md, "Branding and languages"): a folder of templates
+    # replacing the shipped ones file by file, the exchange's name, where users get help, and the
+    # language of users who have none of their own (en and de ship).
     mail_templates: str | None = None
     brand_name: str = "OMS Exchange"
     support_email: str | None = None
@@ -111,7 +112,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_locale: str = "en"
     # A message that cannot be delivered is tried again after mail_retry_seconds, doubling up
     # to 15 minutes between tries, until it is mail_max_age seconds old; only then is it
-    # marked failed (SPEC section 5).
+    # marked failed (docs/operations.md, "Mail").
     mail_retry_seconds: float = 5
     mail_max_age: Annotated[float, msgspec.Meta(gt=0)] = 72 * 3600
     # A claimed message not marked sent within this time (its worker died) is due again.

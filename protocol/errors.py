@@ -1,4 +1,5 @@
-"""The standard response and its errorcode table (SPEC section 1).
+"""The standard response and its errorcode table (docs/protocol.md, "The standard
+response and its codes").
 
 Clients key on the number; the texts are the ones the OMS API documents, verbatim.
 """

@@ -1,7 +1,8 @@
-"""Request and reply payloads, one Struct per function (SPEC section 2), and the payload decoder.
+"""Request and reply payloads, one Struct per function (docs/protocol.md, "Functions"), and the
+payload decoder.
 
 Request fields default to ``None`` so that a missing key and a null both reach the engine as
-"not given", where the SPEC's own words for that case ("Invalid value provided for Password")
+"not given", where the contract's own words for that case ("Invalid value provided for Password")
 apply. A key of the wrong type is refused here, naming the key.
 """
 
@@ -60,8 +61,9 @@ class PingReply(msgspec.Struct, frozen=True):
 
 class AuthenticateUserRequest(msgspec.Struct, frozen=True):
     """``{UserName, Password}``, or with ``APIKey`` an API-key login: ``Signature`` is the
-    lower-case hex HMAC-SHA256 of ``Nonce + UserId + APIKey`` keyed with the APISecret (SPEC
-    section 2a); ``UserId`` and ``Nonce`` as integers or decimal strings."""
+    lower-case hex HMAC-SHA256 of ``Nonce + UserId + APIKey`` keyed with the APISecret
+    (docs/protocol.md, "AuthenticateUser"); ``UserId`` and ``Nonce`` as integers or decimal
+    strings."""
 
     UserName: str | None = None
     Password: str | None = None
@@ -101,8 +103,9 @@ class UserInfo(msgspec.Struct, frozen=True):
 
 
 class AuthenticateUserReply(msgspec.Struct, frozen=True):
-    """The login reply (SPEC section 2): front-ends and bots read the top-level ``UserId`` and
-    ``AuthType`` (= ``TwoFAType``); a pending second step carries ``Pending2FaToken``."""
+    """The login reply (docs/protocol.md, "The login reply"): front-ends and bots read the top-level
+    ``UserId`` and ``AuthType`` (= ``TwoFAType``); a pending second step carries
+    ``Pending2FaToken``."""
 
     Authenticated: bool
     SessionToken: str | None = None
@@ -117,7 +120,8 @@ class AuthenticateUserReply(msgspec.Struct, frozen=True):
     AddtlInfo: str = ""
     errormsg: str | None = None
     # A master user without security questions, logged in: it must set them before it logs
-    # out (SPEC 000); front-ends show the form.
+    # out (docs/protocol.md, "SetSecurityQuestions and GetSecurityQuestions"); front-ends show
+    # the form.
     NeedsSecurityQuestions: bool = False
 
     def __repr__(self) -> str:
@@ -131,7 +135,7 @@ class AuthenticateUserReply(msgspec.Struct, frozen=True):
 
 
 class LogoutReason(StrEnum):
-    """Why a session ended, as LogoutEvent tells it (SPEC section 1)."""
+    """Why a session ended, as LogoutEvent tells it (docs/protocol.md, "Events")."""
 
     PASSWORD_CHANGED = "PasswordChanged"
     FORCED_LOGOFF = "ForcedLogoff"
@@ -198,7 +202,8 @@ class UserRequest(msgspec.Struct, frozen=True):
 
 class UserInfoReply(UserInfo, frozen=True):
     """GetUserInfo: the User object, what the user may do, its accounts, and whether it has
-    security questions set (a master user without them is asked to set them, SPEC 000)."""
+    security questions set (a master user without them is asked to set them: docs/protocol.md,
+    "SetSecurityQuestions and GetSecurityQuestions")."""
 
     Permissions: list[str] = []
     AccountIds: list[int] = []

@@ -372,7 +372,8 @@ def _targets(row: Row, max_conns: int) -> None:
         return
     p99 = ratio(row.med("p99_ms"), row.med("p99_ms", True))
     if row.case == "Ping":
-        # Efficiency: the ceiling's CPU per request over ours (SPEC: at least 0.8).
+        # Efficiency: the ceiling's CPU per request over ours (at least 0.8: docs/performance.md,
+        # "Figures").
         efficiency = ratio(row.cpu_us(True), row.cpu_us())
         met = efficiency >= 0.8 and p99 <= 1.3
         row.target = (

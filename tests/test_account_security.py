@@ -1,7 +1,8 @@
-"""SPEC section 2a, the account functions around a reset: TOTP enrolment (EnableGoogle2FA, then
-Authenticate2FA on the same connection) and removal (Disable2FA), security questions, the
-master user's notice, invitations (CreateUser, ``user add --invite``), ForceUserLogoff and
-GetLockedUsers. Through real sockets on both stores; every change is audited and mailed."""
+"""The account functions around a reset (docs/protocol.md, "Functions"): TOTP enrolment
+(EnableGoogle2FA, then Authenticate2FA on the same connection) and removal (Disable2FA), security
+questions, the master user's notice, invitations (CreateUser, ``user add --invite``),
+ForceUserLogoff and GetLockedUsers. Through real sockets on both stores; every change is audited and
+mailed."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .helpers import (
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 NEW = "Fresh-Start42"
 OK = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
-# A connection that did not itself prove the password recently (SPEC 2a, fresh proof).
+# A connection that did not itself prove the password recently (docs/security-authority.md).
 CONFIRM = "Confirm your password first: log in again on this connection"
 
 

@@ -1,5 +1,5 @@
-"""SPEC section 2a: GetUserInfo, GetUserPermissions, GetUserAccounts, which deployed clients
-call right after login; and the gateway paths they ask for."""
+"""GetUserInfo, GetUserPermissions, GetUserAccounts (docs/protocol.md, the heading of that
+name), which deployed clients call right after login; and the gateway paths they ask for."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""SPEC section 2a, API keys end to end through a real socket and store: AddUserAPIKey,
-GetUserAPIKeys, RemoveUserAPIKey, the API-key AuthenticateUser, what a key session may not do,
-and what a reset does to the keys. The signature is computed here as a bot computes it."""
+"""API keys (docs/protocol.md, "AddUserAPIKey, GetUserAPIKeys, RemoveUserAPIKey"; docs/rules.md,
+"API keys") end to end through a real socket and store: AddUserAPIKey, GetUserAPIKeys,
+RemoveUserAPIKey, the API-key AuthenticateUser, what a key session may not do, and what a reset does
+to the keys. The signature is computed here as a bot computes it."""
 
 from __future__ import annotations
 

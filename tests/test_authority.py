@@ -1,6 +1,6 @@
-"""Who may do what (SPEC section 2a "API-key login" and "Fresh proof for account-security
-changes", section 3), end to end over real sockets on both stores, and every write re-checking
-its caller's authority in its own transaction (issue 22):
+"""Who may do what (docs/security-authority.md; docs/rules.md, "Who may start a reset"), end to end
+over real sockets on both stores, and every write re-checking its caller's authority in its own
+transaction (issue 22):
 
 - a stolen session token alone (a connection resumed by token, an HTTP call with an APToken)
   or an older login cannot add or remove keys or enrol an authenticator;
@@ -75,7 +75,7 @@ async def uses_totp(app: App, username: str) -> bool:
     return user.uses_totp
 
 
-# -- fresh proof (SPEC 2a) ----------------------------------------------------------------------
+# -- fresh proof (docs/security-authority.md) -----------------------------------------------
 
 
 async def test_a_session_resumed_by_token_cannot_add_or_remove_keys_or_enrol_totp(
@@ -206,7 +206,7 @@ async def test_disable2fa_without_a_code_needs_a_fresh_login_on_that_connection(
     assert not await uses_totp(app, "trader")
 
 
-# -- a key session holds only its key's permissions (SPEC 2a) ------------------------------------
+# -- a key session holds only its key's permissions (docs/security-authority.md) -------------
 
 
 @pytest.fixture

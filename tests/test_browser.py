@@ -1,4 +1,5 @@
-"""SPEC section 5: a person opens the emailed link in a real browser (headless Chromium).
+"""docs/protocol.md, "The page behind the link": a person opens the emailed link in a real browser
+(headless Chromium).
 
 Every state the page can be in is checked on a phone (light and dark), on a desktop window and
 at 200% zoom: axe-core finds nothing, the outcome is in view and has the focus, and a

@@ -1,6 +1,6 @@
-"""SPEC section 6: the oms-auth command, run as a user runs it (a real process). The commands
-that use a store run on both: SQLite by default (``./oms-auth.sqlite3``), PostgreSQL through
-``OMS_AUTH_DB``."""
+"""docs/operations.md, "The command line": the oms-auth command, run as a user runs it (a real
+process). The commands that use a store run on both: SQLite by default (``./oms-auth.sqlite3``),
+PostgreSQL through ``OMS_AUTH_DB``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def test_a_duplicate_username_is_refused_with_a_clear_message(
     add(tmp_path)
     again = oms_auth(tmp_path, *ALICE.replace("alice", "ALICE").split(), check=False)
     assert again.returncode == 2 and again.stderr == "oms-auth: That username is not available\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ("--security-question Pet?", "--security-question and --security-answer go together"),
+        ("--security-answer Rex", "--security-question and --security-answer go together"),
+        ("--totp-secret SHORT", "--totp-secret must be base32 of at least 80 bits"),
+    ],
+)
+def test_user_add_names_the_flag_whose_value_is_refused(
+    tmp_path: Path, store_env: str, extra: str, says: str
+) -> None:
+    refused = add(tmp_path, extra, check=False)
+    assert refused.returncode == 2 and refused.stderr == f"oms-auth: {says}\n"
+    assert oms_auth(tmp_path, "user", "list").stdout.count("\n") == 1  # the heading alone
 
 
 def test_user_list_shows_users_and_never_hashes_or_secrets(tmp_path: Path, store_env: str) -> None:

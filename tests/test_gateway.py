@@ -1,4 +1,5 @@
-"""SPEC section 1 through a real socket: routing, m=5 vs m=1, echo, concurrency, size limit."""
+"""docs/protocol.md, "Frames", through a real socket: routing, m=5 vs m=1, echo, concurrency, size
+limit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC section 5: the plain-HTTP side: the reset page's headers, /healthz, /metrics, methods."""
+"""docs/protocol.md, "The other HTTP paths": the plain-HTTP side: the reset page's headers,
+/healthz, /metrics, methods."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""SPEC section 2b: the HTTP gateway /AP/{Function} over the same function table, with every
-rule as on the WebSocket (the same cases run through both)."""
+"""docs/protocol.md, "The HTTP gateway: /AP/": the HTTP gateway /AP/{Function} over the same
+function table, with every rule as on the WebSocket (the same cases run through both)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC section 5, the outbox: mail is stored before the answer and retried until delivered."""
+"""docs/operations.md, "Mail": the outbox: mail is stored before the answer and retried until
+delivered."""
 
 from __future__ import annotations
 
@@ -206,8 +207,9 @@ def test_the_audit_command_prints_the_trail_without_secrets(tmp_path: Path, db: 
 async def test_a_single_node_takes_back_a_dead_process_claims_and_tmp_leftovers_at_start(
     tmp_path: Path, clock: Clock
 ) -> None:
-    """SPEC 6a: mail a dead process had claimed goes out at once after a restart (not after its
-    120 s lease), once; the files it left half-written in Maildir/tmp (plain links) are gone."""
+    """docs/rules.md, "Concurrency: what holds ..." (after a crash): mail a dead process had claimed
+    goes out at once after a restart (not after its 120 s lease), once; the files it left
+    half-written in Maildir/tmp (plain links) are gone."""
     import socket
     import subprocess
     import sys

@@ -294,7 +294,7 @@ async def test_nodes_recover_when_the_database_cuts_their_connections(
     assert await reset_and_time_logoff(cluster, "a", on_b) < 3.0
 
 
-# -- rules under concurrency, across nodes (SPEC section 4) -------------------------------------
+# -- rules under concurrency, across nodes (docs/rules.md, "Concurrency: what holds ...") ---
 
 
 async def secret_checks(cluster: Cluster) -> int:

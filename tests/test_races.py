@@ -1,5 +1,6 @@
-"""SPEC section 4, "Every limit holds under concurrency": bursts of simultaneous requests over
-several real connections, on both stores, then a count of the checks that actually ran.
+"""docs/rules.md, "Concurrency: what holds under bursts and across nodes": bursts of simultaneous
+requests over several real connections, on both stores, then a count of the checks that actually
+ran.
 
 Each rule here was also run once against a deliberately broken engine (the reservation moved
 after the check, the in-transaction lock check removed, the password-version check removed, the

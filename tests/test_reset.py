@@ -1,4 +1,5 @@
-"""SPEC sections 3 and 4: the shared reset engine, end to end through a real socket and store."""
+"""docs/rules.md, "Who may start a reset" to "Lockout": the shared reset engine, end to end through
+a real socket and store."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ async def world(app: App, tmp_path: Path) -> World:
     return World(app, tmp_path / "mail", ids)
 
 
-# -- who may start a reset (SPEC section 3) --------------------------------------------------
+# -- who may start a reset (docs/rules.md, "Who may start a reset") -------------------------
 
 NOT_PERMITTED = refusal(20, "You do not have permission to request password reset for this user")
 NO_SUCH_USER = refusal(104, "Username does not exist")
@@ -379,7 +380,7 @@ async def test_lookups_with_an_invalid_code_answer_104(world: World, code: str |
     await c.close()
 
 
-# -- ResetPassword2, in the SPEC's order ----------------------------------------------------------
+# -- ResetPassword2, in the order of docs/rules.md ("ResetPassword2: the checks in order") --
 
 
 @pytest.mark.parametrize("password", [None, ""])

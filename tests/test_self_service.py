@@ -1,6 +1,6 @@
-"""SPEC section 4: the work self-service ResetPassword leaves behind is bounded (a capped queue,
-dropped requests counted, throttled requests counted rather than audited), end to end through a
-real socket and store."""
+"""docs/rules.md, "Work a request leaves behind": the work self-service ResetPassword leaves behind
+is bounded (a capped queue, dropped requests counted, throttled requests counted rather than
+audited), end to end through a real socket and store."""
 
 from __future__ import annotations
 

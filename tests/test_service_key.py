@@ -1,5 +1,5 @@
-"""SPEC section 5, the service key: it is created only for an empty store. A store that holds
-anything sealed (TOTP secrets, API secrets, queued mail, the keyed audit chain) or a key
+"""docs/security-files.md, "The service key": it is created only for an empty store. A store that
+holds anything sealed (TOTP secrets, API secrets, queued mail, the keyed audit chain) or a key
 fingerprint refuses to start with a missing or a different key, with exit status 2 and one line
 naming the key file, on SQLite as on PostgreSQL, whatever command opens it. A lost key file must
 never silently become a new key."""

@@ -1,4 +1,5 @@
-"""SPEC section 2: AuthenticateUser, Authenticate2FA, WebAuthenticateUser, LogOut, expiry."""
+"""docs/protocol.md, "AuthenticateUser" to "LogOut", and docs/rules.md, "Sessions":
+AuthenticateUser, Authenticate2FA, WebAuthenticateUser, LogOut, expiry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC section 5: the SMTP transport, against a real SMTP server (aiosmtpd) started here."""
+"""docs/operations.md, "Mail": the SMTP transport, against a real SMTP server (aiosmtpd) started
+here."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A conformance kit: points at any OMS-frame server and reports where it departs from the
-contract (SPEC sections 1 to 4), with the frames as evidence.
+contract (docs/protocol.md and docs/rules.md), with the frames as evidence.
 
 It speaks to the server through :mod:`protocol` alone and nothing else of oms-auth. Imports
 point one way, from the top::

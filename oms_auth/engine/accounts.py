@@ -1,5 +1,5 @@
-"""The account functions around a reset (SPEC section 2a): TOTP enrolment and removal, security
-questions, invitations (CreateUser), forced logoff, locked users.
+"""The account functions around a reset (docs/protocol.md, "Functions"): TOTP enrolment and removal,
+security questions, invitations (CreateUser), forced logoff, locked users.
 
 The rules:
 
@@ -8,11 +8,11 @@ The rules:
   changes another user's (an Operator resets or unlocks them instead). CreateUser,
   ForceUserLogoff and GetLockedUsers are for a caller holding Operator (on a key session, only
   with a key that holds it), for users of its own OMS (users of other OMSs look missing).
-- Fresh proof (SPEC section 2a): EnableGoogle2FA, and Disable2FA without a code, act only on a
-  connection that proved the password within ``fresh_auth_seconds`` (or, EnableGoogle2FA, with
+- Fresh proof (docs/security-authority.md): EnableGoogle2FA, and Disable2FA without a code, act only
+  on a connection that proved the password within ``fresh_auth_seconds`` (or, EnableGoogle2FA, with
   the password given again); Disable2FA without a code also needs a TOTP code accepted on that
-  connection in the last 10 minutes. SetSecurityQuestions always carries the password; a valid
-  code is proof enough for Disable2FA.
+  connection in the last 10 minutes. SetSecurityQuestions always carries the password; a valid code
+  is proof enough for Disable2FA.
 - A secret is checked like a password: the current password (SetSecurityQuestions) and a TOTP
   code (Disable2FA, an enrolment's first code) take a slot of the login limits first, so a
   hijacked session cannot guess them faster than a login could. A TOTP time step accepted once
@@ -38,7 +38,7 @@ import pyotp
 
 from protocol.messages import LogoutReason
 
-from ..errors import InvalidValue, NotAuthorized, NotFound, OperationFailed
+from ..errors import InvalidValue, NotAuthorized, NotFound, NotSupported, OperationFailed
 from ..store import AccountChange, AuditEntry, Authority, CallerGone, Outcome, User
 from . import totp, users
 from .answers import normalize_answer
@@ -50,6 +50,7 @@ from .texts import (
     API_KEY_SESSION,
     AUTHORITY_GONE,
     CONFIRM_PASSWORD,
+    ENROLMENT_NEEDS_CONNECTION,
     INVALID_2FA_CODE,
     INVALID_QUESTIONS,
     INVALID_SESSION,
@@ -66,12 +67,12 @@ from .texts import (
 )
 from .users import OPERATOR
 
-__all__ = ["Accounts", "Enrolment", "NewSecret", "ENROLMENT_SECONDS", "RECENT_2FA_SECONDS"]
+__all__ = ["Accounts", "Enrolment", "Lock", "NewSecret", "ENROLMENT_SECONDS", "RECENT_2FA_SECONDS"]
 
 # An enrolment's first code must follow within this long.
 INVALID_ACCOUNT_ID = "Invalid value provided for AccountId"
 ENROLMENT_SECONDS = 600.0
-# Disable2FA needs no code this long after a 2FA on the same connection (SPEC section 2a).
+# Disable2FA needs no code this long after a 2FA on the same connection (docs/rules.md, "TOTP").
 RECENT_2FA_SECONDS = 600.0
 MAX_QUESTIONS = 3
 MAX_QUESTION_LENGTH = 200
@@ -101,6 +102,14 @@ class NewSecret(msgspec.Struct, frozen=True):
         return f"NewSecret(user_id={self.enrolment.user_id}, <secret redacted>)"
 
 
+class Lock(msgspec.Struct, frozen=True):
+    """A locked user (GetLockedUsers), and when its lock began and ends."""
+
+    user: User
+    since: float
+    until: float
+
+
 class Accounts:
     """The account functions, for a :class:`~.caller.Caller` (None: not logged in)."""
 
@@ -119,6 +128,9 @@ class Accounts:
         password: str | None = None,
     ) -> NewSecret:
         """EnableGoogle2FA: a new secret, active only once :meth:`confirm_totp` proves it."""
+        if caller is not None and not caller.lasting:
+            # Its first code must follow on the same connection: a lone request has none.
+            raise NotSupported(ENROLMENT_NEEDS_CONNECTION)
         user = _own_security(caller, user_id).user
         if user.uses_totp:
             raise OperationFailed(TOTP_ALREADY_ON)
@@ -304,11 +316,17 @@ class Accounts:
         )
         d.events.sessions_ended(target.id, reason)
 
-    async def locked_users(self, caller: Caller | None) -> list[User]:
-        """GetLockedUsers: the caller's OMS's users locked now."""
+    async def locked_users(self, caller: Caller | None) -> list[Lock]:
+        """GetLockedUsers: the caller's OMS's users locked now, with their locks."""
         me = _operator(caller)
         d = self.deps
-        return await d.store.locked_users(me.user.oms_id, d.clock())
+        lockout = d.settings.lockout_seconds
+        return [
+            # The lock's start is not stored: it began lockout_seconds before it ends.
+            Lock(u, u.locked_until - lockout, u.locked_until)
+            for u in await d.store.locked_users(me.user.oms_id, d.clock())
+            if u.locked_until is not None
+        ]
 
     # -- helpers --------------------------------------------------------------------------------
 

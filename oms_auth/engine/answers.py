@@ -1,5 +1,5 @@
-"""Security answers: how they compare (SPEC section 4: Argon2id of the trimmed, case-folded
-answer, since answers are low-entropy)."""
+"""Security answers: how they compare (docs/rules.md, "Account security changes": Argon2id of the
+trimmed, case-folded answer, since answers are low-entropy)."""
 
 from __future__ import annotations
 

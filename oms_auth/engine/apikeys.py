@@ -1,5 +1,6 @@
-"""API keys (SPEC section 2a): AddUserAPIKey, GetUserAPIKeys, RemoveUserAPIKey, and the pieces of
-the API-key login that :mod:`.sessions` uses (the signature, the nonce, the sealed secret).
+"""API keys (docs/rules.md, "API keys"): AddUserAPIKey, GetUserAPIKeys, RemoveUserAPIKey, and the
+pieces of the API-key login that :mod:`.sessions` uses (the signature, the nonce, the sealed
+secret).
 
 The rules:
 

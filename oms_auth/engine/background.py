@@ -1,10 +1,10 @@
 """Bounded background work: a queue with a cap and a per-key share, served by a few tasks.
 
-Work a request leaves behind (a self-service reset) must cost a bounded amount of memory and
-store time however many requests arrive (SPEC section 4): past ``cap`` an item is refused; one
-key (a source address) holds at most ``share`` of the queue, so one client's flood cannot crowd
-out everyone else's. Workers start on demand and end when the queue is empty, so none idles or
-leaks; ``drain()`` waits until every accepted item is done.
+Work a request leaves behind (a self-service reset) must cost a bounded amount of memory and store
+time however many requests arrive (docs/rules.md, "Work a request leaves behind"): past ``cap`` an
+item is refused; one key (a source address) holds at most ``share`` of the queue, so one client's
+flood cannot crowd out everyone else's. Workers start on demand and end when the queue is empty, so
+none idles or leaks; ``drain()`` waits until every accepted item is done.
 """
 
 from __future__ import annotations

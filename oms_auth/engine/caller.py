@@ -1,4 +1,5 @@
-"""Who asks: the caller of an engine function, and what it may do (SPEC sections 2a and 3).
+"""Who asks: the caller of an engine function, and what it may do (docs/rules.md, "Who may
+start a reset" and "Sessions"; docs/security-authority.md).
 
 The server builds a :class:`Caller` for each request from the connection that carries it (the
 engine knows nothing of connections): the user as the store has it now, the session the request
@@ -49,6 +50,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     # last accepted on it (a login's second step, or an enrolment's first code).
     proved_at: float | None = None
     verified_at: float | None = None
+    # False for a request alone on its connection (one HTTP call): nothing that must follow on
+    # the same connection (an enrolment's first code) can.
+    lasting: bool = True
 
     def __repr__(self) -> str:
         return f"Caller(user={self.user!r}, via_api_key={self.via_api_key})"

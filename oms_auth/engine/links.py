@@ -1,5 +1,5 @@
-"""The emailed one-time link (SPEC sections 4 and 5): a reset, or an invitation to set a first
-password.
+"""The emailed one-time link (docs/rules.md, "The code and the link"): a reset, or an invitation to
+set a first password.
 
 Both are the same kind of PendingCode, completed by ResetPassword2 under the same rules; they
 differ in the message and in how long the link lives (``code_valid_seconds``, or

@@ -15,9 +15,10 @@ from typing import NamedTuple
 
 from .texts import PASSWORD_RULES_PREFIX
 
-__all__ = ["Rule", "Policy", "POLICIES", "SPECIALS"]
+__all__ = ["Rule", "Policy", "POLICIES", "SYMBOLS"]
 
-SPECIALS = "_-|@.,?/!~#$%^&*(){}[]\\+="
+# The special characters the default policy asks for one of.
+SYMBOLS = "_-|@.,?/!~#$%^&*(){}[]\\+="
 _LEET = str.maketrans(
     {"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"}
 )
@@ -41,7 +42,7 @@ def _common() -> frozenset[str]:
 
 def _disguises(password: str) -> set[str]:
     folded = password.casefold()
-    bare = folded.rstrip("0123456789" + SPECIALS)
+    bare = folded.rstrip("0123456789" + SYMBOLS)
     return {folded, bare, folded.translate(_LEET), bare.translate(_LEET)}
 
 
@@ -105,9 +106,9 @@ POLICIES = {
                 ("digit", None),
             ),
             Rule(
-                "contain one of the special characters " + " ".join(SPECIALS),
-                lambda p, u: any(c in SPECIALS for c in p),
-                ("any_of", SPECIALS),
+                "contain one of the special characters " + " ".join(SYMBOLS),
+                lambda p, u: any(c in SYMBOLS for c in p),
+                ("any_of", SYMBOLS),
             ),
             _USERNAME,
             _COMMON,

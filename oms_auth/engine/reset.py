@@ -1,9 +1,9 @@
-"""The shared password-reset engine (SPEC sections 3 and 4).
+"""The shared password-reset engine (docs/rules.md, "Who may start a reset" to "Lockout").
 
-Every way into a reset meets the same rules here: who may start one (``request``), the public
-first step (``request_anonymously``), what the link's page needs (``requirements``), and the
-second step (``complete``) with its checks in the order the SPEC gives. Nothing here knows about
-WebSocket; refusals are raised as values of :mod:`oms_auth.errors`.
+Every way into a reset meets the same rules here: who may start one (``request``), the public first
+step (``request_anonymously``), what the link's page needs (``requirements``), and the second step
+(``complete``) with its checks in the order docs/rules.md gives. Nothing here knows about WebSocket;
+refusals are raised as values of :mod:`oms_auth.errors`.
 
 A request by a logged-in caller (a :class:`~.caller.Caller`) is decided on its permissions (a key
 session: its key's, and never for another user) and issued only while they hold: the code's
@@ -119,8 +119,8 @@ class Resets:
 
     async def request(self, caller: Caller | None, username: str | None, source: str) -> None:
         """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise.
-        A session opened with an API key may not start a reset for another user (SPEC
-        section 2a)."""
+        A session opened with an API key may not start a reset for another user (docs/rules.md,
+        "Sessions")."""
         if not isinstance(username, str) or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if caller is None:
@@ -366,8 +366,8 @@ class Resets:
         totp_code: str | int | None,
         source: str,
     ) -> None:
-        """ResetPassword2, checks in the SPEC's order; returns once the new password is
-        committed.
+        """ResetPassword2, checks in the order of docs/rules.md ("ResetPassword2: the checks in
+        order"); returns once the new password is committed.
 
         Each attempt that checks a secret (the answer, the TOTP code) first reserves one of the
         user's lockout slots, in the transaction that checks the code, so a burst checks at

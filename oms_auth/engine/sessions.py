@@ -6,7 +6,8 @@ same: a missing user is verified against a decoy hash. Failed logins are counted
 username and per source address; past a few, answers slow down (a growing delay), past the limit
 they are refused without checking the password. They never lock the reset.
 
-The rules that must hold when requests race (SPEC section 4):
+The rules that must hold when requests race (docs/rules.md, "Concurrency: what holds under
+bursts and across nodes"):
 
 - An attempt is reserved (counted as a failure) before its password is checked, in the same
   transaction that reads the count; a success gives it back. N simultaneous attempts therefore
@@ -53,7 +54,9 @@ from .texts import (
     INVALID_PASSWORD,
     INVALID_SESSION,
     INVALID_USERNAME,
+    MUST_SET_QUESTIONS,
     NO_PENDING_2FA,
+    NOT_LOGGED_IN,
     TOO_MANY_LOGINS,
     TOTP_REQUIRED,
     WRONG_PASSWORD,
@@ -95,7 +98,8 @@ class Login(msgspec.Struct, frozen=True):
     message: str | None = None
     # The pending second step's token (NEEDS_2FA): Authenticate2FA names it.
     pending: str | None = None
-    # A master user without security questions, logged in: it must set them (SPEC 000).
+    # A master user without security questions, logged in: it must set them (docs/protocol.md,
+    # "SetSecurityQuestions and GetSecurityQuestions").
     needs_questions: bool = False
     # What this step proved (AUTHENTICATED): fresh proof for account-security changes.
     proof: Proof = Proof.NONE
@@ -321,20 +325,25 @@ class Sessions:
             token_digest, user_id, LogoutReason.LOGGED_OUT_ELSEWHERE
         )
 
-    async def logout(self, token_digest: bytes, user: User, source: str) -> bool:
-        """LogOut: the session ends on every connection that holds it, on every node. True
-        when the user is a master user still without security questions, to be told so."""
-        d = self.deps
-        await self._revoke(token_digest, user.id, LogoutReason.LOGGED_OUT_ELSEWHERE)
+    async def logout(self, caller: Caller | None, source: str) -> str | None:
+        """LogOut: the caller's session ends on every connection that holds it, on every node.
+        Returns the notice its answer carries: a master user still without security questions
+        is told to set them (it is logged out all the same)."""
+        if caller is None:
+            raise NotAuthorized(NOT_LOGGED_IN)
+        d, user = self.deps, caller.user
+        await self._revoke(caller.session, user.id, LogoutReason.LOGGED_OUT_ELSEWHERE)
         await d.store.audit(
             [AuditEntry(action="logout", actor_id=user.id, target_id=user.id, source=source)],
             d.clock(),
         )
-        return await self.needs_questions(user)  # (its questions are read fresh)
+        # (its questions are read fresh)
+        return MUST_SET_QUESTIONS if await self.needs_questions(user) else None
 
     async def needs_questions(self, user: User) -> bool:
         """A master user without security questions: it could not reset its password once it
-        has logged in, so it is told to set them (SPEC 000)."""
+        has logged in, so it is told to set them (docs/protocol.md, "SetSecurityQuestions and
+        GetSecurityQuestions")."""
         return user.master and not await self.deps.store.security_questions(user.id)
 
     async def recheck_password(self, user: User, password: str | None, source: str) -> bool:
@@ -357,7 +366,7 @@ class Sessions:
         return True
 
     async def prove(self, caller: Caller, password: str | None, source: str) -> None:
-        """Fresh proof for an account-security change (SPEC section 2a): the caller's
+        """Fresh proof for an account-security change (docs/security-authority.md): the caller's
         connection proved the password within ``fresh_auth_seconds``, or ``password`` is the
         current one (checked as a login's, under the same limits). Otherwise NotAuthorized:
         a stolen session token alone never makes such a change."""

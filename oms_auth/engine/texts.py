@@ -46,6 +46,8 @@ __all__ = [
     "ENROLMENT_NEEDS_CONNECTION",
     "CONFIRM_PASSWORD",
     "AUTHORITY_GONE",
+    "QUESTION_WITHOUT_ANSWER",
+    "INVALID_TOTP_SECRET",
     "federated_refusal",
 ]
 
@@ -77,7 +79,7 @@ NEEDS_SECURITY_QUESTIONS = (
 TOO_MANY_RESETS = "Too many password reset requests for this user; try again later"
 SELF_SERVICE_OFF = "Self-service password reset is turned off; ask an operator"
 PASSWORD_RULES_PREFIX = "Your portal password must "
-# API keys (SPEC section 2a). One text for every way an API-key login fails.
+# API keys (docs/rules.md, "API keys"). One text for every way an API-key login fails.
 INVALID_API_KEY_LOGIN = "Invalid API key login"
 API_KEY_SESSION = (
     "A session opened with an API key cannot change account security; log in with the password"
@@ -86,15 +88,15 @@ ONLY_OWN_API_KEYS = "Only an Operator may manage the API keys of other users"
 API_KEY_NOT_FOUND = "API key does not exist"
 TOO_MANY_API_KEYS = "This user has as many API keys as it may hold; remove one first"
 INVALID_PERMISSIONS = "Invalid value provided for Permissions"
-# The account functions (SPEC section 2a).
+# The account functions (docs/protocol.md, "Functions").
 ONLY_OPERATORS = "Only an Operator may do this"
 ONLY_OWN_SECURITY = "Only the user itself may change or see its account security"
 TOTP_ALREADY_ON = "Two-factor authentication is already enabled; disable it first"
 TOTP_NOT_ON = "Two-factor authentication is not enabled for this user"
 INVALID_QUESTIONS = "Invalid value provided for Questions"
 WRONG_PASSWORD = "The password given is not the current password"
-# A taken username and a look-alike of one, whatever OMS holds it (SPEC section 3): one text, so
-# an Operator learns nothing of what another OMS holds, nor which of the two it was.
+# A taken username and a look-alike of one, whatever OMS holds it (docs/security-names.md): one
+# text, so an Operator learns nothing of what another OMS holds, nor which of the two it was.
 USERNAME_NOT_AVAILABLE = "That username is not available"
 MUST_SET_QUESTIONS = (
     "Set your security questions before you log out: a master user answers one to reset"
@@ -104,11 +106,15 @@ ENROLMENT_NEEDS_CONNECTION = (
     "EnableGoogle2FA needs a WebSocket connection: the code that proves it follows on the same"
     " connection"
 )
-# Who may do what (SPEC section 2a "Fresh proof"; issue 22).
+# Who may do what (docs/security-authority.md, "Fresh proof for account-security changes").
 CONFIRM_PASSWORD = "Confirm your password first: log in again on this connection"
 AUTHORITY_GONE = (
     "Your session ended or lost the permission this needs meanwhile; nothing was changed"
 )
+# Creating a user with its secrets given (the command line, the demo): the values, not the
+# flags that carry them, so the texts read right for every caller (the CLI names its flags).
+QUESTION_WITHOUT_ANSWER = "A security question and its answer go together"
+INVALID_TOTP_SECRET = "A TOTP secret must be base32 of at least 80 bits"
 
 _FEDERATED = {
     "openidconnect": (

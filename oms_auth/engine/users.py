@@ -29,9 +29,11 @@ from .names import check_email, check_locale, check_username
 from .passwords import POLICIES
 from .texts import (
     INVALID_PERMISSIONS,
+    INVALID_TOTP_SECRET,
     INVALID_USER_ID,
     NOT_LOGGED_IN,
     ONLY_OWN_USER,
+    QUESTION_WITHOUT_ANSWER,
     USER_NOT_FOUND,
     USERNAME_NOT_AVAILABLE,
 )
@@ -151,14 +153,12 @@ def _check_secrets(
         if broken is not None:
             raise InvalidValue(broken)
     if (question is None) != (answer is None):
-        raise InvalidValue("--security-question and --security-answer go together")
+        raise InvalidValue(QUESTION_WITHOUT_ANSWER)
     if totp_secret is not None and not totp.valid_secret(totp_secret):
-        raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
+        raise InvalidValue(INVALID_TOTP_SECRET)
 
 
-async def _insert(
-    deps: Deps, new: NewUser, audit: AuditEntry, authority: Authority | None
-) -> int:
+async def _insert(deps: Deps, new: NewUser, audit: AuditEntry, authority: Authority | None) -> int:
     """The store's insert; a taken or look-alike name is one refusal. The store tells the two
     apart (and says whose name it is) only to its own callers: here neither is said, so an
     Operator learns nothing of the usernames other OMSs hold."""

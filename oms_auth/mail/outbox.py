@@ -32,7 +32,7 @@ __all__ = ["Transport", "transport_for", "OutboxWorker"]
 
 log = logging.getLogger("oms_auth.mail")
 
-MAX_BACKOFF = 15 * 60.0  # the longest wait between two tries (SPEC section 5)
+MAX_BACKOFF = 15 * 60.0  # the longest wait between two tries (docs/operations.md, "Mail")
 BATCH = 512  # messages per pass: one transport trip and one store transaction for them all
 
 

@@ -24,8 +24,7 @@ from ..engine.apikeys import ApiKeys
 from ..engine.caller import Caller
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
-from ..engine.texts import ENROLMENT_NEEDS_CONNECTION, MUST_SET_QUESTIONS, NOT_LOGGED_IN
-from ..errors import NotAuthorized, NotSupported, Refusal
+from ..errors import Refusal
 from ..store import User
 from .connection import Conn
 from .registry import Registry
@@ -76,7 +75,7 @@ def user_info(user: User) -> msg.UserInfo:
 
 
 def login_reply(login: Login) -> msg.AuthenticateUserReply:
-    """A login step's outcome in the reply shape of SPEC section 2."""
+    """A login step's outcome in the reply shape of docs/protocol.md, "The login reply"."""
     if login.state is LoginState.AUTHENTICATED and login.user is not None:
         return msg.AuthenticateUserReply(
             Authenticated=True,
@@ -215,43 +214,26 @@ class Functions:
         return self._apply(conn, login)
 
     async def log_out(self, conn: Conn, req: msg.Empty) -> msgspec.Struct:
-        user, digest = conn.user, conn.token_digest
-        if user is None or digest is None:
-            raise NotAuthorized(NOT_LOGGED_IN)
-        # This connection ends its own session (no event); every other holder is told.
-        self.registry.log_off(conn)
-        if await self.sessions.logout(digest, user, conn.source):
-            # Logged out all the same; a master user is told what it still has to do.
-            return StandardResponse(
-                result=True, errormsg=None, errorcode=0, detail=MUST_SET_QUESTIONS
-            )
-        return SUCCESS
+        caller = _held(conn)  # as the connection holds it: LogOut ends that session
+        if caller is not None:
+            # This connection ends its own session (no event); every other holder is told.
+            self.registry.log_off(conn)
+        notice = await self.sessions.logout(caller, conn.source)
+        if notice is None:
+            return SUCCESS
+        return StandardResponse(result=True, errormsg=None, errorcode=0, detail=notice)
 
     async def _caller(self, conn: Conn) -> Caller | None:
         """Who asks on this connection, for the engine: its user as the store has it now
-        (permissions may have changed), the session it holds and the password version that
-        session was opened for, its key's permissions, and what the connection proved when.
+        (permissions may have changed), the rest as the connection holds it (:func:`_held`).
         None when it is not logged in."""
-        held, session = conn.user, conn.token_digest
-        if held is None or session is None:
+        held = _held(conn)  # before the store is asked: a logoff meanwhile must not mix logins
+        if held is None:
             return None
-        # Read before the store is asked: a logoff meanwhile must not mix two logins.
-        key_permissions, proved_at, verified_at = (
-            conn.key_permissions,
-            conn.proved_at,
-            conn.verified_at,
-        )
         user = await self.sessions.deps.store.user_by_id(held.id)
         if user is None:
             return None
-        return Caller(
-            user=user,
-            session=session,
-            password_version=held.password_version,
-            key_permissions=key_permissions,
-            proved_at=proved_at,
-            verified_at=verified_at,
-        )
+        return msgspec.structs.replace(held, user=user)
 
     async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
         await self.resets.request(await self._caller(conn), req.UserName, conn.source)
@@ -341,9 +323,6 @@ class Functions:
     async def enable_google_2fa(
         self, conn: Conn, req: msg.EnableGoogle2FARequest
     ) -> msg.EnableGoogle2FAReply:
-        if conn.user is not None and not conn.lasting:
-            # Its first code must follow on the same connection: an HTTP request has none.
-            raise NotSupported(ENROLMENT_NEEDS_CONNECTION)
         caller = await self._caller(conn)
         new = await self.accounts.enable_totp(
             caller, req.UserId, conn.source, password=req.Password
@@ -393,19 +372,34 @@ class Functions:
 
     async def get_locked_users(self, conn: Conn, req: msg.Empty) -> list[msg.LockedUser]:
         locked = await self.accounts.locked_users(await self._caller(conn))
-        lockout = self.sessions.deps.settings.lockout_seconds
         return [
             msg.LockedUser(
-                UserId=u.id,
-                UserName=u.username,
-                Email=u.email,
-                # The lock's start is not stored: it began lockout_seconds before it ends.
-                LockedDateTime=_iso(u.locked_until - lockout),
-                LockedUntil=_iso(u.locked_until),
+                UserId=lock.user.id,
+                UserName=lock.user.username,
+                Email=lock.user.email,
+                LockedDateTime=_iso(lock.since),
+                LockedUntil=_iso(lock.until),
             )
-            for u in locked
-            if u.locked_until is not None
+            for lock in locked
         ]
+
+
+def _held(conn: Conn) -> Caller | None:
+    """The caller as the connection holds it, read at once (no await): its user as it logged
+    in, the session it holds and the password version that session was opened for, its key's
+    permissions, what the connection proved when, and whether it lasts past this request."""
+    user, session = conn.user, conn.token_digest
+    if user is None or session is None:
+        return None
+    return Caller(
+        user=user,
+        session=session,
+        password_version=user.password_version,
+        key_permissions=conn.key_permissions,
+        proved_at=conn.proved_at,
+        verified_at=conn.verified_at,
+        lasting=conn.lasting,
+    )
 
 
 def _iso(ts: float) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from websockets.http11 import Request, Response
 
 from ..engine import passwords, texts
-from ..engine.passwords import SPECIALS, Policy, Rule
+from ..engine.passwords import SYMBOLS, Policy, Rule
 from .http import HttpPages, response
 
 __all__ = ["ResetPage"]
@@ -68,7 +68,7 @@ def page_config(policy: Policy, login_url: str | None) -> str:
     """The JSON the page reads at start, safe inside ``<script type="application/json">``."""
     config = {
         "rules": [page_check(rule) for rule in policy.rules],
-        "specials": SPECIALS,
+        "specials": SYMBOLS,
         "refusals": _REFUSALS,
         "loginUrl": login_url,
     }

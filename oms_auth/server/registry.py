@@ -4,7 +4,8 @@ Every connection authenticated by a session is indexed by that session and by it
 only this module changes a connection's login state, so the indexes always agree with the
 connections (two logins racing on one connection leave it indexed as whichever finished last).
 When a session ends for a reason other than the connection's own LogOut, each connection that
-holds it is sent a ``LogoutEvent`` (m=3) first, then treated as logged off (SPEC section 1).
+holds it is sent a ``LogoutEvent`` (m=3) first, then treated as logged off (docs/protocol.md,
+"Events").
 
 A connection's login, as a table (``_ON_OUTCOME``): what each outcome of a login step does to
 the session the connection holds and to its pending second step.
@@ -16,11 +17,11 @@ the session the connection holds and to its pending second step.
     (log off)        none                        none
 
 A new session also sets what the connection itself proved, from the login's
-:class:`~oms_auth.engine.sessions.Proof` (``_PROVED``): when it proved the password, and when
-a TOTP code was accepted on it. A session resumed by token or opened with an API key proved
-nothing here (fresh proof, SPEC section 2a), and carries the key's permissions when it is a
-key's. The engine reads these through the :class:`~oms_auth.engine.caller.Caller` the server
-builds from the connection; they change only here.
+:class:`~oms_auth.engine.sessions.Proof` (``_PROVED``): when it proved the password, and when a TOTP
+code was accepted on it. A session resumed by token or opened with an API key proved nothing here
+(fresh proof, docs/security-authority.md), and carries the key's permissions when it is a key's. The
+engine reads these through the :class:`~oms_auth.engine.caller.Caller` the server builds from the
+connection; they change only here.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class Call(msgspec.Struct, frozen=True):
 
 
 def route(table: dict[str, Function], data: str | bytes) -> Immediate | Call:
-    """Decide what one incoming frame gets (SPEC section 1)."""
+    """Decide what one incoming frame gets (docs/protocol.md, "Frames")."""
     frame = decode(data)
     if isinstance(frame, FrameError):
         return Immediate(encode_error(frame), "", int(frame.code))

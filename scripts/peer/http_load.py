@@ -1,5 +1,5 @@
 """The peer's load generator: its own process (the project's venv, asyncio + uvloop), HTTP/1.1
-keep-alive over asyncio streams. ``python -m scripts.peer.http_load SPEC`` with SPEC one JSON
+keep-alive over asyncio streams. ``python -m scripts.peer.http_load JOB`` with JOB one JSON
 object: host, port, path, conns, warmup, duration, server_pid, targets, email (a format with
 ``{k}``). Bodies are ``{"email": email.format(k=k)}`` for k < targets, sent in one shared round
 robin. Prints one JSON result line.

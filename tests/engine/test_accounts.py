@@ -11,7 +11,7 @@ import pytest
 from oms_auth.engine.accounts import Accounts
 from oms_auth.engine.deps import Deps
 from oms_auth.engine.sessions import Sessions
-from oms_auth.errors import NotAuthorized, OperationFailed
+from oms_auth.errors import NotAuthorized, NotSupported, OperationFailed
 from oms_auth.store import AccountChange, AuditEntry, MailItem, Outcome, User
 
 from ..helpers import PASSWORD, Clock, make_user
@@ -121,3 +121,25 @@ async def test_enabling_needs_totp_off_and_a_key_session_cannot(deps: Deps, cloc
     new = await accounts.enable_totp(await caller(deps, "trader"), None, "test")
     assert new.uri.startswith("otpauth://totp/") and "<secret" in repr(new)
     assert new.manual_code not in repr(new.enrolment)
+
+
+async def test_enabling_needs_a_connection_its_first_code_can_follow_on(deps: Deps) -> None:
+    await make_user(deps, "trader")
+    accounts = Accounts(Sessions(deps, delay_unit=0))
+    alone = msgspec.structs.replace(await caller(deps, "trader"), lasting=False)  # one HTTP call
+    with pytest.raises(NotSupported, match="needs a WebSocket connection"):
+        await accounts.enable_totp(alone, None, "test")
+    with pytest.raises(NotAuthorized, match="Not logged in"):
+        await accounts.enable_totp(None, None, "test")
+
+
+async def test_locked_users_are_listed_with_when_their_lock_began_and_ends(
+    deps: Deps, clock: Clock
+) -> None:
+    await make_user(deps, "op", permissions=["Operator"], accounts=[1])
+    uid = await make_user(deps, "trader")
+    accounts = Accounts(Sessions(deps, delay_unit=0))
+    until = clock.now + deps.settings.lockout_seconds
+    await deps.store.set_lock(uid, until, AuditEntry(action="locked", target_id=uid))
+    [lock] = await accounts.locked_users(await caller(deps, "op"))
+    assert (lock.user.id, lock.since, lock.until) == (uid, clock.now, until)

@@ -1,4 +1,5 @@
-"""engine.apikeys and the API-key login of engine.sessions on their own (SPEC section 2a)."""
+"""engine.apikeys and the API-key login of engine.sessions on their own (docs/rules.md, "API
+keys")."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ async def nothing_written_for(w: World) -> None:
 
 async def test_an_operators_writes_write_nothing_once_its_session_has_ended(w: World) -> None:
     op = await caller(w.deps, "op")
-    await w.sessions.logout(op.session, op.user, "x")
+    await w.sessions.logout(op, "x")
     for write in operator_writes(w, op).values():
         with pytest.raises(NotAuthorized, match=GONE):
             await write()
@@ -156,7 +156,7 @@ async def test_power_decided_before_a_reset_of_the_callers_password_is_not_grant
 async def test_a_store_write_with_a_gone_authority_raises_and_leaves_no_trace(w: World) -> None:
     d = w.deps
     op = await caller(d, "op")
-    await w.sessions.logout(op.session, op.user, "x")
+    await w.sessions.logout(op, "x")
     before = len(await d.store.audit_rows(limit=None))
     record = ApiKey(
         key="k" * 32, user_id=w.victim, permissions=(), secret_sealed=b"s", created_at=0

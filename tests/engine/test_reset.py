@@ -1,4 +1,5 @@
-"""engine.reset on its own (SPEC sections 3 and 4): codes, checks in order, lockout."""
+"""engine.reset on its own (docs/rules.md, "Who may start a reset" to "Lockout"): codes, checks in
+order, lockout."""
 
 from __future__ import annotations
 

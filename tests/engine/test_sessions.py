@@ -1,4 +1,4 @@
-"""engine.sessions on its own (SPEC section 2 and the login rules of section 4)."""
+"""engine.sessions on its own (docs/rules.md, "Logins", "TOTP", "Sessions")."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 
 from oms_auth.engine.deps import Deps
 from oms_auth.engine.sessions import LoginState, Sessions
-from oms_auth.errors import InvalidValue
+from oms_auth.engine.texts import MUST_SET_QUESTIONS
+from oms_auth.errors import InvalidValue, NotAuthorized
 from oms_auth.store import MailItem
 
 from ..helpers import PASSWORD, Clock, make_user
-from .conftest import Told
+from .conftest import Told, caller
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 
@@ -72,12 +73,21 @@ async def test_logout_revokes_the_session_and_tells_who_holds_it(
     deps: Deps, sessions: Sessions, told: Told
 ) -> None:
     await make_user(deps, "alice")
-    login = await sessions.authenticate("alice", PASSWORD, "10.0.0.1")
-    assert login.user is not None and login.token_digest is not None
-    await sessions.logout(login.token_digest, login.user, "10.0.0.1")
-    assert await deps.store.session(login.token_digest) is None
-    assert told.revoked == [(login.token_digest, "LoggedOutElsewhere")]
-    assert (await sessions.resume(login.token)).state is LoginState.FAILED
+    alice = await caller(deps, "alice")
+    assert await sessions.logout(alice, "10.0.0.1") is None  # nothing more to tell alice
+    assert await deps.store.session(alice.session) is None
+    assert told.revoked == [(alice.session, "LoggedOutElsewhere")]
+
+
+async def test_logout_needs_a_login_and_tells_a_master_user_to_set_its_questions(
+    deps: Deps, sessions: Sessions
+) -> None:
+    with pytest.raises(NotAuthorized, match="Not logged in"):
+        await sessions.logout(None, "10.0.0.1")
+    await make_user(deps, "boss", master=True)
+    boss = await caller(deps, "boss")
+    assert await sessions.logout(boss, "10.0.0.1") == MUST_SET_QUESTIONS
+    assert await deps.store.session(boss.session) is None  # logged out all the same
 
 
 def _mail(uid: int) -> MailItem:

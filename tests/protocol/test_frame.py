@@ -1,4 +1,4 @@
-"""SPEC section 1, sans-I/O: every malformed frame shape becomes a typed FrameError."""
+"""docs/protocol.md, "Frames", sans-I/O: every malformed frame shape becomes a typed FrameError."""
 
 from __future__ import annotations
 

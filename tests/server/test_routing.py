@@ -1,4 +1,5 @@
-"""SPEC section 1, routing without a socket: what each frame gets, decided by one function."""
+"""docs/protocol.md, "Frames", routing without a socket: what each frame gets, decided by one
+function."""
 
 from __future__ import annotations
 

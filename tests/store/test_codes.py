@@ -1,4 +1,5 @@
-"""A reset code's life (oms_auth.store.codes), alone: the table is what SPEC section 4 says."""
+"""A reset code's life (oms_auth.store.codes), alone: the table is what docs/rules.md
+("The code and the link") says."""
 
 from __future__ import annotations
 

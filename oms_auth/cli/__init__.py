@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -13,18 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
+from ..app import App, build_deps
+from ..config import ConfigError, Settings, load_settings
+from ..engine import texts, users
+from ..engine.deps import Deps
+from ..errors import InvalidValue, Refusal
+from ..logs import setup_logging
+from ..store import StoreError
+from .audit import audit
+from .demo import DEMO_USERS, demo
 
-from .app import App, build_deps
-from .config import ConfigError, Settings, load_settings
-from .engine import names, users
-from .engine.deps import Deps
-from .engine.restore import forget_counters, restore
-from .errors import Refusal
-from .logs import setup_logging
-from .store import StoreError, User
-
-__all__ = ["main"]
+__all__ = ["main", "DEMO_USERS"]
 
 
 class CliError(Exception):
@@ -45,8 +43,29 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oms-auth", description=__doc__)
     _common(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    _serve_args(sub.add_parser("serve", help="run the service"))
+    _user_commands(sub.add_parser("user", help="manage users"))
+    _audit_args(
+        sub.add_parser(
+            "audit",
+            help="print the audit trail, newest first",
+            description="Print the audit trail; 'verify' walks its hash chain, 'export' writes "
+            "it as JSON lines (oldest first) for record keeping.",
+        )
+    )
+    _conformance_args(
+        sub.add_parser(
+            "conformance",
+            help="check any OMS-frame server against the contract",
+            description="Run the conformance cases against a running server; exit 0 when none "
+            "fail.",
+        )
+    )
+    _demo_args(sub.add_parser("demo", help="create a demo OMS and print its credentials"))
+    return parser
 
-    serve = sub.add_parser("serve", help="run the service")
+
+def _serve_args(serve: argparse.ArgumentParser) -> None:
     _common(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -69,10 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(
-        dest="user_command", required=True
+
+def _user_commands(parser: argparse.ArgumentParser) -> None:
+    user = parser.add_subparsers(dest="user_command", required=True)
+    _user_add_args(user.add_parser("add", help="create a user; prints its UserId on the last line"))
+    lst = user.add_parser("list", help="list users")
+    _common(lst)
+    unlock = user.add_parser("unlock", help="end a user's lockout")
+    _common(unlock)
+    unlock.add_argument("username")
+    invite = user.add_parser(
+        "invite", help="mail an invited user a new link to set its password (voids the older)"
     )
-    add = user.add_parser("add", help="create a user; prints its UserId on the last line")
+    _common(invite)
+    invite.add_argument("username")
+
+
+def _user_add_args(add: argparse.ArgumentParser) -> None:
     _common(add)
     add.add_argument("--username", required=True)
     add.add_argument("--email", required=True)
@@ -99,23 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--inactive", action="store_true")
     add.add_argument("--locale", help="the language of the user's mail (en, de; default_locale)")
     add.add_argument("--secret-key-file", dest="secret_key_file")
-    lst = user.add_parser("list", help="list users")
-    _common(lst)
-    unlock = user.add_parser("unlock", help="end a user's lockout")
-    _common(unlock)
-    unlock.add_argument("username")
-    invite = user.add_parser(
-        "invite", help="mail an invited user a new link to set its password (voids the older)"
-    )
-    _common(invite)
-    invite.add_argument("username")
 
-    audit = sub.add_parser(
-        "audit",
-        help="print the audit trail, newest first",
-        description="Print the audit trail; 'verify' walks its hash chain, 'export' writes it "
-        "as JSON lines (oldest first) for record keeping.",
-    )
+
+def _audit_args(audit: argparse.ArgumentParser) -> None:
     _common(audit)
     audit.add_argument("action", nargs="?", choices=["show", "verify", "export"], default="show")
     audit.add_argument("--user", help="rows whose actor or target is this user (or name)")
@@ -123,11 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", type=_timestamp, help="ISO time (exclusive)")
     audit.add_argument("--limit", type=int, default=50, help="rows to show (show only)")
 
-    conf = sub.add_parser(
-        "conformance",
-        help="check any OMS-frame server against the contract",
-        description="Run the conformance cases against a running server; exit 0 when none fail.",
-    )
+
+def _conformance_args(conf: argparse.ArgumentParser) -> None:
     conf.add_argument("url", help="ws://HOST:PORT/WSGateway/")
     conf.add_argument("--operator", type=_credentials, help="USER:PASS of an Operator")
     conf.add_argument("--trader", type=_credentials, help="USER:PASS of a Trading user")
@@ -142,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--case", action="append", help="run only this case (repeatable)")
     conf.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
 
-    demo = sub.add_parser("demo", help="create a demo OMS and print its credentials")
+
+def _demo_args(demo: argparse.ArgumentParser) -> None:
     _common(demo)
     demo.add_argument(
         "--reset",
@@ -151,7 +167,6 @@ def _parser() -> argparse.ArgumentParser:
         "sessions and API keys ended) and clear the store's request and attempt counters",
     )
     demo.add_argument("--secret-key-file", dest="secret_key_file")
-    return parser
 
 
 _SETTING_FLAGS = (
@@ -218,8 +233,8 @@ def _run(coro: Any) -> int:
 
 
 async def _conformance(args: argparse.Namespace) -> int:
-    from .conformance import Options, run_suite
-    from .conformance.report import as_json, junit, table
+    from ..conformance import Options, run_suite
+    from ..conformance.report import as_json, junit, table
 
     maildir = None
     if args.mail:
@@ -276,15 +291,40 @@ async def _offline(args: argparse.Namespace, settings: Settings) -> int:
                 "invite": _user_invite,
             }[args.user_command](deps, args)
         if args.command == "audit":
-            return await _audit(deps, args)
-        return await _demo(deps, reset=args.reset)
+            return await audit(deps, args)
+        return await demo(deps, reset=args.reset)
     finally:
         await deps.store.close()
         deps.hasher.close()
 
 
+# The engine names the values; here they come from flags, so the refusal names the flags.
+_FLAG_REFUSALS = {
+    texts.QUESTION_WITHOUT_ANSWER: "--security-question and --security-answer go together",
+    texts.INVALID_TOTP_SECRET: "--totp-secret must be base32 of at least 80 bits",
+}
+
+
 async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
-    user_id = await users.create_user(
+    try:
+        user_id = await _create(deps, args)
+    except InvalidValue as refusal:
+        if refusal.detail in _FLAG_REFUSALS:
+            raise CliError(_FLAG_REFUSALS[refusal.detail]) from None
+        raise
+    created = await deps.store.user_by_id(user_id)
+    assert created is not None
+    if args.invite:
+        await users.invite(deps, created, actor_id=None, source="cli")
+        print(f"created user {created.username}; invitation queued for {created.email}")
+    else:
+        print(f"created user {created.username}")
+    print(user_id)
+    return 0
+
+
+async def _create(deps: Deps, args: argparse.Namespace) -> int:
+    return await users.create_user(
         deps,
         username=args.username,
         email=args.email,
@@ -300,15 +340,6 @@ async def _user_add(deps: Deps, args: argparse.Namespace) -> int:
         active=not args.inactive,
         locale=args.locale,
     )
-    created = await deps.store.user_by_id(user_id)
-    assert created is not None
-    if args.invite:
-        await users.invite(deps, created, actor_id=None, source="cli")
-        print(f"created user {created.username}; invitation queued for {created.email}")
-    else:
-        print(f"created user {created.username}")
-    print(user_id)
-    return 0
 
 
 async def _user_invite(deps: Deps, args: argparse.Namespace) -> int:
@@ -363,193 +394,3 @@ def _timestamp(text: str) -> float:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from exc
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(ch: str) -> str:
-    named = _NAMED_ESCAPES.get(ch)
-    if named is not None:
-        return named
-    code = ord(ch)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def _printable(text: str) -> str:
-    """Audit text as one line a terminal shows as is: what is not printable (C0, DEL, C1, format
-    characters such as U+202E, line and paragraph separators, ...) and the backslash itself
-    are escaped, Python-style (``\\n``, ``\\x1b``, ``\\u202e``), so nothing in a row written
-    by a client can break the line, recolour the terminal or reorder what follows."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(ch if ch.isprintable() and ch != "\\" else _escape_char(ch) for ch in text)
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    """One JSON object on one line. JSON escapes C0 and quotes; DEL, C1, U+2028/U+2029 and
-    format characters would pass raw (and split the line for some readers), so they are
-    written as ``\\uXXXX`` too (only strings can hold them: the text decodes the same)."""
-    text = msgspec.json.encode(record).decode()
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch.isprintable():
-            out.append(ch)
-        else:
-            data = ch.encode("utf-16-be", "surrogatepass")
-            out.extend(f"\\u{int.from_bytes(data[i : i + 2]):04x}" for i in range(0, len(data), 2))
-    return "".join(out)
-
-
-async def _audit(deps: Deps, args: argparse.Namespace) -> int:
-    if args.action == "verify":
-        check = await deps.store.verify_audit()
-        if check.ok:
-            print(f"audit trail intact: {check.rows} rows, last hash {check.last_hash or '-'}")
-            return 0
-        print(
-            f"audit trail BROKEN at row {check.bad_id}: {check.reason} "
-            f"({check.rows} rows before it are intact)"
-        )
-        return 1
-    oldest_first = args.action == "export"
-    recorded_as = None
-    if args.user is not None and await deps.store.user_by_name(args.user) is None:
-        recorded_as = names.unknown_name(deps.names_key, args.user)  # how it is recorded
-    rows = await deps.store.audit_rows(
-        user=args.user,
-        recorded_as=recorded_as,
-        since=args.since,
-        until=args.until,
-        limit=None if oldest_first else args.limit,
-        oldest_first=oldest_first,
-    )
-    if oldest_first:
-        for row in rows:
-            record = msgspec.structs.asdict(row)
-            record["time"] = _iso(row.at)
-            sys.stdout.write(_json_line(record) + "\n")
-        return 0
-    for row in rows:
-        at = datetime.fromtimestamp(row.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        parts = [at, _printable(row.action)]
-        for label, value in (
-            ("actor", row.actor_id),
-            ("target", row.target_id),
-            ("name", row.target_name),
-            ("source", row.source),
-            ("detail", row.detail),
-        ):
-            if value is not None:
-                shown = _printable(value) if isinstance(value, str) else value
-                parts.append(f"{label}={shown}")
-        print(" ".join(parts))
-    return 0
-
-
-DEMO_USERS: list[dict[str, Any]] = [
-    dict(
-        username="operator",
-        email="operator@example.test",
-        password="Kestrel-Op-2718",
-        permissions=["Operator"],
-        accounts=[1],
-    ),
-    dict(
-        username="trader1",
-        email="trader1@example.test",
-        password="Heron-Trade-3141",
-        permissions=["Trading"],
-        accounts=[10],
-    ),
-    dict(
-        username="trader2",
-        email="trader2@example.test",
-        password="Plover-Trade-1618",
-        permissions=["Trading"],
-        accounts=[10, 11],
-    ),
-    dict(
-        username="master",
-        email="master@example.test",
-        password="Osprey-Master-1414",
-        permissions=["Trading"],
-        accounts=[12],
-        master=True,
-        totp_secret="JBSWY3DPEHPK3PXPJBSWY3DP",
-        question="Name of your first pet?",
-        answer="Rex",
-    ),
-    dict(
-        username="boss",
-        email="boss@example.test",
-        password="Condor-Boss-5772",
-        permissions=["Trading"],
-        accounts=[13],
-        master=True,
-    ),
-    dict(
-        username="newhire",
-        email="newhire@example.test",
-        password=None,
-        permissions=["Trading"],
-        accounts=[10],
-    ),
-]
-
-
-async def _demo(deps: Deps, *, reset: bool = False) -> int:
-    if reset:
-        await forget_counters(deps)
-    print("Demo OMS 1 (passwords are for this demo only):")
-    for spec in DEMO_USERS:
-        existing = await deps.store.user_by_name(spec["username"])
-        if existing is not None and reset:
-            await _put_back(deps, existing, spec)
-        user_id = existing.id if existing else await users.create_user(deps, **spec)
-        created = await deps.store.user_by_id(user_id)
-        assert created is not None
-        extra = ""
-        if spec.get("totp_secret"):
-            extra = f"  TOTP secret {spec['totp_secret']}, answer {spec['answer']!r}"
-        if spec.get("master") and not spec.get("question"):
-            extra = "  master, no security questions yet"
-        password = spec["password"]
-        if password is None:
-            if existing is None:
-                await users.invite(deps, created, actor_id=None, source="demo")
-            password = "(invited: the link is mailed)" if created.invited else "(set by the user)"
-        elif existing is not None and not await deps.hasher.verify(created.password_hash, password):
-            password = "(changed since)"  # the demo prints only what it set and still holds
-        state = "created" if existing is None else "put back" if reset else "exists"
-        print(
-            f"  {spec['username']:<9} UserId {user_id:<3} password {password:<18} "
-            f"{'/'.join(spec['permissions']) or '-'} accounts {spec['accounts']}{extra} ({state})"
-        )
-    return 0
-
-
-async def _put_back(deps: Deps, user: User, spec: dict[str, Any]) -> None:
-    """``demo --reset``: the user as ``spec`` has it (:mod:`.engine.restore`)."""
-    question, answer = spec.get("question"), spec.get("answer")
-    await restore(
-        deps,
-        user,
-        password=spec["password"],
-        totp_secret=spec.get("totp_secret"),
-        questions=[(question, answer)] if question and answer else [],
-        source="demo",
-    )
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
