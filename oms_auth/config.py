@@ -36,8 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: Literal["text", "json"] = "text"
     max_frame_bytes: int = 65536
     # Behind a load balancer or reverse proxy (docs/operations.md, "Behind a proxy:
-    # trusted_proxies"): peers whose Forwarded / X-Forwarded-For name the client, as addresses
-    # or CIDRs.
+    # trusted_proxies and proxy_header"): peers whose Forwarded / X-Forwarded-For name the
+    # client, as addresses or CIDRs.
     trusted_proxies: list[str] = []
     # The one header those proxies write: "x-forwarded-for" (nginx's and HAProxy's default) or
     # "forwarded" (RFC 7239). The other is never read: a client can send it through a proxy
@@ -93,7 +93,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reset_keeps_api_keys: bool = False
     # How many API keys one user may hold.
     api_keys_per_user: Annotated[int, msgspec.Meta(ge=1)] = 20
-    # Fresh proof (docs/security-authority.md): account-security changes (EnableGoogle2FA,
+    # Fresh proof (docs/rules.md, "Fresh proof for account-security changes"):
+    # account-security changes (EnableGoogle2FA,
     # Disable2FA without a code, adding or removing API keys) act only on a connection that proved
     # the password this recently, or with the password given again.
     fresh_auth_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600

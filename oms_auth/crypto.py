@@ -210,7 +210,7 @@ def key_from_env(value: str) -> bytes:
 
 def read_key_file(path: Path) -> bytes | None:
     """The key in ``path``; None when there is no such file. A file others may read is
-    tightened to 0600 first (docs/security-files.md, "The service key")."""
+    tightened to 0600 first (docs/operations.md, "The service key")."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

@@ -1,6 +1,7 @@
 """Files that hold secrets, and whether a folder takes a write.
 
-Rules (docs/security-files.md, "Files"): the SQLite store, its ``-wal`` and ``-shm``, the key file
+Rules (docs/operations.md, "Files on disk"): the SQLite store, its ``-wal`` and ``-shm``, the
+key file
 and the Maildir messages are mode 0600. A mode given to ``open(2)`` is cut by the umask but never
 widened, so new files are made with 0600 and then set to exactly 0600 (a umask such as 0277 would
 otherwise leave them unwritable to us). Files found with bits for the group or others are tightened,

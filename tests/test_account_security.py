@@ -31,7 +31,8 @@ from .helpers import (
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 NEW = "Fresh-Start42"
 OK = {"result": True, "errormsg": None, "errorcode": 0, "detail": None}
-# A connection that did not itself prove the password recently (docs/security-authority.md).
+# A connection that did not itself prove the password recently
+# (docs/rules.md, "Fresh proof for account-security changes").
 CONFIRM = "Confirm your password first: log in again on this connection"
 
 

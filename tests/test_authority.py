@@ -1,6 +1,6 @@
-"""Who may do what (docs/security-authority.md; docs/rules.md, "Who may start a reset"), end to end
-over real sockets on both stores, and every write re-checking its caller's authority in its own
-transaction (issue 22):
+"""Who may do what (docs/rules.md, "Fresh proof for account-security changes" and "Who may
+start a reset"), end to end over real sockets on both stores, and every write re-checking its
+caller's authority in its own transaction (issue 22):
 
 - a stolen session token alone (a connection resumed by token, an HTTP call with an APToken)
   or an older login cannot add or remove keys or enrol an authenticator;
@@ -75,7 +75,7 @@ async def uses_totp(app: App, username: str) -> bool:
     return user.uses_totp
 
 
-# -- fresh proof (docs/security-authority.md) -----------------------------------------------
+# -- fresh proof (docs/rules.md, "Fresh proof for account-security changes") --
 
 
 async def test_a_session_resumed_by_token_cannot_add_or_remove_keys_or_enrol_totp(
@@ -206,7 +206,8 @@ async def test_disable2fa_without_a_code_needs_a_fresh_login_on_that_connection(
     assert not await uses_totp(app, "trader")
 
 
-# -- a key session holds only its key's permissions (docs/security-authority.md) -------------
+# -- a key session holds only its key's permissions --------------------------------------------
+# (docs/rules.md, "API-key sessions hold their key's permissions")
 
 
 @pytest.fixture
@@ -436,14 +437,14 @@ async def test_questions_set_while_the_owner_resets_the_password_do_not_survive_
             owner = await Client.connect(app.url)
             question = {"Question": "Thief's question?", "Answer": "thief"}
 
-            async def recover() -> Any:
+            async def recover(delay: float, link: dict[str, Any], owner: Client) -> Any:
                 await asyncio.sleep(delay)
                 payload = {"UserId": link["user_id"], "PendingCode": link["code"], "Password": NEW}
                 return await owner.call("ResetPassword2", payload)
 
             payload = {"Password": PASSWORD, "Questions": [question]}
             reset, stolen = await asyncio.gather(
-                recover(), thief.call("SetSecurityQuestions", payload)
+                recover(delay, link, owner), thief.call("SetSecurityQuestions", payload)
             )
             await asyncio.gather(thief.close(), owner.close())
             if reset.o == OK:

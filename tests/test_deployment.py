@@ -1,6 +1,6 @@
-"""docs/operations.md, "Behind a proxy: trusted_proxies" and "TLS": the client's address behind
-trusted proxies (it keys every per-address limit and the audit's source), the per-node connection
-cap, TLS in the process."""
+"""docs/operations.md, "Behind a proxy: trusted_proxies and proxy_header" and "TLS": the
+client's address behind trusted proxies (it keys every per-address limit and the audit's
+source), the per-node connection cap, TLS in the process."""
 
 from __future__ import annotations
 

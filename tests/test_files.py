@@ -1,4 +1,4 @@
-"""docs/security-files.md, "Files" and "Start-up", files on disk: the SQLite store, its -wal and
+"""docs/operations.md, "Files on disk", files on disk: the SQLite store, its -wal and
 -shm, the key file and the Maildir messages are mode 0600 whatever the umask and whatever folder
 they are in (looser files found at open are tightened); a serve whose store folder is read-only, or
 whose store file cannot be opened, exits 2 with one line instead of a traceback or a hang."""

@@ -1,6 +1,7 @@
-"""``GET /healthz`` (docs/security-files.md): 200 only when the store takes a write (one it rolls
-back) and the mail transport's folder takes a write; 503 with the reason otherwise, e.g. with the
-disk full. The disks here are real: a 1 MiB tmpfs filled to the last byte."""
+"""``GET /healthz`` (docs/operations.md, "Health and metrics"): 200 only when the store takes a
+write (one it rolls back) and the mail transport's folder takes a write; 503 with the reason
+otherwise, e.g. with the disk full. The disks here are real: a 1 MiB tmpfs filled to the last
+byte."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ async def test_shutdown_finishes_requests_in_flight_then_closes_with_1001(
     await c.close()
 
 
-# -- what one peer may cost the node (docs/security-transport.md) -------------------------
+# -- what one peer may cost the node (docs/operations.md, "Overload and shutdown") --
 
 RAISED_RATE = {"OMS_AUTH_MAX_REQUESTS_PER_SECOND": "1000000000"}
 
@@ -278,7 +278,7 @@ async def test_a_ping_inside_a_fragmented_message_is_answered_and_the_message_st
     assert (answer["i"], orjson.loads(answer["o"])) == (1, {"msg": "PONG"})
 
 
-# -- every TCP connection counts toward the caps (docs/security-transport.md) -------------
+# -- every TCP connection counts toward the caps (docs/operations.md, "Overload and shutdown")
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -1,4 +1,4 @@
-"""docs/security-files.md, "The service key": it is created only for an empty store. A store that
+"""docs/operations.md, "The service key": it is created only for an empty store. A store that
 holds anything sealed (TOTP secrets, API secrets, queued mail, the keyed audit chain) or a key
 fingerprint refuses to start with a missing or a different key, with exit status 2 and one line
 naming the key file, on SQLite as on PostgreSQL, whatever command opens it. A lost key file must

@@ -1,4 +1,5 @@
-"""docs/security-names.md: usernames are global and must not look like one another (TR39 skeletons
+"""docs/rules.md, "Usernames": usernames are global and must not look like one another (TR39
+skeletons
 from the full Unicode confusables data, invisible characters refused outright); a taken or
 look-alike name gets one answer whatever OMS holds it; accounts are per OMS; a username that names
 no user is never written to the audit trail or a log as typed. Over real sockets (CreateUser as an

@@ -8,7 +8,8 @@ The rules:
   changes another user's (an Operator resets or unlocks them instead). CreateUser,
   ForceUserLogoff and GetLockedUsers are for a caller holding Operator (on a key session, only
   with a key that holds it), for users of its own OMS (users of other OMSs look missing).
-- Fresh proof (docs/security-authority.md): EnableGoogle2FA, and Disable2FA without a code, act only
+- Fresh proof (docs/rules.md, "Fresh proof for account-security changes"):
+  EnableGoogle2FA, and Disable2FA without a code, act only
   on a connection that proved the password within ``fresh_auth_seconds`` (or, EnableGoogle2FA, with
   the password given again); Disable2FA without a code also needs a TOTP code accepted on that
   connection in the last 10 minutes. SetSecurityQuestions always carries the password; a valid code

@@ -1,5 +1,5 @@
 """Who asks: the caller of an engine function, and what it may do (docs/rules.md, "Who may
-start a reset" and "Sessions"; docs/security-authority.md).
+start a reset" and "Sessions"; docs/rules.md, "Fresh proof for account-security changes").
 
 The server builds a :class:`Caller` for each request from the connection that carries it (the
 engine knows nothing of connections): the user as the store has it now, the session the request

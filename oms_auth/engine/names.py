@@ -11,7 +11,8 @@ does not look like an existing one is the store's to check, in the transaction t
 
 A username that names no user is never recorded as typed (people type passwords into username
 fields): :func:`recorded_name` writes it as ``unknown:`` and 12 hex digits of a keyed digest
-(:func:`unknown_name`), so the attempts on one name still group together (docs/security-names.md).
+(:func:`unknown_name`), so the attempts on one name still group together (docs/rules.md,
+"Usernames").
 """
 
 from __future__ import annotations

@@ -366,7 +366,8 @@ class Sessions:
         return True
 
     async def prove(self, caller: Caller, password: str | None, source: str) -> None:
-        """Fresh proof for an account-security change (docs/security-authority.md): the caller's
+        """Fresh proof for an account-security change (docs/rules.md, "Fresh proof for
+        account-security changes"): the caller's
         connection proved the password within ``fresh_auth_seconds``, or ``password`` is the
         current one (checked as a login's, under the same limits). Otherwise NotAuthorized:
         a stolen session token alone never makes such a change."""

@@ -95,7 +95,7 @@ TOTP_ALREADY_ON = "Two-factor authentication is already enabled; disable it firs
 TOTP_NOT_ON = "Two-factor authentication is not enabled for this user"
 INVALID_QUESTIONS = "Invalid value provided for Questions"
 WRONG_PASSWORD = "The password given is not the current password"
-# A taken username and a look-alike of one, whatever OMS holds it (docs/security-names.md): one
+# A taken username and a look-alike of one, whatever OMS holds it (docs/rules.md, "Usernames"): one
 # text, so an Operator learns nothing of what another OMS holds, nor which of the two it was.
 USERNAME_NOT_AVAILABLE = "That username is not available"
 MUST_SET_QUESTIONS = (
@@ -106,7 +106,7 @@ ENROLMENT_NEEDS_CONNECTION = (
     "EnableGoogle2FA needs a WebSocket connection: the code that proves it follows on the same"
     " connection"
 )
-# Who may do what (docs/security-authority.md, "Fresh proof for account-security changes").
+# Who may do what (docs/rules.md, "Fresh proof for account-security changes").
 CONFIRM_PASSWORD = "Confirm your password first: log in again on this connection"
 AUTHORITY_GONE = (
     "Your session ended or lost the permission this needs meanwhile; nothing was changed"

@@ -1,5 +1,5 @@
 """The client's address behind trusted proxies (docs/operations.md, "Behind a proxy:
-trusted_proxies"): sans-I/O, headers in, an address out.
+trusted_proxies and proxy_header"): sans-I/O, headers in, an address out.
 
 From a peer in ``trusted_proxies`` the client is the right-most entry of the one header the
 deployment's proxies write (``proxy_header``: ``X-Forwarded-For`` or RFC 7239 ``Forwarded:

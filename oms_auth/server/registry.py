@@ -19,7 +19,8 @@ the session the connection holds and to its pending second step.
 A new session also sets what the connection itself proved, from the login's
 :class:`~oms_auth.engine.sessions.Proof` (``_PROVED``): when it proved the password, and when a TOTP
 code was accepted on it. A session resumed by token or opened with an API key proved nothing here
-(fresh proof, docs/security-authority.md), and carries the key's permissions when it is a key's. The
+(fresh proof, docs/rules.md, "Fresh proof for account-security changes"),
+and carries the key's permissions when it is a key's. The
 engine reads these through the :class:`~oms_auth.engine.caller.Caller` the server builds from the
 connection; they change only here.
 """
