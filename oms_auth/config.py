@@ -50,6 +50,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10000  # per node
     max_connections_per_source: int = 256
     max_in_flight_per_connection: int = 64
+    # The frames of the requests in flight on all connections of a node together (64 MiB): each
+    # connection's count is bounded above, but a count times a frame's size times connections
+    # is not a memory bound; past it a request is refused 101 until others end.
+    max_in_flight_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 64 * 1024 * 1024
     max_requests_per_second: float = 500  # requests and client pings alike
     # What may wait unsent for one peer (answers, events, pongs): past it the peer is not
     # reading and is disconnected, so a node's memory stays within its caps' worth. Above the

@@ -392,3 +392,29 @@ async def test_one_address_cannot_hold_descriptors_past_twice_its_cap(limited: A
     await eventually(
         lambda: (admission.open, admission.by_source, admission.waiting) == (0, {}, {})
     )
+
+
+@pytest.mark.parametrize("limited", [{"max_in_flight_bytes": 131072}], indirect=True)
+async def test_the_bytes_of_requests_in_flight_are_bounded_per_node(limited: App) -> None:
+    """Each connection's requests in flight are counted, but a count times a frame's size
+    times connections is no memory bound: past the node's byte budget a request is refused
+    at once (101, m=1), from any connection, until the requests holding it end."""
+    release = add_slow(limited)
+    pad = {"Pad": "x" * 30000}  # an unknown key: ignored by the function, held all the same
+    clients = [await Client.connect(limited.url) for _ in range(3)]
+    try:
+        held = [asyncio.create_task(c.call("Slow", pad)) for c in clients for _ in range(2)]
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(asyncio.shield(t), 1) for t in held), return_exceptions=True
+        )
+        refused = [a.o for a in answers if not isinstance(a, BaseException)]
+        assert len(refused) == 2 and all(r["errorcode"] == 101 for r in refused), refused
+        assert refused[0]["detail"].startswith("The server holds too many large requests")
+        assert (await clients[0].call("Ping")).o == {"msg": "PONG"}  # small ones still pass
+        release.set()
+        done = [(await t).o for t in held if not t.done() or "msg" in (t.result().o or {})]
+        assert done.count({"msg": "DONE"}) == 4
+        assert limited.gateway.in_flight_bytes == 0
+        assert (await clients[1].call("Slow", pad, timeout=2)).o == {"msg": "DONE"}
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))

@@ -52,6 +52,8 @@ class Gateway:
         self.registry = functions.registry
         self.connections: set[Conn] = set()
         self.proxies = Proxies(settings.trusted_networks(), settings.proxy_header)
+        # Bytes of the requests in flight on every connection (``max_in_flight_bytes``).
+        self.in_flight_bytes = 0
 
     # -- connection life ----------------------------------------------------------------------
 
@@ -139,7 +141,8 @@ class Gateway:
             await self.send(conn, routed.data)
             return
         frame, function, payload = routed.frame, routed.function, routed.payload
-        refusal = self._overloaded(conn)
+        size = len(data)
+        refusal = self._overloaded(conn, size)
         if refusal is not None:
             self.metrics.count(function.name, int(ErrorCode.OPERATION_FAILED))
             await self._reply(
@@ -160,9 +163,22 @@ class Gateway:
         task = asyncio.create_task(self._run(conn, frame, function, payload))
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
+        # The bytes a waiting request holds (its frame, its payload) count until it ends, so
+        # many connections with many large requests in flight stay within the node's budget.
+        self.in_flight_bytes += size
+        task.add_done_callback(lambda _: self._done_in_flight(size))
 
-    def _overloaded(self, conn: Conn) -> str | None:
+    def _done_in_flight(self, size: int) -> None:
+        self.in_flight_bytes -= size
+
+    def _overloaded(self, conn: Conn, size: int = 0) -> str | None:
         s = self.settings
+        if self.in_flight_bytes + size > s.max_in_flight_bytes:
+            self.metrics.event("requests_over_memory")
+            return (
+                "The server holds too many large requests in flight; try again in a moment "
+                f"(limit {s.max_in_flight_bytes} bytes per node)"
+            )
         if len(conn.tasks) >= s.max_in_flight_per_connection:
             return (
                 f"Too many requests in flight on this connection (limit "
