@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import secrets
 import ssl
 import time
@@ -45,6 +46,37 @@ from .tasks import cancel
 __all__ = ["App", "build_deps"]
 
 log = logging.getLogger("oms_auth")
+
+
+# Descriptors a node keeps for itself beside its connections: the store (a file and its WAL, or
+# a pool), the key, Maildir files being written, logs, listeners.
+RESERVED_DESCRIPTORS = 128
+
+
+def connections_within_descriptors(wanted: int) -> int:
+    """``max_connections`` as this process's descriptors allow. The soft RLIMIT_NOFILE is
+    raised to the hard one first; a node holds up to twice its connections' worth (each
+    admitted connection may have a refused one waiting to be told), so past that the cap is
+    lowered, saying so, rather than letting accept() fail and turn every client away."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # kept as it was: the cap below follows it
+    room = max(1, (soft - RESERVED_DESCRIPTORS) // 2)
+    if wanted > room:
+        log.warning(
+            "max_connections lowered from %d to %d: this process may open %d descriptors"
+            " (raise it with ulimit -n)",
+            wanted,
+            room,
+            soft,
+        )
+        return room
+    return wanted
 
 
 def _tls_context(s: Settings) -> ssl.SSLContext | None:
@@ -230,7 +262,10 @@ class App:
         """One port for WebSocket and HTTP, each connection within what a peer may cost."""
         s = self.settings
         self.admission = admission = Admission(
-            s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
+            connections_within_descriptors(s.max_connections),
+            s.max_connections_per_source,
+            proxies,
+            self.metrics.event,
         )
         return await serve(
             self.gateway.handle,

@@ -418,3 +418,59 @@ async def test_the_bytes_of_requests_in_flight_are_bounded_per_node(limited: App
         assert (await clients[1].call("Slow", pad, timeout=2)).o == {"msg": "DONE"}
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_a_node_with_few_descriptors_lowers_its_cap_and_refuses_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Under a 300-descriptor limit the default max_connections (10,000) cannot hold: the node
+    says so and caps itself within its descriptors, so a crowd from four addresses meets a
+    clean 1013 past the cap instead of failed accepts, and the node serves after it."""
+    import os
+    import re
+    import sys
+
+    from websockets.asyncio.client import connect
+
+    from .helpers import FAST
+
+    log = (tmp_path / "stderr").open("w+")
+    proc = await asyncio.create_subprocess_exec(
+        *("prlimit", "--nofile=300:300", sys.executable, "-m", "oms_auth.cli", "serve"),
+        *("--port", "0", "--db", str(tmp_path / "s.sqlite3"), "--mail", f"maildir:{tmp_path}/m"),
+        cwd=tmp_path,
+        env={**os.environ, **FAST},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = re.search(r"listening on (ws://\S+)", line)
+        assert url, line
+        outcomes: list[str] = []
+        held = []
+
+        async def one(address: str) -> None:
+            try:
+                ws = await connect(url[1], local_addr=(address, 0), open_timeout=10)
+                held.append(ws)
+                await ws.send('{"m":0,"i":0,"n":"Ping","o":"{}"}')
+                outcomes.append("ok" if "PONG" in str(await ws.recv()) else "?")
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else None
+                outcomes.append("1013" if code == 1013 else f"closed {code}")
+
+        await asyncio.gather(*(one(f"127.0.0.{n % 4 + 2}") for n in range(120)))
+        assert len(outcomes) == 120 and set(outcomes) <= {"ok", "1013"}, outcomes
+        assert 0 < outcomes.count("ok") <= (300 - 128) // 2
+        log.seek(0)
+        assert "max_connections lowered from 10000 to 86" in log.read()
+        await asyncio.gather(*(ws.close() for ws in held))
+        await asyncio.sleep(0.5)
+        async with await Client.connect(url[1]) as c:
+            assert (await c.call("Ping")).o == {"msg": "PONG"}
+    finally:
+        proc.terminate()
+        await proc.wait()
+        log.close()
