@@ -53,11 +53,33 @@ log = logging.getLogger("oms_auth")
 RESERVED_DESCRIPTORS = 128
 
 
-def connections_within_descriptors(wanted: int) -> int:
+DEFAULT_MAX_CONNECTIONS = 10000
+
+
+def connections_within_descriptors(wanted: int | None) -> int:
     """``max_connections`` as this process's descriptors allow. The soft RLIMIT_NOFILE is
     raised to the hard one first; a node holds up to twice its connections' worth (each
-    admitted connection may have a refused one waiting to be told), so past that the cap is
-    lowered, saying so, rather than letting accept() fail and turn every client away."""
+    admitted connection may have a refused one waiting to be told), so the cap is kept within
+    that rather than letting accept() fail and turn every client away: the default quietly,
+    a configured cap that does not fit lowered with a warning."""
+    room = _descriptor_room()
+    if wanted is None:
+        return min(DEFAULT_MAX_CONNECTIONS, room)
+    if wanted > room:
+        log.warning(
+            "max_connections lowered from %d to %d: this process may open %d descriptors"
+            " (raise it with ulimit -n)",
+            wanted,
+            room,
+            room * 2 + RESERVED_DESCRIPTORS,
+        )
+        return room
+    return wanted
+
+
+def _descriptor_room() -> int:
+    """How many connections fit twice in this process's descriptors, after raising the soft
+    limit to the hard one where it is lower."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
@@ -65,18 +87,8 @@ def connections_within_descriptors(wanted: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
         except (ValueError, OSError):
-            pass  # kept as it was: the cap below follows it
-    room = max(1, (soft - RESERVED_DESCRIPTORS) // 2)
-    if wanted > room:
-        log.warning(
-            "max_connections lowered from %d to %d: this process may open %d descriptors"
-            " (raise it with ulimit -n)",
-            wanted,
-            room,
-            soft,
-        )
-        return room
-    return wanted
+            pass  # kept as it was: the cap follows it
+    return max(1, (soft - RESERVED_DESCRIPTORS) // 2)
 
 
 def _tls_context(s: Settings) -> ssl.SSLContext | None:

@@ -47,7 +47,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_cert: str | None = None
     tls_key: str | None = None
     # Overload protection: refuse clearly rather than slow everyone down.
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10000  # per node
+    # Per node; unset: 10,000, or fewer where the process's descriptors could not hold twice
+    # that (app.connections_within_descriptors).
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_connections_per_source: int = 256
     max_in_flight_per_connection: int = 64
     # The frames of the requests in flight on all connections of a node together (64 MiB): each

@@ -423,9 +423,10 @@ async def test_the_bytes_of_requests_in_flight_are_bounded_per_node(limited: App
 async def test_a_node_with_few_descriptors_lowers_its_cap_and_refuses_cleanly(
     tmp_path: Path,
 ) -> None:
-    """Under a 300-descriptor limit the default max_connections (10,000) cannot hold: the node
-    says so and caps itself within its descriptors, so a crowd from four addresses meets a
-    clean 1013 past the cap instead of failed accepts, and the node serves after it."""
+    """Under a 300-descriptor limit a configured max_connections of 10,000 cannot hold: the
+    node says so and caps itself within its descriptors (the default does the same, quietly),
+    so a crowd from four addresses meets a clean 1013 past the cap instead of failed accepts,
+    and the node serves after it."""
     import os
     import re
     import sys
@@ -439,7 +440,7 @@ async def test_a_node_with_few_descriptors_lowers_its_cap_and_refuses_cleanly(
         *("prlimit", "--nofile=300:300", sys.executable, "-m", "oms_auth.cli", "serve"),
         *("--port", "0", "--db", str(tmp_path / "s.sqlite3"), "--mail", f"maildir:{tmp_path}/m"),
         cwd=tmp_path,
-        env={**os.environ, **FAST},
+        env={**os.environ, **FAST, "OMS_AUTH_MAX_CONNECTIONS": "10000"},
         stdout=asyncio.subprocess.PIPE,
         stderr=log,
     )
