@@ -32,7 +32,8 @@ from .mail.outbox import OutboxWorker, Transport, transport_for
 from .server.forwarded import Proxies
 from .server.functions import Functions
 from .server.http import HttpPages
-from .server.http_gateway import BodyConnection, HttpGateway
+from .server.http1 import PortConnection
+from .server.http_gateway import HttpGateway
 from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
@@ -231,17 +232,27 @@ class App:
         self.admission = admission = Admission(
             s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
         )
+        tls = _tls_context(s)
         return await serve(
             self.gateway.handle,
             s.host,
             s.port,
+            # Only requests that ask for an upgrade reach websockets; plain HTTP is read by
+            # h11, kept alive, bodies at most a frame's size (server/http1.py).
             process_request=self.http,
             process_response=self.http.finish,
-            # Counts every connection toward the caps, bounds what each costs, and reads
-            # POST bodies for the /AP/ gateway, at most a frame's size (server/transport.py).
-            create_connection=BodyConnection.configured(
-                admission=admission, max_body=s.max_frame_bytes
+            # Counts every connection toward the caps and bounds what each costs
+            # (server/transport.py).
+            create_connection=PortConnection.configured(
+                admission=admission,
+                pages=self.http,
+                max_body=s.max_frame_bytes,
+                idle_seconds=s.http_idle_seconds,
+                rate=s.max_requests_per_second,
             ),
+            # A connection may serve HTTP requests for a while before one asks for a
+            # WebSocket: PortConnection's deadline bounds the wait for each request instead.
+            open_timeout=None,
             # Past this much unsent for one peer, it is dropped (GuardedConnection).
             write_limit=s.max_pending_output_bytes,
             server_header=None,
@@ -259,7 +270,9 @@ class App:
             ],
             ping_interval=s.ping_interval_seconds or None,
             ping_timeout=s.ping_timeout_seconds or None,
-            ssl=_tls_context(s),
+            ssl=tls,
+            # What open_timeout would have given the TLS handshake (only meaningful with TLS).
+            **({"ssl_handshake_timeout": 10} if tls is not None else {}),
         )
 
     @property
@@ -312,7 +325,8 @@ class App:
         1001, then finish background work and close the store."""
         if self.server is not None:
             self.server.close(close_connections=False)
-            await self.gateway.drain(self.settings.shutdown_grace_seconds)
+            grace = self.settings.shutdown_grace_seconds
+            await asyncio.gather(self.gateway.drain(grace), self.http.drain(grace))
             await self.registry.flush()
             await self.server.wait_closed()
             self.server = None
