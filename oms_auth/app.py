@@ -8,6 +8,7 @@ import os
 import secrets
 import ssl
 import time
+from typing import Any
 
 from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -233,6 +234,8 @@ class App:
             s.max_connections, s.max_connections_per_source, proxies, self.metrics.event
         )
         tls = _tls_context(s)
+        # What open_timeout (None below) would have given the TLS handshake; only with TLS.
+        tls_timeout: dict[str, Any] = {"ssl_handshake_timeout": 10} if tls is not None else {}
         return await serve(
             self.gateway.handle,
             s.host,
@@ -271,8 +274,7 @@ class App:
             ping_interval=s.ping_interval_seconds or None,
             ping_timeout=s.ping_timeout_seconds or None,
             ssl=tls,
-            # What open_timeout would have given the TLS handshake (only meaningful with TLS).
-            **({"ssl_handshake_timeout": 10} if tls is not None else {}),
+            **tls_timeout,
         )
 
     @property

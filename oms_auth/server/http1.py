@@ -109,13 +109,15 @@ class PortConnection(GuardedConnection):
             return
         self._next()
 
-    def eof_received(self) -> bool | None:
+    # websockets types its own as returning None; asyncio's is bool | None.
+    def eof_received(self) -> bool | None:  # type: ignore[override]
         if self.handed_on or self.pages is None:
-            return super().eof_received()
+            super().eof_received()
+            return None
         self.h11.receive_data(b"")
         if self.busy is None:
             self._next()
-        return True  # a request being served still gets its answer
+        return True  # half-closed: a request being served still gets its answer
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -168,7 +170,9 @@ class PortConnection(GuardedConnection):
             self._send(self._too_long(), close=True)
 
     def _too_long(self) -> Response:
-        return refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"A body is at most {self.max_body} bytes")
+        return refused(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"A body is at most {self.max_body} bytes"
+        )
 
     def _dispatch(self) -> None:
         self._disarm()
@@ -211,9 +215,11 @@ class PortConnection(GuardedConnection):
             headers.append(("Keep-Alive", f"timeout={self.idle_seconds:g}"))
         try:
             status = answer.status_code
-            out = self.h11.send(h11.Response(status_code=status, headers=headers, reason=answer.reason_phrase))
+            out = self.h11.send(
+                h11.Response(status_code=status, headers=headers, reason=answer.reason_phrase)
+            )
             if answer.body and method != "HEAD":
-                out += self.h11.send(h11.Data(data=answer.body))
+                out += self.h11.send(h11.Data(data=bytes(answer.body)))
             out += self.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError:  # the client broke the exchange first
             self.transport.abort()
@@ -264,7 +270,10 @@ class PortConnection(GuardedConnection):
         if self.busy is not None or self.handed_on:
             return
         if self.h11.our_state is h11.SEND_RESPONSE:  # its head came, its body did not
-            self._send(refused(HTTPStatus.REQUEST_TIMEOUT, "The request did not arrive in time"), close=True)
+            self._send(
+                refused(HTTPStatus.REQUEST_TIMEOUT, "The request did not arrive in time"),
+                close=True,
+            )
         self.transport.close()
 
     def close_when_idle(self) -> None:
@@ -277,7 +286,9 @@ class PortConnection(GuardedConnection):
 
 def _request(event: h11.Request) -> Request:
     """h11's request as websockets' (the type every page takes)."""
-    headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()])
+    headers = Headers(
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
+    )
     return Request(
         event.target.decode("latin-1"),
         headers,
