@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,6 @@ from oms_auth.engine.deps import Clock
 from .helpers import PASSWORD, make_user, settings_for
 
 FAST = {"max_requests_per_second": 100000}
-
-
-@pytest.fixture
-async def served(
-    tmp_path: Path, clock: Clock, db: str, request: pytest.FixtureRequest
-) -> AsyncIterator[App]:
-    overrides: dict[str, Any] = {**FAST, **getattr(request, "param", {})}
-    app = App(settings_for(tmp_path, db=db, **overrides), clock=clock, login_delay=0)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 class Peer:
@@ -108,10 +94,11 @@ def unknown(n: int) -> str:
     return f"/AP/NoSuchFunction{n}"
 
 
-async def test_a_thousand_requests_on_one_connection_are_answered_in_order(served: App) -> None:
+@pytest.mark.parametrize("limited", [FAST], indirect=True)
+async def test_a_thousand_requests_on_one_connection_are_answered_in_order(limited: App) -> None:
     """Pipelined in batches of 100: a Ping and an unknown function (whose refusal names it) in
     turn, so an answer out of order shows."""
-    peer = await Peer.open(served)
+    peer = await Peer.open(limited)
     try:
         for batch in range(10):
             numbers = range(batch * 100, batch * 100 + 100)
@@ -125,19 +112,20 @@ async def test_a_thousand_requests_on_one_connection_are_answered_in_order(serve
                     assert head.status_code == 404, n
                     assert f"NoSuchFunction{n}'" in orjson.loads(body)["detail"]
                 assert header(head, "connection") is None  # kept
-        assert served.admission.open == 1
+        assert limited.admission.open == 1
     finally:
         peer.close()
 
 
+@pytest.mark.parametrize("limited", [FAST], indirect=True)
 async def test_a_requests_session_makes_a_thousand_calls_on_one_connection(
-    served: App, caplog: pytest.LogCaptureFixture
+    limited: App, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="urllib3")
 
     def calls() -> list[int]:
         with requests.Session() as session:
-            url = f"http://127.0.0.1:{served.port}/AP/Ping"
+            url = f"http://127.0.0.1:{limited.port}/AP/Ping"
             return [session.post(url, json={}, timeout=10).status_code for _ in range(1000)]
 
     assert await asyncio.to_thread(calls) == [200] * 1000
@@ -146,12 +134,12 @@ async def test_a_requests_session_makes_a_thousand_calls_on_one_connection(
 
 
 async def test_a_requests_session_makes_mixed_calls_with_no_failure_and_its_logout_ends_it(
-    served: App,
+    limited: App,
 ) -> None:
-    await make_user(served.deps, "alice")
+    await make_user(limited.deps, "alice")
 
     def calls() -> tuple[list[int], int, dict[str, Any]]:
-        base = f"http://127.0.0.1:{served.port}/AP"
+        base = f"http://127.0.0.1:{limited.port}/AP"
         with requests.Session() as s:
             login = s.get(f"{base}/Authenticate", auth=("alice", PASSWORD), timeout=10).json()
             s.headers["aptoken"] = login["SessionToken"]
@@ -174,13 +162,13 @@ async def test_a_requests_session_makes_mixed_calls_with_no_failure_and_its_logo
 
 
 async def test_connection_close_and_http_1_0_end_the_connection_after_their_answer(
-    served: App,
+    limited: App,
 ) -> None:
     for request in (
         b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /AP/Ping HTTP/1.0\r\n\r\n",
     ):
-        peer = await Peer.open(served)
+        peer = await Peer.open(limited)
         try:
             peer.writer.write(request + b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\n\r\n")
             raw = await asyncio.wait_for(peer.reader.read(), 10)  # read to the end
@@ -190,11 +178,11 @@ async def test_connection_close_and_http_1_0_end_the_connection_after_their_answ
         assert b"\r\nconnection: close\r\n" in raw.lower()
 
 
-@pytest.mark.parametrize("served", [{"http_idle_seconds": 0.5}], indirect=True)
+@pytest.mark.parametrize("limited", [{"http_idle_seconds": 0.5}], indirect=True)
 async def test_an_idle_connection_is_closed_after_http_idle_seconds_as_announced(
-    served: App,
+    limited: App,
 ) -> None:
-    peer = await Peer.open(served)
+    peer = await Peer.open(limited)
     try:
         peer.writer.write(peer.request("GET", "/AP/Ping"))
         head, _ = await peer.answer()
@@ -205,14 +193,14 @@ async def test_an_idle_connection_is_closed_after_http_idle_seconds_as_announced
     finally:
         peer.close()
     await asyncio.sleep(0.1)
-    assert served.admission.open == 0
+    assert limited.admission.open == 0
 
 
-@pytest.mark.parametrize("served", [{"http_idle_seconds": 0.5}], indirect=True)
+@pytest.mark.parametrize("limited", [{"http_idle_seconds": 0.5}], indirect=True)
 async def test_a_body_still_arriving_after_http_idle_seconds_is_408_with_connection_close(
-    served: App,
+    limited: App,
 ) -> None:
-    peer = await Peer.open(served)
+    peer = await Peer.open(limited)
     try:
         peer.writer.write(b"POST /AP/Ping HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
         raw = await asyncio.wait_for(peer.reader.read(), 5)
@@ -221,10 +209,10 @@ async def test_a_body_still_arriving_after_http_idle_seconds_is_408_with_connect
     assert raw.startswith(b"HTTP/1.1 408") and b"\r\nconnection: close\r\n" in raw.lower()
 
 
-@pytest.mark.parametrize("served", [{"http_idle_seconds": 0.5}], indirect=True)
-async def test_a_slow_client_cannot_hold_a_connection_past_the_idle_time(served: App) -> None:
+@pytest.mark.parametrize("limited", [{"http_idle_seconds": 0.5}], indirect=True)
+async def test_a_slow_client_cannot_hold_a_connection_past_the_idle_time(limited: App) -> None:
     """A head trickling in a byte at a time, always sending something: closed all the same."""
-    peer = await Peer.open(served)
+    peer = await Peer.open(limited)
     started = time.monotonic()
     try:
         for byte in b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
@@ -240,14 +228,14 @@ async def test_a_slow_client_cannot_hold_a_connection_past_the_idle_time(served:
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize("served", [{"max_connections_per_source": 2}], indirect=True)
-async def test_kept_alive_connections_count_toward_the_caps(served: App) -> None:
-    kept = [await Peer.open(served, "127.0.0.5") for _ in range(2)]
+@pytest.mark.parametrize("limited", [{"max_connections_per_source": 2}], indirect=True)
+async def test_kept_alive_connections_count_toward_the_caps(limited: App) -> None:
+    kept = [await Peer.open(limited, "127.0.0.5") for _ in range(2)]
     try:
         for peer in kept:
             peer.writer.write(peer.request("GET", "/AP/Ping"))
             assert (await peer.answer())[0].status_code == 200
-        third = await Peer.open(served, "127.0.0.5")
+        third = await Peer.open(limited, "127.0.0.5")
         third.writer.write(third.request("GET", "/AP/Ping"))
         head, body = await third.answer()
         third.close()
@@ -255,7 +243,7 @@ async def test_kept_alive_connections_count_toward_the_caps(served: App) -> None
         assert orjson.loads(body)["errorcode"] == 101
         kept.pop().close()
         await asyncio.sleep(0.1)
-        again = await Peer.open(served, "127.0.0.5")
+        again = await Peer.open(limited, "127.0.0.5")
         kept.append(again)
         again.writer.write(again.request("GET", "/AP/Ping"))
         assert (await again.answer())[0].status_code == 200
@@ -264,9 +252,9 @@ async def test_kept_alive_connections_count_toward_the_caps(served: App) -> None
             peer.close()
 
 
-@pytest.mark.parametrize("served", [{"max_requests_per_second": 20}], indirect=True)
-async def test_requests_on_one_connection_take_from_its_budget(served: App) -> None:
-    peer = await Peer.open(served)
+@pytest.mark.parametrize("limited", [{"max_requests_per_second": 20}], indirect=True)
+async def test_requests_on_one_connection_take_from_its_budget(limited: App) -> None:
+    peer = await Peer.open(limited)
     try:
         peer.writer.write(b"".join(peer.request("GET", "/AP/Ping") for _ in range(40)))
         statuses = [(await peer.answer())[0].status_code for _ in range(40)]
@@ -276,13 +264,13 @@ async def test_requests_on_one_connection_take_from_its_budget(served: App) -> N
 
 
 async def test_a_websocket_upgrade_after_plain_requests_on_the_same_connection_works(
-    served: App,
+    limited: App,
 ) -> None:
-    peer = await Peer.open(served)
+    peer = await Peer.open(limited)
     try:
         peer.writer.write(peer.request("GET", "/healthz"))
         assert (await peer.answer())[0].status_code == 200
-        ws = ClientProtocol(parse_uri(served.url))
+        ws = ClientProtocol(parse_uri(limited.url))
         ws.send_request(ws.connect())
         peer.writer.write(b"".join(ws.data_to_send()))
         while ws.state is not State.OPEN:
