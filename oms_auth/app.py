@@ -218,7 +218,7 @@ class App:
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS, proxies, tls=s.tls)
         self.http.extra_metrics = self._store_metrics
         self.http.mail_writable = transport.writable
-        self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
+        self.http.api = HttpGateway(self.gateway, self.sessions)
         self.server = await self._listen(proxies)
         # Known only now: port 0 picks a port at bind time, and links must carry the real one.
         self._public_url = s.resolved_public_url(self.port)

@@ -73,12 +73,11 @@ _any_json = msgspec.json.Decoder()
 class HttpGateway:
     """Answers ``/AP/{Function}`` requests (GET and POST)."""
 
-    def __init__(self, gateway: Gateway, sessions: Sessions, max_body: int) -> None:
+    def __init__(self, gateway: Gateway, sessions: Sessions) -> None:
         self.gateway = gateway
         self.functions: Functions = gateway.functions
         self.sessions = sessions
         self.registry = gateway.registry
-        self.max_body = max_body
 
     async def __call__(
         self, ws: ServerConnection, request: Request, source: str, body: bytes = b""
