@@ -9,6 +9,7 @@ import resource
 import secrets
 import ssl
 import time
+from typing import Any
 
 from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -33,7 +34,8 @@ from .mail.outbox import OutboxWorker, Transport, transport_for
 from .server.forwarded import Proxies
 from .server.functions import Functions
 from .server.http import HttpPages
-from .server.http_gateway import BodyConnection, HttpGateway
+from .server.http1 import PortConnection
+from .server.http_gateway import HttpGateway
 from .server.metrics import Metrics
 from .server.page import ResetPage
 from .server.registry import Registry
@@ -261,7 +263,7 @@ class App:
         self.http = HttpPages(deps.store, self.metrics, WS_PATHS, proxies, tls=s.tls)
         self.http.extra_metrics = self._store_metrics
         self.http.mail_writable = transport.writable
-        self.http.api = HttpGateway(self.gateway, self.sessions, s.max_frame_bytes)
+        self.http.api = HttpGateway(self.gateway, self.sessions)
         self.server = await self._listen(proxies)
         # Known only now: port 0 picks a port at bind time, and links must carry the real one.
         self._public_url = s.resolved_public_url(self.port)
@@ -279,17 +281,29 @@ class App:
             proxies,
             self.metrics.event,
         )
+        tls = _tls_context(s)
+        # What open_timeout (None below) would have given the TLS handshake; only with TLS.
+        tls_timeout: dict[str, Any] = {"ssl_handshake_timeout": 10} if tls is not None else {}
         return await serve(
             self.gateway.handle,
             s.host,
             s.port,
+            # Only requests that ask for an upgrade reach websockets; plain HTTP is read by
+            # h11, kept alive, bodies at most a frame's size (server/http1.py).
             process_request=self.http,
             process_response=self.http.finish,
-            # Counts every connection toward the caps, bounds what each costs, and reads
-            # POST bodies for the /AP/ gateway, at most a frame's size (server/transport.py).
-            create_connection=BodyConnection.configured(
-                admission=admission, max_body=s.max_frame_bytes
+            # Counts every connection toward the caps and bounds what each costs
+            # (server/transport.py).
+            create_connection=PortConnection.configured(
+                admission=admission,
+                pages=self.http,
+                max_body=s.max_frame_bytes,
+                idle_seconds=s.http_idle_seconds,
+                rate=s.max_requests_per_second,
             ),
+            # A connection may serve HTTP requests for a while before one asks for a
+            # WebSocket: PortConnection's deadline bounds the wait for each request instead.
+            open_timeout=None,
             # Past this much unsent for one peer, it is dropped (GuardedConnection).
             write_limit=s.max_pending_output_bytes,
             server_header=None,
@@ -307,7 +321,8 @@ class App:
             ],
             ping_interval=s.ping_interval_seconds or None,
             ping_timeout=s.ping_timeout_seconds or None,
-            ssl=_tls_context(s),
+            ssl=tls,
+            **tls_timeout,
         )
 
     @property
@@ -360,7 +375,8 @@ class App:
         1001, then finish background work and close the store."""
         if self.server is not None:
             self.server.close(close_connections=False)
-            await self.gateway.drain(self.settings.shutdown_grace_seconds)
+            grace = self.settings.shutdown_grace_seconds
+            await asyncio.gather(self.gateway.drain(grace), self.http.drain(grace))
             await self.registry.flush()
             await self.server.wait_closed()
             self.server = None

@@ -5,7 +5,9 @@
 - ``saturation``: paced Ping on an idle server, then while ResetPassword2 keeps every hash
   worker busy, A B;
 - ``idle``: RSS with many idle authenticated connections, against the ceiling's;
-- ``startup``: spawn to the listening line, on a fresh store.
+- ``startup``: spawn to the listening line, on a fresh store;
+- ``keepalive``: ``/AP/Ping`` over one kept-alive HTTP connection against WebSocket Ping, as a
+  ratio (:mod:`scripts.bench_keepalive`).
 
 Each case appends :class:`~scripts.bench_report.Row` values; the figures come from the load
 generator (``scripts.bench_load``) in its own process.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ._bench_util import cpu_seconds, rss_bytes
+from .bench_keepalive import keepalive_case
 from .bench_procs import (
     PROCS,
     Server,
@@ -76,7 +79,17 @@ ONLY = {  # --only keys, by case
     "ResetPassword (self-service)": "selfservice",
     "ResetPassword2": "reset2",
 }
-ALL_CASES = ("ping", "auth", "reset2", "saturation", "reset", "selfservice", "idle", "startup")
+ALL_CASES = (
+    "ping",
+    "auth",
+    "reset2",
+    "saturation",
+    "reset",
+    "selfservice",
+    "idle",
+    "startup",
+    "keepalive",
+)
 # Cases that leave mail behind: the server's CPU is counted until the outbox is empty again, so
 # a figure per reset includes its delivery, and the backlog at the end says whether delivery
 # kept up.
@@ -114,6 +127,8 @@ def run_loop(opts: Options, loop: str, rows: list[Row], notes: list[str]) -> Non
             _memory_case(opts, loop, tmp / "idle", rows)
         if "startup" in opts.only:
             _startup_case(opts, loop, tmp / "startup", rows)
+        if "keepalive" in opts.only:
+            rows.append(keepalive_case(loop, tmp / "keepalive", opts.duration, opts.server_env))
     finally:
         if opts.keep:
             log(f"kept {tmp}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,17 @@ async def client(app: App) -> AsyncIterator[Client]:
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+async def limited(
+    tmp_path: Path, clock: Clock, db: str, request: pytest.FixtureRequest
+) -> AsyncIterator[App]:
+    """A running app with the settings the test names (``indirect`` parametrisation)."""
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    app = App(settings_for(tmp_path, db=db, **overrides), clock=clock, login_delay=0)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()

@@ -164,7 +164,7 @@ async def post_via(app: App, peer: str, path: str, body: bytes, **headers: str) 
     """One HTTP POST from ``peer`` (bound to that local address); the JSON answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port, local_addr=(peer, 0))
     head = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
+    head += ["Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()

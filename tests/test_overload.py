@@ -26,19 +26,6 @@ from .helpers import Clock, ServerProcess, eventually, settings_for
 from .test_deployment import private_ca
 
 
-@pytest.fixture
-async def limited(
-    tmp_path: Path, clock: Clock, db: str, request: pytest.FixtureRequest
-) -> AsyncIterator[App]:
-    overrides: dict[str, Any] = getattr(request, "param", {})
-    app = App(settings_for(tmp_path, db=db, **overrides), clock=clock, login_delay=0)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
-
-
 def add_slow(app: App) -> asyncio.Event:
     release = asyncio.Event()
 

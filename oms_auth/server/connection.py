@@ -6,20 +6,50 @@ import asyncio
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 
 from ..engine.accounts import Enrolment
 from ..store import User
 from .forwarded import NO_PROXIES, Proxies
 
-__all__ = ["Conn", "source_of"]
+__all__ = ["Budget", "Conn", "source_of"]
 
 
-def source_of(ws: ServerConnection, proxies: Proxies = NO_PROXIES) -> str:
+def source_of(
+    ws: ServerConnection, proxies: Proxies = NO_PROXIES, headers: Headers | None = None
+) -> str:
     """The client's address, as every per-address rule and the audit trail know it: the peer,
-    or behind a trusted proxy the client it forwards for (:mod:`.forwarded`)."""
+    or behind a trusted proxy the client it forwards for (:mod:`.forwarded`), as ``headers``
+    (one HTTP request's; by default the WebSocket handshake's) name it."""
     peer = ws.remote_address
     address = str(peer[0]) if peer else "unknown"
-    return proxies.client(address, ws.request.headers if ws.request is not None else None)
+    if headers is None and ws.request is not None:
+        headers = ws.request.headers
+    return proxies.client(address, headers)
+
+
+class Budget:
+    """A connection's requests-per-second token bucket: starts full, holds up to one second's
+    worth."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self) -> None:
+        self.tokens = -1.0
+        self.at = 0.0
+
+    def take(self, now: float, rate: float) -> bool:
+        """One request's worth from a bucket refilled at ``rate`` per second; False when
+        empty."""
+        if self.tokens < 0:
+            self.tokens = rate
+        else:
+            self.tokens = min(rate, self.tokens + (now - self.at) * rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class Conn:
@@ -44,8 +74,7 @@ class Conn:
         "idle_timer",
         "closed",
         "tasks",
-        "tokens",
-        "tokens_at",
+        "budget",
     )
 
     def __init__(self, ws: ServerConnection, source: str, *, lasting: bool = True) -> None:
@@ -77,19 +106,7 @@ class Conn:
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
-        # Request-rate token bucket: starts full.
-        self.tokens = -1.0
-        self.tokens_at = 0.0
+        self.budget = Budget()  # requests per second
 
     def take_token(self, now: float, rate: float) -> bool:
-        """One request's worth from a bucket refilled at ``rate`` per second, holding up to
-        one second's worth; False when empty."""
-        if self.tokens < 0:
-            self.tokens = rate
-        else:
-            self.tokens = min(rate, self.tokens + (now - self.tokens_at) * rate)
-        self.tokens_at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+        return self.budget.take(now, rate)

@@ -1,9 +1,11 @@
-"""Plain HTTP beside the WebSocket, through websockets' ``process_request`` hook.
+"""Plain HTTP beside the WebSocket: the pages and the /AP/ gateway's place among them.
 
-Only GET and HEAD are served; a WebSocket upgrade on a gateway path is passed through. A
-connection past a connection cap (:mod:`.transport`) is answered 503 with a 101 standard
-response. Every answer, through the ``process_response`` hook (:meth:`HttpPages.finish`), says
-``Connection: close`` (the connection closes after it) and, under TLS, carries HSTS.
+Requests come from :mod:`.http1` (h11, kept alive), and from websockets' ``process_request``
+hook for a request that asked for a WebSocket upgrade: one on a gateway path is passed through,
+any other is answered as a page and, through the ``process_response`` hook
+(:meth:`HttpPages.finish`), says ``Connection: close``. Only GET and HEAD are served (GET and
+POST on /AP/). A connection past a connection cap (:mod:`.transport`) is answered 503 with a
+101 standard response. Under TLS every answer carries HSTS.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 import msgspec
 from websockets.asyncio.server import ServerConnection
@@ -25,7 +28,7 @@ from .forwarded import NO_PROXIES, Proxies
 from .metrics import Metrics
 from .transport import refusal_of
 
-__all__ = ["HttpPages", "HSTS"]
+__all__ = ["HttpPages", "HSTS", "busy", "refused", "text"]
 
 Page = Callable[[Request], Awaitable[Response]]
 HSTS = "max-age=31536000"  # a year: browsers keep to HTTPS for this host (SPEC section 2b)
@@ -66,7 +69,10 @@ class HttpPages:
         self.proxies = proxies  # whose forwarding header names the client
         self.tls = tls
         # The /AP/ gateway (http_gateway.HttpGateway), when the app installs one.
-        self.api: Callable[[ServerConnection, Request, str], Awaitable[Response]] | None = None
+        self.api: Callable[[ServerConnection, Request, str, bytes], Awaitable[Response]] | None
+        self.api = None
+        # Connections reading plain HTTP (http1.PortConnection), closed on the way down.
+        self.connections: set[Any] = set()
         self.pages: dict[str, Page] = {
             "/healthz": self.healthz,
             "/metrics": self.render_metrics,
@@ -81,19 +87,26 @@ class HttpPages:
         self.pages[path] = page
 
     async def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
+        """websockets' ``process_request``: a request that asked for an upgrade."""
         path, _, _ = request.path.partition("?")
         # Any header may come twice: read as a list, never as the one value it should be.
         upgrade = any("websocket" in v.lower() for v in request.headers.get_all("Upgrade"))
-        gateway = path.lower() in self.ws_paths
-        if upgrade and gateway and request.method == "GET":
+        if upgrade and path.lower() in self.ws_paths and request.method == "GET":
             return None  # the gateway closes one past a cap with 1013
-        refused = refusal_of(conn)
-        if refused is not None:
-            return _busy(refused)
+        return await self.answer(conn, request)
+
+    async def answer(self, conn: ServerConnection, request: Request, body: bytes = b"") -> Response:
+        """The answer to one plain request (``body``: a POST's, as read)."""
+        path, _, _ = request.path.partition("?")
+        gateway = path.lower() in self.ws_paths
+        refusal = refusal_of(conn)
+        if refusal is not None:
+            return busy(refusal)
         if self.api is not None and path.lower().startswith("/ap/"):
             if request.method not in ("GET", "POST"):  # HEAD too: a function must not run
                 return text(HTTPStatus.METHOD_NOT_ALLOWED, "/AP/ takes GET and POST\n")
-            return await self.api(conn, request, source_of(conn, self.proxies))
+            source = source_of(conn, self.proxies, request.headers)
+            return await self.api(conn, request, source, body)
         if request.method not in ("GET", "HEAD"):
             return text(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here\n")
         page = self.pages.get(path)
@@ -112,7 +125,18 @@ class HttpPages:
         if answer.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
             if "Connection" in headers:
                 del headers["Connection"]
-            headers["Connection"] = "close"  # as it does: one request per connection
+            headers["Connection"] = "close"  # websockets closes after a handshake it refused
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: idle HTTP connections close now, busy ones after their answer (which says
+        ``Connection: close``), within ``grace`` seconds."""
+        busy = []
+        for conn in list(self.connections):
+            conn.close_when_idle()
+            if conn.busy is not None:
+                busy.append(conn.busy)
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
 
     async def no_content(self, request: Request) -> Response:
         return response(HTTPStatus.NO_CONTENT, b"", "text/plain")
@@ -144,12 +168,18 @@ class HttpPages:
         return response(HTTPStatus.OK, body, "text/plain; version=0.0.4; charset=utf-8")
 
 
-def _busy(reason: str) -> Response:
-    """A request on a connection past a cap; ``reason`` as a WebSocket would be told."""
+def busy(reason: str, status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE) -> Response:
+    """A request on a connection past a cap or its budget; ``reason`` as a WebSocket would be
+    told, as a 101 standard response."""
     detail = f"{reason[:1].upper()}{reason[1:]}; try again later"
     refusal = StandardResponse.failure(ErrorCode.OPERATION_FAILED, detail)
-    body = msgspec.json.encode(refusal)
-    return response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
+    return response(status, msgspec.json.encode(refusal), "application/json")
+
+
+def refused(status: HTTPStatus, detail: str) -> Response:
+    """A request refused for its form: ``status`` with a 100 standard response."""
+    refusal = StandardResponse.failure(ErrorCode.INVALID_REQUEST, detail)
+    return response(status, msgspec.json.encode(refusal), "application/json")
 
 
 def _headless(answer: Response) -> Response:

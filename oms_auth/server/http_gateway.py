@@ -10,17 +10,12 @@ Authentication, per request: the header ``APToken: <SessionToken>`` resumes a se
 ``GET /AP/Authenticate`` with HTTP Basic credentials is AuthenticateUser; ``/AP/Authenticate2FA``
 with the header ``Pending2FaToken`` finishes a TOTP login.
 
-Bodies: websockets reads only a request's head on its own port, so :class:`BodyConnection`
-(the connection class the server is built with) keeps the bytes after the head of a request
-that declares a ``Content-Length`` aside for the gateway instead of handing them to the
-WebSocket frame parser; the response is sent and the connection closed, as for every plain HTTP
-request on this port. A body must declare its length once (a chunked one is answered 411, two
-lengths 400, neither read) and stays within the frame size limit.
+Bodies (read by :mod:`.http1`, within the frame size limit): a POST's JSON object; an empty
+body means ``{}``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -42,19 +37,16 @@ from ..errors import server_error
 from ..logs import request_context
 from .connection import Conn
 from .functions import Function, Functions, login_reply
-from .http import response
-from .transport import GuardedConnection
+from .http import refused, response
 from .ws import Gateway
 
-__all__ = ["BodyConnection", "HttpGateway", "AP_PREFIX"]
+__all__ = ["HttpGateway", "AP_PREFIX"]
 
 AP_PREFIX = "/ap/"
-_HEAD_END = b"\r\n\r\n"
-_MAX_HEAD = 65536
 # Per-request API-key authentication (SPEC section 2b), as the signature covers them.
 _SIGNATURE_HEADERS = ("Nonce", "APIKey", "Signature", "UserId")
 # Headers a request names at most once: with two, which one counts would be left to chance
-# (and websockets raises on reading either). Content-Length: see BodyConnection.
+# (and websockets raises on reading either). Content-Length: h11 refuses two that differ.
 _ONCE = ("APToken", *_SIGNATURE_HEADERS, "Authorization", "Pending2FaToken")
 _SECRET_HEADERS = ("APToken", "Signature", "Authorization", "Pending2FaToken")
 # Payload fields carrying a password, an answer, a reset code or a session token: a function
@@ -78,123 +70,25 @@ _encode = msgspec.json.Encoder().encode
 _any_json = msgspec.json.Decoder()
 
 
-class BodyConnection(GuardedConnection):
-    """A server connection that sets aside the body of a plain HTTP request (see module).
-
-    Bounded: a body declared longer than ``max_body`` is not taken (websockets refuses the
-    request), a request asking for a WebSocket upgrade is never read as having a body, and bytes
-    past the declared length end the connection. A head naming ``Content-Length`` twice has
-    no body we could trust: none is read, and the gateway answers 400."""
-
-    max_body = 65536  # the app makes a subclass with its own limit (``configured``)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head: bytearray | None = bytearray()  # None once the head was handed on
-        self.body: bytearray | None = None  # set once a head declaring a body has been read
-        self.body_length = 0
-        self.body_complete = asyncio.Event()
-        self.too_long = False  # a body declared past max_body: answered 413, never read
-        self.length_twice = False  # Content-Length named twice: answered 400, never read
-        self.unframed = False  # Transfer-Encoding (chunked): answered 411, never read
-
-    def data_received(self, data: bytes) -> None:
-        if self.body is not None:
-            self._add_to_body(data)
-            return
-        if self._head is None:
-            super().data_received(data)
-            return
-        seen = len(self._head)
-        self._head += data
-        end = self._head.find(_HEAD_END, max(0, seen - len(_HEAD_END) + 1))
-        if end < 0:
-            if len(self._head) > _MAX_HEAD:  # let websockets refuse a head this long
-                head, self._head = bytes(self._head), None
-                super().data_received(head)
-            return
-        head, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
-        self._head = None
-        self._on_head(head, rest)
-
-    def _on_head(self, head: bytes, rest: bytes) -> None:
-        if _values(head, b"upgrade"):
-            # websockets reads it all as usual (and refuses an upgrade that declares a body).
-            super().data_received(head + rest)
-            return
-        lengths = [_body_length(value) for value in _values(head, b"content-length")]
-        self.length_twice = len(lengths) > 1
-        # A body framed otherwise (chunked) is not read: answered 411, its bytes dropped.
-        self.unframed = bool(_values(head, b"transfer-encoding"))
-        if not (self.length_twice or self.unframed or (lengths and lengths[0])):
-            super().data_received(head + rest)  # no body: websockets reads it as usual
-            return
-        length = (lengths[0] or 0) if lengths else 0
-        if self.length_twice or self.unframed or length > self.max_body:
-            self.too_long, length = True, 0  # its bytes are dropped as they come
-        # websockets refuses a request whose head declares a body: it is handed the head with
-        # the framing taken out, and the body stays here.
-        self.body, self.body_length = bytearray(), length
-        super().data_received(_without(head, (b"content-length", b"transfer-encoding")))
-        self._add_to_body(rest)
-
-    def _add_to_body(self, data: bytes) -> None:
-        assert self.body is not None
-        if self.too_long:
-            return
-        room = self.body_length - len(self.body)
-        if len(data) > room:  # more than it declared: not a client to read further
-            self.transport.abort()
-            data = data[:room]
-        self.body += data
-        if len(self.body) >= self.body_length:
-            self.body_complete.set()
-
-
-def _values(head: bytes, name: bytes) -> list[bytes]:
-    """The values of every line of ``head`` naming header ``name`` (lower case)."""
-    values = []
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            values.append(value.strip())
-    return values
-
-
-def _without(head: bytes, names: tuple[bytes, ...]) -> bytes:
-    kept = [
-        line for line in head.split(b"\r\n") if line.partition(b":")[0].strip().lower() not in names
-    ]
-    return b"\r\n".join(kept)
-
-
-def _body_length(value: bytes) -> int | None:
-    """A Content-Length as a body length (None: no body, or not a number websockets takes)."""
-    try:
-        length = int(value)
-    except ValueError:
-        return None
-    return length if length > 0 else None
-
-
 class HttpGateway:
     """Answers ``/AP/{Function}`` requests (GET and POST)."""
 
-    def __init__(self, gateway: Gateway, sessions: Sessions, max_body: int) -> None:
+    def __init__(self, gateway: Gateway, sessions: Sessions) -> None:
         self.gateway = gateway
         self.functions: Functions = gateway.functions
         self.sessions = sessions
         self.registry = gateway.registry
-        self.max_body = max_body
 
-    async def __call__(self, ws: ServerConnection, request: Request, source: str) -> Response:
+    async def __call__(
+        self, ws: ServerConnection, request: Request, source: str, body: bytes = b""
+    ) -> Response:
         path, _, query = request.path.partition("?")
         name = path[len(AP_PREFIX) :].strip("/")
-        twice = _named_twice(ws, request.headers)
+        twice = _named_twice(request.headers)
         if twice is not None:
-            return _refused(HTTPStatus.BAD_REQUEST, f"The header {twice} may be sent only once")
+            return refused(HTTPStatus.BAD_REQUEST, f"The header {twice} may be sent only once")
         if request.method == "POST":
-            payload = await self._body(ws)
+            payload = _body(body)
             if isinstance(payload, Response):
                 return payload
         else:
@@ -298,35 +192,21 @@ class HttpGateway:
         login = await self.sessions.authenticate(username, password, conn.source)
         return login_reply(login)
 
-    async def _body(self, ws: ServerConnection) -> dict[str, Any] | Response:
-        body = getattr(ws, "body", None)
-        if body is None:
-            return {}  # no body (a POST without one means {})
-        length = ws.body_length  # type: ignore[attr-defined]
-        if ws.unframed:  # type: ignore[attr-defined]
-            detail = "A body must come with its Content-Length (chunked bodies are not read)"
-            return _refused(HTTPStatus.LENGTH_REQUIRED, detail)
-        if ws.too_long or length > self.max_body:  # type: ignore[attr-defined]
-            detail = f"A body is at most {self.max_body} bytes"
-            return _refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
-        try:
-            # Within websockets' own 10 s for the whole request, so this answer can go out.
-            await asyncio.wait_for(ws.body_complete.wait(), 5)  # type: ignore[attr-defined]
-        except TimeoutError:
-            return _refused(HTTPStatus.REQUEST_TIMEOUT, "The body did not arrive in time")
-        try:
-            doc = _any_json.decode(bytes(body[:length]))
-        except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth too
-            return _refused(HTTPStatus.BAD_REQUEST, "The body is not valid JSON")
-        if not isinstance(doc, dict):
-            return _refused(HTTPStatus.BAD_REQUEST, "The body must hold a JSON object")
-        return doc
+
+def _body(body: bytes) -> dict[str, Any] | Response:
+    if not body:
+        return {}  # a POST without a body means {}
+    try:
+        doc = _any_json.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth too
+        return refused(HTTPStatus.BAD_REQUEST, "The body is not valid JSON")
+    if not isinstance(doc, dict):
+        return refused(HTTPStatus.BAD_REQUEST, "The body must hold a JSON object")
+    return doc
 
 
-def _named_twice(ws: ServerConnection, headers: Headers) -> str | None:
+def _named_twice(headers: Headers) -> str | None:
     """The first header that must appear once and appears more often, else None."""
-    if getattr(ws, "length_twice", False):
-        return "Content-Length"
     return next((name for name in _ONCE if len(headers.get_all(name)) > 1), None)
 
 
@@ -347,7 +227,3 @@ def _folded(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _json(status: HTTPStatus, reply: object) -> Response:
     return response(status, _encode(reply), "application/json")
-
-
-def _refused(status: HTTPStatus, detail: str) -> Response:
-    return _json(status, StandardResponse.failure(ErrorCode.INVALID_REQUEST, detail))

@@ -1,0 +1,301 @@
+"""SPEC section 2b: HTTP/1.1 kept alive on the port. One connection carries any number of
+requests, answered in order (pipelined ones too); it closes only after an answer that says
+``Connection: close``, or once it has waited ``http_idle_seconds`` for a request; it still
+counts toward the connection caps. Answers are read with h11, as a client would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import h11
+import orjson
+import pytest
+import requests
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from oms_auth.app import App
+from oms_auth.engine.deps import Clock
+
+from .helpers import PASSWORD, make_user, settings_for
+
+FAST = {"max_requests_per_second": 100000}
+
+
+class Peer:
+    """One client connection that reads answers with h11."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, app: App, local: str = "127.0.0.1") -> Peer:
+        return cls(*await asyncio.open_connection("127.0.0.1", app.port, local_addr=(local, 0)))
+
+    @staticmethod
+    def request(method: str, target: str, body: bytes = b"", **headers: str) -> bytes:
+        """The bytes of one request, written by h11 (one connection per request: h11 itself
+        sends one at a time, and these are pipelined)."""
+        writer = h11.Connection(h11.CLIENT)
+        fields = [("Host", "x"), *headers.items()]
+        if method == "POST":
+            fields.append(("Content-Length", str(len(body))))
+        out = writer.send(h11.Request(method=method, target=target, headers=fields)) or b""
+        if body:
+            out += writer.send(h11.Data(data=body)) or b""
+        return out + (writer.send(h11.EndOfMessage()) or b"")
+
+    async def answer(self, timeout: float = 10) -> tuple[h11.Response, bytes]:
+        """The next answer (to a GET or POST): its head and body."""
+        if self.h11.our_state is h11.IDLE:  # the reader's side of the request sent
+            self.h11.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+            self.h11.send(h11.EndOfMessage())
+        head: h11.Response | None = None
+        body = b""
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                self.h11.receive_data(await asyncio.wait_for(self.reader.read(65536), timeout))
+            elif isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
+                return head, body
+            else:
+                raise AssertionError(f"the server closed: {event}")
+
+    async def closed_within(self, seconds: float) -> bool:
+        """Whether the server ends the connection (without another answer) within ``seconds``."""
+        try:
+            return await asyncio.wait_for(self.reader.read(), seconds) == b""
+        except (TimeoutError, ConnectionResetError):
+            return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def header(head: h11.Response, name: str) -> str | None:
+    values = [v.decode() for k, v in head.headers if k == name.lower().encode()]
+    return ", ".join(values) if values else None
+
+
+def unknown(n: int) -> str:
+    return f"/AP/NoSuchFunction{n}"
+
+
+@pytest.mark.parametrize("limited", [FAST], indirect=True)
+async def test_a_thousand_requests_on_one_connection_are_answered_in_order(limited: App) -> None:
+    """Pipelined in batches of 100: a Ping and an unknown function (whose refusal names it) in
+    turn, so an answer out of order shows."""
+    peer = await Peer.open(limited)
+    try:
+        for batch in range(10):
+            numbers = range(batch * 100, batch * 100 + 100)
+            targets = ["/AP/Ping" if n % 2 else unknown(n) for n in numbers]
+            peer.writer.write(b"".join(peer.request("GET", t) for t in targets))
+            for n in numbers:
+                head, body = await peer.answer()
+                if n % 2:
+                    assert (head.status_code, orjson.loads(body)) == (200, {"msg": "PONG"})
+                else:
+                    assert head.status_code == 404, n
+                    assert f"NoSuchFunction{n}'" in orjson.loads(body)["detail"]
+                assert header(head, "connection") is None  # kept
+        assert limited.admission.open == 1
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("limited", [FAST], indirect=True)
+async def test_a_requests_session_makes_a_thousand_calls_on_one_connection(
+    limited: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+
+    def calls() -> list[int]:
+        with requests.Session() as session:
+            url = f"http://127.0.0.1:{limited.port}/AP/Ping"
+            return [session.post(url, json={}, timeout=10).status_code for _ in range(1000)]
+
+    assert await asyncio.to_thread(calls) == [200] * 1000
+    opened = [r for r in caplog.records if "Starting new HTTP connection" in r.getMessage()]
+    assert len(opened) == 1
+
+
+async def test_a_requests_session_makes_mixed_calls_with_no_failure_and_its_logout_ends_it(
+    limited: App,
+) -> None:
+    await make_user(limited.deps, "alice")
+
+    def calls() -> tuple[list[int], int, dict[str, Any]]:
+        base = f"http://127.0.0.1:{limited.port}/AP"
+        with requests.Session() as s:
+            login = s.get(f"{base}/Authenticate", auth=("alice", PASSWORD), timeout=10).json()
+            s.headers["aptoken"] = login["SessionToken"]
+            statuses = []
+            for n in range(27):
+                if n % 3 == 0:
+                    r = s.post(f"{base}/GetUserInfo", json={}, timeout=10)
+                elif n % 3 == 1:
+                    r = s.get(f"{base}/Ping", timeout=10)
+                else:
+                    r = s.post(f"{base}/GetUserAPIKeys", json={"UserId": login["UserId"]})
+                statuses.append(r.status_code)
+            logout = s.post(f"{base}/LogOut", timeout=10)
+            after = s.post(f"{base}/GetUserInfo", json={}, timeout=10)
+            return [*statuses, logout.status_code], after.status_code, after.json()
+
+    statuses, after, refusal = await asyncio.to_thread(calls)
+    assert statuses == [200] * 28
+    assert (after, refusal["errorcode"]) == (401, 20)  # the session really ended
+
+
+async def test_connection_close_and_http_1_0_end_the_connection_after_their_answer(
+    limited: App,
+) -> None:
+    for request in (
+        b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /AP/Ping HTTP/1.0\r\n\r\n",
+    ):
+        peer = await Peer.open(limited)
+        try:
+            peer.writer.write(request + b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = await asyncio.wait_for(peer.reader.read(), 10)  # read to the end
+        finally:
+            peer.close()
+        assert raw.count(b"PONG") == 1, raw  # the second request is never answered
+        assert b"\r\nconnection: close\r\n" in raw.lower()
+
+
+@pytest.mark.parametrize("limited", [{"http_idle_seconds": 0.5}], indirect=True)
+async def test_an_idle_connection_is_closed_after_http_idle_seconds_as_announced(
+    limited: App,
+) -> None:
+    peer = await Peer.open(limited)
+    try:
+        peer.writer.write(peer.request("GET", "/AP/Ping"))
+        head, _ = await peer.answer()
+        assert header(head, "keep-alive") == "timeout=0.5"
+        started = time.monotonic()
+        assert await peer.closed_within(5)
+        assert 0.4 < time.monotonic() - started < 3
+    finally:
+        peer.close()
+    await asyncio.sleep(0.1)
+    assert limited.admission.open == 0
+
+
+@pytest.mark.parametrize("limited", [{"http_idle_seconds": 0.5}], indirect=True)
+async def test_a_body_still_arriving_after_http_idle_seconds_is_408_with_connection_close(
+    limited: App,
+) -> None:
+    peer = await Peer.open(limited)
+    try:
+        peer.writer.write(b"POST /AP/Ping HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        raw = await asyncio.wait_for(peer.reader.read(), 5)
+    finally:
+        peer.close()
+    assert raw.startswith(b"HTTP/1.1 408") and b"\r\nconnection: close\r\n" in raw.lower()
+
+
+@pytest.mark.parametrize("limited", [{"http_idle_seconds": 0.5}], indirect=True)
+async def test_a_slow_client_cannot_hold_a_connection_past_the_idle_time(limited: App) -> None:
+    """A head trickling in a byte at a time, always sending something: closed all the same."""
+    peer = await Peer.open(limited)
+    started = time.monotonic()
+    try:
+        for byte in b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            peer.writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+            if peer.reader.at_eof() or peer.writer.is_closing():
+                break
+            if time.monotonic() - started > 3:
+                break
+        assert await peer.closed_within(2)
+    finally:
+        peer.close()
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("limited", [{"max_connections_per_source": 2}], indirect=True)
+async def test_kept_alive_connections_count_toward_the_caps(limited: App) -> None:
+    kept = [await Peer.open(limited, "127.0.0.5") for _ in range(2)]
+    try:
+        for peer in kept:
+            peer.writer.write(peer.request("GET", "/AP/Ping"))
+            assert (await peer.answer())[0].status_code == 200
+        third = await Peer.open(limited, "127.0.0.5")
+        third.writer.write(third.request("GET", "/AP/Ping"))
+        head, body = await third.answer()
+        third.close()
+        assert head.status_code == 503 and header(head, "connection") == "close"
+        assert orjson.loads(body)["errorcode"] == 101
+        kept.pop().close()
+        await asyncio.sleep(0.1)
+        again = await Peer.open(limited, "127.0.0.5")
+        kept.append(again)
+        again.writer.write(again.request("GET", "/AP/Ping"))
+        assert (await again.answer())[0].status_code == 200
+    finally:
+        for peer in kept:
+            peer.close()
+
+
+@pytest.mark.parametrize("limited", [{"max_requests_per_second": 20}], indirect=True)
+async def test_requests_on_one_connection_take_from_its_budget(limited: App) -> None:
+    peer = await Peer.open(limited)
+    try:
+        peer.writer.write(b"".join(peer.request("GET", "/AP/Ping") for _ in range(40)))
+        statuses = [(await peer.answer())[0].status_code for _ in range(40)]
+    finally:
+        peer.close()
+    assert statuses[:20] == [200] * 20 and 429 in statuses[20:]
+
+
+async def test_a_websocket_upgrade_after_plain_requests_on_the_same_connection_works(
+    limited: App,
+) -> None:
+    peer = await Peer.open(limited)
+    try:
+        peer.writer.write(peer.request("GET", "/healthz"))
+        assert (await peer.answer())[0].status_code == 200
+        ws = ClientProtocol(parse_uri(limited.url))
+        ws.send_request(ws.connect())
+        peer.writer.write(b"".join(ws.data_to_send()))
+        while ws.state is not State.OPEN:
+            ws.receive_data(await asyncio.wait_for(peer.reader.read(4096), 10))
+        ws.send_text(b'{"m":0,"i":2,"n":"Ping","o":"{}"}')
+        peer.writer.write(b"".join(ws.data_to_send()))
+        texts: list[bytes] = []
+        while not texts:
+            ws.receive_data(await asyncio.wait_for(peer.reader.read(4096), 10))
+            texts += [e.data for e in ws.events_received() if getattr(e, "data", None)]
+        assert orjson.loads(orjson.loads(texts[0])["o"]) == {"msg": "PONG"}
+    finally:
+        peer.close()
+
+
+async def test_shutdown_closes_idle_kept_connections_at_once(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = App(settings_for(tmp_path, db=db), clock=clock, login_delay=0)
+    await app.start()
+    peer = await Peer.open(app)
+    peer.writer.write(peer.request("GET", "/AP/Ping"))
+    await peer.answer()
+    started = time.monotonic()
+    await asyncio.wait_for(app.stop(), 5)
+    assert time.monotonic() - started < 2
+    assert await peer.closed_within(1)
+    peer.close()
