@@ -1,37 +1,31 @@
-"""The embedded default store: SQLite through aiosqlite, WAL mode, group commit.
+"""The embedded default store: SQLite, WAL mode, one writer with group commit.
 
-Writes go through one writer task. It takes every write job queued at that moment and runs them
-in one transaction, each inside its own SAVEPOINT (so one job's failure undoes only that job),
-then commits once: under load many requests share one fsync, and every caller still returns only
-after its own effect is committed. Reads use a second connection; WAL lets them run beside a
-write.
+Writes are jobs of the single writer (:mod:`.sqlite_writer`): a thread of its own on the
+standard library's sqlite3, running every job queued at that moment in one transaction, each in
+its own SAVEPOINT, committed once. Reads use a second connection through aiosqlite; WAL lets them
+run beside a write.
 
 Rules under concurrency: every write is a job of the single writer, so a job's reads and writes
 (count-then-insert of a limit, redeeming a code, reading the audit chain's tail and appending)
-run with nothing in between; no job awaits anything but its own connection. The statement texts
-both stores share are in :mod:`.sql`, the schema in :mod:`.sqlite_schema`.
-
-Longer than 500 lines: it is one class implementing the whole :class:`~.base.Store` interface
-plus the writer the rules above depend on, read best whole.
+run with nothing in between. The statement texts both stores share are in :mod:`.sql`, the
+schema in :mod:`.sqlite_schema`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
 
 from ..files import create_private, probe_write, tighten_path
-from ..tasks import cancel
 from . import codes, keys
 from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
@@ -61,11 +55,11 @@ from .records import (
     username_skeleton,
 )
 from .sqlite_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
+from .sqlite_writer import Writer
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
 
 T = TypeVar("T")
-Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 
 def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
@@ -80,45 +74,25 @@ def _record_sync(raw: sqlite3.Connection, claims: Sequence[Claim], now: float) -
     raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
 
 
+def _one_sync(raw: sqlite3.Connection, sql: str, params: Any = ()) -> Any:
+    return raw.execute(sql, params).fetchone()
+
+
+def _now_sync(raw: sqlite3.Connection) -> float:
+    (now,) = raw.execute(_NOW).fetchone()
+    return float(now)
+
+
 def _authorize_sync(raw: sqlite3.Connection, authority: Authority | None) -> None:
-    """CallerGone unless ``authority`` still holds (first in a write job: nothing written)."""
+    """CallerGone unless ``authority`` still holds. First in a write job: the single writer
+    orders it against every revocation, so what it saw holds until the commit."""
     if authority is not None:
         if raw.execute(S.authority_holds, q.authority_args(authority)).fetchone() is None:
             raise CallerGone(_GONE)
 
 
-def _run_sync_jobs(
-    raw: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
-) -> list[tuple[Any, BaseException | None]]:
-    """In the writer's thread, inside the batch's transaction: each job in a savepoint of its
-    own, so one that fails leaves no trace and the others stand."""
-    out: list[tuple[Any, BaseException | None]] = []
-    for fn in fns:
-        raw.execute("SAVEPOINT job")
-        try:
-            result = fn(raw)
-        except Exception as exc:
-            raw.execute("ROLLBACK TO job")
-            raw.execute("RELEASE job")
-            out.append((None, exc))
-        else:
-            raw.execute("RELEASE job")
-            out.append((result, None))
-    return out
-
-
 class _RolledBack(Exception):
     """Raised by the health probe's write job, so the writer rolls its write back."""
-
-
-class SyncJob:
-    """A write job that runs whole in the writer's thread (one trip there, not one per
-    statement): the hot writes of a reset. ``fn`` gets the thread's sqlite3 connection."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        self.fn = fn
 
 
 S = q.SQLITE
@@ -138,6 +112,14 @@ _RELEASE_EVENT = (
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest = ?"
 _NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+_PRAGMAS = (
+    "busy_timeout=10000",
+    "foreign_keys=ON",
+    # FULL: a commit is on disk before the caller is told so, power loss included.
+    "synchronous=FULL",
+    # Erased secrets (delivered mail, voided codes) are overwritten, not unlinked.
+    "secure_delete=ON",
+)
 
 
 class SqliteStore(Store):
@@ -155,11 +137,8 @@ class SqliteStore(Store):
         self._audit_key = checked_audit_key(audit_key)
         self._key = key  # None: opened without checking the service key (tests, tools)
         self._max_batch = max_batch
-        self._w: aiosqlite.Connection | None = None
+        self._w: Writer | None = None
         self._r: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Job | SyncJob, asyncio.Future[Any]]] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self.batches = 0  # how many commits the writer made (the group-commit benchmark reads it)
         self._serving: int | None = None  # the descriptor holding the serve lock
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -169,18 +148,20 @@ class SqliteStore(Store):
         with one line when the store cannot be used; nothing is left open then."""
         try:
             self._prepare_files()
-            self._w = await self._connect()
-            await self._w.execute("PRAGMA journal_mode=WAL")
-            await self._migrate(self._w)
+            # The reader migrates, before it turns read-only and the writer starts.
             self._r = await self._connect()
+            await self._r.execute("PRAGMA journal_mode=WAL")
+            await self._migrate(self._r)
             await self._r.execute("PRAGMA query_only=ON")
+            writer = Writer(self._connect_writer, self._max_batch)
+            await writer.start()
+            self._w = writer
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from None
         except BaseException:
             await self.close()
             raise
-        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     def _prepare_files(self) -> None:
         """Files before SQLite touches them (SPEC section 5, "Files"). The store is created here,
@@ -206,19 +187,23 @@ class SqliteStore(Store):
         # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one implicitly.
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            for pragma in (
-                "busy_timeout=10000",
-                "foreign_keys=ON",
-                # FULL: a commit is on disk before the caller is told so, power loss included.
-                "synchronous=FULL",
-                # Erased secrets (delivered mail, voided codes) are overwritten, not unlinked.
-                "secure_delete=ON",
-            ):
+            for pragma in _PRAGMAS:
                 await db.execute("PRAGMA " + pragma)
         except BaseException:
             await db.close()  # its thread would keep the process alive
             raise
         return db
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The writer's connection, opened in its thread (see :mod:`.sqlite_writer`)."""
+        raw = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            for pragma in _PRAGMAS:
+                raw.execute("PRAGMA " + pragma)
+        except BaseException:
+            raw.close()
+            raise
+        return raw
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         await db.execute("BEGIN IMMEDIATE")
@@ -289,16 +274,12 @@ class SqliteStore(Store):
         if self._serving is not None:
             os.close(self._serving)  # releases the lock
             self._serving = None
-        if self._writer is not None:
-            # Let queued writes finish: what a caller awaits must not be dropped.
-            while not self._queue.empty():
-                await asyncio.sleep(0.01)
-            await cancel(self._writer)
-            self._writer = None
-        for db in (self._r, self._w):
-            if db is not None:
-                await db.close()
-        self._r = self._w = None
+        if self._w is not None:
+            await self._w.close()  # queued writes finish first: a caller awaits them
+            self._w = None
+        if self._r is not None:
+            await self._r.close()
+            self._r = None
 
     async def healthy(self) -> bool:
         try:
@@ -318,7 +299,7 @@ class SqliteStore(Store):
 
         try:
             async with asyncio.timeout(5):
-                await self._write_sync(job)
+                await self._write(job)
         except _RolledBack:
             pass
         except TimeoutError:
@@ -340,7 +321,7 @@ class SqliteStore(Store):
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    # One trip to the connection's thread per query (execute, fetch and close would be three).
+    # One trip to the reader's thread per query (execute, fetch and close would be three).
     @staticmethod
     async def _one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
         rows = list(await db.execute_fetchall(sql, params))
@@ -350,82 +331,16 @@ class SqliteStore(Store):
     async def _all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
         return list(await db.execute_fetchall(sql, params))
 
-    async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]] | SyncJob) -> T:
-        if self._writer is None:
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write job in the writer's next batch (see :mod:`.sqlite_writer`)."""
+        if self._w is None:
             raise StoreError("store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, future))
-        # shield: a caller that is cancelled must not leave the batch without its answer.
-        return await asyncio.shield(future)
+        return await self._w.write(job)
 
-    async def _write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A write job run whole in the writer's thread (see :class:`SyncJob`)."""
-        return await self._write(SyncJob(fn))
-
-    async def _in_thread(self, db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-        # aiosqlite has no public way to run a function in its connection's thread; its
-        # _execute is that (pinned below 0.23 in pyproject; tests/store/test_sqlite_thread.py
-        # fails first if it goes).
-        return cast(T, await db._execute(fn, db._conn, *args))  # type: ignore[no-untyped-call]
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < self._max_batch:
-                batch.append(self._queue.get_nowait())
-            await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[tuple[Job | SyncJob, asyncio.Future[Any]]]) -> None:
-        db = self._w
-        assert db is not None
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            k = 0
-            while k < len(batch):
-                if isinstance(batch[k][0], SyncJob):
-                    # Consecutive thread-whole jobs go to the thread together: one trip.
-                    group = []
-                    while k < len(batch) and isinstance(batch[k][0], SyncJob):
-                        group.append(batch[k])
-                        k += 1
-                    fns = [cast(SyncJob, job).fn for job, _ in group]
-                    results = await self._in_thread(db, _run_sync_jobs, fns)
-                    outcomes.extend(
-                        (future, result, error)
-                        for (_, future), (result, error) in zip(group, results, strict=True)
-                    )
-                    continue
-                job, future = batch[k]
-                k += 1
-                await db.execute("SAVEPOINT job")
-                try:
-                    result = await cast(Job, job)(db)
-                except Exception as exc:
-                    await db.execute("ROLLBACK TO job")
-                    await db.execute("RELEASE job")
-                    outcomes.append((future, None, exc))
-                else:
-                    await db.execute("RELEASE job")
-                    outcomes.append((future, result, None))
-            await db.execute("COMMIT")
-            self.batches += 1
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
-            outcomes = [(future, None, exc) for _, future in batch]
-        for future, result, error in outcomes:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-
-    async def _insert_audit(
-        self, db: aiosqlite.Connection, entries: Sequence[AuditEntry], now: float
-    ) -> None:
-        await self._in_thread(db, self._insert_audit_sync, entries, now)
+    @property
+    def batches(self) -> int:
+        """How many commits the writer made (the group-commit benchmark reads it)."""
+        return self._w.batches if self._w is not None else 0
 
     def _insert_audit_sync(
         self, raw: sqlite3.Connection, entries: Sequence[AuditEntry], now: float
@@ -433,24 +348,6 @@ class SqliteStore(Store):
         # Inside the write job, so the chain's tail cannot move under us.
         tail = raw.execute(S.audit_tail).fetchone()
         raw.executemany(S.insert_audit, link_entries(self._audit_key, tail, entries, now))
-
-    @staticmethod
-    async def _insert_mail(db: aiosqlite.Connection, mail: MailItem, now: float) -> None:
-        await db.execute(S.insert_mail, q.mail_args(mail, now))
-
-    @staticmethod
-    async def _now(db: aiosqlite.Connection) -> float:
-        (now,) = await SqliteStore._one(db, _NOW)
-        return float(now)
-
-    @staticmethod
-    async def _authorize(db: aiosqlite.Connection, authority: Authority | None) -> None:
-        """CallerGone unless ``authority`` still holds. First in a write job: the single
-        writer orders it against every revocation, so what it saw holds until the commit."""
-        if authority is not None:
-            args = q.authority_args(authority)
-            if await SqliteStore._one(db, S.authority_holds, args) is None:
-                raise CallerGone(_GONE)
 
     # -- users --------------------------------------------------------------------------------
 
@@ -461,30 +358,30 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
-            await self._authorize(db, authority)
+        def job(raw: sqlite3.Connection) -> int:
+            _authorize_sync(raw, authority)
             key = username_key(user.username)
-            if await self._one(db, S.username_taken, (key,)):
+            if _one_sync(raw, S.username_taken, (key,)):
                 raise UsernameTaken(f"username {user.username.strip()!r} is taken")
-            if await self._one(db, S.username_lookalike, (username_skeleton(user.username), key)):
+            if _one_sync(raw, S.username_lookalike, (username_skeleton(user.username), key)):
                 raise UsernameConfusable(_LOOKALIKE)
-            (user_id,) = await self._one(db, S.insert_user, q.user_args(user))
-            await db.executemany(S.insert_account, q.account_args(user))
-            await db.executemany(S.insert_user_account, q.user_account_args(user_id, user))
-            await db.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
-            await db.executemany(
+            (user_id,) = _one_sync(raw, S.insert_user, q.user_args(user))
+            raw.executemany(S.insert_account, q.account_args(user))
+            raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
+            raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
+            raw.executemany(
                 S.insert_question, [(user_id, question, a) for question, a in user.questions]
             )
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
-                await self._insert_audit(db, [entry], await self._now(db))
+                self._insert_audit_sync(raw, [entry], _now_sync(raw))
             return int(user_id)
 
         return await self._write(job)
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.set_totp, (sealed, user_id))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.set_totp, (sealed, user_id))
 
         await self._write(job)
 
@@ -504,17 +401,17 @@ class SqliteStore(Store):
         return [q.to_user(row) for row in rows]
 
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
-        async def job(db: aiosqlite.Connection) -> Outcome:
-            await self._authorize(db, change.authority)
-            state = await self._one(db, S.account_state, (change.user_id,))
+        def job(raw: sqlite3.Connection) -> Outcome:
+            _authorize_sync(raw, change.authority)
+            state = _one_sync(raw, S.account_state, (change.user_id,))
             plan = q.account_plan(S, change, state)
             if isinstance(plan, Outcome):
                 return plan
             for statement, args in plan:
-                await db.execute(statement, args)
+                raw.execute(statement, args)
             if change.mail is not None:
-                await self._insert_mail(db, change.mail, now)
-            await self._insert_audit(db, [change.audit], now)
+                raw.execute(S.insert_mail, q.mail_args(change.mail, now))
+            self._insert_audit_sync(raw, [change.audit], now)
             return Outcome.DONE
 
         return await self._write(job)
@@ -531,28 +428,28 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await self._authorize(db, authority)
-            await db.execute(S.set_lock, (until, user_id))
+        def job(raw: sqlite3.Connection) -> None:
+            _authorize_sync(raw, authority)
+            raw.execute(S.set_lock, (until, user_id))
             if until is None:
-                await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
-            await self._insert_audit(db, [audit], await self._now(db))
+                raw.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
+            self._insert_audit_sync(raw, [audit], _now_sync(raw))
 
         await self._write(job)
 
     async def lock_when_spent(
         self, user_id: int, claim: Claim, now: float, until: float, audit: AuditEntry
     ) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
+        def job(raw: sqlite3.Connection) -> bool:
             # In the single writer: a reset that clears the count commits before or after
             # this, never between the count and the lock.
-            if await self._count(db, claim, now) < claim.limit:
+            if _count_sync(raw, claim, now) < claim.limit:
                 return False
-            row = await self._one(db, S.locked_until, (user_id,))
+            row = _one_sync(raw, S.locked_until, (user_id,))
             if row is None or (row[0] is not None and row[0] > now):
                 return False  # gone, or locked already
-            await db.execute(S.set_lock, (until, user_id))
-            await self._insert_audit(db, [audit], now)
+            raw.execute(S.set_lock, (until, user_id))
+            self._insert_audit_sync(raw, [audit], now)
             return True
 
         return await self._write(job)
@@ -573,17 +470,17 @@ class SqliteStore(Store):
         release: Sequence[tuple[str, str, float]] = (),
         audit: Sequence[AuditEntry] = (),
     ) -> Outcome:
-        async def job(db: aiosqlite.Connection) -> Outcome:
+        def job(raw: sqlite3.Connection) -> Outcome:
             # The single writer orders this against a reset's transaction: either the reset
             # came first (the version moved on: STALE) or it deletes this session.
             for kind, key, at in release:
-                await self._release(db, kind, key, at)
-            row = await self._one(db, S.login_state, (user_id,))
+                raw.execute(_RELEASE_EVENT, (kind, key, at))
+            row = _one_sync(raw, S.login_state, (user_id,))
             if totp_step is not None and row is not None and row[1] is not None:
                 if row[1] >= totp_step:
                     return Outcome.REPLAYED  # the pending step stays, for another code
             if pending is not None:
-                cur = await db.execute(S.delete_pending_login, (pending,))
+                cur = raw.execute(S.delete_pending_login, (pending,))
                 if cur.rowcount != 1:  # another attempt used this second step already
                     return Outcome.STALE
             if row is None or row[0] != password_version:
@@ -593,17 +490,17 @@ class SqliteStore(Store):
             held_key: str | None = None
             if api_key is not None:
                 held_key, nonce = api_key
-                cur = await db.execute(S.advance_nonce, (nonce, held_key, user_id, nonce))
+                cur = raw.execute(S.advance_nonce, (nonce, held_key, user_id, nonce))
                 if cur.rowcount != 1:  # an older nonce, or the key is gone
                     return Outcome.REPLAYED
             if totp_step is not None:
-                await db.execute(S.set_totp_step, (totp_step, user_id))
-            await db.execute(S.insert_session, (digest, user_id, now, now, held_key))
-            await db.execute(S.set_last_login, (now, user_id))
+                raw.execute(S.set_totp_step, (totp_step, user_id))
+            raw.execute(S.insert_session, (digest, user_id, now, now, held_key))
+            raw.execute(S.set_last_login, (now, user_id))
             for kind, key in clear:
-                await db.execute(S.clear_events, (kind, key))
+                raw.execute(S.clear_events, (kind, key))
             if audit:
-                await self._insert_audit(db, audit, now)
+                self._insert_audit_sync(raw, audit, now)
             return Outcome.DONE
 
         return await self._write(job)
@@ -611,27 +508,27 @@ class SqliteStore(Store):
     async def begin_second_step(
         self, digest: bytes, user_id: int, password_version: int, now: float
     ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.insert_pending_login, (digest, user_id, password_version, now))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.insert_pending_login, (digest, user_id, password_version, now))
 
         await self._write(job)
 
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
     ) -> tuple[int, int] | None:
-        async def job(db: aiosqlite.Connection) -> tuple[int, int] | None:
+        def job(raw: sqlite3.Connection) -> tuple[int, int] | None:
             args = (digest, max_attempts, now - max_age)
-            row = await self._one(db, S.pending_login_attempt, args)
+            row = _one_sync(raw, S.pending_login_attempt, args)
             if row is None:
-                await db.execute(S.delete_pending_login, (digest,))
+                raw.execute(S.delete_pending_login, (digest,))
                 return None
             return int(row[0]), int(row[1])
 
         return await self._write(job)
 
     async def end_second_step(self, digest: bytes) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.delete_pending_login, (digest,))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.delete_pending_login, (digest,))
 
         await self._write(job)
 
@@ -640,15 +537,15 @@ class SqliteStore(Store):
         return q.to_session(row) if row else None
 
     async def touch_session(self, digest: bytes, now: float) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(_TOUCH_SESSION, (now, digest))
+        def job(raw: sqlite3.Connection) -> bool:
+            cur = raw.execute(_TOUCH_SESSION, (now, digest))
             return cur.rowcount == 1
 
         return await self._write(job)
 
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.delete_session, (digest,))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.delete_session, (digest,))
 
         await self._write(job)
 
@@ -662,15 +559,15 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
+        def job(raw: sqlite3.Connection) -> bool:
             # In the single writer: a reset revoking this user's keys commits before this
             # (then the authority is gone) or after it (then it deletes this key too).
-            await self._authorize(db, authority)
-            (held,) = await self._one(db, S.count_user_api_keys, (key.user_id,))
+            _authorize_sync(raw, authority)
+            (held,) = _one_sync(raw, S.count_user_api_keys, (key.user_id,))
             if held >= max_keys:
                 return False
-            await db.execute(S.insert_api_key, q.api_key_args(key))
-            await self._insert_audit(db, [audit], key.created_at)
+            raw.execute(S.insert_api_key, q.api_key_args(key))
+            self._insert_audit_sync(raw, [audit], key.created_at)
             return True
 
         return await self._write(job)
@@ -692,13 +589,13 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> list[bytes] | None:
-        async def job(db: aiosqlite.Connection) -> list[bytes] | None:
-            await self._authorize(db, authority)
-            sessions = await self._all(db, S.delete_api_key_sessions, (key, user_id))
-            cur = await db.execute(S.delete_api_key, (key, user_id))
+        def job(raw: sqlite3.Connection) -> list[bytes] | None:
+            _authorize_sync(raw, authority)
+            sessions = raw.execute(S.delete_api_key_sessions, (key, user_id)).fetchall()
+            cur = raw.execute(S.delete_api_key, (key, user_id))
             if cur.rowcount != 1:  # not this user's key: no session of it was either
                 return None
-            await self._insert_audit(db, [audit], await self._now(db))
+            self._insert_audit_sync(raw, [audit], _now_sync(raw))
             return [bytes(row[0]) for row in sessions]
 
         return await self._write(job)
@@ -717,28 +614,18 @@ class SqliteStore(Store):
             _record_sync(raw, claims, now)
             return counts
 
-        return await self._write_sync(job)
-
-    async def _count(self, db: aiosqlite.Connection, claim: Claim, now: float) -> int:
-        return await self._in_thread(db, _count_sync, claim, now)
-
-    async def _record(self, db: aiosqlite.Connection, claims: Sequence[Claim], now: float) -> None:
-        await self._in_thread(db, _record_sync, claims, now)
+        return await self._write(job)
 
     async def release(self, kind: str, key: str, at: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await self._release(db, kind, key, at)
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(_RELEASE_EVENT, (kind, key, at))
 
         await self._write(job)
 
-    @staticmethod
-    async def _release(db: aiosqlite.Connection, kind: str, key: str, at: float) -> None:
-        await db.execute(_RELEASE_EVENT, (kind, key, at))
-
     async def add_event(self, kind: str, key: str, now: float) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
-            await db.execute(S.insert_event, (kind, key, now))
-            (count,) = await self._one(db, S.count_events, (kind, key))
+        def job(raw: sqlite3.Connection) -> int:
+            raw.execute(S.insert_event, (kind, key, now))
+            (count,) = _one_sync(raw, S.count_events, (kind, key))
             return int(count)
 
         return await self._write(job)
@@ -748,10 +635,10 @@ class SqliteStore(Store):
         return int(count)
 
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
+        def job(raw: sqlite3.Connection) -> int:
             gone = 0
             for statement, args in q.prune_plan(S, events_before, sessions_idle_since):
-                cur = await db.execute(statement, args)
+                cur = raw.execute(statement, args)
                 gone += max(cur.rowcount, 0)
             return gone
 
@@ -783,7 +670,7 @@ class SqliteStore(Store):
             self._insert_audit_sync(raw, audit, now)
             return True
 
-        return await self._write_sync(job)
+        return await self._write(job)
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
         row = await self._one(self._reader, S.reset_code, (digest,))
@@ -797,19 +684,19 @@ class SqliteStore(Store):
         invalid: Claim,
         attempt: Claim | None = None,
     ) -> tuple[Outcome, ResetCode | None]:
-        async def job(db: aiosqlite.Connection) -> tuple[Outcome, ResetCode | None]:
-            if await self._count(db, invalid, now) >= invalid.limit:
+        def job(raw: sqlite3.Connection) -> tuple[Outcome, ResetCode | None]:
+            if _count_sync(raw, invalid, now) >= invalid.limit:
                 return Outcome.THROTTLED, None
             row = None
             if digest is not None:
-                row = await self._one(db, S.live_code, q.live_code_args(digest, now, user_id))
+                row = _one_sync(raw, S.live_code, q.live_code_args(digest, now, user_id))
             if row is None:
-                await self._record(db, [invalid], now)
+                _record_sync(raw, [invalid], now)
                 return Outcome.INVALID, None
             if attempt is not None:
-                if await self._count(db, attempt, now) >= attempt.limit:
+                if _count_sync(raw, attempt, now) >= attempt.limit:
                     return Outcome.LOCKED, None
-                await self._record(db, [attempt], now)
+                _record_sync(raw, [attempt], now)
             return Outcome.DONE, q.to_code(row)
 
         return await self._write(job)
@@ -825,26 +712,26 @@ class SqliteStore(Store):
         totp_step: int | None = None,
         revoke_api_keys: bool = False,
     ) -> Outcome:
-        async def job(db: aiosqlite.Connection) -> Outcome:
-            user = await self._one(db, S.reset_state, (user_id,))
+        def job(raw: sqlite3.Connection) -> Outcome:
+            user = _one_sync(raw, S.reset_state, (user_id,))
             if user is None:
                 return Outcome.INVALID
             if user[0] is not None and user[0] > now:
                 return Outcome.LOCKED
             if totp_step is not None and user[1] is not None and user[1] >= totp_step:
                 return Outcome.REPLAYED
-            cur = await db.execute(S.redeem_code, q.redeem_args(digest, user_id, now))
+            cur = raw.execute(S.redeem_code, q.redeem_args(digest, user_id, now))
             if cur.rowcount != 1:
                 return Outcome.INVALID
-            await db.execute(S.set_password, (password_hash, totp_step, user_id))
-            await db.execute(S.move_user_codes, q.move_codes_args(codes.PASSWORD_CHANGE, user_id))
-            await db.execute(S.delete_user_sessions, (user_id,))
+            raw.execute(S.set_password, (password_hash, totp_step, user_id))
+            raw.execute(S.move_user_codes, q.move_codes_args(codes.PASSWORD_CHANGE, user_id))
+            raw.execute(S.delete_user_sessions, (user_id,))
             if revoke_api_keys:
-                await db.execute(S.delete_user_api_keys, (user_id,))
-            await db.execute(S.delete_user_pending_logins, (user_id,))
-            await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
-            await self._insert_mail(db, mail, now)
-            await self._insert_audit(db, audit, now)
+                raw.execute(S.delete_user_api_keys, (user_id,))
+            raw.execute(S.delete_user_pending_logins, (user_id,))
+            raw.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
+            raw.execute(S.insert_mail, q.mail_args(mail, now))
+            self._insert_audit_sync(raw, audit, now)
             return Outcome.DONE
 
         return await self._write(job)
@@ -857,11 +744,11 @@ class SqliteStore(Store):
             rows = raw.execute(_CLAIM_MAIL, (now + lease, now, limit)).fetchall()
             return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
-        return await self._write_sync(job)
+        return await self._write(job)
 
     async def reclaim_mail(self, now: float) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
-            cur = await db.execute(S.reclaim_mail, (now,))
+        def job(raw: sqlite3.Connection) -> int:
+            cur = raw.execute(S.reclaim_mail, (now,))
             return max(cur.rowcount, 0)
 
         return await self._write(job)
@@ -874,16 +761,16 @@ class SqliteStore(Store):
             if audit:
                 self._insert_audit_sync(raw, audit, now)
 
-        await self._write_sync(job)
+        await self._write(job)
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
+        def job(raw: sqlite3.Connection) -> None:
             if retry_at is None:
-                await db.execute(S.mail_given_up, (error, mail_id))
+                raw.execute(S.mail_given_up, (error, mail_id))
             else:
-                await db.execute(S.mail_retry, (retry_at, error, mail_id))
+                raw.execute(S.mail_retry, (retry_at, error, mail_id))
 
         await self._write(job)
 
@@ -895,8 +782,8 @@ class SqliteStore(Store):
     # -- audit --------------------------------------------------------------------------------
 
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await self._insert_audit(db, entries, now)
+        def job(raw: sqlite3.Connection) -> None:
+            self._insert_audit_sync(raw, entries, now)
 
         await self._write(job)
 
