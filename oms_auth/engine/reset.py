@@ -27,6 +27,7 @@ from ..store import (
     Authority,
     Claim,
     Outcome,
+    PasswordReset,
     ResetCode,
     SecurityQuestion,
     User,
@@ -471,14 +472,16 @@ class Resets:
             detail="API keys kept" if keeps_keys else "API keys revoked",
         )
         return await d.store.complete_reset(
-            user.id,
-            key,
-            new_hash,
-            changed_at,
-            mail,
-            [entry],
-            totp_step=step,
-            revoke_api_keys=not keeps_keys,
+            PasswordReset(
+                user_id=user.id,
+                digest=key,
+                password_hash=new_hash,
+                now=changed_at,
+                mail=mail,
+                audit=[entry],
+                totp_step=step,
+                revoke_api_keys=not keeps_keys,
+            )
         )
 
     def _completed(self, user: User, outcome: Outcome) -> None:

@@ -24,14 +24,17 @@ from .records import (
     AuditRow,
     Authority,
     Claim,
-    MailItem,
+    CodeIssue,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
     ResetCode,
     Revocation,
     SecurityQuestion,
     Session,
+    SessionOpening,
     User,
 )
 
@@ -123,20 +126,7 @@ class Store(abc.ABC):
 
     # Sessions (keyed by the SHA-256 of the token)
     @abc.abstractmethod
-    async def open_session(
-        self,
-        digest: bytes,
-        user_id: int,
-        now: float,
-        password_version: int,
-        *,
-        totp_step: int | None = None,
-        pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
-        clear: Sequence[tuple[str, str]] = (),
-        release: Sequence[tuple[str, str, float]] = (),
-        audit: Sequence[AuditEntry] = (),
-    ) -> Outcome:
+    async def open_session(self, opening: SessionOpening) -> Outcome:
         """A successful login, in one transaction: the session is created only while the user's
         password is still ``password_version`` (else STALE) and, with ``totp_step``, only if
         that step is newer than the last accepted (else REPLAYED; it becomes the last). With
@@ -156,8 +146,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
-    ) -> tuple[int, int] | None:
-        """Reserve one attempt at a pending second step: ``(user_id, password_version)``, or
+    ) -> PendingStep | None:
+        """Reserve one attempt at a pending second step: whose it is and for which version, or
         None when it does not exist, is older than ``max_age`` or has used ``max_attempts``."""
 
     @abc.abstractmethod
@@ -229,18 +219,7 @@ class Store(abc.ABC):
 
     # Reset codes (keyed by the SHA-256 of the code)
     @abc.abstractmethod
-    async def issue_code(
-        self,
-        user_id: int,
-        digest: bytes,
-        now: float,
-        expires_at: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        limit: Claim | None = None,
-        *,
-        authority: Authority | None = None,
-    ) -> bool:
+    async def issue_code(self, issue: CodeIssue) -> bool:
         """Void the user's pending codes, store the new one and queue its mail, at once. With
         ``limit``, one slot of it is reserved in the same transaction first; False (nothing
         written) when it is used up."""
@@ -265,17 +244,7 @@ class Store(abc.ABC):
         consumed the code (clearing the slots) no new attempt can check an answer for it."""
 
     @abc.abstractmethod
-    async def complete_reset(
-        self,
-        user_id: int,
-        digest: bytes,
-        password_hash: str,
-        now: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        totp_step: int | None = None,
-        revoke_api_keys: bool = False,
-    ) -> Outcome:
+    async def complete_reset(self, reset: PasswordReset) -> Outcome:
         """Consume the code and set the password at once, re-checking in the same transaction:
         INVALID when the code is no longer pending for that user or has expired (of racing
         calls, one wins), LOCKED when the user is locked, REPLAYED when ``totp_step`` is not

@@ -50,17 +50,18 @@ import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import asyncpg
 import msgspec
 
 from protocol.messages import LogoutReason
 
-from . import codes, keys
+from . import keys, plans
 from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
+from .plans import AccountState, LoginState, ResetState
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, notice
 from .postgres_schema import (
     META,
@@ -79,14 +80,20 @@ from .records import (
     Authority,
     CallerGone,
     Claim,
+    CodeIssue,
     MailItem,
+    MailState,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
     ResetCode,
     Revocation,
     SecurityQuestion,
     Session,
+    SessionOpening,
+    Slot,
     StoreError,
     User,
     UsernameConfusable,
@@ -101,6 +108,8 @@ if TYPE_CHECKING:
 
     # A pooled connection inside one of this store's transactions.
     Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+
+R = TypeVar("R")
 
 __all__ = [
     "PostgresStore",
@@ -136,7 +145,7 @@ _ACCOUNT_STATE_LOCKED = S.account_state + " FOR UPDATE"
 _LIVE_CODE_SHARED = S.live_code + " FOR SHARE"
 _ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _CLAIM_MAIL = (
-    "WITH due AS (SELECT id FROM outbox WHERE state = 'queued' AND due_at <= $1"
+    f"WITH due AS (SELECT id FROM outbox WHERE state = '{MailState.QUEUED}' AND due_at <= $1"
     " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
     " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1, claimed = 1 FROM due"
     " WHERE o.id = due.id RETURNING " + ", ".join(f"o.{c}" for c in q.OUTBOX_COLUMNS)
@@ -153,11 +162,6 @@ def _lock_key(*parts: str) -> int:
     """A 64-bit advisory lock key for these parts."""
     raw = "\x1f".join(("oms-auth", *parts)).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
-
-
-# Event keys are only compared, so they are escaped one-to-one; audit text is for people.
-def _key(key: str) -> str:
-    return key.replace("\\", "\\\\").replace("\x00", "\\0") if "\x00" in key else key
 
 
 def _text(value: str | None) -> str | None:
@@ -178,6 +182,22 @@ def _entry(e: AuditEntry) -> AuditEntry:
 def _count_of(status: str) -> int:
     """The row count of a command status such as ``DELETE 3``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def _state(conn: Conn, record: Callable[..., R], sql: str, user_id: int) -> R | None:
+    """The user's row read (and locked) by ``sql``, as ``record`` names its columns; None when
+    gone."""
+    row = await conn.fetchrow(sql, user_id)
+    return None if row is None else record(*row)
+
+
+async def _run(conn: Conn, plan: plans.Plan) -> Outcome:
+    """Run a plan's steps (see :mod:`.plans`): its outcome, or the first failed step's."""
+    for step in plan.steps:
+        status = await conn.execute(step.sql, *step.args)
+        if step.unless is not None and _count_of(status) != 1:
+            return step.unless
+    return plan.outcome
 
 
 class PostgresStore(Store):
@@ -479,16 +499,12 @@ class PostgresStore(Store):
             # The user's row locked, as a reset and a login take it: the password version and
             # the TOTP step are read as they are until this commits.
             await self._lock_for(conn, change.user_id, change.authority)
-            state = await conn.fetchrow(_ACCOUNT_STATE_LOCKED, change.user_id)
-            plan = q.account_plan(S, change, state)
-            if isinstance(plan, Outcome):
-                return plan
-            for statement, args in plan:
-                await conn.execute(statement, *args)
+            state = await _state(conn, AccountState, _ACCOUNT_STATE_LOCKED, change.user_id)
+            outcome = await _run(conn, plans.account_plan(S, change, state, now))
+            if outcome is not Outcome.DONE:
+                return outcome
             if change.end_sessions is not None:
                 await self._revoked(conn, Revocation(change.user_id, change.end_sessions), now)
-            if change.mail is not None:
-                await self._insert_mail(conn, change.mail, now)
             await self._insert_audit(conn, [change.audit], now)
             return Outcome.DONE
 
@@ -517,10 +533,10 @@ class PostgresStore(Store):
             # The user's row first (as a reset holds it): a reset that clears the count
             # commits before or after this, never between the count and the lock.
             row = await conn.fetchrow(_LOCKED_UNTIL_LOCKED, user_id)
-            if row is None or (row[0] is not None and row[0] > now):
-                return False  # gone, or locked already
             await self._lock_claims(conn, [claim])
-            if await self._count(conn, claim, now) < claim.limit:
+            locked_until = row[0] if row is not None else None
+            count = await self._count(conn, claim, now)
+            if not plans.lock_due(locked_until, row is not None, count, claim, now):
                 return False
             await conn.execute(S.set_lock, until, user_id)
             await self._insert_audit(conn, [audit], now)
@@ -528,54 +544,19 @@ class PostgresStore(Store):
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def open_session(
-        self,
-        digest: bytes,
-        user_id: int,
-        now: float,
-        password_version: int,
-        *,
-        totp_step: int | None = None,
-        pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
-        clear: Sequence[tuple[str, str]] = (),
-        release: Sequence[tuple[str, str, float]] = (),
-        audit: Sequence[AuditEntry] = (),
-    ) -> Outcome:
+    async def open_session(self, opening: SessionOpening) -> Outcome:
         async with self._tx() as conn:
             # The user's row lock orders this against a reset on any node (it holds the same
             # lock): either the reset committed first (the version moved on: STALE) or it
-            # waits and then deletes this session.
-            row = await conn.fetchrow(_LOGIN_STATE_LOCKED, user_id)
-            for kind, key, at in release:
-                await self._release(conn, kind, key, at)
-            if totp_step is not None and row is not None and row[1] is not None:
-                if row[1] >= totp_step:
-                    return Outcome.REPLAYED  # the pending step stays, for another code
-            if pending is not None:
-                deleted = await conn.execute(S.delete_pending_login, pending)
-                if _count_of(deleted) != 1:  # another attempt used this second step already
-                    return Outcome.STALE
-            if row is None or row[0] != password_version:
-                return Outcome.STALE
-            if row[2] is not None and row[2] > now:
-                return Outcome.LOCKED
-            held_key: str | None = None
-            if api_key is not None:
-                # The key's row lock orders logins sharing a nonce: the first moves it on, the
-                # others (any node) then match no row.
-                held_key, nonce = api_key
-                status = await conn.execute(S.advance_nonce, nonce, held_key, user_id, nonce)
-                if status != "UPDATE 1":  # an older nonce, or the key is gone
-                    return Outcome.REPLAYED
-            if totp_step is not None:
-                await conn.execute(S.set_totp_step, totp_step, user_id)
-            await conn.execute(S.insert_session, digest, user_id, now, now, held_key)
-            await conn.execute(S.set_last_login, now, user_id)
-            for kind, key in clear:
-                await conn.execute(S.clear_events, kind, _key(key))
-            await self._insert_audit(conn, audit, now)
-            return Outcome.DONE
+            # waits and then deletes this session. The API key's row lock (its nonce's
+            # compare-and-set) orders logins sharing a nonce: the first moves it on.
+            state = await _state(conn, LoginState, _LOGIN_STATE_LOCKED, opening.user_id)
+            for slot in opening.release:
+                await self._release(conn, slot)
+            outcome = await _run(conn, plans.session_plan(S, opening, state))
+            if outcome is Outcome.DONE:
+                await self._insert_audit(conn, opening.audit, opening.now)
+            return outcome
 
     async def begin_second_step(
         self, digest: bytes, user_id: int, password_version: int, now: float
@@ -584,14 +565,14 @@ class PostgresStore(Store):
 
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
-    ) -> tuple[int, int] | None:
+    ) -> PendingStep | None:
         async with self._tx() as conn:
             # The row lock the UPDATE takes makes concurrent attempts (any node) count in turn.
             row = await conn.fetchrow(S.pending_login_attempt, digest, max_attempts, now - max_age)
             if row is None:
                 await conn.execute(S.delete_pending_login, digest)
                 return None
-            return int(row[0]), int(row[1])
+            return PendingStep(int(row[0]), int(row[1]))
 
     async def end_second_step(self, digest: bytes) -> None:
         await self._db.execute(S.delete_pending_login, digest)
@@ -705,36 +686,36 @@ class PostgresStore(Store):
     async def _lock_claims(self, conn: Conn, claims: Sequence[Claim]) -> None:
         # In a fixed order, so two transactions taking the same counters (on any nodes) never
         # wait on each other in a cycle.
-        for kind, key in sorted({(c.kind, _key(c.key)) for c in claims}):
+        for kind, key in sorted({(c.kind, S.event_key(c.key)) for c in claims}):
             await self._lock_events(conn, kind, key)
 
     @staticmethod
     async def _count(conn: Conn, claim: Claim, now: float) -> int:
-        args = (claim.kind, _key(claim.key), now - claim.window)
+        args = (claim.kind, S.event_key(claim.key), now - claim.window)
         return int(await conn.fetchval(S.count_events_since, *args))
 
     @staticmethod
     async def _record(conn: Conn, claims: Sequence[Claim], now: float) -> None:
-        await conn.executemany(S.insert_event, [(c.kind, _key(c.key), now) for c in claims])
+        await conn.executemany(S.insert_event, [(c.kind, S.event_key(c.key), now) for c in claims])
 
     async def release(self, kind: str, key: str, at: float) -> None:
         async with self._tx() as conn:
-            await self._release(conn, kind, key, at)
+            await self._release(conn, Slot(kind, key, at))
 
-    async def _release(self, conn: Conn, kind: str, key: str, at: float) -> None:
-        key = _key(key)
-        await self._lock_events(conn, kind, key)
-        await conn.execute(_RELEASE_EVENT, kind, key, at)
+    async def _release(self, conn: Conn, slot: Slot) -> None:
+        key = S.event_key(slot.key)
+        await self._lock_events(conn, slot.kind, key)
+        await conn.execute(_RELEASE_EVENT, slot.kind, key, slot.at)
 
     async def add_event(self, kind: str, key: str, now: float) -> int:
-        key = _key(key)
+        key = S.event_key(key)
         async with self._tx() as conn:
             await self._lock_events(conn, kind, key)
             await conn.execute(S.insert_event, kind, key, now)
             return int(await conn.fetchval(S.count_events, kind, key))
 
     async def count_events(self, kind: str, key: str, since: float) -> int:
-        return int(await self._db.fetchval(S.count_events_since, kind, _key(key), since))
+        return int(await self._db.fetchval(S.count_events_since, kind, S.event_key(key), since))
 
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         # One transaction per table: clean-up needs no atomicity, and holding one table's rows
@@ -746,31 +727,18 @@ class PostgresStore(Store):
 
     # -- reset codes --------------------------------------------------------------------------
 
-    async def issue_code(
-        self,
-        user_id: int,
-        digest: bytes,
-        now: float,
-        expires_at: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        limit: Claim | None = None,
-        *,
-        authority: Authority | None = None,
-    ) -> bool:
+    async def issue_code(self, issue: CodeIssue) -> bool:
         async with self._tx() as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
             # user's row first, then the limit's lock, as lock_when_spent takes them.
-            await self._lock_for(conn, user_id, authority)
-            if limit is not None:
-                await self._lock_claims(conn, [limit])
-                if await self._count(conn, limit, now) >= limit.limit:
-                    return False
-                await self._record(conn, [limit], now)
-            await conn.execute(S.move_user_codes, *q.move_codes_args(codes.SUPERSEDE, user_id))
-            await conn.execute(S.insert_code, *q.code_args(digest, user_id, now, expires_at))
-            await self._insert_mail(conn, mail, now)
-            await self._insert_audit(conn, audit, now)
+            await self._lock_for(conn, issue.user_id, issue.authority)
+            count = 0
+            if issue.limit is not None:
+                await self._lock_claims(conn, [issue.limit])
+                count = await self._count(conn, issue.limit, issue.now)
+            if await _run(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+                return False
+            await self._insert_audit(conn, issue.audit, issue.now)
             return True
 
     async def reset_code(self, digest: bytes) -> ResetCode | None:
@@ -788,59 +756,32 @@ class PostgresStore(Store):
         claims = [invalid] if attempt is None else [invalid, attempt]
         async with self._tx() as conn:
             await self._lock_claims(conn, claims)
-            if await self._count(conn, invalid, now) >= invalid.limit:
-                return Outcome.THROTTLED, None
             row = None
             if digest is not None:
                 # FOR SHARE waits for a reset consuming this code to commit, then sees it used.
                 args = q.live_code_args(digest, now, user_id)
                 row = await conn.fetchrow(_LIVE_CODE_SHARED, *args)
-            if row is None:
-                await self._record(conn, [invalid], now)
-                return Outcome.INVALID, None
-            if attempt is not None:
-                if await self._count(conn, attempt, now) >= attempt.limit:
-                    return Outcome.LOCKED, None
-                await self._record(conn, [attempt], now)
-            return Outcome.DONE, q.to_code(row)
+            found = plans.CodeCheck(
+                await self._count(conn, invalid, now),
+                q.to_code(row) if row is not None else None,
+                await self._count(conn, attempt, now) if attempt is not None else 0,
+            )
+            outcome, counted = plans.code_check(found, invalid, attempt)
+            await self._record(conn, counted, now)
+            return outcome, found.code if outcome is Outcome.DONE else None
 
-    async def complete_reset(
-        self,
-        user_id: int,
-        digest: bytes,
-        password_hash: str,
-        now: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        totp_step: int | None = None,
-        revoke_api_keys: bool = False,
-    ) -> Outcome:
+    async def complete_reset(self, reset: PasswordReset) -> Outcome:
         async with self._tx() as conn:
             # Locked first: the lock and the TOTP step are read as they are now, and no login
-            # or lock on any node changes them before this commits.
-            user = await conn.fetchrow(_RESET_STATE_LOCKED, user_id)
-            if user is None:
-                return Outcome.INVALID
-            if user[0] is not None and user[0] > now:
-                return Outcome.LOCKED
-            if totp_step is not None and user[1] is not None and user[1] >= totp_step:
-                return Outcome.REPLAYED
-            # The race is decided here: a loser, once the winner commits, finds no pending row.
-            status = await conn.execute(S.redeem_code, *q.redeem_args(digest, user_id, now))
-            if status != "UPDATE 1":
-                return Outcome.INVALID
-            await conn.execute(S.set_password, password_hash, totp_step, user_id)
-            await conn.execute(
-                S.move_user_codes, *q.move_codes_args(codes.PASSWORD_CHANGE, user_id)
-            )
-            await conn.execute(S.delete_user_sessions, user_id)
-            if revoke_api_keys:
-                await conn.execute(S.delete_user_api_keys, user_id)
-            await conn.execute(S.delete_user_pending_logins, user_id)
-            await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
-            await self._revoked(conn, Revocation(user_id, LogoutReason.PASSWORD_CHANGED), now)
-            await self._insert_mail(conn, mail, now)
-            await self._insert_audit(conn, audit, now)
+            # or lock on any node changes them before this commits. The race between resets is
+            # decided by the code's redemption: a loser, once the winner commits, finds none.
+            state = await _state(conn, ResetState, _RESET_STATE_LOCKED, reset.user_id)
+            outcome = await _run(conn, plans.reset_plan(S, reset, state))
+            if outcome is not Outcome.DONE:
+                return outcome
+            revocation = Revocation(reset.user_id, LogoutReason.PASSWORD_CHANGED)
+            await self._revoked(conn, revocation, reset.now)
+            await self._insert_audit(conn, reset.audit, reset.now)
             return Outcome.DONE
 
     # -- mail outbox --------------------------------------------------------------------------
@@ -866,9 +807,7 @@ class PostgresStore(Store):
             await self._db.execute(S.mail_retry, retry_at, _text(error), mail_id)
 
     async def mail_counts(self) -> dict[str, int]:
-        counts = {"queued": 0, "sent": 0, "failed": 0}
-        counts.update({state: int(n) for state, n in await self._db.fetch(S.mail_counts)})
-        return counts
+        return q.mail_counts(await self._db.fetch(S.mail_counts))
 
     # -- audit --------------------------------------------------------------------------------
 

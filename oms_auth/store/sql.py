@@ -26,14 +26,13 @@ import msgspec
 from . import codes
 from .codes import CodeState, Move
 from .records import (
-    AccountChange,
     ApiKey,
     AuditRow,
     Authority,
     MailItem,
+    MailState,
     NewUser,
     OutboxRow,
-    Outcome,
     ResetCode,
     SecurityQuestion,
     Session,
@@ -67,6 +66,7 @@ __all__ = [
     "to_session",
     "to_question",
     "to_code",
+    "mail_counts",
     "to_outbox",
     "to_audit",
     "to_api_key",
@@ -137,7 +137,7 @@ OUTBOX_COLUMNS: Final = (
 )
 
 
-def _user_select(permissions: str, accounts: str) -> dict[str, str]:
+def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
     select = (
         "SELECT u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id,"
         " u.password_hash, u.totp_sealed, u.auth_source, u.active, u.master, u.last_login,"
@@ -287,22 +287,23 @@ class Statements:
         " password_version = password_version + 1,"
         " totp_last_step = coalesce(?, totp_last_step) WHERE id = ?"
     )
-    # mail outbox
+    # mail outbox (its states: records.MailState)
     insert_mail: str = (
         "INSERT INTO outbox (kind, recipient, user_id, public, sealed, created_at, due_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
     mail_sent: str = (
-        "UPDATE outbox SET state = 'sent', sealed = NULL, sent_at = ?, last_error = NULL,"
-        " claimed = 0 WHERE id = ?"
+        f"UPDATE outbox SET state = '{MailState.SENT}', sealed = NULL, sent_at = ?,"
+        " last_error = NULL, claimed = 0 WHERE id = ?"
     )
     mail_given_up: str = (
-        "UPDATE outbox SET state = 'failed', sealed = NULL, last_error = ?, claimed = 0"
-        " WHERE id = ?"
+        f"UPDATE outbox SET state = '{MailState.FAILED}', sealed = NULL, last_error = ?,"
+        " claimed = 0 WHERE id = ?"
     )
     mail_retry: str = "UPDATE outbox SET due_at = ?, last_error = ?, claimed = 0 WHERE id = ?"
     reclaim_mail: str = (
-        "UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = 'queued' AND claimed = 1"
+        f"UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = '{MailState.QUEUED}'"
+        " AND claimed = 1"
     )
     mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"
     # audit
@@ -318,11 +319,24 @@ class Statements:
         "DELETE FROM reset_codes WHERE (state <> ? OR expires_at < ?) AND created_at < ?"
     )
 
+    # PostgreSQL's text holds no NUL: there, event keys (only ever compared) are escaped
+    # one-to-one (event_key).
+    escape_nul: bool = False
+
+    def event_key(self, key: str) -> str:
+        """An event's key as this dialect stores it."""
+        if self.escape_nul and "\x00" in key:
+            return key.replace("\\", "\\\\").replace("\x00", "\\0")
+        return key
+
     def converted(self, convert: Callable[[str], str]) -> Statements:
         """The same statements, each put through ``convert``."""
-        return Statements(
-            **{f.name: convert(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        )
+        texts: dict[str, Any] = {
+            f.name: convert(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), str)
+        }
+        return dataclasses.replace(self, **texts)
 
 
 SQLITE: Final = Statements(
@@ -336,7 +350,8 @@ POSTGRES: Final = Statements(
     **_user_select(
         "ARRAY(SELECT permission FROM user_permissions p WHERE p.user_id = u.id)",
         "ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id)",
-    )
+    ),
+    escape_nul=True,
 ).converted(to_dollar)
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -430,35 +445,6 @@ def prune_plan(
 def skeleton_backfill(rows: Iterable[Row]) -> list[tuple[object, ...]]:
     """``set_skeleton``'s arguments for the ``unskeletoned`` rows."""
     return [(username_skeleton(row[1]), row[0]) for row in rows]
-
-
-def account_plan(
-    s: Statements, change: AccountChange, state: Row | None
-) -> Outcome | list[tuple[str, tuple[object, ...]]]:
-    """What ``change_account`` runs, given the user's ``account_state`` row read in its
-    transaction: the refusing Outcome, or the statements (the audit row and the mail are the
-    store's to add)."""
-    version = change.password_version
-    if state is None or (version is not None and state[0] != version):
-        return Outcome.STALE
-    step, last_step, has_totp = change.totp_step, state[1], bool(state[2])
-    if step is not None and last_step is not None and last_step >= step:
-        return Outcome.REPLAYED
-    if change.set_totp and has_totp == (change.totp_sealed is not None):
-        return Outcome.INVALID
-    uid = change.user_id
-    plan: list[tuple[str, tuple[object, ...]]] = []
-    if change.set_totp:
-        plan.append((s.set_totp, (change.totp_sealed, uid)))
-    if step is not None:
-        plan.append((s.set_totp_step, (step, uid)))
-    if change.questions is not None:
-        plan.append((s.delete_questions, (uid,)))
-        plan.extend((s.insert_question, (uid, q, a)) for q, a in change.questions)
-    if change.end_sessions is not None:
-        plan.append((s.delete_user_sessions, (uid,)))
-        plan.append((s.delete_user_pending_logins, (uid,)))
-    return plan
 
 
 def audit_query(
@@ -560,6 +546,13 @@ def to_question(row: Row) -> SecurityQuestion:
 def to_code(row: Row) -> ResetCode:
     """A row of ``reset_code`` or ``live_code``."""
     return ResetCode(row[0], row[1], row[2], CodeState(row[3]))
+
+
+def mail_counts(rows: Iterable[Row]) -> dict[str, int]:
+    """The outbox's messages by state (every state named, 0 when none), from ``mail_counts``."""
+    counts = dict.fromkeys(MailState, 0)
+    counts.update({MailState(row[0]): int(row[1]) for row in rows})
+    return {str(state): n for state, n in counts.items()}
 
 
 def to_outbox(row: Row) -> OutboxRow:

@@ -26,10 +26,11 @@ import aiosqlite
 import msgspec
 
 from ..files import create_private, probe_write, tighten_path
-from . import codes, keys
+from . import keys, plans
 from . import sql as q
 from .audit import checked_audit_key, link_entries, rechain
 from .base import Store
+from .plans import AccountState, LoginState, ResetState
 from .records import (
     RESET_FAILURE,
     SKELETON_VERSION,
@@ -40,13 +41,17 @@ from .records import (
     Authority,
     CallerGone,
     Claim,
-    MailItem,
+    CodeIssue,
+    MailState,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
     ResetCode,
     SecurityQuestion,
     Session,
+    SessionOpening,
     StoreError,
     User,
     UsernameConfusable,
@@ -60,6 +65,7 @@ from .sqlite_writer import Writer
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
@@ -83,6 +89,20 @@ def _now_sync(raw: sqlite3.Connection) -> float:
     return float(now)
 
 
+def _state(raw: sqlite3.Connection, record: Callable[..., R], sql: str, user_id: int) -> R | None:
+    """The user's row read by ``sql``, as ``record`` names its columns; None when gone."""
+    row = raw.execute(sql, (user_id,)).fetchone()
+    return None if row is None else record(*row)
+
+
+def _run(raw: sqlite3.Connection, plan: plans.Plan) -> Outcome:
+    """Run a plan's steps (see :mod:`.plans`): its outcome, or the first failed step's."""
+    for step in plan.steps:
+        if raw.execute(step.sql, step.args).rowcount != 1 and step.unless is not None:
+            return step.unless
+    return plan.outcome
+
+
 def _authorize_sync(raw: sqlite3.Connection, authority: Authority | None) -> None:
     """CallerGone unless ``authority`` still holds. First in a write job: the single writer
     orders it against every revocation, so what it saw holds until the commit."""
@@ -103,7 +123,7 @@ _GONE = "the caller's session or permission is gone"
 _CLAIM_MAIL = (
     "UPDATE outbox SET due_at = ?, attempts = attempts + 1, claimed = 1"
     " WHERE id IN (SELECT id FROM outbox"
-    " WHERE state = 'queued' AND due_at <= ? ORDER BY id LIMIT ?)"
+    f" WHERE state = '{MailState.QUEUED}' AND due_at <= ? ORDER BY id LIMIT ?)"
     " RETURNING " + ", ".join(q.OUTBOX_COLUMNS)
 )
 _RELEASE_EVENT = (
@@ -403,16 +423,11 @@ class SqliteStore(Store):
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
             _authorize_sync(raw, change.authority)
-            state = _one_sync(raw, S.account_state, (change.user_id,))
-            plan = q.account_plan(S, change, state)
-            if isinstance(plan, Outcome):
-                return plan
-            for statement, args in plan:
-                raw.execute(statement, args)
-            if change.mail is not None:
-                raw.execute(S.insert_mail, q.mail_args(change.mail, now))
-            self._insert_audit_sync(raw, [change.audit], now)
-            return Outcome.DONE
+            state = _state(raw, AccountState, S.account_state, change.user_id)
+            outcome = _run(raw, plans.account_plan(S, change, state, now))
+            if outcome is Outcome.DONE:
+                self._insert_audit_sync(raw, [change.audit], now)
+            return outcome
 
         return await self._write(job)
 
@@ -443,11 +458,11 @@ class SqliteStore(Store):
         def job(raw: sqlite3.Connection) -> bool:
             # In the single writer: a reset that clears the count commits before or after
             # this, never between the count and the lock.
-            if _count_sync(raw, claim, now) < claim.limit:
+            row = raw.execute(S.locked_until, (user_id,)).fetchone()
+            locked_until = row[0] if row is not None else None
+            count = _count_sync(raw, claim, now)
+            if not plans.lock_due(locked_until, row is not None, count, claim, now):
                 return False
-            row = _one_sync(raw, S.locked_until, (user_id,))
-            if row is None or (row[0] is not None and row[0] > now):
-                return False  # gone, or locked already
             raw.execute(S.set_lock, (until, user_id))
             self._insert_audit_sync(raw, [audit], now)
             return True
@@ -456,52 +471,17 @@ class SqliteStore(Store):
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def open_session(
-        self,
-        digest: bytes,
-        user_id: int,
-        now: float,
-        password_version: int,
-        *,
-        totp_step: int | None = None,
-        pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
-        clear: Sequence[tuple[str, str]] = (),
-        release: Sequence[tuple[str, str, float]] = (),
-        audit: Sequence[AuditEntry] = (),
-    ) -> Outcome:
+    async def open_session(self, opening: SessionOpening) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
             # The single writer orders this against a reset's transaction: either the reset
             # came first (the version moved on: STALE) or it deletes this session.
-            for kind, key, at in release:
-                raw.execute(_RELEASE_EVENT, (kind, key, at))
-            row = _one_sync(raw, S.login_state, (user_id,))
-            if totp_step is not None and row is not None and row[1] is not None:
-                if row[1] >= totp_step:
-                    return Outcome.REPLAYED  # the pending step stays, for another code
-            if pending is not None:
-                cur = raw.execute(S.delete_pending_login, (pending,))
-                if cur.rowcount != 1:  # another attempt used this second step already
-                    return Outcome.STALE
-            if row is None or row[0] != password_version:
-                return Outcome.STALE
-            if row[2] is not None and row[2] > now:
-                return Outcome.LOCKED
-            held_key: str | None = None
-            if api_key is not None:
-                held_key, nonce = api_key
-                cur = raw.execute(S.advance_nonce, (nonce, held_key, user_id, nonce))
-                if cur.rowcount != 1:  # an older nonce, or the key is gone
-                    return Outcome.REPLAYED
-            if totp_step is not None:
-                raw.execute(S.set_totp_step, (totp_step, user_id))
-            raw.execute(S.insert_session, (digest, user_id, now, now, held_key))
-            raw.execute(S.set_last_login, (now, user_id))
-            for kind, key in clear:
-                raw.execute(S.clear_events, (kind, key))
-            if audit:
-                self._insert_audit_sync(raw, audit, now)
-            return Outcome.DONE
+            state = _state(raw, LoginState, S.login_state, opening.user_id)
+            for slot in opening.release:
+                raw.execute(_RELEASE_EVENT, slot)
+            outcome = _run(raw, plans.session_plan(S, opening, state))
+            if outcome is Outcome.DONE and opening.audit:
+                self._insert_audit_sync(raw, opening.audit, opening.now)
+            return outcome
 
         return await self._write(job)
 
@@ -515,14 +495,14 @@ class SqliteStore(Store):
 
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
-    ) -> tuple[int, int] | None:
-        def job(raw: sqlite3.Connection) -> tuple[int, int] | None:
+    ) -> PendingStep | None:
+        def job(raw: sqlite3.Connection) -> PendingStep | None:
             args = (digest, max_attempts, now - max_age)
-            row = _one_sync(raw, S.pending_login_attempt, args)
+            row = raw.execute(S.pending_login_attempt, args).fetchone()
             if row is None:
                 raw.execute(S.delete_pending_login, (digest,))
                 return None
-            return int(row[0]), int(row[1])
+            return PendingStep(int(row[0]), int(row[1]))
 
         return await self._write(job)
 
@@ -646,28 +626,13 @@ class SqliteStore(Store):
 
     # -- reset codes --------------------------------------------------------------------------
 
-    async def issue_code(
-        self,
-        user_id: int,
-        digest: bytes,
-        now: float,
-        expires_at: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        limit: Claim | None = None,
-        *,
-        authority: Authority | None = None,
-    ) -> bool:
+    async def issue_code(self, issue: CodeIssue) -> bool:
         def job(raw: sqlite3.Connection) -> bool:
-            _authorize_sync(raw, authority)
-            if limit is not None:
-                if _count_sync(raw, limit, now) >= limit.limit:
-                    return False
-                _record_sync(raw, [limit], now)
-            raw.execute(S.move_user_codes, q.move_codes_args(codes.SUPERSEDE, user_id))
-            raw.execute(S.insert_code, q.code_args(digest, user_id, now, expires_at))
-            raw.execute(S.insert_mail, q.mail_args(mail, now))
-            self._insert_audit_sync(raw, audit, now)
+            _authorize_sync(raw, issue.authority)
+            count = 0 if issue.limit is None else _count_sync(raw, issue.limit, issue.now)
+            if _run(raw, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+                return False
+            self._insert_audit_sync(raw, issue.audit, issue.now)
             return True
 
         return await self._write(job)
@@ -685,54 +650,27 @@ class SqliteStore(Store):
         attempt: Claim | None = None,
     ) -> tuple[Outcome, ResetCode | None]:
         def job(raw: sqlite3.Connection) -> tuple[Outcome, ResetCode | None]:
-            if _count_sync(raw, invalid, now) >= invalid.limit:
-                return Outcome.THROTTLED, None
             row = None
             if digest is not None:
-                row = _one_sync(raw, S.live_code, q.live_code_args(digest, now, user_id))
-            if row is None:
-                _record_sync(raw, [invalid], now)
-                return Outcome.INVALID, None
-            if attempt is not None:
-                if _count_sync(raw, attempt, now) >= attempt.limit:
-                    return Outcome.LOCKED, None
-                _record_sync(raw, [attempt], now)
-            return Outcome.DONE, q.to_code(row)
+                row = raw.execute(S.live_code, q.live_code_args(digest, now, user_id)).fetchone()
+            found = plans.CodeCheck(
+                _count_sync(raw, invalid, now),
+                q.to_code(row) if row is not None else None,
+                _count_sync(raw, attempt, now) if attempt is not None else 0,
+            )
+            outcome, counted = plans.code_check(found, invalid, attempt)
+            _record_sync(raw, counted, now)
+            return outcome, found.code if outcome is Outcome.DONE else None
 
         return await self._write(job)
 
-    async def complete_reset(
-        self,
-        user_id: int,
-        digest: bytes,
-        password_hash: str,
-        now: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        totp_step: int | None = None,
-        revoke_api_keys: bool = False,
-    ) -> Outcome:
+    async def complete_reset(self, reset: PasswordReset) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
-            user = _one_sync(raw, S.reset_state, (user_id,))
-            if user is None:
-                return Outcome.INVALID
-            if user[0] is not None and user[0] > now:
-                return Outcome.LOCKED
-            if totp_step is not None and user[1] is not None and user[1] >= totp_step:
-                return Outcome.REPLAYED
-            cur = raw.execute(S.redeem_code, q.redeem_args(digest, user_id, now))
-            if cur.rowcount != 1:
-                return Outcome.INVALID
-            raw.execute(S.set_password, (password_hash, totp_step, user_id))
-            raw.execute(S.move_user_codes, q.move_codes_args(codes.PASSWORD_CHANGE, user_id))
-            raw.execute(S.delete_user_sessions, (user_id,))
-            if revoke_api_keys:
-                raw.execute(S.delete_user_api_keys, (user_id,))
-            raw.execute(S.delete_user_pending_logins, (user_id,))
-            raw.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
-            raw.execute(S.insert_mail, q.mail_args(mail, now))
-            self._insert_audit_sync(raw, audit, now)
-            return Outcome.DONE
+            state = _state(raw, ResetState, S.reset_state, reset.user_id)
+            outcome = _run(raw, plans.reset_plan(S, reset, state))
+            if outcome is Outcome.DONE:
+                self._insert_audit_sync(raw, reset.audit, reset.now)
+            return outcome
 
         return await self._write(job)
 
@@ -775,9 +713,11 @@ class SqliteStore(Store):
         await self._write(job)
 
     async def mail_counts(self) -> dict[str, int]:
-        counts = {"queued": 0, "sent": 0, "failed": 0}
-        counts.update({state: n for state, n in await self._all(self._reader, S.mail_counts)})
-        return counts
+        counts = dict.fromkeys(MailState, 0)
+        counts.update(
+            {MailState(state): n for state, n in await self._all(self._reader, S.mail_counts)}
+        )
+        return {str(state): n for state, n in counts.items()}
 
     # -- audit --------------------------------------------------------------------------------
 
