@@ -374,7 +374,7 @@ async def test_while_the_database_is_away_answers_are_102_then_service_recovers(
     await app.start()
     store = app.deps.store
     assert isinstance(store, PostgresStore)
-    store.listen_retry = (0.1, 0.5)
+    store.listener.retry = (0.1, 0.5)
     try:
         await make_user(app.deps, "alice")
         login = {"UserName": "alice", "Password": PASSWORD}
@@ -390,12 +390,12 @@ async def test_while_the_database_is_away_answers_are_102_then_service_recovers(
             assert ref, down.o
             assert f"ref={ref[1]}" in caplog.text  # the id support looks up, beside the trace
             assert await health(app) == 503
-            assert not store.listening
+            assert not store.listener.listening
 
             await relay.start()  # the database is back, on the same address
             assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
             assert await health(app) == 200
-            await eventually(lambda: store.listening)
+            await eventually(lambda: store.listener.listening)
     finally:
         await app.stop()
         await relay.close()
@@ -410,10 +410,10 @@ async def test_connections_the_server_cuts_are_replaced(app: App, db: str) -> No
     async with await Client.connect(app.url) as c:
         assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
         assert await terminate_backends(db) >= 2  # at least one pooled, and the listener
-        assert not store.listening
+        assert not store.listener.listening
         for _ in range(3):
             assert (await c.call("AuthenticateUser", login)).o["Authenticated"] is True
-        await eventually(lambda: store.listening)
+        await eventually(lambda: store.listener.listening)
         assert await health(app) == 200
 
 
@@ -453,13 +453,13 @@ async def test_a_cut_listener_reconnects_and_catches_up(
     told: list[int] = []
     await b.listen_revocations(lambda r: told.append(r.user_id))
     uid, other = await a_user(a), await a_user(a, "bob")
-    b.listen_retry = (1.0, 1.0)  # long enough for a reset to commit while b is not listening
+    b.listener.retry = (1.0, 1.0)  # long enough for a reset to commit while b is not listening
     assert b.listener.conn is not None
     pid = b.listener.conn.get_server_pid()
     await sql(db, "SELECT pg_terminate_backend(?)", pid)
-    await eventually(lambda: not b.listening)
+    await eventually(lambda: not b.listener.listening)
     await reset(a, uid, b"1" * 32)  # its NOTIFY reaches nobody on b's side
     await eventually(lambda: told == [uid], timeout=5)  # caught up after the reconnect
-    assert b.listening
+    assert b.listener.listening
     await reset(a, other, b"2" * 32)  # and live notifications flow again
     await eventually(lambda: told == [uid, other], timeout=2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 
+from . import sql as q
 from .audit import AuditCheck, check_chain
 from .records import (
     AccountChange,
@@ -36,7 +37,9 @@ from .records import (
     Session,
     SessionOpening,
     User,
+    username_key,
 )
+from .sql import Row, Statements
 
 __all__ = ["Store"]
 
@@ -55,14 +58,63 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def healthy(self) -> bool:
-        """True when a trivial query answers."""
-
-    @abc.abstractmethod
     async def writable(self) -> str | None:
         """None when the store takes a write (one made and rolled back, within a few seconds;
         the SQLite store also writes a page beside itself, since a rolled-back write never
         reaches its disk); else why not, in words fit for ``/healthz`` (no secret, no path)."""
+
+    # Reads: one statement each, the same on both stores (the dialect's texts in ``_sql``)
+    _sql: Statements
+
+    @abc.abstractmethod
+    async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[Row]:
+        """The rows ``statement`` (one of ``_sql``) selects, read outside any write."""
+
+    async def _first(self, statement: str, *args: object) -> Row | None:
+        rows = await self._fetch(statement, args)
+        return rows[0] if rows else None
+
+    async def user_by_id(self, user_id: int) -> User | None:
+        row = await self._first(self._sql.user_by_id, user_id)
+        return q.to_user(row) if row else None
+
+    async def user_by_name(self, username: str) -> User | None:
+        """Case-insensitive, after trimming."""
+        if "\x00" in username:  # no stored name holds one
+            return None
+        row = await self._first(self._sql.user_by_name, username_key(username))
+        return q.to_user(row) if row else None
+
+    async def list_users(self) -> list[User]:
+        return [q.to_user(row) for row in await self._fetch(self._sql.users, ())]
+
+    async def locked_users(self, oms_id: int, now: float) -> list[User]:
+        """The OMS's users locked at ``now``, by UserId."""
+        rows = await self._fetch(self._sql.users_locked, (oms_id, now))
+        return [q.to_user(row) for row in rows]
+
+    async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
+        rows = await self._fetch(self._sql.questions, (user_id,))
+        return [q.to_question(row) for row in rows]
+
+    async def session(self, digest: bytes) -> Session | None:
+        row = await self._first(self._sql.session, digest)
+        return q.to_session(row) if row else None
+
+    async def api_key(self, key: str) -> ApiKey | None:
+        if "\x00" in key:  # no stored key holds one
+            return None
+        row = await self._first(self._sql.api_key, key)
+        return q.to_api_key(row) if row else None
+
+    async def api_keys(self, user_id: int) -> list[ApiKey]:
+        """The user's keys, oldest first."""
+        rows = await self._fetch(self._sql.user_api_keys, (user_id,))
+        return [q.to_api_key(row) for row in rows]
+
+    async def mail_counts(self) -> dict[str, int]:
+        """Messages by state (:class:`~.records.MailState`), every state named."""
+        return q.mail_counts(await self._fetch(self._sql.mail_counts, ()))
 
     # Users
     @abc.abstractmethod
@@ -78,23 +130,6 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None: ...
-
-    @abc.abstractmethod
-    async def user_by_id(self, user_id: int) -> User | None: ...
-
-    @abc.abstractmethod
-    async def user_by_name(self, username: str) -> User | None:
-        """Case-insensitive, after trimming."""
-
-    @abc.abstractmethod
-    async def list_users(self) -> list[User]: ...
-
-    @abc.abstractmethod
-    async def locked_users(self, oms_id: int, now: float) -> list[User]:
-        """The OMS's users locked at ``now``, by UserId."""
-
-    @abc.abstractmethod
-    async def security_questions(self, user_id: int) -> list[SecurityQuestion]: ...
 
     @abc.abstractmethod
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
@@ -154,9 +189,6 @@ class Store(abc.ABC):
     async def end_second_step(self, digest: bytes) -> None: ...
 
     @abc.abstractmethod
-    async def session(self, digest: bytes) -> Session | None: ...
-
-    @abc.abstractmethod
     async def touch_session(self, digest: bytes, now: float) -> bool:
         """Record activity; False when the session no longer exists (revoked elsewhere)."""
 
@@ -177,13 +209,6 @@ class Store(abc.ABC):
         """Store a new key (its secret already sealed) with ``audit``, in one transaction;
         False (nothing written) when its user holds ``max_keys`` keys already. Ordered against
         a reset of the key's user: a key the reset would revoke is never written after it."""
-
-    @abc.abstractmethod
-    async def api_key(self, key: str) -> ApiKey | None: ...
-
-    @abc.abstractmethod
-    async def api_keys(self, user_id: int) -> list[ApiKey]:
-        """The user's keys, oldest first."""
 
     @abc.abstractmethod
     async def remove_api_key(
@@ -210,22 +235,12 @@ class Store(abc.ABC):
     async def release(self, kind: str, key: str, at: float) -> None:
         """Give back one reserved event (the attempt it counted turned out not to count)."""
 
-    @abc.abstractmethod
-    async def add_event(self, kind: str, key: str, now: float) -> int:
-        """Record an event; return how many of that kind and key exist now."""
-
-    @abc.abstractmethod
-    async def count_events(self, kind: str, key: str, since: float) -> int: ...
-
     # Reset codes (keyed by the SHA-256 of the code)
     @abc.abstractmethod
     async def issue_code(self, issue: CodeIssue) -> bool:
         """Void the user's pending codes, store the new one and queue its mail, at once. With
         ``limit``, one slot of it is reserved in the same transaction first; False (nothing
         written) when it is used up."""
-
-    @abc.abstractmethod
-    async def reset_code(self, digest: bytes) -> ResetCode | None: ...
 
     @abc.abstractmethod
     async def check_code(
@@ -284,10 +299,6 @@ class Store(abc.ABC):
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
         """Record a failed attempt; ``retry_at`` None gives up (state failed, sealed erased)."""
-
-    @abc.abstractmethod
-    async def mail_counts(self) -> dict[str, int]:
-        """Messages by state: queued, sent, failed."""
 
     # Audit
     @abc.abstractmethod

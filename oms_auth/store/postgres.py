@@ -6,7 +6,7 @@ Every write method is one transaction on a pooled connection, committed when it 
 file is how each rule holds across nodes. SQLite gets its ordering from a single writer; here
 each rule is held by PostgreSQL itself:
 
-- ``reserve``, ``add_event``, ``release`` and ``check_code``: transaction-scoped advisory locks on
+- ``reserve``, ``release`` and ``check_code``: transaction-scoped advisory locks on
   (schema, kind, key) around count-then-insert, so no two nodes both take the last slot of a
   limit.
 - ``issue_code``, ``complete_reset``, ``open_session``, ``add_api_key`` and ``remove_api_key``:
@@ -90,12 +90,9 @@ from .records import (
     PendingStep,
     ResetCode,
     Revocation,
-    SecurityQuestion,
-    Session,
     SessionOpening,
     Slot,
     StoreError,
-    User,
     UsernameConfusable,
     UsernameTaken,
     username_key,
@@ -219,30 +216,6 @@ class PostgresStore(Store):
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"
 
-    # The listener's settings and state, as they were the store's before it had a module.
-    @property
-    def listen_retry(self) -> tuple[float, float]:
-        """First and longest wait between listener reconnects, in seconds."""
-        return self.listener.retry
-
-    @listen_retry.setter
-    def listen_retry(self, value: tuple[float, float]) -> None:
-        self.listener.retry = value
-
-    @property
-    def keepalive_seconds(self) -> float:
-        """How often the listener's connection is probed."""
-        return self.listener.keepalive_seconds
-
-    @keepalive_seconds.setter
-    def keepalive_seconds(self, value: float) -> None:
-        self.listener.keepalive_seconds = value
-
-    @property
-    def listening(self) -> bool:
-        """True while the listener's connection is up."""
-        return self.listener.listening
-
     # -- life cycle ---------------------------------------------------------------------------
 
     def _server_settings(self, role: str) -> dict[str, str]:
@@ -351,13 +324,6 @@ class PostgresStore(Store):
             except CONNECTION_ERRORS:
                 pool.terminate()
 
-    async def healthy(self) -> bool:
-        try:
-            async with asyncio.timeout(5):
-                return bool(await self._db.fetchval("SELECT 1") == 1)
-        except _HEALTH_ERRORS:
-            return False
-
     async def writable(self) -> str | None:
         try:
             async with asyncio.timeout(5), self._db.acquire() as conn:
@@ -383,6 +349,11 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreError("store is not open")
         return self._pool
+
+    _sql = S
+
+    async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[q.Row]:
+        return list(await self._db.fetch(statement, *args))
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:
@@ -478,22 +449,6 @@ class PostgresStore(Store):
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)
 
-    async def user_by_id(self, user_id: int) -> User | None:
-        row = await self._db.fetchrow(S.user_by_id, user_id)
-        return q.to_user(row) if row else None
-
-    async def user_by_name(self, username: str) -> User | None:
-        if "\x00" in username:  # no stored name holds one
-            return None
-        row = await self._db.fetchrow(S.user_by_name, username_key(username))
-        return q.to_user(row) if row else None
-
-    async def list_users(self) -> list[User]:
-        return [q.to_user(row) for row in await self._db.fetch(S.users)]
-
-    async def locked_users(self, oms_id: int, now: float) -> list[User]:
-        return [q.to_user(row) for row in await self._db.fetch(S.users_locked, oms_id, now)]
-
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         async with self._tx() as conn:
             # The user's row locked, as a reset and a login take it: the password version and
@@ -507,9 +462,6 @@ class PostgresStore(Store):
                 await self._revoked(conn, Revocation(change.user_id, change.end_sessions), now)
             await self._insert_audit(conn, [change.audit], now)
             return Outcome.DONE
-
-    async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
-        return [q.to_question(row) for row in await self._db.fetch(S.questions, user_id)]
 
     async def set_lock(
         self,
@@ -577,10 +529,6 @@ class PostgresStore(Store):
     async def end_second_step(self, digest: bytes) -> None:
         await self._db.execute(S.delete_pending_login, digest)
 
-    async def session(self, digest: bytes) -> Session | None:
-        row = await self._db.fetchrow(S.session, digest)
-        return q.to_session(row) if row else None
-
     async def touch_session(self, digest: bytes, now: float) -> bool:
         return await self._db.execute(_TOUCH_SESSION, now, digest) == "UPDATE 1"
 
@@ -634,15 +582,6 @@ class PostgresStore(Store):
             await conn.execute(S.insert_api_key, *q.api_key_args(key))
             await self._insert_audit(conn, [audit], key.created_at)
             return True
-
-    async def api_key(self, key: str) -> ApiKey | None:
-        if "\x00" in key:  # no stored key holds one
-            return None
-        row = await self._db.fetchrow(S.api_key, key)
-        return q.to_api_key(row) if row else None
-
-    async def api_keys(self, user_id: int) -> list[ApiKey]:
-        return [q.to_api_key(row) for row in await self._db.fetch(S.user_api_keys, user_id)]
 
     async def remove_api_key(
         self,
@@ -707,16 +646,6 @@ class PostgresStore(Store):
         await self._lock_events(conn, slot.kind, key)
         await conn.execute(_RELEASE_EVENT, slot.kind, key, slot.at)
 
-    async def add_event(self, kind: str, key: str, now: float) -> int:
-        key = S.event_key(key)
-        async with self._tx() as conn:
-            await self._lock_events(conn, kind, key)
-            await conn.execute(S.insert_event, kind, key, now)
-            return int(await conn.fetchval(S.count_events, kind, key))
-
-    async def count_events(self, kind: str, key: str, since: float) -> int:
-        return int(await self._db.fetchval(S.count_events_since, kind, S.event_key(key), since))
-
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         # One transaction per table: clean-up needs no atomicity, and holding one table's rows
         # while waiting for another's would invert a reset's lock order (a deadlock).
@@ -740,10 +669,6 @@ class PostgresStore(Store):
                 return False
             await self._insert_audit(conn, issue.audit, issue.now)
             return True
-
-    async def reset_code(self, digest: bytes) -> ResetCode | None:
-        row = await self._db.fetchrow(S.reset_code, digest)
-        return q.to_code(row) if row else None
 
     async def check_code(
         self,
@@ -805,9 +730,6 @@ class PostgresStore(Store):
             await self._db.execute(S.mail_given_up, _text(error), mail_id)
         else:
             await self._db.execute(S.mail_retry, retry_at, _text(error), mail_id)
-
-    async def mail_counts(self) -> dict[str, int]:
-        return q.mail_counts(await self._db.fetch(S.mail_counts))
 
     # -- audit --------------------------------------------------------------------------------
 

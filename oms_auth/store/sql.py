@@ -259,16 +259,12 @@ class Statements:
     delete_user_api_keys: str = "DELETE FROM api_keys WHERE user_id = ?"
     # counted events
     count_events_since: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
-    count_events: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ?"
     insert_event: str = "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)"
     clear_events: str = "DELETE FROM events WHERE kind = ? AND key = ?"
     # reset codes: states bound from .codes (move_codes_args, live_code_args, redeem_args)
     insert_code: str = (
         "INSERT INTO reset_codes (digest, user_id, created_at, expires_at, state)"
         " VALUES (?, ?, ?, ?, ?)"
-    )
-    reset_code: str = (
-        "SELECT user_id, created_at, expires_at, state FROM reset_codes WHERE digest = ?"
     )
     # CAST: PostgreSQL needs the type of a parameter it only sees compared with NULL.
     live_code: str = (
@@ -544,7 +540,7 @@ def to_question(row: Row) -> SecurityQuestion:
 
 
 def to_code(row: Row) -> ResetCode:
-    """A row of ``reset_code`` or ``live_code``."""
+    """A row of ``live_code``."""
     return ResetCode(row[0], row[1], row[2], CodeState(row[3]))
 
 

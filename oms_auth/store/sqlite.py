@@ -49,11 +49,8 @@ from .records import (
     PasswordReset,
     PendingStep,
     ResetCode,
-    SecurityQuestion,
-    Session,
     SessionOpening,
     StoreError,
-    User,
     UsernameConfusable,
     UsernameTaken,
     username_key,
@@ -301,12 +298,6 @@ class SqliteStore(Store):
             await self._r.close()
             self._r = None
 
-    async def healthy(self) -> bool:
-        try:
-            return bool(await self._one(self._reader, "SELECT 1") == (1,))
-        except (sqlite3.Error, ValueError):
-            return False
-
     async def writable(self) -> str | None:
         # A rolled-back write never reaches the disk (and the WAL reuses its space), so it
         # shows a store that refuses writes (read-only, locked, broken) but not a full disk:
@@ -340,6 +331,11 @@ class SqliteStore(Store):
         return self._r
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    _sql = S
+
+    async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[Any]:
+        return await self._all(self._reader, statement, args)
 
     # One trip to the reader's thread per query (execute, fetch and close would be three).
     @staticmethod
@@ -405,21 +401,6 @@ class SqliteStore(Store):
 
         await self._write(job)
 
-    async def user_by_id(self, user_id: int) -> User | None:
-        row = await self._one(self._reader, S.user_by_id, (user_id,))
-        return q.to_user(row) if row else None
-
-    async def user_by_name(self, username: str) -> User | None:
-        row = await self._one(self._reader, S.user_by_name, (username_key(username),))
-        return q.to_user(row) if row else None
-
-    async def list_users(self) -> list[User]:
-        return [q.to_user(row) for row in await self._all(self._reader, S.users)]
-
-    async def locked_users(self, oms_id: int, now: float) -> list[User]:
-        rows = await self._all(self._reader, S.users_locked, (oms_id, now))
-        return [q.to_user(row) for row in rows]
-
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
             _authorize_sync(raw, change.authority)
@@ -430,10 +411,6 @@ class SqliteStore(Store):
             return outcome
 
         return await self._write(job)
-
-    async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
-        rows = await self._all(self._reader, S.questions, (user_id,))
-        return [q.to_question(row) for row in rows]
 
     async def set_lock(
         self,
@@ -512,10 +489,6 @@ class SqliteStore(Store):
 
         await self._write(job)
 
-    async def session(self, digest: bytes) -> Session | None:
-        row = await self._one(self._reader, S.session, (digest,))
-        return q.to_session(row) if row else None
-
     async def touch_session(self, digest: bytes, now: float) -> bool:
         def job(raw: sqlite3.Connection) -> bool:
             cur = raw.execute(_TOUCH_SESSION, (now, digest))
@@ -551,14 +524,6 @@ class SqliteStore(Store):
             return True
 
         return await self._write(job)
-
-    async def api_key(self, key: str) -> ApiKey | None:
-        row = await self._one(self._reader, S.api_key, (key,))
-        return q.to_api_key(row) if row else None
-
-    async def api_keys(self, user_id: int) -> list[ApiKey]:
-        rows = await self._all(self._reader, S.user_api_keys, (user_id,))
-        return [q.to_api_key(row) for row in rows]
 
     async def remove_api_key(
         self,
@@ -602,18 +567,6 @@ class SqliteStore(Store):
 
         await self._write(job)
 
-    async def add_event(self, kind: str, key: str, now: float) -> int:
-        def job(raw: sqlite3.Connection) -> int:
-            raw.execute(S.insert_event, (kind, key, now))
-            (count,) = _one_sync(raw, S.count_events, (kind, key))
-            return int(count)
-
-        return await self._write(job)
-
-    async def count_events(self, kind: str, key: str, since: float) -> int:
-        (count,) = await self._one(self._reader, S.count_events_since, (kind, key, since))
-        return int(count)
-
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         def job(raw: sqlite3.Connection) -> int:
             gone = 0
@@ -636,10 +589,6 @@ class SqliteStore(Store):
             return True
 
         return await self._write(job)
-
-    async def reset_code(self, digest: bytes) -> ResetCode | None:
-        row = await self._one(self._reader, S.reset_code, (digest,))
-        return q.to_code(row) if row else None
 
     async def check_code(
         self,
@@ -711,13 +660,6 @@ class SqliteStore(Store):
                 raw.execute(S.mail_retry, (retry_at, error, mail_id))
 
         await self._write(job)
-
-    async def mail_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(MailState, 0)
-        counts.update(
-            {MailState(state): n for state, n in await self._all(self._reader, S.mail_counts)}
-        )
-        return {str(state): n for state, n in counts.items()}
 
     # -- audit --------------------------------------------------------------------------------
 
