@@ -1,34 +1,13 @@
 """PostgreSQL through asyncpg: several oms-auth nodes serving one exchange from one database.
 
 Every write method is one transaction on a pooled connection, committed when it returns, as in
-:mod:`.sqlite`. The statement texts both stores share are in :mod:`.sql`, the schema in
-:mod:`.postgres_schema`, the listener in :mod:`.postgres_listener`, the URL in :mod:`.urls`; this
-file is how each rule holds across nodes. SQLite gets its ordering from a single writer; here
-each rule is held by PostgreSQL itself:
-
-- ``reserve``, ``release`` and ``check_code``: transaction-scoped advisory locks on
-  (schema, kind, key) around count-then-insert, so no two nodes both take the last slot of a
-  limit.
-- ``issue_code``, ``complete_reset``, ``open_session``, ``add_api_key`` and ``remove_api_key``:
-  the user's row is locked (``FOR UPDATE``) first, so a newer code voids every older one, a
-  lock or a TOTP step is re-read as it is, and a login racing a reset either commits first (and
-  is revoked) or sees the new password version. ``complete_reset``'s ``UPDATE ... WHERE state =
-  pending AND expires_at > now`` decides a race: of concurrent calls on any nodes, exactly one
-  wins; so does an API-key login's ``UPDATE ... WHERE last_nonce < nonce`` among logins sharing
-  a nonce (a key removed meanwhile matches no row). ``check_code`` reads the code ``FOR
-  SHARE``, so it waits for a redemption in flight and then sees the code used.
-- ``claim_mail``: ``FOR UPDATE SKIP LOCKED``, and a claimed row is leased (not due again until
-  the lease ends), so each message is delivered once whichever node's worker takes it.
-- a write made for a caller (``authority``): the caller's user row is locked ``FOR SHARE`` and its
-  session row ``FOR SHARE`` before anything is written, and re-read there: a reset of the caller
-  (which holds the row ``FOR UPDATE``) commits before the write (which then sees the session gone
-  and writes nothing) or after it; a LogOut's delete of the session waits for the write, or the
-  write waits for the delete and then finds no session.
-- the audit hash chain: an advisory lock around reading the tail and appending keeps it one line.
-- every revocation (a completed reset, a LogOut) sends ``NOTIFY`` inside its transaction (only a
-  committed change is told); each node's :class:`~.postgres_listener.RevocationListener` logs
-  the connections holding those sessions off.
-- migrations: an advisory lock, so nodes starting at once migrate once.
+:mod:`.sqlite`. SQLite gets its ordering from a single writer; here each rule is held by
+PostgreSQL itself, as docs/rules.md ("Concurrency") tables rule by rule: advisory locks per
+(schema, kind, key) around a limit's count-then-insert; the user's row ``FOR UPDATE`` first in
+every write about a user, so a code, a lock, a TOTP step or a password version is read as it
+is; compare-and-set ``UPDATE``s that let one of racing calls win (a code's redemption, an API
+key's nonce); ``FOR UPDATE SKIP LOCKED`` and a lease for the outbox; an advisory lock around the
+audit chain's tail; ``NOTIFY`` inside a revoking transaction, heard by every node's listener.
 
 Lock order, to rule out deadlocks: users' rows (the one written for and the caller's, the lower
 id first), then the caller's session row, then event locks (sorted by kind and key), then the
@@ -36,21 +15,23 @@ audit lock. Advisory locks are keyed by schema, so stores in different schemas o
 database never wait on each other.
 
 PostgreSQL text cannot hold NUL, which a client may send inside a username: event keys are
-escaped one-to-one (:func:`_key`), audit and error text shows U+FFFD instead (:func:`_text`).
+escaped one-to-one (``Statements.event_key``), audit and error text shows U+FFFD instead
+(:func:`.postgres_tx.text`).
 
-Longer than 500 lines: it is one class implementing the whole :class:`~.base.Store` interface,
-and each method's transaction, with its locks, is read best whole and beside the others.
+The decisions are in :mod:`.plans` (shared with SQLite), the statements in :mod:`.sql`; the
+transaction primitives (row locks, advisory keys, running a plan) in :mod:`.postgres_tx`, the
+schema in :mod:`.postgres_schema` and :mod:`.postgres_migrate`, the listener in
+:mod:`.postgres_listener`, the URL in :mod:`.urls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
@@ -59,26 +40,35 @@ from protocol.messages import LogoutReason
 
 from . import keys, plans
 from . import sql as q
-from .audit import checked_audit_key, link_entries, rechain
+from .audit import checked_audit_key, link_entries
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
-from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, notice
+from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
+from .postgres_migrate import migrate
 from .postgres_schema import (
-    META,
     MIGRATIONS,
-    RECHAIN_AFTER,
     SCHEMA_VERSION,
-    SKELETONS_AFTER,
+)
+from .postgres_tx import (
+    ADVISORY_LOCK,
+    CONNECTION_ERRORS,
+    S,
+    audit_entry,
+    count_of,
+    lock_for,
+    lock_key,
+    read_state,
+    run_plan,
+    text,
+    unreachable,
 )
 from .records import (
     RESET_FAILURE,
-    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
     AuditRow,
     Authority,
-    CallerGone,
     Claim,
     CodeIssue,
     MailItem,
@@ -101,12 +91,7 @@ from .records import (
 from .urls import PgTarget, parse_url
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # A pooled connection inside one of this store's transactions.
-    Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
-
-R = TypeVar("R")
+    from .postgres_tx import Conn
 
 __all__ = [
     "PostgresStore",
@@ -119,28 +104,14 @@ __all__ = [
     "CONNECTION_ERRORS",
 ]
 
-S = q.POSTGRES
-
-# What a lost or unreachable database raises (asyncpg's own errors, the socket's, a timeout).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 _HEALTH_ERRORS: tuple[type[BaseException], ...] = (StoreError, *CONNECTION_ERRORS)
 
 # The shared statements with the row locks this store's rules take (see the module docstring).
-_LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
-_SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
-_AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
-_GONE = "the caller's session or permission is gone"
 _LOGIN_STATE_LOCKED = S.login_state + " FOR UPDATE"
 _LOCKED_UNTIL_LOCKED = S.locked_until + " FOR UPDATE"
 _RESET_STATE_LOCKED = S.reset_state + " FOR UPDATE"
 _ACCOUNT_STATE_LOCKED = S.account_state + " FOR UPDATE"
 _LIVE_CODE_SHARED = S.live_code + " FOR SHARE"
-_ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _CLAIM_MAIL = (
     f"WITH due AS (SELECT id FROM outbox WHERE state = '{MailState.QUEUED}' AND due_at <= $1"
     " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
@@ -153,48 +124,6 @@ _RELEASE_EVENT = (
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-
-
-def _lock_key(*parts: str) -> int:
-    """A 64-bit advisory lock key for these parts."""
-    raw = "\x1f".join(("oms-auth", *parts)).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
-
-
-def _text(value: str | None) -> str | None:
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
-
-
-def _entry(e: AuditEntry) -> AuditEntry:
-    """An audit entry PostgreSQL can store (what is hashed is what is stored)."""
-    return msgspec.structs.replace(
-        e,
-        action=e.action.replace("\x00", "\ufffd"),
-        target_name=_text(e.target_name),
-        source=_text(e.source),
-        detail=_text(e.detail),
-    )
-
-
-def _count_of(status: str) -> int:
-    """The row count of a command status such as ``DELETE 3``."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-async def _state(conn: Conn, record: Callable[..., R], sql: str, user_id: int) -> R | None:
-    """The user's row read (and locked) by ``sql``, as ``record`` names its columns; None when
-    gone."""
-    row = await conn.fetchrow(sql, user_id)
-    return None if row is None else record(*row)
-
-
-async def _run(conn: Conn, plan: plans.Plan) -> Outcome:
-    """Run a plan's steps (see :mod:`.plans`): its outcome, or the first failed step's."""
-    for step in plan.steps:
-        status = await conn.execute(step.sql, *step.args)
-        if step.unless is not None and _count_of(status) != 1:
-            return step.unless
-    return plan.outcome
 
 
 class PostgresStore(Store):
@@ -211,7 +140,7 @@ class PostgresStore(Store):
             self._connect_listener, schema=self.schema, node=self.node
         )
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._audit_lock = _lock_key(self.schema, "audit")
+        self._audit_lock = lock_key(self.schema, "audit")
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"
@@ -221,16 +150,6 @@ class PostgresStore(Store):
     def _server_settings(self, role: str) -> dict[str, str]:
         # application_name lets an operator (and the tests) find this store's connections.
         return {"search_path": self.schema, "application_name": f"{role} {self.schema}"[:63]}
-
-    def _unreachable(self, exc: BaseException) -> str:
-        t = self.target
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {t.connect_timeout:g} s"
-        elif isinstance(exc, asyncpg.PostgresError):
-            reason = f"the server refused: {exc}"
-        else:
-            reason = str(exc) or type(exc).__name__
-        return f"cannot reach PostgreSQL at {t.where}: {reason}"
 
     async def open(self) -> None:
         t = self.target
@@ -245,71 +164,16 @@ class PostgresStore(Store):
                 server_settings=self._server_settings("oms-auth"),
             )
         except CONNECTION_ERRORS as exc:
-            raise StoreError(self._unreachable(exc)) from None
+            raise StoreError(unreachable(self.target, exc)) from None
         try:
-            await self._migrate()
+            async with self._tx() as conn:
+                await migrate(conn, self.schema, t.where, self._audit_key, self._key)
         except CONNECTION_ERRORS as exc:
             await self.close()
-            raise StoreError(self._unreachable(exc)) from None
+            raise StoreError(unreachable(self.target, exc)) from None
         except BaseException:
             await self.close()
             raise
-
-    async def _migrate(self) -> None:
-        async with self._tx() as conn:
-            # Two nodes starting at once: the second waits here, then finds the work done.
-            await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "migrate"))
-            if not await conn.fetchval(
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
-            ):
-                await conn.execute(f'CREATE SCHEMA "{self.schema}"')
-            await conn.execute(META)
-            found = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
-            version = int(found or 0)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"PostgreSQL schema {self.schema!r} at {self.target.where} has schema version "
-                    f"{version}; this oms-auth knows up to {SCHEMA_VERSION}"
-                )
-            if self._key is not None:  # before migrating: a refused key re-chains nothing
-                await keys.bind(
-                    self._key,
-                    audit_key=self._audit_key,
-                    version=version,
-                    where=f"PostgreSQL schema {self.schema!r} at {self.target.where}",
-                    fetch=lambda sql, args: conn.fetch(q.to_dollar(sql), *args),
-                )
-            for target in range(version, SCHEMA_VERSION):
-                await conn.execute(MIGRATIONS[target])
-                if target + 1 in RECHAIN_AFTER:
-                    links = rechain(self._audit_key, await conn.fetch(S.audit_chain))
-                    await conn.executemany(S.relink_audit, links)
-                if target + 1 == SKELETONS_AFTER:
-                    rows = await conn.fetch(S.unskeletoned)
-                    await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-                await conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    str(target + 1),
-                )
-            await self._refresh_skeletons(conn)
-
-    @staticmethod
-    async def _refresh_skeletons(conn: Conn) -> None:
-        """Recompute every user's skeleton when they were computed with another
-        SKELETON_VERSION (or none recorded): look-alikes are found with one data set. Under
-        the migration lock: nodes starting at once do it once."""
-        recorded = await conn.fetchval("SELECT value FROM meta WHERE key = 'skeleton_version'")
-        if recorded == SKELETON_VERSION:
-            return
-        await conn.execute(S.clear_skeletons)
-        rows = await conn.fetch(S.unskeletoned)
-        await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-        await conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('skeleton_version', $1)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            SKELETON_VERSION,
-        )
 
     async def schema_version(self) -> int:
         found = await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -374,9 +238,9 @@ class PostgresStore(Store):
         if not entries:
             return
         # Held until commit: the next writer on any node reads the tail after this one.
-        await conn.execute(_ADVISORY_LOCK, self._audit_lock)
+        await conn.execute(ADVISORY_LOCK, self._audit_lock)
         tail = await conn.fetchrow(S.audit_tail)
-        rows = link_entries(self._audit_key, tail, [_entry(e) for e in entries], now)
+        rows = link_entries(self._audit_key, tail, [audit_entry(e) for e in entries], now)
         await conn.executemany(S.insert_audit, rows)
 
     @staticmethod
@@ -387,22 +251,8 @@ class PostgresStore(Store):
     async def _now(conn: Conn) -> float:
         return float(await conn.fetchval(_NOW))
 
-    @staticmethod
-    async def _lock_for(conn: Conn, user_id: int | None, authority: Authority | None) -> None:
-        """Lock the row of the user written for (``FOR UPDATE``) and the caller's (``FOR
-        SHARE``), the lower id first so two writes for two callers never wait in a cycle; then
-        CallerGone unless the caller's authority still holds (its session row ``FOR SHARE``)."""
-        rows = [] if user_id is None else [(user_id, _LOCK_USER)]
-        if authority is not None and authority.user_id != user_id:
-            rows.append((authority.user_id, _SHARE_USER))
-        for uid, statement in sorted(rows):
-            await conn.execute(statement, uid)
-        if authority is not None:
-            if await conn.fetchval(_AUTHORITY_SHARED, *q.authority_args(authority)) is None:
-                raise CallerGone(_GONE)
-
     async def _lock_events(self, conn: Conn, kind: str, key: str) -> None:
-        await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "events", kind, key))
+        await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "events", kind, key))
 
     # -- users --------------------------------------------------------------------------------
 
@@ -424,9 +274,9 @@ class PostgresStore(Store):
         taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
         key, skeleton = username_key(user.username), username_skeleton(user.username)
         async with self._tx() as conn:
-            await self._lock_for(conn, None, authority)
+            await lock_for(conn, None, authority)
             # Two nodes adding look-alike names at once: one waits for the other's commit.
-            await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "skeleton:" + skeleton))
+            await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "skeleton:" + skeleton))
             if await conn.fetchval(S.username_taken, key):
                 raise taken
             if await conn.fetchval(S.username_lookalike, skeleton, key):
@@ -453,9 +303,9 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # The user's row locked, as a reset and a login take it: the password version and
             # the TOTP step are read as they are until this commits.
-            await self._lock_for(conn, change.user_id, change.authority)
-            state = await _state(conn, AccountState, _ACCOUNT_STATE_LOCKED, change.user_id)
-            outcome = await _run(conn, plans.account_plan(S, change, state, now))
+            await lock_for(conn, change.user_id, change.authority)
+            state = await read_state(conn, AccountState, _ACCOUNT_STATE_LOCKED, change.user_id)
+            outcome = await run_plan(conn, plans.account_plan(S, change, state, now))
             if outcome is not Outcome.DONE:
                 return outcome
             if change.end_sessions is not None:
@@ -472,7 +322,7 @@ class PostgresStore(Store):
         authority: Authority | None = None,
     ) -> None:
         async with self._tx() as conn:
-            await self._lock_for(conn, user_id, authority)
+            await lock_for(conn, user_id, authority)
             await conn.execute(S.set_lock, until, user_id)
             if until is None:
                 await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
@@ -502,10 +352,10 @@ class PostgresStore(Store):
             # lock): either the reset committed first (the version moved on: STALE) or it
             # waits and then deletes this session. The API key's row lock (its nonce's
             # compare-and-set) orders logins sharing a nonce: the first moves it on.
-            state = await _state(conn, LoginState, _LOGIN_STATE_LOCKED, opening.user_id)
+            state = await read_state(conn, LoginState, _LOGIN_STATE_LOCKED, opening.user_id)
             for slot in opening.release:
                 await self._release(conn, slot)
-            outcome = await _run(conn, plans.session_plan(S, opening, state))
+            outcome = await run_plan(conn, plans.session_plan(S, opening, state))
             if outcome is Outcome.DONE:
                 await self._insert_audit(conn, opening.audit, opening.now)
             return outcome
@@ -538,20 +388,7 @@ class PostgresStore(Store):
             await self._revoked(conn, Revocation(user_id, reason, digest), time.time())
 
     async def _revoked(self, conn: Conn, revocation: Revocation, now: float) -> None:
-        """Tell every node (inside the transaction: only a committed change is told)."""
-        r = revocation
-        change = await conn.fetchval(
-            "INSERT INTO revocations (user_id, node, at, session_digest, reason)"
-            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            r.user_id,
-            self.node,
-            now,
-            r.session_digest,
-            r.reason,
-        )
-        await conn.execute("DELETE FROM revocations WHERE at < $1", now - CHANGES_KEPT_SECONDS)
-        told = notice(self.schema, self.node, int(change), r)
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, told)
+        await announce(conn, self.schema, self.node, revocation, now)
 
     async def listen_revocations(self, callback: Callable[[Revocation], None]) -> None:
         self.listener.add(callback)
@@ -560,7 +397,7 @@ class PostgresStore(Store):
         try:
             await self.listener.start()
         except CONNECTION_ERRORS as exc:
-            raise StoreError(self._unreachable(exc)) from None
+            raise StoreError(unreachable(self.target, exc)) from None
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -576,7 +413,7 @@ class PostgresStore(Store):
             # The user's row first: two additions on any nodes count in turn, and a reset
             # revoking the user's keys commits before this (the caller's session is gone then)
             # or after it (and deletes this key too).
-            await self._lock_for(conn, key.user_id, authority)
+            await lock_for(conn, key.user_id, authority)
             if int(await conn.fetchval(S.count_user_api_keys, key.user_id)) >= max_keys:
                 return False
             await conn.execute(S.insert_api_key, *q.api_key_args(key))
@@ -597,7 +434,7 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # The user's row first, as a reset (which may delete the same key) and a login
             # with the key take it: no cycle.
-            await self._lock_for(conn, user_id, authority)
+            await lock_for(conn, user_id, authority)
             rows = await conn.fetch(S.delete_api_key_sessions, key, user_id)
             if await conn.execute(S.delete_api_key, key, user_id) != "DELETE 1":
                 return None  # not this user's key: no session of it was either
@@ -651,7 +488,7 @@ class PostgresStore(Store):
         # while waiting for another's would invert a reset's lock order (a deadlock).
         gone = 0
         for statement, args in q.prune_plan(S, events_before, sessions_idle_since):
-            gone += _count_of(await self._db.execute(statement, *args))
+            gone += count_of(await self._db.execute(statement, *args))
         return gone
 
     # -- reset codes --------------------------------------------------------------------------
@@ -660,12 +497,12 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
             # user's row first, then the limit's lock, as lock_when_spent takes them.
-            await self._lock_for(conn, issue.user_id, issue.authority)
+            await lock_for(conn, issue.user_id, issue.authority)
             count = 0
             if issue.limit is not None:
                 await self._lock_claims(conn, [issue.limit])
                 count = await self._count(conn, issue.limit, issue.now)
-            if await _run(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+            if await run_plan(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
                 return False
             await self._insert_audit(conn, issue.audit, issue.now)
             return True
@@ -700,8 +537,8 @@ class PostgresStore(Store):
             # Locked first: the lock and the TOTP step are read as they are now, and no login
             # or lock on any node changes them before this commits. The race between resets is
             # decided by the code's redemption: a loser, once the winner commits, finds none.
-            state = await _state(conn, ResetState, _RESET_STATE_LOCKED, reset.user_id)
-            outcome = await _run(conn, plans.reset_plan(S, reset, state))
+            state = await read_state(conn, ResetState, _RESET_STATE_LOCKED, reset.user_id)
+            outcome = await run_plan(conn, plans.reset_plan(S, reset, state))
             if outcome is not Outcome.DONE:
                 return outcome
             revocation = Revocation(reset.user_id, LogoutReason.PASSWORD_CHANGED)
@@ -727,9 +564,9 @@ class PostgresStore(Store):
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
         if retry_at is None:
-            await self._db.execute(S.mail_given_up, _text(error), mail_id)
+            await self._db.execute(S.mail_given_up, text(error), mail_id)
         else:
-            await self._db.execute(S.mail_retry, retry_at, _text(error), mail_id)
+            await self._db.execute(S.mail_retry, retry_at, text(error), mail_id)
 
     # -- audit --------------------------------------------------------------------------------
 
@@ -748,7 +585,7 @@ class PostgresStore(Store):
         recorded_as: str | None = None,
     ) -> list[AuditRow]:
         statement, args = q.audit_query(
-            user=_text(user),
+            user=text(user),
             since=since,
             until=until,
             limit=limit,

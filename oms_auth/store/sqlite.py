@@ -7,14 +7,16 @@ run beside a write.
 
 Rules under concurrency: every write is a job of the single writer, so a job's reads and writes
 (count-then-insert of a limit, redeeming a code, reading the audit chain's tail and appending)
-run with nothing in between. The statement texts both stores share are in :mod:`.sql`, the
-schema in :mod:`.sqlite_schema`.
+run with nothing in between. The decisions are in :mod:`.plans` (shared with PostgreSQL), the
+statements in :mod:`.sql`; what a job uses inside its transaction in :mod:`.sqlite_tx`, the schema
+in :mod:`.sqlite_schema` and :mod:`.sqlite_migrate`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import secrets
 import sqlite3
@@ -28,18 +30,17 @@ import msgspec
 from ..files import create_private, probe_write, tighten_path
 from . import keys, plans
 from . import sql as q
-from .audit import checked_audit_key, link_entries, rechain
+from . import sqlite_tx as tx
+from .audit import checked_audit_key
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
 from .records import (
     RESET_FAILURE,
-    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
     AuditRow,
     Authority,
-    CallerGone,
     Claim,
     CodeIssue,
     MailState,
@@ -56,7 +57,9 @@ from .records import (
     username_key,
     username_skeleton,
 )
-from .sqlite_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
+from .sqlite_migrate import migrate
+from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from .sqlite_tx import S
 from .sqlite_writer import Writer
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
@@ -65,56 +68,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
-    """Events of ``claim``'s counter within its window."""
-    args = (claim.kind, claim.key, now - claim.window)
-    (count,) = raw.execute(S.count_events_since, args).fetchone()
-    return int(count)
-
-
-def _record_sync(raw: sqlite3.Connection, claims: Sequence[Claim], now: float) -> None:
-    """One event for each claim."""
-    raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
-
-
-def _one_sync(raw: sqlite3.Connection, sql: str, params: Any = ()) -> Any:
-    return raw.execute(sql, params).fetchone()
-
-
-def _now_sync(raw: sqlite3.Connection) -> float:
-    (now,) = raw.execute(_NOW).fetchone()
-    return float(now)
-
-
-def _state(raw: sqlite3.Connection, record: Callable[..., R], sql: str, user_id: int) -> R | None:
-    """The user's row read by ``sql``, as ``record`` names its columns; None when gone."""
-    row = raw.execute(sql, (user_id,)).fetchone()
-    return None if row is None else record(*row)
-
-
-def _run(raw: sqlite3.Connection, plan: plans.Plan) -> Outcome:
-    """Run a plan's steps (see :mod:`.plans`): its outcome, or the first failed step's."""
-    for step in plan.steps:
-        if raw.execute(step.sql, step.args).rowcount != 1 and step.unless is not None:
-            return step.unless
-    return plan.outcome
-
-
-def _authorize_sync(raw: sqlite3.Connection, authority: Authority | None) -> None:
-    """CallerGone unless ``authority`` still holds. First in a write job: the single writer
-    orders it against every revocation, so what it saw holds until the commit."""
-    if authority is not None:
-        if raw.execute(S.authority_holds, q.authority_args(authority)).fetchone() is None:
-            raise CallerGone(_GONE)
-
-
 class _RolledBack(Exception):
     """Raised by the health probe's write job, so the writer rolls its write back."""
 
 
-S = q.SQLITE
 _LOOKALIKE = "the username looks too much like an existing username"
-_GONE = "the caller's session or permission is gone"
 
 # What only this store runs (its dialect's way of saying it).
 _CLAIM_MAIL = (
@@ -128,15 +86,6 @@ _RELEASE_EVENT = (
     " (SELECT rowid FROM events WHERE kind = ? AND key = ? AND at = ? LIMIT 1)"
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest = ?"
-_NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-_PRAGMAS = (
-    "busy_timeout=10000",
-    "foreign_keys=ON",
-    # FULL: a commit is on disk before the caller is told so, power loss included.
-    "synchronous=FULL",
-    # Erased secrets (delivered mail, voided codes) are overwritten, not unlinked.
-    "secure_delete=ON",
-)
 
 
 class SqliteStore(Store):
@@ -168,9 +117,9 @@ class SqliteStore(Store):
             # The reader migrates, before it turns read-only and the writer starts.
             self._r = await self._connect()
             await self._r.execute("PRAGMA journal_mode=WAL")
-            await self._migrate(self._r)
+            await migrate(self._r, self.path, self._audit_key, self._key)
             await self._r.execute("PRAGMA query_only=ON")
-            writer = Writer(self._connect_writer, self._max_batch)
+            writer = Writer(functools.partial(tx.connect, self.path), self._max_batch)
             await writer.start()
             self._w = writer
         except sqlite3.Error as exc:
@@ -204,70 +153,12 @@ class SqliteStore(Store):
         # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one implicitly.
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            for pragma in _PRAGMAS:
+            for pragma in tx.PRAGMAS:
                 await db.execute("PRAGMA " + pragma)
         except BaseException:
             await db.close()  # its thread would keep the process alive
             raise
         return db
-
-    def _connect_writer(self) -> sqlite3.Connection:
-        """The writer's connection, opened in its thread (see :mod:`.sqlite_writer`)."""
-        raw = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            for pragma in _PRAGMAS:
-                raw.execute("PRAGMA " + pragma)
-        except BaseException:
-            raw.close()
-            raise
-        return raw
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = await self._one(db, "PRAGMA user_version")
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.path} has schema version {version}; "
-                    f"this oms-auth knows up to {SCHEMA_VERSION}"
-                )
-            await db.execute(META)
-            if self._key is not None:  # before migrating: a refused key re-chains nothing
-                await keys.bind(
-                    self._key,
-                    audit_key=self._audit_key,
-                    version=version,
-                    where=f"the store {self.path}",
-                    fetch=lambda sql, args: self._all(db, sql, args),
-                )
-            for target in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
-                if target + 1 in RECHAIN_AFTER:
-                    links = rechain(self._audit_key, await self._all(db, S.audit_chain))
-                    await db.executemany(S.relink_audit, links)
-                if target + 1 == SKELETONS_AFTER:
-                    rows = await self._all(db, S.unskeletoned)
-                    await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-                await db.execute(f"PRAGMA user_version={target + 1}")
-            await self._refresh_skeletons(db)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-    async def _refresh_skeletons(self, db: aiosqlite.Connection) -> None:
-        """Recompute every user's skeleton when they were computed with another
-        SKELETON_VERSION (or none recorded): look-alikes are found with one data set."""
-        recorded = await self._one(db, "SELECT version FROM skeleton_version")
-        if recorded is not None and recorded[0] == SKELETON_VERSION:
-            return
-        await db.execute(S.clear_skeletons)
-        rows = await self._all(db, S.unskeletoned)
-        await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-        await db.execute("DELETE FROM skeleton_version")
-        await db.execute("INSERT INTO skeleton_version (version) VALUES (?)", (SKELETON_VERSION,))
 
     async def start_serving(self, now: float) -> int:
         # An exclusive lock beside the store, held while this process serves: a second serve
@@ -335,17 +226,8 @@ class SqliteStore(Store):
     _sql = S
 
     async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[Any]:
-        return await self._all(self._reader, statement, args)
-
-    # One trip to the reader's thread per query (execute, fetch and close would be three).
-    @staticmethod
-    async def _one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
-        rows = list(await db.execute_fetchall(sql, params))
-        return rows[0] if rows else None
-
-    @staticmethod
-    async def _all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
-        return list(await db.execute_fetchall(sql, params))
+        # One trip to the reader's thread per query (execute, fetch and close would be three).
+        return list(await self._reader.execute_fetchall(statement, args))
 
     async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run a write job in the writer's next batch (see :mod:`.sqlite_writer`)."""
@@ -358,13 +240,6 @@ class SqliteStore(Store):
         """How many commits the writer made (the group-commit benchmark reads it)."""
         return self._w.batches if self._w is not None else 0
 
-    def _insert_audit_sync(
-        self, raw: sqlite3.Connection, entries: Sequence[AuditEntry], now: float
-    ) -> None:
-        # Inside the write job, so the chain's tail cannot move under us.
-        tail = raw.execute(S.audit_tail).fetchone()
-        raw.executemany(S.insert_audit, link_entries(self._audit_key, tail, entries, now))
-
     # -- users --------------------------------------------------------------------------------
 
     async def create_user(
@@ -375,13 +250,14 @@ class SqliteStore(Store):
         authority: Authority | None = None,
     ) -> int:
         def job(raw: sqlite3.Connection) -> int:
-            _authorize_sync(raw, authority)
+            tx.authorize(raw, authority)
             key = username_key(user.username)
-            if _one_sync(raw, S.username_taken, (key,)):
+            if raw.execute(S.username_taken, (key,)).fetchone():
                 raise UsernameTaken(f"username {user.username.strip()!r} is taken")
-            if _one_sync(raw, S.username_lookalike, (username_skeleton(user.username), key)):
+            skeleton = username_skeleton(user.username)
+            if raw.execute(S.username_lookalike, (skeleton, key)).fetchone():
                 raise UsernameConfusable(_LOOKALIKE)
-            (user_id,) = _one_sync(raw, S.insert_user, q.user_args(user))
+            (user_id,) = raw.execute(S.insert_user, q.user_args(user)).fetchone()
             raw.executemany(S.insert_account, q.account_args(user))
             raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
             raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
@@ -390,7 +266,7 @@ class SqliteStore(Store):
             )
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
-                self._insert_audit_sync(raw, [entry], _now_sync(raw))
+                tx.append_audit(raw, self._audit_key, [entry], tx.clock(raw))
             return int(user_id)
 
         return await self._write(job)
@@ -403,11 +279,11 @@ class SqliteStore(Store):
 
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
-            _authorize_sync(raw, change.authority)
-            state = _state(raw, AccountState, S.account_state, change.user_id)
-            outcome = _run(raw, plans.account_plan(S, change, state, now))
+            tx.authorize(raw, change.authority)
+            state = tx.read_state(raw, AccountState, S.account_state, change.user_id)
+            outcome = tx.run_plan(raw, plans.account_plan(S, change, state, now))
             if outcome is Outcome.DONE:
-                self._insert_audit_sync(raw, [change.audit], now)
+                tx.append_audit(raw, self._audit_key, [change.audit], now)
             return outcome
 
         return await self._write(job)
@@ -421,11 +297,11 @@ class SqliteStore(Store):
         authority: Authority | None = None,
     ) -> None:
         def job(raw: sqlite3.Connection) -> None:
-            _authorize_sync(raw, authority)
+            tx.authorize(raw, authority)
             raw.execute(S.set_lock, (until, user_id))
             if until is None:
                 raw.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
-            self._insert_audit_sync(raw, [audit], _now_sync(raw))
+            tx.append_audit(raw, self._audit_key, [audit], tx.clock(raw))
 
         await self._write(job)
 
@@ -437,11 +313,11 @@ class SqliteStore(Store):
             # this, never between the count and the lock.
             row = raw.execute(S.locked_until, (user_id,)).fetchone()
             locked_until = row[0] if row is not None else None
-            count = _count_sync(raw, claim, now)
+            count = tx.count(raw, claim, now)
             if not plans.lock_due(locked_until, row is not None, count, claim, now):
                 return False
             raw.execute(S.set_lock, (until, user_id))
-            self._insert_audit_sync(raw, [audit], now)
+            tx.append_audit(raw, self._audit_key, [audit], now)
             return True
 
         return await self._write(job)
@@ -452,12 +328,12 @@ class SqliteStore(Store):
         def job(raw: sqlite3.Connection) -> Outcome:
             # The single writer orders this against a reset's transaction: either the reset
             # came first (the version moved on: STALE) or it deletes this session.
-            state = _state(raw, LoginState, S.login_state, opening.user_id)
+            state = tx.read_state(raw, LoginState, S.login_state, opening.user_id)
             for slot in opening.release:
                 raw.execute(_RELEASE_EVENT, slot)
-            outcome = _run(raw, plans.session_plan(S, opening, state))
+            outcome = tx.run_plan(raw, plans.session_plan(S, opening, state))
             if outcome is Outcome.DONE and opening.audit:
-                self._insert_audit_sync(raw, opening.audit, opening.now)
+                tx.append_audit(raw, self._audit_key, opening.audit, opening.now)
             return outcome
 
         return await self._write(job)
@@ -515,12 +391,12 @@ class SqliteStore(Store):
         def job(raw: sqlite3.Connection) -> bool:
             # In the single writer: a reset revoking this user's keys commits before this
             # (then the authority is gone) or after it (then it deletes this key too).
-            _authorize_sync(raw, authority)
-            (held,) = _one_sync(raw, S.count_user_api_keys, (key.user_id,))
+            tx.authorize(raw, authority)
+            (held,) = raw.execute(S.count_user_api_keys, (key.user_id,)).fetchone()
             if held >= max_keys:
                 return False
             raw.execute(S.insert_api_key, q.api_key_args(key))
-            self._insert_audit_sync(raw, [audit], key.created_at)
+            tx.append_audit(raw, self._audit_key, [audit], key.created_at)
             return True
 
         return await self._write(job)
@@ -535,12 +411,12 @@ class SqliteStore(Store):
         authority: Authority | None = None,
     ) -> list[bytes] | None:
         def job(raw: sqlite3.Connection) -> list[bytes] | None:
-            _authorize_sync(raw, authority)
+            tx.authorize(raw, authority)
             sessions = raw.execute(S.delete_api_key_sessions, (key, user_id)).fetchall()
             cur = raw.execute(S.delete_api_key, (key, user_id))
             if cur.rowcount != 1:  # not this user's key: no session of it was either
                 return None
-            self._insert_audit_sync(raw, [audit], _now_sync(raw))
+            tx.append_audit(raw, self._audit_key, [audit], tx.clock(raw))
             return [bytes(row[0]) for row in sessions]
 
         return await self._write(job)
@@ -552,11 +428,11 @@ class SqliteStore(Store):
             # Counted and recorded in one job of the single writer: nothing runs in between.
             counts = []
             for c in claims:
-                count = _count_sync(raw, c, now)
+                count = tx.count(raw, c, now)
                 if count >= c.limit:
                     return None
                 counts.append(count)
-            _record_sync(raw, claims, now)
+            tx.record(raw, claims, now)
             return counts
 
         return await self._write(job)
@@ -581,11 +457,11 @@ class SqliteStore(Store):
 
     async def issue_code(self, issue: CodeIssue) -> bool:
         def job(raw: sqlite3.Connection) -> bool:
-            _authorize_sync(raw, issue.authority)
-            count = 0 if issue.limit is None else _count_sync(raw, issue.limit, issue.now)
-            if _run(raw, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+            tx.authorize(raw, issue.authority)
+            count = 0 if issue.limit is None else tx.count(raw, issue.limit, issue.now)
+            if tx.run_plan(raw, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
                 return False
-            self._insert_audit_sync(raw, issue.audit, issue.now)
+            tx.append_audit(raw, self._audit_key, issue.audit, issue.now)
             return True
 
         return await self._write(job)
@@ -603,22 +479,22 @@ class SqliteStore(Store):
             if digest is not None:
                 row = raw.execute(S.live_code, q.live_code_args(digest, now, user_id)).fetchone()
             found = plans.CodeCheck(
-                _count_sync(raw, invalid, now),
+                tx.count(raw, invalid, now),
                 q.to_code(row) if row is not None else None,
-                _count_sync(raw, attempt, now) if attempt is not None else 0,
+                tx.count(raw, attempt, now) if attempt is not None else 0,
             )
             outcome, counted = plans.code_check(found, invalid, attempt)
-            _record_sync(raw, counted, now)
+            tx.record(raw, counted, now)
             return outcome, found.code if outcome is Outcome.DONE else None
 
         return await self._write(job)
 
     async def complete_reset(self, reset: PasswordReset) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
-            state = _state(raw, ResetState, S.reset_state, reset.user_id)
-            outcome = _run(raw, plans.reset_plan(S, reset, state))
+            state = tx.read_state(raw, ResetState, S.reset_state, reset.user_id)
+            outcome = tx.run_plan(raw, plans.reset_plan(S, reset, state))
             if outcome is Outcome.DONE:
-                self._insert_audit_sync(raw, reset.audit, reset.now)
+                tx.append_audit(raw, self._audit_key, reset.audit, reset.now)
             return outcome
 
         return await self._write(job)
@@ -646,7 +522,7 @@ class SqliteStore(Store):
         def job(raw: sqlite3.Connection) -> None:
             raw.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
             if audit:
-                self._insert_audit_sync(raw, audit, now)
+                tx.append_audit(raw, self._audit_key, audit, now)
 
         await self._write(job)
 
@@ -665,7 +541,7 @@ class SqliteStore(Store):
 
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         def job(raw: sqlite3.Connection) -> None:
-            self._insert_audit_sync(raw, entries, now)
+            tx.append_audit(raw, self._audit_key, entries, now)
 
         await self._write(job)
 
@@ -687,4 +563,4 @@ class SqliteStore(Store):
             oldest_first=oldest_first,
             recorded_as=recorded_as,
         )
-        return [q.to_audit(r) for r in await self._all(self._reader, statement, args)]
+        return [q.to_audit(r) for r in await self._fetch(statement, tuple(args))]
