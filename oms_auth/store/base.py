@@ -196,7 +196,7 @@ class Store(abc.ABC):
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
         """End one session; other nodes sharing the store are told (``listen_revocations``)."""
 
-    # API keys (SPEC section 2a)
+    # API keys (docs/rules.md, "API keys")
     @abc.abstractmethod
     async def add_api_key(
         self,

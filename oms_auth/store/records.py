@@ -183,14 +183,14 @@ class Session(msgspec.Struct, frozen=True):
     created_at: float
     last_seen: float
     # The API key this session was opened with (an API-key login), None for a password login:
-    # such a session cannot change account security (SPEC section 2a).
+    # such a session cannot change account security (docs/rules.md, "API keys").
     api_key: str | None = None
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's API key (SPEC section 2a). ``key`` is the public APIKey; the APISecret is held
-    only sealed with the service key (``secret_sealed``), and ``last_nonce`` is the greatest
-    nonce a login with it was accepted with (-1: none yet)."""
+    """A user's API key (docs/rules.md, "API keys"). ``key`` is the public APIKey; the
+    APISecret is held only sealed with the service key (``secret_sealed``), and ``last_nonce``
+    is the greatest nonce a login with it was accepted with (-1: none yet)."""
 
     key: str
     user_id: int
@@ -331,7 +331,7 @@ class PendingStep(NamedTuple):
 
 class Revocation(msgspec.Struct, frozen=True):
     """Sessions ended on some node: one session (``session_digest``) or all of a user's.
-    ``reason`` is the LogoutEvent's Reason (SPEC section 1)."""
+    ``reason`` is the LogoutEvent's Reason (docs/protocol.md, "Events")."""
 
     user_id: int
     reason: str

@@ -176,8 +176,8 @@ class Statements:
         " password_hash, auth_source, active, master, locale, name_skeleton)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
-    # Accounts are per OMS (SPEC section 3): an OMS's account 7 is its own, whoever else has
-    # one numbered 7 (account_args, user_account_args).
+    # Accounts are per OMS (docs/security-names.md, "Accounts are per OMS"): an OMS's account 7 is
+    # its own, whoever else has one numbered 7 (account_args, user_account_args).
     insert_account: str = (
         "INSERT INTO accounts (oms_id, id) VALUES (?, ?) ON CONFLICT (oms_id, id) DO NOTHING"
     )
