@@ -460,10 +460,12 @@ class Sessions:
         d = self.deps
         token = new_token()
         how = f"API key {api_key[0]}" if api_key is not None else None
+        uid = user.id
+        entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
         outcome = await d.store.open_session(
             SessionOpening(
                 digest=digest(token),
-                user_id=user.id,
+                user_id=uid,
                 now=now,
                 password_version=user.password_version,
                 totp_step=totp_step,
@@ -471,15 +473,7 @@ class Sessions:
                 api_key=api_key,
                 clear=[(LOGIN_FAILURE_USER, username_key(user.username))],
                 release=release,
-                audit=[
-                    AuditEntry(
-                        action="login",
-                        actor_id=user.id,
-                        target_id=user.id,
-                        source=source,
-                        detail=how,
-                    )
-                ],
+                audit=[entry],
             )
         )
         if outcome is Outcome.REPLAYED and api_key is not None:

@@ -43,6 +43,7 @@ __all__ = [
     "account_plan",
     "code_check",
     "lock_due",
+    "room_left",
 ]
 
 
@@ -219,6 +220,12 @@ def code_check(
     if found.attempt_count >= attempt.limit:
         return Outcome.LOCKED, ()
     return Outcome.DONE, (attempt,)
+
+
+def room_left(claims: Sequence[Claim], counts: Sequence[int]) -> bool:
+    """``reserve``: every claim's counter (``counts``, events within its window) has a slot
+    left; else none is taken (all or none)."""
+    return all(n < c.limit for c, n in zip(claims, counts, strict=True))
 
 
 def lock_due(locked_until: float | None, found: bool, count: int, claim: Claim, now: float) -> bool:

@@ -450,12 +450,9 @@ class PostgresStore(Store):
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
         async with self._tx() as conn:
             await self._lock_claims(conn, claims)
-            counts = []
-            for c in claims:
-                count = await self._count(conn, c, now)
-                if count >= c.limit:
-                    return None
-                counts.append(count)
+            counts = [await self._count(conn, c, now) for c in claims]
+            if not plans.room_left(claims, counts):
+                return None
             await self._record(conn, claims, now)
             return counts
 

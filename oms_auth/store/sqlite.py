@@ -426,12 +426,9 @@ class SqliteStore(Store):
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
         def job(raw: sqlite3.Connection) -> list[int] | None:
             # Counted and recorded in one job of the single writer: nothing runs in between.
-            counts = []
-            for c in claims:
-                count = tx.count(raw, c, now)
-                if count >= c.limit:
-                    return None
-                counts.append(count)
+            counts = [tx.count(raw, c, now) for c in claims]
+            if not plans.room_left(claims, counts):
+                return None
             tx.record(raw, claims, now)
             return counts
 
