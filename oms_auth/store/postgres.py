@@ -175,10 +175,6 @@ class PostgresStore(Store):
             await self.close()
             raise
 
-    async def schema_version(self) -> int:
-        found = await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
-        return int(found)
-
     async def close(self) -> None:
         await self.listener.stop()
         if self._pool is not None:

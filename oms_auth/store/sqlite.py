@@ -235,11 +235,6 @@ class SqliteStore(Store):
             raise StoreError("store is not open")
         return await self._w.write(job)
 
-    @property
-    def batches(self) -> int:
-        """How many commits the writer made (the group-commit benchmark reads it)."""
-        return self._w.batches if self._w is not None else 0
-
     # -- users --------------------------------------------------------------------------------
 
     async def create_user(

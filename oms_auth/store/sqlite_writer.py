@@ -71,7 +71,7 @@ class Writer:
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._busy = False  # a batch is in the thread
-        self.batches = 0  # how many commits (the group-commit benchmark reads it)
+        self.batches = 0  # how many commits it made: several jobs share one
 
     async def start(self) -> None:
         """Open the connection in the writer's thread and start taking jobs."""
