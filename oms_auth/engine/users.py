@@ -156,7 +156,9 @@ def _check_secrets(
         raise InvalidValue("--totp-secret must be base32 of at least 80 bits")
 
 
-async def _insert(deps: Deps, new: NewUser, audit: AuditEntry, authority: Authority | None) -> int:
+async def _insert(
+    deps: Deps, new: NewUser, audit: AuditEntry, authority: Authority | None
+) -> int:
     """The store's insert; a taken or look-alike name is one refusal. The store tells the two
     apart (and says whose name it is) only to its own callers: here neither is said, so an
     Operator learns nothing of the usernames other OMSs hold."""
