@@ -42,6 +42,7 @@ __all__ = [
     "issue_plan",
     "account_plan",
     "code_check",
+    "throttled",
     "lock_due",
     "room_left",
 ]
@@ -205,13 +206,18 @@ def account_plan(
     return Plan(steps, Outcome.DONE)
 
 
+def throttled(invalid_count: int, invalid: Claim) -> bool:
+    """``check_code``: the address is at its invalid-code limit (no code is looked up then)."""
+    return invalid_count >= invalid.limit
+
+
 def code_check(
     found: CodeCheck, invalid: Claim, attempt: Claim | None
 ) -> tuple[Outcome, Sequence[Claim]]:
     """``check_code``: the outcome, and the counters to record an event under. THROTTLED
     when the address's invalid-code counter is used up; INVALID (counted) when no live code
     matches; LOCKED when the code's attempts are used up; else DONE, the attempt counted."""
-    if found.invalid_count >= invalid.limit:
+    if throttled(found.invalid_count, invalid):
         return Outcome.THROTTLED, ()
     if found.code is None:
         return Outcome.INVALID, (invalid,)

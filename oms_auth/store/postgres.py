@@ -511,13 +511,14 @@ class PostgresStore(Store):
         claims = [invalid] if attempt is None else [invalid, attempt]
         async with self._tx() as conn:
             await self._lock_claims(conn, claims)
+            invalid_count = await self._count(conn, invalid, now)
             row = None
-            if digest is not None:
+            if digest is not None and not plans.throttled(invalid_count, invalid):
                 # FOR SHARE waits for a reset consuming this code to commit, then sees it used.
                 args = q.live_code_args(digest, now, user_id)
                 row = await conn.fetchrow(_LIVE_CODE_SHARED, *args)
             found = plans.CodeCheck(
-                await self._count(conn, invalid, now),
+                invalid_count,
                 q.to_code(row) if row is not None else None,
                 await self._count(conn, attempt, now) if attempt is not None else 0,
             )

@@ -467,11 +467,12 @@ class SqliteStore(Store):
         attempt: Claim | None = None,
     ) -> tuple[Outcome, ResetCode | None]:
         def job(raw: sqlite3.Connection) -> tuple[Outcome, ResetCode | None]:
+            invalid_count = tx.count(raw, invalid, now)
             row = None
-            if digest is not None:
+            if digest is not None and not plans.throttled(invalid_count, invalid):
                 row = raw.execute(S.live_code, q.live_code_args(digest, now, user_id)).fetchone()
             found = plans.CodeCheck(
-                tx.count(raw, invalid, now),
+                invalid_count,
                 q.to_code(row) if row is not None else None,
                 tx.count(raw, attempt, now) if attempt is not None else 0,
             )
