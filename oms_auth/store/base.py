@@ -304,7 +304,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def audit(self, entries: list[AuditEntry], now: float) -> None: ...
 
-    @abc.abstractmethod
     async def audit_rows(
         self,
         *,
@@ -319,6 +318,16 @@ class Store(abc.ABC):
         username, or a target name (with ``recorded_as``, that one too: how a name that names
         no user is recorded, ``engine.names.unknown_name``); ``since``/``until`` bound the
         time."""
+        statement, args = q.audit_query(
+            user=self._sql.text(user),
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
+            recorded_as=recorded_as,
+        )
+        rows = await self._fetch(self._sql.placeholders(statement), tuple(args))
+        return [q.to_audit(row) for row in rows]
 
     async def verify_audit(self) -> AuditCheck:
         """Walk the whole hash chain, checking each row under the store's audit key."""

@@ -16,7 +16,7 @@ database never wait on each other.
 
 PostgreSQL text cannot hold NUL, which a client may send inside a username: event keys are
 escaped one-to-one (``Statements.event_key``), audit and error text shows U+FFFD instead
-(:func:`.postgres_tx.text`).
+(``Statements.text``).
 
 The decisions are in :mod:`.plans` (shared with SQLite), the statements in :mod:`.sql`; the
 transaction primitives (row locks, advisory keys, running a plan) in :mod:`.postgres_tx`, the
@@ -59,7 +59,6 @@ from .postgres_tx import (
     lock_key,
     read_state,
     run_plan,
-    text,
     unreachable,
 )
 from .records import (
@@ -67,7 +66,6 @@ from .records import (
     AccountChange,
     ApiKey,
     AuditEntry,
-    AuditRow,
     Authority,
     Claim,
     CodeIssue,
@@ -558,32 +556,12 @@ class PostgresStore(Store):
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
         if retry_at is None:
-            await self._db.execute(S.mail_given_up, text(error), mail_id)
+            await self._db.execute(S.mail_given_up, S.text(error), mail_id)
         else:
-            await self._db.execute(S.mail_retry, retry_at, text(error), mail_id)
+            await self._db.execute(S.mail_retry, retry_at, S.text(error), mail_id)
 
     # -- audit --------------------------------------------------------------------------------
 
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
-
-    async def audit_rows(
-        self,
-        *,
-        user: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int | None = 100,
-        oldest_first: bool = False,
-        recorded_as: str | None = None,
-    ) -> list[AuditRow]:
-        statement, args = q.audit_query(
-            user=text(user),
-            since=since,
-            until=until,
-            limit=limit,
-            oldest_first=oldest_first,
-            recorded_as=recorded_as,
-        )
-        return [q.to_audit(r) for r in await self._db.fetch(q.to_dollar(statement), *args)]

@@ -31,7 +31,6 @@ __all__ = [
     "read_state",
     "run_plan",
     "count_of",
-    "text",
     "audit_entry",
     "unreachable",
 ]
@@ -105,17 +104,12 @@ def count_of(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def text(value: str | None) -> str | None:
-    """Text PostgreSQL can store: a NUL shows as U+FFFD (audit and error text is for people)."""
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
-
-
 def audit_entry(e: AuditEntry) -> AuditEntry:
     """An audit entry PostgreSQL can store (what is hashed is what is stored)."""
     return msgspec.structs.replace(
         e,
         action=e.action.replace("\x00", "\ufffd"),
-        target_name=text(e.target_name),
-        source=text(e.source),
-        detail=text(e.detail),
+        target_name=S.text(e.target_name),
+        source=S.text(e.source),
+        detail=S.text(e.detail),
     )

@@ -315,13 +315,25 @@ class Statements:
         "DELETE FROM reset_codes WHERE (state <> ? OR expires_at < ?) AND created_at < ?"
     )
 
-    # PostgreSQL's text holds no NUL: there, event keys (only ever compared) are escaped
-    # one-to-one (event_key).
-    escape_nul: bool = False
+    # The PostgreSQL dialect: ``$n`` placeholders (placeholders), and text that holds no NUL,
+    # so event keys (only ever compared) are escaped one-to-one (event_key) and text for people
+    # shows U+FFFD instead (text).
+    is_postgres: bool = False
+
+    def text(self, value: str | None) -> str | None:
+        """Text as this dialect stores it: on PostgreSQL a NUL shows as U+FFFD (text for people,
+        such as an audit filter's name, is not compared one-to-one)."""
+        if self.is_postgres and value is not None and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+    def placeholders(self, sql: str) -> str:
+        """A statement built at run time (``?`` form) in this dialect's placeholders."""
+        return to_dollar(sql) if self.is_postgres else sql
 
     def event_key(self, key: str) -> str:
         """An event's key as this dialect stores it."""
-        if self.escape_nul and "\x00" in key:
+        if self.is_postgres and "\x00" in key:
             return key.replace("\\", "\\\\").replace("\x00", "\\0")
         return key
 
@@ -347,7 +359,7 @@ POSTGRES: Final = Statements(
         "ARRAY(SELECT permission FROM user_permissions p WHERE p.user_id = u.id)",
         "ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id)",
     ),
-    escape_nul=True,
+    is_postgres=True,
 ).converted(to_dollar)
 
 # -- arguments ---------------------------------------------------------------------------------

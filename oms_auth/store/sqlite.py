@@ -39,7 +39,6 @@ from .records import (
     AccountChange,
     ApiKey,
     AuditEntry,
-    AuditRow,
     Authority,
     Claim,
     CodeIssue,
@@ -537,23 +536,3 @@ class SqliteStore(Store):
             tx.append_audit(raw, self._audit_key, entries, now)
 
         await self._write(job)
-
-    async def audit_rows(
-        self,
-        *,
-        user: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int | None = 100,
-        oldest_first: bool = False,
-        recorded_as: str | None = None,
-    ) -> list[AuditRow]:
-        statement, args = q.audit_query(
-            user=user,
-            since=since,
-            until=until,
-            limit=limit,
-            oldest_first=oldest_first,
-            recorded_as=recorded_as,
-        )
-        return [q.to_audit(r) for r in await self._fetch(statement, tuple(args))]

@@ -51,7 +51,7 @@ def test_a_statement_that_would_not_mean_the_same_is_refused(bad: str) -> None:
 
 
 def _fields() -> list[str]:
-    """The statements (the dialect's other settings, such as escape_nul, are not SQL)."""
+    """The statements (the dialect's other settings, such as is_postgres, are not SQL)."""
     return [
         f.name for f in dataclasses.fields(q.Statements) if isinstance(getattr(SQLITE, f.name), str)
     ]
