@@ -464,7 +464,9 @@ async def test_an_authenticator_enrolled_while_the_owner_resets_does_not_survive
     from oms_auth.crypto import digest, new_pending_code
     from oms_auth.engine import totp
     from oms_auth.engine.links import user_mail
-    from oms_auth.store import AccountChange, AuditEntry, Factors, Outcome
+    from oms_auth.store import AccountChange, AuditEntry, Factors, Outcome, PasswordReset
+
+    from .store_helpers import issue
 
     store, now = app.deps.store, app.deps.clock()
     uid = await make_user(app.deps, "owner")
@@ -473,7 +475,7 @@ async def test_an_authenticator_enrolled_while_the_owner_resets_does_not_survive
     checked = Factors(owner.totp_sealed, ())  # what the reset's checks read: no TOTP
     code = digest(new_pending_code())
     mail = user_mail("password-changed", owner, {"changed_at": now})
-    await store.issue_code(uid, code, now, now + 60, mail, [AuditEntry(action="test")])
+    await issue(store, uid, code, now, now + 60, mail, [AuditEntry(action="test")])
     sealed = totp.seal_secret(app.deps.sealer, uid, SECRET)
     enrol = AccountChange(
         user_id=uid,
@@ -484,15 +486,16 @@ async def test_an_authenticator_enrolled_while_the_owner_resets_does_not_survive
         audit=AuditEntry(action="2fa-enabled", target_id=uid),
     )
     assert await store.change_account(enrol, now) is Outcome.DONE
-    done = await store.complete_reset(
-        uid,
-        code,
-        await app.deps.hasher.hash(NEW),
-        now,
-        mail,
-        [AuditEntry(action="password-set", target_id=uid, target_name="owner")],
+    reset = PasswordReset(
+        user_id=uid,
+        digest=code,
+        password_hash=await app.deps.hasher.hash(NEW),
+        now=now,
+        mail=mail,
+        audit=[AuditEntry(action="password-set", target_id=uid, target_name="owner")],
         checked=checked,
     )
+    done = await store.complete_reset(reset)
     assert done is Outcome.DONE
     after = await store.user_by_id(uid)
     assert after is not None and after.totp_sealed is None

@@ -27,6 +27,7 @@ from .helpers import (
     sql,
     store_contents,
 )
+from .store_helpers import issue, redeem
 
 ALICE = "user add --username alice --email a@x.test --password Sekrit-Pass1"
 SECRETS = "--totp-secret JBSWY3DPEHPK3PXPJBSWY3DP --security-question Pet? --security-answer"
@@ -157,8 +158,8 @@ async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
         code = digest(new_pending_code())
         target = await user(name)
         mail = user_mail("password-changed", target, {"changed_at": now})
-        await store.issue_code(target.id, code, now, now + 60, mail, [note])
-        await store.complete_reset(target.id, code, await deps.hasher.hash(password), now, mail, [])
+        await issue(store, target.id, code, now, now + 60, mail, [note])
+        await redeem(store, target.id, code, await deps.hasher.hash(password), now, mail)
 
     try:
         sessions = Sessions(deps, delay_unit=0)

@@ -22,6 +22,7 @@ from oms_auth.app import App
 from protocol.client import Answer, Client
 
 from .helpers import PASSWORD, Clock, make_user, parse_mail, settings_for, wait_for_mail
+from .store_helpers import login
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 NEW = "Fresh-Start42"
@@ -595,6 +596,6 @@ async def test_a_login_checked_before_a_lock_opens_no_session_after_it(
     user = await app.deps.store.user_by_id(uid)
     assert user is not None
     await app.deps.store.set_lock(uid, clock.now + 600, AuditEntry(action="locked", target_id=uid))
-    opened = await app.deps.store.open_session(b"t" * 32, uid, clock.now, user.password_version)
+    opened = await login(app.deps.store, b"t" * 32, uid, clock.now, user.password_version)
     assert opened is Outcome.LOCKED
     assert await app.deps.store.session(b"t" * 32) is None

@@ -20,6 +20,7 @@ from oms_auth.store import (
 )
 
 from .helpers import make_user, sql
+from .store_helpers import code_state, count_events, issue, login, redeem
 
 NOW = 1_800_000_000.0
 
@@ -44,47 +45,46 @@ def mail(user_id: int, kind: str = "reset") -> MailItem:
 async def test_prune_deletes_old_events_idle_sessions_and_spent_codes(app: App) -> None:
     store = app.deps.store
     user = await make_user(app.deps, "alice")
-    await store.add_event("k", "a", 100.0)
-    await store.add_event("k", "a", 5000.0)
-    await store.open_session(b"old" * 8, user, 100.0, 0)
-    await store.open_session(b"new" * 8, user, 5000.0, 0)
+    db = app.deps.settings.db
+    assert await store.reserve([Claim("k", "a", 10_000, 10)], 100.0) == [0]
+    assert await store.reserve([Claim("k", "a", 10_000, 10)], 5000.0) == [1]
+    await login(store, b"old" * 8, user, 100.0, 0)
+    await login(store, b"new" * 8, user, 5000.0, 0)
     mail = MailItem(kind="reset", recipient="a@x.test", user_id=user, public={})
-    await store.issue_code(user, b"c1" * 16, 100.0, 200.0, mail, [AuditEntry(action="t")])
-    await store.issue_code(user, b"c2" * 16, 4000.0, 90000.0, mail, [AuditEntry(action="t")])
+    await issue(store, user, b"c1" * 16, 100.0, 200.0, mail, [AuditEntry(action="t")])
+    await issue(store, user, b"c2" * 16, 4000.0, 90000.0, mail, [AuditEntry(action="t")])
     assert await store.prune(1000.0, 1000.0) == 3
-    assert await store.count_events("k", "a", 0) == 1
+    assert await count_events(db, "k", "a") == 1
     assert await store.session(b"old" * 8) is None
     assert await store.session(b"new" * 8) is not None
-    assert await store.reset_code(b"c1" * 16) is None
-    assert (await store.reset_code(b"c2" * 16)) is not None  # still pending: kept
+    assert await code_state(db, b"c1" * 16) is None
+    assert await code_state(db, b"c2" * 16) is CodeState.PENDING  # still pending: kept
     assert await store.prune(1000.0, 1000.0) == 0
 
 
 # -- a reset code's life (oms_auth.store.codes) ------------------------------------------------
 
 
-async def state(store: Store, digest: bytes) -> CodeState | None:
-    code = await store.reset_code(digest)
-    return None if code is None else code.state
-
-
-async def test_a_code_moves_only_as_its_table_says(store: Store) -> None:
+async def test_a_code_moves_only_as_its_table_says(store: Store, db: str) -> None:
     uid = await a_user(store)
     one, two, three = b"1" * 32, b"2" * 32, b"3" * 32
 
-    async def redeem(digest: bytes, now: float = NOW) -> Outcome:
-        return await store.complete_reset(uid, digest, "new", now, mail(uid, "changed"), [])
+    async def state(digest: bytes) -> CodeState | None:
+        return await code_state(db, digest)
 
-    await store.issue_code(uid, one, NOW, NOW + 60, mail(uid), [])
-    assert await state(store, one) is CodeState.PENDING
-    await store.issue_code(uid, two, NOW, NOW + 60, mail(uid), [])  # a newer code
-    assert (await state(store, one), await state(store, two)) == (CodeState.VOID, CodeState.PENDING)
-    assert await redeem(one) is Outcome.INVALID  # void stays void
-    assert await redeem(two) is Outcome.DONE
-    assert await state(store, two) is CodeState.USED
-    assert await redeem(two) is Outcome.INVALID  # used once
-    await store.issue_code(uid, three, NOW, NOW + 60, mail(uid), [])  # voids pending ones only
-    assert [await state(store, d) for d in (one, two, three)] == [
+    async def redeem_code(digest: bytes, now: float = NOW) -> Outcome:
+        return await redeem(store, uid, digest, "new", now, mail(uid, "changed"))
+
+    await issue(store, uid, one, NOW, NOW + 60, mail(uid), [])
+    assert await state(one) is CodeState.PENDING
+    await issue(store, uid, two, NOW, NOW + 60, mail(uid), [])  # a newer code
+    assert (await state(one), await state(two)) == (CodeState.VOID, CodeState.PENDING)
+    assert await redeem_code(one) is Outcome.INVALID  # void stays void
+    assert await redeem_code(two) is Outcome.DONE
+    assert await state(two) is CodeState.USED
+    assert await redeem_code(two) is Outcome.INVALID  # used once
+    await issue(store, uid, three, NOW, NOW + 60, mail(uid), [])  # voids pending ones only
+    assert [await state(d) for d in (one, two, three)] == [
         CodeState.VOID,
         CodeState.USED,
         CodeState.PENDING,
@@ -97,17 +97,19 @@ async def test_a_code_moves_only_as_its_table_says(store: Store) -> None:
     assert (await store.check_code(three, uid + 1, NOW, invalid))[0] is Outcome.INVALID
     # Expiry is derived from the time, not a state: the row stays pending, and is dead.
     assert (await store.check_code(three, uid, NOW + 60, invalid))[0] is Outcome.INVALID
-    assert await redeem(three, NOW + 60) is Outcome.INVALID
-    assert await state(store, three) is CodeState.PENDING
+    assert await redeem_code(three, NOW + 60) is Outcome.INVALID
+    assert await state(three) is CodeState.PENDING
 
 
-async def test_a_password_change_voids_the_user_s_other_pending_codes(store: Store) -> None:
+async def test_a_password_change_voids_the_user_s_other_pending_codes(
+    store: Store, db: str
+) -> None:
     uid = await a_user(store)
-    await store.issue_code(uid, b"a" * 32, NOW, NOW + 60, mail(uid), [])
+    await issue(store, uid, b"a" * 32, NOW, NOW + 60, mail(uid), [])
     other = await store.create_user(NewUser(username="bob", email="b@x.test", password_hash="h"))
-    await store.issue_code(other, b"b" * 32, NOW, NOW + 60, mail(other), [])
-    assert await store.complete_reset(uid, b"a" * 32, "new", NOW, mail(uid), []) is Outcome.DONE
-    assert await state(store, b"b" * 32) is CodeState.PENDING  # another user's: untouched
+    await issue(store, other, b"b" * 32, NOW, NOW + 60, mail(other), [])
+    assert await redeem(store, uid, b"a" * 32, "new", NOW, mail(uid)) is Outcome.DONE
+    assert await code_state(db, b"b" * 32) is CodeState.PENDING  # another user's: untouched
 
 
 # -- the outbox: what a claim says is what the store holds -------------------------------------
@@ -117,7 +119,7 @@ async def test_a_claim_reports_the_attempt_it_counts_as_stored(store: Store, db:
     # Both stores count the claim in the UPDATE and report attempts as that UPDATE left them
     # (SQLite once added 1 to what it had read before its UPDATE; PostgreSQL reads RETURNING).
     uid = await a_user(store)
-    await store.issue_code(uid, b"c" * 32, NOW, NOW + 60, mail(uid), [])
+    await issue(store, uid, b"c" * 32, NOW, NOW + 60, mail(uid), [])
 
     async def stored(mail_id: int) -> int:
         ((attempts,),) = await sql(db, "SELECT attempts FROM outbox WHERE id = ?", mail_id)
@@ -140,7 +142,7 @@ async def test_a_claim_reports_the_attempt_it_counts_as_stored(store: Store, db:
 async def test_claims_come_in_id_order_up_to_the_limit(store: Store) -> None:
     uid = await a_user(store)
     for n in range(5):
-        await store.issue_code(uid, bytes([n]) * 32, NOW, NOW + 60, mail(uid), [])
+        await issue(store, uid, bytes([n]) * 32, NOW, NOW + 60, mail(uid), [])
     first = await store.claim_mail(NOW, 120, 3)
     rest = await store.claim_mail(NOW, 120, 3)
     assert [r.id for r in first] == sorted(r.id for r in first) and len(first) == 3

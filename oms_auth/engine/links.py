@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from ..crypto import digest, mail_context, new_pending_code
-from ..store import AuditEntry, Authority, Claim, MailItem, User
+from ..store import AuditEntry, Authority, Claim, CodeIssue, MailItem, User
 from .deps import Deps
 
 __all__ = ["issue_link", "link_kind", "user_mail"]
@@ -58,9 +58,17 @@ async def issue_link(
     expires_at = now + (s.invite_valid_seconds if kind == "invite" else s.code_valid_seconds)
     sealed = deps.sealer.seal(msgspec.json.encode({"code": code}), mail_context(target.id, kind))
     mail = user_mail(kind, target, {"expires_at": expires_at}, sealed)
-    if not await deps.store.issue_code(
-        target.id, digest(code), now, expires_at, mail, [audit], limit, authority=authority
-    ):
+    issue = CodeIssue(
+        user_id=target.id,
+        digest=digest(code),
+        now=now,
+        expires_at=expires_at,
+        mail=mail,
+        audit=[audit],
+        limit=limit,
+        authority=authority,
+    )
+    if not await deps.store.issue_code(issue):
         return False
     deps.events.count("invitations_sent" if kind == "invite" else "resets_requested")
     deps.events.mail_queued()

@@ -28,6 +28,7 @@ from ..store import (
     Claim,
     Factors,
     Outcome,
+    PasswordReset,
     ResetCode,
     SecurityQuestion,
     User,
@@ -481,15 +482,17 @@ class Resets:
             detail="API keys kept" if keeps_keys else "API keys revoked",
         )
         return await d.store.complete_reset(
-            user.id,
-            key,
-            new_hash,
-            changed_at,
-            mail,
-            [entry],
-            totp_step=step,
-            revoke_api_keys=not keeps_keys,
-            checked=checked,
+            PasswordReset(
+                user_id=user.id,
+                digest=key,
+                password_hash=new_hash,
+                now=changed_at,
+                mail=mail,
+                audit=[entry],
+                totp_step=step,
+                revoke_api_keys=not keeps_keys,
+                checked=checked,
+            )
         )
 
     def _completed(self, user: User, outcome: Outcome) -> None:

@@ -27,7 +27,15 @@ from protocol.messages import LogoutReason
 
 from ..crypto import digest, new_pending_code
 from ..errors import OperationFailed
-from ..store import NO_PASSWORD, AccountChange, AuditEntry, Outcome, User
+from ..store import (
+    NO_PASSWORD,
+    AccountChange,
+    AuditEntry,
+    CodeIssue,
+    Outcome,
+    PasswordReset,
+    User,
+)
 from . import totp, users
 from .answers import normalize_answer
 from .deps import Deps
@@ -111,23 +119,26 @@ async def _set_password(deps: Deps, user: User, password_hash: str, source: str)
     code, now = digest(new_pending_code()), d.clock()
     at = {"at": now}
     await d.store.issue_code(
-        user.id,
-        code,
-        now,
-        now + 60,
-        user_mail("forced-logoff", user, at),
-        [_entry("reset-requested", user, source, "put back")],
+        CodeIssue(
+            user_id=user.id,
+            digest=code,
+            now=now,
+            expires_at=now + 60,
+            mail=user_mail("forced-logoff", user, at),
+            audit=[_entry("reset-requested", user, source, "put back")],
+        )
     )
+    changed = {"changed_at": now, "api_keys": "revoked", "first": False}
     outcome = await d.store.complete_reset(
-        user.id,
-        code,
-        password_hash,
-        now,
-        user_mail(
-            "password-changed", user, {"changed_at": now, "api_keys": "revoked", "first": False}
-        ),
-        [_entry("password-set", user, source, "put back; API keys revoked")],
-        revoke_api_keys=True,
+        PasswordReset(
+            user_id=user.id,
+            digest=code,
+            password_hash=password_hash,
+            now=now,
+            mail=user_mail("password-changed", user, changed),
+            audit=[_entry("password-set", user, source, "put back; API keys revoked")],
+            revoke_api_keys=True,
+        )
     )
     if outcome is not Outcome.DONE:  # locked again, or a reset of its own won meanwhile
         raise OperationFailed(f"the password of {user.username} could not be put back; try again")

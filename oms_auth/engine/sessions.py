@@ -31,6 +31,7 @@ bursts and across nodes"):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from enum import Enum
 
 import msgspec
@@ -39,7 +40,15 @@ from protocol.messages import LogoutReason
 
 from ..crypto import digest, new_token
 from ..errors import InvalidValue, NotAuthorized, OperationFailed
-from ..store import AuditEntry, Claim, Outcome, User
+from ..store import (
+    AuditEntry,
+    Claim,
+    Outcome,
+    Reservation,
+    SessionOpening,
+    Slot,
+    User,
+)
 from . import apikeys, totp
 from .caller import Caller
 from .deps import Deps
@@ -146,18 +155,18 @@ class Sessions:
         # reveals nothing it does not already know.
         refusal = self._refusal(user, now)
         if refusal is not None:
-            for kind, key, at in reserved:
-                await d.store.release(kind, key, at)
+            for slot in reserved.release_all():
+                await d.store.release(*slot)
             return refusal
         if user.uses_totp:
             pending = new_token()
             await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
-            for kind, key, at in reserved:
-                await d.store.release(kind, key, at)
+            for slot in reserved.release_all():
+                await d.store.release(*slot)
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
         return await self._open_session(
-            user, now, source, release=reserved[1:], proof=Proof.PASSWORD
+            user, now, source, release=reserved.keep_user_slot(), proof=Proof.PASSWORD
         )
 
     async def authenticate_api_key(
@@ -204,15 +213,15 @@ class Sessions:
             return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
         refusal = self._refusal(holder, now)
         if refusal is not None:
-            for kind, claim_key, at in reserved:
-                await d.store.release(kind, claim_key, at)
+            for slot in reserved.release_all():
+                await d.store.release(*slot)
             return refusal
         assert record is not None  # (a holder is the record's user)
         return await self._open_session(
             holder,
             now,
             source,
-            release=reserved[1:],
+            release=reserved.keep_user_slot(),
             api_key=(key, number),
             key_permissions=frozenset(record.permissions),
         )
@@ -256,7 +265,7 @@ class Sessions:
                 source,
                 totp_step=accepted,
                 pending=key,
-                release=[(LOGIN_FAILURE_SOURCE, source, now)],
+                release=[Slot(LOGIN_FAILURE_SOURCE, source, now)],
                 proof=Proof.PASSWORD_AND_CODE,
             )
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
@@ -361,8 +370,8 @@ class Sessions:
         if not await d.hasher.verify(user.password_hash, password):
             await self._audit_failure(name_key, source, now, user, "wrong password again")
             return False
-        for kind, key, at in reserved:
-            await d.store.release(kind, key, at)
+        for slot in reserved.release_all():
+            await d.store.release(*slot)
         return True
 
     async def prove(self, caller: Caller, password: str | None, source: str) -> None:
@@ -402,9 +411,7 @@ class Sessions:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    async def _attempt(
-        self, name_key: str, source: str, now: float
-    ) -> list[tuple[str, str, float]] | None:
+    async def _attempt(self, name_key: str, source: str, now: float) -> Reservation | None:
         """A login attempt's slots (per username and per address), taken before its secret is
         checked, and the growing delay once failures pile up; None when a limit is used up.
         The slots, to give back (``release``) if the attempt turns out not to count."""
@@ -412,7 +419,9 @@ class Sessions:
         if counts is None:
             return None
         await self._slow_down(counts[0])
-        return [(LOGIN_FAILURE_USER, name_key, now), (LOGIN_FAILURE_SOURCE, source, now)]
+        return Reservation(
+            Slot(LOGIN_FAILURE_USER, name_key, now), Slot(LOGIN_FAILURE_SOURCE, source, now)
+        )
 
     async def _reserve(self, name_key: str, source: str, now: float) -> list[int] | None:
         """One slot of the per-username and the per-address login limits, before a secret is
@@ -451,7 +460,7 @@ class Sessions:
         now: float,
         source: str,
         *,
-        release: list[tuple[str, str, float]] | None = None,
+        release: Sequence[Slot] = (),
         totp_step: int | None = None,
         pending: bytes | None = None,
         api_key: tuple[str, int] | None = None,
@@ -461,21 +470,21 @@ class Sessions:
         d = self.deps
         token = new_token()
         how = f"API key {api_key[0]}" if api_key is not None else None
+        uid = user.id
+        entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
         outcome = await d.store.open_session(
-            digest(token),
-            user.id,
-            now,
-            user.password_version,
-            totp_step=totp_step,
-            pending=pending,
-            api_key=api_key,
-            clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
-            release=release or (),
-            audit=[
-                AuditEntry(
-                    action="login", actor_id=user.id, target_id=user.id, source=source, detail=how
-                )
-            ],
+            SessionOpening(
+                digest=digest(token),
+                user_id=uid,
+                now=now,
+                password_version=user.password_version,
+                totp_step=totp_step,
+                pending=pending,
+                api_key=api_key,
+                clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
+                release=release,
+                audit=[entry],
+            )
         )
         if outcome is Outcome.REPLAYED and api_key is not None:
             # The nonce is not newer than the last accepted (another login took it), or the

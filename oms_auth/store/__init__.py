@@ -9,7 +9,9 @@ Layout (each module one job; imports point down this list, never up):
 - :mod:`.keys`: which service key a store opens with (its fingerprint, the empty-store rule).
 - :mod:`.base`: the :class:`Store` interface.
 - :mod:`.sql`: the SQL both stores share (texts written once, arguments, row mappers).
-- :mod:`.sqlite_schema`, :mod:`.sqlite`: the embedded store, its migrations, its writer.
+- :mod:`.plans`: what each rule-bearing transaction decides, written once for both stores.
+- :mod:`.sqlite_schema`, :mod:`.sqlite_writer`, :mod:`.sqlite`: the embedded store, its
+  migrations, its single writer.
 - :mod:`.postgres_schema`, :mod:`.postgres_listener`, :mod:`.postgres`: the store several nodes
   share, its migrations, its LISTEN/NOTIFY listener.
 
@@ -31,15 +33,22 @@ from .records import (
     Authority,
     CallerGone,
     Claim,
+    CodeIssue,
     Factors,
     MailItem,
+    MailState,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
+    Reservation,
     ResetCode,
     Revocation,
     SecurityQuestion,
     Session,
+    SessionOpening,
+    Slot,
     StoreError,
     User,
     UsernameConfusable,
@@ -61,17 +70,24 @@ __all__ = [
     "Authority",
     "CallerGone",
     "Claim",
+    "CodeIssue",
     "CodeState",
     "KeyBinding",
     "KeyRefused",
     "MailItem",
+    "MailState",
     "NewUser",
     "OutboxRow",
     "Outcome",
+    "PasswordReset",
+    "PendingStep",
+    "Reservation",
     "ResetCode",
     "Revocation",
     "SecurityQuestion",
     "Session",
+    "SessionOpening",
+    "Slot",
     "Store",
     "StoreError",
     "User",
@@ -89,7 +105,7 @@ __all__ = [
 
 def check_location(url: str) -> None:
     """A SQLite store is created on first use, but in a folder that exists: a mistyped path
-    must not silently become a new, empty store (SPEC section 6)."""
+    must not silently become a new, empty store (docs/operations.md)."""
     if is_postgres_url(url):
         return
     from pathlib import Path

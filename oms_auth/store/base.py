@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 
+from . import sql as q
 from .audit import AuditCheck, check_chain
 from .records import (
     AccountChange,
@@ -24,17 +25,21 @@ from .records import (
     AuditRow,
     Authority,
     Claim,
-    Factors,
-    MailItem,
+    CodeIssue,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
     ResetCode,
     Revocation,
     SecurityQuestion,
     Session,
+    SessionOpening,
     User,
+    username_key,
 )
+from .sql import Row, Statements
 
 __all__ = ["Store"]
 
@@ -53,14 +58,63 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def healthy(self) -> bool:
-        """True when a trivial query answers."""
-
-    @abc.abstractmethod
     async def writable(self) -> str | None:
         """None when the store takes a write (one made and rolled back, within a few seconds;
         the SQLite store also writes a page beside itself, since a rolled-back write never
         reaches its disk); else why not, in words fit for ``/healthz`` (no secret, no path)."""
+
+    # Reads: one statement each, the same on both stores (the dialect's texts in ``_sql``)
+    _sql: Statements
+
+    @abc.abstractmethod
+    async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[Row]:
+        """The rows ``statement`` (one of ``_sql``) selects, read outside any write."""
+
+    async def _first(self, statement: str, *args: object) -> Row | None:
+        rows = await self._fetch(statement, args)
+        return rows[0] if rows else None
+
+    async def user_by_id(self, user_id: int) -> User | None:
+        row = await self._first(self._sql.user_by_id, user_id)
+        return q.to_user(row) if row else None
+
+    async def user_by_name(self, username: str) -> User | None:
+        """Case-insensitive, after trimming."""
+        if "\x00" in username:  # no stored name holds one
+            return None
+        row = await self._first(self._sql.user_by_name, username_key(username))
+        return q.to_user(row) if row else None
+
+    async def list_users(self) -> list[User]:
+        return [q.to_user(row) for row in await self._fetch(self._sql.users, ())]
+
+    async def locked_users(self, oms_id: int, now: float) -> list[User]:
+        """The OMS's users locked at ``now``, by UserId."""
+        rows = await self._fetch(self._sql.users_locked, (oms_id, now))
+        return [q.to_user(row) for row in rows]
+
+    async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
+        rows = await self._fetch(self._sql.questions, (user_id,))
+        return [q.to_question(row) for row in rows]
+
+    async def session(self, digest: bytes) -> Session | None:
+        row = await self._first(self._sql.session, digest)
+        return q.to_session(row) if row else None
+
+    async def api_key(self, key: str) -> ApiKey | None:
+        if "\x00" in key:  # no stored key holds one
+            return None
+        row = await self._first(self._sql.api_key, key)
+        return q.to_api_key(row) if row else None
+
+    async def api_keys(self, user_id: int) -> list[ApiKey]:
+        """The user's keys, oldest first."""
+        rows = await self._fetch(self._sql.user_api_keys, (user_id,))
+        return [q.to_api_key(row) for row in rows]
+
+    async def mail_counts(self) -> dict[str, int]:
+        """Messages by state (:class:`~.records.MailState`), every state named."""
+        return q.mail_counts(await self._fetch(self._sql.mail_counts, ()))
 
     # Users
     @abc.abstractmethod
@@ -76,23 +130,6 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None: ...
-
-    @abc.abstractmethod
-    async def user_by_id(self, user_id: int) -> User | None: ...
-
-    @abc.abstractmethod
-    async def user_by_name(self, username: str) -> User | None:
-        """Case-insensitive, after trimming."""
-
-    @abc.abstractmethod
-    async def list_users(self) -> list[User]: ...
-
-    @abc.abstractmethod
-    async def locked_users(self, oms_id: int, now: float) -> list[User]:
-        """The OMS's users locked at ``now``, by UserId."""
-
-    @abc.abstractmethod
-    async def security_questions(self, user_id: int) -> list[SecurityQuestion]: ...
 
     @abc.abstractmethod
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
@@ -124,20 +161,7 @@ class Store(abc.ABC):
 
     # Sessions (keyed by the SHA-256 of the token)
     @abc.abstractmethod
-    async def open_session(
-        self,
-        digest: bytes,
-        user_id: int,
-        now: float,
-        password_version: int,
-        *,
-        totp_step: int | None = None,
-        pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
-        clear: Sequence[tuple[str, str]] = (),
-        release: Sequence[tuple[str, str, float]] = (),
-        audit: Sequence[AuditEntry] = (),
-    ) -> Outcome:
+    async def open_session(self, opening: SessionOpening) -> Outcome:
         """A successful login, in one transaction: the session is created only while the user's
         password is still ``password_version`` (else STALE) and, with ``totp_step``, only if
         that step is newer than the last accepted (else REPLAYED; it becomes the last). With
@@ -157,15 +181,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
-    ) -> tuple[int, int] | None:
-        """Reserve one attempt at a pending second step: ``(user_id, password_version)``, or
+    ) -> PendingStep | None:
+        """Reserve one attempt at a pending second step: whose it is and for which version, or
         None when it does not exist, is older than ``max_age`` or has used ``max_attempts``."""
 
     @abc.abstractmethod
     async def end_second_step(self, digest: bytes) -> None: ...
-
-    @abc.abstractmethod
-    async def session(self, digest: bytes) -> Session | None: ...
 
     @abc.abstractmethod
     async def touch_session(self, digest: bytes, now: float) -> bool:
@@ -175,7 +196,7 @@ class Store(abc.ABC):
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
         """End one session; other nodes sharing the store are told (``listen_revocations``)."""
 
-    # API keys (SPEC section 2a)
+    # API keys (docs/rules.md, "API keys")
     @abc.abstractmethod
     async def add_api_key(
         self,
@@ -188,13 +209,6 @@ class Store(abc.ABC):
         """Store a new key (its secret already sealed) with ``audit``, in one transaction;
         False (nothing written) when its user holds ``max_keys`` keys already. Ordered against
         a reset of the key's user: a key the reset would revoke is never written after it."""
-
-    @abc.abstractmethod
-    async def api_key(self, key: str) -> ApiKey | None: ...
-
-    @abc.abstractmethod
-    async def api_keys(self, user_id: int) -> list[ApiKey]:
-        """The user's keys, oldest first."""
 
     @abc.abstractmethod
     async def remove_api_key(
@@ -221,33 +235,12 @@ class Store(abc.ABC):
     async def release(self, kind: str, key: str, at: float) -> None:
         """Give back one reserved event (the attempt it counted turned out not to count)."""
 
-    @abc.abstractmethod
-    async def add_event(self, kind: str, key: str, now: float) -> int:
-        """Record an event; return how many of that kind and key exist now."""
-
-    @abc.abstractmethod
-    async def count_events(self, kind: str, key: str, since: float) -> int: ...
-
     # Reset codes (keyed by the SHA-256 of the code)
     @abc.abstractmethod
-    async def issue_code(
-        self,
-        user_id: int,
-        digest: bytes,
-        now: float,
-        expires_at: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        limit: Claim | None = None,
-        *,
-        authority: Authority | None = None,
-    ) -> bool:
+    async def issue_code(self, issue: CodeIssue) -> bool:
         """Void the user's pending codes, store the new one and queue its mail, at once. With
         ``limit``, one slot of it is reserved in the same transaction first; False (nothing
         written) when it is used up."""
-
-    @abc.abstractmethod
-    async def reset_code(self, digest: bytes) -> ResetCode | None: ...
 
     @abc.abstractmethod
     async def check_code(
@@ -266,26 +259,14 @@ class Store(abc.ABC):
         consumed the code (clearing the slots) no new attempt can check an answer for it."""
 
     @abc.abstractmethod
-    async def complete_reset(
-        self,
-        user_id: int,
-        digest: bytes,
-        password_hash: str,
-        now: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        totp_step: int | None = None,
-        revoke_api_keys: bool = False,
-        checked: Factors | None = None,
-    ) -> Outcome:
+    async def complete_reset(self, reset: PasswordReset) -> Outcome:
         """Consume the code and set the password at once, re-checking in the same transaction:
         INVALID when the code is no longer pending for that user or has expired (of racing
         calls, one wins), LOCKED when the user is locked, REPLAYED when ``totp_step`` is not
         newer than the last accepted; nothing changes then. On DONE the password version moves
         on, every code, session and pending second step of the user is revoked (and with
-        ``revoke_api_keys`` every API key), its failure count cleared, the second factors
-        put back as ``checked`` says the reset's checks read them (an old-password session
-        that changed them meanwhile leaves nothing behind), and other nodes are told."""
+        ``revoke_api_keys`` every API key), its failure count cleared, and other nodes are
+        told."""
 
     # Mail outbox
     @abc.abstractmethod
@@ -319,15 +300,10 @@ class Store(abc.ABC):
     ) -> None:
         """Record a failed attempt; ``retry_at`` None gives up (state failed, sealed erased)."""
 
-    @abc.abstractmethod
-    async def mail_counts(self) -> dict[str, int]:
-        """Messages by state: queued, sent, failed."""
-
     # Audit
     @abc.abstractmethod
     async def audit(self, entries: list[AuditEntry], now: float) -> None: ...
 
-    @abc.abstractmethod
     async def audit_rows(
         self,
         *,
@@ -342,6 +318,16 @@ class Store(abc.ABC):
         username, or a target name (with ``recorded_as``, that one too: how a name that names
         no user is recorded, ``engine.names.unknown_name``); ``since``/``until`` bound the
         time."""
+        statement, args = q.audit_query(
+            user=self._sql.text(user),
+            since=since,
+            until=until,
+            limit=limit,
+            oldest_first=oldest_first,
+            recorded_as=recorded_as,
+        )
+        rows = await self._fetch(self._sql.placeholders(statement), tuple(args))
+        return [q.to_audit(row) for row in rows]
 
     async def verify_audit(self) -> AuditCheck:
         """Walk the whole hash chain, checking each row under the store's audit key."""

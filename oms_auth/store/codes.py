@@ -1,4 +1,5 @@
-"""A reset code's life, as data: its states and the moves between them (SPEC section 4).
+"""A reset code's life, as data: its states and the moves between them (docs/rules.md, "The
+code and the link").
 
 Everything that changes a code's state lives in :data:`TRANSITIONS`; the stores' SQL takes its
 state values from here as bound parameters (:mod:`.sql`), so no state is spelled out in a

@@ -1,6 +1,6 @@
 """Which service key a store opens with: the rule, decided once for both stores.
 
-Rules (SPEC section 5):
+Rules (docs/operations.md, "The service key"):
 
 - A store remembers the fingerprint of the key it was first used with (``meta.key_fingerprint``;
   a keyed digest, never the key).

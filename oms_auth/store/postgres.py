@@ -1,34 +1,13 @@
 """PostgreSQL through asyncpg: several oms-auth nodes serving one exchange from one database.
 
 Every write method is one transaction on a pooled connection, committed when it returns, as in
-:mod:`.sqlite`. The statement texts both stores share are in :mod:`.sql`, the schema in
-:mod:`.postgres_schema`, the listener in :mod:`.postgres_listener`, the URL in :mod:`.urls`; this
-file is how each rule holds across nodes. SQLite gets its ordering from a single writer; here
-each rule is held by PostgreSQL itself:
-
-- ``reserve``, ``add_event``, ``release`` and ``check_code``: transaction-scoped advisory locks on
-  (schema, kind, key) around count-then-insert, so no two nodes both take the last slot of a
-  limit.
-- ``issue_code``, ``complete_reset``, ``open_session``, ``add_api_key`` and ``remove_api_key``:
-  the user's row is locked (``FOR UPDATE``) first, so a newer code voids every older one, a
-  lock or a TOTP step is re-read as it is, and a login racing a reset either commits first (and
-  is revoked) or sees the new password version. ``complete_reset``'s ``UPDATE ... WHERE state =
-  pending AND expires_at > now`` decides a race: of concurrent calls on any nodes, exactly one
-  wins; so does an API-key login's ``UPDATE ... WHERE last_nonce < nonce`` among logins sharing
-  a nonce (a key removed meanwhile matches no row). ``check_code`` reads the code ``FOR
-  SHARE``, so it waits for a redemption in flight and then sees the code used.
-- ``claim_mail``: ``FOR UPDATE SKIP LOCKED``, and a claimed row is leased (not due again until
-  the lease ends), so each message is delivered once whichever node's worker takes it.
-- a write made for a caller (``authority``): the caller's user row is locked ``FOR SHARE`` and its
-  session row ``FOR SHARE`` before anything is written, and re-read there: a reset of the caller
-  (which holds the row ``FOR UPDATE``) commits before the write (which then sees the session gone
-  and writes nothing) or after it; a LogOut's delete of the session waits for the write, or the
-  write waits for the delete and then finds no session.
-- the audit hash chain: an advisory lock around reading the tail and appending keeps it one line.
-- every revocation (a completed reset, a LogOut) sends ``NOTIFY`` inside its transaction (only a
-  committed change is told); each node's :class:`~.postgres_listener.RevocationListener` logs
-  the connections holding those sessions off.
-- migrations: an advisory lock, so nodes starting at once migrate once.
+:mod:`.sqlite`. SQLite gets its ordering from a single writer; here each rule is held by
+PostgreSQL itself, as docs/rules.md ("Concurrency") tables rule by rule: advisory locks per
+(schema, kind, key) around a limit's count-then-insert; the user's row ``FOR UPDATE`` first in
+every write about a user, so a code, a lock, a TOTP step or a password version is read as it
+is; compare-and-set ``UPDATE``s that let one of racing calls win (a code's redemption, an API
+key's nonce); ``FOR UPDATE SKIP LOCKED`` and a lease for the outbox; an advisory lock around the
+audit chain's tail; ``NOTIFY`` inside a revoking transaction, heard by every node's listener.
 
 Lock order, to rule out deadlocks: users' rows (the one written for and the caller's, the lower
 id first), then the caller's session row, then event locks (sorted by kind and key), then the
@@ -36,60 +15,72 @@ audit lock. Advisory locks are keyed by schema, so stores in different schemas o
 database never wait on each other.
 
 PostgreSQL text cannot hold NUL, which a client may send inside a username: event keys are
-escaped one-to-one (:func:`_key`), audit and error text shows U+FFFD instead (:func:`_text`).
+escaped one-to-one (``Statements.event_key``), audit and error text shows U+FFFD instead
+(``Statements.text``).
 
-Longer than 500 lines: it is one class implementing the whole :class:`~.base.Store` interface,
-and each method's transaction, with its locks, is read best whole and beside the others.
+The decisions are in :mod:`.plans` (shared with SQLite), the statements in :mod:`.sql`; the
+transaction primitives (row locks, advisory keys, running a plan) in :mod:`.postgres_tx`, the
+schema in :mod:`.postgres_schema` and :mod:`.postgres_migrate`, the listener in
+:mod:`.postgres_listener`, the URL in :mod:`.urls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
 
 from protocol.messages import LogoutReason
 
-from . import codes, keys
+from . import keys, plans
 from . import sql as q
-from .audit import checked_audit_key, link_entries, rechain
+from .audit import checked_audit_key, link_entries
 from .base import Store
-from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, notice
+from .plans import AccountState, LoginState, ResetState
+from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
+from .postgres_migrate import migrate
 from .postgres_schema import (
-    META,
     MIGRATIONS,
-    RECHAIN_AFTER,
     SCHEMA_VERSION,
-    SKELETONS_AFTER,
+)
+from .postgres_tx import (
+    ADVISORY_LOCK,
+    CONNECTION_ERRORS,
+    S,
+    audit_entry,
+    count_of,
+    lock_for,
+    lock_key,
+    read_state,
+    run_plan,
+    unreachable,
 )
 from .records import (
     RESET_FAILURE,
-    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
-    AuditRow,
     Authority,
-    CallerGone,
     Claim,
-    Factors,
+    CodeIssue,
     MailItem,
+    MailState,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
     ResetCode,
     Revocation,
-    SecurityQuestion,
-    Session,
+    SessionOpening,
+    Slot,
     StoreError,
-    User,
     UsernameConfusable,
     UsernameTaken,
     username_key,
@@ -98,10 +89,7 @@ from .records import (
 from .urls import PgTarget, parse_url
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # A pooled connection inside one of this store's transactions.
-    Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+    from .postgres_tx import Conn
 
 __all__ = [
     "PostgresStore",
@@ -114,30 +102,16 @@ __all__ = [
     "CONNECTION_ERRORS",
 ]
 
-S = q.POSTGRES
-
-# What a lost or unreachable database raises (asyncpg's own errors, the socket's, a timeout).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 _HEALTH_ERRORS: tuple[type[BaseException], ...] = (StoreError, *CONNECTION_ERRORS)
 
 # The shared statements with the row locks this store's rules take (see the module docstring).
-_LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
-_SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
-_AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
-_GONE = "the caller's session or permission is gone"
 _LOGIN_STATE_LOCKED = S.login_state + " FOR UPDATE"
 _LOCKED_UNTIL_LOCKED = S.locked_until + " FOR UPDATE"
 _RESET_STATE_LOCKED = S.reset_state + " FOR UPDATE"
 _ACCOUNT_STATE_LOCKED = S.account_state + " FOR UPDATE"
 _LIVE_CODE_SHARED = S.live_code + " FOR SHARE"
-_ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _CLAIM_MAIL = (
-    "WITH due AS (SELECT id FROM outbox WHERE state = 'queued' AND due_at <= $1"
+    f"WITH due AS (SELECT id FROM outbox WHERE state = '{MailState.QUEUED}' AND due_at <= $1"
     " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
     " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1, claimed = 1 FROM due"
     " WHERE o.id = due.id RETURNING " + ", ".join(f"o.{c}" for c in q.OUTBOX_COLUMNS)
@@ -148,37 +122,6 @@ _RELEASE_EVENT = (
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-
-
-def _lock_key(*parts: str) -> int:
-    """A 64-bit advisory lock key for these parts."""
-    raw = "\x1f".join(("oms-auth", *parts)).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
-
-
-# Event keys are only compared, so they are escaped one-to-one; audit text is for people.
-def _key(key: str) -> str:
-    return key.replace("\\", "\\\\").replace("\x00", "\\0") if "\x00" in key else key
-
-
-def _text(value: str | None) -> str | None:
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
-
-
-def _entry(e: AuditEntry) -> AuditEntry:
-    """An audit entry PostgreSQL can store (what is hashed is what is stored)."""
-    return msgspec.structs.replace(
-        e,
-        action=e.action.replace("\x00", "\ufffd"),
-        target_name=_text(e.target_name),
-        source=_text(e.source),
-        detail=_text(e.detail),
-    )
-
-
-def _count_of(status: str) -> int:
-    """The row count of a command status such as ``DELETE 3``."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 class PostgresStore(Store):
@@ -195,50 +138,16 @@ class PostgresStore(Store):
             self._connect_listener, schema=self.schema, node=self.node
         )
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._audit_lock = _lock_key(self.schema, "audit")
+        self._audit_lock = lock_key(self.schema, "audit")
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"
-
-    # The listener's settings and state, as they were the store's before it had a module.
-    @property
-    def listen_retry(self) -> tuple[float, float]:
-        """First and longest wait between listener reconnects, in seconds."""
-        return self.listener.retry
-
-    @listen_retry.setter
-    def listen_retry(self, value: tuple[float, float]) -> None:
-        self.listener.retry = value
-
-    @property
-    def keepalive_seconds(self) -> float:
-        """How often the listener's connection is probed."""
-        return self.listener.keepalive_seconds
-
-    @keepalive_seconds.setter
-    def keepalive_seconds(self, value: float) -> None:
-        self.listener.keepalive_seconds = value
-
-    @property
-    def listening(self) -> bool:
-        """True while the listener's connection is up."""
-        return self.listener.listening
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def _server_settings(self, role: str) -> dict[str, str]:
         # application_name lets an operator (and the tests) find this store's connections.
         return {"search_path": self.schema, "application_name": f"{role} {self.schema}"[:63]}
-
-    def _unreachable(self, exc: BaseException) -> str:
-        t = self.target
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {t.connect_timeout:g} s"
-        elif isinstance(exc, asyncpg.PostgresError):
-            reason = f"the server refused: {exc}"
-        else:
-            reason = str(exc) or type(exc).__name__
-        return f"cannot reach PostgreSQL at {t.where}: {reason}"
 
     async def open(self) -> None:
         t = self.target
@@ -253,75 +162,16 @@ class PostgresStore(Store):
                 server_settings=self._server_settings("oms-auth"),
             )
         except CONNECTION_ERRORS as exc:
-            raise StoreError(self._unreachable(exc)) from None
+            raise StoreError(unreachable(self.target, exc)) from None
         try:
-            await self._migrate()
+            async with self._tx() as conn:
+                await migrate(conn, self.schema, t.where, self._audit_key, self._key)
         except CONNECTION_ERRORS as exc:
             await self.close()
-            raise StoreError(self._unreachable(exc)) from None
+            raise StoreError(unreachable(self.target, exc)) from None
         except BaseException:
             await self.close()
             raise
-
-    async def _migrate(self) -> None:
-        async with self._tx() as conn:
-            # Two nodes starting at once: the second waits here, then finds the work done.
-            await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "migrate"))
-            if not await conn.fetchval(
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
-            ):
-                await conn.execute(f'CREATE SCHEMA "{self.schema}"')
-            await conn.execute(META)
-            found = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
-            version = int(found or 0)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"PostgreSQL schema {self.schema!r} at {self.target.where} has schema version "
-                    f"{version}; this oms-auth knows up to {SCHEMA_VERSION}"
-                )
-            if self._key is not None:  # before migrating: a refused key re-chains nothing
-                await keys.bind(
-                    self._key,
-                    audit_key=self._audit_key,
-                    version=version,
-                    where=f"PostgreSQL schema {self.schema!r} at {self.target.where}",
-                    fetch=lambda sql, args: conn.fetch(q.to_dollar(sql), *args),
-                )
-            for target in range(version, SCHEMA_VERSION):
-                await conn.execute(MIGRATIONS[target])
-                if target + 1 in RECHAIN_AFTER:
-                    links = rechain(self._audit_key, await conn.fetch(S.audit_chain))
-                    await conn.executemany(S.relink_audit, links)
-                if target + 1 == SKELETONS_AFTER:
-                    rows = await conn.fetch(S.unskeletoned)
-                    await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-                await conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    str(target + 1),
-                )
-            await self._refresh_skeletons(conn)
-
-    @staticmethod
-    async def _refresh_skeletons(conn: Conn) -> None:
-        """Recompute every user's skeleton when they were computed with another
-        SKELETON_VERSION (or none recorded): look-alikes are found with one data set. Under
-        the migration lock: nodes starting at once do it once."""
-        recorded = await conn.fetchval("SELECT value FROM meta WHERE key = 'skeleton_version'")
-        if recorded == SKELETON_VERSION:
-            return
-        await conn.execute(S.clear_skeletons)
-        rows = await conn.fetch(S.unskeletoned)
-        await conn.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-        await conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('skeleton_version', $1)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            SKELETON_VERSION,
-        )
-
-    async def schema_version(self) -> int:
-        found = await self._db.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
-        return int(found)
 
     async def close(self) -> None:
         await self.listener.stop()
@@ -331,13 +181,6 @@ class PostgresStore(Store):
                 await asyncio.wait_for(pool.close(), 10)
             except CONNECTION_ERRORS:
                 pool.terminate()
-
-    async def healthy(self) -> bool:
-        try:
-            async with asyncio.timeout(5):
-                return bool(await self._db.fetchval("SELECT 1") == 1)
-        except _HEALTH_ERRORS:
-            return False
 
     async def writable(self) -> str | None:
         try:
@@ -365,6 +208,11 @@ class PostgresStore(Store):
             raise StoreError("store is not open")
         return self._pool
 
+    _sql = S
+
+    async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[q.Row]:
+        return list(await self._db.fetch(statement, *args))
+
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:
         """One pooled connection in one transaction: committed when the block ends."""
@@ -384,9 +232,9 @@ class PostgresStore(Store):
         if not entries:
             return
         # Held until commit: the next writer on any node reads the tail after this one.
-        await conn.execute(_ADVISORY_LOCK, self._audit_lock)
+        await conn.execute(ADVISORY_LOCK, self._audit_lock)
         tail = await conn.fetchrow(S.audit_tail)
-        rows = link_entries(self._audit_key, tail, [_entry(e) for e in entries], now)
+        rows = link_entries(self._audit_key, tail, [audit_entry(e) for e in entries], now)
         await conn.executemany(S.insert_audit, rows)
 
     @staticmethod
@@ -397,22 +245,8 @@ class PostgresStore(Store):
     async def _now(conn: Conn) -> float:
         return float(await conn.fetchval(_NOW))
 
-    @staticmethod
-    async def _lock_for(conn: Conn, user_id: int | None, authority: Authority | None) -> None:
-        """Lock the row of the user written for (``FOR UPDATE``) and the caller's (``FOR
-        SHARE``), the lower id first so two writes for two callers never wait in a cycle; then
-        CallerGone unless the caller's authority still holds (its session row ``FOR SHARE``)."""
-        rows = [] if user_id is None else [(user_id, _LOCK_USER)]
-        if authority is not None and authority.user_id != user_id:
-            rows.append((authority.user_id, _SHARE_USER))
-        for uid, statement in sorted(rows):
-            await conn.execute(statement, uid)
-        if authority is not None:
-            if await conn.fetchval(_AUTHORITY_SHARED, *q.authority_args(authority)) is None:
-                raise CallerGone(_GONE)
-
     async def _lock_events(self, conn: Conn, kind: str, key: str) -> None:
-        await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "events", kind, key))
+        await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "events", kind, key))
 
     # -- users --------------------------------------------------------------------------------
 
@@ -434,9 +268,9 @@ class PostgresStore(Store):
         taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
         key, skeleton = username_key(user.username), username_skeleton(user.username)
         async with self._tx() as conn:
-            await self._lock_for(conn, None, authority)
+            await lock_for(conn, None, authority)
             # Two nodes adding look-alike names at once: one waits for the other's commit.
-            await conn.execute(_ADVISORY_LOCK, _lock_key(self.schema, "skeleton:" + skeleton))
+            await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "skeleton:" + skeleton))
             if await conn.fetchval(S.username_taken, key):
                 raise taken
             if await conn.fetchval(S.username_lookalike, skeleton, key):
@@ -459,42 +293,19 @@ class PostgresStore(Store):
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)
 
-    async def user_by_id(self, user_id: int) -> User | None:
-        row = await self._db.fetchrow(S.user_by_id, user_id)
-        return q.to_user(row) if row else None
-
-    async def user_by_name(self, username: str) -> User | None:
-        if "\x00" in username:  # no stored name holds one
-            return None
-        row = await self._db.fetchrow(S.user_by_name, username_key(username))
-        return q.to_user(row) if row else None
-
-    async def list_users(self) -> list[User]:
-        return [q.to_user(row) for row in await self._db.fetch(S.users)]
-
-    async def locked_users(self, oms_id: int, now: float) -> list[User]:
-        return [q.to_user(row) for row in await self._db.fetch(S.users_locked, oms_id, now)]
-
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         async with self._tx() as conn:
             # The user's row locked, as a reset and a login take it: the password version and
             # the TOTP step are read as they are until this commits.
-            await self._lock_for(conn, change.user_id, change.authority)
-            state = await conn.fetchrow(_ACCOUNT_STATE_LOCKED, change.user_id)
-            plan = q.account_plan(S, change, state)
-            if isinstance(plan, Outcome):
-                return plan
-            for statement, args in plan:
-                await conn.execute(statement, *args)
+            await lock_for(conn, change.user_id, change.authority)
+            state = await read_state(conn, AccountState, _ACCOUNT_STATE_LOCKED, change.user_id)
+            outcome = await run_plan(conn, plans.account_plan(S, change, state, now))
+            if outcome is not Outcome.DONE:
+                return outcome
             if change.end_sessions is not None:
                 await self._revoked(conn, Revocation(change.user_id, change.end_sessions), now)
-            if change.mail is not None:
-                await self._insert_mail(conn, change.mail, now)
             await self._insert_audit(conn, [change.audit], now)
             return Outcome.DONE
-
-    async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
-        return [q.to_question(row) for row in await self._db.fetch(S.questions, user_id)]
 
     async def set_lock(
         self,
@@ -505,7 +316,7 @@ class PostgresStore(Store):
         authority: Authority | None = None,
     ) -> None:
         async with self._tx() as conn:
-            await self._lock_for(conn, user_id, authority)
+            await lock_for(conn, user_id, authority)
             await conn.execute(S.set_lock, until, user_id)
             if until is None:
                 await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
@@ -518,10 +329,10 @@ class PostgresStore(Store):
             # The user's row first (as a reset holds it): a reset that clears the count
             # commits before or after this, never between the count and the lock.
             row = await conn.fetchrow(_LOCKED_UNTIL_LOCKED, user_id)
-            if row is None or (row[0] is not None and row[0] > now):
-                return False  # gone, or locked already
             await self._lock_claims(conn, [claim])
-            if await self._count(conn, claim, now) < claim.limit:
+            locked_until = row[0] if row is not None else None
+            count = await self._count(conn, claim, now)
+            if not plans.lock_due(locked_until, row is not None, count, claim, now):
                 return False
             await conn.execute(S.set_lock, until, user_id)
             await self._insert_audit(conn, [audit], now)
@@ -529,54 +340,19 @@ class PostgresStore(Store):
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def open_session(
-        self,
-        digest: bytes,
-        user_id: int,
-        now: float,
-        password_version: int,
-        *,
-        totp_step: int | None = None,
-        pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
-        clear: Sequence[tuple[str, str]] = (),
-        release: Sequence[tuple[str, str, float]] = (),
-        audit: Sequence[AuditEntry] = (),
-    ) -> Outcome:
+    async def open_session(self, opening: SessionOpening) -> Outcome:
         async with self._tx() as conn:
             # The user's row lock orders this against a reset on any node (it holds the same
             # lock): either the reset committed first (the version moved on: STALE) or it
-            # waits and then deletes this session.
-            row = await conn.fetchrow(_LOGIN_STATE_LOCKED, user_id)
-            for kind, key, at in release:
-                await self._release(conn, kind, key, at)
-            if totp_step is not None and row is not None and row[1] is not None:
-                if row[1] >= totp_step:
-                    return Outcome.REPLAYED  # the pending step stays, for another code
-            if pending is not None:
-                deleted = await conn.execute(S.delete_pending_login, pending)
-                if _count_of(deleted) != 1:  # another attempt used this second step already
-                    return Outcome.STALE
-            if row is None or row[0] != password_version:
-                return Outcome.STALE
-            if row[2] is not None and row[2] > now:
-                return Outcome.LOCKED
-            held_key: str | None = None
-            if api_key is not None:
-                # The key's row lock orders logins sharing a nonce: the first moves it on, the
-                # others (any node) then match no row.
-                held_key, nonce = api_key
-                status = await conn.execute(S.advance_nonce, nonce, held_key, user_id, nonce)
-                if status != "UPDATE 1":  # an older nonce, or the key is gone
-                    return Outcome.REPLAYED
-            if totp_step is not None:
-                await conn.execute(S.set_totp_step, totp_step, user_id)
-            await conn.execute(S.insert_session, digest, user_id, now, now, held_key)
-            await conn.execute(S.set_last_login, now, user_id)
-            for kind, key in clear:
-                await conn.execute(S.clear_events, kind, _key(key))
-            await self._insert_audit(conn, audit, now)
-            return Outcome.DONE
+            # waits and then deletes this session. The API key's row lock (its nonce's
+            # compare-and-set) orders logins sharing a nonce: the first moves it on.
+            state = await read_state(conn, LoginState, _LOGIN_STATE_LOCKED, opening.user_id)
+            for slot in opening.release:
+                await self._release(conn, slot)
+            outcome = await run_plan(conn, plans.session_plan(S, opening, state))
+            if outcome is Outcome.DONE:
+                await self._insert_audit(conn, opening.audit, opening.now)
+            return outcome
 
     async def begin_second_step(
         self, digest: bytes, user_id: int, password_version: int, now: float
@@ -585,21 +361,17 @@ class PostgresStore(Store):
 
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
-    ) -> tuple[int, int] | None:
+    ) -> PendingStep | None:
         async with self._tx() as conn:
             # The row lock the UPDATE takes makes concurrent attempts (any node) count in turn.
             row = await conn.fetchrow(S.pending_login_attempt, digest, max_attempts, now - max_age)
             if row is None:
                 await conn.execute(S.delete_pending_login, digest)
                 return None
-            return int(row[0]), int(row[1])
+            return PendingStep(int(row[0]), int(row[1]))
 
     async def end_second_step(self, digest: bytes) -> None:
         await self._db.execute(S.delete_pending_login, digest)
-
-    async def session(self, digest: bytes) -> Session | None:
-        row = await self._db.fetchrow(S.session, digest)
-        return q.to_session(row) if row else None
 
     async def touch_session(self, digest: bytes, now: float) -> bool:
         return await self._db.execute(_TOUCH_SESSION, now, digest) == "UPDATE 1"
@@ -610,20 +382,7 @@ class PostgresStore(Store):
             await self._revoked(conn, Revocation(user_id, reason, digest), time.time())
 
     async def _revoked(self, conn: Conn, revocation: Revocation, now: float) -> None:
-        """Tell every node (inside the transaction: only a committed change is told)."""
-        r = revocation
-        change = await conn.fetchval(
-            "INSERT INTO revocations (user_id, node, at, session_digest, reason)"
-            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            r.user_id,
-            self.node,
-            now,
-            r.session_digest,
-            r.reason,
-        )
-        await conn.execute("DELETE FROM revocations WHERE at < $1", now - CHANGES_KEPT_SECONDS)
-        told = notice(self.schema, self.node, int(change), r)
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, told)
+        await announce(conn, self.schema, self.node, revocation, now)
 
     async def listen_revocations(self, callback: Callable[[Revocation], None]) -> None:
         self.listener.add(callback)
@@ -632,7 +391,7 @@ class PostgresStore(Store):
         try:
             await self.listener.start()
         except CONNECTION_ERRORS as exc:
-            raise StoreError(self._unreachable(exc)) from None
+            raise StoreError(unreachable(self.target, exc)) from None
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -648,21 +407,12 @@ class PostgresStore(Store):
             # The user's row first: two additions on any nodes count in turn, and a reset
             # revoking the user's keys commits before this (the caller's session is gone then)
             # or after it (and deletes this key too).
-            await self._lock_for(conn, key.user_id, authority)
+            await lock_for(conn, key.user_id, authority)
             if int(await conn.fetchval(S.count_user_api_keys, key.user_id)) >= max_keys:
                 return False
             await conn.execute(S.insert_api_key, *q.api_key_args(key))
             await self._insert_audit(conn, [audit], key.created_at)
             return True
-
-    async def api_key(self, key: str) -> ApiKey | None:
-        if "\x00" in key:  # no stored key holds one
-            return None
-        row = await self._db.fetchrow(S.api_key, key)
-        return q.to_api_key(row) if row else None
-
-    async def api_keys(self, user_id: int) -> list[ApiKey]:
-        return [q.to_api_key(row) for row in await self._db.fetch(S.user_api_keys, user_id)]
 
     async def remove_api_key(
         self,
@@ -678,7 +428,7 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # The user's row first, as a reset (which may delete the same key) and a login
             # with the key take it: no cycle.
-            await self._lock_for(conn, user_id, authority)
+            await lock_for(conn, user_id, authority)
             rows = await conn.fetch(S.delete_api_key_sessions, key, user_id)
             if await conn.execute(S.delete_api_key, key, user_id) != "DELETE 1":
                 return None  # not this user's key: no session of it was either
@@ -694,89 +444,59 @@ class PostgresStore(Store):
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
         async with self._tx() as conn:
             await self._lock_claims(conn, claims)
-            counts = []
-            for c in claims:
-                count = await self._count(conn, c, now)
-                if count >= c.limit:
-                    return None
-                counts.append(count)
+            counts = [await self._count(conn, c, now) for c in claims]
+            if not plans.room_left(claims, counts):
+                return None
             await self._record(conn, claims, now)
             return counts
 
     async def _lock_claims(self, conn: Conn, claims: Sequence[Claim]) -> None:
         # In a fixed order, so two transactions taking the same counters (on any nodes) never
         # wait on each other in a cycle.
-        for kind, key in sorted({(c.kind, _key(c.key)) for c in claims}):
+        for kind, key in sorted({(c.kind, S.event_key(c.key)) for c in claims}):
             await self._lock_events(conn, kind, key)
 
     @staticmethod
     async def _count(conn: Conn, claim: Claim, now: float) -> int:
-        args = (claim.kind, _key(claim.key), now - claim.window)
+        args = (claim.kind, S.event_key(claim.key), now - claim.window)
         return int(await conn.fetchval(S.count_events_since, *args))
 
     @staticmethod
     async def _record(conn: Conn, claims: Sequence[Claim], now: float) -> None:
-        await conn.executemany(S.insert_event, [(c.kind, _key(c.key), now) for c in claims])
+        await conn.executemany(S.insert_event, [(c.kind, S.event_key(c.key), now) for c in claims])
 
     async def release(self, kind: str, key: str, at: float) -> None:
         async with self._tx() as conn:
-            await self._release(conn, kind, key, at)
+            await self._release(conn, Slot(kind, key, at))
 
-    async def _release(self, conn: Conn, kind: str, key: str, at: float) -> None:
-        key = _key(key)
-        await self._lock_events(conn, kind, key)
-        await conn.execute(_RELEASE_EVENT, kind, key, at)
-
-    async def add_event(self, kind: str, key: str, now: float) -> int:
-        key = _key(key)
-        async with self._tx() as conn:
-            await self._lock_events(conn, kind, key)
-            await conn.execute(S.insert_event, kind, key, now)
-            return int(await conn.fetchval(S.count_events, kind, key))
-
-    async def count_events(self, kind: str, key: str, since: float) -> int:
-        return int(await self._db.fetchval(S.count_events_since, kind, _key(key), since))
+    async def _release(self, conn: Conn, slot: Slot) -> None:
+        key = S.event_key(slot.key)
+        await self._lock_events(conn, slot.kind, key)
+        await conn.execute(_RELEASE_EVENT, slot.kind, key, slot.at)
 
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         # One transaction per table: clean-up needs no atomicity, and holding one table's rows
         # while waiting for another's would invert a reset's lock order (a deadlock).
         gone = 0
         for statement, args in q.prune_plan(S, events_before, sessions_idle_since):
-            gone += _count_of(await self._db.execute(statement, *args))
+            gone += count_of(await self._db.execute(statement, *args))
         return gone
 
     # -- reset codes --------------------------------------------------------------------------
 
-    async def issue_code(
-        self,
-        user_id: int,
-        digest: bytes,
-        now: float,
-        expires_at: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        limit: Claim | None = None,
-        *,
-        authority: Authority | None = None,
-    ) -> bool:
+    async def issue_code(self, issue: CodeIssue) -> bool:
         async with self._tx() as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
             # user's row first, then the limit's lock, as lock_when_spent takes them.
-            await self._lock_for(conn, user_id, authority)
-            if limit is not None:
-                await self._lock_claims(conn, [limit])
-                if await self._count(conn, limit, now) >= limit.limit:
-                    return False
-                await self._record(conn, [limit], now)
-            await conn.execute(S.move_user_codes, *q.move_codes_args(codes.SUPERSEDE, user_id))
-            await conn.execute(S.insert_code, *q.code_args(digest, user_id, now, expires_at))
-            await self._insert_mail(conn, mail, now)
-            await self._insert_audit(conn, audit, now)
+            await lock_for(conn, issue.user_id, issue.authority)
+            count = 0
+            if issue.limit is not None:
+                await self._lock_claims(conn, [issue.limit])
+                count = await self._count(conn, issue.limit, issue.now)
+            if await run_plan(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+                return False
+            await self._insert_audit(conn, issue.audit, issue.now)
             return True
-
-    async def reset_code(self, digest: bytes) -> ResetCode | None:
-        row = await self._db.fetchrow(S.reset_code, digest)
-        return q.to_code(row) if row else None
 
     async def check_code(
         self,
@@ -789,68 +509,35 @@ class PostgresStore(Store):
         claims = [invalid] if attempt is None else [invalid, attempt]
         async with self._tx() as conn:
             await self._lock_claims(conn, claims)
-            if await self._count(conn, invalid, now) >= invalid.limit:
-                return Outcome.THROTTLED, None
+            invalid_count = await self._count(conn, invalid, now)
             row = None
-            if digest is not None:
+            if digest is not None and not plans.throttled(invalid_count, invalid):
                 # FOR SHARE waits for a reset consuming this code to commit, then sees it used.
                 args = q.live_code_args(digest, now, user_id)
                 row = await conn.fetchrow(_LIVE_CODE_SHARED, *args)
-            if row is None:
-                await self._record(conn, [invalid], now)
-                return Outcome.INVALID, None
-            if attempt is not None:
-                if await self._count(conn, attempt, now) >= attempt.limit:
-                    return Outcome.LOCKED, None
-                await self._record(conn, [attempt], now)
-            return Outcome.DONE, q.to_code(row)
+            found = plans.CodeCheck(
+                invalid_count,
+                q.to_code(row) if row is not None else None,
+                await self._count(conn, attempt, now) if attempt is not None else 0,
+            )
+            outcome, counted = plans.code_check(found, invalid, attempt)
+            await self._record(conn, counted, now)
+            return outcome, found.code if outcome is Outcome.DONE else None
 
-    async def complete_reset(
-        self,
-        user_id: int,
-        digest: bytes,
-        password_hash: str,
-        now: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        totp_step: int | None = None,
-        revoke_api_keys: bool = False,
-        checked: Factors | None = None,
-    ) -> Outcome:
+    async def complete_reset(self, reset: PasswordReset) -> Outcome:
         async with self._tx() as conn:
             # Locked first: the lock and the TOTP step are read as they are now, and no login
-            # or lock on any node changes them before this commits.
-            user = await conn.fetchrow(_RESET_STATE_LOCKED, user_id)
-            if user is None:
-                return Outcome.INVALID
-            if user[0] is not None and user[0] > now:
-                return Outcome.LOCKED
-            if totp_step is not None and user[1] is not None and user[1] >= totp_step:
-                return Outcome.REPLAYED
-            # The race is decided here: a loser, once the winner commits, finds no pending row.
-            status = await conn.execute(S.redeem_code, *q.redeem_args(digest, user_id, now))
-            if status != "UPDATE 1":
-                return Outcome.INVALID
-            await conn.execute(S.set_password, password_hash, totp_step, user_id)
-            await conn.execute(
-                S.move_user_codes, *q.move_codes_args(codes.PASSWORD_CHANGE, user_id)
-            )
-            await conn.execute(S.delete_user_sessions, user_id)
-            if revoke_api_keys:
-                await conn.execute(S.delete_user_api_keys, user_id)
-            await conn.execute(S.delete_user_pending_logins, user_id)
-            await conn.execute(S.clear_events, RESET_FAILURE, str(user_id))
-            if checked is not None:
-                sealed = await conn.fetchval(S.totp_sealed, user_id)
-                rows = await conn.fetch(S.questions, user_id)
-                plan = q.factors_plan(S, user_id, checked, sealed, rows)
-                for sql, args in plan:
-                    await conn.execute(sql, *args)
-                if plan:
-                    audit = [*audit, *q.factors_audit(audit)]
-            await self._revoked(conn, Revocation(user_id, LogoutReason.PASSWORD_CHANGED), now)
-            await self._insert_mail(conn, mail, now)
-            await self._insert_audit(conn, audit, now)
+            # or lock on any node changes them before this commits. The race between resets is
+            # decided by the code's redemption: a loser, once the winner commits, finds none.
+            state = await read_state(conn, ResetState, _RESET_STATE_LOCKED, reset.user_id)
+            held = await conn.fetch(S.questions, reset.user_id)
+            plan = plans.reset_plan(S, reset, state, [(r[1], r[2]) for r in held])
+            outcome = await run_plan(conn, plan)
+            if outcome is not Outcome.DONE:
+                return outcome
+            revocation = Revocation(reset.user_id, LogoutReason.PASSWORD_CHANGED)
+            await self._revoked(conn, revocation, reset.now)
+            await self._insert_audit(conn, [*reset.audit, *plan.audit], reset.now)
             return Outcome.DONE
 
     # -- mail outbox --------------------------------------------------------------------------
@@ -871,37 +558,12 @@ class PostgresStore(Store):
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
         if retry_at is None:
-            await self._db.execute(S.mail_given_up, _text(error), mail_id)
+            await self._db.execute(S.mail_given_up, S.text(error), mail_id)
         else:
-            await self._db.execute(S.mail_retry, retry_at, _text(error), mail_id)
-
-    async def mail_counts(self) -> dict[str, int]:
-        counts = {"queued": 0, "sent": 0, "failed": 0}
-        counts.update({state: int(n) for state, n in await self._db.fetch(S.mail_counts)})
-        return counts
+            await self._db.execute(S.mail_retry, retry_at, S.text(error), mail_id)
 
     # -- audit --------------------------------------------------------------------------------
 
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
-
-    async def audit_rows(
-        self,
-        *,
-        user: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int | None = 100,
-        oldest_first: bool = False,
-        recorded_as: str | None = None,
-    ) -> list[AuditRow]:
-        statement, args = q.audit_query(
-            user=_text(user),
-            since=since,
-            until=until,
-            limit=limit,
-            oldest_first=oldest_first,
-            recorded_as=recorded_as,
-        )
-        return [q.to_audit(r) for r in await self._db.fetch(q.to_dollar(statement), *args)]

@@ -33,8 +33,16 @@ from .records import Revocation
 
 if TYPE_CHECKING:
     import asyncpg
+    import asyncpg.pool
 
-__all__ = ["CHANNEL", "CHANGES_KEPT_SECONDS", "notice", "parse_notice", "RevocationListener"]
+__all__ = [
+    "CHANNEL",
+    "CHANGES_KEPT_SECONDS",
+    "announce",
+    "notice",
+    "parse_notice",
+    "RevocationListener",
+]
 
 log = logging.getLogger("oms_auth.store")
 
@@ -49,6 +57,30 @@ def notice(schema: str, node: str, change_id: int, revocation: Revocation) -> st
     r = revocation
     digest = r.session_digest.hex() if r.session_digest else "-"
     return f"{schema} {node} {change_id} {r.user_id} {r.reason} {digest}"
+
+
+async def announce(
+    conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+    schema: str,
+    node: str,
+    revocation: Revocation,
+    now: float,
+) -> None:
+    """Record ``revocation`` and tell every node, inside the caller's transaction: only a
+    committed change is told, and one a listener missed is found in ``revocations``."""
+    r = revocation
+    change = await conn.fetchval(
+        "INSERT INTO revocations (user_id, node, at, session_digest, reason)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        r.user_id,
+        node,
+        now,
+        r.session_digest,
+        r.reason,
+    )
+    await conn.execute("DELETE FROM revocations WHERE at < $1", now - CHANGES_KEPT_SECONDS)
+    told = notice(schema, node, int(change), r)
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, told)
 
 
 def parse_notice(payload: str) -> tuple[str, str, int, Revocation]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import icu  # type: ignore[import-untyped,unused-ignore]
 import msgspec
@@ -35,12 +36,19 @@ __all__ = [
     "Session",
     "ApiKey",
     "Claim",
+    "Slot",
+    "Reservation",
     "Authority",
     "AccountChange",
     "Outcome",
+    "SessionOpening",
+    "PendingStep",
     "Revocation",
     "ResetCode",
+    "CodeIssue",
+    "PasswordReset",
     "MailItem",
+    "MailState",
     "OutboxRow",
     "AuditEntry",
     "AuditRow",
@@ -176,14 +184,14 @@ class Session(msgspec.Struct, frozen=True):
     created_at: float
     last_seen: float
     # The API key this session was opened with (an API-key login), None for a password login:
-    # such a session cannot change account security (SPEC section 2a).
+    # such a session cannot change account security (docs/rules.md, "API keys").
     api_key: str | None = None
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's API key (SPEC section 2a). ``key`` is the public APIKey; the APISecret is held
-    only sealed with the service key (``secret_sealed``), and ``last_nonce`` is the greatest
-    nonce a login with it was accepted with (-1: none yet)."""
+    """A user's API key (docs/rules.md, "API keys"). ``key`` is the public APIKey; the
+    APISecret is held only sealed with the service key (``secret_sealed``), and ``last_nonce``
+    is the greatest nonce a login with it was accepted with (-1: none yet)."""
 
     key: str
     user_id: int
@@ -204,6 +212,32 @@ class Claim(msgspec.Struct, frozen=True):
     key: str
     window: float
     limit: int
+
+
+class Slot(NamedTuple):
+    """One event recorded under a limit (a slot a :class:`Claim` took), to give back with
+    ``Store.release`` when the attempt it counted turns out not to count."""
+
+    kind: str
+    key: str
+    at: float
+
+
+class Reservation(msgspec.Struct, frozen=True):
+    """A login attempt's two slots, taken before its secret is checked: one under the
+    per-username limit, one under the per-address limit."""
+
+    user: Slot
+    source: Slot
+
+    def release_all(self) -> tuple[Slot, ...]:
+        """Both slots: the attempt does not count at all (a refusal, a second step to come)."""
+        return (self.user, self.source)
+
+    def keep_user_slot(self) -> tuple[Slot, ...]:
+        """The per-address slot only: a login that succeeds gives back its address's slot,
+        while the per-username count is cleared in the login's own transaction."""
+        return (self.source,)
 
 
 class Authority(msgspec.Struct, frozen=True, kw_only=True):
@@ -276,9 +310,42 @@ class Outcome(enum.Enum):
     THROTTLED = "throttled"  # the caller's address is at its limit
 
 
+class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
+    """A login's session, opened in one transaction with what it settles (``Store.open_session``,
+    the rules in docs/rules.md): created only for ``password_version``, the version the check
+    read, and only while the user is not locked.
+
+    ``totp_step``: the time step just accepted (REPLAYED when not newer than the last);
+    ``pending``: the second step it ends (STALE when another attempt ended it first);
+    ``api_key``: (key, nonce), the nonce moved on (REPLAYED when not newer); ``clear``: counters
+    (kind, key) emptied; ``release``: slots given back whatever the outcome; ``audit``: written
+    on DONE."""
+
+    digest: bytes  # the SHA-256 digest of the session's token
+    user_id: int
+    now: float
+    password_version: int
+    totp_step: int | None = None
+    pending: bytes | None = None
+    api_key: tuple[str, int] | None = None
+    clear: Sequence[tuple[str, str]] = ()
+    release: Sequence[Slot] = ()
+    audit: Sequence[AuditEntry] = ()
+
+    def __repr__(self) -> str:
+        return f"SessionOpening(user_id={self.user_id})"
+
+
+class PendingStep(NamedTuple):
+    """A second login step still open: whose, and for which password version."""
+
+    user_id: int
+    password_version: int
+
+
 class Revocation(msgspec.Struct, frozen=True):
     """Sessions ended on some node: one session (``session_digest``) or all of a user's.
-    ``reason`` is the LogoutEvent's Reason (SPEC section 1)."""
+    ``reason`` is the LogoutEvent's Reason (docs/protocol.md, "Events")."""
 
     user_id: int
     reason: str
@@ -290,6 +357,55 @@ class ResetCode(msgspec.Struct, frozen=True):
     created_at: float
     expires_at: float
     state: CodeState  # its moves: .codes.TRANSITIONS
+
+
+class CodeIssue(msgspec.Struct, frozen=True, kw_only=True):
+    """A new reset code for ``user_id`` (``Store.issue_code``): every pending code of the user
+    is superseded, the code's mail queued and ``audit`` written with it. With ``limit``, nothing
+    is issued when its counter is used up (the issue is counted under it otherwise); with
+    ``authority``, CallerGone when it no longer holds."""
+
+    user_id: int
+    digest: bytes  # the SHA-256 digest of the code
+    now: float
+    expires_at: float
+    mail: MailItem
+    audit: Sequence[AuditEntry] = ()
+    limit: Claim | None = None
+    authority: Authority | None = None
+
+    def __repr__(self) -> str:
+        return f"CodeIssue(user_id={self.user_id})"
+
+
+class PasswordReset(msgspec.Struct, frozen=True, kw_only=True):
+    """A reset completed (``Store.complete_reset``): the code ``digest`` redeemed and the
+    password set, in one transaction that also voids the user's other codes, ends every session
+    and second step (and with ``revoke_api_keys`` the API keys), clears the reset failures and
+    unlocks. INVALID when the code is no longer pending (another reset won), LOCKED when the user
+    was locked meanwhile, REPLAYED when ``totp_step`` is not newer than the last accepted."""
+
+    user_id: int
+    digest: bytes
+    password_hash: str
+    now: float
+    mail: MailItem
+    audit: Sequence[AuditEntry] = ()
+    totp_step: int | None = None
+    revoke_api_keys: bool = False
+    # The second factors the reset's checks read: put back if they changed meanwhile.
+    checked: Factors | None = None
+
+    def __repr__(self) -> str:
+        return f"PasswordReset(user_id={self.user_id})"
+
+
+class MailState(enum.StrEnum):
+    """Where a message of the outbox stands: the ``state`` column's values."""
+
+    QUEUED = "queued"  # waiting, or claimed by a sender (``claimed``) until its lease ends
+    SENT = "sent"  # delivered; its sealed part erased
+    FAILED = "failed"  # given up after its attempts; its sealed part erased
 
 
 class MailItem(msgspec.Struct, frozen=True, kw_only=True):

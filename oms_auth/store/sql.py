@@ -18,7 +18,7 @@ Those stay in the store, beside the locking they serve. Pure: no I/O, no driver 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -26,16 +26,13 @@ import msgspec
 from . import codes
 from .codes import CodeState, Move
 from .records import (
-    AccountChange,
     ApiKey,
-    AuditEntry,
     AuditRow,
     Authority,
-    Factors,
     MailItem,
+    MailState,
     NewUser,
     OutboxRow,
-    Outcome,
     ResetCode,
     SecurityQuestion,
     Session,
@@ -69,6 +66,7 @@ __all__ = [
     "to_session",
     "to_question",
     "to_code",
+    "mail_counts",
     "to_outbox",
     "to_audit",
     "to_api_key",
@@ -139,7 +137,7 @@ OUTBOX_COLUMNS: Final = (
 )
 
 
-def _user_select(permissions: str, accounts: str) -> dict[str, str]:
+def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
     select = (
         "SELECT u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id,"
         " u.password_hash, u.totp_sealed, u.auth_source, u.active, u.master, u.last_login,"
@@ -178,8 +176,8 @@ class Statements:
         " password_hash, auth_source, active, master, locale, name_skeleton)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
-    # Accounts are per OMS (SPEC section 3): an OMS's account 7 is its own, whoever else has
-    # one numbered 7 (account_args, user_account_args).
+    # Accounts are per OMS (docs/security-names.md, "Accounts are per OMS"): an OMS's account 7 is
+    # its own, whoever else has one numbered 7 (account_args, user_account_args).
     insert_account: str = (
         "INSERT INTO accounts (oms_id, id) VALUES (?, ?) ON CONFLICT (oms_id, id) DO NOTHING"
     )
@@ -197,7 +195,6 @@ class Statements:
         "SELECT id, question, answer_hash FROM security_questions WHERE user_id = ? ORDER BY id"
     )
     set_totp: str = "UPDATE users SET totp_sealed = ? WHERE id = ?"
-    totp_sealed: str = "SELECT totp_sealed FROM users WHERE id = ?"
     account_state: str = (
         "SELECT password_version, totp_last_step, totp_sealed IS NOT NULL FROM users WHERE id = ?"
     )
@@ -262,16 +259,12 @@ class Statements:
     delete_user_api_keys: str = "DELETE FROM api_keys WHERE user_id = ?"
     # counted events
     count_events_since: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
-    count_events: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ?"
     insert_event: str = "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)"
     clear_events: str = "DELETE FROM events WHERE kind = ? AND key = ?"
     # reset codes: states bound from .codes (move_codes_args, live_code_args, redeem_args)
     insert_code: str = (
         "INSERT INTO reset_codes (digest, user_id, created_at, expires_at, state)"
         " VALUES (?, ?, ?, ?, ?)"
-    )
-    reset_code: str = (
-        "SELECT user_id, created_at, expires_at, state FROM reset_codes WHERE digest = ?"
     )
     # CAST: PostgreSQL needs the type of a parameter it only sees compared with NULL.
     live_code: str = (
@@ -284,28 +277,29 @@ class Statements:
         "UPDATE reset_codes SET state = ? WHERE digest = ? AND user_id = ?"
         " AND state = ? AND expires_at > ?"
     )
-    reset_state: str = "SELECT locked_until, totp_last_step FROM users WHERE id = ?"
+    reset_state: str = "SELECT locked_until, totp_last_step, totp_sealed FROM users WHERE id = ?"
     set_password: str = (
         "UPDATE users SET password_hash = ?, locked_until = NULL,"
         " password_version = password_version + 1,"
         " totp_last_step = coalesce(?, totp_last_step) WHERE id = ?"
     )
-    # mail outbox
+    # mail outbox (its states: records.MailState)
     insert_mail: str = (
         "INSERT INTO outbox (kind, recipient, user_id, public, sealed, created_at, due_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
     mail_sent: str = (
-        "UPDATE outbox SET state = 'sent', sealed = NULL, sent_at = ?, last_error = NULL,"
-        " claimed = 0 WHERE id = ?"
+        f"UPDATE outbox SET state = '{MailState.SENT}', sealed = NULL, sent_at = ?,"
+        " last_error = NULL, claimed = 0 WHERE id = ?"
     )
     mail_given_up: str = (
-        "UPDATE outbox SET state = 'failed', sealed = NULL, last_error = ?, claimed = 0"
-        " WHERE id = ?"
+        f"UPDATE outbox SET state = '{MailState.FAILED}', sealed = NULL, last_error = ?,"
+        " claimed = 0 WHERE id = ?"
     )
     mail_retry: str = "UPDATE outbox SET due_at = ?, last_error = ?, claimed = 0 WHERE id = ?"
     reclaim_mail: str = (
-        "UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = 'queued' AND claimed = 1"
+        f"UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = '{MailState.QUEUED}'"
+        " AND claimed = 1"
     )
     mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"
     # audit
@@ -321,11 +315,36 @@ class Statements:
         "DELETE FROM reset_codes WHERE (state <> ? OR expires_at < ?) AND created_at < ?"
     )
 
+    # The PostgreSQL dialect: ``$n`` placeholders (placeholders), and text that holds no NUL,
+    # so event keys (only ever compared) are escaped one-to-one (event_key) and text for people
+    # shows U+FFFD instead (text).
+    is_postgres: bool = False
+
+    def text(self, value: str | None) -> str | None:
+        """Text as this dialect stores it: on PostgreSQL a NUL shows as U+FFFD (text for people,
+        such as an audit filter's name, is not compared one-to-one)."""
+        if self.is_postgres and value is not None and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+    def placeholders(self, sql: str) -> str:
+        """A statement built at run time (``?`` form) in this dialect's placeholders."""
+        return to_dollar(sql) if self.is_postgres else sql
+
+    def event_key(self, key: str) -> str:
+        """An event's key as this dialect stores it."""
+        if self.is_postgres and "\x00" in key:
+            return key.replace("\\", "\\\\").replace("\x00", "\\0")
+        return key
+
     def converted(self, convert: Callable[[str], str]) -> Statements:
         """The same statements, each put through ``convert``."""
-        return Statements(
-            **{f.name: convert(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        )
+        texts: dict[str, Any] = {
+            f.name: convert(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), str)
+        }
+        return dataclasses.replace(self, **texts)
 
 
 SQLITE: Final = Statements(
@@ -339,7 +358,8 @@ POSTGRES: Final = Statements(
     **_user_select(
         "ARRAY(SELECT permission FROM user_permissions p WHERE p.user_id = u.id)",
         "ARRAY(SELECT account_id FROM user_accounts a WHERE a.user_id = u.id)",
-    )
+    ),
+    is_postgres=True,
 ).converted(to_dollar)
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -433,57 +453,6 @@ def prune_plan(
 def skeleton_backfill(rows: Iterable[Row]) -> list[tuple[object, ...]]:
     """``set_skeleton``'s arguments for the ``unskeletoned`` rows."""
     return [(username_skeleton(row[1]), row[0]) for row in rows]
-
-
-def account_plan(
-    s: Statements, change: AccountChange, state: Row | None
-) -> Outcome | list[tuple[str, tuple[object, ...]]]:
-    """What ``change_account`` runs, given the user's ``account_state`` row read in its
-    transaction: the refusing Outcome, or the statements (the audit row and the mail are the
-    store's to add)."""
-    version = change.password_version
-    if state is None or (version is not None and state[0] != version):
-        return Outcome.STALE
-    step, last_step, has_totp = change.totp_step, state[1], bool(state[2])
-    if step is not None and last_step is not None and last_step >= step:
-        return Outcome.REPLAYED
-    if change.set_totp and has_totp == (change.totp_sealed is not None):
-        return Outcome.INVALID
-    uid = change.user_id
-    plan: list[tuple[str, tuple[object, ...]]] = []
-    if change.set_totp:
-        plan.append((s.set_totp, (change.totp_sealed, uid)))
-    if step is not None:
-        plan.append((s.set_totp_step, (step, uid)))
-    if change.questions is not None:
-        plan.append((s.delete_questions, (uid,)))
-        plan.extend((s.insert_question, (uid, q, a)) for q, a in change.questions)
-    if change.end_sessions is not None:
-        plan.append((s.delete_user_sessions, (uid,)))
-        plan.append((s.delete_user_pending_logins, (uid,)))
-    return plan
-
-
-def factors_plan(
-    s: Statements, user_id: int, checked: Factors, totp_now: bytes | None, rows: Iterable[Row]
-) -> list[tuple[str, tuple[object, ...]]]:
-    """What a reset's transaction runs to put back the second factors its checks read
-    (``checked``), given what the user holds now: nothing when they are unchanged."""
-    questions_now = tuple((row[1], row[2]) for row in rows)
-    plan: list[tuple[str, tuple[object, ...]]] = []
-    if (None if totp_now is None else bytes(totp_now)) != checked.totp_sealed:
-        plan.append((s.set_totp, (checked.totp_sealed, user_id)))
-    if questions_now != checked.questions:
-        plan.append((s.delete_questions, (user_id,)))
-        plan.extend((s.insert_question, (user_id, q, a)) for q, a in checked.questions)
-    return plan
-
-
-def factors_audit(audit: Sequence[AuditEntry]) -> list[AuditEntry]:
-    """The audit row of second factors a reset put back (beside the reset's own row)."""
-    base = audit[0] if audit else AuditEntry(action="password-set")
-    detail = "two-factor or security questions changed during the reset were put back"
-    return [msgspec.structs.replace(base, action="factors-restored", detail=detail)]
 
 
 def audit_query(
@@ -583,8 +552,15 @@ def to_question(row: Row) -> SecurityQuestion:
 
 
 def to_code(row: Row) -> ResetCode:
-    """A row of ``reset_code`` or ``live_code``."""
+    """A row of ``live_code``."""
     return ResetCode(row[0], row[1], row[2], CodeState(row[3]))
+
+
+def mail_counts(rows: Iterable[Row]) -> dict[str, int]:
+    """The outbox's messages by state (every state named, 0 when none), from ``mail_counts``."""
+    counts = dict.fromkeys(MailState, 0)
+    counts.update({MailState(row[0]): int(row[1]) for row in rows})
+    return {str(state): n for state, n in counts.items()}
 
 
 def to_outbox(row: Row) -> OutboxRow:

@@ -1,136 +1,83 @@
-"""The embedded default store: SQLite through aiosqlite, WAL mode, group commit.
+"""The embedded default store: SQLite, WAL mode, one writer with group commit.
 
-Writes go through one writer task. It takes every write job queued at that moment and runs them
-in one transaction, each inside its own SAVEPOINT (so one job's failure undoes only that job),
-then commits once: under load many requests share one fsync, and every caller still returns only
-after its own effect is committed. Reads use a second connection; WAL lets them run beside a
-write.
+Writes are jobs of the single writer (:mod:`.sqlite_writer`): a thread of its own on the
+standard library's sqlite3, running every job queued at that moment in one transaction, each in
+its own SAVEPOINT, committed once. Reads use a second connection through aiosqlite; WAL lets them
+run beside a write.
 
 Rules under concurrency: every write is a job of the single writer, so a job's reads and writes
 (count-then-insert of a limit, redeeming a code, reading the audit chain's tail and appending)
-run with nothing in between; no job awaits anything but its own connection. The statement texts
-both stores share are in :mod:`.sql`, the schema in :mod:`.sqlite_schema`.
-
-Longer than 500 lines: it is one class implementing the whole :class:`~.base.Store` interface
-plus the writer the rules above depend on, read best whole.
+run with nothing in between. The decisions are in :mod:`.plans` (shared with PostgreSQL), the
+statements in :mod:`.sql`; what a job uses inside its transaction in :mod:`.sqlite_tx`, the schema
+in :mod:`.sqlite_schema` and :mod:`.sqlite_migrate`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
+import functools
 import os
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
 
 from ..files import create_private, probe_write, tighten_path
-from ..tasks import cancel
-from . import codes, keys
+from . import keys, plans
 from . import sql as q
-from .audit import checked_audit_key, link_entries, rechain
+from . import sqlite_tx as tx
+from .audit import checked_audit_key
 from .base import Store
+from .plans import AccountState, LoginState, ResetState
 from .records import (
     RESET_FAILURE,
-    SKELETON_VERSION,
     AccountChange,
     ApiKey,
     AuditEntry,
-    AuditRow,
     Authority,
-    CallerGone,
     Claim,
-    Factors,
-    MailItem,
+    CodeIssue,
+    MailState,
     NewUser,
     OutboxRow,
     Outcome,
+    PasswordReset,
+    PendingStep,
     ResetCode,
-    SecurityQuestion,
-    Session,
+    SessionOpening,
     StoreError,
-    User,
     UsernameConfusable,
     UsernameTaken,
     username_key,
     username_skeleton,
 )
-from .sqlite_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
+from .sqlite_migrate import migrate
+from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from .sqlite_tx import S
+from .sqlite_writer import Writer
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "MIGRATIONS"]
 
 T = TypeVar("T")
-Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
-
-
-def _count_sync(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
-    """Events of ``claim``'s counter within its window."""
-    args = (claim.kind, claim.key, now - claim.window)
-    (count,) = raw.execute(S.count_events_since, args).fetchone()
-    return int(count)
-
-
-def _record_sync(raw: sqlite3.Connection, claims: Sequence[Claim], now: float) -> None:
-    """One event for each claim."""
-    raw.executemany(S.insert_event, [(c.kind, c.key, now) for c in claims])
-
-
-def _authorize_sync(raw: sqlite3.Connection, authority: Authority | None) -> None:
-    """CallerGone unless ``authority`` still holds (first in a write job: nothing written)."""
-    if authority is not None:
-        if raw.execute(S.authority_holds, q.authority_args(authority)).fetchone() is None:
-            raise CallerGone(_GONE)
-
-
-def _run_sync_jobs(
-    raw: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
-) -> list[tuple[Any, BaseException | None]]:
-    """In the writer's thread, inside the batch's transaction: each job in a savepoint of its
-    own, so one that fails leaves no trace and the others stand."""
-    out: list[tuple[Any, BaseException | None]] = []
-    for fn in fns:
-        raw.execute("SAVEPOINT job")
-        try:
-            result = fn(raw)
-        except Exception as exc:
-            raw.execute("ROLLBACK TO job")
-            raw.execute("RELEASE job")
-            out.append((None, exc))
-        else:
-            raw.execute("RELEASE job")
-            out.append((result, None))
-    return out
+R = TypeVar("R")
 
 
 class _RolledBack(Exception):
     """Raised by the health probe's write job, so the writer rolls its write back."""
 
 
-class SyncJob:
-    """A write job that runs whole in the writer's thread (one trip there, not one per
-    statement): the hot writes of a reset. ``fn`` gets the thread's sqlite3 connection."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        self.fn = fn
-
-
-S = q.SQLITE
 _LOOKALIKE = "the username looks too much like an existing username"
-_GONE = "the caller's session or permission is gone"
 
 # What only this store runs (its dialect's way of saying it).
 _CLAIM_MAIL = (
     "UPDATE outbox SET due_at = ?, attempts = attempts + 1, claimed = 1"
     " WHERE id IN (SELECT id FROM outbox"
-    " WHERE state = 'queued' AND due_at <= ? ORDER BY id LIMIT ?)"
+    f" WHERE state = '{MailState.QUEUED}' AND due_at <= ? ORDER BY id LIMIT ?)"
     " RETURNING " + ", ".join(q.OUTBOX_COLUMNS)
 )
 _RELEASE_EVENT = (
@@ -138,7 +85,6 @@ _RELEASE_EVENT = (
     " (SELECT rowid FROM events WHERE kind = ? AND key = ? AND at = ? LIMIT 1)"
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest = ?"
-_NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
 
 
 class SqliteStore(Store):
@@ -156,11 +102,8 @@ class SqliteStore(Store):
         self._audit_key = checked_audit_key(audit_key)
         self._key = key  # None: opened without checking the service key (tests, tools)
         self._max_batch = max_batch
-        self._w: aiosqlite.Connection | None = None
+        self._w: Writer | None = None
         self._r: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Job | SyncJob, asyncio.Future[Any]]] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self.batches = 0  # how many commits the writer made (the group-commit benchmark reads it)
         self._serving: int | None = None  # the descriptor holding the serve lock
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -170,21 +113,23 @@ class SqliteStore(Store):
         with one line when the store cannot be used; nothing is left open then."""
         try:
             self._prepare_files()
-            self._w = await self._connect()
-            await self._w.execute("PRAGMA journal_mode=WAL")
-            await self._migrate(self._w)
+            # The reader migrates, before it turns read-only and the writer starts.
             self._r = await self._connect()
+            await self._r.execute("PRAGMA journal_mode=WAL")
+            await migrate(self._r, self.path, self._audit_key, self._key)
             await self._r.execute("PRAGMA query_only=ON")
+            writer = Writer(functools.partial(tx.connect, self.path), self._max_batch)
+            await writer.start()
+            self._w = writer
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from None
         except BaseException:
             await self.close()
             raise
-        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     def _prepare_files(self) -> None:
-        """Files before SQLite touches them (SPEC section 5, "Files"). The store is created here,
+        """Files before SQLite touches them (docs/security-files.md). The store is created here,
         0600: SQLite would make it 0644 less the umask, and gives its -wal and -shm the store's
         mode. Looser files, a crash's -wal and -shm included, are tightened. The folder must take
         new files: SQLite creates the -wal and -shm there on every open."""
@@ -207,66 +152,12 @@ class SqliteStore(Store):
         # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one implicitly.
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            for pragma in (
-                "busy_timeout=10000",
-                "foreign_keys=ON",
-                # FULL: a commit is on disk before the caller is told so, power loss included.
-                "synchronous=FULL",
-                # Erased secrets (delivered mail, voided codes) are overwritten, not unlinked.
-                "secure_delete=ON",
-            ):
+            for pragma in tx.PRAGMAS:
                 await db.execute("PRAGMA " + pragma)
         except BaseException:
             await db.close()  # its thread would keep the process alive
             raise
         return db
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = await self._one(db, "PRAGMA user_version")
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.path} has schema version {version}; "
-                    f"this oms-auth knows up to {SCHEMA_VERSION}"
-                )
-            await db.execute(META)
-            if self._key is not None:  # before migrating: a refused key re-chains nothing
-                await keys.bind(
-                    self._key,
-                    audit_key=self._audit_key,
-                    version=version,
-                    where=f"the store {self.path}",
-                    fetch=lambda sql, args: self._all(db, sql, args),
-                )
-            for target in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
-                if target + 1 in RECHAIN_AFTER:
-                    links = rechain(self._audit_key, await self._all(db, S.audit_chain))
-                    await db.executemany(S.relink_audit, links)
-                if target + 1 == SKELETONS_AFTER:
-                    rows = await self._all(db, S.unskeletoned)
-                    await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-                await db.execute(f"PRAGMA user_version={target + 1}")
-            await self._refresh_skeletons(db)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-    async def _refresh_skeletons(self, db: aiosqlite.Connection) -> None:
-        """Recompute every user's skeleton when they were computed with another
-        SKELETON_VERSION (or none recorded): look-alikes are found with one data set."""
-        recorded = await self._one(db, "SELECT version FROM skeleton_version")
-        if recorded is not None and recorded[0] == SKELETON_VERSION:
-            return
-        await db.execute(S.clear_skeletons)
-        rows = await self._all(db, S.unskeletoned)
-        await db.executemany(S.set_skeleton, q.skeleton_backfill(rows))
-        await db.execute("DELETE FROM skeleton_version")
-        await db.execute("INSERT INTO skeleton_version (version) VALUES (?)", (SKELETON_VERSION,))
 
     async def start_serving(self, now: float) -> int:
         # An exclusive lock beside the store, held while this process serves: a second serve
@@ -290,22 +181,12 @@ class SqliteStore(Store):
         if self._serving is not None:
             os.close(self._serving)  # releases the lock
             self._serving = None
-        if self._writer is not None:
-            # Let queued writes finish: what a caller awaits must not be dropped.
-            while not self._queue.empty():
-                await asyncio.sleep(0.01)
-            await cancel(self._writer)
-            self._writer = None
-        for db in (self._r, self._w):
-            if db is not None:
-                await db.close()
-        self._r = self._w = None
-
-    async def healthy(self) -> bool:
-        try:
-            return bool(await self._one(self._reader, "SELECT 1") == (1,))
-        except (sqlite3.Error, ValueError):
-            return False
+        if self._w is not None:
+            await self._w.close()  # queued writes finish first: a caller awaits them
+            self._w = None
+        if self._r is not None:
+            await self._r.close()
+            self._r = None
 
     async def writable(self) -> str | None:
         # A rolled-back write never reaches the disk (and the WAL reuses its space), so it
@@ -319,7 +200,7 @@ class SqliteStore(Store):
 
         try:
             async with asyncio.timeout(5):
-                await self._write_sync(job)
+                await self._write(job)
         except _RolledBack:
             pass
         except TimeoutError:
@@ -341,117 +222,17 @@ class SqliteStore(Store):
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    # One trip to the connection's thread per query (execute, fetch and close would be three).
-    @staticmethod
-    async def _one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
-        rows = list(await db.execute_fetchall(sql, params))
-        return rows[0] if rows else None
+    _sql = S
 
-    @staticmethod
-    async def _all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
-        return list(await db.execute_fetchall(sql, params))
+    async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[Any]:
+        # One trip to the reader's thread per query (execute, fetch and close would be three).
+        return list(await self._reader.execute_fetchall(statement, args))
 
-    async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]] | SyncJob) -> T:
-        if self._writer is None:
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write job in the writer's next batch (see :mod:`.sqlite_writer`)."""
+        if self._w is None:
             raise StoreError("store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, future))
-        # shield: a caller that is cancelled must not leave the batch without its answer.
-        return await asyncio.shield(future)
-
-    async def _write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A write job run whole in the writer's thread (see :class:`SyncJob`)."""
-        return await self._write(SyncJob(fn))
-
-    async def _in_thread(self, db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-        # aiosqlite has no public way to run a function in its connection's thread; its
-        # _execute is that (pinned below 0.23 in pyproject; tests/store/test_sqlite_thread.py
-        # fails first if it goes).
-        return cast(T, await db._execute(fn, db._conn, *args))  # type: ignore[no-untyped-call]
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < self._max_batch:
-                batch.append(self._queue.get_nowait())
-            await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[tuple[Job | SyncJob, asyncio.Future[Any]]]) -> None:
-        db = self._w
-        assert db is not None
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            k = 0
-            while k < len(batch):
-                if isinstance(batch[k][0], SyncJob):
-                    # Consecutive thread-whole jobs go to the thread together: one trip.
-                    group = []
-                    while k < len(batch) and isinstance(batch[k][0], SyncJob):
-                        group.append(batch[k])
-                        k += 1
-                    fns = [cast(SyncJob, job).fn for job, _ in group]
-                    results = await self._in_thread(db, _run_sync_jobs, fns)
-                    outcomes.extend(
-                        (future, result, error)
-                        for (_, future), (result, error) in zip(group, results, strict=True)
-                    )
-                    continue
-                job, future = batch[k]
-                k += 1
-                await db.execute("SAVEPOINT job")
-                try:
-                    result = await cast(Job, job)(db)
-                except Exception as exc:
-                    await db.execute("ROLLBACK TO job")
-                    await db.execute("RELEASE job")
-                    outcomes.append((future, None, exc))
-                else:
-                    await db.execute("RELEASE job")
-                    outcomes.append((future, result, None))
-            await db.execute("COMMIT")
-            self.batches += 1
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
-            outcomes = [(future, None, exc) for _, future in batch]
-        for future, result, error in outcomes:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-
-    async def _insert_audit(
-        self, db: aiosqlite.Connection, entries: Sequence[AuditEntry], now: float
-    ) -> None:
-        await self._in_thread(db, self._insert_audit_sync, entries, now)
-
-    def _insert_audit_sync(
-        self, raw: sqlite3.Connection, entries: Sequence[AuditEntry], now: float
-    ) -> None:
-        # Inside the write job, so the chain's tail cannot move under us.
-        tail = raw.execute(S.audit_tail).fetchone()
-        raw.executemany(S.insert_audit, link_entries(self._audit_key, tail, entries, now))
-
-    @staticmethod
-    async def _insert_mail(db: aiosqlite.Connection, mail: MailItem, now: float) -> None:
-        await db.execute(S.insert_mail, q.mail_args(mail, now))
-
-    @staticmethod
-    async def _now(db: aiosqlite.Connection) -> float:
-        (now,) = await SqliteStore._one(db, _NOW)
-        return float(now)
-
-    @staticmethod
-    async def _authorize(db: aiosqlite.Connection, authority: Authority | None) -> None:
-        """CallerGone unless ``authority`` still holds. First in a write job: the single
-        writer orders it against every revocation, so what it saw holds until the commit."""
-        if authority is not None:
-            args = q.authority_args(authority)
-            if await SqliteStore._one(db, S.authority_holds, args) is None:
-                raise CallerGone(_GONE)
+        return await self._w.write(job)
 
     # -- users --------------------------------------------------------------------------------
 
@@ -462,67 +243,44 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
-            await self._authorize(db, authority)
+        def job(raw: sqlite3.Connection) -> int:
+            tx.authorize(raw, authority)
             key = username_key(user.username)
-            if await self._one(db, S.username_taken, (key,)):
+            if raw.execute(S.username_taken, (key,)).fetchone():
                 raise UsernameTaken(f"username {user.username.strip()!r} is taken")
-            if await self._one(db, S.username_lookalike, (username_skeleton(user.username), key)):
+            skeleton = username_skeleton(user.username)
+            if raw.execute(S.username_lookalike, (skeleton, key)).fetchone():
                 raise UsernameConfusable(_LOOKALIKE)
-            (user_id,) = await self._one(db, S.insert_user, q.user_args(user))
-            await db.executemany(S.insert_account, q.account_args(user))
-            await db.executemany(S.insert_user_account, q.user_account_args(user_id, user))
-            await db.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
-            await db.executemany(
+            (user_id,) = raw.execute(S.insert_user, q.user_args(user)).fetchone()
+            raw.executemany(S.insert_account, q.account_args(user))
+            raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
+            raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
+            raw.executemany(
                 S.insert_question, [(user_id, question, a) for question, a in user.questions]
             )
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
-                await self._insert_audit(db, [entry], await self._now(db))
+                tx.append_audit(raw, self._audit_key, [entry], tx.clock(raw))
             return int(user_id)
 
         return await self._write(job)
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.set_totp, (sealed, user_id))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.set_totp, (sealed, user_id))
 
         await self._write(job)
 
-    async def user_by_id(self, user_id: int) -> User | None:
-        row = await self._one(self._reader, S.user_by_id, (user_id,))
-        return q.to_user(row) if row else None
-
-    async def user_by_name(self, username: str) -> User | None:
-        row = await self._one(self._reader, S.user_by_name, (username_key(username),))
-        return q.to_user(row) if row else None
-
-    async def list_users(self) -> list[User]:
-        return [q.to_user(row) for row in await self._all(self._reader, S.users)]
-
-    async def locked_users(self, oms_id: int, now: float) -> list[User]:
-        rows = await self._all(self._reader, S.users_locked, (oms_id, now))
-        return [q.to_user(row) for row in rows]
-
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
-        async def job(db: aiosqlite.Connection) -> Outcome:
-            await self._authorize(db, change.authority)
-            state = await self._one(db, S.account_state, (change.user_id,))
-            plan = q.account_plan(S, change, state)
-            if isinstance(plan, Outcome):
-                return plan
-            for statement, args in plan:
-                await db.execute(statement, args)
-            if change.mail is not None:
-                await self._insert_mail(db, change.mail, now)
-            await self._insert_audit(db, [change.audit], now)
-            return Outcome.DONE
+        def job(raw: sqlite3.Connection) -> Outcome:
+            tx.authorize(raw, change.authority)
+            state = tx.read_state(raw, AccountState, S.account_state, change.user_id)
+            outcome = tx.run_plan(raw, plans.account_plan(S, change, state, now))
+            if outcome is Outcome.DONE:
+                tx.append_audit(raw, self._audit_key, [change.audit], now)
+            return outcome
 
         return await self._write(job)
-
-    async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
-        rows = await self._all(self._reader, S.questions, (user_id,))
-        return [q.to_question(row) for row in rows]
 
     async def set_lock(
         self,
@@ -532,124 +290,85 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await self._authorize(db, authority)
-            await db.execute(S.set_lock, (until, user_id))
+        def job(raw: sqlite3.Connection) -> None:
+            tx.authorize(raw, authority)
+            raw.execute(S.set_lock, (until, user_id))
             if until is None:
-                await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
-            await self._insert_audit(db, [audit], await self._now(db))
+                raw.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
+            tx.append_audit(raw, self._audit_key, [audit], tx.clock(raw))
 
         await self._write(job)
 
     async def lock_when_spent(
         self, user_id: int, claim: Claim, now: float, until: float, audit: AuditEntry
     ) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
+        def job(raw: sqlite3.Connection) -> bool:
             # In the single writer: a reset that clears the count commits before or after
             # this, never between the count and the lock.
-            if await self._count(db, claim, now) < claim.limit:
+            row = raw.execute(S.locked_until, (user_id,)).fetchone()
+            locked_until = row[0] if row is not None else None
+            count = tx.count(raw, claim, now)
+            if not plans.lock_due(locked_until, row is not None, count, claim, now):
                 return False
-            row = await self._one(db, S.locked_until, (user_id,))
-            if row is None or (row[0] is not None and row[0] > now):
-                return False  # gone, or locked already
-            await db.execute(S.set_lock, (until, user_id))
-            await self._insert_audit(db, [audit], now)
+            raw.execute(S.set_lock, (until, user_id))
+            tx.append_audit(raw, self._audit_key, [audit], now)
             return True
 
         return await self._write(job)
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def open_session(
-        self,
-        digest: bytes,
-        user_id: int,
-        now: float,
-        password_version: int,
-        *,
-        totp_step: int | None = None,
-        pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
-        clear: Sequence[tuple[str, str]] = (),
-        release: Sequence[tuple[str, str, float]] = (),
-        audit: Sequence[AuditEntry] = (),
-    ) -> Outcome:
-        async def job(db: aiosqlite.Connection) -> Outcome:
+    async def open_session(self, opening: SessionOpening) -> Outcome:
+        def job(raw: sqlite3.Connection) -> Outcome:
             # The single writer orders this against a reset's transaction: either the reset
             # came first (the version moved on: STALE) or it deletes this session.
-            for kind, key, at in release:
-                await self._release(db, kind, key, at)
-            row = await self._one(db, S.login_state, (user_id,))
-            if totp_step is not None and row is not None and row[1] is not None:
-                if row[1] >= totp_step:
-                    return Outcome.REPLAYED  # the pending step stays, for another code
-            if pending is not None:
-                cur = await db.execute(S.delete_pending_login, (pending,))
-                if cur.rowcount != 1:  # another attempt used this second step already
-                    return Outcome.STALE
-            if row is None or row[0] != password_version:
-                return Outcome.STALE
-            if row[2] is not None and row[2] > now:
-                return Outcome.LOCKED
-            held_key: str | None = None
-            if api_key is not None:
-                held_key, nonce = api_key
-                cur = await db.execute(S.advance_nonce, (nonce, held_key, user_id, nonce))
-                if cur.rowcount != 1:  # an older nonce, or the key is gone
-                    return Outcome.REPLAYED
-            if totp_step is not None:
-                await db.execute(S.set_totp_step, (totp_step, user_id))
-            await db.execute(S.insert_session, (digest, user_id, now, now, held_key))
-            await db.execute(S.set_last_login, (now, user_id))
-            for kind, key in clear:
-                await db.execute(S.clear_events, (kind, key))
-            if audit:
-                await self._insert_audit(db, audit, now)
-            return Outcome.DONE
+            state = tx.read_state(raw, LoginState, S.login_state, opening.user_id)
+            for slot in opening.release:
+                raw.execute(_RELEASE_EVENT, slot)
+            outcome = tx.run_plan(raw, plans.session_plan(S, opening, state))
+            if outcome is Outcome.DONE and opening.audit:
+                tx.append_audit(raw, self._audit_key, opening.audit, opening.now)
+            return outcome
 
         return await self._write(job)
 
     async def begin_second_step(
         self, digest: bytes, user_id: int, password_version: int, now: float
     ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.insert_pending_login, (digest, user_id, password_version, now))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.insert_pending_login, (digest, user_id, password_version, now))
 
         await self._write(job)
 
     async def second_step_attempt(
         self, digest: bytes, now: float, max_age: float, max_attempts: int
-    ) -> tuple[int, int] | None:
-        async def job(db: aiosqlite.Connection) -> tuple[int, int] | None:
+    ) -> PendingStep | None:
+        def job(raw: sqlite3.Connection) -> PendingStep | None:
             args = (digest, max_attempts, now - max_age)
-            row = await self._one(db, S.pending_login_attempt, args)
+            row = raw.execute(S.pending_login_attempt, args).fetchone()
             if row is None:
-                await db.execute(S.delete_pending_login, (digest,))
+                raw.execute(S.delete_pending_login, (digest,))
                 return None
-            return int(row[0]), int(row[1])
+            return PendingStep(int(row[0]), int(row[1]))
 
         return await self._write(job)
 
     async def end_second_step(self, digest: bytes) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.delete_pending_login, (digest,))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.delete_pending_login, (digest,))
 
         await self._write(job)
 
-    async def session(self, digest: bytes) -> Session | None:
-        row = await self._one(self._reader, S.session, (digest,))
-        return q.to_session(row) if row else None
-
     async def touch_session(self, digest: bytes, now: float) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(_TOUCH_SESSION, (now, digest))
+        def job(raw: sqlite3.Connection) -> bool:
+            cur = raw.execute(_TOUCH_SESSION, (now, digest))
             return cur.rowcount == 1
 
         return await self._write(job)
 
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(S.delete_session, (digest,))
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.delete_session, (digest,))
 
         await self._write(job)
 
@@ -663,26 +382,18 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> bool:
-        async def job(db: aiosqlite.Connection) -> bool:
+        def job(raw: sqlite3.Connection) -> bool:
             # In the single writer: a reset revoking this user's keys commits before this
             # (then the authority is gone) or after it (then it deletes this key too).
-            await self._authorize(db, authority)
-            (held,) = await self._one(db, S.count_user_api_keys, (key.user_id,))
+            tx.authorize(raw, authority)
+            (held,) = raw.execute(S.count_user_api_keys, (key.user_id,)).fetchone()
             if held >= max_keys:
                 return False
-            await db.execute(S.insert_api_key, q.api_key_args(key))
-            await self._insert_audit(db, [audit], key.created_at)
+            raw.execute(S.insert_api_key, q.api_key_args(key))
+            tx.append_audit(raw, self._audit_key, [audit], key.created_at)
             return True
 
         return await self._write(job)
-
-    async def api_key(self, key: str) -> ApiKey | None:
-        row = await self._one(self._reader, S.api_key, (key,))
-        return q.to_api_key(row) if row else None
-
-    async def api_keys(self, user_id: int) -> list[ApiKey]:
-        rows = await self._all(self._reader, S.user_api_keys, (user_id,))
-        return [q.to_api_key(row) for row in rows]
 
     async def remove_api_key(
         self,
@@ -693,13 +404,13 @@ class SqliteStore(Store):
         *,
         authority: Authority | None = None,
     ) -> list[bytes] | None:
-        async def job(db: aiosqlite.Connection) -> list[bytes] | None:
-            await self._authorize(db, authority)
-            sessions = await self._all(db, S.delete_api_key_sessions, (key, user_id))
-            cur = await db.execute(S.delete_api_key, (key, user_id))
+        def job(raw: sqlite3.Connection) -> list[bytes] | None:
+            tx.authorize(raw, authority)
+            sessions = raw.execute(S.delete_api_key_sessions, (key, user_id)).fetchall()
+            cur = raw.execute(S.delete_api_key, (key, user_id))
             if cur.rowcount != 1:  # not this user's key: no session of it was either
                 return None
-            await self._insert_audit(db, [audit], await self._now(db))
+            tx.append_audit(raw, self._audit_key, [audit], tx.clock(raw))
             return [bytes(row[0]) for row in sessions]
 
         return await self._write(job)
@@ -709,50 +420,25 @@ class SqliteStore(Store):
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
         def job(raw: sqlite3.Connection) -> list[int] | None:
             # Counted and recorded in one job of the single writer: nothing runs in between.
-            counts = []
-            for c in claims:
-                count = _count_sync(raw, c, now)
-                if count >= c.limit:
-                    return None
-                counts.append(count)
-            _record_sync(raw, claims, now)
+            counts = [tx.count(raw, c, now) for c in claims]
+            if not plans.room_left(claims, counts):
+                return None
+            tx.record(raw, claims, now)
             return counts
-
-        return await self._write_sync(job)
-
-    async def _count(self, db: aiosqlite.Connection, claim: Claim, now: float) -> int:
-        return await self._in_thread(db, _count_sync, claim, now)
-
-    async def _record(self, db: aiosqlite.Connection, claims: Sequence[Claim], now: float) -> None:
-        await self._in_thread(db, _record_sync, claims, now)
-
-    async def release(self, kind: str, key: str, at: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await self._release(db, kind, key, at)
-
-        await self._write(job)
-
-    @staticmethod
-    async def _release(db: aiosqlite.Connection, kind: str, key: str, at: float) -> None:
-        await db.execute(_RELEASE_EVENT, (kind, key, at))
-
-    async def add_event(self, kind: str, key: str, now: float) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
-            await db.execute(S.insert_event, (kind, key, now))
-            (count,) = await self._one(db, S.count_events, (kind, key))
-            return int(count)
 
         return await self._write(job)
 
-    async def count_events(self, kind: str, key: str, since: float) -> int:
-        (count,) = await self._one(self._reader, S.count_events_since, (kind, key, since))
-        return int(count)
+    async def release(self, kind: str, key: str, at: float) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(_RELEASE_EVENT, (kind, key, at))
+
+        await self._write(job)
 
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
+        def job(raw: sqlite3.Connection) -> int:
             gone = 0
             for statement, args in q.prune_plan(S, events_before, sessions_idle_since):
-                cur = await db.execute(statement, args)
+                cur = raw.execute(statement, args)
                 gone += max(cur.rowcount, 0)
             return gone
 
@@ -760,35 +446,16 @@ class SqliteStore(Store):
 
     # -- reset codes --------------------------------------------------------------------------
 
-    async def issue_code(
-        self,
-        user_id: int,
-        digest: bytes,
-        now: float,
-        expires_at: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        limit: Claim | None = None,
-        *,
-        authority: Authority | None = None,
-    ) -> bool:
+    async def issue_code(self, issue: CodeIssue) -> bool:
         def job(raw: sqlite3.Connection) -> bool:
-            _authorize_sync(raw, authority)
-            if limit is not None:
-                if _count_sync(raw, limit, now) >= limit.limit:
-                    return False
-                _record_sync(raw, [limit], now)
-            raw.execute(S.move_user_codes, q.move_codes_args(codes.SUPERSEDE, user_id))
-            raw.execute(S.insert_code, q.code_args(digest, user_id, now, expires_at))
-            raw.execute(S.insert_mail, q.mail_args(mail, now))
-            self._insert_audit_sync(raw, audit, now)
+            tx.authorize(raw, issue.authority)
+            count = 0 if issue.limit is None else tx.count(raw, issue.limit, issue.now)
+            if tx.run_plan(raw, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+                return False
+            tx.append_audit(raw, self._audit_key, issue.audit, issue.now)
             return True
 
-        return await self._write_sync(job)
-
-    async def reset_code(self, digest: bytes) -> ResetCode | None:
-        row = await self._one(self._reader, S.reset_code, (digest,))
-        return q.to_code(row) if row else None
+        return await self._write(job)
 
     async def check_code(
         self,
@@ -798,65 +465,31 @@ class SqliteStore(Store):
         invalid: Claim,
         attempt: Claim | None = None,
     ) -> tuple[Outcome, ResetCode | None]:
-        async def job(db: aiosqlite.Connection) -> tuple[Outcome, ResetCode | None]:
-            if await self._count(db, invalid, now) >= invalid.limit:
-                return Outcome.THROTTLED, None
+        def job(raw: sqlite3.Connection) -> tuple[Outcome, ResetCode | None]:
+            invalid_count = tx.count(raw, invalid, now)
             row = None
-            if digest is not None:
-                row = await self._one(db, S.live_code, q.live_code_args(digest, now, user_id))
-            if row is None:
-                await self._record(db, [invalid], now)
-                return Outcome.INVALID, None
-            if attempt is not None:
-                if await self._count(db, attempt, now) >= attempt.limit:
-                    return Outcome.LOCKED, None
-                await self._record(db, [attempt], now)
-            return Outcome.DONE, q.to_code(row)
+            if digest is not None and not plans.throttled(invalid_count, invalid):
+                row = raw.execute(S.live_code, q.live_code_args(digest, now, user_id)).fetchone()
+            found = plans.CodeCheck(
+                invalid_count,
+                q.to_code(row) if row is not None else None,
+                tx.count(raw, attempt, now) if attempt is not None else 0,
+            )
+            outcome, counted = plans.code_check(found, invalid, attempt)
+            tx.record(raw, counted, now)
+            return outcome, found.code if outcome is Outcome.DONE else None
 
         return await self._write(job)
 
-    async def complete_reset(
-        self,
-        user_id: int,
-        digest: bytes,
-        password_hash: str,
-        now: float,
-        mail: MailItem,
-        audit: list[AuditEntry],
-        totp_step: int | None = None,
-        revoke_api_keys: bool = False,
-        checked: Factors | None = None,
-    ) -> Outcome:
-        async def job(db: aiosqlite.Connection) -> Outcome:
-            user = await self._one(db, S.reset_state, (user_id,))
-            if user is None:
-                return Outcome.INVALID
-            if user[0] is not None and user[0] > now:
-                return Outcome.LOCKED
-            if totp_step is not None and user[1] is not None and user[1] >= totp_step:
-                return Outcome.REPLAYED
-            cur = await db.execute(S.redeem_code, q.redeem_args(digest, user_id, now))
-            if cur.rowcount != 1:
-                return Outcome.INVALID
-            await db.execute(S.set_password, (password_hash, totp_step, user_id))
-            await db.execute(S.move_user_codes, q.move_codes_args(codes.PASSWORD_CHANGE, user_id))
-            await db.execute(S.delete_user_sessions, (user_id,))
-            if revoke_api_keys:
-                await db.execute(S.delete_user_api_keys, (user_id,))
-            await db.execute(S.delete_user_pending_logins, (user_id,))
-            await db.execute(S.clear_events, (RESET_FAILURE, str(user_id)))
-            restored: list[AuditEntry] = []
-            if checked is not None:
-                sealed = await self._one(db, S.totp_sealed, (user_id,))
-                rows = await self._all(db, S.questions, (user_id,))
-                plan = q.factors_plan(S, user_id, checked, sealed[0] if sealed else None, rows)
-                for sql, args in plan:
-                    await db.execute(sql, args)
-                if plan:
-                    restored = q.factors_audit(audit)
-            await self._insert_mail(db, mail, now)
-            await self._insert_audit(db, [*audit, *restored], now)
-            return Outcome.DONE
+    async def complete_reset(self, reset: PasswordReset) -> Outcome:
+        def job(raw: sqlite3.Connection) -> Outcome:
+            state = tx.read_state(raw, ResetState, S.reset_state, reset.user_id)
+            held = raw.execute(S.questions, (reset.user_id,)).fetchall()
+            plan = plans.reset_plan(S, reset, state, [(r[1], r[2]) for r in held])
+            outcome = tx.run_plan(raw, plan)
+            if outcome is Outcome.DONE:
+                tx.append_audit(raw, self._audit_key, [*reset.audit, *plan.audit], reset.now)
+            return outcome
 
         return await self._write(job)
 
@@ -868,11 +501,11 @@ class SqliteStore(Store):
             rows = raw.execute(_CLAIM_MAIL, (now + lease, now, limit)).fetchall()
             return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
-        return await self._write_sync(job)
+        return await self._write(job)
 
     async def reclaim_mail(self, now: float) -> int:
-        async def job(db: aiosqlite.Connection) -> int:
-            cur = await db.execute(S.reclaim_mail, (now,))
+        def job(raw: sqlite3.Connection) -> int:
+            cur = raw.execute(S.reclaim_mail, (now,))
             return max(cur.rowcount, 0)
 
         return await self._write(job)
@@ -883,50 +516,25 @@ class SqliteStore(Store):
         def job(raw: sqlite3.Connection) -> None:
             raw.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
             if audit:
-                self._insert_audit_sync(raw, audit, now)
+                tx.append_audit(raw, self._audit_key, audit, now)
 
-        await self._write_sync(job)
+        await self._write(job)
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None
     ) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
+        def job(raw: sqlite3.Connection) -> None:
             if retry_at is None:
-                await db.execute(S.mail_given_up, (error, mail_id))
+                raw.execute(S.mail_given_up, (error, mail_id))
             else:
-                await db.execute(S.mail_retry, (retry_at, error, mail_id))
+                raw.execute(S.mail_retry, (retry_at, error, mail_id))
 
         await self._write(job)
-
-    async def mail_counts(self) -> dict[str, int]:
-        counts = {"queued": 0, "sent": 0, "failed": 0}
-        counts.update({state: n for state, n in await self._all(self._reader, S.mail_counts)})
-        return counts
 
     # -- audit --------------------------------------------------------------------------------
 
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
-        async def job(db: aiosqlite.Connection) -> None:
-            await self._insert_audit(db, entries, now)
+        def job(raw: sqlite3.Connection) -> None:
+            tx.append_audit(raw, self._audit_key, entries, now)
 
         await self._write(job)
-
-    async def audit_rows(
-        self,
-        *,
-        user: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int | None = 100,
-        oldest_first: bool = False,
-        recorded_as: str | None = None,
-    ) -> list[AuditRow]:
-        statement, args = q.audit_query(
-            user=user,
-            since=since,
-            until=until,
-            limit=limit,
-            oldest_first=oldest_first,
-            recorded_as=recorded_as,
-        )
-        return [q.to_audit(r) for r in await self._all(self._reader, statement, args)]

@@ -110,10 +110,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
     CREATE INDEX audit_by_time ON audit(at);
     """,
-    # 3: rules that hold under concurrency (SPEC section 4). A password version, so a session is
-    # only created for the password its check read; the last TOTP time step accepted, so a code
-    # is never accepted twice; pending second login steps, counted and bounded in the store. The
-    # audit chain is re-computed keyed with the service key (RECHAIN_AFTER).
+    # 3: rules that hold under concurrency (docs/rules.md, "Concurrency"). A password version, so a
+    # session is only created for the password its check read; the last TOTP time step accepted, so
+    # a code is never accepted twice; pending second login steps, counted and bounded in the store.
+    # The audit chain is re-computed keyed with the service key (RECHAIN_AFTER).
     """
     ALTER TABLE users ADD COLUMN password_version INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
@@ -126,10 +126,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX pending_logins_by_user ON pending_logins(user_id);
     """,
-    # 4: API keys (SPEC section 2a). The secret is held only sealed with the service key; the
-    # last accepted nonce is moved on by a compare-and-set in the login's transaction. A
-    # session remembers the key it was opened with (such a session cannot change account
-    # security); removing the key ends its sessions.
+    # 4: API keys (docs/rules.md, "API keys"). The secret is held only sealed with the service key;
+    # the last accepted nonce is moved on by a compare-and-set in the login's transaction. A session
+    # remembers the key it was opened with (such a session cannot change account security); removing
+    # the key ends its sessions.
     """
     CREATE TABLE api_keys (
         id INTEGER PRIMARY KEY,
@@ -144,12 +144,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN api_key TEXT REFERENCES api_keys(key) ON DELETE CASCADE;
     CREATE INDEX sessions_by_api_key ON sessions(api_key);
     """,
-    # 5: a claimed message is marked, so a single node can take back at start what a process
-    # that died had claimed, without waiting for its lease (SPEC section 6a).
+    # 5: a claimed message is marked, so a single node can take back at start what a process that
+    # died had claimed, without waiting for its lease (docs/operations.md, "One node on SQLite").
     """
     ALTER TABLE outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
     """,
-    # 6: the language a user's mail is written in (SPEC section 5); none: the default.
+    # 6: the language a user's mail is written in (docs/operations.md, "Branding and languages");
+    # none: the default.
     """
     ALTER TABLE users ADD COLUMN locale TEXT;
     """,
@@ -160,12 +161,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN name_skeleton TEXT;
     CREATE INDEX users_by_skeleton ON users(name_skeleton);
     """,
-    # 8: accounts are per OMS (SPEC section 3): keyed by (OMS, AccountId), so an OMS can never
-    # take or block another's; a user's links name its OMS, whose accounts they are. SQLite
-    # cannot change a primary key in place: both tables are made anew and the rows copied (the
-    # links' OMS is their user's). What the skeletons were computed with (SKELETON_VERSION in
-    # records), so the store recomputes them at open when that changes: none recorded yet, so
-    # the first open computes them with the full confusables data.
+    # 8: accounts are per OMS (docs/security-names.md, "Accounts are per OMS"): keyed by (OMS,
+    # AccountId), so an OMS can never take or block another's; a user's links name its OMS, whose
+    # accounts they are. SQLite cannot change a primary key in place: both tables are made anew and
+    # the rows copied (the links' OMS is their user's). What the skeletons were computed with
+    # (SKELETON_VERSION in records), so the store recomputes them at open when that changes: none
+    # recorded yet, so the first open computes them with the full confusables data.
     """
     CREATE TABLE accounts_per_oms (
         oms_id INTEGER NOT NULL,

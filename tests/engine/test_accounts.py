@@ -15,6 +15,7 @@ from oms_auth.errors import NotAuthorized, NotSupported, OperationFailed
 from oms_auth.store import AccountChange, AuditEntry, MailItem, Outcome, User
 
 from ..helpers import PASSWORD, Clock, make_user
+from ..store_helpers import login
 from .conftest import Told, as_key_session, caller
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
@@ -82,7 +83,7 @@ async def test_a_forced_logoff_ends_every_session_and_pending_step(deps: Deps) -
     uid = await make_user(deps, "trader")
     u = await user(deps, uid)
     for n in range(3):
-        await deps.store.open_session(bytes([n]) * 32, uid, 0, u.password_version)
+        await login(deps.store, bytes([n]) * 32, uid, 0, u.password_version)
     await deps.store.begin_second_step(b"p" * 32, uid, u.password_version, 0)
     ended = change(u, end_sessions="ForcedLogoff")
     assert await deps.store.change_account(ended, 1) is Outcome.DONE

@@ -14,6 +14,7 @@ from oms_auth.errors import InvalidValue, NotAuthorized
 from oms_auth.store import MailItem
 
 from ..helpers import PASSWORD, Clock, make_user
+from ..store_helpers import issue, redeem
 from .conftest import Told, caller
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
@@ -63,8 +64,8 @@ async def test_a_second_step_ends_when_the_password_changes(
     assert step.state is LoginState.NEEDS_2FA and step.pending
     user = await deps.store.user_by_id(uid)
     assert user is not None
-    await deps.store.issue_code(uid, b"c" * 32, clock.now, clock.now + 60, _mail(uid), [])
-    await deps.store.complete_reset(uid, b"c" * 32, "new-hash", clock.now, _mail(uid), [])
+    await issue(deps.store, uid, b"c" * 32, clock.now, clock.now + 60, _mail(uid))
+    await redeem(deps.store, uid, b"c" * 32, "new-hash", clock.now, _mail(uid))
     late = await sessions.second_factor(step.pending, pyotp.TOTP(SECRET).at(clock.now), "x")
     assert late.state is LoginState.FAILED
 

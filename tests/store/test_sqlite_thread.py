@@ -1,49 +1,72 @@
-"""The SQLite writer runs its hot jobs whole in aiosqlite's connection thread through
-aiosqlite's private ``_execute`` and ``_conn``: this fails first if a new aiosqlite drops them."""
+"""The SQLite store's single writer (oms_auth/store/sqlite_writer.py): its own thread on the
+standard library's sqlite3, several jobs per commit, each job in a savepoint of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import sqlite3
 import threading
 from pathlib import Path
 
-import aiosqlite
-
 from oms_auth.store import AuditEntry
 from oms_auth.store.sqlite import SqliteStore
+from oms_auth.store.sqlite_writer import Writer
 
 
-async def test_aiosqlite_still_runs_a_function_in_its_connection_thread(tmp_path: Path) -> None:
-    async with aiosqlite.connect(str(tmp_path / "t.sqlite3")) as db:
-        seen: list[str] = []
-
-        def fn(raw: object, word: str) -> str:
-            seen.append(threading.current_thread().name)
-            return word
-
-        assert await db._execute(fn, db._conn, "ok") == "ok"  # type: ignore[no-untyped-call]
-        assert seen and seen[0] != threading.current_thread().name
-
-
-async def test_a_failing_whole_job_leaves_no_trace_and_the_others_in_its_batch_stand(
+async def test_a_failing_job_leaves_no_trace_and_the_others_in_its_batch_stand(
     tmp_path: Path,
 ) -> None:
     store = SqliteStore(str(tmp_path / "s.sqlite3"), audit_key=b"k" * 32)
     await store.open()
     try:
 
-        def bad(raw: object) -> None:
-            raw.execute("INSERT INTO events (kind, key, at) VALUES ('x', 'y', 1)")  # type: ignore[attr-defined]
+        def bad(raw: sqlite3.Connection) -> None:
+            raw.execute("INSERT INTO events (kind, key, at) VALUES ('x', 'y', 1)")
             raise RuntimeError("no")
 
-        import asyncio
-
         results = await asyncio.gather(
-            store._write_sync(bad),
+            store._write(bad),
             store.audit([AuditEntry(action="kept")], 2.0),
             return_exceptions=True,
         )
         assert isinstance(results[0], RuntimeError) and results[1] is None
-        assert await store.count_events("x", "y", 0) == 0
         assert [r.action for r in await store.audit_rows()] == ["kept"]
     finally:
         await store.close()
+    with sqlite3.connect(str(tmp_path / "s.sqlite3")) as raw:
+        assert raw.execute("SELECT count(*) FROM events").fetchone() == (0,)
+
+
+async def test_jobs_queued_together_share_one_commit_in_the_writers_own_thread(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "w.sqlite3")
+    writer = Writer(lambda: sqlite3.connect(path, isolation_level=None))
+    await writer.start()
+    seen: set[str] = set()
+
+    def job(raw: sqlite3.Connection, *, n: int) -> int:
+        seen.add(threading.current_thread().name)
+        if n == 0:
+            raw.execute("CREATE TABLE t (n INTEGER)")
+        raw.execute("INSERT INTO t (n) VALUES (?)", (n,))
+        if n == 3:
+            raise RuntimeError("job 3 fails after its insert")
+        return n
+
+    try:
+        answers = await asyncio.gather(
+            *(writer.write(functools.partial(job, n=n)) for n in range(5)),
+            return_exceptions=True,
+        )
+        assert answers[:3] == [0, 1, 2] and answers[4] == 4
+        assert isinstance(answers[3], RuntimeError)
+        assert writer.batches == 1  # one transaction, one commit, for all five
+        assert seen and threading.current_thread().name not in seen
+    finally:
+        await writer.close()
+    # Every acknowledged write is committed (another connection sees it); the failed job's
+    # insert is not, though it ran in the same transaction.
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT n FROM t ORDER BY n").fetchall() == [(0,), (1,), (2,), (4,)]

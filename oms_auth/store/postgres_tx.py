@@ -1,0 +1,115 @@
+"""How a transaction runs on the PostgreSQL store: its connection type, the row locks a write
+made for a caller takes, advisory lock keys, a plan's steps run, and PostgreSQL's text rules
+(no NUL). The locking each rule relies on is described in :mod:`.postgres`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
+
+import asyncpg
+import msgspec
+
+from . import plans
+from . import sql as q
+from .records import AuditEntry, Authority, CallerGone, Outcome
+from .urls import PgTarget
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A pooled connection inside one of this store's transactions.
+    Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+
+__all__ = [
+    "S",
+    "ADVISORY_LOCK",
+    "CONNECTION_ERRORS",
+    "lock_key",
+    "lock_for",
+    "read_state",
+    "run_plan",
+    "count_of",
+    "audit_entry",
+    "unreachable",
+]
+
+R = TypeVar("R")
+S = q.POSTGRES
+
+# What a lost or unreachable database raises (asyncpg's own errors, the socket's, a timeout).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
+_LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
+_SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
+_AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
+_GONE = "the caller's session or permission is gone"
+
+
+def unreachable(target: PgTarget, exc: BaseException) -> str:
+    """Why the database ``target`` names cannot be used, in one line (no secret: no password)."""
+    if isinstance(exc, TimeoutError):
+        reason = f"no answer within {target.connect_timeout:g} s"
+    elif isinstance(exc, asyncpg.PostgresError):
+        reason = f"the server refused: {exc}"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return f"cannot reach PostgreSQL at {target.where}: {reason}"
+
+
+def lock_key(*parts: str) -> int:
+    """A 64-bit advisory lock key for these parts."""
+    raw = "\x1f".join(("oms-auth", *parts)).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
+
+
+async def lock_for(conn: Conn, user_id: int | None, authority: Authority | None) -> None:
+    """Lock the row of the user written for (``FOR UPDATE``) and the caller's (``FOR SHARE``),
+    the lower id first so two writes for two callers never wait in a cycle; then CallerGone
+    unless the caller's authority still holds (its session row ``FOR SHARE``)."""
+    rows = [] if user_id is None else [(user_id, _LOCK_USER)]
+    if authority is not None and authority.user_id != user_id:
+        rows.append((authority.user_id, _SHARE_USER))
+    for uid, statement in sorted(rows):
+        await conn.execute(statement, uid)
+    if authority is not None:
+        if await conn.fetchval(_AUTHORITY_SHARED, *q.authority_args(authority)) is None:
+            raise CallerGone(_GONE)
+
+
+async def read_state(conn: Conn, record: Callable[..., R], sql: str, user_id: int) -> R | None:
+    """The user's row read (and locked) by ``sql``, as ``record`` names its columns; None when
+    gone."""
+    row = await conn.fetchrow(sql, user_id)
+    return None if row is None else record(*row)
+
+
+async def run_plan(conn: Conn, plan: plans.Plan) -> Outcome:
+    """Run a plan's steps (see :mod:`.plans`): its outcome, or the first failed step's."""
+    for step in plan.steps:
+        status = await conn.execute(step.sql, *step.args)
+        if step.unless is not None and count_of(status) != 1:
+            return step.unless
+    return plan.outcome
+
+
+def count_of(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def audit_entry(e: AuditEntry) -> AuditEntry:
+    """An audit entry PostgreSQL can store (what is hashed is what is stored)."""
+    return msgspec.structs.replace(
+        e,
+        action=e.action.replace("\x00", "\ufffd"),
+        target_name=S.text(e.target_name),
+        source=S.text(e.source),
+        detail=S.text(e.detail),
+    )

@@ -1,0 +1,127 @@
+"""The SQLite store's single writer: one thread of its own, one standard-library connection,
+group commit.
+
+Every write is a job: a plain function given the writer's :class:`sqlite3.Connection`. The
+writer task takes every job queued at that moment and sends them to its thread in one trip,
+where they run in one transaction, each inside its own SAVEPOINT (a job that raises leaves no
+trace and the others of its batch stand), then one COMMIT: under load many requests share one
+fsync, and every caller still returns only after its own effect is committed (docs/rules.md,
+concurrency invariants). Since no other connection writes, a job's reads and writes
+(count-then-insert of a limit, redeeming a code, reading the audit chain's tail and appending)
+run with nothing in between.
+
+The thread is a one-worker executor of the standard library: aiosqlite offers no public way to
+run a whole function in its connection's thread, and one trip per batch (not per statement) is
+what keeps the writer fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ..tasks import cancel
+from .records import StoreError
+
+__all__ = ["Job", "Writer"]
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+_Outcome = tuple[Any, BaseException | None]
+
+
+def run_batch(raw: sqlite3.Connection, jobs: list[Job]) -> tuple[bool, list[_Outcome]]:
+    """In the writer's thread: ``jobs`` in one transaction, each in a savepoint of its own;
+    whether it committed, and each job's result or error. When the transaction itself fails
+    (BEGIN or COMMIT), every job gets that error."""
+    out: list[_Outcome] = []
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            raw.execute("SAVEPOINT job")
+            try:
+                result = job(raw)
+            except Exception as exc:
+                raw.execute("ROLLBACK TO job")
+                raw.execute("RELEASE job")
+                out.append((None, exc))
+            else:
+                raw.execute("RELEASE job")
+                out.append((result, None))
+        raw.execute("COMMIT")
+    except Exception as exc:
+        with contextlib.suppress(sqlite3.Error):
+            raw.execute("ROLLBACK")
+        return False, [(None, exc) for _ in jobs]
+    return True, out
+
+
+class Writer:
+    """The one connection that writes, in a thread of its own."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], max_batch: int = 256) -> None:
+        self._connect = connect
+        self._max_batch = max_batch
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is in the thread
+        self.batches = 0  # how many commits it made: several jobs share one
+
+    async def start(self) -> None:
+        """Open the connection in the writer's thread and start taking jobs."""
+        self._conn = await self._in_thread(self._connect)
+        self._task = asyncio.create_task(self._loop(), name="sqlite-writer")
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` in the next batch; return once its effect is committed."""
+        if self._task is None:
+            raise StoreError("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((job, future))
+        # shield: a caller that is cancelled must not leave the batch without its answer.
+        return await asyncio.shield(future)
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < self._max_batch:
+                batch.append(self._queue.get_nowait())
+            assert self._conn is not None
+            self._busy = True
+            try:
+                committed, outcomes = await self._in_thread(
+                    run_batch, self._conn, [job for job, _ in batch]
+                )
+            except Exception as exc:  # the thread itself failed: every caller hears it
+                committed, outcomes = False, [(None, exc) for _ in batch]
+            finally:
+                self._busy = False
+            self.batches += committed
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
+
+    async def close(self) -> None:
+        """Finish what is queued (a caller awaits it), then close the connection."""
+        if self._task is not None:
+            while not self._queue.empty() or self._busy:
+                await asyncio.sleep(0.01)
+            await cancel(self._task)
+            self._task = None
+        if self._conn is not None:
+            await self._in_thread(self._conn.close)
+            self._conn = None
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,100 @@
+"""The decisions both stores run (oms_auth/store/plans.py), on their own: no database."""
+
+from __future__ import annotations
+
+from oms_auth.store import (
+    Claim,
+    CodeIssue,
+    CodeState,
+    MailItem,
+    Outcome,
+    PasswordReset,
+    Reservation,
+    ResetCode,
+    SessionOpening,
+    Slot,
+    plans,
+)
+from oms_auth.store.sql import POSTGRES, SQLITE
+
+MAIL = MailItem(kind="reset", recipient="a@x.test", user_id=7, public={})
+S = SQLITE
+
+
+def opening(**fields: object) -> SessionOpening:
+    base: dict[str, object] = {"digest": b"d" * 32, "user_id": 7, "now": 100.0}
+    return SessionOpening(**{"password_version": 2, **base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_replayed_totp_step_opens_nothing_and_keeps_the_pending_step() -> None:
+    state = plans.LoginState(password_version=2, totp_last_step=50, locked_until=None)
+    plan = plans.session_plan(S, opening(totp_step=50, pending=b"p" * 32), state)
+    assert plan == plans.Plan([], Outcome.REPLAYED)
+
+
+def test_a_stale_or_locked_login_still_ends_its_second_step() -> None:
+    stale = plans.LoginState(password_version=3, totp_last_step=None, locked_until=None)
+    locked = plans.LoginState(password_version=2, totp_last_step=None, locked_until=200.0)
+    for state, outcome in ((stale, Outcome.STALE), (locked, Outcome.LOCKED), (None, Outcome.STALE)):
+        plan = plans.session_plan(S, opening(pending=b"p" * 32), state)
+        assert plan.outcome is outcome
+        assert [s.sql for s in plan.steps] == [S.delete_pending_login]
+
+
+def test_an_api_key_login_is_replayed_unless_its_nonce_moves_on() -> None:
+    state = plans.LoginState(password_version=2, totp_last_step=None, locked_until=None)
+    plan = plans.session_plan(S, opening(api_key=("key", 9)), state)
+    assert plan.outcome is Outcome.DONE
+    assert plan.steps[0] == plans.Step(S.advance_nonce, (9, "key", 7, 9), Outcome.REPLAYED)
+
+
+def test_a_reset_is_refused_before_the_code_is_touched_when_locked_or_replayed() -> None:
+    reset = PasswordReset(
+        user_id=7, digest=b"c" * 32, password_hash="h", now=100.0, mail=MAIL, totp_step=5
+    )
+    assert plans.reset_plan(S, reset, None).outcome is Outcome.INVALID
+    locked = plans.ResetState(locked_until=101.0, totp_last_step=None)
+    assert plans.reset_plan(S, reset, locked) == plans.Plan([], Outcome.LOCKED)
+    replayed = plans.ResetState(locked_until=None, totp_last_step=5)
+    assert plans.reset_plan(S, reset, replayed) == plans.Plan([], Outcome.REPLAYED)
+    done = plans.reset_plan(S, reset, plans.ResetState(locked_until=99.0, totp_last_step=4))
+    assert done.steps[0].sql == S.redeem_code and done.steps[0].unless is Outcome.INVALID
+
+
+def test_an_issue_at_its_limit_writes_nothing_and_one_below_is_counted() -> None:
+    limit = Claim("reset-requests", "k\x00ey", 3600, 3)
+    issue = CodeIssue(user_id=7, digest=b"c" * 32, now=1.0, expires_at=60.0, mail=MAIL, limit=limit)
+    assert plans.issue_plan(S, issue, 3) == plans.Plan([], Outcome.THROTTLED)
+    counted = plans.issue_plan(POSTGRES, issue, 2).steps[0]
+    assert counted.args == ("reset-requests", "k\\0ey", 1.0)  # PostgreSQL text holds no NUL
+
+
+def test_a_code_check_throttles_then_counts_invalid_then_locks() -> None:
+    invalid, attempt = Claim("invalid", "a", 60, 3), Claim("attempt", "c", 60, 2)
+    code = ResetCode(7, 1.0, 60.0, CodeState.PENDING)
+    assert plans.code_check(plans.CodeCheck(3, code, 0), invalid, attempt) == (
+        Outcome.THROTTLED,
+        (),
+    )
+    assert plans.code_check(plans.CodeCheck(2, None, 0), invalid, attempt) == (
+        Outcome.INVALID,
+        (invalid,),
+    )
+    assert plans.code_check(plans.CodeCheck(0, code, 2), invalid, attempt)[0] is Outcome.LOCKED
+    assert plans.code_check(plans.CodeCheck(0, code, 1), invalid, attempt) == (
+        Outcome.DONE,
+        (attempt,),
+    )
+
+
+def test_a_reservation_names_which_slots_go_back() -> None:
+    user, source = Slot("login-user", "alice", 1.0), Slot("login-source", "10.0.0.1", 1.0)
+    reserved = Reservation(user, source)
+    assert reserved.release_all() == (user, source)
+    assert reserved.keep_user_slot() == (source,)
+
+
+def test_a_reservation_is_all_or_none() -> None:
+    claims = [Claim("a", "x", 60, 2), Claim("b", "y", 60, 5)]
+    assert plans.room_left(claims, [1, 4])
+    assert not plans.room_left(claims, [2, 0])
