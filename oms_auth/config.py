@@ -62,8 +62,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # largest single answer (the reset page's word list is 272 KB unpacked).
     max_pending_output_bytes: Annotated[int, msgspec.Meta(ge=1 << 19)] = 1 << 20
     idle_timeout_seconds: float = 900
-    # An HTTP/1.1 connection kept open between requests (SPEC section 2b): closed once it has
-    # waited this long for its next request, or for the rest of one it started.
+    # An HTTP/1.1 connection kept open between requests (docs/protocol.md,
+    # "The HTTP gateway: /AP/"): closed once it has waited this long for its next request, or
+    # for the rest of one it started.
     http_idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30
     ping_interval_seconds: float = 20
     ping_timeout_seconds: float = 20

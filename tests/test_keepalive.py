@@ -1,4 +1,5 @@
-"""SPEC section 2b: HTTP/1.1 kept alive on the port. One connection carries any number of
+"""docs/protocol.md, "The HTTP gateway: /AP/": HTTP/1.1 kept alive on the port. One connection
+carries any number of
 requests, answered in order (pipelined ones too); it closes only after an answer that says
 ``Connection: close``, or once it has waited ``http_idle_seconds`` for a request; it still
 counts toward the connection caps. Answers are read with h11, as a client would."""

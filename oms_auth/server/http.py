@@ -31,7 +31,8 @@ from .transport import refusal_of
 __all__ = ["HttpPages", "HSTS", "busy", "refused", "text"]
 
 Page = Callable[[Request], Awaitable[Response]]
-HSTS = "max-age=31536000"  # a year: browsers keep to HTTPS for this host (SPEC section 2b)
+# a year: browsers keep to HTTPS for this host (docs/protocol.md, "The HTTP gateway: /AP/")
+HSTS = "max-age=31536000"
 
 
 def response(

@@ -1,4 +1,5 @@
-"""Plain HTTP/1.1 on the WebSocket port, kept alive between requests (SPEC section 2b).
+"""Plain HTTP/1.1 on the WebSocket port, kept alive between requests
+(docs/protocol.md, "The HTTP gateway: /AP/").
 
 websockets' asyncio server accepts every connection and builds it as a :class:`PortConnection`
 (its documented ``create_connection`` hook). Until a request asks for a WebSocket, the bytes go

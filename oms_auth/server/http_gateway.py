@@ -1,4 +1,5 @@
-"""The HTTP gateway (SPEC section 2b): ``/AP/{Function}`` over the same function table.
+"""The HTTP gateway (docs/protocol.md, "The HTTP gateway: /AP/"): ``/AP/{Function}`` over the same
+function table.
 
 ``GET`` takes the payload from the query string (keys in any case, values as strings, numbers
 parsed where the payload expects them); ``POST`` takes a JSON body. The answer is the function's
@@ -43,14 +44,16 @@ from .ws import Gateway
 __all__ = ["HttpGateway", "AP_PREFIX"]
 
 AP_PREFIX = "/ap/"
-# Per-request API-key authentication (SPEC section 2b), as the signature covers them.
+# Per-request API-key authentication (docs/protocol.md, "The HTTP gateway: /AP/"), as the
+# signature covers them.
 _SIGNATURE_HEADERS = ("Nonce", "APIKey", "Signature", "UserId")
 # Headers a request names at most once: with two, which one counts would be left to chance
 # (and websockets raises on reading either). Content-Length: h11 refuses two that differ.
 _ONCE = ("APToken", *_SIGNATURE_HEADERS, "Authorization", "Pending2FaToken")
 _SECRET_HEADERS = ("APToken", "Signature", "Authorization", "Pending2FaToken")
 # Payload fields carrying a password, an answer, a reset code or a session token: a function
-# that has one is refused over GET (SPEC section 2b), so none sits in a URL or an access log.
+# that has one is refused over GET (docs/protocol.md, "The HTTP gateway: /AP/"), so none sits in a
+# URL or an access log.
 # TOTP codes are not among them: they expire in seconds, and clients send
 # /AP/Authenticate2FA?Code= as published.
 # Functions whose every call carries a secret: refused over GET whatever the query holds.

@@ -1,4 +1,5 @@
-"""What one peer may cost the node (SPEC sections 2b and 6a), for every TCP connection on the
+"""What one peer may cost the node (docs/operations.md, "Overload and shutdown"), for every TCP
+connection on the
 port, WebSocket or HTTP alike.
 
 - Every connection counts from accept until it closes toward ``max_connections`` and, by

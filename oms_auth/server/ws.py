@@ -84,7 +84,8 @@ class Gateway:
                 await asyncio.gather(*conn.tasks, return_exceptions=True)
 
     def _frame_budget(self, conn: Conn) -> Callable[[], bool]:
-        """A client's pings take from the same budget as its requests (SPEC section 6a)."""
+        """A client's pings take from the same budget as its requests (docs/operations.md,
+        "Overload and shutdown")."""
         loop = asyncio.get_running_loop()
         rate = self.settings.max_requests_per_second
         return lambda: conn.take_token(loop.time(), rate)
