@@ -2,7 +2,8 @@
 
 Every write method is one transaction on a pooled connection, committed when it returns, as in
 :mod:`.sqlite`. SQLite gets its ordering from a single writer; here each rule is held by
-PostgreSQL itself, as docs/rules.md ("Concurrency") tables rule by rule: advisory locks per
+PostgreSQL itself, as docs/rules.md ("Concurrency: what holds under bursts and across nodes")
+tables rule by rule: advisory locks per
 (schema, kind, key) around a limit's count-then-insert; the user's row ``FOR UPDATE`` first in
 every write about a user, so a code, a lock, a TOTP step or a password version is read as it
 is; compare-and-set ``UPDATE``s that let one of racing calls win (a code's redemption, an API

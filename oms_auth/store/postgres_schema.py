@@ -119,7 +119,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
     CREATE INDEX audit_by_time ON audit(at);
     """,
-    # 3: rules that hold under concurrency (docs/rules.md, "Concurrency"). A password version, so a
+    # 3: rules that hold under concurrency (docs/rules.md,
+    # "Concurrency: what holds under bursts and across nodes"). A password version, so a
     # session is only created for the password its check read; the last TOTP time step accepted, so
     # a code is never accepted twice; pending second login steps, counted and bounded in the store.
     # The audit chain is re-computed keyed with the service key (RECHAIN_AFTER).
@@ -176,7 +177,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN name_skeleton TEXT;
     CREATE INDEX users_by_skeleton ON users(name_skeleton);
     """,
-    # 8: accounts are per OMS (docs/security-names.md, "Accounts are per OMS"): keyed by (OMS,
+    # 8: accounts are per OMS (docs/rules.md, "Usernames"): keyed by (OMS,
     # AccountId), so an OMS can never take or block another's; a user's links name its OMS, whose
     # accounts they are (the links written before get their user's). The store recomputes the
     # skeletons at open when records.SKELETON_VERSION differs from meta's 'skeleton_version': none

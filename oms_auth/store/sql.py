@@ -176,7 +176,7 @@ class Statements:
         " password_hash, auth_source, active, master, locale, name_skeleton)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
     )
-    # Accounts are per OMS (docs/security-names.md, "Accounts are per OMS"): an OMS's account 7 is
+    # Accounts are per OMS (docs/rules.md, "Usernames"): an OMS's account 7 is
     # its own, whoever else has one numbered 7 (account_args, user_account_args).
     insert_account: str = (
         "INSERT INTO accounts (oms_id, id) VALUES (?, ?) ON CONFLICT (oms_id, id) DO NOTHING"

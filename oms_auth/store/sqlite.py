@@ -129,7 +129,8 @@ class SqliteStore(Store):
             raise
 
     def _prepare_files(self) -> None:
-        """Files before SQLite touches them (docs/security-files.md). The store is created here,
+        """Files before SQLite touches them (docs/operations.md, "Files on disk"). The store is
+        created here,
         0600: SQLite would make it 0644 less the umask, and gives its -wal and -shm the store's
         mode. Looser files, a crash's -wal and -shm included, are tightened. The folder must take
         new files: SQLite creates the -wal and -shm there on every open."""
