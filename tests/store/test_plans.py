@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from oms_auth.store import (
+    AuditEntry,
     Claim,
     CodeIssue,
     CodeState,
+    Factors,
     MailItem,
     Outcome,
     PasswordReset,
@@ -53,12 +55,37 @@ def test_a_reset_is_refused_before_the_code_is_touched_when_locked_or_replayed()
         user_id=7, digest=b"c" * 32, password_hash="h", now=100.0, mail=MAIL, totp_step=5
     )
     assert plans.reset_plan(S, reset, None).outcome is Outcome.INVALID
-    locked = plans.ResetState(locked_until=101.0, totp_last_step=None)
+    locked = plans.ResetState(locked_until=101.0, totp_last_step=None, totp_sealed=None)
     assert plans.reset_plan(S, reset, locked) == plans.Plan([], Outcome.LOCKED)
-    replayed = plans.ResetState(locked_until=None, totp_last_step=5)
+    replayed = plans.ResetState(locked_until=None, totp_last_step=5, totp_sealed=None)
     assert plans.reset_plan(S, reset, replayed) == plans.Plan([], Outcome.REPLAYED)
-    done = plans.reset_plan(S, reset, plans.ResetState(locked_until=99.0, totp_last_step=4))
+    done = plans.reset_plan(S, reset, plans.ResetState(99.0, 4, None))
     assert done.steps[0].sql == S.redeem_code and done.steps[0].unless is Outcome.INVALID
+
+
+def test_a_reset_puts_back_second_factors_changed_since_its_checks_and_audits_it() -> None:
+    checked = Factors(totp_sealed=None, questions=(("Pet?", "$argon2id$a"),))
+    reset = PasswordReset(
+        user_id=7,
+        digest=b"c" * 32,
+        password_hash="h",
+        now=100.0,
+        mail=MAIL,
+        audit=[AuditEntry(action="password-set", target_id=7)],
+        checked=checked,
+    )
+    same = plans.reset_plan(S, reset, plans.ResetState(None, None, None), [("Pet?", "$argon2id$a")])
+    assert not same.audit and S.set_totp not in [s.sql for s in same.steps]
+    # An authenticator enrolled and the questions replaced meanwhile: both put back.
+    changed = plans.reset_plan(
+        S, reset, plans.ResetState(None, None, b"sealed"), [("Thief?", "$argon2id$t")]
+    )
+    assert changed.steps[-3:] == [
+        plans.Step(S.set_totp, (None, 7)),
+        plans.Step(S.delete_questions, (7,)),
+        plans.Step(S.insert_question, (7, "Pet?", "$argon2id$a")),
+    ]
+    assert [a.action for a in changed.audit] == ["factors-restored"]
 
 
 def test_an_issue_at_its_limit_writes_nothing_and_one_below_is_counted() -> None:
