@@ -22,6 +22,8 @@ from websockets.uri import parse_uri
 
 from oms_auth.app import App
 from oms_auth.engine.deps import Clock
+from protocol.client import Client
+from protocol.messages import Empty, PingReply
 
 from .helpers import PASSWORD, make_user, settings_for
 
@@ -300,3 +302,81 @@ async def test_shutdown_closes_idle_kept_connections_at_once(
     assert time.monotonic() - started < 2
     assert await peer.closed_within(1)
     peer.close()
+
+
+async def _exchange(stream: Any, request: bytes) -> tuple[int, bytes]:
+    """One request on a kept-alive connection: its status and body (by Content-Length)."""
+    reader, writer = stream
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+def _ping_as(client: str) -> bytes:
+    return f"GET /AP/Ping HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "limited",
+    [{"trusted_proxies": ["127.0.0.2"], "max_connections_per_source": 1}],
+    indirect=True,
+)
+async def test_a_proxys_kept_alive_connection_counts_each_request_under_its_own_client(
+    limited: App,
+) -> None:
+    """A proxy keeps its upstream connections open for many clients: a request is counted
+    under the client it names while it is served, not the connection under its first client
+    for good (that client, with nothing open, would be refused; later ones never counted)."""
+    pooled = await asyncio.open_connection("127.0.0.1", limited.port, local_addr=("127.0.0.2", 0))
+    fresh = await asyncio.open_connection("127.0.0.1", limited.port, local_addr=("127.0.0.2", 0))
+    try:
+        assert (await _exchange(pooled, _ping_as("198.51.100.1")))[0] == 200
+        assert (await _exchange(pooled, _ping_as("198.51.100.2")))[0] == 200
+        # The pooled connection is idle: client .1 holds nothing and is served.
+        assert (await _exchange(fresh, _ping_as("198.51.100.1")))[0] == 200
+        assert limited.admission.by_source == {}
+    finally:
+        for _, writer in (pooled, fresh):
+            writer.close()
+
+
+async def test_a_logoff_during_an_http_request_leaves_its_kept_alive_connection_open(
+    limited: App,
+) -> None:
+    """A session ended elsewhere while an /AP/ request of it is in flight: the request's
+    connection is HTTP, so no LogoutEvent is pushed on it (there is no WebSocket there to
+    carry one) and it keeps serving the client's next requests."""
+    release = asyncio.Event()
+
+    async def slow(conn: object, req: Empty) -> PingReply:
+        await release.wait()
+        return PingReply(msg="DONE")
+
+    limited.functions.add("Slow", Empty, slow)
+    await make_user(limited.deps, "kept")
+    async with await Client.connect(limited.url) as c:
+        login = await c.call("AuthenticateUser", {"UserName": "kept", "Password": PASSWORD})
+        token = login.o["SessionToken"]
+        stream = await asyncio.open_connection("127.0.0.1", limited.port)
+        head = (
+            f"POST /AP/Slow HTTP/1.1\r\nHost: x\r\nAPToken: {token}\r\n"
+            "Content-Length: 2\r\n\r\n{}"
+        )
+        in_flight = asyncio.create_task(_exchange(stream, head.encode()))
+        await asyncio.sleep(0.2)
+        assert (await c.call("LogOut")).o["result"] is True
+        release.set()
+        assert (await in_flight)[0] == 200
+    try:
+        # Past websockets' close timeout (10 s), when a push on it would have ended it.
+        await asyncio.sleep(11)
+        status, body = await _exchange(stream, b"GET /AP/Ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, orjson.loads(body)) == (200, {"msg": "PONG"})
+    finally:
+        stream[1].close()

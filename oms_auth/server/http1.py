@@ -195,6 +195,8 @@ class PortConnection(GuardedConnection):
             answer = text(HTTPStatus.INTERNAL_SERVER_ERROR, "Server error\n")
         self.busy = None
         self._send(answer, method=request.method)
+        if self.admission is not None and self.place is not None:
+            self.admission.served(self.place)  # behind a proxy: the next request names its own
         if self._paused:
             self._paused = False
             self.transport.resume_reading()

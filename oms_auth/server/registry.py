@@ -122,14 +122,16 @@ class Registry:
     def log_off(self, conn: Conn, reason: str | None = None) -> None:
         """End the connection's login; with a ``reason``, tell the client first (the event is
         queued before anything this connection answers later)."""
-        if reason is not None and conn.user is not None:
+        # Events go to WebSocket connections only: an HTTP request's connection (kept alive for
+        # the client's next request) never did a WebSocket handshake to send one on.
+        if reason is not None and conn.user is not None and conn.lasting:
             self._notify(conn, reason)
         self._forget(conn)
 
     async def tell_and_log_off(self, conn: Conn, reason: str) -> None:
         """From inside a request: the event is sent before the request goes on, so its
         answer can never overtake it."""
-        if conn.user is not None:
+        if conn.user is not None and conn.lasting:
             await self._send(conn, encode_event("LogoutEvent", LogoutEvent(reason)))
         self._forget(conn)
 

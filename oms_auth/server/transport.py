@@ -86,9 +86,15 @@ class Admission:
         return place
 
     def identify(self, place: Place, client: str) -> None:
-        """A trusted proxy's connection, once its request head named the client."""
-        if not place.node or place.source is not None:
+        """A trusted proxy's connection, once a request head named the client. A proxy keeps
+        its upstream connections open for many clients, so each request is counted under the
+        client it names (the place moves from the one before; :meth:`served` gives it back)."""
+        if not place.node or place.source == client:
             return
+        if place.source is not None:
+            if not self.proxies.trusts(place.peer):
+                return  # a direct peer is counted under its own address for good
+            self.served(place)
         if self.by_source[client] >= self.per_source:
             self.open -= 1
             place.node = False
@@ -97,6 +103,13 @@ class Admission:
             return
         self.by_source[client] += 1
         place.source = client
+
+    def served(self, place: Place) -> None:
+        """A trusted proxy's request was answered: its client's place is given back (the
+        connection, idle in the proxy's pool, carries no client until its next request)."""
+        if place.source is not None and self.proxies.trusts(place.peer):
+            _decrement(self.by_source, place.source)
+            place.source = None
 
     def leave(self, place: Place) -> None:
         if place.node:
