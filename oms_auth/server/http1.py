@@ -118,7 +118,9 @@ class PortConnection(GuardedConnection):
         self.h11.receive_data(b"")
         if self.busy is None:
             self._next()
-        return True  # half-closed: a request being served still gets its answer
+        # Half-closed: a request being served still gets its answer (TLS cannot half-close:
+        # asyncio closes an SSL transport whatever this answers, and warns if it is True).
+        return self.transport.get_extra_info("sslcontext") is None
 
     # -- requests -----------------------------------------------------------------------------
 

@@ -118,9 +118,9 @@ class SqliteStore(Store):
             await self._r.execute("PRAGMA journal_mode=WAL")
             await migrate(self._r, self.path, self._audit_key, self._key)
             await self._r.execute("PRAGMA query_only=ON")
-            writer = Writer(functools.partial(tx.connect, self.path), self._max_batch)
-            await writer.start()
-            self._w = writer
+            # Kept before it starts, so a start that fails is still closed (its thread too).
+            self._w = Writer(functools.partial(tx.connect, self.path), self._max_batch)
+            await self._w.start()
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from None

@@ -72,6 +72,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._busy = False  # a batch is in the thread
         self.batches = 0  # how many commits it made: several jobs share one
+        self._closing = False
 
     async def start(self) -> None:
         """Open the connection in the writer's thread and start taking jobs."""
@@ -83,7 +84,7 @@ class Writer:
 
     async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job`` in the next batch; return once its effect is committed."""
-        if self._task is None:
+        if self._task is None or self._closing:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((job, future))
@@ -115,7 +116,9 @@ class Writer:
                     future.set_exception(error)
 
     async def close(self) -> None:
-        """Finish what is queued (a caller awaits it), then close the connection."""
+        """Finish what is queued (a caller awaits it), then close the connection. A write
+        asked for once closing began is refused (it would wait for a loop that is ending)."""
+        self._closing = True
         if self._task is not None:
             while not self._queue.empty() or self._busy:
                 await asyncio.sleep(0.01)

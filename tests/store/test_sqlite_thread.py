@@ -70,3 +70,24 @@ async def test_jobs_queued_together_share_one_commit_in_the_writers_own_thread(
     # insert is not, though it ran in the same transaction.
     with sqlite3.connect(path) as other:
         assert other.execute("SELECT n FROM t ORDER BY n").fetchall() == [(0,), (1,), (2,), (4,)]
+
+
+async def test_a_write_asked_for_while_the_writer_closes_is_refused_not_left_waiting(
+    tmp_path: Path,
+) -> None:
+    from oms_auth.store import StoreError
+
+    path = str(tmp_path / "c.sqlite3")
+    writer = Writer(lambda: sqlite3.connect(path, isolation_level=None))
+    await writer.start()
+    queued = asyncio.ensure_future(writer.write(lambda raw: raw.execute("SELECT 1").fetchone()))
+    closing = asyncio.ensure_future(writer.close())
+    await asyncio.sleep(0)  # close has begun: it waits for what was queued before it
+    late = asyncio.ensure_future(writer.write(lambda raw: 1))
+    assert await asyncio.wait_for(queued, 10) == (1,)
+    await asyncio.wait_for(closing, 10)
+    try:
+        await asyncio.wait_for(late, 10)
+        raise AssertionError("a write after close began was answered")
+    except StoreError:
+        pass
