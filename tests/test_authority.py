@@ -23,9 +23,10 @@ import pytest
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import PASSWORD, Clock, make_user, parse_mail, settings_for, sql, wait_for_mail
+from .helpers import PASSWORD, Clock, make_user, settings_for, sql
 from .test_apikeys import INVALID, key_login
 from .test_http_gateway import http
+from .test_races import code_for as reset_link
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
 NEW = "Fresh-Start42"
@@ -306,18 +307,6 @@ async def roomy(tmp_path: Path, clock: Clock, db: str) -> AsyncIterator[App]:
         yield service
     finally:
         await service.stop()
-
-
-async def reset_link(app: App, username: str) -> dict[str, Any]:
-    """A self-service reset's emailed link fields for ``username``."""
-    maildir = Path(app.settings.mail.removeprefix("maildir:"))
-    before = len(list((maildir / "new").glob("*"))) if (maildir / "new").exists() else 0
-    async with await Client.connect(app.url) as c:
-        assert (await c.call("ResetPassword", {"UserName": username})).ok
-    await app.resets.drain()
-    mail = parse_mail((await wait_for_mail(maildir, before + 1))[-1])
-    assert "code" in mail
-    return mail
 
 
 async def race_a_reset(
