@@ -85,3 +85,34 @@ async def count_events(db: str, kind: str, key: str, since: float = 0) -> int:
     query = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
     ((count,),) = await sql(db, query, kind, key, since)
     return int(count)
+
+
+async def store_at_version(db: str, version: int, statements: Sequence[str]) -> None:
+    """A store as schema ``version`` left it (its first migrations run, nothing after), with
+    ``statements`` run in it: what an older deployment hands a newer one to open."""
+    import sqlite3
+
+    from oms_auth.store import postgres as pg_store
+    from oms_auth.store import sqlite as sqlite_store
+
+    from .helpers import is_postgres, pg_connect, schema_of
+
+    if is_postgres(db):
+        conn = await pg_connect(db)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema_of(db)}"')
+            for step in pg_store.MIGRATIONS[:version]:
+                await conn.execute(step)
+            await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            await conn.execute(f"INSERT INTO meta VALUES ('schema_version', '{version}')")
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+        return
+    with sqlite3.connect(db) as lite:
+        for step in sqlite_store.MIGRATIONS[:version]:
+            lite.executescript(step)
+        lite.execute(f"PRAGMA user_version={version}")
+        for statement in statements:
+            lite.execute(statement)

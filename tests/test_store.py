@@ -20,7 +20,7 @@ from oms_auth.store import (
 )
 
 from .helpers import make_user, sql
-from .store_helpers import code_state, count_events, issue, login, redeem
+from .store_helpers import code_state, count_events, issue, login, redeem, store_at_version
 
 NOW = 1_800_000_000.0
 
@@ -155,35 +155,14 @@ async def test_claims_come_in_id_order_up_to_the_limit(store: Store) -> None:
 async def test_a_store_from_before_skeletons_fills_them_in_and_refuses_lookalikes(db: str) -> None:
     """Users written by schema 6 get their skeletons at open; a new name that looks like one of
     them is refused in the transaction that would insert it, a merely similar one is not."""
-    import sqlite3
 
     from oms_auth.store import UsernameConfusable, UsernameTaken
-    from oms_auth.store import postgres as pg_store
-    from oms_auth.store import sqlite as sqlite_store
-
-    from .helpers import is_postgres, pg_connect, schema_of
 
     insert = (
         "INSERT INTO users (username, username_key, email, oms_id, password_hash)"
         " VALUES ('trader1', 'trader1', 't@example.test', 1, 'h')"
     )
-    if is_postgres(db):
-        conn = await pg_connect(db)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{schema_of(db)}"')
-            for step in pg_store.MIGRATIONS[:6]:
-                await conn.execute(step)
-            await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            await conn.execute("INSERT INTO meta VALUES ('schema_version', '6')")
-            await conn.execute(insert)
-        finally:
-            await conn.close()
-    else:
-        with sqlite3.connect(db) as lite:
-            for step in sqlite_store.MIGRATIONS[:6]:
-                lite.executescript(step)
-            lite.execute("PRAGMA user_version=6")
-            lite.execute(insert)
+    await store_at_version(db, 6, [insert])
     store = await open_store(db, audit_key=b"k" * 32)
     try:
         for lookalike, error in (

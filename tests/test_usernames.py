@@ -27,10 +27,9 @@ from .helpers import (
     is_postgres,
     make_user,
     oms_auth,
-    pg_connect,
-    schema_of,
     sql,
 )
+from .store_helpers import store_at_version
 
 NOT_AVAILABLE = {
     "result": False,
@@ -155,31 +154,13 @@ async def test_skeletons_written_before_are_recomputed_at_open(tmp_path: Path, d
     at open: a name only the full data finds alike is refused afterwards. (The old table made
     ``bo55`` into ``boss``; TR39 keeps the digits, and finds an Armenian oh alike an o.)"""
     from oms_auth.store import UsernameConfusable
-    from oms_auth.store import postgres as pg_store
-    from oms_auth.store import sqlite as sqlite_store
     from oms_auth.store.records import NewUser
 
     insert = (
         "INSERT INTO users (username, username_key, email, oms_id, password_hash, name_skeleton)"
         " VALUES ('bo55', 'bo55', 't@example.test', 1, 'h', 'boss')"
     )
-    if is_postgres(db):
-        conn = await pg_connect(db)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{schema_of(db)}"')
-            for step in pg_store.MIGRATIONS[:7]:
-                await conn.execute(step)
-            await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            await conn.execute("INSERT INTO meta VALUES ('schema_version', '7')")
-            await conn.execute(insert)
-        finally:
-            await conn.close()
-    else:
-        with sqlite3.connect(db) as lite:
-            for step in sqlite_store.MIGRATIONS[:7]:
-                lite.executescript(step)
-            lite.execute("PRAGMA user_version=7")
-            lite.execute(insert)
+    await store_at_version(db, 7, [insert])
     store = await open_store(db, audit_key=b"k" * 32)
     try:
         with pytest.raises(UsernameConfusable):
@@ -338,8 +319,6 @@ def test_user_add_takes_the_same_account_id_in_two_omss(tmp_path: Path, store_en
 async def test_accounts_written_before_are_kept_per_oms(tmp_path: Path, db: str) -> None:
     """A store at schema 7 keeps every user's accounts through migration 8, each in its
     user's OMS, and another OMS can then use the same ids."""
-    from oms_auth.store import postgres as pg_store
-    from oms_auth.store import sqlite as sqlite_store
     from oms_auth.store.records import NewUser
 
     def link(name: str, account: int) -> str:
@@ -360,25 +339,7 @@ async def test_accounts_written_before_are_kept_per_oms(tmp_path: Path, db: str)
         link("alice", 9),
         link("bob", 8),
     ]
-    if is_postgres(db):
-        conn = await pg_connect(db)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{schema_of(db)}"')
-            for step in pg_store.MIGRATIONS[:7]:
-                await conn.execute(step)
-            await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            await conn.execute("INSERT INTO meta VALUES ('schema_version', '7')")
-            for statement in steps:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-    else:
-        with sqlite3.connect(db) as lite:
-            for step in sqlite_store.MIGRATIONS[:7]:
-                lite.executescript(step)
-            lite.execute("PRAGMA user_version=7")
-            for statement in steps:
-                lite.execute(statement)
+    await store_at_version(db, 7, steps)
     store = await open_store(db, audit_key=b"k" * 32)
     try:
         alice, bob = await store.user_by_name("alice"), await store.user_by_name("bob")
