@@ -240,7 +240,7 @@ def account_plan(
         return Plan.refused(Outcome.REPLAYED)
     if change.set_totp and state.has_totp == (change.totp_sealed is not None):
         return Plan.refused(Outcome.INVALID)
-    if change.recovery_codes is not None and not state.has_totp:
+    if change.recovery_codes and not state.has_totp:  # () voids the set whatever TOTP is
         return Plan.refused(Outcome.INVALID)
     uid = change.user_id
     # A code proves only a change that turns TOTP off, which voids the rest: none left.

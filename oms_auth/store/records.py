@@ -283,7 +283,7 @@ class AccountChange(msgspec.Struct, frozen=True, kw_only=True):
     # The caller's authority, re-checked in the change's transaction (CallerGone otherwise).
     authority: Authority | None = None
     # A new set of recovery codes (their keyed digests) voiding the earlier set; only while
-    # TOTP is on, else INVALID.
+    # TOTP is on, else INVALID (``()``: the set voided, whatever TOTP is).
     recovery_codes: tuple[bytes, ...] | None = None
     # A recovery code used as the proof of this change (REPLAYED when another use took it).
     recovery: RecoveryUse | None = None
