@@ -46,7 +46,7 @@ from .answers import normalize_answer
 from .caller import Caller, guarded
 from .deps import Deps
 from .links import user_mail
-from .recovery_codes import Factor
+from .recovery_codes import NO_FACTOR
 from .sessions import Sessions
 from .texts import (
     API_KEY_SESSION,
@@ -191,7 +191,7 @@ class Accounts:
         user = me.user
         if user.totp_sealed is None:
             raise OperationFailed(TOTP_NOT_ON)
-        factor = Factor(None, None)
+        factor = NO_FACTOR
         if code is not None and code != "":
             if totp.normalize_code(code) is None:
                 raise NotAuthorized(TOTP_REQUIRED)

@@ -28,7 +28,7 @@ from . import totp
 from .deps import Deps
 from .links import user_mail
 
-__all__ = ["COUNT", "Factor", "new_codes", "parse", "code_digest", "accepted"]
+__all__ = ["COUNT", "Factor", "NO_FACTOR", "new_codes", "parse", "code_digest", "accepted"]
 
 COUNT = 10  # codes in a set
 _GROUPS = 3  # of four characters: 12 base32 characters, 60 bits
@@ -41,6 +41,14 @@ class Factor(NamedTuple):
 
     step: int | None
     recovery: RecoveryUse | None
+
+    @property
+    def detail(self) -> str | None:
+        """What the audit row of the login it allows says of it."""
+        return None if self.recovery is None else "with a recovery code"
+
+
+NO_FACTOR = Factor(None, None)  # a login without a second step
 
 
 def new_codes() -> list[str]:

@@ -44,7 +44,6 @@ from ..store import (
     AuditEntry,
     Claim,
     Outcome,
-    RecoveryUse,
     Reservation,
     SessionOpening,
     Slot,
@@ -264,12 +263,13 @@ class Sessions:
                 user,
                 now,
                 source,
-                totp_step=accepted.step,
-                recovery=accepted.recovery,
+                factor=accepted,
                 pending=key,
                 release=[Slot(LOGIN_FAILURE_SOURCE, source, now)],
                 proof=Proof.PASSWORD_AND_CODE,
             )
+            if login.state is LoginState.AUTHENTICATED and accepted.recovery is not None:
+                d.events.mail_queued()  # the code's notice, queued with the session
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
         await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
@@ -466,17 +466,15 @@ class Sessions:
         source: str,
         *,
         release: Sequence[Slot] = (),
-        totp_step: int | None = None,
+        factor: recovery_codes.Factor = recovery_codes.NO_FACTOR,
         pending: bytes | None = None,
         api_key: tuple[str, int] | None = None,
-        recovery: RecoveryUse | None = None,
         key_permissions: frozenset[str] | None = None,
         proof: Proof = Proof.NONE,
     ) -> Login:
         d = self.deps
         token = new_token()
-        how = f"API key {api_key[0]}" if api_key is not None else None
-        how = "with a recovery code" if recovery is not None else how
+        how = f"API key {api_key[0]}" if api_key is not None else factor.detail
         uid = user.id
         entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
         outcome = await d.store.open_session(
@@ -485,10 +483,10 @@ class Sessions:
                 user_id=uid,
                 now=now,
                 password_version=user.password_version,
-                totp_step=totp_step,
+                totp_step=factor.step,
                 pending=pending,
                 api_key=api_key,
-                recovery=recovery,
+                recovery=factor.recovery,
                 clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
                 release=release,
                 audit=[entry],
@@ -513,8 +511,6 @@ class Sessions:
             failed = INVALID_LOGIN if api_key is None else INVALID_API_KEY_LOGIN
             return Login(LoginState.FAILED, message=failed)
         d.events.count("login:ok")
-        if recovery is not None:
-            d.events.mail_queued()
         return Login(
             LoginState.AUTHENTICATED,
             user=user,
