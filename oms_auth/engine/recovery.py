@@ -47,7 +47,7 @@ class Recovery(Accounts):
             raise OperationFailed(TURN_ON_2FA_FIRST)
         await self.sessions.prove(me, password, source)
         codes = recovery_codes.new_codes()
-        bare = [recovery_codes.parse(code) or "" for code in codes]
+        bare = [code.replace("-", "") for code in codes]
         digests = tuple(recovery_codes.code_digest(self.deps, me.id, b) for b in bare)
         await self._change(
             me.user,

@@ -41,7 +41,7 @@ from .deps import Deps
 from .links import issue_link, user_mail
 from .names import counter_key, recorded_name
 from .passwords import POLICIES, Policy
-from .recovery_codes import Factor
+from .recovery_codes import NO_FACTOR, Factor
 from .texts import (
     ACCOUNT_LOCKED,
     API_KEY_SESSION,
@@ -420,7 +420,7 @@ class Resets:
         answer: str | None,
         totp_code: str | int | None,
         slot: _Slot | None,
-    ) -> Factor | None:
+    ) -> Factor:
         """The security answer, then the TOTP code (or a recovery code), where the user has
         them; a wrong one keeps its ``slot`` as the failure (and may lock the user). What the
         second step accepted."""
@@ -432,7 +432,7 @@ class Resets:
                 await self._wrong(user, slot, "wrong security answer")
                 raise NotAuthorized(INVALID_ANSWER)
         if user.totp_sealed is None:
-            return None
+            return NO_FACTOR
         given = totp.normalize_code(totp_code)
         if given is None:
             raise NotAuthorized(TOTP_REQUIRED)
@@ -456,7 +456,7 @@ class Resets:
         key: bytes,
         password: str,
         source: str,
-        factor: Factor | None,
+        factor: Factor,
         checked: Factors,
     ) -> Outcome:
         """The new password, committed with the code's redemption (the store re-checks the
@@ -491,8 +491,8 @@ class Resets:
                 now=changed_at,
                 mail=mail,
                 audit=[entry],
-                totp_step=None if factor is None else factor.step,
-                recovery=None if factor is None else factor.recovery,
+                totp_step=factor.step,
+                recovery=factor.recovery,
                 revoke_api_keys=not keeps_keys,
                 checked=checked,
             )
