@@ -309,3 +309,22 @@ async def test_reset_user_2fa_is_for_fresh_operators_of_the_users_oms_only(
         assert (await resumed.call("ResetUser2FA", {"UserId": uid})).o == refusal(20, CONFIRM)
     assert (await login(app, "trader"))["Requires2FA"] is True  # nothing changed
     assert "2fa-reset" not in await actions(app, "trader")
+
+
+async def test_twenty_simultaneous_disable2fa_with_one_recovery_code_disable_once(
+    app: App, clock: Clock
+) -> None:
+    await make_user(app.deps, "trader", totp_secret=SECRET)
+    code = (await codes_for(app, "trader", clock))[0]
+    first, token = await with_totp(app, "trader", clock)
+    conns = [first]
+    for _ in range(19):
+        c = await Client.connect(app.url)
+        assert (await c.call("WebAuthenticateUser", {"SessionToken": token})).o["Authenticated"]
+        conns.append(c)
+    try:
+        answers = await asyncio.gather(*(c.call("Disable2FA", {"Code": code}) for c in conns))
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    assert [a.o for a in answers].count(OK) == 1, [a.o for a in answers]
+    assert (await actions(app, "trader")).count("2fa-disabled") == 1
