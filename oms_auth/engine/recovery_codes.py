@@ -2,7 +2,7 @@
 written, stored and matched, and the second step that takes either a TOTP code or one of them.
 
 - A set is ten codes of 60 random bits each (``os.urandom``), written ``xxxx-xxxx-xxxx`` in
-  lower-case base32 (no 0, 1, 8 or 9 to mistake); a code is read back case-insensitively,
+  lower-case base32 (its digits are 2 to 7); a code is read back case-insensitively,
   with or without its dashes and spaces. A TOTP code is six digits, so the two never look
   alike.
 - Stored as keyed digests (HMAC-SHA256 under a key derived from the service key, bound to the
