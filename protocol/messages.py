@@ -48,6 +48,10 @@ __all__ = [
     "CreateUserRequest",
     "ForceUserLogoffRequest",
     "LockedUser",
+    "CreateRecoveryCodesRequest",
+    "RecoveryCodesReply",
+    "RecoveryCodesLeftReply",
+    "ResetUser2FARequest",
 ]
 
 
@@ -321,6 +325,39 @@ class LockedUser(msgspec.Struct, frozen=True):
     Email: str
     LockedDateTime: str
     LockedUntil: str
+
+
+class CreateRecoveryCodesRequest(msgspec.Struct, frozen=True):
+    """``{}``; ``Password``, the current one, stands in for a fresh login on this connection."""
+
+    Password: str | None = None
+
+    def __repr__(self) -> str:
+        return "CreateRecoveryCodesRequest(<password redacted>)"
+
+
+class RecoveryCodesReply(msgspec.Struct, frozen=True):
+    """A new set of recovery codes, shown once (docs/protocol.md, "Recovery codes and
+    ResetUser2FA")."""
+
+    RecoveryCodes: list[str]
+
+    def __repr__(self) -> str:
+        return f"RecoveryCodesReply(<{len(self.RecoveryCodes)} codes redacted>)"
+
+
+class RecoveryCodesLeftReply(msgspec.Struct, frozen=True):
+    Left: int
+
+
+class ResetUser2FARequest(msgspec.Struct, frozen=True):
+    """``{UserId}``, a user of the Operator's OMS; ``Password`` as for CreateRecoveryCodes."""
+
+    UserId: int | str | None = None
+    Password: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ResetUser2FARequest(UserId={self.UserId!r}, <password redacted>)"
 
 
 class PayloadError(msgspec.Struct, frozen=True):

@@ -260,6 +260,56 @@ async def test_the_page_asks_for_the_question_and_the_totp_code_where_needed(
     await page.locator("#outcome[data-outcome=success]").wait_for()
 
 
+async def test_on_a_phone_a_lost_phone_resets_with_a_recovery_code_instead(
+    app: App, browser: Any, tmp_path: Path, clock: Clock
+) -> None:
+    await make_user(app.deps, "op", permissions=["Operator"])
+    await make_user(app.deps, "carol", totp_secret=SECRET, locale="de")
+    async with await Client.connect(app.url) as c:
+        step = await c.call("AuthenticateUser", {"UserName": "carol", "Password": PASSWORD})
+        assert step.o["Requires2FA"] is True
+        code = pyotp.TOTP(SECRET).at(int(clock()))
+        assert (await c.call("Authenticate2FA", {"Code": code})).o["Authenticated"] is True
+        codes = (await c.call("CreateRecoveryCodes", {})).o["RecoveryCodes"]
+        assert (await c.call("ResetPassword", {"UserName": "carol"})).o["result"] is True
+    link = await newest_link(tmp_path / "mail", 2)  # after the notice of the new codes
+    page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    errors = console_errors(page)
+    await page.goto(link)
+    await page.wait_for_selector("#form:not([hidden])")
+    switch = page.locator("#use-recovery")
+    assert await switch.inner_text() == (
+        "Telefon verloren? Stattdessen einen Wiederherstellungscode verwenden"
+    )
+    box = await switch.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    await switch.click()
+    assert "Wiederherstellungscode" in await page.inner_text("#totp-label")
+    assert await page.evaluate("document.activeElement.id") == "totp"
+    assert await page.get_attribute("#totp", "inputmode") == "text"
+    await page.fill("#password", "Fresh-Start42")
+    await page.fill("#confirm", "Fresh-Start42")
+    await page.fill("#totp", "123456")  # a TOTP code where a recovery code is asked
+    await page.click("#submit")
+    shaped = page.locator("#totp-error[data-outcome=error]")
+    await shaped.wait_for()
+    assert "12 Buchstaben und Ziffern" in await shaped.inner_text()
+    await page.fill("#totp", "zzzz-zzzz-zzzz")  # shaped right, not one of hers
+    await page.click("#submit")
+    await page.locator("#totp-error[data-outcome=error]").wait_for()
+    assert "Wiederherstellungscode wurde nicht angenommen" in await page.inner_text("#totp-error")
+    await page.fill("#totp", codes[0].upper())
+    await page.click("#submit")
+    await page.locator("#outcome[data-outcome=success]").wait_for()
+    await page.screenshot(path=str(tmp_path / "reset-recovery.png"), full_page=True)
+    assert errors == []
+    # Back to the app's code: the switch goes both ways.
+    async with await Client.connect(app.url) as c:
+        step = await c.call("AuthenticateUser", {"UserName": "carol", "Password": "Fresh-Start42"})
+        assert step.o["Requires2FA"] is True
+        assert (await c.call("Authenticate2FA", {"Code": codes[0]})).o["Authenticated"] is False
+
+
 async def test_an_incomplete_link_says_what_to_do(app: App, browser: Any, axe: str) -> None:
     page = await browser.new_page()
     await page.goto(app.public_url + "/reset")

@@ -134,7 +134,8 @@ _REQUESTS = Claim(REQUESTS_ANONYMOUS, username_key("trader1"), 3600, 3)
 
 async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
     """What a walk-through (and worse) leaves: changed passwords, a lock, a session, an API
-    key, TOTP turned on and changed, questions changed and added, an invitation used. The
+    key, TOTP turned on and changed, a recovery code, questions changed and added, an
+    invitation used. The
     trader1 session's digest."""
     from oms_auth.app import build_deps
     from oms_auth.crypto import digest, new_pending_code
@@ -182,6 +183,14 @@ async def _spoil_the_demo(tmp_path: Path, db: str) -> bytes:
         for name in ("trader2", "master"):
             target = await user(name)
             await store.set_totp(target.id, totp.seal_secret(deps.sealer, target.id, "KRSXG5A" * 4))
+        codes = (b"r" * 32,)  # a recovery code made
+        made = AccountChange(
+            user_id=(await user("master")).id,
+            password_version=None,
+            recovery_codes=codes,
+            audit=note,
+        )
+        await store.change_account(made, now)
         for name in ("master", "boss"):
             questions = (("Favourite colour?", await deps.hasher.hash("blue")),)
             change = AccountChange(
@@ -222,6 +231,7 @@ async def _the_demo_as_printed(tmp_path: Path, db: str, session: bytes) -> None:
             for q in questions:
                 assert await deps.hasher.verify(q.answer_hash, spec["answer"].casefold())
             assert await store.api_keys(user.id) == []
+            assert await store.recovery_codes_left(user.id) == 0
         assert await store.session(session) is None
         # The request limits start again: the walk-through can run once more.
         assert await store.reserve([_REQUESTS], deps.clock()) == [0]

@@ -178,3 +178,5 @@ def test_the_evidence_masks_passwords_codes_and_tokens_however_they_are_quoted()
             assert secret not in masked, (text, masked)
     assert "op" in mask(as_string.decode())  # what is not secret stays readable
     assert mask("given Sekrit-9 here", ["Sekrit-9"]) == "given [secret] here"
+    codes = orjson.dumps({"o": {"RecoveryCodes": ["abcd-efgh-ijk2", "zzzz-2345-mnop"]}}).decode()
+    assert "abcd" not in mask(codes) and "2345" not in mask(codes)

@@ -33,6 +33,9 @@ FUNCTIONS = [
     "UnlockUser",
     "Authenticate2FA",
     "WebAuthenticateUser",
+    "CreateRecoveryCodes",
+    "GetRecoveryCodesLeft",
+    "ResetUser2FA",
     "NoSuchThing",
     "",
 ]

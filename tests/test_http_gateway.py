@@ -109,6 +109,26 @@ async def test_a_totp_login_finishes_with_the_pending2fatoken_header(
     assert again["Authenticated"] is False  # single use
 
 
+async def test_a_recovery_code_is_refused_over_get_and_taken_by_post(
+    app: App, clock: Clock
+) -> None:
+    await make_user(app.deps, "bob", totp_secret=SECRET)
+    async with await Client.connect(app.url) as c:
+        await c.call("AuthenticateUser", {"UserName": "bob", "Password": PASSWORD})
+        await c.call("Authenticate2FA", {"Code": pyotp.TOTP(SECRET).at(clock.now)})
+        codes = (await c.call("CreateRecoveryCodes", {})).o["RecoveryCodes"]
+    _, step = await http(app, "GET", "/AP/Authenticate", headers=basic("bob", PASSWORD))
+    pending = {"Pending2FaToken": step["Pending2FaToken"]}
+    for function in ("Authenticate2FA", "Disable2FA", "authenticate2fa"):
+        status, refused = await http(
+            app, "GET", f"/AP/{function}", query={"code": codes[0]}, headers=pending
+        )
+        assert status == 405 and refused["errorcode"] == 106, refused
+    body = orjson.dumps({"Code": codes[0]})
+    _, done = await http(app, "POST", "/AP/Authenticate2FA", body=body, headers=pending)
+    assert done["Authenticated"] is True and done["SessionToken"]
+
+
 async def test_post_bodies_that_are_not_json_objects_are_refused(app: App) -> None:
     for body, detail in ((b"garbage", "The body is not valid JSON"), (b"[1]", "must hold")):
         status, answer = await http(app, "POST", "/AP/Ping", body=body)

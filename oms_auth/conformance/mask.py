@@ -7,7 +7,8 @@ tickets). Masking is the kit's own job, done here on text in three steps:
    they appear, longest first;
 2. the value of every secret-named key: in a frame (``"Password":"..."``, also inside ``o``
    where the quotes are escaped) and in a link's query (``PendingCode=...``);
-3. the shapes of secrets from anywhere else: GUIDs (reset codes) and long tokens.
+3. the shapes of secrets from anywhere else: GUIDs (reset codes), recovery codes and long
+   tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _IN_O = re.compile(rf'(?i)(\\"(?:{_KEYS})\\"\s*:\s*)(?:{_INNER_STRING}|(?!null\b
 _IN_QUERY = re.compile(rf"(?i)([?&](?:{_KEYS})=)[^&\s]+")
 _SHAPES = (
     (re.compile(r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b"), "[code]"),
+    # recovery codes (RecoveryCodes holds a list of them)
+    (re.compile(r"(?i)\b[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}\b"), "[recovery code]"),
     (re.compile(r"(?<![\w-])[\w-]{40,}(?![\w-])"), "[token]"),
 )
 

@@ -40,12 +40,13 @@ import pyotp
 from protocol.messages import LogoutReason
 
 from ..errors import InvalidValue, NotAuthorized, NotFound, NotSupported, OperationFailed
-from ..store import AccountChange, AuditEntry, Authority, CallerGone, Outcome, User
+from ..store import AccountChange, AuditEntry, Authority, CallerGone, Outcome, RecoveryUse, User
 from . import totp, users
 from .answers import normalize_answer
 from .caller import Caller, guarded
 from .deps import Deps
 from .links import user_mail
+from .recovery_codes import NO_FACTOR
 from .sessions import Sessions
 from .texts import (
     API_KEY_SESSION,
@@ -63,6 +64,7 @@ from .texts import (
     TOTP_ALREADY_ON,
     TOTP_NOT_ON,
     TOTP_REQUIRED,
+    TURN_ON_2FA_FIRST,
     USER_NOT_FOUND,
     WRONG_PASSWORD,
 )
@@ -159,7 +161,9 @@ class Accounts:
         if d.clock() - enrolment.started_at >= ENROLMENT_SECONDS:
             raise NotAuthorized(NO_PENDING_2FA)
         secret = totp.open_secret(d.sealer, caller.id, enrolment.sealed)
-        step = await self.sessions.check_totp(caller.user, secret, code, source)
+        step = (await self.sessions.check_totp(caller.user, secret, code, source)).step
+        if step is None:  # only a code of the new secret proves it
+            raise NotAuthorized(INVALID_2FA_CODE)
         await self._change(
             caller.user,
             "2fa-enabled",
@@ -187,12 +191,12 @@ class Accounts:
         user = me.user
         if user.totp_sealed is None:
             raise OperationFailed(TOTP_NOT_ON)
-        step = None
+        factor = NO_FACTOR
         if code is not None and code != "":
             if totp.normalize_code(code) is None:
                 raise NotAuthorized(TOTP_REQUIRED)
             secret = totp.open_secret(self.deps.sealer, user.id, user.totp_sealed)
-            step = await self.sessions.check_totp(user, secret, code, source)
+            factor = await self.sessions.check_totp(user, secret, code, source)
         else:
             now = self.deps.clock()
             if not me.proved_within(self.deps.settings.fresh_auth_seconds, now):
@@ -204,7 +208,8 @@ class Accounts:
             "2fa-disabled",
             source,
             me.authority(),
-            totp_step=step,
+            totp_step=factor.step,
+            recovery=factor.recovery,
             set_totp=True,
             totp_sealed=None,
         )
@@ -345,6 +350,8 @@ class Accounts:
         totp_sealed: bytes | None = None,
         questions: tuple[tuple[str, str], ...] | None = None,
         end_sessions: str | None = None,
+        recovery: RecoveryUse | None = None,
+        recovery_codes: tuple[bytes, ...] | None = None,
     ) -> None:
         """Write the change with its audit row and the user's notice, while the caller's
         ``authority`` holds (its own changes: at the password version its session was opened
@@ -362,6 +369,8 @@ class Accounts:
                 questions=questions,
                 end_sessions=end_sessions,
                 authority=authority,
+                recovery=recovery,
+                recovery_codes=recovery_codes,
                 audit=AuditEntry(
                     action=action,
                     actor_id=(actor or user).id,
@@ -379,6 +388,8 @@ class Accounts:
             raise NotAuthorized(INVALID_SESSION)
         if outcome is Outcome.REPLAYED:  # another login or change took this time step
             raise NotAuthorized(INVALID_2FA_CODE)
+        if outcome is Outcome.INVALID and recovery_codes is not None:  # TOTP off meanwhile
+            raise OperationFailed(TURN_ON_2FA_FIRST)
         if outcome is Outcome.INVALID:  # TOTP was turned on or off meanwhile
             raise OperationFailed(TOTP_NOT_ON if totp_sealed is None else TOTP_ALREADY_ON)
         d.events.count(action.replace("-", "_"))

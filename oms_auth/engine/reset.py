@@ -33,7 +33,7 @@ from ..store import (
     SecurityQuestion,
     User,
 )
-from . import totp, users
+from . import recovery_codes, totp, users
 from .answers import normalize_answer
 from .background import Bounded, Refused
 from .caller import Caller, guarded
@@ -41,6 +41,7 @@ from .deps import Deps
 from .links import issue_link, user_mail
 from .names import counter_key, recorded_name
 from .passwords import POLICIES, Policy
+from .recovery_codes import NO_FACTOR, Factor
 from .texts import (
     ACCOUNT_LOCKED,
     API_KEY_SESSION,
@@ -398,14 +399,14 @@ class Resets:
         try:
             if user.locked(now):
                 raise OperationFailed(ACCOUNT_LOCKED)
-            step = await self._check_secrets(user, questions, answer, totp_code, slot)
+            factor = await self._check_secrets(user, questions, answer, totp_code, slot)
             broken = self.policy.refusal(password, user.username)
             if broken is not None:
                 raise InvalidValue(broken)
             checked = Factors(
                 user.totp_sealed, tuple((q.question, q.answer_hash) for q in questions)
             )
-            outcome = await self._set_password(user, key, password, source, step, checked)
+            outcome = await self._set_password(user, key, password, source, factor, checked)
         finally:
             # A success cleared every slot; a wrong secret keeps its own.
             if slot is not None and not slot.kept and outcome is not Outcome.DONE:
@@ -419,9 +420,10 @@ class Resets:
         answer: str | None,
         totp_code: str | int | None,
         slot: _Slot | None,
-    ) -> int | None:
-        """The security answer, then the TOTP code, where the user has them; a wrong one
-        keeps its ``slot`` as the failure (and may lock the user). The accepted time step."""
+    ) -> Factor:
+        """The security answer, then the TOTP code (or a recovery code), where the user has
+        them; a wrong one keeps its ``slot`` as the failure (and may lock the user). What the
+        second step accepted."""
         d = self.deps
         if questions:
             if not answer or not answer.strip():
@@ -430,18 +432,18 @@ class Resets:
                 await self._wrong(user, slot, "wrong security answer")
                 raise NotAuthorized(INVALID_ANSWER)
         if user.totp_sealed is None:
-            return None
+            return NO_FACTOR
         given = totp.normalize_code(totp_code)
         if given is None:
             raise NotAuthorized(TOTP_REQUIRED)
         secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
         d.events.count("totp_checks")
         assert slot is not None  # a secret is only checked with a slot held
-        step = totp.accepted(secret, given, slot.at, user.totp_last_step)
-        if step is None:
+        factor = await recovery_codes.accepted(d, user, secret, given, slot.at)
+        if factor is None:
             await self._wrong(user, slot, "wrong TOTP code")
             raise NotAuthorized(INVALID_2FA_CODE)
-        return step
+        return factor
 
     async def _wrong(self, user: User, slot: _Slot | None, reason: str) -> None:
         assert slot is not None  # a secret is only checked with a slot held
@@ -454,7 +456,7 @@ class Resets:
         key: bytes,
         password: str,
         source: str,
-        step: int | None,
+        factor: Factor,
         checked: Factors,
     ) -> Outcome:
         """The new password, committed with the code's redemption (the store re-checks the
@@ -489,7 +491,8 @@ class Resets:
                 now=changed_at,
                 mail=mail,
                 audit=[entry],
-                totp_step=step,
+                totp_step=factor.step,
+                recovery=factor.recovery,
                 revoke_api_keys=not keeps_keys,
                 checked=checked,
             )

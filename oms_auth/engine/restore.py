@@ -12,6 +12,7 @@ transaction with its audit row, and every node sharing the store hears of ended 
 - the lock and its failed attempts (:func:`.users.unlock`);
 - two-factor authentication: the given TOTP secret, or none;
 - the security questions: exactly the given ones (none: none);
+- no recovery codes;
 - every session and pending second step ended, and every API key removed.
 
 :func:`forget_counters` clears what the limits count (reset requests, failed logins and
@@ -89,6 +90,7 @@ async def restore(
             user_id=user.id,
             password_version=None,
             questions=hashed,
+            recovery_codes=(),
             end_sessions=LogoutReason.FORCED_LOGOFF,
             audit=_entry("restored", current, source, f"put back: {put_back}; sessions ended"),
         ),

@@ -49,7 +49,7 @@ from ..store import (
     Slot,
     User,
 )
-from . import apikeys, totp
+from . import apikeys, recovery_codes, totp
 from .caller import Caller
 from .deps import Deps
 from .names import counter_key, recorded_name
@@ -257,17 +257,19 @@ class Sessions:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
         secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
         d.events.count("totp_checks")
-        accepted = totp.accepted(secret, totp.normalize_code(code), now, user.totp_last_step)
+        accepted = await recovery_codes.accepted(d, user, secret, code, now)
         if accepted is not None:
             login = await self._open_session(
                 user,
                 now,
                 source,
-                totp_step=accepted,
+                factor=accepted,
                 pending=key,
                 release=[Slot(LOGIN_FAILURE_SOURCE, source, now)],
                 proof=Proof.PASSWORD_AND_CODE,
             )
+            if login.state is LoginState.AUTHENTICATED and accepted.recovery is not None:
+                d.events.mail_queued()  # the code's notice, queued with the session
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
         await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
@@ -388,10 +390,13 @@ class Sessions:
         if not await self.recheck_password(caller.user, password, source):
             raise NotAuthorized(WRONG_PASSWORD)
 
-    async def check_totp(self, user: User, secret: str, code: str | int | None, source: str) -> int:
-        """A TOTP code from a logged-in user (Disable2FA, an enrolment's first code): a slot of
-        the login limits taken first, kept when wrong. The accepted time step (still to be
-        recorded by the write it allows, which refuses a step taken meanwhile)."""
+    async def check_totp(
+        self, user: User, secret: str, code: str | int | None, source: str
+    ) -> recovery_codes.Factor:
+        """A TOTP code (or one of the user's recovery codes) from a logged-in user (Disable2FA,
+        an enrolment's first code): a slot of the login limits taken first, kept when wrong.
+        What was accepted (still to be recorded by the write it allows, which refuses a step
+        or a code taken meanwhile)."""
         d = self.deps
         given = totp.normalize_code(code)
         if given is None:
@@ -401,13 +406,13 @@ class Sessions:
         if await self._reserve(name_key, source, now) is None:
             raise OperationFailed(TOO_MANY_LOGINS)
         d.events.count("totp_checks")
-        step = totp.accepted(secret, given, now, user.totp_last_step)
-        if step is None:
+        factor = await recovery_codes.accepted(d, user, secret, given, now)
+        if factor is None:
             await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
             raise NotAuthorized(INVALID_2FA_CODE)
         await d.store.release(LOGIN_FAILURE_USER, name_key, now)
         await d.store.release(LOGIN_FAILURE_SOURCE, source, now)
-        return step
+        return factor
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -461,7 +466,7 @@ class Sessions:
         source: str,
         *,
         release: Sequence[Slot] = (),
-        totp_step: int | None = None,
+        factor: recovery_codes.Factor = recovery_codes.NO_FACTOR,
         pending: bytes | None = None,
         api_key: tuple[str, int] | None = None,
         key_permissions: frozenset[str] | None = None,
@@ -469,7 +474,7 @@ class Sessions:
     ) -> Login:
         d = self.deps
         token = new_token()
-        how = f"API key {api_key[0]}" if api_key is not None else None
+        how = f"API key {api_key[0]}" if api_key is not None else factor.detail
         uid = user.id
         entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
         outcome = await d.store.open_session(
@@ -478,9 +483,10 @@ class Sessions:
                 user_id=uid,
                 now=now,
                 password_version=user.password_version,
-                totp_step=totp_step,
+                totp_step=factor.step,
                 pending=pending,
                 api_key=api_key,
+                recovery=factor.recovery,
                 clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
                 release=release,
                 audit=[entry],

@@ -39,6 +39,7 @@ __all__ = [
     "ONLY_OWN_SECURITY",
     "TOTP_ALREADY_ON",
     "TOTP_NOT_ON",
+    "TURN_ON_2FA_FIRST",
     "INVALID_QUESTIONS",
     "WRONG_PASSWORD",
     "USERNAME_NOT_AVAILABLE",
@@ -93,6 +94,8 @@ ONLY_OPERATORS = "Only an Operator may do this"
 ONLY_OWN_SECURITY = "Only the user itself may change or see its account security"
 TOTP_ALREADY_ON = "Two-factor authentication is already enabled; disable it first"
 TOTP_NOT_ON = "Two-factor authentication is not enabled for this user"
+# Recovery codes belong to users with TOTP on (docs/rules.md, "Recovery codes").
+TURN_ON_2FA_FIRST = "Turn on two-factor authentication first"
 INVALID_QUESTIONS = "Invalid value provided for Questions"
 WRONG_PASSWORD = "The password given is not the current password"
 # A taken username and a look-alike of one, whatever OMS holds it (docs/rules.md, "Usernames"): one

@@ -22,6 +22,7 @@ from ..engine import users
 from ..engine.accounts import Accounts
 from ..engine.apikeys import ApiKeys
 from ..engine.caller import Caller
+from ..engine.recovery import Recovery
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..errors import Refusal
@@ -116,6 +117,7 @@ class Functions:
         self.registry = registry
         self.api_keys = ApiKeys(sessions)
         self.accounts = Accounts(sessions)
+        self.recovery = Recovery(sessions)
         self.table: dict[str, Function] = {}
         self.add("Ping", msg.Empty, self.ping, inline=True)
         self.add("AuthenticateUser", msg.AuthenticateUserRequest, self.authenticate_user)
@@ -144,6 +146,9 @@ class Functions:
         self.add("CreateUser", msg.CreateUserRequest, self.create_user)
         self.add("ForceUserLogoff", msg.ForceUserLogoffRequest, self.force_user_logoff)
         self.add("GetLockedUsers", msg.Empty, self.get_locked_users)
+        self.add("CreateRecoveryCodes", msg.CreateRecoveryCodesRequest, self.create_recovery_codes)
+        self.add("GetRecoveryCodesLeft", msg.Empty, self.get_recovery_codes_left)
+        self.add("ResetUser2FA", msg.ResetUser2FARequest, self.reset_user_2fa)
 
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
@@ -382,6 +387,24 @@ class Functions:
             )
             for lock in locked
         ]
+
+    async def create_recovery_codes(
+        self, conn: Conn, req: msg.CreateRecoveryCodesRequest
+    ) -> msg.RecoveryCodesReply:
+        caller = await self._caller(conn)
+        codes = await self.recovery.create_codes(caller, conn.source, password=req.Password)
+        return msg.RecoveryCodesReply(RecoveryCodes=codes)
+
+    async def get_recovery_codes_left(
+        self, conn: Conn, req: msg.Empty
+    ) -> msg.RecoveryCodesLeftReply:
+        left = await self.recovery.codes_left(await self._caller(conn))
+        return msg.RecoveryCodesLeftReply(Left=left)
+
+    async def reset_user_2fa(self, conn: Conn, req: msg.ResetUser2FARequest) -> msgspec.Struct:
+        caller = await self._caller(conn)
+        await self.recovery.reset_user_2fa(caller, req.UserId, conn.source, password=req.Password)
+        return SUCCESS
 
 
 def _held(conn: Conn) -> Caller | None:

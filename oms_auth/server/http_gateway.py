@@ -32,6 +32,7 @@ from websockets.http11 import Request, Response
 from protocol.errors import ErrorCode, StandardResponse
 from protocol.messages import AuthenticateUserReply, PayloadError
 
+from ..engine import recovery_codes
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import BASIC_REQUIRED
 from ..errors import server_error
@@ -115,6 +116,9 @@ class HttpGateway:
     ) -> Response:
         headers = request.headers
         folded = name.lower()
+        if request.method == "GET" and recovery_codes.parse(_folded(payload).get("code")):
+            # A recovery code stays good until used, unlike a TOTP code: never in a URL.
+            return _post_only(name[:80])
         if folded == "authenticate":
             return _json(HTTPStatus.OK, await self._basic(conn, headers.get("Authorization")))
         if folded == "authenticate2fa":
@@ -131,9 +135,7 @@ class HttpGateway:
             refusal = StandardResponse.failure(ErrorCode.NOT_FOUND, detail)
             return _json(HTTPStatus.NOT_FOUND, refusal)
         if request.method == "GET" and _secret_in_url(function, payload):
-            detail = f"{function.name} carries a password, an answer or a code: send it by POST"
-            refusal = StandardResponse.failure(ErrorCode.NOT_SUPPORTED, detail)
-            return _json(HTTPStatus.METHOD_NOT_ALLOWED, refusal)
+            return _post_only(function.name)
         signed = {k: headers[k] for k in _SIGNATURE_HEADERS if k in headers}
         if folded == "authenticateuser" and signed:
             # A signed login by headers (as bots send it): the headers are its payload.
@@ -222,6 +224,14 @@ def _secret_in_url(function: Function, payload: dict[str, Any]) -> bool:
         return True
     fields = {f.lower() for f in function.secret_fields} & _URL_SECRETS
     return any(str(key).lower() in fields for key in payload)
+
+
+def _post_only(name: str) -> Response:
+    """405 with a 106: this GET would put a secret in a URL."""
+    detail = f"{name} carries a password, an answer or a code: send it by POST"
+    return _json(
+        HTTPStatus.METHOD_NOT_ALLOWED, StandardResponse.failure(ErrorCode.NOT_SUPPORTED, detail)
+    )
 
 
 def _folded(payload: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 
+from . import recovery as rc
 from . import sql as q
 from .audit import AuditCheck, check_chain
 from .records import (
@@ -111,6 +112,14 @@ class Store(abc.ABC):
         """The user's keys, oldest first."""
         rows = await self._fetch(self._sql.user_api_keys, (user_id,))
         return [q.to_api_key(row) for row in rows]
+
+    async def recovery_code_held(self, user_id: int, digest: bytes) -> bool:
+        """Whether ``digest`` is one of the user's unused recovery codes."""
+        return await self._first(self._sql.placeholders(rc.HELD), user_id, digest) is not None
+
+    async def recovery_codes_left(self, user_id: int) -> int:
+        row = await self._first(self._sql.placeholders(rc.LEFT), user_id)
+        return int(row[0]) if row is not None else 0
 
     async def mail_counts(self) -> dict[str, int]:
         """Messages by state (:class:`~.records.MailState`), every state named."""

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import msgspec
 
 from . import codes
+from . import recovery as rc
 from . import sql as q
 from .records import (
     RESET_FAILURE,
@@ -28,6 +29,7 @@ from .records import (
     CodeIssue,
     Outcome,
     PasswordReset,
+    RecoveryUse,
     ResetCode,
     SessionOpening,
 )
@@ -80,6 +82,7 @@ class LoginState(NamedTuple):
     password_version: int
     totp_last_step: int | None
     locked_until: float | None
+    recovery_left: int = 0  # the user's unused recovery codes
 
 
 class ResetState(NamedTuple):
@@ -88,6 +91,7 @@ class ResetState(NamedTuple):
     locked_until: float | None
     totp_last_step: int | None
     totp_sealed: bytes | None
+    recovery_left: int = 0  # the user's unused recovery codes
 
 
 class AccountState(NamedTuple):
@@ -134,6 +138,8 @@ def session_plan(s: Statements, o: SessionOpening, state: LoginState | None) -> 
         steps.append(Step(s.advance_nonce, (nonce, held_key, o.user_id, nonce), Outcome.REPLAYED))
     if o.totp_step is not None:
         steps.append(Step(s.set_totp_step, (o.totp_step, o.user_id)))
+    if o.recovery is not None:
+        steps += _recovery_used(s, o.user_id, o.recovery, state.recovery_left - 1, o.now)
     steps.append(Step(s.insert_session, (o.digest, o.user_id, o.now, o.now, held_key)))
     steps.append(Step(s.set_last_login, (o.now, o.user_id)))
     steps.extend(Step(s.clear_events, (kind, s.event_key(key))) for kind, key in o.clear)
@@ -156,7 +162,14 @@ def reset_plan(
     if _replayed(r.totp_step, state.totp_last_step):
         return Plan.refused(Outcome.REPLAYED)
     uid = r.user_id
-    steps = [
+    # A recovery code lost to another use leaves the reset code for another try, as a TOTP
+    # step taken meanwhile does.
+    steps = (
+        []
+        if r.recovery is None
+        else _recovery_used(s, uid, r.recovery, state.recovery_left - 1, r.now)
+    )
+    steps += [
         Step(s.redeem_code, q.redeem_args(r.digest, uid, r.now), Outcome.INVALID),
         Step(s.set_password, (r.password_hash, r.totp_step, uid)),
         Step(s.move_user_codes, q.move_codes_args(codes.PASSWORD_CHANGE, uid)),
@@ -227,10 +240,17 @@ def account_plan(
         return Plan.refused(Outcome.REPLAYED)
     if change.set_totp and state.has_totp == (change.totp_sealed is not None):
         return Plan.refused(Outcome.INVALID)
+    if change.recovery_codes and not state.has_totp:  # () voids the set whatever TOTP is
+        return Plan.refused(Outcome.INVALID)
     uid = change.user_id
-    steps: list[Step] = []
+    # A code proves only a change that turns TOTP off, which voids the rest: none left.
+    steps = [] if change.recovery is None else _recovery_used(s, uid, change.recovery, 0, now)
     if change.set_totp:
         steps.append(Step(s.set_totp, (change.totp_sealed, uid)))
+    if change.recovery_codes is not None or (change.set_totp and change.totp_sealed is None):
+        steps.append(Step(s.placeholders(rc.DELETE_ALL), (uid,)))
+    insert = s.placeholders(rc.INSERT)
+    steps.extend(Step(insert, (uid, code)) for code in change.recovery_codes or ())
     if change.totp_step is not None:
         steps.append(Step(s.set_totp_step, (change.totp_step, uid)))
     if change.questions is not None:
@@ -242,6 +262,18 @@ def account_plan(
     if change.mail is not None:
         steps.append(Step(s.insert_mail, q.mail_args(change.mail, now)))
     return Plan(steps, Outcome.DONE)
+
+
+def _recovery_used(
+    s: Statements, user_id: int, use: RecoveryUse, left: int, now: float
+) -> list[Step]:
+    """A recovery code used (REPLAYED when another use took it first), and the user's notice
+    saying how many are left."""
+    mail = msgspec.structs.replace(use.mail, public={**use.mail.public, "left": max(left, 0)})
+    return [
+        Step(s.placeholders(rc.USE), (user_id, use.digest), Outcome.REPLAYED),
+        Step(s.insert_mail, q.mail_args(mail, now)),
+    ]
 
 
 def throttled(invalid_count: int, invalid: Claim) -> bool:

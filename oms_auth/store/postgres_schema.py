@@ -195,6 +195,15 @@ MIGRATIONS: list[str] = [
     DROP INDEX user_accounts_by_account;
     CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
     """,
+    # 9: recovery codes (docs/rules.md, "Recovery codes"): keyed digests of a user's unused
+    # codes, each deleted by the transaction that uses it.
+    """
+    CREATE TABLE recovery_codes (
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        digest BYTEA NOT NULL,
+        PRIMARY KEY (user_id, digest)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from .codes import CodeState
 
 __all__ = [
     "Factors",
+    "RecoveryUse",
     "RESET_FAILURE",
     "NO_PASSWORD",
     "StoreError",
@@ -281,6 +282,11 @@ class AccountChange(msgspec.Struct, frozen=True, kw_only=True):
     end_sessions: str | None = None
     # The caller's authority, re-checked in the change's transaction (CallerGone otherwise).
     authority: Authority | None = None
+    # A new set of recovery codes (their keyed digests) voiding the earlier set; only while
+    # TOTP is on, else INVALID (``()``: the set voided, whatever TOTP is).
+    recovery_codes: tuple[bytes, ...] | None = None
+    # A recovery code used as the proof of this change (REPLAYED when another use took it).
+    recovery: RecoveryUse | None = None
 
     def __repr__(self) -> str:
         return f"AccountChange(user_id={self.user_id}, action={self.audit.action!r})"
@@ -297,6 +303,18 @@ class Factors(msgspec.Struct, frozen=True):
 
     def __repr__(self) -> str:
         return f"Factors(totp={self.totp_sealed is not None}, questions={len(self.questions)})"
+
+
+class RecoveryUse(msgspec.Struct, frozen=True, kw_only=True):
+    """A recovery code given where a TOTP code is asked (docs/rules.md, "Recovery codes"):
+    its keyed digest, deleted by the transaction that relies on it (REPLAYED when another use
+    deleted it first), and the notice to the user, whose ``left`` that transaction fills in."""
+
+    digest: bytes
+    mail: MailItem
+
+    def __repr__(self) -> str:
+        return f"RecoveryUse(user_id={self.mail.user_id})"
 
 
 class Outcome(enum.Enum):
@@ -328,6 +346,7 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     totp_step: int | None = None
     pending: bytes | None = None
     api_key: tuple[str, int] | None = None
+    recovery: RecoveryUse | None = None  # instead of totp_step
     clear: Sequence[tuple[str, str]] = ()
     release: Sequence[Slot] = ()
     audit: Sequence[AuditEntry] = ()
@@ -395,6 +414,7 @@ class PasswordReset(msgspec.Struct, frozen=True, kw_only=True):
     revoke_api_keys: bool = False
     # The second factors the reset's checks read: put back if they changed meanwhile.
     checked: Factors | None = None
+    recovery: RecoveryUse | None = None  # instead of totp_step
 
     def __repr__(self) -> str:
         return f"PasswordReset(user_id={self.user_id})"

@@ -40,6 +40,7 @@ from .records import (
     username_key,
     username_skeleton,
 )
+from .recovery import LEFT_COLUMN as LEFT
 
 __all__ = [
     "Row",
@@ -212,7 +213,7 @@ class Statements:
     )
     # sessions and second login steps
     login_state: str = (
-        "SELECT password_version, totp_last_step, locked_until FROM users WHERE id = ?"
+        f"SELECT password_version, totp_last_step, locked_until, {LEFT} FROM users WHERE id = ?"
     )
     set_totp_step: str = "UPDATE users SET totp_last_step = ? WHERE id = ?"
     set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
@@ -277,7 +278,9 @@ class Statements:
         "UPDATE reset_codes SET state = ? WHERE digest = ? AND user_id = ?"
         " AND state = ? AND expires_at > ?"
     )
-    reset_state: str = "SELECT locked_until, totp_last_step, totp_sealed FROM users WHERE id = ?"
+    reset_state: str = (
+        f"SELECT locked_until, totp_last_step, totp_sealed, {LEFT} FROM users WHERE id = ?"
+    )
     set_password: str = (
         "UPDATE users SET password_hash = ?, locked_until = NULL,"
         " password_version = password_version + 1,"

@@ -194,6 +194,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
     CREATE TABLE skeleton_version (version TEXT NOT NULL);
     """,
+    # 9: recovery codes (docs/rules.md, "Recovery codes"): keyed digests of a user's unused
+    # codes, each deleted by the transaction that uses it.
+    """
+    CREATE TABLE recovery_codes (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        digest BLOB NOT NULL,
+        PRIMARY KEY (user_id, digest)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

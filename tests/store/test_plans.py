@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from oms_auth.store import (
+    AccountChange,
     AuditEntry,
     Claim,
     CodeIssue,
@@ -11,6 +12,7 @@ from oms_auth.store import (
     MailItem,
     Outcome,
     PasswordReset,
+    RecoveryUse,
     Reservation,
     ResetCode,
     SessionOpening,
@@ -125,3 +127,47 @@ def test_a_reservation_is_all_or_none() -> None:
     claims = [Claim("a", "x", 60, 2), Claim("b", "y", 60, 5)]
     assert plans.room_left(claims, [1, 4])
     assert not plans.room_left(claims, [2, 0])
+
+
+NOTICE = MailItem(kind="recovery-code-used", recipient="a@x.test", user_id=7, public={"at": 1})
+
+
+def test_a_recovery_code_is_used_by_a_compare_and_set_with_the_count_left_in_its_notice() -> None:
+    use = RecoveryUse(digest=b"r" * 32, mail=NOTICE)
+    state = plans.LoginState(password_version=2, totp_last_step=None, locked_until=None)
+    plan = plans.session_plan(S, opening(recovery=use), state._replace(recovery_left=4))
+    assert plan.outcome is Outcome.DONE
+    (used,) = [s for s in plan.steps if s.unless is Outcome.REPLAYED]
+    assert used.args == (7, b"r" * 32) and used.sql.startswith("DELETE FROM recovery_codes")
+    (mail,) = [s for s in plan.steps if s.sql == S.insert_mail]
+    assert '"left":3' in str(mail.args[3])
+    # On PostgreSQL the same statement in its placeholders.
+    pg = plans.session_plan(POSTGRES, opening(recovery=use), state._replace(recovery_left=4))
+    assert any("$2" in s.sql and s.unless is Outcome.REPLAYED for s in pg.steps)
+
+
+def test_a_reset_uses_its_recovery_code_before_it_redeems_the_link() -> None:
+    use = RecoveryUse(digest=b"r" * 32, mail=NOTICE)
+    reset = PasswordReset(
+        user_id=7, digest=b"c" * 32, password_hash="h", now=100.0, mail=MAIL, recovery=use
+    )
+    state = plans.ResetState(locked_until=None, totp_last_step=None, totp_sealed=b"s")
+    plan = plans.reset_plan(S, reset, state._replace(recovery_left=1))
+    # A use lost to another leaves the link for another try: it is the first step.
+    assert plan.steps[0].unless is Outcome.REPLAYED and plan.steps[0].args == (7, b"r" * 32)
+    assert plan.steps[2].sql == S.redeem_code
+
+
+def test_recovery_codes_need_totp_and_turning_totp_off_removes_them() -> None:
+    on = plans.AccountState(password_version=2, totp_last_step=None, has_totp=True)
+    off = on._replace(has_totp=False)
+    entry = AuditEntry(action="recovery-codes-created")
+    made = AccountChange(user_id=7, password_version=2, audit=entry, recovery_codes=(b"a", b"b"))
+    assert plans.account_plan(S, made, off, 1.0) == plans.Plan([], Outcome.INVALID)
+    steps = plans.account_plan(S, made, on, 1.0).steps
+    assert [s.args for s in steps] == [(7,), (7, b"a"), (7, b"b")]
+    voided = AccountChange(user_id=7, password_version=None, audit=entry, recovery_codes=())
+    assert [s.args for s in plans.account_plan(S, voided, off, 1.0).steps] == [(7,)]
+    disabled = AccountChange(user_id=7, password_version=2, audit=entry, set_totp=True)
+    steps = plans.account_plan(S, disabled, on, 1.0).steps
+    assert [s.sql for s in steps][1].startswith("DELETE FROM recovery_codes WHERE user_id")

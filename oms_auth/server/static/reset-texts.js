@@ -45,6 +45,9 @@ self.omsResetTexts = {
       : question ? "the answer to your security question."
         : "a code from your authenticator app."),
     totpLabel: "6-digit code from your authenticator app",
+    useRecovery: "Lost your phone? Use a recovery code instead",
+    useTotp: "Use a code from your authenticator app instead",
+    recoveryLabel: "Recovery code: one from the list you saved, such as abcd-efgh-ijkl",
     submit: "Set new password",
     sending: "Setting your new password\u2026",
     errorPrefix: "Error: ",
@@ -53,6 +56,10 @@ self.omsResetTexts = {
     mismatch: "The two passwords are not the same. Type the new password again.",
     needAnswer: "Enter the answer to your security question.",
     needTotp: "Enter the 6-digit code your authenticator app shows now.",
+    needRecovery: "Enter one of your recovery codes: 12 letters and digits, such as "
+      + "abcd-efgh-ijkl.",
+    wrongRecovery: "That recovery code was not accepted. Each code works once: check it, or "
+      + "enter another one from your list.",
     wrongAnswer: "That answer is not right. Check the spelling and try again.",
     wrongTotp: "That code was not accepted. Codes change every 30 seconds: enter the one "
       + "your app shows now.",
@@ -144,6 +151,10 @@ self.omsResetTexts = {
       : question ? "der Antwort auf Ihre Sicherheitsfrage."
         : "einem Code aus Ihrer Authenticator-App."),
     totpLabel: "6-stelliger Code aus Ihrer Authenticator-App",
+    useRecovery: "Telefon verloren? Stattdessen einen Wiederherstellungscode verwenden",
+    useTotp: "Stattdessen einen Code aus Ihrer Authenticator-App verwenden",
+    recoveryLabel: "Wiederherstellungscode: einer aus der gespeicherten Liste, etwa "
+      + "abcd-efgh-ijkl",
     submit: "Neues Passwort speichern",
     sending: "Ihr neues Passwort wird gespeichert\u2026",
     errorPrefix: "Fehler: ",
@@ -153,6 +164,10 @@ self.omsResetTexts = {
       + "einmal ein.",
     needAnswer: "Geben Sie die Antwort auf Ihre Sicherheitsfrage ein.",
     needTotp: "Geben Sie den 6-stelligen Code ein, den Ihre Authenticator-App gerade anzeigt.",
+    needRecovery: "Geben Sie einen Ihrer Wiederherstellungscodes ein: 12 Buchstaben und "
+      + "Ziffern, etwa abcd-efgh-ijkl.",
+    wrongRecovery: "Dieser Wiederherstellungscode wurde nicht angenommen. Jeder Code gilt nur "
+      + "einmal: Pr\u00fcfen Sie ihn oder geben Sie einen anderen aus Ihrer Liste ein.",
     wrongAnswer: "Diese Antwort ist nicht richtig. Pr\u00fcfen Sie die Schreibweise und "
       + "versuchen Sie es noch einmal.",
     wrongTotp: "Dieser Code wurde nicht angenommen. Die Codes wechseln alle 30 Sekunden: "

@@ -456,10 +456,38 @@
     if (requirements.SecurityQuestion && $("answer").value.trim() === "") {
       out.push(["answer", t.needAnswer]);
     }
-    if (requirements.Requires2FA && !/^[0-9]{6}$/.test($("totp").value.trim())) {
-      out.push(["totp", t.needTotp]);
+    if (requirements.Requires2FA && !secondFactorShaped()) {
+      out.push(["totp", recovery ? t.needRecovery : t.needTotp]);
     }
     return out;
+  }
+
+  // A user without the phone gives one of its recovery codes in the same field instead
+  // (12 letters and digits, dashes and spaces ignored); the server takes either as Code.
+  let recovery = false;
+
+  function secondFactorShaped() {
+    const value = $("totp").value;
+    if (recovery) return /^[a-z2-7]{12}$/i.test(value.replace(/[\s-]/g, ""));
+    return /^[0-9]{6}$/.test(value.trim());
+  }
+
+  function useRecovery(on) {
+    recovery = on;
+    const input = $("totp");
+    $("totp-label").dataset.t = on ? "recoveryLabel" : "totpLabel";
+    $("use-recovery").dataset.t = on ? "useTotp" : "useRecovery";
+    for (const id of ["totp-label", "use-recovery"]) $(id).textContent = t[$(id).dataset.t];
+    input.value = "";
+    input.inputMode = on ? "text" : "numeric";
+    input.autocomplete = on ? "off" : "one-time-code";
+    input.maxLength = on ? 20 : 6;
+    if (on) input.removeAttribute("pattern");
+    else input.pattern = "[0-9]{6}";
+    input.autocapitalize = "none";
+    input.spellcheck = false;
+    clearError("totp");
+    input.focus();
   }
 
   function showProblems(list) {
@@ -491,8 +519,8 @@
     const detail = (reply && reply.detail) || "";
     const r = config.refusals;
     if (detail === r.wrongAnswer) return [["answer", t.wrongAnswer]];
-    if (detail === r.totpRequired) return [["totp", t.needTotp]];
-    if (detail === r.wrongTotp) return [["totp", t.wrongTotp]];
+    if (detail === r.totpRequired) return [["totp", recovery ? t.needRecovery : t.needTotp]];
+    if (detail === r.wrongTotp) return [["totp", recovery ? t.wrongRecovery : t.wrongTotp]];
     const fixes = reply && reply.errorcode === 100 ? passwordRefusal(detail) : null;
     if (fixes) return [["password", fixes]];
     return [["submit", t.serverError]];
@@ -645,6 +673,7 @@
   $("confirm").addEventListener("input", onPasswordInput);
   $("answer").addEventListener("input", () => clearError("answer"));
   $("totp").addEventListener("input", () => clearError("totp"));
+  $("use-recovery").addEventListener("click", () => useRecovery(!recovery));
   $("username").addEventListener("input", () => clearError("username"));
   $("show").addEventListener("change", (e) => {
     const type = e.target.checked ? "text" : "password";
