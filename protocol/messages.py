@@ -62,8 +62,8 @@ class PingReply(msgspec.Struct, frozen=True):
 class AuthenticateUserRequest(msgspec.Struct, frozen=True):
     """``{UserName, Password}``, or with ``APIKey`` an API-key login: ``Signature`` is the
     lower-case hex HMAC-SHA256 of ``Nonce + UserId + APIKey`` keyed with the APISecret
-    (docs/protocol.md, "AuthenticateUser"); ``UserId`` and ``Nonce`` as integers or decimal
-    strings."""
+    (docs/protocol.md, "AuthenticateUser"); ``UserId`` as an integer or a decimal
+    string, ``Nonce`` as an integer or any text of 1 to 64 printable ASCII characters."""
 
     UserName: str | None = None
     Password: str | None = None

@@ -165,12 +165,11 @@ class Store(abc.ABC):
         """A successful login, in one transaction: the session is created only while the user's
         password is still ``password_version`` (else STALE) and, with ``totp_step``, only if
         that step is newer than the last accepted (else REPLAYED; it becomes the last). With
-        ``api_key`` (the key and the login's nonce) the session is the key's, created only if
-        the key is still the user's and the nonce is greater than the last accepted (else
-        REPLAYED; it becomes the last), a compare-and-set that of racing logins on any node
-        lets one through. Either way ``pending`` (a second step) ends, the ``release``d
-        reservations go, and on DONE the ``clear``ed counters go, the login time is recorded
-        and ``audit`` written."""
+        ``api_key`` (the key and its nonce's digest) the session is the key's, created only if the
+        key is still the user's and the nonce was never accepted for it (else REPLAYED; it is
+        recorded), an insert that of racing logins on any node lets one through. Either way
+        ``pending`` (a second step) ends, the ``release``d reservations go, and on DONE the
+        ``clear``ed counters go, the login time is recorded and ``audit`` written."""
 
     @abc.abstractmethod
     async def begin_second_step(

@@ -190,15 +190,13 @@ class Session(msgspec.Struct, frozen=True):
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     """A user's API key (docs/rules.md, "API keys"). ``key`` is the public APIKey; the
-    APISecret is held only sealed with the service key (``secret_sealed``), and ``last_nonce``
-    is the greatest nonce a login with it was accepted with (-1: none yet)."""
+    APISecret is held only sealed with the service key (``secret_sealed``)."""
 
     key: str
     user_id: int
     permissions: tuple[str, ...]
     secret_sealed: bytes
     created_at: float
-    last_nonce: int = -1
 
     def __repr__(self) -> str:
         return f"ApiKey(key={self.key!r}, user_id={self.user_id}, <secret redacted>)"
@@ -317,7 +315,8 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
 
     ``totp_step``: the time step just accepted (REPLAYED when not newer than the last);
     ``pending``: the second step it ends (STALE when another attempt ended it first);
-    ``api_key``: (key, nonce), the nonce moved on (REPLAYED when not newer); ``clear``: counters
+    ``api_key``: (key, the nonce's digest), the nonce recorded for the key (REPLAYED when it
+    was already, or the key is gone); ``clear``: counters
     (kind, key) emptied; ``release``: slots given back whatever the outcome; ``audit``: written
     on DONE."""
 
@@ -327,7 +326,7 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     password_version: int
     totp_step: int | None = None
     pending: bytes | None = None
-    api_key: tuple[str, int] | None = None
+    api_key: tuple[str, bytes] | None = None
     clear: Sequence[tuple[str, str]] = ()
     release: Sequence[Slot] = ()
     audit: Sequence[AuditEntry] = ()

@@ -239,17 +239,18 @@ class Statements:
         " VALUES (?, ?, ?, ?, ?)"
     )
     api_key: str = (
-        "SELECT key, user_id, permissions, secret_sealed, created_at, last_nonce"
-        " FROM api_keys WHERE key = ?"
+        "SELECT key, user_id, permissions, secret_sealed, created_at FROM api_keys WHERE key = ?"
     )
     user_api_keys: str = (
-        "SELECT key, user_id, permissions, secret_sealed, created_at, last_nonce"
+        "SELECT key, user_id, permissions, secret_sealed, created_at"
         " FROM api_keys WHERE user_id = ? ORDER BY id"
     )
     count_user_api_keys: str = "SELECT count(*) FROM api_keys WHERE user_id = ?"
-    # The nonce's compare-and-set: of logins racing with one nonce, on any node, one moves it.
-    advance_nonce: str = (
-        "UPDATE api_keys SET last_nonce = ? WHERE key = ? AND user_id = ? AND last_nonce < ?"
+    # A key login's transaction holds the key's row (still the user's; a removal waits), then
+    # records its nonce's digest: of logins racing with one nonce, on any node, one inserts it.
+    hold_api_key: str = "UPDATE api_keys SET user_id = user_id WHERE key = ? AND user_id = ?"
+    record_nonce: str = (
+        "INSERT INTO api_key_nonces (key, digest) VALUES (?, ?) ON CONFLICT DO NOTHING"
     )
     # Before the key itself (the sessions' foreign key would take them silently otherwise).
     delete_api_key_sessions: str = (
@@ -543,7 +544,6 @@ def to_api_key(row: Row) -> ApiKey:
         permissions=tuple(msgspec.json.decode(row[2])),
         secret_sealed=bytes(row[3]),
         created_at=row[4],
-        last_nonce=row[5],
     )
 
 

@@ -157,8 +157,8 @@ def test_the_other_mappers() -> None:
     assert (row.id, row.target_name, row.hash) == (1, "bob", "h")
     assert q.to_session((1, 2.0, 3.0, None)).last_seen == 3.0
     assert q.to_session((1, 2.0, 3.0, "k")).api_key == "k"
-    key = q.to_api_key(("k", 5, '["Trading"]', memoryview(b"sealed"), 1.0, 7))
-    assert (key.permissions, key.secret_sealed, key.last_nonce) == (("Trading",), b"sealed", 7)
+    key = q.to_api_key(("k", 5, '["Trading"]', memoryview(b"sealed"), 1.0))
+    assert (key.permissions, key.secret_sealed) == (("Trading",), b"sealed")
     assert "sealed" not in repr(key)
     args = q.api_key_args(key)
     assert args == ("k", 5, '["Trading"]', b"sealed", 1.0)
