@@ -105,11 +105,11 @@ class UserInfo(msgspec.Struct, frozen=True):
 class AuthenticateUserReply(msgspec.Struct, frozen=True):
     """The login reply (docs/protocol.md, "The login reply"): front-ends and bots read the top-level
     ``UserId`` and ``AuthType`` (= ``TwoFAType``); a pending second step carries
-    ``Pending2FaToken``."""
+    ``Pending2FaToken``. WebAuthenticateUser's ``UserId`` is a decimal string."""
 
     Authenticated: bool
     SessionToken: str | None = None
-    UserId: int | None = None
+    UserId: int | str | None = None
     User: UserInfo | None = None
     Locked: bool = False
     Requires2FA: bool = False

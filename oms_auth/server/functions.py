@@ -211,7 +211,12 @@ class Functions:
             login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
         else:
             login = await self.sessions.resume(req.SessionToken)
-        return self._apply(conn, login)
+        reply = self._apply(conn, login)
+        if reply.UserId is None:
+            return reply
+        # Its top-level UserId is a decimal string, as the official SDKs type it (docs/protocol.md,
+        # "The login reply"); User and AuthenticateUser keep integers.
+        return msgspec.structs.replace(reply, UserId=str(reply.UserId))
 
     async def log_out(self, conn: Conn, req: msg.Empty) -> msgspec.Struct:
         caller = _held(conn)  # as the connection holds it: LogOut ends that session

@@ -58,6 +58,8 @@ async def _session(options: Options, evidence: list[str]) -> None:
         async with Probe(options, evidence) as q:
             resumed = await q.call("WebAuthenticateUser", {"SessionToken": token})
             expect(resumed["o"].get("Authenticated") is True, "the token did not resume")
+            # As the official SDKs type it: a decimal string (User.UserId stays an integer).
+            expect(resumed["o"].get("UserId") == str(reply.get("UserId")), "UserId not a string")
             check_success(await q.call("LogOut"))
             check_refusal(await q.call("LogOut"), 1, 20)
         async with Probe(options, evidence) as r:
@@ -122,7 +124,8 @@ async def _web_login(options: Options, evidence: list[str]) -> None:
         answer = await p.call("WebAuthenticateUser", {"UserName": creds[0], "Password": creds[1]})
         o = answer["o"]
         expect(o.get("Authenticated") is True, "WebAuthenticateUser with a password failed")
-        expect(isinstance(o.get("UserId"), int), "no top-level UserId")
+        user_id = (o.get("User") or {}).get("UserId")
+        expect(o.get("UserId") == str(user_id), "the top-level UserId is not a decimal string")
 
 
 @case("user-info", "after login GetUserInfo, GetUserPermissions, GetUserAccounts answer m=1")
