@@ -85,6 +85,18 @@ class Store(abc.ABC):
         row = await self._first(self._sql.user_by_name, username_key(username))
         return q.to_user(row) if row else None
 
+    async def users_by_email(self, oms_id: int, email: str) -> list[User]:
+        """The OMS's users with ``email`` (case-insensitive): none, one, or two (ambiguous)."""
+        if "\x00" in email:  # no stored email holds one
+            return []
+        rows = await self._fetch(self._sql.users_by_email, (oms_id, email))
+        return [q.to_user(row) for row in rows]
+
+    async def event_count(self, kind: str, key: str, since: float) -> int:
+        """Events of a counter after ``since``, read outside any write."""
+        row = await self._first(self._sql.count_events_since, kind, self._sql.event_key(key), since)
+        return int(row[0]) if row else 0
+
     async def list_users(self) -> list[User]:
         return [q.to_user(row) for row in await self._fetch(self._sql.users, ())]
 

@@ -126,6 +126,7 @@ class NewUser(msgspec.Struct, kw_only=True):
     email_verified: bool = False
     questions: tuple[tuple[str, str], ...] = ()  # (question, Argon2id hash of the answer)
     locale: str | None = None  # the language of its mail; None: the deployment's default
+    created_at: float | None = None  # when the user was made (None: a record not read back)
 
     def __repr__(self) -> str:
         return f"NewUser(username={self.username!r}, <hashes redacted>)"
@@ -153,6 +154,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     # The last RFC 6238 time step accepted for this user: a code is never accepted twice.
     totp_last_step: int | None = None
     locale: str | None = None  # the language of its mail; None: the deployment's default
+    created_at: float | None = None  # when the user was made (None: a record not read back)
 
     def __repr__(self) -> str:
         return f"User(id={self.id}, username={self.username!r}, <secrets redacted>)"

@@ -142,7 +142,7 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         "SELECT u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id,"
         " u.password_hash, u.totp_sealed, u.auth_source, u.active, u.master, u.last_login,"
         f" u.locked_until, {permissions}, {accounts}, u.password_version, u.totp_last_step,"
-        " u.locale"
+        " u.locale, u.created_at"
         " FROM users u"
     )
     return {
@@ -150,6 +150,9 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         "user_by_name": select + " WHERE u.username_key = ?",
         "users": select + " ORDER BY u.id",
         "users_locked": select + " WHERE u.oms_id = ? AND u.locked_until > ? ORDER BY u.id",
+        # An OMS's users with an email, whatever its case (at most two: one, or ambiguous).
+        "users_by_email": select
+        + " WHERE u.oms_id = ? AND lower(u.email) = lower(?) ORDER BY u.id LIMIT 2",
     }
 
 
@@ -163,6 +166,7 @@ class Statements:
     user_by_name: str
     users: str
     users_locked: str
+    users_by_email: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
     # Another user whose name looks the same (the same skeleton, another key).
     username_lookalike: str = (
@@ -529,6 +533,7 @@ def to_user(row: Row) -> User:
         password_version=row[15],
         totp_last_step=row[16],
         locale=row[17],
+        created_at=row[18],
     )
 
 
