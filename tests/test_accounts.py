@@ -8,6 +8,7 @@ import re
 import pytest
 
 from oms_auth.app import App
+from oms_auth.conformance.cases.accounts import RECORD
 from oms_auth.store import AuditEntry
 from protocol.client import Client
 
@@ -21,28 +22,10 @@ async def logged_in(app: App, username: str, path: str = "/WSGateway/") -> Clien
     return c
 
 
-# The APEX user record, key by key, as the official SDKs parse it (strictly: every key, its type).
+# The APEX user record, key by key, as the official SDKs parse it (strictly: every key, its type),
+# then what this service adds.
 RECORD_TYPES: dict[str, type] = {
-    "UserId": int,
-    "UserName": str,
-    "Email": str,
-    "PasswordHash": str,
-    "PendingEmailCode": str,
-    "EmailVerified": bool,
-    "AccountId": int,
-    "DateTimeCreated": str,
-    "AffiliateId": int,
-    "RefererId": int,
-    "OMSId": int,
-    "Use2FA": bool,
-    "Salt": str,
-    "PendingCodeTime": str,
-    "Locked": bool,
-    "LockedTime": str,
-    "NumberOfFailedAttempt": int,
-    "MarginBorrowerEnabled": bool,
-    "MarginAcquisitionHalt": bool,
-    "OperatorId": int,
+    **RECORD,
     "Permissions": list,
     "AccountIds": list,
     "HasSecurityQuestions": bool,

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import time
+import secrets
 import urllib.error
 import urllib.request
 from typing import Any
@@ -146,7 +146,16 @@ async def _user_info(options: Options, evidence: list[str]) -> None:
         expect(accounts["m"] == 1 and isinstance(accounts["o"], list), "GetUserAccounts: no list")
 
 
-@case("apikey-login", "an API key logs in with its signature; a replayed nonce does not")
+def _signed(key: dict[str, Any], uid: str, nonce: str) -> dict[str, str]:
+    message = (nonce + uid + key["APIKey"]).encode()
+    signature = hmac.new(key["APISecret"].encode(), message, hashlib.sha256).hexdigest()
+    return {"APIKey": key["APIKey"], "Signature": signature, "UserId": uid, "Nonce": nonce}
+
+
+@case(
+    "apikey-login",
+    "an API key logs in with any random nonce (not increasing, not only digits), each only once",
+)
 async def _api_key(options: Options, evidence: list[str]) -> None:
     async with Probe(options, evidence) as p:
         reply = await p.login(options.trader or options.operator, "trader")
@@ -154,14 +163,15 @@ async def _api_key(options: Options, evidence: list[str]) -> None:
         key = added["o"]
         expect(isinstance(key, dict) and bool(key.get("APIKey") and key.get("APISecret")), "no key")
         try:
-            nonce, uid = str(int(time.time() * 1000)), str(reply["UserId"])
-            message = (nonce + uid + key["APIKey"]).encode()
-            signature = hmac.new(key["APISecret"].encode(), message, hashlib.sha256).hexdigest()
-            login = {"APIKey": key["APIKey"], "Signature": signature, "UserId": uid, "Nonce": nonce}
+            uid = str(reply["UserId"])
+            # As the official SDKs draw them: random, so a later one is often smaller.
+            high = str(secrets.randbelow(10**8) + 9 * 10**8)
+            nonces = [high, str(secrets.randbelow(10**6)), secrets.token_urlsafe(16)]
             async with Probe(options, evidence) as bot:
-                first = await bot.call("AuthenticateUser", login)
-                expect(first["o"].get("Authenticated") is True, "the signed login failed")
-                again = await bot.call("AuthenticateUser", login)
+                for nonce in nonces:
+                    login = await bot.call("AuthenticateUser", _signed(key, uid, nonce))
+                    expect(login["o"].get("Authenticated") is True, "a random nonce was refused")
+                again = await bot.call("AuthenticateUser", _signed(key, uid, high))
                 expect(again["o"].get("Authenticated") is False, "a replayed nonce logged in")
         finally:
             await p.call("RemoveUserAPIKey", {"UserId": reply["UserId"], "APIKey": key["APIKey"]})
