@@ -2,7 +2,7 @@
 Python (PyPI ``notbank``) and Node.js (npm ``notbank``), over the WebSocket and over HTTP. Their
 own API-key login (a random nonce each time), GetUserInfo parsed strictly into their record,
 GetUserPermissions, GetUserAccounts, WebAuthenticateUser with a password and with a token,
-LogOut (docs/protocol.md, "Clients tested against the service").
+LogOut (docs/protocol.md, "Published clients").
 
 Both insist on TLS: the server runs with a certificate from a test CA, which they are given the
 way they take one (REQUESTS_CA_BUNDLE and WEBSOCKET_CLIENT_CA_BUNDLE, NODE_EXTRA_CA_CERTS). Each
