@@ -131,7 +131,7 @@ def user_row(perms: object, accounts: object, flags: tuple[object, object, objec
     verified, active, master = flags
     return (
         *(3, "Alice", "a@x.test", verified, 1, 7, "h", None, "native", active, master),
-        *(None, None, perms, accounts, 2, None, "de"),
+        *(None, None, perms, accounts, 2, None, "de", 1.5),
     )
 
 
@@ -143,6 +143,7 @@ def test_one_user_mapper_reads_either_store_s_rows() -> None:
     assert from_pg.permissions == {"Operator", "Trading"} and from_pg.accounts == {7, 8}
     assert from_pg.email_verified is True and from_pg.master is False
     assert from_pg.password_version == 2 and from_pg.locale == "de"
+    assert from_pg.created_at == 1.5
     # No permissions, no accounts: NULL from SQLite's group_concat, [] from an ARRAY.
     assert q.to_user(user_row(None, None, (0, 1, 0))).permissions == frozenset()
     assert q.to_user(user_row([], [], (False, True, False))).accounts == frozenset()
