@@ -409,6 +409,8 @@ class PayloadDecoder(Generic[T]):
         query string carries only strings)."""
         try:
             doc = _any_json.decode(o) if isinstance(o, str) else o
+            if doc is None:  # "null", as the official Python SDK sends its Ping: no payload
+                doc = {}
             if not isinstance(doc, dict):
                 return PayloadError(
                     ErrorCode.INVALID_REQUEST, "Key o must hold a JSON object", False

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from oms_auth.app import App
 from protocol.client import Client
@@ -181,3 +182,11 @@ async def test_the_official_node_sdk_runs_a_whole_session(
         assert resumed["Authenticated"] is True and resumed["UserId"] == str(uid)
     assert "value" in steps["logout"], steps["logout"]
     assert "error" in steps["afterLogout"]
+
+
+async def test_the_python_sdks_keepalive_ping_with_o_null_is_answered_pong(served: Served) -> None:
+    """Every 10 s its WebSocket sends Ping with ``o`` the JSON text ``null``."""
+    trust = ssl.create_default_context(cafile=str(served.ca))
+    async with connect(served.app.url, ssl=trust) as ws:
+        await ws.send('{"m":0,"i":2,"n":"Ping","o":"null"}')
+        assert json.loads(await ws.recv()) == {"m": 1, "i": 2, "n": "Ping", "o": '{"msg":"PONG"}'}
