@@ -6,6 +6,7 @@ login). Over real sockets, on both stores, over HTTP as over the WebSocket (acro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import secrets
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import make_user, sql
+from .helpers import make_user, sql, store_contents
 from .test_apikeys import INVALID, add_key, key_login, password_client
 from .test_http_gateway import http
 
@@ -90,3 +91,17 @@ async def test_two_hundred_signed_http_requests_with_random_nonces_are_all_serve
 
     await asyncio.gather(*(worker() for _ in range(WORKERS)))
     assert statuses == [200] * ROUNDS * WORKERS
+
+
+async def test_nonces_are_kept_as_digests_and_go_with_their_key(app: App, db: str) -> None:
+    key = await key_of(app)
+    nonce = "visible-nonce-" + secrets.token_hex(8)
+    async with await Client.connect(app.url) as c:
+        assert (await c.call("AuthenticateUser", key_login(key, nonce))).o["Authenticated"]
+    rows = await sql(db, "SELECT digest FROM api_key_nonces WHERE key = ?", key["APIKey"])
+    assert [bytes(r[0]) for r in rows] == [hashlib.sha256(nonce.encode()).digest()]
+    assert nonce.encode() not in await store_contents(db)
+    async with await password_client(app, "bot") as c:
+        removed = await c.call("RemoveUserAPIKey", {"APIKey": key["APIKey"]})
+        assert removed.o["result"] is True
+    assert await sql(db, "SELECT count(*) FROM api_key_nonces") == [(0,)]
