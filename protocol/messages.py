@@ -28,6 +28,8 @@ __all__ = [
     "AuthenticateUserReply",
     "LogoutEvent",
     "UserRequest",
+    "UserLookupRequest",
+    "NO_TIME",
     "UserInfoReply",
     "LogoutReason",
     "ResetPasswordRequest",
@@ -66,8 +68,8 @@ class PingReply(msgspec.Struct, frozen=True):
 class AuthenticateUserRequest(msgspec.Struct, frozen=True):
     """``{UserName, Password}``, or with ``APIKey`` an API-key login: ``Signature`` is the
     lower-case hex HMAC-SHA256 of ``Nonce + UserId + APIKey`` keyed with the APISecret
-    (docs/protocol.md, "AuthenticateUser"); ``UserId`` and ``Nonce`` as integers or decimal
-    strings."""
+    (docs/protocol.md, "AuthenticateUser"); ``UserId`` as an integer or a decimal
+    string, ``Nonce`` as an integer or any text of 1 to 64 printable ASCII characters."""
 
     UserName: str | None = None
     Password: str | None = None
@@ -109,11 +111,11 @@ class UserInfo(msgspec.Struct, frozen=True):
 class AuthenticateUserReply(msgspec.Struct, frozen=True):
     """The login reply (docs/protocol.md, "The login reply"): front-ends and bots read the top-level
     ``UserId`` and ``AuthType`` (= ``TwoFAType``); a pending second step carries
-    ``Pending2FaToken``."""
+    ``Pending2FaToken``. WebAuthenticateUser's ``UserId`` is a decimal string."""
 
     Authenticated: bool
     SessionToken: str | None = None
-    UserId: int | None = None
+    UserId: int | str | None = None
     User: UserInfo | None = None
     Locked: bool = False
     Requires2FA: bool = False
@@ -204,11 +206,46 @@ class UserRequest(msgspec.Struct, frozen=True):
     UserId: int | str | None = None
 
 
-class UserInfoReply(UserInfo, frozen=True):
-    """GetUserInfo: the User object, what the user may do, its accounts, and whether it has
-    security questions set (a master user without them is asked to set them: docs/protocol.md,
+class UserLookupRequest(msgspec.Struct, frozen=True):
+    """GetUserInfo, GetUserPermissions, GetUserAccounts: the user named by ``UserId``, else
+    ``UserName``, else ``Email``; none of them: the caller (docs/protocol.md, "GetUserInfo,
+    GetUserPermissions, GetUserAccounts"). Clients also send OMSId: the caller's OMS counts."""
+
+    UserId: int | str | None = None
+    UserName: str | None = None
+    Email: str | None = None
+
+
+NO_TIME = "0001-01-01T00:00:00Z"  # the APEX record's "no such time"
+
+
+class UserInfoReply(msgspec.Struct, frozen=True):
+    """GetUserInfo: the APEX user record, every key with its documented type (the official SDKs
+    parse it strictly; no hash, salt or pending code is ever in it; times ISO 8601 UTC, NO_TIME
+    for none), then what the user may do, its accounts, and whether it has security questions
+    set (a master user without them is asked to set them: docs/protocol.md,
     "SetSecurityQuestions and GetSecurityQuestions")."""
 
+    UserId: int
+    UserName: str
+    Email: str
+    PasswordHash: str = ""
+    PendingEmailCode: str = ""
+    EmailVerified: bool = False
+    AccountId: int = 0
+    DateTimeCreated: str = NO_TIME
+    AffiliateId: int = 0
+    RefererId: int = 0
+    OMSId: int = 0
+    Use2FA: bool = False
+    Salt: str = ""
+    PendingCodeTime: str = NO_TIME
+    Locked: bool = False
+    LockedTime: str = NO_TIME
+    NumberOfFailedAttempt: int = 0
+    MarginBorrowerEnabled: bool = False
+    MarginAcquisitionHalt: bool = False
+    OperatorId: int = 0
     Permissions: list[str] = []
     AccountIds: list[int] = []
     HasSecurityQuestions: bool = False
@@ -409,6 +446,8 @@ class PayloadDecoder(Generic[T]):
         query string carries only strings)."""
         try:
             doc = _any_json.decode(o) if isinstance(o, str) else o
+            if doc is None:  # "null", as the official Python SDK sends its Ping: no payload
+                doc = {}
             if not isinstance(doc, dict):
                 return PayloadError(
                     ErrorCode.INVALID_REQUEST, "Key o must hold a JSON object", False

@@ -321,3 +321,17 @@ async def terminate_backends(db: str) -> int:
     await eventually(gone)
     await asyncio.sleep(0.1)  # and each node has read its connections' end
     return len(pids)
+
+
+def npm_client(folder: Path, package: str, name: str) -> Path:
+    """``package`` (name@version) installed from the npm registry into ``folder`` once, as a
+    published client is kept between runs; the folder."""
+    if not (folder / "node_modules" / name).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund", package],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return folder

@@ -24,6 +24,7 @@ from oms_auth.app import App
 from protocol.client import Client
 
 from .helpers import PASSWORD, Clock, make_user, settings_for, sql
+from .test_accounts import ONLY_RELATED
 from .test_apikeys import INVALID, key_login
 from .test_http_gateway import http
 from .test_races import code_for as reset_link
@@ -244,7 +245,7 @@ async def test_an_operator_key_made_with_no_permissions_has_no_operator_power(
         )
         for name in ("GetUserInfo", "GetUserPermissions", "GetUserAccounts"):
             answer = (await bot.call(name, {"UserId": ids["other"]})).o
-            assert answer == refusal(20, "Only an Operator may see users other than itself")
+            assert answer == refusal(20, ONLY_RELATED)
         assert (await bot.call("ResetPassword", {"UserName": "other"})).o == KEY_SESSION
         # Itself it may still read.
         assert (await bot.call("GetUserInfo", {})).o["UserId"] == ids["op"]

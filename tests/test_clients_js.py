@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from oms_auth.app import App
 
-from .helpers import PASSWORD, make_user
+from .helpers import PASSWORD, make_user, npm_client
 
 PACKAGE = "alphapoint-apex-api@3.2.19"
 SCRIPT = Path(__file__).parent / "clients" / "apex_session.js"
@@ -33,15 +32,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def module_dir() -> Path:
-    if not (CACHE / "node_modules" / "alphapoint-apex-api").exists():
-        CACHE.mkdir(exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--prefix", str(CACHE), "--no-audit", "--no-fund", PACKAGE],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return CACHE
+    return npm_client(CACHE, PACKAGE, "alphapoint-apex-api")
 
 
 async def run_client(module_dir: Path, url: str, username: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from oms_auth.app import App
+from oms_auth.conformance.cases.keepalive import HttpPeer
 from oms_auth.engine.deps import Clock
 from protocol.client import Client
 from protocol.messages import Empty, PingReply
@@ -30,16 +31,13 @@ from .helpers import PASSWORD, make_user, settings_for
 FAST = {"max_requests_per_second": 100000}
 
 
-class Peer:
-    """One client connection that reads answers with h11."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.h11 = h11.Connection(h11.CLIENT)
+class Peer(HttpPeer):
+    """One client connection that reads answers with h11 (the conformance kit's)."""
 
     @classmethod
     async def open(cls, app: App, local: str = "127.0.0.1") -> Peer:
-        return cls(*await asyncio.open_connection("127.0.0.1", app.port, local_addr=(local, 0)))
+        opened = await asyncio.open_connection("127.0.0.1", app.port, local_addr=(local, 0))
+        return cls(*opened, "x")
 
     @staticmethod
     def request(method: str, target: str, body: bytes = b"", **headers: str) -> bytes:
@@ -53,39 +51,6 @@ class Peer:
         if body:
             out += writer.send(h11.Data(data=body)) or b""
         return out + (writer.send(h11.EndOfMessage()) or b"")
-
-    async def answer(self, timeout: float = 10) -> tuple[h11.Response, bytes]:
-        """The next answer (to a GET or POST): its head and body."""
-        if self.h11.our_state is h11.IDLE:  # the reader's side of the request sent
-            self.h11.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-            self.h11.send(h11.EndOfMessage())
-        head: h11.Response | None = None
-        body = b""
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA:
-                self.h11.receive_data(await asyncio.wait_for(self.reader.read(65536), timeout))
-            elif isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-                    self.h11.start_next_cycle()
-                return head, body
-            else:
-                raise AssertionError(f"the server closed: {event}")
-
-    async def closed_within(self, seconds: float) -> bool:
-        """Whether the server ends the connection (without another answer) within ``seconds``."""
-        try:
-            return await asyncio.wait_for(self.reader.read(), seconds) == b""
-        except (TimeoutError, ConnectionResetError):
-            return False
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def header(head: h11.Response, name: str) -> str | None:

@@ -1,6 +1,6 @@
 """Several nodes, one exchange: two ``oms-auth serve`` processes on one PostgreSQL schema, and
 every rule of the engine holds across them (codes, races, limits, lockouts, sessions, mail, and
-logging a user off everywhere after a reset)."""
+logging a user off everywhere after a reset, an API key's nonce)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from .helpers import (
     sql,
     terminate_backends,
 )
+from .test_apikeys import INVALID, add_key, burst, key_login
+from .test_nonces import key_sessions, random_nonce
 
 # Only a store shared by processes can have two nodes: PostgreSQL.
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
@@ -418,3 +420,20 @@ async def test_a_forced_logoff_on_one_node_ends_the_users_sessions_on_the_other(
         assert event.o == {"Reason": "ForcedLogoff"}
     assert time.monotonic() - started < 1
     assert not await logged_in(on_a) and not await logged_in(on_b)
+
+
+async def test_thirty_logins_with_one_nonce_over_two_nodes_open_one_session(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("bot", bot={"permissions": ["Trading"]})
+    await cluster.start(login_failures_per_user=100, login_failures_per_source=100)
+    owner = await cluster.client("a", "bot")
+    key = await add_key(owner, {"Permissions": []})
+    cs = [await cluster.client(node) for node in ("a", "b") * 3]
+    answers = await burst(cs, [key_login(key, "same on both nodes")] * 30)
+    assert sum(a.o["Authenticated"] for a in answers) == 1
+    assert all(a.o == INVALID for a in answers if not a.o["Authenticated"])
+    assert await key_sessions(cluster.db, f"API key {key['APIKey']}") == 1
+    # The other node took up none of it: a fresh nonce still logs in there.
+    fresh = await burst(cs[1:2], [key_login(key, random_nonce())])
+    assert fresh[0].o["Authenticated"] is True

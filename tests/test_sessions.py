@@ -238,7 +238,9 @@ async def test_web_authenticate_user_logs_in_with_a_username_and_password(
     reply = (
         await client.call("WebAuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
     ).o
-    assert reply["Authenticated"] is True and reply["UserId"] == user_id
+    # WebAuthenticateUser's top-level UserId is a decimal string (the official SDKs type it so).
+    assert reply["Authenticated"] is True and reply["UserId"] == str(user_id)
+    assert reply["User"]["UserId"] == user_id
     wrong = (await client.call("WebAuthenticateUser", {"username": "alice", "password": "x"})).o
     assert wrong == FAILED
 

@@ -16,9 +16,10 @@ The rules:
   service key, bound to the key and its user (a sealed secret copied to another row does not
   open there); GetUserAPIKeys never shows it.
 - A login signs ``Nonce + UserId + APIKey`` (the texts as sent, concatenated) with HMAC-SHA256
-  keyed with the APISecret, in lower-case hex, compared in constant time. The nonce is a decimal
-  number (0 to 2^63-1) that must be greater than the last one accepted for the key, on any node:
-  the store moves it on by a compare-and-set in the transaction that opens the session.
+  keyed with the APISecret, in lower-case hex, compared in constant time. The nonce is any text
+  of 1 to 64 printable ASCII characters (an integer: its decimal text), accepted once for the
+  key for as long as the key exists, on any node: the store records its digest in the
+  transaction that opens the session, and a nonce recorded already fails that login.
 - Adding and removing are audited (the key, never the secret); removing a key ends every
   session opened with it, on every node.
 """
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiKeys",
     "NewApiKey",
-    "MAX_NONCE",
     "MAX_KEY_LENGTH",
     "new_key",
     "new_secret",
@@ -65,13 +65,12 @@ __all__ = [
     "open_secret",
     "signed_text",
     "signature_matches",
-    "parse_nonce",
+    "nonce_digest",
 ]
 
-MAX_NONCE = 2**63 - 1  # what both stores' integer column holds
 MAX_KEY_LENGTH = 128  # longer APIKey values are never looked up
 INVALID_API_KEY = "Invalid value provided for APIKey"
-_NONCE = re.compile(r"[0-9]{1,19}")
+_NONCE = re.compile(r"[\x20-\x7e]{1,64}")
 
 
 class NewApiKey(msgspec.Struct, frozen=True):
@@ -123,18 +122,13 @@ def signature_matches(secret: str | None, signature: str, text: str) -> bool:
     return hmac.compare_digest(expected.encode(), given) and secret is not None
 
 
-def parse_nonce(nonce: str | int | None) -> int | None:
-    """The nonce as a number (a decimal string or an integer, 0 to 2^63-1), else None."""
-    if isinstance(nonce, bool):
+def nonce_digest(nonce: str | int | None) -> bytes | None:
+    """The SHA-256 digest of the nonce's text (1 to 64 printable ASCII characters; an integer
+    as its decimal text, what is signed), as the store remembers it; None when not a nonce."""
+    if isinstance(nonce, bool) or not isinstance(nonce, int | str):
         return None
-    if isinstance(nonce, int):
-        return nonce if 0 <= nonce <= MAX_NONCE else None
-    if isinstance(nonce, str) and _NONCE.fullmatch(nonce):
-        value = int(nonce)
-        # Written one way only (no leading zeros): otherwise "5"+"037" and "50"+"37" would
-        # sign the same text, and a captured login would replay under a greater nonce.
-        return value if value <= MAX_NONCE and str(value) == nonce else None
-    return None
+    text = str(nonce)
+    return hashlib.sha256(text.encode()).digest() if _NONCE.fullmatch(text) else None
 
 
 def _permissions(given: list[str] | None, target: User) -> tuple[str, ...]:

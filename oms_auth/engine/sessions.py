@@ -18,9 +18,9 @@ bursts and across nodes"):
   ``second_step_seconds``, ended by a password change. A TOTP time step is accepted once per user.
 - An API-key login (:mod:`.apikeys`) reserves its slots like a password attempt (by the key
   holder's username, or the key itself when it names no one, and by address) before its
-  signature is checked, and answers one text for every failure. Its nonce is moved on by a
-  compare-and-set in the transaction that opens the session: of logins racing with one nonce,
-  on any node, one opens a session. The session is marked as the key's, and holds the key's
+  signature is checked, and answers one text for every failure. Its nonce is accepted once per key:
+  its digest is recorded in the transaction that opens the session, so of logins racing with one
+  nonce, on any node, one opens a session. The session is marked as the key's, and holds the key's
   permissions (:mod:`.caller`).
 - A login says what it proved (:class:`Proof`): the password (and second step) on this request,
   or nothing (a session resumed by token, a key login). The server keeps when a connection
@@ -194,10 +194,12 @@ class Sessions:
         reserved = await self._attempt(name_key, source, now)
         if reserved is None:
             return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
-        number = apikeys.parse_nonce(nonce)
+        nonce_digest = apikeys.nonce_digest(nonce)
         uid = parse_user_id(user_id)
         if isinstance(user_id, str) and uid is not None and str(uid) != user_id:
-            uid = None  # one spelling only, for the signed text's sake (see parse_nonce)
+            # One spelling only: the signed text's UserId and APIKey are then fixed by the
+            # key, so its nonce is too (no nonce can be respelled into another).
+            uid = None
         secret = None
         if record is not None and holder is not None and uid == holder.id:
             secret = apikeys.open_secret(d.sealer, record)
@@ -206,7 +208,7 @@ class Sessions:
             "" if nonce is None else nonce, "" if user_id is None else user_id, key
         )
         ok = isinstance(signature, str) and apikeys.signature_matches(secret, signature, signed)
-        if not ok or holder is None or number is None:
+        if not ok or holder is None or nonce_digest is None:
             # The reservation stays: it is this failure's count.
             await self._audit_failure(name, source, now, holder, "API key")
             d.events.count("login:api_key_failed")
@@ -222,7 +224,7 @@ class Sessions:
             now,
             source,
             release=reserved.keep_user_slot(),
-            api_key=(key, number),
+            api_key=(key, nonce_digest),
             key_permissions=frozenset(record.permissions),
         )
 
@@ -468,7 +470,7 @@ class Sessions:
         release: Sequence[Slot] = (),
         factor: recovery_codes.Factor = recovery_codes.NO_FACTOR,
         pending: bytes | None = None,
-        api_key: tuple[str, int] | None = None,
+        api_key: tuple[str, bytes] | None = None,
         key_permissions: frozenset[str] | None = None,
         proof: Proof = Proof.NONE,
     ) -> Login:
@@ -493,9 +495,9 @@ class Sessions:
             )
         )
         if outcome is Outcome.REPLAYED and api_key is not None:
-            # The nonce is not newer than the last accepted (another login took it), or the
+            # The nonce was accepted for this key already (another login took it), or the
             # key was removed meanwhile. The attempt's slot stays: it is this failure's count.
-            detail = "API key nonce not newer than the last accepted"
+            detail = "API key nonce used already"
             await self._audit_failure(user.username, source, now, user, detail)
             d.events.count("login:api_key_failed")
             return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)

@@ -17,6 +17,8 @@ __all__ = [
     "NOT_LOGGED_IN",
     "ONLY_OPERATORS_UNLOCK",
     "ONLY_OWN_USER",
+    "ONLY_RELATED_USERS",
+    "AMBIGUOUS_EMAIL",
     "BASIC_REQUIRED",
     "INVALID_PASSWORD",
     "INVALID_RECOVERY_KEY",
@@ -67,6 +69,10 @@ INVALID_EMAIL = "Invalid value provided for Email"
 NOT_LOGGED_IN = "Not logged in"
 ONLY_OPERATORS_UNLOCK = "Only an Operator may unlock users"
 ONLY_OWN_USER = "Only an Operator may see users other than itself"
+ONLY_RELATED_USERS = (
+    "Only an Operator, or a Trading user sharing one of its accounts, may see another user"
+)
+AMBIGUOUS_EMAIL = "Several users have this Email; name the user by UserId or UserName"
 BASIC_REQUIRED = "HTTP Basic credentials (UserName:Password) are required"
 INVALID_RECOVERY_KEY = "Invalid password recovery key"
 INVALID_ANSWER = "Invalid answer provided for security question"

@@ -18,7 +18,7 @@ import msgspec
 from protocol import messages as msg
 from protocol.errors import SUCCESS, StandardResponse
 
-from ..engine import users
+from ..engine import userinfo
 from ..engine.accounts import Accounts
 from ..engine.apikeys import ApiKeys
 from ..engine.caller import Caller
@@ -133,9 +133,9 @@ class Functions:
             self.requirements_for_password_set,
         )
         self.add("UnlockUser", msg.UnlockUserRequest, self.unlock_user)
-        self.add("GetUserInfo", msg.UserRequest, self.get_user_info)
-        self.add("GetUserPermissions", msg.UserRequest, self.get_user_permissions)
-        self.add("GetUserAccounts", msg.UserRequest, self.get_user_accounts)
+        self.add("GetUserInfo", msg.UserLookupRequest, self.get_user_info)
+        self.add("GetUserPermissions", msg.UserLookupRequest, self.get_user_permissions)
+        self.add("GetUserAccounts", msg.UserLookupRequest, self.get_user_accounts)
         self.add("AddUserAPIKey", msg.AddUserAPIKeyRequest, self.add_user_api_key)
         self.add("GetUserAPIKeys", msg.UserRequest, self.get_user_api_keys)
         self.add("RemoveUserAPIKey", msg.RemoveUserAPIKeyRequest, self.remove_user_api_key)
@@ -216,7 +216,12 @@ class Functions:
             login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
         else:
             login = await self.sessions.resume(req.SessionToken)
-        return self._apply(conn, login)
+        reply = self._apply(conn, login)
+        if reply.UserId is None:
+            return reply
+        # Its top-level UserId is a decimal string, as the official SDKs type it (docs/protocol.md,
+        # "The login reply"); User and AuthenticateUser keep integers.
+        return msgspec.structs.replace(reply, UserId=str(reply.UserId))
 
     async def log_out(self, conn: Conn, req: msg.Empty) -> msgspec.Struct:
         caller = _held(conn)  # as the connection holds it: LogOut ends that session
@@ -279,24 +284,37 @@ class Functions:
         await self.resets.unlock(await self._caller(conn), req.UserId, conn.source)
         return SUCCESS
 
-    async def _visible(self, conn: Conn, req: msg.UserRequest) -> User:
-        return await users.visible_user(self.sessions.deps, await self._caller(conn), req.UserId)
+    async def _readable(self, conn: Conn, req: msg.UserLookupRequest) -> User:
+        named = userinfo.Named(req.UserId, req.UserName, req.Email)
+        return await userinfo.readable_user(self.sessions.deps, await self._caller(conn), named)
 
-    async def get_user_info(self, conn: Conn, req: msg.UserRequest) -> msg.UserInfoReply:
-        user = await self._visible(conn, req)
-        questions = await self.sessions.deps.store.security_questions(user.id)
+    async def get_user_info(self, conn: Conn, req: msg.UserLookupRequest) -> msg.UserInfoReply:
+        named = userinfo.Named(req.UserId, req.UserName, req.Email)
+        record = await userinfo.user_record(self.sessions.deps, await self._caller(conn), named)
+        user = record.user
         return msg.UserInfoReply(
-            **msgspec.structs.asdict(user_info(user)),
+            UserId=user.id,
+            UserName=user.username,
+            Email=user.email,
+            EmailVerified=user.email_verified,
+            AccountId=user.account_id or 0,
+            DateTimeCreated=_apex_time(user.created_at),
+            OMSId=user.oms_id,
+            Use2FA=user.uses_totp,
+            Locked=record.locked_since is not None,
+            LockedTime=_apex_time(record.locked_since),
+            NumberOfFailedAttempt=record.failed_logins,
+            OperatorId=user.oms_id,  # one operator per OMS here
             Permissions=sorted(user.permissions),
             AccountIds=sorted(user.accounts),
-            HasSecurityQuestions=bool(questions),
+            HasSecurityQuestions=record.has_questions,
         )
 
-    async def get_user_permissions(self, conn: Conn, req: msg.UserRequest) -> list[str]:
-        return sorted((await self._visible(conn, req)).permissions)
+    async def get_user_permissions(self, conn: Conn, req: msg.UserLookupRequest) -> list[str]:
+        return sorted((await self._readable(conn, req)).permissions)
 
-    async def get_user_accounts(self, conn: Conn, req: msg.UserRequest) -> list[int]:
-        return sorted((await self._visible(conn, req)).accounts)
+    async def get_user_accounts(self, conn: Conn, req: msg.UserLookupRequest) -> list[int]:
+        return sorted((await self._readable(conn, req)).accounts)
 
     async def add_user_api_key(
         self, conn: Conn, req: msg.AddUserAPIKeyRequest
@@ -423,6 +441,11 @@ def _held(conn: Conn) -> Caller | None:
         verified_at=conn.verified_at,
         lasting=conn.lasting,
     )
+
+
+def _apex_time(ts: float | None) -> str:
+    """A time in the APEX record: ISO 8601 UTC, or its "no such time"."""
+    return msg.NO_TIME if ts is None else _iso(ts)
 
 
 def _iso(ts: float) -> str:

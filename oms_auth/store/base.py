@@ -86,6 +86,18 @@ class Store(abc.ABC):
         row = await self._first(self._sql.user_by_name, username_key(username))
         return q.to_user(row) if row else None
 
+    async def users_by_email(self, oms_id: int, email: str) -> list[User]:
+        """The OMS's users with ``email`` (case-insensitive): none, one, or two (ambiguous)."""
+        if "\x00" in email:  # no stored email holds one
+            return []
+        rows = await self._fetch(self._sql.users_by_email, (oms_id, email))
+        return [q.to_user(row) for row in rows]
+
+    async def event_count(self, kind: str, key: str, since: float) -> int:
+        """Events of a counter after ``since``, read outside any write."""
+        row = await self._first(self._sql.count_events_since, kind, self._sql.event_key(key), since)
+        return int(row[0]) if row else 0
+
     async def list_users(self) -> list[User]:
         return [q.to_user(row) for row in await self._fetch(self._sql.users, ())]
 
@@ -174,12 +186,11 @@ class Store(abc.ABC):
         """A successful login, in one transaction: the session is created only while the user's
         password is still ``password_version`` (else STALE) and, with ``totp_step``, only if
         that step is newer than the last accepted (else REPLAYED; it becomes the last). With
-        ``api_key`` (the key and the login's nonce) the session is the key's, created only if
-        the key is still the user's and the nonce is greater than the last accepted (else
-        REPLAYED; it becomes the last), a compare-and-set that of racing logins on any node
-        lets one through. Either way ``pending`` (a second step) ends, the ``release``d
-        reservations go, and on DONE the ``clear``ed counters go, the login time is recorded
-        and ``audit`` written."""
+        ``api_key`` (the key and its nonce's digest) the session is the key's, created only if the
+        key is still the user's and the nonce was never accepted for it (else REPLAYED; it is
+        recorded), an insert that of racing logins on any node lets one through. Either way
+        ``pending`` (a second step) ends, the ``release``d reservations go, and on DONE the
+        ``clear``ed counters go, the login time is recorded and ``audit`` written."""
 
     @abc.abstractmethod
     async def begin_second_step(

@@ -133,9 +133,10 @@ def session_plan(s: Statements, o: SessionOpening, state: LoginState | None) -> 
     if _locked(state.locked_until, o.now):
         return Plan(steps, Outcome.LOCKED)
     held_key: str | None = None
-    if o.api_key is not None:  # the nonce's compare-and-set: an older nonce, or the key gone
+    if o.api_key is not None:  # the key gone, or its nonce used already
         held_key, nonce = o.api_key
-        steps.append(Step(s.advance_nonce, (nonce, held_key, o.user_id, nonce), Outcome.REPLAYED))
+        steps.append(Step(s.hold_api_key, (held_key, o.user_id), Outcome.REPLAYED))
+        steps.append(Step(s.record_nonce, (held_key, nonce), Outcome.REPLAYED))
     if o.totp_step is not None:
         steps.append(Step(s.set_totp_step, (o.totp_step, o.user_id)))
     if o.recovery is not None:

@@ -6,9 +6,10 @@ PostgreSQL itself, as docs/rules.md ("Concurrency: what holds under bursts and a
 tables rule by rule: advisory locks per
 (schema, kind, key) around a limit's count-then-insert; the user's row ``FOR UPDATE`` first in
 every write about a user, so a code, a lock, a TOTP step or a password version is read as it
-is; compare-and-set ``UPDATE``s that let one of racing calls win (a code's redemption, an API
-key's nonce); ``FOR UPDATE SKIP LOCKED`` and a lease for the outbox; an advisory lock around the
-audit chain's tail; ``NOTIFY`` inside a revoking transaction, heard by every node's listener.
+is; compare-and-set ``UPDATE``s and unique inserts that let one of racing calls win (a code's
+redemption, an API key's nonce); ``FOR UPDATE SKIP LOCKED`` and a lease for the outbox; an advisory
+lock around the audit chain's tail; ``NOTIFY`` inside a revoking transaction, heard by every node's
+listener.
 
 Lock order, to rule out deadlocks: users' rows (the one written for and the caller's, the lower
 id first), then the caller's session row, then event locks (sorted by kind and key), then the
@@ -345,8 +346,8 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # The user's row lock orders this against a reset on any node (it holds the same
             # lock): either the reset committed first (the version moved on: STALE) or it
-            # waits and then deletes this session. The API key's row lock (its nonce's
-            # compare-and-set) orders logins sharing a nonce: the first moves it on.
+            # waits and then deletes this session. The API key's row lock and its nonces'
+            # primary key order logins sharing a nonce: the first records it.
             state = await read_state(conn, LoginState, _LOGIN_STATE_LOCKED, opening.user_id)
             for slot in opening.release:
                 await self._release(conn, slot)

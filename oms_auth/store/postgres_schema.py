@@ -204,6 +204,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, digest)
     );
     """,
+    # 10: an API key's nonces are random, each accepted once for the key's life (docs/rules.md,
+    # "API keys"): every accepted nonce is remembered as its SHA-256 digest, recorded in the
+    # transaction that opens the session, and goes with its key. The last accepted nonce is
+    # no longer kept.
+    """
+    CREATE TABLE api_key_nonces (
+        key TEXT NOT NULL REFERENCES api_keys(key) ON DELETE CASCADE,
+        digest BYTEA NOT NULL,
+        PRIMARY KEY (key, digest)
+    );
+    ALTER TABLE api_keys DROP COLUMN last_nonce;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -127,6 +127,7 @@ class NewUser(msgspec.Struct, kw_only=True):
     email_verified: bool = False
     questions: tuple[tuple[str, str], ...] = ()  # (question, Argon2id hash of the answer)
     locale: str | None = None  # the language of its mail; None: the deployment's default
+    created_at: float | None = None  # when the user was made (None: a record not read back)
 
     def __repr__(self) -> str:
         return f"NewUser(username={self.username!r}, <hashes redacted>)"
@@ -154,6 +155,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     # The last RFC 6238 time step accepted for this user: a code is never accepted twice.
     totp_last_step: int | None = None
     locale: str | None = None  # the language of its mail; None: the deployment's default
+    created_at: float | None = None  # when the user was made (None: a record not read back)
 
     def __repr__(self) -> str:
         return f"User(id={self.id}, username={self.username!r}, <secrets redacted>)"
@@ -191,15 +193,13 @@ class Session(msgspec.Struct, frozen=True):
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     """A user's API key (docs/rules.md, "API keys"). ``key`` is the public APIKey; the
-    APISecret is held only sealed with the service key (``secret_sealed``), and ``last_nonce``
-    is the greatest nonce a login with it was accepted with (-1: none yet)."""
+    APISecret is held only sealed with the service key (``secret_sealed``)."""
 
     key: str
     user_id: int
     permissions: tuple[str, ...]
     secret_sealed: bytes
     created_at: float
-    last_nonce: int = -1
 
     def __repr__(self) -> str:
         return f"ApiKey(key={self.key!r}, user_id={self.user_id}, <secret redacted>)"
@@ -335,7 +335,8 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
 
     ``totp_step``: the time step just accepted (REPLAYED when not newer than the last);
     ``pending``: the second step it ends (STALE when another attempt ended it first);
-    ``api_key``: (key, nonce), the nonce moved on (REPLAYED when not newer); ``clear``: counters
+    ``api_key``: (key, the nonce's digest), the nonce recorded for the key (REPLAYED when it
+    was already, or the key is gone); ``clear``: counters
     (kind, key) emptied; ``release``: slots given back whatever the outcome; ``audit``: written
     on DONE."""
 
@@ -345,7 +346,7 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     password_version: int
     totp_step: int | None = None
     pending: bytes | None = None
-    api_key: tuple[str, int] | None = None
+    api_key: tuple[str, bytes] | None = None
     recovery: RecoveryUse | None = None  # instead of totp_step
     clear: Sequence[tuple[str, str]] = ()
     release: Sequence[Slot] = ()

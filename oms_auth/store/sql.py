@@ -143,7 +143,7 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         "SELECT u.id, u.username, u.email, u.email_verified, u.oms_id, u.account_id,"
         " u.password_hash, u.totp_sealed, u.auth_source, u.active, u.master, u.last_login,"
         f" u.locked_until, {permissions}, {accounts}, u.password_version, u.totp_last_step,"
-        " u.locale"
+        " u.locale, u.created_at"
         " FROM users u"
     )
     return {
@@ -151,6 +151,9 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         "user_by_name": select + " WHERE u.username_key = ?",
         "users": select + " ORDER BY u.id",
         "users_locked": select + " WHERE u.oms_id = ? AND u.locked_until > ? ORDER BY u.id",
+        # An OMS's users with an email, whatever its case (at most two: one, or ambiguous).
+        "users_by_email": select
+        + " WHERE u.oms_id = ? AND lower(u.email) = lower(?) ORDER BY u.id LIMIT 2",
     }
 
 
@@ -164,6 +167,7 @@ class Statements:
     user_by_name: str
     users: str
     users_locked: str
+    users_by_email: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
     # Another user whose name looks the same (the same skeleton, another key).
     username_lookalike: str = (
@@ -240,17 +244,18 @@ class Statements:
         " VALUES (?, ?, ?, ?, ?)"
     )
     api_key: str = (
-        "SELECT key, user_id, permissions, secret_sealed, created_at, last_nonce"
-        " FROM api_keys WHERE key = ?"
+        "SELECT key, user_id, permissions, secret_sealed, created_at FROM api_keys WHERE key = ?"
     )
     user_api_keys: str = (
-        "SELECT key, user_id, permissions, secret_sealed, created_at, last_nonce"
+        "SELECT key, user_id, permissions, secret_sealed, created_at"
         " FROM api_keys WHERE user_id = ? ORDER BY id"
     )
     count_user_api_keys: str = "SELECT count(*) FROM api_keys WHERE user_id = ?"
-    # The nonce's compare-and-set: of logins racing with one nonce, on any node, one moves it.
-    advance_nonce: str = (
-        "UPDATE api_keys SET last_nonce = ? WHERE key = ? AND user_id = ? AND last_nonce < ?"
+    # A key login's transaction holds the key's row (still the user's; a removal waits), then
+    # records its nonce's digest: of logins racing with one nonce, on any node, one inserts it.
+    hold_api_key: str = "UPDATE api_keys SET user_id = user_id WHERE key = ? AND user_id = ?"
+    record_nonce: str = (
+        "INSERT INTO api_key_nonces (key, digest) VALUES (?, ?) ON CONFLICT DO NOTHING"
     )
     # Before the key itself (the sessions' foreign key would take them silently otherwise).
     delete_api_key_sessions: str = (
@@ -531,6 +536,7 @@ def to_user(row: Row) -> User:
         password_version=row[15],
         totp_last_step=row[16],
         locale=row[17],
+        created_at=row[18],
     )
 
 
@@ -546,7 +552,6 @@ def to_api_key(row: Row) -> ApiKey:
         permissions=tuple(msgspec.json.decode(row[2])),
         secret_sealed=bytes(row[3]),
         created_at=row[4],
-        last_nonce=row[5],
     )
 
 

@@ -8,6 +8,7 @@ from protocol.errors import SUCCESS, ErrorCode, StandardResponse
 from protocol.messages import (
     AuthenticateUserReply,
     AuthenticateUserRequest,
+    Empty,
     PayloadDecoder,
     PayloadError,
     ResetPassword2Request,
@@ -61,6 +62,10 @@ def test_a_key_of_the_wrong_type_is_code_100_naming_the_key(o: object, detail: s
 def test_o_that_is_not_a_json_object_is_unroutable(o: str) -> None:
     result = decoder.decode(o)
     assert isinstance(result, PayloadError) and not result.routable
+
+
+def test_o_null_is_no_payload_as_the_python_sdk_pings() -> None:
+    assert PayloadDecoder(Empty).decode("null") == Empty()
 
 
 def test_secrets_do_not_appear_in_reprs() -> None:

@@ -45,11 +45,14 @@ def test_a_stale_or_locked_login_still_ends_its_second_step() -> None:
         assert [s.sql for s in plan.steps] == [S.delete_pending_login]
 
 
-def test_an_api_key_login_is_replayed_unless_its_nonce_moves_on() -> None:
+def test_an_api_key_login_is_replayed_unless_its_key_holds_and_its_nonce_is_new() -> None:
     state = plans.LoginState(password_version=2, totp_last_step=None, locked_until=None)
-    plan = plans.session_plan(S, opening(api_key=("key", 9)), state)
+    plan = plans.session_plan(S, opening(api_key=("key", b"n" * 32)), state)
     assert plan.outcome is Outcome.DONE
-    assert plan.steps[0] == plans.Step(S.advance_nonce, (9, "key", 7, 9), Outcome.REPLAYED)
+    assert plan.steps[:2] == [
+        plans.Step(S.hold_api_key, ("key", 7), Outcome.REPLAYED),
+        plans.Step(S.record_nonce, ("key", b"n" * 32), Outcome.REPLAYED),
+    ]
 
 
 def test_a_reset_is_refused_before_the_code_is_touched_when_locked_or_replayed() -> None:

@@ -131,7 +131,7 @@ def user_row(perms: object, accounts: object, flags: tuple[object, object, objec
     verified, active, master = flags
     return (
         *(3, "Alice", "a@x.test", verified, 1, 7, "h", None, "native", active, master),
-        *(None, None, perms, accounts, 2, None, "de"),
+        *(None, None, perms, accounts, 2, None, "de", 1.5),
     )
 
 
@@ -143,6 +143,7 @@ def test_one_user_mapper_reads_either_store_s_rows() -> None:
     assert from_pg.permissions == {"Operator", "Trading"} and from_pg.accounts == {7, 8}
     assert from_pg.email_verified is True and from_pg.master is False
     assert from_pg.password_version == 2 and from_pg.locale == "de"
+    assert from_pg.created_at == 1.5
     # No permissions, no accounts: NULL from SQLite's group_concat, [] from an ARRAY.
     assert q.to_user(user_row(None, None, (0, 1, 0))).permissions == frozenset()
     assert q.to_user(user_row([], [], (False, True, False))).accounts == frozenset()
@@ -157,8 +158,8 @@ def test_the_other_mappers() -> None:
     assert (row.id, row.target_name, row.hash) == (1, "bob", "h")
     assert q.to_session((1, 2.0, 3.0, None)).last_seen == 3.0
     assert q.to_session((1, 2.0, 3.0, "k")).api_key == "k"
-    key = q.to_api_key(("k", 5, '["Trading"]', memoryview(b"sealed"), 1.0, 7))
-    assert (key.permissions, key.secret_sealed, key.last_nonce) == (("Trading",), b"sealed", 7)
+    key = q.to_api_key(("k", 5, '["Trading"]', memoryview(b"sealed"), 1.0))
+    assert (key.permissions, key.secret_sealed) == (("Trading",), b"sealed")
     assert "sealed" not in repr(key)
     args = q.api_key_args(key)
     assert args == ("k", 5, '["Trading"]', b"sealed", 1.0)

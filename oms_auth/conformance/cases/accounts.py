@@ -1,12 +1,15 @@
 """The account functions around a reset: CreateUser, TOTP enrolment, security questions,
-ForceUserLogoff, GetLockedUsers (docs/protocol.md, "Functions")."""
+ForceUserLogoff, GetLockedUsers, and the user record GetUserInfo answers (docs/protocol.md,
+"Functions")."""
 
 from __future__ import annotations
+
+import re
 
 from ..kit import Options, expect
 from ..probe import Probe
 from ..registry import case
-from .checks import check_refusal, check_success
+from .checks import check_refusal, check_success, missing_name
 from .mailbox import NEW_USER_PASSWORD, invited_user
 
 __all__: list[str] = []
@@ -108,3 +111,50 @@ async def _locked_users(options: Options, evidence: list[str]) -> None:
             expect(keys <= set(user), f"a locked user lacks {sorted(keys - set(user))}")
     async with Probe(options, evidence) as anonymous:
         check_refusal(await anonymous.call("GetLockedUsers", {}), 1, 20)
+
+
+# The APEX user record as the official SDKs parse it: every key, with its type.
+RECORD: dict[str, type] = {
+    "UserId": int,
+    "UserName": str,
+    "Email": str,
+    "PasswordHash": str,
+    "PendingEmailCode": str,
+    "EmailVerified": bool,
+    "AccountId": int,
+    "DateTimeCreated": str,
+    "AffiliateId": int,
+    "RefererId": int,
+    "OMSId": int,
+    "Use2FA": bool,
+    "Salt": str,
+    "PendingCodeTime": str,
+    "Locked": bool,
+    "LockedTime": str,
+    "NumberOfFailedAttempt": int,
+    "MarginBorrowerEnabled": bool,
+    "MarginAcquisitionHalt": bool,
+    "OperatorId": int,
+}
+TIMES = ("DateTimeCreated", "PendingCodeTime", "LockedTime")
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+@case(
+    "user-record",
+    "GetUserInfo answers the APEX record (every key typed, no hash or salt) of the user named",
+)
+async def _user_record(options: Options, evidence: list[str]) -> None:
+    async with Probe(options, evidence) as p:
+        reply = await p.login(options.trader or options.operator, "trader")
+        o = (await p.call("GetUserInfo", {}))["o"]
+        expect(isinstance(o, dict), "GetUserInfo did not answer a record")
+        missing = sorted(k for k, kind in RECORD.items() if type(o.get(k)) is not kind)
+        expect(not missing, f"keys missing or of another type: {missing}")
+        expect((o["PasswordHash"], o["Salt"]) == ("", ""), "a hash or salt is shown")
+        bad_times = [k for k in TIMES if not ISO_UTC.fullmatch(o[k])]
+        expect(not bad_times, f"not ISO 8601 UTC: {bad_times}")
+        by_name = (await p.call("GetUserInfo", {"UserName": o["UserName"]}))["o"]
+        expect(by_name.get("UserId") == reply.get("UserId"), "by UserName: not the user named")
+        nobody = await p.call("GetUserInfo", {"UserName": missing_name()})
+        check_refusal(nobody, 1, 104)  # never the caller instead

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import time
+import secrets
 import urllib.error
 import urllib.request
 from typing import Any
@@ -58,6 +58,8 @@ async def _session(options: Options, evidence: list[str]) -> None:
         async with Probe(options, evidence) as q:
             resumed = await q.call("WebAuthenticateUser", {"SessionToken": token})
             expect(resumed["o"].get("Authenticated") is True, "the token did not resume")
+            # As the official SDKs type it: a decimal string (User.UserId stays an integer).
+            expect(resumed["o"].get("UserId") == str(reply.get("UserId")), "UserId not a string")
             check_success(await q.call("LogOut"))
             check_refusal(await q.call("LogOut"), 1, 20)
         async with Probe(options, evidence) as r:
@@ -122,7 +124,8 @@ async def _web_login(options: Options, evidence: list[str]) -> None:
         answer = await p.call("WebAuthenticateUser", {"UserName": creds[0], "Password": creds[1]})
         o = answer["o"]
         expect(o.get("Authenticated") is True, "WebAuthenticateUser with a password failed")
-        expect(isinstance(o.get("UserId"), int), "no top-level UserId")
+        user_id = (o.get("User") or {}).get("UserId")
+        expect(o.get("UserId") == str(user_id), "the top-level UserId is not a decimal string")
 
 
 @case("user-info", "after login GetUserInfo, GetUserPermissions, GetUserAccounts answer m=1")
@@ -143,7 +146,16 @@ async def _user_info(options: Options, evidence: list[str]) -> None:
         expect(accounts["m"] == 1 and isinstance(accounts["o"], list), "GetUserAccounts: no list")
 
 
-@case("apikey-login", "an API key logs in with its signature; a replayed nonce does not")
+def _signed(key: dict[str, Any], uid: str, nonce: str) -> dict[str, str]:
+    message = (nonce + uid + key["APIKey"]).encode()
+    signature = hmac.new(key["APISecret"].encode(), message, hashlib.sha256).hexdigest()
+    return {"APIKey": key["APIKey"], "Signature": signature, "UserId": uid, "Nonce": nonce}
+
+
+@case(
+    "apikey-login",
+    "an API key logs in with any random nonce (not increasing, not only digits), each only once",
+)
 async def _api_key(options: Options, evidence: list[str]) -> None:
     async with Probe(options, evidence) as p:
         reply = await p.login(options.trader or options.operator, "trader")
@@ -151,14 +163,15 @@ async def _api_key(options: Options, evidence: list[str]) -> None:
         key = added["o"]
         expect(isinstance(key, dict) and bool(key.get("APIKey") and key.get("APISecret")), "no key")
         try:
-            nonce, uid = str(int(time.time() * 1000)), str(reply["UserId"])
-            message = (nonce + uid + key["APIKey"]).encode()
-            signature = hmac.new(key["APISecret"].encode(), message, hashlib.sha256).hexdigest()
-            login = {"APIKey": key["APIKey"], "Signature": signature, "UserId": uid, "Nonce": nonce}
+            uid = str(reply["UserId"])
+            # As the official SDKs draw them: random, so a later one is often smaller.
+            high = str(secrets.randbelow(10**8) + 9 * 10**8)
+            nonces = [high, str(secrets.randbelow(10**6)), secrets.token_urlsafe(16)]
             async with Probe(options, evidence) as bot:
-                first = await bot.call("AuthenticateUser", login)
-                expect(first["o"].get("Authenticated") is True, "the signed login failed")
-                again = await bot.call("AuthenticateUser", login)
+                for nonce in nonces:
+                    login = await bot.call("AuthenticateUser", _signed(key, uid, nonce))
+                    expect(login["o"].get("Authenticated") is True, "a random nonce was refused")
+                again = await bot.call("AuthenticateUser", _signed(key, uid, high))
                 expect(again["o"].get("Authenticated") is False, "a replayed nonce logged in")
         finally:
             await p.call("RemoveUserAPIKey", {"UserId": reply["UserId"], "APIKey": key["APIKey"]})
