@@ -93,6 +93,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_failures_per_user: int = 10
     login_failures_per_source: int = 50
     login_window_seconds: float = 900
+    # An attempt that finds every slot of a login limit held by attempts still being checked
+    # waits this long for one to end before it is refused (docs/rules.md, "Fair limits").
+    login_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10
     # A login that passed its password step waits this long, for at most this many wrong
     # TOTP codes, for its second step (docs/rules.md, "TOTP").
     second_step_seconds: float = 300

@@ -23,10 +23,12 @@ from .base import Store
 from .codes import CodeState
 from .keys import KeyBinding, KeyRefused
 from .records import (
+    IN_FLIGHT_SECONDS,
     NO_PASSWORD,
     RESET_FAILURE,
     SKELETON_VERSION,
     AccountChange,
+    Admission,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -45,6 +47,7 @@ from .records import (
     Reservation,
     ResetCode,
     Revocation,
+    Room,
     SecurityQuestion,
     Session,
     SessionOpening,
@@ -81,7 +84,10 @@ __all__ = [
     "Outcome",
     "PasswordReset",
     "PendingStep",
+    "Admission",
+    "IN_FLIGHT_SECONDS",
     "Reservation",
+    "Room",
     "ResetCode",
     "Revocation",
     "SecurityQuestion",

@@ -20,6 +20,7 @@ from . import sql as q
 from .audit import AuditCheck, check_chain
 from .records import (
     AccountChange,
+    Admission,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -36,6 +37,7 @@ from .records import (
     SecurityQuestion,
     Session,
     SessionOpening,
+    Slot,
     User,
     username_key,
 )
@@ -230,6 +232,18 @@ class Store(abc.ABC):
         """Record one event for every claim, unless any of them is at its limit: all or none,
         atomically (concurrent callers cannot both take the last slot, on any node). Returns
         how many events each claim's counter held before, or None when refused."""
+
+    @abc.abstractmethod
+    async def admit(self, claims: Sequence[Claim], now: float) -> Admission:
+        """A login attempt's slots: one event for every claim, marked in flight, unless a
+        counter is full (:func:`.plans.admission` decides): all or none, atomically, as
+        ``reserve``. Its slots end with ``release`` (it did not count) or ``settle`` (a
+        failure)."""
+
+    @abc.abstractmethod
+    async def settle(self, slots: Sequence[Slot]) -> None:
+        """The attempts these slots (taken by ``admit``) counted failed: they stay, as
+        failures."""
 
     @abc.abstractmethod
     async def release(self, kind: str, key: str, at: float) -> None:

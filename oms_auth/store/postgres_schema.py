@@ -195,6 +195,12 @@ MIGRATIONS: list[str] = [
     DROP INDEX user_accounts_by_account;
     CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
     """,
+    # 9: a login attempt's event is marked while its secret is being checked (docs/rules.md,
+    # "Fair limits"): a limit full of attempts in flight makes the next one wait, one full of
+    # failures refuses it.
+    """
+    ALTER TABLE events ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,6 +13,7 @@ from oms_auth.store import (
     PasswordReset,
     Reservation,
     ResetCode,
+    Room,
     SessionOpening,
     Slot,
     plans,
@@ -125,3 +126,14 @@ def test_a_reservation_is_all_or_none() -> None:
     claims = [Claim("a", "x", 60, 2), Claim("b", "y", 60, 5)]
     assert plans.room_left(claims, [1, 4])
     assert not plans.room_left(claims, [2, 0])
+
+
+def test_a_limit_full_of_failures_refuses_and_one_full_of_attempts_in_flight_waits() -> None:
+    user, source = Claim("u", "alice", 60, 3), Claim("s", "10.0.0.1", 60, 5)
+    # (events within the window, of them still in flight) per counter
+    assert plans.admission([user, source], [(2, 2), (4, 0)]).room is Room.FREE
+    waits = plans.admission([user, source], [(3, 1), (4, 0)])
+    assert (waits.room, waits.full, waits.failures) == (Room.IN_FLIGHT, user, (2, 4))
+    assert plans.admission([user, source], [(3, 1), (5, 0)]).full == source  # failures first
+    refused = plans.admission([user, source], [(5, 2), (1, 1)])
+    assert (refused.room, refused.full) == (Room.FAILURES, user)

@@ -1,0 +1,123 @@
+"""docs/rules.md, "Fair limits": an attempt that finds every slot of a login limit held by
+attempts in flight waits its turn instead of being refused; failures still refuse; over real
+sockets, on both stores, and across two nodes on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oms_auth.app import App
+from oms_auth.engine.names import counter_key
+from oms_auth.store import Claim
+
+from .helpers import PASSWORD, Clock, make_user
+from .test_races import TOO_MANY_LOGINS, burst, clients, close_all, started
+
+IN_PROGRESS = "Too many login attempts in progress; try again in a moment"
+INVALID = "Invalid username or password"
+
+
+def login(username: str, password: str = PASSWORD) -> tuple[str, dict[str, Any]]:
+    return ("AuthenticateUser", {"UserName": username, "Password": password})
+
+
+async def at_once(app: App, calls: list[tuple[str, dict[str, Any]]], connections: int) -> list[Any]:
+    """Every call sent at once over ``connections`` connections; the answers' payloads."""
+    cs = await clients(app, connections)
+    try:
+        return [a.o for a in await burst(cs, calls)]
+    finally:
+        await close_all(cs)
+
+
+def refusals(answers: list[Any]) -> list[str]:
+    return [a["errormsg"] for a in answers if not a["Authenticated"]]
+
+
+async def test_64_simultaneous_correct_logins_of_one_user_from_one_address_all_succeed(
+    app: App,
+) -> None:
+    await make_user(app.deps, "operator")
+    before = app.deps.hasher.checks
+    assert refusals(await at_once(app, [login("operator")] * 64, 64)) == []
+    assert app.deps.hasher.checks - before == 64
+
+
+async def test_200_simultaneous_logins_of_40_users_behind_one_address_all_succeed(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = await started(tmp_path, clock, db, login_failures_per_source=20)
+    try:
+        for n in range(40):
+            await make_user(app.deps, f"trader{n}")
+        calls = [login(f"trader{n % 40}") for n in range(200)]
+        assert refusals(await at_once(app, calls, 50)) == []
+    finally:
+        await app.stop()
+
+
+async def test_60_simultaneous_wrong_passwords_still_check_at_most_the_limit(app: App) -> None:
+    await make_user(app.deps, "victim")
+    limit = app.settings.login_failures_per_user
+    before = app.deps.hasher.checks
+    answers = await at_once(app, [login("victim", "wrong-guess")] * 60, 60)
+    assert app.deps.hasher.checks - before == limit
+    said = sorted(refusals(answers))
+    # Refused because failures reached the limit, not because others were in flight.
+    assert said == sorted([INVALID] * limit + [TOO_MANY_LOGINS] * (60 - limit))
+
+
+def held_claims(username_key: str, source: str, limit: int) -> list[Claim]:
+    return [
+        Claim("login-failure-user", username_key, 900, limit),
+        Claim("login-failure-source", source, 900, 50),
+    ]
+
+
+async def test_a_wait_that_runs_out_is_refused_as_in_progress_not_as_failed(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = await started(tmp_path, clock, db, login_wait_seconds=0.3)
+    try:
+        await make_user(app.deps, "operator")
+        key = counter_key(app.deps.names_key, "operator")
+        claims = held_claims(key, "127.0.0.1", app.settings.login_failures_per_user)
+        for _ in range(app.settings.login_failures_per_user):  # attempts being checked
+            assert (await app.deps.store.admit(claims, clock())).room.value == "free"
+        assert refusals(await at_once(app, [login("operator")], 1)) == [IN_PROGRESS]
+    finally:
+        await app.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+async def test_logins_wait_for_slots_held_on_the_other_node(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    a = await started(tmp_path, clock, db, secret_key_file=str(tmp_path / "oms-auth.key"))
+    (tmp_path / "b").mkdir()
+    b = await started(tmp_path / "b", clock, db, secret_key_file=str(tmp_path / "oms-auth.key"))
+    try:
+        await make_user(a.deps, "operator")
+        limit = a.settings.login_failures_per_user
+        claims = held_claims(counter_key(a.deps.names_key, "operator"), "127.0.0.1", limit)
+        held = []
+        for _ in range(limit):  # node a is checking `limit` attempts
+            now = clock()
+            assert (await a.deps.store.admit(claims, now)).room.value == "free"
+            held.append(now)
+            clock.advance(0.001)
+        logins = asyncio.ensure_future(at_once(b, [login("operator")] * 24, 24))
+        await asyncio.sleep(0.5)
+        assert not logins.done()  # every slot is held on a: b's logins wait
+        for at in held:  # a's attempts end (not on b: b sees it by polling)
+            await a.deps.store.release(claims[0].kind, claims[0].key, at)
+            await a.deps.store.release(claims[1].kind, claims[1].key, at)
+        assert refusals(await asyncio.wait_for(logins, 30)) == []
+    finally:
+        await a.stop()
+        await b.stop()
