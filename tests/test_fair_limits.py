@@ -121,3 +121,25 @@ async def test_logins_wait_for_slots_held_on_the_other_node(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_500_simultaneous_resumes_on_one_node_succeed_without_a_hash_or_a_slot(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    # Every slot of the user's login limit held by attempts in flight: a resume that took a
+    # slot would wait, then be refused; one that checked a password would count a hash.
+    app = await started(tmp_path, clock, db, max_connections_per_source=600)
+    try:
+        await make_user(app.deps, "operator")
+        (first,) = await at_once(app, [login("operator")], 1)
+        token = first["SessionToken"]
+        claims = held_claims(counter_key(app.deps.names_key, "operator"), "127.0.0.1", 10)
+        for _ in range(10):
+            assert (await app.deps.store.admit(claims, clock())).room.value == "free"
+        before = app.deps.hasher.checks
+        resume = ("WebAuthenticateUser", {"SessionToken": token})
+        answers = await asyncio.wait_for(at_once(app, [resume] * 500, 500), 120)
+        assert refusals(answers) == []
+        assert app.deps.hasher.checks == before
+    finally:
+        await app.stop()
