@@ -12,7 +12,7 @@ import pytest
 
 from oms_auth.app import App
 from oms_auth.engine.names import counter_key
-from oms_auth.store import Claim
+from oms_auth.store import Claim, Room
 
 from .helpers import PASSWORD, Clock, make_user
 from .test_races import TOO_MANY_LOGINS, burst, clients, close_all, started
@@ -71,11 +71,26 @@ async def test_60_simultaneous_wrong_passwords_still_check_at_most_the_limit(app
     assert said == sorted([INVALID] * limit + [TOO_MANY_LOGINS] * (60 - limit))
 
 
-def held_claims(username_key: str, source: str, limit: int) -> list[Claim]:
-    return [
-        Claim("login-failure-user", username_key, 900, limit),
-        Claim("login-failure-source", source, 900, 50),
+async def hold_slots(app: App, clock: Clock, username: str) -> list[tuple[Claim, float]]:
+    """Every slot of ``username``'s login limit taken, as attempts being checked hold them (on
+    ``app``'s node): the slots, to give back."""
+    s = app.settings
+    claims = [
+        Claim(
+            "login-failure-user",
+            counter_key(app.deps.names_key, username),
+            900,
+            s.login_failures_per_user,
+        ),
+        Claim("login-failure-source", "127.0.0.1", 900, s.login_failures_per_source),
     ]
+    held = []
+    for _ in range(s.login_failures_per_user):
+        now = clock()
+        assert (await app.deps.store.admit(claims, now)).room is Room.FREE
+        held += [(c, now) for c in claims]
+        clock.advance(0.001)
+    return held
 
 
 async def test_a_wait_that_runs_out_is_refused_as_in_progress_not_as_failed(
@@ -84,10 +99,7 @@ async def test_a_wait_that_runs_out_is_refused_as_in_progress_not_as_failed(
     app = await started(tmp_path, clock, db, login_wait_seconds=0.3)
     try:
         await make_user(app.deps, "operator")
-        key = counter_key(app.deps.names_key, "operator")
-        claims = held_claims(key, "127.0.0.1", app.settings.login_failures_per_user)
-        for _ in range(app.settings.login_failures_per_user):  # attempts being checked
-            assert (await app.deps.store.admit(claims, clock())).room.value == "free"
+        await hold_slots(app, clock, "operator")
         assert refusals(await at_once(app, [login("operator")], 1)) == [IN_PROGRESS]
     finally:
         await app.stop()
@@ -103,20 +115,12 @@ async def test_logins_wait_for_slots_held_on_the_other_node(
     b = await started(tmp_path / "b", clock, db, secret_key_file=str(tmp_path / "oms-auth.key"))
     try:
         await make_user(a.deps, "operator")
-        limit = a.settings.login_failures_per_user
-        claims = held_claims(counter_key(a.deps.names_key, "operator"), "127.0.0.1", limit)
-        held = []
-        for _ in range(limit):  # node a is checking `limit` attempts
-            now = clock()
-            assert (await a.deps.store.admit(claims, now)).room.value == "free"
-            held.append(now)
-            clock.advance(0.001)
+        held = await hold_slots(a, clock, "operator")  # node a is checking 10 attempts
         logins = asyncio.ensure_future(at_once(b, [login("operator")] * 24, 24))
         await asyncio.sleep(0.5)
         assert not logins.done()  # every slot is held on a: b's logins wait
-        for at in held:  # a's attempts end (not on b: b sees it by polling)
-            await a.deps.store.release(claims[0].kind, claims[0].key, at)
-            await a.deps.store.release(claims[1].kind, claims[1].key, at)
+        for claim, at in held:  # a's attempts end (not on b: b sees it by polling)
+            await a.deps.store.release(claim.kind, claim.key, at)
         assert refusals(await asyncio.wait_for(logins, 30)) == []
     finally:
         await a.stop()
@@ -133,9 +137,7 @@ async def test_500_simultaneous_resumes_on_one_node_succeed_without_a_hash_or_a_
         await make_user(app.deps, "operator")
         (first,) = await at_once(app, [login("operator")], 1)
         token = first["SessionToken"]
-        claims = held_claims(counter_key(app.deps.names_key, "operator"), "127.0.0.1", 10)
-        for _ in range(10):
-            assert (await app.deps.store.admit(claims, clock())).room.value == "free"
+        await hold_slots(app, clock, "operator")
         before = app.deps.hasher.checks
         resume = ("WebAuthenticateUser", {"SessionToken": token})
         answers = await asyncio.wait_for(at_once(app, [resume] * 500, 500), 120)
