@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from oms_auth.app import App, build_deps
 from protocol.client import Client
@@ -418,3 +419,21 @@ async def test_a_forced_logoff_on_one_node_ends_the_users_sessions_on_the_other(
         assert event.o == {"Reason": "ForcedLogoff"}
     assert time.monotonic() - started < 1
     assert not await logged_in(on_a) and not await logged_in(on_b)
+
+
+async def test_clients_of_a_stopped_node_reconnect_to_the_other_and_resume_with_their_token(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    login = {"UserName": "alice", "Password": PASSWORD}
+    clients = [await Client.connect(cluster.nodes["a"].url) for _ in range(5)]
+    tokens = [(await c.call("AuthenticateUser", login)).o["SessionToken"] for c in clients]
+    await cluster.nodes["a"].stop()  # SIGTERM: drained, then every WebSocket closed with 1012
+    for c, token in zip(clients, tokens, strict=True):
+        with pytest.raises(ConnectionClosed) as closed:
+            await c.next_unmatched(timeout=15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        other = await cluster.client("b")
+        resumed = await other.call("WebAuthenticateUser", {"SessionToken": token})
+        assert resumed.o["Authenticated"] is True, resumed.o

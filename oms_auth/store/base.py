@@ -295,6 +295,11 @@ class Store(abc.ABC):
         by nodes does nothing (claims there expire by their lease)."""
         return 0
 
+    @abc.abstractmethod
+    async def hand_back_mail(self, mail_ids: Sequence[int], now: float) -> None:
+        """A stopping node's claims on these messages, still undelivered, given back: due at
+        once, for any node (not after their lease)."""
+
     async def reclaim_mail(self, now: float) -> int:
         """Make every claimed, undelivered message due at once: for a single node at start,
         when no other process can hold a claim (a dead one's would otherwise wait for its

@@ -565,6 +565,9 @@ class PostgresStore(Store):
         rows = await self._db.fetch(_CLAIM_MAIL, now, limit, lease)
         return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
 
+    async def hand_back_mail(self, mail_ids: Sequence[int], now: float) -> None:
+        await self._db.executemany(S.hand_back_mail, [(now, mail_id) for mail_id in mail_ids])
+
     async def mails_delivered(
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
     ) -> None:

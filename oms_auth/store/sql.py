@@ -309,6 +309,11 @@ class Statements:
         f"UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = '{MailState.QUEUED}'"
         " AND claimed = 1"
     )
+    # A stopping node's claim given back (it was neither delivered nor retried): due at once.
+    hand_back_mail: str = (
+        f"UPDATE outbox SET due_at = ?, claimed = 0 WHERE id = ? AND state = '{MailState.QUEUED}'"
+        " AND claimed = 1"
+    )
     mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"
     # audit
     audit_tail: str = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"

@@ -523,6 +523,12 @@ class SqliteStore(Store):
 
         return await self._write(job)
 
+    async def hand_back_mail(self, mail_ids: Sequence[int], now: float) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            raw.executemany(S.hand_back_mail, [(now, mail_id) for mail_id in mail_ids])
+
+        await self._write(job)
+
     async def mails_delivered(
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
     ) -> None:
