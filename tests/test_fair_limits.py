@@ -14,7 +14,7 @@ from oms_auth.app import App
 from oms_auth.engine.names import counter_key
 from oms_auth.store import Claim, Room
 
-from .helpers import PASSWORD, Clock, make_user
+from .helpers import PASSWORD, Clock, eventually, make_user
 from .test_races import TOO_MANY_LOGINS, burst, clients, close_all, started
 
 IN_PROGRESS = "Too many login attempts in progress; try again in a moment"
@@ -143,5 +143,32 @@ async def test_500_simultaneous_resumes_on_one_node_succeed_without_a_hash_or_a_
         answers = await asyncio.wait_for(at_once(app, [resume] * 500, 500), 120)
         assert refusals(answers) == []
         assert app.deps.hasher.checks == before
+    finally:
+        await app.stop()
+
+
+async def test_waiting_attempts_get_a_freed_slot_in_arrival_order(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = await started(tmp_path, clock, db)
+    try:
+        await make_user(app.deps, "operator")
+        held = await hold_slots(app, clock, "operator")
+        user = held[0][0]
+        order: list[int] = []
+
+        async def arrive(n: int) -> None:
+            (answer,) = await at_once(app, [login("operator")], 1)
+            assert answer["Authenticated"], answer
+            order.append(n)
+
+        arrivals = []
+        for n in range(6):  # one at a time: each is in the line before the next comes
+            arrivals.append(asyncio.ensure_future(arrive(n)))
+            await eventually(lambda n=n: app.sessions.turns.waiters(user.kind, user.key) == n + 1)
+        claim, at = held[0]  # one attempt in flight ends: its slot passes down the line
+        await app.deps.store.release(claim.kind, claim.key, at)
+        await asyncio.wait_for(asyncio.gather(*arrivals), 30)
+        assert order == list(range(6))
     finally:
         await app.stop()

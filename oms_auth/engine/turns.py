@@ -48,6 +48,10 @@ class Turns:
     def waiting(self, key: str) -> bool:
         return bool(self._lines.get(key))
 
+    def waiters(self, kind: str, key: str) -> int:
+        """How many attempts wait for a slot of this counter on this node."""
+        return len(self._lines.get(line_key(kind, key), ()))
+
     def wake(self, key: str) -> None:
         """A slot of this counter was given back: the first waiter tries again."""
         line = self._lines.get(key)
