@@ -371,11 +371,12 @@ class App:
         }
 
     async def stop(self) -> None:
-        """Graceful: stop listening, let requests in flight finish, close connections with
-        1001, then finish background work and close the store."""
+        """Graceful (docs/operations.md, "Overload and shutdown"): stop listening, answer the
+        requests in flight (up to ``drain_seconds``), close WebSockets with 1012 so clients
+        reconnect and resume, hand back mail claims, finish background work, close the store."""
         if self.server is not None:
             self.server.close(close_connections=False)
-            grace = self.settings.shutdown_grace_seconds
+            grace = self.settings.drain_seconds
             await asyncio.gather(self.gateway.drain(grace), self.http.drain(grace))
             await self.registry.flush()
             await self.server.wait_closed()

@@ -68,7 +68,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http_idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30
     ping_interval_seconds: float = 20
     ping_timeout_seconds: float = 20
-    shutdown_grace_seconds: float = 10
+    # On SIGTERM requests in flight get this long to be answered before every WebSocket is
+    # closed with 1012 (docs/operations.md, "Overload and shutdown").
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10
     maintenance_seconds: float = 600  # how often expired events and sessions are deleted
     session_idle_seconds: float = 3600
     # Reset engine (docs/rules.md, "The code and the link", "Lockout")
@@ -93,6 +95,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_failures_per_user: int = 10
     login_failures_per_source: int = 50
     login_window_seconds: float = 900
+    # An attempt that finds every slot of a login limit held by attempts still being checked
+    # waits this long for one to end before it is refused (docs/rules.md, "Fair limits").
+    login_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10
     # A login that passed its password step waits this long, for at most this many wrong
     # TOTP codes, for its second step (docs/rules.md, "TOTP").
     second_step_seconds: float = 300
@@ -176,6 +181,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 _FIELDS = set(Settings.__struct_fields__)
 _LISTS = {"trusted_proxies"}  # comma-separated in the environment
+# Settings renamed: the old name still read (a file or the environment written for it).
+_RENAMED = {"shutdown_grace_seconds": "drain_seconds"}
 
 
 def load_settings(
@@ -195,9 +202,13 @@ def load_settings(
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
         for key, value in doc.items():
             name = key.replace("-", "_")
+            name = _RENAMED.get(name, name)
             if name not in _FIELDS:
                 raise ConfigError(f"unknown setting {key!r} in {config_file}")
             merged[name] = value
+    for old, new in _RENAMED.items():
+        if "OMS_AUTH_" + old.upper() in environ:
+            merged[new] = environ["OMS_AUTH_" + old.upper()]
     for name in _FIELDS:
         value = environ.get("OMS_AUTH_" + name.upper())
         if value is not None and name != "secret_key":

@@ -25,7 +25,9 @@ Cases: Ping; AuthenticateUser; ResetPassword by an Operator (durable: the code a
 are committed before the answer); ResetPassword2 (Argon2id hash of the new password, codes read
 from the Maildir); paced Ping while ResetPassword2 saturates the hash pool (against the same
 paced Ping on an idle server); RSS with ``--idle`` idle authenticated connections (sessions
-resumed with WebAuthenticateUser); time from spawn to the "listening" line on a fresh store.
+resumed with WebAuthenticateUser); time from spawn to the "listening" line on a fresh store;
+reconnect: 500 connections resuming at once and 64 logging in at once (one user, the default
+login limits), time to all authenticated against the ceiling's figure from the same run.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@
 - ``idle``: RSS with many idle authenticated connections, against the ceiling's;
 - ``startup``: spawn to the listening line, on a fresh store;
 - ``keepalive``: ``/AP/Ping`` over one kept-alive HTTP connection against WebSocket Ping, as a
-  ratio (:mod:`scripts.bench_keepalive`).
+  ratio (:mod:`scripts.bench_keepalive`);
+- ``reconnect``: N connections resuming at once, and N logging in at once, to all
+  authenticated, against their ceilings (:mod:`scripts.bench_reconnect`).
 
 Each case appends :class:`~scripts.bench_report.Row` values; the figures come from the load
 generator (``scripts.bench_load``) in its own process.
@@ -40,6 +42,7 @@ from .bench_procs import (
     start_oms,
     wait_idle,
 )
+from .bench_reconnect import reconnect_case
 from .bench_report import Row, ratio
 from .bench_setup import (
     PASSWORD,
@@ -89,6 +92,7 @@ ALL_CASES = (
     "idle",
     "startup",
     "keepalive",
+    "reconnect",
 )
 # Cases that leave mail behind: the server's CPU is counted until the outbox is empty again, so
 # a figure per reset includes its delivery, and the backlog at the end says whether delivery
@@ -129,6 +133,9 @@ def run_loop(opts: Options, loop: str, rows: list[Row], notes: list[str]) -> Non
             _startup_case(opts, loop, tmp / "startup", rows)
         if "keepalive" in opts.only:
             rows.append(keepalive_case(loop, tmp / "keepalive", opts.duration, opts.server_env))
+        if "reconnect" in opts.only:
+            resumes, logins = (20, 8) if opts.quick else (500, 64)
+            rows += reconnect_case(loop, tmp / "reconnect", resumes, logins, opts.server_env)
     finally:
         if opts.keep:
             log(f"kept {tmp}")

@@ -18,6 +18,8 @@ CASES = (
     "| Ping during ResetPassword2 |",
     "idle authenticated connections |",
     "| start to listening |",
+    "| reconnect: resumes at once | 20 |",
+    "| reconnect: logins of one user at once | 8 |",
 )
 
 

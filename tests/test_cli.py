@@ -307,6 +307,21 @@ def test_settings_come_from_flags_then_environment_then_config_file(tmp_path: Pa
     )
 
 
+def test_the_wait_and_drain_settings_come_from_flags_environment_and_config_file(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "oms.toml"
+    config.write_text("login-wait-seconds = 3\nshutdown_grace_seconds = 4\n")  # the old name
+    s = load_settings({}, config_file=str(config), environ={})
+    assert (s.login_wait_seconds, s.drain_seconds) == (3, 4)
+    env = {"OMS_AUTH_LOGIN_WAIT_SECONDS": "5", "OMS_AUTH_DRAIN_SECONDS": "6"}
+    s = load_settings({}, config_file=str(config), environ=env)
+    assert (s.login_wait_seconds, s.drain_seconds) == (5, 6)
+    s = load_settings({"login_wait_seconds": 7.0, "drain_seconds": 8.0}, environ=env)
+    assert (s.login_wait_seconds, s.drain_seconds) == (7, 8)
+    assert load_settings({}, environ={}).login_wait_seconds == 10
+
+
 def test_bad_settings_are_reported_not_raised(tmp_path: Path) -> None:
     config = tmp_path / "oms.toml"
     config.write_text("colour = 'blue'\n")

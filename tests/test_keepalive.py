@@ -345,3 +345,27 @@ async def test_a_logoff_during_an_http_request_leaves_its_kept_alive_connection_
         assert (status, orjson.loads(body)) == (200, {"msg": "PONG"})
     finally:
         stream[1].close()
+
+
+async def test_shutdown_answers_a_kept_alive_request_in_flight_with_connection_close(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    app = App(settings_for(tmp_path, db=db), clock=clock, login_delay=0.25)
+    await app.start()
+    peer = await Peer.open(app)
+    try:
+        wrong = orjson.dumps({"UserName": "nobody", "Password": "wrong"})
+        for _ in range(5):  # failures pile up: the next attempt waits a second first
+            peer.writer.write(peer.request("POST", "/AP/AuthenticateUser", wrong))
+            assert header((await peer.answer())[0], "Connection") != "close"
+        peer.writer.write(peer.request("POST", "/AP/AuthenticateUser", wrong))
+        await asyncio.sleep(0.3)
+        stopping = asyncio.ensure_future(app.stop())
+        head, body = await peer.answer()
+        assert orjson.loads(body)["errormsg"] == "Invalid username or password"
+        assert header(head, "Connection") == "close"
+        assert await peer.closed_within(5)
+        await stopping
+    finally:
+        peer.close()
+        await app.stop()

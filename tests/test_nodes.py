@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from oms_auth.app import App, build_deps
 from protocol.client import Client
@@ -437,3 +438,21 @@ async def test_thirty_logins_with_one_nonce_over_two_nodes_open_one_session(
     # The other node took up none of it: a fresh nonce still logs in there.
     fresh = await burst(cs[1:2], [key_login(key, random_nonce())])
     assert fresh[0].o["Authenticated"] is True
+
+
+async def test_clients_of_a_stopped_node_reconnect_to_the_other_and_resume_with_their_token(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    login = {"UserName": "alice", "Password": PASSWORD}
+    clients = [await Client.connect(cluster.nodes["a"].url) for _ in range(5)]
+    tokens = [(await c.call("AuthenticateUser", login)).o["SessionToken"] for c in clients]
+    await cluster.nodes["a"].stop()  # SIGTERM: drained, then every WebSocket closed with 1012
+    for c, token in zip(clients, tokens, strict=True):
+        with pytest.raises(ConnectionClosed) as closed:
+            await c.next_unmatched(timeout=15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        other = await cluster.client("b")
+        resumed = await other.call("WebAuthenticateUser", {"SessionToken": token})
+        assert resumed.o["Authenticated"] is True, resumed.o

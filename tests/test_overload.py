@@ -103,7 +103,7 @@ async def test_the_server_sends_keepalive_pings(limited: App) -> None:
         assert conn.ws.latency != before  # a ping went out and its pong came back
 
 
-async def test_shutdown_finishes_requests_in_flight_then_closes_with_1001(
+async def test_shutdown_finishes_requests_in_flight_then_closes_with_1012(
     tmp_path: Path, clock: Clock, db: str
 ) -> None:
     app = App(settings_for(tmp_path, db=db), clock=clock, login_delay=0)
@@ -123,7 +123,7 @@ async def test_shutdown_finishes_requests_in_flight_then_closes_with_1001(
     await stopping
     with pytest.raises(ConnectionClosed) as closed:
         await c.next_unmatched(timeout=3)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
     await c.close()
 
 

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import threading
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from oms_auth.app import App
 from oms_auth.mail.smtp import SmtpTransport
 from protocol.client import Client
 
-from .helpers import PASSWORD, Clock, eventually, make_user, settings_for
+from .helpers import PASSWORD, Clock, eventually, make_user, settings_for, sql
 
 
 class Inbox:
@@ -187,3 +188,41 @@ def test_smtp_uris_are_parsed_and_bad_ones_refused() -> None:
     assert SmtpTransport("smtps://mail.example").port == 465
     with pytest.raises(ValueError, match="smtp://host:port"):
         SmtpTransport("smtp://")
+
+
+class Stalled(Inbox):
+    """A server that holds every message's DATA until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.arrived.set()
+        while not self.release.is_set():
+            await asyncio.sleep(0.02)
+        return "451 4.3.0 Try again later"
+
+
+async def test_a_stopping_node_hands_its_mail_claims_back_due_at_once(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    inbox = Stalled()
+    smtp = start_smtp(inbox)
+    mail = f"smtp://127.0.0.1:{smtp.port}"
+    app = App(settings_for(tmp_path, db=db, mail=mail), clock=clock, login_delay=0)
+    await app.start()
+    try:
+        await request_reset(app)
+        await eventually(inbox.arrived.is_set)  # claimed, and in delivery
+        claim = await sql(db, "SELECT claimed, due_at FROM outbox WHERE kind = 'reset'")
+        assert claim[0][0] == 1 and claim[0][1] > clock()  # due again only after the lease
+        await app.stop()
+        # Not left until its lease ends: due now, for whichever node looks next.
+        assert await sql(db, "SELECT claimed, due_at FROM outbox WHERE kind = 'reset'") == [
+            (0, clock())
+        ]
+    finally:
+        inbox.release.set()
+        await app.stop()
+        smtp.stop()

@@ -87,6 +87,18 @@ def _serve_args(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--login-wait-seconds",
+        dest="login_wait_seconds",
+        type=float,
+        help="how long a login waits for a slot held by attempts in flight (default 10)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        dest="drain_seconds",
+        type=float,
+        help="on SIGTERM, how long requests in flight may take before 1012 (default 10)",
+    )
 
 
 def _user_commands(parser: argparse.ArgumentParser) -> None:
@@ -180,6 +192,8 @@ _SETTING_FLAGS = (
     "proxy_header",
     "tls_cert",
     "tls_key",
+    "login_wait_seconds",
+    "drain_seconds",
 )
 
 

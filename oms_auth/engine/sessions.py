@@ -9,9 +9,11 @@ they are refused without checking the password. They never lock the reset.
 The rules that must hold when requests race (docs/rules.md, "Concurrency: what holds under
 bursts and across nodes"):
 
-- An attempt is reserved (counted as a failure) before its password is checked, in the same
-  transaction that reads the count; a success gives it back. N simultaneous attempts therefore
-  check at most the limit's worth of passwords; the rest are refused unchecked.
+- An attempt is reserved (a slot, marked in flight) before its password is checked, in the same
+  transaction that reads the count; a success gives it back, a failure keeps it (settled as a
+  failure). N simultaneous attempts therefore check at most the limit's worth of passwords. An
+  attempt that finds every slot held by attempts in flight waits its turn (:mod:`.turns`); one
+  that finds the limit full of failures is refused unchecked.
 - A session is created only for the password version the check read (``Store.open_session``):
   a login that read the old password and finishes after a reset opens nothing.
 - A pending second step lives in the store: at most ``second_step_attempts`` wrong codes, for
@@ -45,11 +47,12 @@ from ..store import (
     Claim,
     Outcome,
     Reservation,
+    Room,
     SessionOpening,
     Slot,
     User,
 )
-from . import apikeys, recovery_codes, totp
+from . import apikeys, recovery_codes, totp, turns
 from .caller import Caller
 from .deps import Deps
 from .names import counter_key, recorded_name
@@ -63,6 +66,7 @@ from .texts import (
     INVALID_PASSWORD,
     INVALID_SESSION,
     INVALID_USERNAME,
+    LOGINS_IN_PROGRESS,
     MUST_SET_QUESTIONS,
     NO_PENDING_2FA,
     NOT_LOGGED_IN,
@@ -131,6 +135,7 @@ class Sessions:
         self.deps = deps
         # Seconds of delay per doubling once failures pile up; tests set 0.
         self.delay_unit = delay_unit
+        self.turns = turns.Turns()
 
     async def authenticate(self, username: str | None, password: str | None, source: str) -> Login:
         """AuthenticateUser with a password; InvalidValue when either is missing."""
@@ -141,13 +146,15 @@ class Sessions:
         d = self.deps
         now = d.clock()
         name_key = self._counter(username or "")
-        reserved = await self._attempt(name_key, source, now)
-        if reserved is None:
-            return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
+        reserved = await self._attempt(name_key, source)
+        if isinstance(reserved, str):
+            return Login(LoginState.FAILED, message=reserved)
+        now = reserved.user.at
         user = await d.store.user_by_name(username) if username else None
         ok = await d.hasher.verify(user.password_hash if user else None, password or "")
         if not ok or user is None:
             # The reservation stays: it is this failure's count.
+            await self._settle(reserved.release_all())
             await self._audit_failure(username or "", source, now, user)
             d.events.count("login:failed")
             return Login(LoginState.FAILED, message=INVALID_LOGIN)
@@ -155,19 +162,15 @@ class Sessions:
         # reveals nothing it does not already know.
         refusal = self._refusal(user, now)
         if refusal is not None:
-            for slot in reserved.release_all():
-                await d.store.release(*slot)
+            await self._give_back(reserved.release_all())
             return refusal
         if user.uses_totp:
             pending = new_token()
             await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
-            for slot in reserved.release_all():
-                await d.store.release(*slot)
+            await self._give_back(reserved.release_all())
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
-        return await self._open_session(
-            user, now, source, release=reserved.keep_user_slot(), proof=Proof.PASSWORD
-        )
+        return await self._open_session(user, now, source, reserved, proof=Proof.PASSWORD)
 
     async def authenticate_api_key(
         self,
@@ -191,9 +194,10 @@ class Sessions:
         # attempts, and a flood of made-up keys still meets the per-address limit.
         name = holder.username if holder else "api-key:" + key[:64]
         name_key = self._counter(name)
-        reserved = await self._attempt(name_key, source, now)
-        if reserved is None:
-            return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
+        reserved = await self._attempt(name_key, source)
+        if isinstance(reserved, str):
+            return Login(LoginState.FAILED, message=reserved)
+        now = reserved.user.at
         nonce_digest = apikeys.nonce_digest(nonce)
         uid = parse_user_id(user_id)
         if isinstance(user_id, str) and uid is not None and str(uid) != user_id:
@@ -210,20 +214,20 @@ class Sessions:
         ok = isinstance(signature, str) and apikeys.signature_matches(secret, signature, signed)
         if not ok or holder is None or nonce_digest is None:
             # The reservation stays: it is this failure's count.
+            await self._settle(reserved.release_all())
             await self._audit_failure(name, source, now, holder, "API key")
             d.events.count("login:api_key_failed")
             return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
         refusal = self._refusal(holder, now)
         if refusal is not None:
-            for slot in reserved.release_all():
-                await d.store.release(*slot)
+            await self._give_back(reserved.release_all())
             return refusal
         assert record is not None  # (a holder is the record's user)
         return await self._open_session(
             holder,
             now,
             source,
-            release=reserved.keep_user_slot(),
+            reserved,
             api_key=(key, nonce_digest),
             key_permissions=frozenset(record.permissions),
         )
@@ -254,9 +258,10 @@ class Sessions:
             return refusal
         # A code is a secret checked like a password: it takes a slot of the login limits
         # first, so however many pending steps a password opened, the limits bound the codes.
-        name_key = self._counter(user.username)
-        if await self._reserve(name_key, source, now) is None:
-            return Login(LoginState.FAILED, message=TOO_MANY_LOGINS)
+        reserved = await self._reserve(self._counter(user.username), source)
+        if isinstance(reserved, str):
+            return Login(LoginState.FAILED, message=reserved)
+        now = reserved[0].user.at
         secret = totp.open_secret(d.sealer, user.id, user.totp_sealed)
         d.events.count("totp_checks")
         accepted = await recovery_codes.accepted(d, user, secret, code, now)
@@ -265,15 +270,17 @@ class Sessions:
                 user,
                 now,
                 source,
+                reserved[0],
                 factor=accepted,
                 pending=key,
-                release=[Slot(LOGIN_FAILURE_SOURCE, source, now)],
                 proof=Proof.PASSWORD_AND_CODE,
             )
             if login.state is LoginState.AUTHENTICATED and accepted.recovery is not None:
                 d.events.mail_queued()  # the code's notice, queued with the session
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
+        else:
+            await self._settle(reserved[0].release_all())
         await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
         d.events.count("login:second_step_failed")
         return Login(LoginState.NEEDS_2FA, user=user, pending=pending, message=INVALID_2FA_CODE)
@@ -368,14 +375,14 @@ class Sessions:
         d = self.deps
         now = d.clock()
         name_key = self._counter(user.username)
-        reserved = await self._attempt(name_key, source, now)
-        if reserved is None:
-            raise OperationFailed(TOO_MANY_LOGINS)
+        reserved = await self._attempt(name_key, source)
+        if isinstance(reserved, str):
+            raise OperationFailed(reserved)
         if not await d.hasher.verify(user.password_hash, password):
+            await self._settle(reserved.release_all())
             await self._audit_failure(name_key, source, now, user, "wrong password again")
             return False
-        for slot in reserved.release_all():
-            await d.store.release(*slot)
+        await self._give_back(reserved.release_all())
         return True
 
     async def prove(self, caller: Caller, password: str | None, source: str) -> None:
@@ -404,47 +411,64 @@ class Sessions:
         if given is None:
             raise NotAuthorized(TOTP_REQUIRED)
         now = d.clock()
-        name_key = self._counter(user.username)
-        if await self._reserve(name_key, source, now) is None:
-            raise OperationFailed(TOO_MANY_LOGINS)
+        reserved = await self._reserve(self._counter(user.username), source)
+        if isinstance(reserved, str):
+            raise OperationFailed(reserved)
         d.events.count("totp_checks")
         factor = await recovery_codes.accepted(d, user, secret, given, now)
         if factor is None:
+            await self._settle(reserved[0].release_all())
             await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
             raise NotAuthorized(INVALID_2FA_CODE)
-        await d.store.release(LOGIN_FAILURE_USER, name_key, now)
-        await d.store.release(LOGIN_FAILURE_SOURCE, source, now)
+        await self._give_back(reserved[0].release_all())
         return factor
 
     # -- helpers ------------------------------------------------------------------------------
 
-    async def _attempt(self, name_key: str, source: str, now: float) -> Reservation | None:
+    async def _attempt(self, name_key: str, source: str) -> Reservation | str:
         """A login attempt's slots (per username and per address), taken before its secret is
-        checked, and the growing delay once failures pile up; None when a limit is used up.
-        The slots, to give back (``release``) if the attempt turns out not to count."""
-        counts = await self._reserve(name_key, source, now)
-        if counts is None:
-            return None
-        await self._slow_down(counts[0])
-        return Reservation(
-            Slot(LOGIN_FAILURE_USER, name_key, now), Slot(LOGIN_FAILURE_SOURCE, source, now)
-        )
+        checked, and the growing delay once failures pile up; the refusal's text when a limit
+        is used up. The slots, to give back (``_give_back``) if the attempt turns out not to
+        count, or to keep (``_settle``) when it failed."""
+        reserved = await self._reserve(name_key, source)
+        if isinstance(reserved, str):
+            return reserved
+        await self._slow_down(reserved[1])
+        return reserved[0]
 
-    async def _reserve(self, name_key: str, source: str, now: float) -> list[int] | None:
+    async def _reserve(self, name_key: str, source: str) -> tuple[Reservation, int] | str:
         """One slot of the per-username and the per-address login limits, before a secret is
-        checked; None (counted as throttled) when either is used up."""
-        s = self.deps.settings
+        checked, waiting its turn while they are full of attempts in flight (:mod:`.turns`):
+        the slots and the username's failures so far, or the refusal's text (counted as
+        throttled)."""
+        d, s = self.deps, self.deps.settings
         window = s.login_window_seconds
-        counts = await self.deps.store.reserve(
-            [
-                Claim(LOGIN_FAILURE_USER, name_key, window, s.login_failures_per_user),
-                Claim(LOGIN_FAILURE_SOURCE, source, window, s.login_failures_per_source),
-            ],
-            now,
+        claims = [
+            Claim(LOGIN_FAILURE_USER, name_key, window, s.login_failures_per_user),
+            Claim(LOGIN_FAILURE_SOURCE, source, window, s.login_failures_per_source),
+        ]
+        found, at = await turns.admit(d.store, self.turns, claims, d.clock, s.login_wait_seconds)
+        if found.room is not Room.FREE:
+            d.events.count("login:throttled")
+            return TOO_MANY_LOGINS if found.room is Room.FAILURES else LOGINS_IN_PROGRESS
+        user, address = (
+            Slot(LOGIN_FAILURE_USER, name_key, at),
+            Slot(LOGIN_FAILURE_SOURCE, source, at),
         )
-        if counts is None:
-            self.deps.events.count("login:throttled")
-        return counts
+        return Reservation(user, address), found.failures[0]
+
+    async def _give_back(self, slots: Sequence[Slot]) -> None:
+        """Slots of attempts that do not count: released, and a waiter for each woken."""
+        for slot in slots:
+            await self.deps.store.release(*slot)
+            self.turns.wake(turns.line_key(slot.kind, slot.key))
+
+    async def _settle(self, slots: Sequence[Slot]) -> None:
+        """Slots of failed attempts: kept, as failures (waiters told: the limit may be full of
+        failures now)."""
+        await self.deps.store.settle(slots)
+        for slot in slots:
+            self.turns.wake(turns.line_key(slot.kind, slot.key))
 
     async def _revoke(self, token_digest: bytes, user_id: int, reason: str) -> None:
         await self.deps.store.revoke_session(token_digest, user_id, reason)
@@ -466,8 +490,8 @@ class Sessions:
         user: User,
         now: float,
         source: str,
+        reserved: Reservation,
         *,
-        release: Sequence[Slot] = (),
         factor: recovery_codes.Factor = recovery_codes.NO_FACTOR,
         pending: bytes | None = None,
         api_key: tuple[str, bytes] | None = None,
@@ -490,10 +514,17 @@ class Sessions:
                 api_key=api_key,
                 recovery=factor.recovery,
                 clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
-                release=release,
+                release=reserved.keep_user_slot(),
                 audit=[entry],
             )
         )
+        # The address's slot went back in that transaction; the username's goes back on a
+        # success, and stays on a failure (its count).
+        self.turns.wake(turns.line_key(reserved.source.kind, reserved.source.key))
+        if outcome is Outcome.DONE:
+            await self._give_back([reserved.user])
+        else:
+            await self._settle([reserved.user])
         if outcome is Outcome.REPLAYED and api_key is not None:
             # The nonce was accepted for this key already (another login took it), or the
             # key was removed meanwhile. The attempt's slot stays: it is this failure's count.

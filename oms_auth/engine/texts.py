@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "INVALID_LOGIN",
     "TOO_MANY_LOGINS",
+    "LOGINS_IN_PROGRESS",
     "ACCOUNT_LOCKED",
     "CONTACT_SUPPORT",
     "INVALID_2FA_CODE",
@@ -56,6 +57,8 @@ __all__ = [
 
 INVALID_LOGIN = "Invalid username or password"
 TOO_MANY_LOGINS = "Too many failed login attempts; try again later"
+# Every slot of a login limit stayed held by attempts in flight for login_wait_seconds.
+LOGINS_IN_PROGRESS = "Too many login attempts in progress; try again in a moment"
 ACCOUNT_LOCKED = "Account has been locked for 30 minutes"
 CONTACT_SUPPORT = "Your request cannot be processed. Please contact support"
 INVALID_2FA_CODE = "Invalid two-factor code"

@@ -84,6 +84,8 @@ class OutboxWorker:
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The messages this pass claimed and has not yet marked sent or retried.
+        self._in_hand: list[int] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox")
@@ -92,8 +94,14 @@ class OutboxWorker:
         self._wake.set()
 
     async def stop(self) -> None:
+        """Stop at once; the claims of a pass cut short are handed back, due at once for the
+        next node or start (not after their lease; a message the transport took just before
+        may then be sent twice, never lost)."""
         await cancel(self._task)
         self._task = None
+        in_hand, self._in_hand = self._in_hand, []
+        if in_hand:
+            await self.deps.store.hand_back_mail(in_hand, self.deps.clock())
         await self.transport.close()
 
     async def _run(self) -> None:
@@ -121,6 +129,7 @@ class OutboxWorker:
         rows = await d.store.claim_mail(d.clock(), d.settings.mail_lease_seconds, BATCH)
         if not rows:
             return False
+        self._in_hand = [row.id for row in rows]
         ready: list[tuple[OutboxRow, Outgoing]] = []
         for row in rows:
             try:
@@ -145,6 +154,7 @@ class OutboxWorker:
             await d.store.mails_delivered(sent, d.clock(), audit)
             for _ in sent:
                 d.events.count("mail_sent")
+        self._in_hand = []
         return True
 
     def _message(self, row: OutboxRow) -> Outgoing:

@@ -124,12 +124,13 @@ class Gateway:
 
     async def drain(self, grace: float) -> None:
         """Shutdown: let requests in flight finish (up to ``grace`` seconds), then close every
-        connection with 1001."""
+        connection with 1012 (service restart: reconnect, to another node where there is one,
+        and resume the session with its token)."""
         tasks = [t for conn in self.connections for t in conn.tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         await asyncio.gather(
-            *(c.ws.close(CloseCode.GOING_AWAY, "server shutting down") for c in self.connections),
+            *(c.ws.close(CloseCode.SERVICE_RESTART, "service restart") for c in self.connections),
             return_exceptions=True,
         )
 

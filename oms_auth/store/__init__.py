@@ -23,10 +23,12 @@ from .base import Store
 from .codes import CodeState
 from .keys import KeyBinding, KeyRefused
 from .records import (
+    IN_FLIGHT_SECONDS,
     NO_PASSWORD,
     RESET_FAILURE,
     SKELETON_VERSION,
     AccountChange,
+    Admission,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -46,6 +48,7 @@ from .records import (
     Reservation,
     ResetCode,
     Revocation,
+    Room,
     SecurityQuestion,
     Session,
     SessionOpening,
@@ -83,7 +86,10 @@ __all__ = [
     "PasswordReset",
     "PendingStep",
     "RecoveryUse",
+    "Admission",
+    "IN_FLIGHT_SECONDS",
     "Reservation",
+    "Room",
     "ResetCode",
     "Revocation",
     "SecurityQuestion",

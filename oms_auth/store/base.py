@@ -21,6 +21,7 @@ from . import sql as q
 from .audit import AuditCheck, check_chain
 from .records import (
     AccountChange,
+    Admission,
     ApiKey,
     AuditEntry,
     AuditRow,
@@ -37,6 +38,7 @@ from .records import (
     SecurityQuestion,
     Session,
     SessionOpening,
+    Slot,
     User,
     username_key,
 )
@@ -252,6 +254,18 @@ class Store(abc.ABC):
         how many events each claim's counter held before, or None when refused."""
 
     @abc.abstractmethod
+    async def admit(self, claims: Sequence[Claim], now: float) -> Admission:
+        """A login attempt's slots: one event for every claim, marked in flight, unless a
+        counter is full (:func:`.plans.admission` decides): all or none, atomically, as
+        ``reserve``. Its slots end with ``release`` (it did not count) or ``settle`` (a
+        failure)."""
+
+    @abc.abstractmethod
+    async def settle(self, slots: Sequence[Slot]) -> None:
+        """The attempts these slots (taken by ``admit``) counted failed: they stay, as
+        failures."""
+
+    @abc.abstractmethod
     async def release(self, kind: str, key: str, at: float) -> None:
         """Give back one reserved event (the attempt it counted turned out not to count)."""
 
@@ -300,6 +314,11 @@ class Store(abc.ABC):
         claims a dead process left (:meth:`reclaim_mail`), returning how many; a store shared
         by nodes does nothing (claims there expire by their lease)."""
         return 0
+
+    @abc.abstractmethod
+    async def hand_back_mail(self, mail_ids: Sequence[int], now: float) -> None:
+        """A stopping node's claims on these messages, still undelivered, given back: due at
+        once, for any node (not after their lease)."""
 
     async def reclaim_mail(self, now: float) -> int:
         """Make every claimed, undelivered message due at once: for a single node at start,

@@ -24,6 +24,7 @@ from . import sql as q
 from .records import (
     RESET_FAILURE,
     AccountChange,
+    Admission,
     AuditEntry,
     Claim,
     CodeIssue,
@@ -31,6 +32,7 @@ from .records import (
     PasswordReset,
     RecoveryUse,
     ResetCode,
+    Room,
     SessionOpening,
 )
 from .sql import Statements
@@ -50,6 +52,7 @@ __all__ = [
     "throttled",
     "lock_due",
     "room_left",
+    "admission",
 ]
 
 
@@ -303,6 +306,23 @@ def room_left(claims: Sequence[Claim], counts: Sequence[int]) -> bool:
     """``reserve``: every claim's counter (``counts``, events within its window) has a slot
     left; else none is taken (all or none)."""
     return all(n < c.limit for c, n in zip(claims, counts, strict=True))
+
+
+def admission(claims: Sequence[Claim], found: Sequence[tuple[int, int]]) -> Admission:
+    """``admit``: ``found`` is each counter's events within its window and how many of them
+    are attempts still in flight. FAILURES when a counter's failures reached its limit (the
+    attempt is refused); else IN_FLIGHT when failures and attempts in flight fill one (the
+    attempt waits for one to end, docs/rules.md, "Fair limits"); else FREE (a slot is taken
+    under every counter)."""
+    failures = tuple(total - flying for total, flying in found)
+    pairs = list(zip(claims, found, strict=True))
+    for claim, (total, flying) in pairs:
+        if total - flying >= claim.limit:
+            return Admission(Room.FAILURES, failures, claim)
+    for claim, (total, _) in pairs:
+        if total >= claim.limit:
+            return Admission(Room.IN_FLIGHT, failures, claim)
+    return Admission(Room.FREE, failures)
 
 
 def lock_due(locked_until: float | None, found: bool, count: int, claim: Claim, now: float) -> bool:

@@ -54,7 +54,10 @@ from .postgres_schema import (
 from .postgres_tx import (
     ADVISORY_LOCK,
     CONNECTION_ERRORS,
+    RELEASE_EVENT,
+    SETTLE_EVENT,
     S,
+    attempts,
     audit_entry,
     count_of,
     lock_for,
@@ -66,6 +69,7 @@ from .postgres_tx import (
 from .records import (
     RESET_FAILURE,
     AccountChange,
+    Admission,
     ApiKey,
     AuditEntry,
     Authority,
@@ -80,6 +84,7 @@ from .records import (
     PendingStep,
     ResetCode,
     Revocation,
+    Room,
     SessionOpening,
     Slot,
     StoreError,
@@ -117,10 +122,6 @@ _CLAIM_MAIL = (
     " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
     " UPDATE outbox o SET due_at = $1 + $3, attempts = o.attempts + 1, claimed = 1 FROM due"
     " WHERE o.id = due.id RETURNING " + ", ".join(f"o.{c}" for c in q.OUTBOX_COLUMNS)
-)
-_RELEASE_EVENT = (
-    "DELETE FROM events WHERE ctid = (SELECT ctid FROM events"
-    " WHERE kind = $1 AND key = $2 AND at = $3 LIMIT 1)"
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
@@ -467,6 +468,23 @@ class PostgresStore(Store):
     async def _record(conn: Conn, claims: Sequence[Claim], now: float) -> None:
         await conn.executemany(S.insert_event, [(c.kind, S.event_key(c.key), now) for c in claims])
 
+    async def admit(self, claims: Sequence[Claim], now: float) -> Admission:
+        async with self._tx() as conn:
+            await self._lock_claims(conn, claims)  # as reserve's
+            admission = plans.admission(claims, [await attempts(conn, c, now) for c in claims])
+            if admission.room is Room.FREE:
+                rows = [(c.kind, S.event_key(c.key), now) for c in claims]
+                await conn.executemany(S.insert_attempt, rows)
+            return admission
+
+    async def settle(self, slots: Sequence[Slot]) -> None:
+        # Under the counters' locks, in their order: settles of alike events (one time, one
+        # key) racing unlocked would pick the same row, and all but one change nothing.
+        async with self._tx() as conn:
+            for kind, key, at in sorted((s.kind, S.event_key(s.key), s.at) for s in slots):
+                await self._lock_events(conn, kind, key)
+                await conn.execute(SETTLE_EVENT, kind, key, at)
+
     async def release(self, kind: str, key: str, at: float) -> None:
         async with self._tx() as conn:
             await self._release(conn, Slot(kind, key, at))
@@ -474,7 +492,7 @@ class PostgresStore(Store):
     async def _release(self, conn: Conn, slot: Slot) -> None:
         key = S.event_key(slot.key)
         await self._lock_events(conn, slot.kind, key)
-        await conn.execute(_RELEASE_EVENT, slot.kind, key, slot.at)
+        await conn.execute(RELEASE_EVENT, slot.kind, key, slot.at)
 
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         # One transaction per table: clean-up needs no atomicity, and holding one table's rows
@@ -547,6 +565,9 @@ class PostgresStore(Store):
     async def claim_mail(self, now: float, lease: float, limit: int) -> list[OutboxRow]:
         rows = await self._db.fetch(_CLAIM_MAIL, now, limit, lease)
         return sorted((q.to_outbox(r) for r in rows), key=lambda row: row.id)
+
+    async def hand_back_mail(self, mail_ids: Sequence[int], now: float) -> None:
+        await self._db.executemany(S.hand_back_mail, [(now, mail_id) for mail_id in mail_ids])
 
     async def mails_delivered(
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()

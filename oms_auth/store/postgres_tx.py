@@ -13,7 +13,7 @@ import msgspec
 
 from . import plans
 from . import sql as q
-from .records import AuditEntry, Authority, CallerGone, Outcome
+from .records import IN_FLIGHT_SECONDS, AuditEntry, Authority, CallerGone, Claim, Outcome
 from .urls import PgTarget
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ __all__ = [
     "read_state",
     "run_plan",
     "count_of",
+    "attempts",
+    "RELEASE_EVENT",
+    "SETTLE_EVENT",
     "audit_entry",
     "unreachable",
 ]
@@ -50,6 +53,26 @@ _LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
 _SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
 _AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
 _GONE = "the caller's session or permission is gone"
+
+
+# One event (of several alike), an attempt's in flight first.
+RELEASE_EVENT = (
+    "DELETE FROM events WHERE ctid = (SELECT ctid FROM events"
+    " WHERE kind = $1 AND key = $2 AND at = $3 ORDER BY in_flight DESC LIMIT 1)"
+)
+SETTLE_EVENT = (
+    "UPDATE events SET in_flight = 0 WHERE ctid = (SELECT ctid FROM events"
+    " WHERE kind = $1 AND key = $2 AND at = $3 AND in_flight = 1 LIMIT 1)"
+)
+
+
+async def attempts(conn: Conn, claim: Claim, now: float) -> tuple[int, int]:
+    """Events of a login attempt's counter within its window, and how many are in flight."""
+    key = S.event_key(claim.key)
+    args = (now - IN_FLIGHT_SECONDS, claim.kind, key, now - claim.window)
+    row = await conn.fetchrow(S.count_attempts_since, *args)
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def unreachable(target: PgTarget, exc: BaseException) -> str:

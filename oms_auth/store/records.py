@@ -39,6 +39,9 @@ __all__ = [
     "Claim",
     "Slot",
     "Reservation",
+    "Room",
+    "Admission",
+    "IN_FLIGHT_SECONDS",
     "Authority",
     "AccountChange",
     "Outcome",
@@ -239,6 +242,28 @@ class Reservation(msgspec.Struct, frozen=True):
         """The per-address slot only: a login that succeeds gives back its address's slot,
         while the per-username count is cleared in the login's own transaction."""
         return (self.source,)
+
+
+# An attempt's event still marked in flight this long after it was taken is counted as a
+# failure: its node died while checking it (a check takes well under a second).
+IN_FLIGHT_SECONDS = 60.0
+
+
+class Room(enum.Enum):
+    """What a limit's counters leave for one more attempt (docs/rules.md, "Fair limits")."""
+
+    FREE = "free"  # a slot was taken
+    FAILURES = "failures"  # failures used a counter up: refused
+    IN_FLIGHT = "in-flight"  # every slot left is held by an attempt still being checked: wait
+
+
+class Admission(NamedTuple):
+    """``Store.admit``'s answer: the room found, each counter's failures within its window
+    (before this attempt), and the counter that is full (None when FREE)."""
+
+    room: Room
+    failures: tuple[int, ...]
+    full: Claim | None = None
 
 
 class Authority(msgspec.Struct, frozen=True, kw_only=True):

@@ -266,7 +266,15 @@ class Statements:
     # counted events
     count_events_since: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
     insert_event: str = "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)"
-    clear_events: str = "DELETE FROM events WHERE kind = ? AND key = ?"
+    # A login attempt's counters (docs/rules.md, "Fair limits"): every event within the window,
+    # and those of them still in flight (taken since ?1, the rest count as failures).
+    count_attempts_since: str = (
+        "SELECT count(*), coalesce(sum(CASE WHEN in_flight = 1 AND at > ?1 THEN 1 ELSE 0 END), 0)"
+        " FROM events WHERE kind = ?2 AND key = ?3 AND at > ?4"
+    )
+    insert_attempt: str = "INSERT INTO events (kind, key, at, in_flight) VALUES (?, ?, ?, 1)"
+    # Failures only: attempts still in flight keep their slots until they end.
+    clear_events: str = "DELETE FROM events WHERE kind = ? AND key = ? AND in_flight = 0"
     # reset codes: states bound from .codes (move_codes_args, live_code_args, redeem_args)
     insert_code: str = (
         "INSERT INTO reset_codes (digest, user_id, created_at, expires_at, state)"
@@ -307,6 +315,11 @@ class Statements:
     mail_retry: str = "UPDATE outbox SET due_at = ?, last_error = ?, claimed = 0 WHERE id = ?"
     reclaim_mail: str = (
         f"UPDATE outbox SET due_at = ?, claimed = 0 WHERE state = '{MailState.QUEUED}'"
+        " AND claimed = 1"
+    )
+    # A stopping node's claim given back (it was neither delivered nor retried): due at once.
+    hand_back_mail: str = (
+        f"UPDATE outbox SET due_at = ?, claimed = 0 WHERE id = ? AND state = '{MailState.QUEUED}'"
         " AND claimed = 1"
     )
     mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"

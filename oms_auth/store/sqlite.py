@@ -37,6 +37,7 @@ from .plans import AccountState, LoginState, ResetState
 from .records import (
     RESET_FAILURE,
     AccountChange,
+    Admission,
     ApiKey,
     AuditEntry,
     Authority,
@@ -49,7 +50,9 @@ from .records import (
     PasswordReset,
     PendingStep,
     ResetCode,
+    Room,
     SessionOpening,
+    Slot,
     StoreError,
     UsernameConfusable,
     UsernameTaken,
@@ -79,10 +82,6 @@ _CLAIM_MAIL = (
     " WHERE id IN (SELECT id FROM outbox"
     f" WHERE state = '{MailState.QUEUED}' AND due_at <= ? ORDER BY id LIMIT ?)"
     " RETURNING " + ", ".join(q.OUTBOX_COLUMNS)
-)
-_RELEASE_EVENT = (
-    "DELETE FROM events WHERE rowid ="
-    " (SELECT rowid FROM events WHERE kind = ? AND key = ? AND at = ? LIMIT 1)"
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest = ?"
 
@@ -325,7 +324,7 @@ class SqliteStore(Store):
             # came first (the version moved on: STALE) or it deletes this session.
             state = tx.read_state(raw, LoginState, S.login_state, opening.user_id)
             for slot in opening.release:
-                raw.execute(_RELEASE_EVENT, slot)
+                raw.execute(tx.RELEASE_EVENT, slot)
             outcome = tx.run_plan(raw, plans.session_plan(S, opening, state))
             if outcome is Outcome.DONE and opening.audit:
                 tx.append_audit(raw, self._audit_key, opening.audit, opening.now)
@@ -429,9 +428,22 @@ class SqliteStore(Store):
 
         return await self._write(job)
 
+    async def admit(self, claims: Sequence[Claim], now: float) -> Admission:
+        def job(raw: sqlite3.Connection) -> Admission:
+            # Counted and recorded in one job of the single writer, as reserve's.
+            admission = plans.admission(claims, [tx.attempts(raw, c, now) for c in claims])
+            if admission.room is Room.FREE:
+                raw.executemany(S.insert_attempt, [(c.kind, c.key, now) for c in claims])
+            return admission
+
+        return await self._write(job)
+
+    async def settle(self, slots: Sequence[Slot]) -> None:
+        await self._write(functools.partial(tx.settle, slots=slots))
+
     async def release(self, kind: str, key: str, at: float) -> None:
         def job(raw: sqlite3.Connection) -> None:
-            raw.execute(_RELEASE_EVENT, (kind, key, at))
+            raw.execute(tx.RELEASE_EVENT, (kind, key, at))
 
         await self._write(job)
 
@@ -510,6 +522,12 @@ class SqliteStore(Store):
             return max(cur.rowcount, 0)
 
         return await self._write(job)
+
+    async def hand_back_mail(self, mail_ids: Sequence[int], now: float) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            raw.executemany(S.hand_back_mail, [(now, mail_id) for mail_id in mail_ids])
+
+        await self._write(job)
 
     async def mails_delivered(
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()

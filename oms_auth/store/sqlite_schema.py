@@ -215,6 +215,12 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     ALTER TABLE api_keys DROP COLUMN last_nonce;
     """,
+    # 11: a login attempt's event is marked while its secret is being checked (docs/rules.md,
+    # "Fair limits"): a limit full of attempts in flight makes the next one wait, one full of
+    # failures refuses it.
+    """
+    ALTER TABLE events ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,14 +12,17 @@ from typing import TypeVar
 from . import plans
 from . import sql as q
 from .audit import link_entries
-from .records import AuditEntry, Authority, CallerGone, Claim, Outcome
+from .records import IN_FLIGHT_SECONDS, AuditEntry, Authority, CallerGone, Claim, Outcome, Slot
 
 __all__ = [
     "S",
     "PRAGMAS",
     "connect",
     "count",
+    "attempts",
     "record",
+    "settle",
+    "RELEASE_EVENT",
     "clock",
     "authorize",
     "read_state",
@@ -59,6 +62,29 @@ def count(raw: sqlite3.Connection, claim: Claim, now: float) -> int:
     args = (claim.kind, claim.key, now - claim.window)
     (found,) = raw.execute(S.count_events_since, args).fetchone()
     return int(found)
+
+
+def attempts(raw: sqlite3.Connection, claim: Claim, now: float) -> tuple[int, int]:
+    """Events of a login attempt's counter within its window, and how many are in flight."""
+    args = (now - IN_FLIGHT_SECONDS, claim.kind, claim.key, now - claim.window)
+    total, flying = raw.execute(S.count_attempts_since, args).fetchone()
+    return int(total), int(flying)
+
+
+# One event (of several alike), an attempt's in flight first.
+RELEASE_EVENT = (
+    "DELETE FROM events WHERE rowid = (SELECT rowid FROM events"
+    " WHERE kind = ? AND key = ? AND at = ? ORDER BY in_flight DESC LIMIT 1)"
+)
+_SETTLE_EVENT = (
+    "UPDATE events SET in_flight = 0 WHERE rowid = (SELECT rowid FROM events"
+    " WHERE kind = ? AND key = ? AND at = ? AND in_flight = 1 LIMIT 1)"
+)
+
+
+def settle(raw: sqlite3.Connection, slots: Sequence[Slot]) -> None:
+    """The attempts these slots counted failed: their events stay, as failures."""
+    raw.executemany(_SETTLE_EVENT, slots)
 
 
 def record(raw: sqlite3.Connection, claims: Sequence[Claim], now: float) -> None:

@@ -15,6 +15,7 @@ from oms_auth.store import (
     RecoveryUse,
     Reservation,
     ResetCode,
+    Room,
     SessionOpening,
     Slot,
     plans,
@@ -174,3 +175,14 @@ def test_recovery_codes_need_totp_and_turning_totp_off_removes_them() -> None:
     disabled = AccountChange(user_id=7, password_version=2, audit=entry, set_totp=True)
     steps = plans.account_plan(S, disabled, on, 1.0).steps
     assert [s.sql for s in steps][1].startswith("DELETE FROM recovery_codes WHERE user_id")
+
+
+def test_a_limit_full_of_failures_refuses_and_one_full_of_attempts_in_flight_waits() -> None:
+    user, source = Claim("u", "alice", 60, 3), Claim("s", "10.0.0.1", 60, 5)
+    # (events within the window, of them still in flight) per counter
+    assert plans.admission([user, source], [(2, 2), (4, 0)]).room is Room.FREE
+    waits = plans.admission([user, source], [(3, 1), (4, 0)])
+    assert (waits.room, waits.full, waits.failures) == (Room.IN_FLIGHT, user, (2, 4))
+    assert plans.admission([user, source], [(3, 1), (5, 0)]).full == source  # failures first
+    refused = plans.admission([user, source], [(5, 2), (1, 1)])
+    assert (refused.room, refused.full) == (Room.FAILURES, user)
