@@ -418,3 +418,27 @@ async def test_a_forced_logoff_on_one_node_ends_the_users_sessions_on_the_other(
         assert event.o == {"Reason": "ForcedLogoff"}
     assert time.monotonic() - started < 1
     assert not await logged_in(on_a) and not await logged_in(on_b)
+
+
+async def test_log_out_other_sessions_on_one_node_ends_them_on_the_other_with_events(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("mover")
+    await cluster.start()
+    on_b = [await cluster.client("b", "mover") for _ in range(3)]
+    me = await cluster.client("a", "mover")
+    listed = (await me.call("GetUserSessions")).o
+    assert len(listed) == 4 and sum(s["Current"] for s in listed) == 1
+    started = time.monotonic()
+    assert (await me.call("LogOutOtherSessions")).o == OK
+    for c in on_b:
+        event = await next_event(c, timeout=1)
+        assert event.o == {"Reason": "LoggedOutElsewhere"}
+        assert not await logged_in(c)
+    assert time.monotonic() - started < 1
+    # One of them, by its id, from the other node.
+    again = await cluster.client("b", "mover")
+    (theirs,) = [s["SessionId"] for s in (await me.call("GetUserSessions")).o if not s["Current"]]
+    assert (await me.call("LogOutSession", {"SessionId": theirs})).o == OK
+    event = await next_event(again, timeout=1)
+    assert event.o == {"Reason": "LoggedOutElsewhere"} and await logged_in(me)

@@ -43,13 +43,14 @@ from ..errors import InvalidValue, NotAuthorized, OperationFailed
 from ..store import (
     AuditEntry,
     Claim,
+    DeviceSeen,
     Outcome,
     Reservation,
     SessionOpening,
     Slot,
     User,
 )
-from . import apikeys, totp
+from . import apikeys, devices, totp
 from .caller import Caller
 from .deps import Deps
 from .names import counter_key, recorded_name
@@ -132,8 +133,15 @@ class Sessions:
         # Seconds of delay per doubling once failures pile up; tests set 0.
         self.delay_unit = delay_unit
 
-    async def authenticate(self, username: str | None, password: str | None, source: str) -> Login:
-        """AuthenticateUser with a password; InvalidValue when either is missing."""
+    async def authenticate(
+        self,
+        username: str | None,
+        password: str | None,
+        source: str,
+        origin: devices.Origin | None = None,
+    ) -> Login:
+        """AuthenticateUser with a password; InvalidValue when either is missing. ``origin``:
+        the device it comes from (:mod:`.devices`)."""
         if not username or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if not password:
@@ -166,7 +174,12 @@ class Sessions:
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
         return await self._open_session(
-            user, now, source, release=reserved.keep_user_slot(), proof=Proof.PASSWORD
+            user,
+            now,
+            source,
+            release=reserved.keep_user_slot(),
+            proof=Proof.PASSWORD,
+            seen=devices.seen(d, user, origin, source, now, notify=True),
         )
 
     async def authenticate_api_key(
@@ -176,6 +189,7 @@ class Sessions:
         user_id: int | str | None,
         nonce: int | str | None,
         source: str,
+        origin: devices.Origin | None = None,
     ) -> Login:
         """AuthenticateUser with an API key: ``Signature`` is the hex HMAC-SHA256 of ``Nonce +
         UserId + APIKey`` keyed with the key's secret. Every failure is FAILED with one text
@@ -224,10 +238,15 @@ class Sessions:
             release=reserved.keep_user_slot(),
             api_key=(key, number),
             key_permissions=frozenset(record.permissions),
+            seen=devices.seen(d, None, origin, source, now, notify=False),
         )
 
     async def second_factor(
-        self, pending: str | None, code: str | int | None, source: str
+        self,
+        pending: str | None,
+        code: str | int | None,
+        source: str,
+        origin: devices.Origin | None = None,
     ) -> Login:
         """Authenticate2FA with the pending step's token (the connection's, or a header's)."""
         d, s = self.deps, self.deps.settings
@@ -267,6 +286,7 @@ class Sessions:
                 pending=key,
                 release=[Slot(LOGIN_FAILURE_SOURCE, source, now)],
                 proof=Proof.PASSWORD_AND_CODE,
+                seen=devices.seen(d, user, origin, source, now, notify=True),
             )
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
@@ -466,6 +486,7 @@ class Sessions:
         api_key: tuple[str, int] | None = None,
         key_permissions: frozenset[str] | None = None,
         proof: Proof = Proof.NONE,
+        seen: DeviceSeen | None = None,
     ) -> Login:
         d = self.deps
         token = new_token()
@@ -484,6 +505,7 @@ class Sessions:
                 clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
                 release=release,
                 audit=[entry],
+                seen=seen,
             )
         )
         if outcome is Outcome.REPLAYED and api_key is not None:

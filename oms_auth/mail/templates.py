@@ -7,8 +7,8 @@ per locale. The security notices (2FA turned on or off, questions changed, a for
 first, then the shipped ones (``en``, ``de``), each in the user's locale, then ``en``: an
 exchange replaces only the files it wants to. Templates see ``brand``, ``support_email``,
 ``support_url``, ``username``, ``recipient``, ``locale``, the message's own values (``link``,
-``expires_at``, ``changed_at``, ``at``, ``api_keys``, ``first``, ``event``) and the filter
-``when`` (a time, in the locale's way). HTML is autoescaped; no remote content, no tracking.
+``expires_at``, ``changed_at``, ``at``, ``api_keys``, ``first``, ``event``, ``device``,
+``address``) and the filter ``when`` (a time, in the locale's way). HTML is autoescaped; no remote content, no tracking.
 
 Each message is not rendered from scratch: its templates are rendered once per kind, locale and
 structure (the values conditions may read: ``first``, ``api_keys``, ``event``, the brand and
@@ -42,7 +42,9 @@ LOCALES = ("en", "de")  # the translations that ship
 DEFAULT_LOCALE = "en"
 # How a time reads in each shipped locale (others: ISO 8601).
 _TIME_FORMATS = {"en": "%Y-%m-%d %H:%M UTC", "de": "%d.%m.%Y, %H:%M UTC"}
-_NOTICES = frozenset({"2fa-enabled", "2fa-disabled", "questions-set", "forced-logoff"})
+_NOTICES = frozenset(
+    {"2fa-enabled", "2fa-disabled", "questions-set", "forced-logoff", "new-sign-in"}
+)
 
 
 def reset_link(public_url: str, user_id: int, code: str) -> str:
@@ -142,6 +144,8 @@ class Templates:
             "at": None,
             "api_keys": None,
             "first": False,
+            "device": None,
+            "address": None,
             **public,
             **secret,
             "event": kind,
@@ -179,7 +183,7 @@ class Templates:
 
 
 # What a message shows but never decides on: each is filled into the pre-rendered shape.
-_SLOTS = ("username", "recipient", "link", "expires_at", "changed_at", "at")
+_SLOTS = ("username", "recipient", "link", "expires_at", "changed_at", "at", "device", "address")
 # What decides a message's structure (its templates' conditions): one shape per combination.
 _SHAPE = ("first", "api_keys", "event", "brand", "support_email", "support_url")
 _MARK = re.compile(r"\x00([a-z_]+)(:when)?\x00")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -22,11 +21,13 @@ from ..engine import users
 from ..engine.accounts import Accounts
 from ..engine.apikeys import ApiKeys
 from ..engine.caller import Caller
+from ..engine.devices import Origin
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..errors import Refusal
 from ..store import User
 from .connection import Conn
+from .device_functions import DeviceFunctions, iso_utc
 from .registry import Registry
 
 __all__ = ["Function", "Functions", "SECRET_KEYS"]
@@ -144,6 +145,7 @@ class Functions:
         self.add("CreateUser", msg.CreateUserRequest, self.create_user)
         self.add("ForceUserLogoff", msg.ForceUserLogoffRequest, self.force_user_logoff)
         self.add("GetLockedUsers", msg.Empty, self.get_locked_users)
+        self.device_functions = DeviceFunctions(self)
 
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
@@ -166,10 +168,12 @@ class Functions:
     ) -> msg.AuthenticateUserReply:
         if req.APIKey is not None:
             login = await self.sessions.authenticate_api_key(
-                req.APIKey, req.Signature, req.UserId, req.Nonce, conn.source
+                req.APIKey, req.Signature, req.UserId, req.Nonce, conn.source, _origin(conn)
             )
         else:
-            login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
+            login = await self.sessions.authenticate(
+                req.UserName, req.Password, conn.source, _origin(conn, req.DeviceId)
+            )
         return self._apply(conn, login)
 
     async def authenticate_2fa(
@@ -177,7 +181,9 @@ class Functions:
     ) -> msg.AuthenticateUserReply:
         if conn.pending is None and conn.enrolment is not None and conn.user is not None:
             return await self._confirm_enrolment(conn, req.Code)
-        login = await self.sessions.second_factor(conn.pending, req.Code, conn.source)
+        login = await self.sessions.second_factor(
+            conn.pending, req.Code, conn.source, _origin(conn)
+        )
         return self._apply(conn, login)
 
     async def _confirm_enrolment(
@@ -208,7 +214,9 @@ class Functions:
         self, conn: Conn, req: msg.WebAuthenticateUserRequest
     ) -> msg.AuthenticateUserReply:
         if req.SessionToken is None and (req.UserName is not None or req.Password is not None):
-            login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
+            login = await self.sessions.authenticate(
+                req.UserName, req.Password, conn.source, _origin(conn, req.DeviceId)
+            )
         else:
             login = await self.sessions.resume(req.SessionToken)
         return self._apply(conn, login)
@@ -222,6 +230,9 @@ class Functions:
         if notice is None:
             return SUCCESS
         return StandardResponse(result=True, errormsg=None, errorcode=0, detail=notice)
+
+    async def caller(self, conn: Conn) -> Caller | None:
+        return await self._caller(conn)
 
     async def _caller(self, conn: Conn) -> Caller | None:
         """Who asks on this connection, for the engine: its user as the store has it now
@@ -384,6 +395,11 @@ class Functions:
         ]
 
 
+def _origin(conn: Conn, device_id: str | None = None) -> Origin:
+    """The device a login on ``conn`` comes from (docs/protocol.md, "Sessions and devices")."""
+    return Origin(conn.agent, device_id.strip() or None if device_id else None)
+
+
 def _held(conn: Conn) -> Caller | None:
     """The caller as the connection holds it, read at once (no await): its user as it logged
     in, the session it holds and the password version that session was opened for, its key's
@@ -402,5 +418,4 @@ def _held(conn: Conn) -> Caller | None:
     )
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+_iso = iso_utc

@@ -32,6 +32,7 @@ from websockets.http11 import Request, Response
 from protocol.errors import ErrorCode, StandardResponse
 from protocol.messages import AuthenticateUserReply, PayloadError
 
+from ..engine.devices import Origin
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import BASIC_REQUIRED
 from ..errors import server_error
@@ -96,7 +97,7 @@ class HttpGateway:
                 return payload
         else:
             payload = dict(parse_qsl(query, keep_blank_values=True))
-        conn = Conn(ws, source, lasting=False)
+        conn = Conn(ws, source, lasting=False, agent=request.headers.get("User-Agent", ""))
         secrets = [*payload.values(), *(request.headers.get(h) for h in _SECRET_HEADERS)]
         with request_context(secrets) as cid:
             try:
@@ -122,7 +123,7 @@ class HttpGateway:
             if not isinstance(code, str | int) or isinstance(code, bool):
                 code = None
             step = await self.sessions.second_factor(
-                headers.get("Pending2FaToken"), code, conn.source
+                headers.get("Pending2FaToken"), code, conn.source, Origin(conn.agent)
             )
             return _json(HTTPStatus.OK, login_reply(step))
         function = self.functions.table.get(folded)
@@ -192,7 +193,9 @@ class HttpGateway:
                 username = password = None
         if not username or not username.strip() or not password:
             return login_reply(Login(LoginState.FAILED, message=BASIC_REQUIRED))
-        login = await self.sessions.authenticate(username, password, conn.source)
+        login = await self.sessions.authenticate(
+            username, password, conn.source, Origin(conn.agent)
+        )
         return login_reply(login)
 
 

@@ -34,6 +34,7 @@ from .records import (
     CallerGone,
     Claim,
     CodeIssue,
+    DeviceSeen,
     Factors,
     MailItem,
     MailState,
@@ -59,6 +60,7 @@ from .records import (
 from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
+    "DeviceSeen",
     "Factors",
     "NO_PASSWORD",
     "AccountChange",
