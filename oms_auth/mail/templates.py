@@ -8,7 +8,8 @@ first, then the shipped ones (``en``, ``de``), each in the user's locale, then `
 exchange replaces only the files it wants to. Templates see ``brand``, ``support_email``,
 ``support_url``, ``username``, ``recipient``, ``locale``, the message's own values (``link``,
 ``expires_at``, ``changed_at``, ``at``, ``api_keys``, ``first``, ``event``, ``device``,
-``address``) and the filter ``when`` (a time, in the locale's way). HTML is autoescaped; no remote content, no tracking.
+``address``) and the filter ``when`` (a time, in the locale's way). HTML is autoescaped; no
+remote content, no tracking.
 
 Each message is not rendered from scratch: its templates are rendered once per kind, locale and
 structure (the values conditions may read: ``first``, ``api_keys``, ``event``, the brand and

@@ -76,6 +76,7 @@ class Conn:
         "tasks",
         "budget",
         "agent",
+        "device_id",
     )
 
     def __init__(
@@ -85,6 +86,8 @@ class Conn:
         self.source = source
         # The client's User-Agent (its handshake's, or the HTTP request's): a device's name.
         self.agent = agent
+        # The DeviceId its last password login named: its second step is the same device.
+        self.device_id: str | None = None
         self.user: User | None = None
         self.token_digest: bytes | None = None
         self.last_activity = 0.0

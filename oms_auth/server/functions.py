@@ -17,7 +17,7 @@ import msgspec
 from protocol import messages as msg
 from protocol.errors import SUCCESS, StandardResponse
 
-from ..engine import users
+from ..engine import devices, users
 from ..engine.accounts import Accounts
 from ..engine.apikeys import ApiKeys
 from ..engine.caller import Caller
@@ -172,7 +172,7 @@ class Functions:
             )
         else:
             login = await self.sessions.authenticate(
-                req.UserName, req.Password, conn.source, _origin(conn, req.DeviceId)
+                req.UserName, req.Password, conn.source, _named(conn, req.DeviceId)
             )
         return self._apply(conn, login)
 
@@ -215,7 +215,7 @@ class Functions:
     ) -> msg.AuthenticateUserReply:
         if req.SessionToken is None and (req.UserName is not None or req.Password is not None):
             login = await self.sessions.authenticate(
-                req.UserName, req.Password, conn.source, _origin(conn, req.DeviceId)
+                req.UserName, req.Password, conn.source, _named(conn, req.DeviceId)
             )
         else:
             login = await self.sessions.resume(req.SessionToken)
@@ -395,9 +395,16 @@ class Functions:
         ]
 
 
-def _origin(conn: Conn, device_id: str | None = None) -> Origin:
-    """The device a login on ``conn`` comes from (docs/protocol.md, "Sessions and devices")."""
-    return Origin(conn.agent, device_id.strip() or None if device_id else None)
+def _origin(conn: Conn) -> Origin:
+    """The device a login on ``conn`` comes from (docs/protocol.md, "Sessions and devices"):
+    the ``DeviceId`` its last password login named (its second step is the same device)."""
+    return Origin(conn.agent, conn.device_id)
+
+
+def _named(conn: Conn, device_id: str | None) -> Origin:
+    """A password login's device: the ``DeviceId`` it names, kept for its second step."""
+    conn.device_id = device_id.strip()[: devices.MAX_DEVICE_ID] or None if device_id else None
+    return _origin(conn)
 
 
 def _held(conn: Conn) -> Caller | None:

@@ -116,6 +116,8 @@ class HttpGateway:
     ) -> Response:
         headers = request.headers
         folded = name.lower()
+        device_id = _folded(payload).get("deviceid")
+        conn.device_id = device_id if isinstance(device_id, str) and device_id else None
         if folded == "authenticate":
             return _json(HTTPStatus.OK, await self._basic(conn, headers.get("Authorization")))
         if folded == "authenticate2fa":
@@ -123,7 +125,10 @@ class HttpGateway:
             if not isinstance(code, str | int) or isinstance(code, bool):
                 code = None
             step = await self.sessions.second_factor(
-                headers.get("Pending2FaToken"), code, conn.source, Origin(conn.agent)
+                headers.get("Pending2FaToken"),
+                code,
+                conn.source,
+                Origin(conn.agent, conn.device_id),
             )
             return _json(HTTPStatus.OK, login_reply(step))
         function = self.functions.table.get(folded)
@@ -194,7 +199,7 @@ class HttpGateway:
         if not username or not username.strip() or not password:
             return login_reply(Login(LoginState.FAILED, message=BASIC_REQUIRED))
         login = await self.sessions.authenticate(
-            username, password, conn.source, Origin(conn.agent)
+            username, password, conn.source, Origin(conn.agent, conn.device_id)
         )
         return login_reply(login)
 
