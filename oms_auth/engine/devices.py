@@ -9,18 +9,28 @@ names as its device, its keyed HashCode, and GetUserDevices.
 - A password login records its device in the transaction that opens its session
   (``DeviceSeen``); an API-key login only describes its session (it has no device to confirm
   and is never noticed).
+- With ``verify_new_devices`` a right password from a device the user has not trusted opens no
+  session: an 8-digit code is mailed (stored as its digest, valid 15 minutes, 5 tries, the
+  newest voiding the one before) and ``RegisterNewDevice {HashCode, PendingEmailCode}`` trusts
+  the device for ``trusted_device_days``; each try is counted before the code is compared, in
+  the transaction that spends it, so of racing tries with one code one wins.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import secrets
 
 import msgspec
 
-from ..store import DeviceSeen, MailItem, User
+from ..crypto import digest, mail_context
+from ..errors import InvalidValue, NotFound
+from ..store import AuditEntry, DeviceCodeIssue, DeviceSeen, MailItem, User
 from .caller import Caller
 from .deps import Deps
+from .links import user_mail
 from .users import visible_user
 
 __all__ = [
@@ -32,9 +42,21 @@ __all__ = [
     "user_devices",
     "NEW_SIGN_IN",
     "MAX_DEVICE_ID",
+    "DEVICE_CODE",
+    "NEW_DEVICE",
+    "confirmation",
+    "register",
 ]
 
 NEW_SIGN_IN = "new-sign-in"  # the notice's mail kind
+DEVICE_CODE = "device-code"  # the mail that carries a device's code
+NEW_DEVICE = "New device: confirm it with the code we emailed you"
+INVALID_HASH_CODE = "Invalid value provided for HashCode"
+INVALID_DEVICE_CODE = "Invalid value provided for PendingEmailCode"
+WRONG_DEVICE_CODE = "Invalid or expired device code"
+CODE_SECONDS = 15 * 60
+CODE_TRIES = 5
+_CODE = re.compile(r"[0-9]{8}")
 MAX_DEVICE_ID = 256  # characters of a DeviceId; longer ones are cut (still stable)
 _MAX_NAME = 200  # characters of a User-Agent kept as a device's name
 _MASK = 0x7FFFFFFF
@@ -98,18 +120,7 @@ def seen(
 
 def new_sign_in(user: User, name: str, address: str, now: float) -> MailItem:
     """The "new sign-in" notice: when, from which device and address."""
-    return MailItem(
-        kind=NEW_SIGN_IN,
-        recipient=user.email,
-        user_id=user.id,
-        public={
-            "username": user.username,
-            "locale": user.locale,
-            "at": now,
-            "device": name,
-            "address": address,
-        },
-    )
+    return user_mail(NEW_SIGN_IN, user, {"at": now, "device": name, "address": address})
 
 
 async def user_devices(
@@ -121,3 +132,75 @@ async def user_devices(
         DeviceView(d.hash_code, d.name, d.address, d.user_id, d.trusted_until, d.last_seen)
         for d in await deps.store.user_devices(user.id)
     ]
+
+
+async def confirmation(
+    deps: Deps, user: User, origin: Origin | None, address: str, now: float
+) -> int | None:
+    """``verify_new_devices``: None when the login's device is trusted; else its code is
+    issued and mailed, and its HashCode returned (the login opens no session)."""
+    origin = origin or Origin()
+    code = hash_code(deps.devices_key, user.id, origin, address)
+    known = await deps.store.device(user.id, code)
+    if known is not None and known.trusted_until is not None and known.trusted_until > now:
+        return None
+    secret = f"{secrets.randbelow(10**8):08d}"
+    name = device_name(origin)
+    sealed = deps.sealer.seal(
+        msgspec.json.encode({"device_code": secret}), mail_context(user.id, DEVICE_CODE)
+    )
+    public = {"expires_at": now + CODE_SECONDS, "device": name, "address": address}
+    mail = user_mail(DEVICE_CODE, user, public, sealed)
+    audit = AuditEntry(
+        action="device-code-sent", actor_id=user.id, target_id=user.id, source=address
+    )
+    await deps.store.issue_device_code(
+        DeviceCodeIssue(
+            user_id=user.id,
+            hash_code=code,
+            name=name,
+            address=address,
+            now=now,
+            digest=digest(secret),
+            expires_at=now + CODE_SECONDS,
+            mail=mail,
+            audit=audit,
+        )
+    )
+    deps.events.count("device_codes_sent")
+    deps.events.mail_queued()
+    return code
+
+
+async def register(deps: Deps, code: object, given: object, address: str) -> int:
+    """RegisterNewDevice: the device named by ``code`` is trusted for
+    ``trusted_device_days`` when ``given`` is its live code (the device's user)."""
+    number = _hash_code(code)
+    if number is None:
+        raise InvalidValue(INVALID_HASH_CODE)
+    secret = given if isinstance(given, str) else f"{given:08d}" if _int(given) else None
+    if secret is None or not _CODE.fullmatch(secret.strip()):
+        raise InvalidValue(INVALID_DEVICE_CODE)
+    now = deps.clock()
+    until = now + deps.settings.trusted_device_days * 86400
+    audit = AuditEntry(action="device-trusted", source=address, detail=f"HashCode {number}")
+    user_id = await deps.store.register_device(
+        number, digest(secret.strip()), now, CODE_TRIES, until, audit
+    )
+    if user_id is None:
+        deps.events.count("device_codes_wrong")
+        raise NotFound(WRONG_DEVICE_CODE)
+    deps.events.count("devices_trusted")
+    return user_id
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**8
+
+
+def _hash_code(value: object) -> int | None:
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip()):
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MASK:
+        return value
+    return None

@@ -116,6 +116,8 @@ class Login(msgspec.Struct, frozen=True):
     # The session was opened with an API key: the key's permissions (it cannot change account
     # security, and holds no more than these).
     key_permissions: frozenset[str] | None = None
+    # A device to confirm (``verify_new_devices``): its HashCode, answered at the top level.
+    hash_code: int | None = None
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -162,6 +164,8 @@ class Sessions:
         # From here the caller has proven the password: telling it why it cannot log in
         # reveals nothing it does not already know.
         refusal = self._refusal(user, now)
+        if refusal is None and d.settings.verify_new_devices:
+            refusal = await self._untrusted(user, origin, source, now)
         if refusal is not None:
             for slot in reserved.release_all():
                 await d.store.release(*slot)
@@ -179,7 +183,7 @@ class Sessions:
             source,
             release=reserved.keep_user_slot(),
             proof=Proof.PASSWORD,
-            seen=devices.seen(d, user, origin, source, now, notify=True),
+            seen=devices.seen(d, user, origin, source, now, notify=self._notify),
         )
 
     async def authenticate_api_key(
@@ -286,7 +290,7 @@ class Sessions:
                 pending=key,
                 release=[Slot(LOGIN_FAILURE_SOURCE, source, now)],
                 proof=Proof.PASSWORD_AND_CODE,
-                seen=devices.seen(d, user, origin, source, now, notify=True),
+                seen=devices.seen(d, user, origin, source, now, notify=self._notify),
             )
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
@@ -430,6 +434,21 @@ class Sessions:
         return step
 
     # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def _notify(self) -> bool:
+        """A new device's login is mailed about unless devices are confirmed instead."""
+        return not self.deps.settings.verify_new_devices
+
+    async def _untrusted(
+        self, user: User, origin: devices.Origin | None, source: str, now: float
+    ) -> Login | None:
+        """``verify_new_devices``: a device the user has not trusted gets its code mailed and
+        no session (:func:`.devices.confirmation`)."""
+        held = await devices.confirmation(self.deps, user, origin, source, now)
+        if held is None:
+            return None
+        return Login(LoginState.FAILED, message=devices.NEW_DEVICE, hash_code=held)
 
     async def _attempt(self, name_key: str, source: str, now: float) -> Reservation | None:
         """A login attempt's slots (per username and per address), taken before its secret is

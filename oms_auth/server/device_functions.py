@@ -39,6 +39,7 @@ class DeviceFunctions:
             "LogOutOtherSessions", dm.LogOutOtherSessionsRequest, self.log_out_other_sessions
         )
         functions.add("GetUserDevices", dm.UserDevicesRequest, self.get_user_devices)
+        functions.add("RegisterNewDevice", dm.RegisterNewDeviceRequest, self.register_new_device)
 
     async def get_user_sessions(self, conn: Conn, req: msg.Empty) -> list[dm.UserSession]:
         views = await self.session_list.shown(await self.functions.caller(conn))
@@ -83,3 +84,9 @@ class DeviceFunctions:
             )
             for d in found
         ]
+
+    async def register_new_device(
+        self, conn: Conn, req: dm.RegisterNewDeviceRequest
+    ) -> msgspec.Struct:
+        await devices.register(self.deps, req.HashCode, req.PendingEmailCode, conn.source)
+        return SUCCESS

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from protocol import messages as msg
+from protocol.device_messages import NewDeviceReply
 from protocol.errors import SUCCESS, StandardResponse
 
 from ..engine import devices, users
@@ -43,6 +44,7 @@ SECRET_KEYS = frozenset(
         "Signature",
         "APISecret",
         "Questions",  # their answers
+        "PendingEmailCode",
     }
 )
 
@@ -103,6 +105,8 @@ def login_reply(login: Login) -> msg.AuthenticateUserReply:
             Pending2FaToken=login.pending,
             errormsg=login.message,
         )
+    if login.hash_code is not None:  # a new device to confirm (docs/protocol.md, "Devices")
+        return NewDeviceReply(Authenticated=False, errormsg=login.message, HashCode=login.hash_code)
     return msg.AuthenticateUserReply(
         Authenticated=False, Locked=login.locked, errormsg=login.message
     )

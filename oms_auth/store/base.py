@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 
 from . import sql as q
 from .audit import AuditCheck, check_chain
-from .device_sql import Device, SessionEntry, device_sql, to_device, to_session_entry
+from .device_sql import (
+    Device,
+    DeviceCodeIssue,
+    SessionEntry,
+    device_sql,
+    to_device,
+    to_session_entry,
+)
 from .records import (
     AccountChange,
     ApiKey,
@@ -226,6 +233,20 @@ class Store(abc.ABC):
         """End the user's session ``only``, or every one but ``keep``, with ``audit``, in one
         transaction; other nodes are told (``reason``). The digests ended (none: nothing
         written, no audit row). With ``authority``, CallerGone when it no longer holds."""
+
+    @abc.abstractmethod
+    async def issue_device_code(self, issue: DeviceCodeIssue) -> None:
+        """Store a device's code (voiding its earlier one and its tries), queue its mail and
+        write its audit row, in one transaction."""
+
+    @abc.abstractmethod
+    async def register_device(
+        self, hash_code: int, digest: bytes, now: float, tries: int, until: float, audit: AuditEntry
+    ) -> int | None:
+        """One try at a device's code, in one transaction: counted first (none left, or no live
+        code: None), then, when ``digest`` is the code's, the device trusted until ``until``
+        and the code spent, with ``audit`` (its actor and target the device's user). The
+        device's user, or None. Of racing tries with one code, one wins."""
 
     # API keys (docs/rules.md, "API keys")
     @abc.abstractmethod

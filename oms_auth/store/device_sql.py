@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from .records import DeviceSeen, Outcome
+from .records import AuditEntry, DeviceSeen, MailItem, Outcome
 from .sql import Row, Statements, mail_args, to_dollar
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "Device",
     "to_session_entry",
     "to_device",
+    "DeviceCodeIssue",
+    "code_args",
 ]
 
 _DEVICE_COLUMNS = "user_id, hash_code, device_name, address, first_seen, last_seen, trusted_until"
@@ -60,6 +62,26 @@ class DeviceStatements:
         " ORDER BY last_seen DESC, hash_code"
     )
     device: str = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND hash_code = ?"
+    # A code that would trust the device: the newest voids the one before, its tries anew.
+    issue_code: str = (
+        "INSERT INTO devices (user_id, hash_code, device_name, address, first_seen, last_seen,"
+        " trusted_until, code_digest, code_expires, code_attempts)"
+        " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, 0)"
+        " ON CONFLICT (user_id, hash_code) DO UPDATE SET device_name = excluded.device_name,"
+        " address = excluded.address, code_digest = excluded.code_digest,"
+        " code_expires = excluded.code_expires, code_attempts = 0"
+    )
+    # One try at a live code, counted before the code is compared (none left: no row).
+    code_try: str = (
+        "UPDATE devices SET code_attempts = code_attempts + 1"
+        " WHERE hash_code = ? AND code_digest IS NOT NULL AND code_expires > ?"
+        " AND code_attempts < ? RETURNING user_id"
+    )
+    trust: str = (
+        "UPDATE devices SET trusted_until = ?, code_digest = NULL, code_expires = NULL,"
+        " code_attempts = 0 WHERE hash_code = ? AND code_digest = ? AND code_expires > ?"
+        " RETURNING user_id"
+    )
 
     def converted(self) -> DeviceStatements:
         texts = {f.name: to_dollar(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -134,3 +156,27 @@ def to_session_entry(row: Row) -> SessionEntry:
 def to_device(row: Row) -> Device:
     trusted = None if row[6] is None else float(row[6])
     return Device(int(row[0]), int(row[1]), row[2], row[3], float(row[4]), float(row[5]), trusted)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceCodeIssue:
+    """A code that would trust ``hash_code`` for ``user_id`` (``Store.issue_device_code``):
+    stored as its ``digest`` until ``expires_at``, written with its mail and audit row."""
+
+    user_id: int
+    hash_code: int
+    name: str
+    address: str
+    now: float
+    digest: bytes
+    expires_at: float
+    mail: MailItem
+    audit: AuditEntry
+
+    def __repr__(self) -> str:
+        return f"DeviceCodeIssue(user_id={self.user_id}, hash_code={self.hash_code})"
+
+
+def code_args(i: DeviceCodeIssue) -> tuple[object, ...]:
+    """``issue_code``'s arguments."""
+    return (i.user_id, i.hash_code, i.name, i.address, i.now, i.now, i.digest, i.expires_at)

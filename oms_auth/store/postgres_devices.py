@@ -9,9 +9,13 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from .device_sql import POSTGRES_DEVICES as D
-from .postgres_tx import lock_for
+from .device_sql import DeviceCodeIssue, code_args
+from .postgres_tx import S, lock_for
 from .records import AuditEntry, Authority, Revocation
+from .sql import mail_args
 
 if TYPE_CHECKING:
     from .postgres_tx import Conn
@@ -59,3 +63,26 @@ class PostgresDevices:
                 await self._revoked(conn, Revocation(user_id, reason, digest), now)
             await self._insert_audit(conn, [audit], now)
             return ended
+
+    async def issue_device_code(self, issue: DeviceCodeIssue) -> None:
+        async with self._tx() as conn:
+            await lock_for(conn, issue.user_id, None)
+            await conn.execute(D.issue_code, *code_args(issue))
+            await conn.execute(S.insert_mail, *mail_args(issue.mail, issue.now))
+            await self._insert_audit(conn, [issue.audit], issue.now)
+
+    async def register_device(
+        self, hash_code: int, digest: bytes, now: float, tries: int, until: float, audit: AuditEntry
+    ) -> int | None:
+        async with self._tx() as conn:
+            # The try's UPDATE takes the device's row lock: racing tries (any node) count in
+            # turn, and one that waited finds the code spent by the first right one.
+            if not await conn.fetch(D.code_try, hash_code, now, tries):
+                return None
+            row = await conn.fetchrow(D.trust, until, hash_code, digest, now)
+            if row is None:
+                return None
+            user_id = int(row[0])
+            entry = msgspec.structs.replace(audit, actor_id=user_id, target_id=user_id)
+            await self._insert_audit(conn, [entry], now)
+            return user_id
