@@ -105,7 +105,8 @@ def login_reply(login: Login) -> msg.AuthenticateUserReply:
             Pending2FaToken=login.pending,
             errormsg=login.message,
         )
-    if login.hash_code is not None:  # a new device to confirm (docs/protocol.md, "Sessions and devices")
+    if login.hash_code is not None:
+        # A new device to confirm (docs/protocol.md, "Sessions and devices").
         return NewDeviceReply(Authenticated=False, errormsg=login.message, HashCode=login.hash_code)
     return msg.AuthenticateUserReply(
         Authenticated=False, Locked=login.locked, errormsg=login.message
