@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from oms_auth.app import App
@@ -18,6 +19,7 @@ from protocol.client import Client
 from .helpers import PASSWORD, Clock, make_user, parse_mail, store_contents, wait_for_mail
 from .test_apikeys import key_login
 from .test_authority import OK, refusal
+from .test_http_gateway import http
 
 pytestmark = pytest.mark.parametrize("limited", [{"verify_new_devices": True}], indirect=True)
 NEW_DEVICE = "New device: confirm it with the code we emailed you"
@@ -135,3 +137,28 @@ async def test_api_key_logins_never_ask_to_confirm_a_device(limited: App, tmp_pa
     assert (await bot.call("AuthenticateUser", key_login(key, 1))).o["Authenticated"]
     await asyncio.sleep(0.2)
     assert len(list((tmp_path / "mail" / "new").iterdir())) == 1  # the one code, no more
+
+
+async def test_a_device_is_confirmed_over_http_by_post_never_get(
+    limited: App, tmp_path: Path
+) -> None:
+    await make_user(limited.deps, "alice")
+    login = {"UserName": "alice", "Password": PASSWORD, "DeviceId": "bot-box"}
+    json_body = {"Content-Type": "application/json"}
+    status, reply = await http(
+        limited, "POST", "/AP/AuthenticateUser", body=orjson.dumps(login), headers=json_body
+    )
+    assert status == 200 and reply["errormsg"] == NEW_DEVICE and reply["HashCode"] > 0
+    code = await code_in_mail(tmp_path, 1)
+    query = {"HashCode": str(reply["HashCode"]), "PendingEmailCode": code}
+    status, refused = await http(limited, "GET", "/AP/RegisterNewDevice", query=query)
+    assert status == 405 and refused["errorcode"] == 106
+    body = orjson.dumps(query)
+    status, answer = await http(
+        limited, "POST", "/AP/RegisterNewDevice", body=body, headers=json_body
+    )
+    assert status == 200 and answer == OK
+    status, reply = await http(
+        limited, "POST", "/AP/AuthenticateUser", body=orjson.dumps(login), headers=json_body
+    )
+    assert reply["Authenticated"] is True

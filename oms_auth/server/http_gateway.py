@@ -64,6 +64,7 @@ _POST_ONLY = frozenset(
         "setsecurityquestions",
         "getuseridforpasswordset",
         "getrequirementsforpasswordset",
+        "registernewdevice",  # a device's emailed code
     }
 )
 _URL_SECRETS = frozenset(
