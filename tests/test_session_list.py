@@ -136,3 +136,11 @@ async def test_twenty_simultaneous_log_out_other_sessions_end_each_session_once(
     assert len(alive) == 1
     rows = await sql(app.settings.db, "SELECT COUNT(*) FROM sessions")
     assert rows[0][0] == 1
+
+
+async def test_expired_sessions_are_not_listed(app: App, clock: Clock) -> None:
+    await make_user(app.deps, "alice")
+    await login(app, "alice")
+    clock.advance(app.settings.session_idle_seconds + 1)
+    me, _ = await login(app, "alice")
+    assert [s["Current"] for s in (await me.call("GetUserSessions")).o] == [True]

@@ -56,7 +56,7 @@ class SessionList:
         self.deps = sessions.deps
 
     async def shown(self, caller: Caller | None) -> list[SessionView]:
-        """GetUserSessions: the caller's sessions, oldest first."""
+        """GetUserSessions: the caller's live sessions, oldest first."""
         me = _logged_in(caller)
         key = self.deps.devices_key
         return [
@@ -70,6 +70,7 @@ class SessionList:
                 s.api_key is not None,
             )
             for s in await self.deps.store.user_sessions(me.id)
+            if not self.sessions.expired(s.last_seen)  # (expired: gone at its next use)
         ]
 
     async def log_out_one(self, caller: Caller | None, wanted: object, source: str) -> None:

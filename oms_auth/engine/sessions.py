@@ -507,10 +507,8 @@ class Sessions:
         proof: Proof = Proof.NONE,
         seen: DeviceSeen | None = None,
     ) -> Login:
-        d = self.deps
-        token = new_token()
+        d, token, uid = self.deps, new_token(), user.id
         how = f"API key {api_key[0]}" if api_key is not None else None
-        uid = user.id
         entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
         outcome = await d.store.open_session(
             SessionOpening(
