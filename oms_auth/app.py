@@ -20,6 +20,7 @@ from .crypto import (
     Sealer,
     audit_key,
     checkout_holding,
+    devices_key,
     key_fingerprint,
     key_from_env,
     names_key,
@@ -189,6 +190,7 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
         settings=settings,
         clock=clock,
         names_key=names_key(key),
+        devices_key=devices_key(key),
     )
 
 

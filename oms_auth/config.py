@@ -113,6 +113,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Disable2FA without a code, adding or removing API keys) act only on a connection that proved
     # the password this recently, or with the password given again.
     fresh_auth_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600
+    # New devices (docs/rules.md, "Devices"): with verify_new_devices a right password from a
+    # device the user has not trusted is confirmed by an emailed code first, and the device is
+    # then trusted for trusted_device_days; without it, a new device's login is mailed about.
+    verify_new_devices: bool = False
+    trusted_device_days: Annotated[float, msgspec.Meta(gt=0)] = 30
     # Argon2id cost; the defaults follow RFC 9106's second recommendation.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536

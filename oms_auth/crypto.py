@@ -39,6 +39,7 @@ __all__ = [
     "write_key_file",
     "audit_key",
     "names_key",
+    "devices_key",
     "mail_context",
     "checkout_holding",
 ]
@@ -162,6 +163,13 @@ def names_key(service_key: bytes) -> bytes:
     (``engine.names.unknown_name``), derived from the service key apart from the audit key:
     whoever holds the store alone cannot test a guessed name (or password) against one."""
     return hmac.new(service_key, b"oms-auth unknown usernames", hashlib.sha256).digest()
+
+
+def devices_key(service_key: bytes) -> bytes:
+    """The key of device HashCodes and opaque SessionIds (docs/protocol.md, "Sessions and
+    devices"), derived from the service key apart from the others: the store alone says
+    nothing of which device or token an id stands for."""
+    return hmac.new(service_key, b"oms-auth devices and sessions", hashlib.sha256).digest()
 
 
 def checkout_holding(path: Path) -> Path | None:

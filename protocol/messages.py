@@ -77,6 +77,9 @@ class AuthenticateUserRequest(msgspec.Struct, frozen=True):
     Signature: str | None = None
     UserId: int | str | None = None
     Nonce: int | str | None = None
+    # The device a password login comes from (front-ends keep one per browser): docs/protocol.md,
+    # "Sessions and devices".
+    DeviceId: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -96,6 +99,7 @@ class WebAuthenticateUserRequest(msgspec.Struct, frozen=True):
     SessionToken: str | None = None
     UserName: str | None = None
     Password: str | None = None
+    DeviceId: str | None = None
 
 
 class UserInfo(msgspec.Struct, frozen=True):

@@ -456,3 +456,68 @@ async def test_clients_of_a_stopped_node_reconnect_to_the_other_and_resume_with_
         other = await cluster.client("b")
         resumed = await other.call("WebAuthenticateUser", {"SessionToken": token})
         assert resumed.o["Authenticated"] is True, resumed.o
+
+
+async def test_log_out_other_sessions_on_one_node_ends_them_on_the_other_with_events(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("mover")
+    await cluster.start()
+    on_b = [await cluster.client("b", "mover") for _ in range(3)]
+    me = await cluster.client("a", "mover")
+    listed = (await me.call("GetUserSessions")).o
+    assert len(listed) == 4 and sum(s["Current"] for s in listed) == 1
+    started = time.monotonic()
+    assert (await me.call("LogOutOtherSessions")).o == OK
+    for c in on_b:
+        event = await next_event(c, timeout=1)
+        assert event.o == {"Reason": "LoggedOutElsewhere"}
+        assert not await logged_in(c)
+    assert time.monotonic() - started < 1
+    # One of them, by its id, from the other node.
+    again = await cluster.client("b", "mover")
+    (theirs,) = [s["SessionId"] for s in (await me.call("GetUserSessions")).o if not s["Current"]]
+    assert (await me.call("LogOutSession", {"SessionId": theirs})).o == OK
+    event = await next_event(again, timeout=1)
+    assert event.o == {"Reason": "LoggedOutElsewhere"} and await logged_in(me)
+
+
+async def test_ten_first_logins_from_a_new_device_over_both_nodes_send_one_notice(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("mover")
+    await cluster.start()
+    await cluster.client("a", "mover")  # the user's first device: never noticed
+
+    async def first_login(node: str) -> Any:
+        c = await cluster.client(node)
+        payload = {"UserName": "mover", "Password": PASSWORD, "DeviceId": "new-laptop"}
+        return (await c.call("AuthenticateUser", payload)).o
+
+    replies = await asyncio.gather(*(first_login("ab"[k % 2]) for k in range(10)))
+    assert all(r["Authenticated"] for r in replies)
+    rows = await sql(cluster.db, "SELECT COUNT(*) FROM outbox WHERE kind = 'new-sign-in'")
+    assert rows[0][0] == 1
+
+
+async def test_a_device_code_used_twenty_times_over_both_nodes_trusts_once(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("mover")
+    await cluster.start(verify_new_devices="true")
+    c = await cluster.client("a")
+    payload = {"UserName": "mover", "Password": PASSWORD}
+    reply = (await c.call("AuthenticateUser", payload)).o
+    assert reply["Authenticated"] is False and isinstance(reply["HashCode"], int)
+    await eventually(lambda: sum(len(f) for f in cluster.mail_files().values()) == 1)
+    (path,) = [p for files in cluster.mail_files().values() for p in files]
+    (code,) = re.findall(r"^(\d{8})$", parse_mail(path)["text"], re.M)
+
+    async def use(node: str) -> Any:
+        other = await cluster.client(node)
+        register = {"HashCode": reply["HashCode"], "PendingEmailCode": code}
+        return (await other.call("RegisterNewDevice", register)).o
+
+    answers = await asyncio.gather(*(use("ab"[k % 2]) for k in range(20)))
+    assert sum(a == OK for a in answers) == 1
+    assert (await c.call("AuthenticateUser", payload)).o["Authenticated"] is True

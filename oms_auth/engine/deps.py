@@ -69,3 +69,5 @@ class Deps:
     # build_deps sets it). The default, a random key, keeps them unguessable where none is
     # given, at the cost of grouping only within the process.
     names_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    # Keys device HashCodes and opaque SessionIds (crypto.devices_key; build_deps sets it).
+    devices_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))

@@ -45,6 +45,7 @@ from ..errors import InvalidValue, NotAuthorized, OperationFailed
 from ..store import (
     AuditEntry,
     Claim,
+    DeviceSeen,
     Outcome,
     Reservation,
     Room,
@@ -52,7 +53,7 @@ from ..store import (
     Slot,
     User,
 )
-from . import apikeys, recovery_codes, totp, turns
+from . import apikeys, devices, recovery_codes, totp, turns
 from .caller import Caller
 from .deps import Deps
 from .names import counter_key, recorded_name
@@ -119,6 +120,8 @@ class Login(msgspec.Struct, frozen=True):
     # The session was opened with an API key: the key's permissions (it cannot change account
     # security, and holds no more than these).
     key_permissions: frozenset[str] | None = None
+    # A device to confirm (``verify_new_devices``): its HashCode, answered at the top level.
+    hash_code: int | None = None
 
     def __repr__(self) -> str:
         return f"Login(state={self.state}, user={self.user!r})"
@@ -137,14 +140,20 @@ class Sessions:
         self.delay_unit = delay_unit
         self.turns = turns.Turns()
 
-    async def authenticate(self, username: str | None, password: str | None, source: str) -> Login:
-        """AuthenticateUser with a password; InvalidValue when either is missing."""
+    async def authenticate(
+        self,
+        username: str | None,
+        password: str | None,
+        source: str,
+        origin: devices.Origin | None = None,
+    ) -> Login:
+        """AuthenticateUser with a password; InvalidValue when either is missing. ``origin``:
+        the device it comes from (:mod:`.devices`)."""
         if not username or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if not password:
             raise InvalidValue(INVALID_PASSWORD)
         d = self.deps
-        now = d.clock()
         name_key = self._counter(username or "")
         reserved = await self._attempt(name_key, source)
         if isinstance(reserved, str):
@@ -161,6 +170,8 @@ class Sessions:
         # From here the caller has proven the password: telling it why it cannot log in
         # reveals nothing it does not already know.
         refusal = self._refusal(user, now)
+        if refusal is None and d.settings.verify_new_devices:
+            refusal = await self._untrusted(user, origin, source, now)
         if refusal is not None:
             await self._give_back(reserved.release_all())
             return refusal
@@ -170,7 +181,14 @@ class Sessions:
             await self._give_back(reserved.release_all())
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
-        return await self._open_session(user, now, source, reserved, proof=Proof.PASSWORD)
+        return await self._open_session(
+            user,
+            now,
+            source,
+            reserved,
+            proof=Proof.PASSWORD,
+            seen=devices.seen(d, user, origin, source, now, notify=self._notify),
+        )
 
     async def authenticate_api_key(
         self,
@@ -179,6 +197,7 @@ class Sessions:
         user_id: int | str | None,
         nonce: int | str | None,
         source: str,
+        origin: devices.Origin | None = None,
     ) -> Login:
         """AuthenticateUser with an API key: ``Signature`` is the hex HMAC-SHA256 of ``Nonce +
         UserId + APIKey`` keyed with the key's secret. Every failure is FAILED with one text
@@ -230,10 +249,15 @@ class Sessions:
             reserved,
             api_key=(key, nonce_digest),
             key_permissions=frozenset(record.permissions),
+            seen=devices.seen(d, None, origin, source, now, notify=False),
         )
 
     async def second_factor(
-        self, pending: str | None, code: str | int | None, source: str
+        self,
+        pending: str | None,
+        code: str | int | None,
+        source: str,
+        origin: devices.Origin | None = None,
     ) -> Login:
         """Authenticate2FA with the pending step's token (the connection's, or a header's)."""
         d, s = self.deps, self.deps.settings
@@ -274,6 +298,7 @@ class Sessions:
                 factor=accepted,
                 pending=key,
                 proof=Proof.PASSWORD_AND_CODE,
+                seen=devices.seen(d, user, origin, source, now, notify=self._notify),
             )
             if login.state is LoginState.AUTHENTICATED and accepted.recovery is not None:
                 d.events.mail_queued()  # the code's notice, queued with the session
@@ -425,6 +450,21 @@ class Sessions:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    @property
+    def _notify(self) -> bool:
+        """A new device's login is mailed about unless devices are confirmed instead."""
+        return not self.deps.settings.verify_new_devices
+
+    async def _untrusted(
+        self, user: User, origin: devices.Origin | None, source: str, now: float
+    ) -> Login | None:
+        """``verify_new_devices``: a device the user has not trusted gets its code mailed and
+        no session (:func:`.devices.confirmation`)."""
+        held = await devices.confirmation(self.deps, user, origin, source, now)
+        if held is None:
+            return None
+        return Login(LoginState.FAILED, message=devices.NEW_DEVICE, hash_code=held)
+
     async def _attempt(self, name_key: str, source: str) -> Reservation | str:
         """A login attempt's slots (per username and per address), taken before its secret is
         checked, and the growing delay once failures pile up; the refusal's text when a limit
@@ -497,11 +537,10 @@ class Sessions:
         api_key: tuple[str, bytes] | None = None,
         key_permissions: frozenset[str] | None = None,
         proof: Proof = Proof.NONE,
+        seen: DeviceSeen | None = None,
     ) -> Login:
-        d = self.deps
-        token = new_token()
+        d, token, uid = self.deps, new_token(), user.id
         how = f"API key {api_key[0]}" if api_key is not None else factor.detail
-        uid = user.id
         entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
         outcome = await d.store.open_session(
             SessionOpening(
@@ -516,6 +555,7 @@ class Sessions:
                 clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
                 release=reserved.keep_user_slot(),
                 audit=[entry],
+                seen=seen,
             )
         )
         # The address's slot went back in that transaction; the username's goes back on a

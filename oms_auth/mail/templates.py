@@ -2,14 +2,15 @@
 
 Each kind of message is a pair of templates, ``KIND.txt`` (its first line ``Subject: ...``, then
 the text part) and ``KIND.html`` (the HTML part, usually extending ``base.html``), in a folder
-per locale. The security notices (2FA turned on or off, questions changed, a forced logoff) share
-``notice.*``, told apart by ``event``. A deployment's ``mail_templates`` folder is searched
-first, then the shipped ones (``en``, ``de``), each in the user's locale, then ``en``: an
-exchange replaces only the files it wants to. Templates see ``brand``, ``support_email``,
+per locale. The security notices (2FA turned on or off, questions changed, a forced logoff, a
+new sign-in) share ``notice.*``, told apart by ``event``; a device's code has ``device-code.*``.
+A deployment's ``mail_templates`` folder is searched first, then the shipped ones (``en``,
+``de``), each in the user's locale, then ``en``: an exchange replaces only the files it wants
+to. Templates see ``brand``, ``support_email``,
 ``support_url``, ``username``, ``recipient``, ``locale``, the message's own values (``link``,
 ``expires_at``, ``changed_at``, ``at``, ``api_keys``, ``first``, ``event``, ``left``: recovery
-codes left) and the filter
-``when`` (a time, in the locale's way). HTML is autoescaped; no remote content, no tracking.
+codes left, ``device``, ``address``, ``device_code``) and the filter ``when`` (a time, in the
+locale's way). HTML is autoescaped; no remote content, no tracking.
 
 Each message is not rendered from scratch: its templates are rendered once per kind, locale and
 structure (the values conditions may read: ``first``, ``api_keys``, ``event``, the brand and
@@ -52,6 +53,7 @@ _NOTICES = frozenset(
         "recovery-codes-created",
         "recovery-code-used",
         "2fa-reset",
+        "new-sign-in",
     }
 )
 
@@ -142,7 +144,7 @@ class Templates:
         if not isinstance(locale, str) or not is_locale(locale):
             locale = self.default_locale
         name = "notice" if kind in _NOTICES else kind
-        if name not in ("reset", "invite", "password-changed", "notice"):
+        if name not in ("reset", "invite", "password-changed", "notice", "device-code"):
             raise ValueError(f"unknown mail kind {kind!r}")
         values: dict[str, Any] = {
             **self.common,
@@ -154,6 +156,9 @@ class Templates:
             "api_keys": None,
             "first": False,
             "left": None,
+            "device": None,
+            "address": None,
+            "device_code": None,
             **public,
             **secret,
             "event": kind,
@@ -191,7 +196,17 @@ class Templates:
 
 
 # What a message shows but never decides on: each is filled into the pre-rendered shape.
-_SLOTS = ("username", "recipient", "link", "expires_at", "changed_at", "at")
+_SLOTS = (
+    "username",
+    "recipient",
+    "link",
+    "expires_at",
+    "changed_at",
+    "at",
+    "device",
+    "address",
+    "device_code",
+)
 # What decides a message's structure (its templates' conditions): one shape per combination.
 _SHAPE = ("first", "api_keys", "event", "left", "brand", "support_email", "support_url")
 _MARK = re.compile(r"\x00([a-z_]+)(:when)?\x00")

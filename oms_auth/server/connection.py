@@ -75,11 +75,19 @@ class Conn:
         "closed",
         "tasks",
         "budget",
+        "agent",
+        "device_id",
     )
 
-    def __init__(self, ws: ServerConnection, source: str, *, lasting: bool = True) -> None:
+    def __init__(
+        self, ws: ServerConnection, source: str, *, lasting: bool = True, agent: str = ""
+    ) -> None:
         self.ws = ws
         self.source = source
+        # The client's User-Agent (its handshake's, or the HTTP request's): a device's name.
+        self.agent = agent
+        # The DeviceId its last password login named: its second step is the same device.
+        self.device_id: str | None = None
         self.user: User | None = None
         self.token_digest: bytes | None = None
         self.last_activity = 0.0

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from protocol import messages as msg
+from protocol.device_messages import NewDeviceReply
 from protocol.errors import SUCCESS, StandardResponse
 
-from ..engine import userinfo
+from ..engine import devices, userinfo
 from ..engine.accounts import Accounts
 from ..engine.apikeys import ApiKeys
 from ..engine.caller import Caller
+from ..engine.devices import Origin
 from ..engine.recovery import Recovery
 from ..engine.reset import Resets
 from ..engine.sessions import Login, LoginState, Sessions
 from ..errors import Refusal
 from ..store import User
 from .connection import Conn
+from .device_functions import DeviceFunctions, iso_utc
 from .registry import Registry
 
 __all__ = ["Function", "Functions", "SECRET_KEYS"]
@@ -43,6 +45,7 @@ SECRET_KEYS = frozenset(
         "Signature",
         "APISecret",
         "Questions",  # their answers
+        "PendingEmailCode",
     }
 )
 
@@ -103,6 +106,9 @@ def login_reply(login: Login) -> msg.AuthenticateUserReply:
             Pending2FaToken=login.pending,
             errormsg=login.message,
         )
+    if login.hash_code is not None:
+        # A new device to confirm (docs/protocol.md, "Sessions and devices").
+        return NewDeviceReply(Authenticated=False, errormsg=login.message, HashCode=login.hash_code)
     return msg.AuthenticateUserReply(
         Authenticated=False, Locked=login.locked, errormsg=login.message
     )
@@ -149,6 +155,7 @@ class Functions:
         self.add("CreateRecoveryCodes", msg.CreateRecoveryCodesRequest, self.create_recovery_codes)
         self.add("GetRecoveryCodesLeft", msg.Empty, self.get_recovery_codes_left)
         self.add("ResetUser2FA", msg.ResetUser2FARequest, self.reset_user_2fa)
+        self.device_functions = DeviceFunctions(self)
 
     def add(
         self, name: str, payload: type[msgspec.Struct], handler: Handler, *, inline: bool = False
@@ -171,10 +178,12 @@ class Functions:
     ) -> msg.AuthenticateUserReply:
         if req.APIKey is not None:
             login = await self.sessions.authenticate_api_key(
-                req.APIKey, req.Signature, req.UserId, req.Nonce, conn.source
+                req.APIKey, req.Signature, req.UserId, req.Nonce, conn.source, _origin(conn)
             )
         else:
-            login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
+            login = await self.sessions.authenticate(
+                req.UserName, req.Password, conn.source, _named(conn, req.DeviceId)
+            )
         return self._apply(conn, login)
 
     async def authenticate_2fa(
@@ -182,7 +191,9 @@ class Functions:
     ) -> msg.AuthenticateUserReply:
         if conn.pending is None and conn.enrolment is not None and conn.user is not None:
             return await self._confirm_enrolment(conn, req.Code)
-        login = await self.sessions.second_factor(conn.pending, req.Code, conn.source)
+        login = await self.sessions.second_factor(
+            conn.pending, req.Code, conn.source, _origin(conn)
+        )
         return self._apply(conn, login)
 
     async def _confirm_enrolment(
@@ -213,7 +224,9 @@ class Functions:
         self, conn: Conn, req: msg.WebAuthenticateUserRequest
     ) -> msg.AuthenticateUserReply:
         if req.SessionToken is None and (req.UserName is not None or req.Password is not None):
-            login = await self.sessions.authenticate(req.UserName, req.Password, conn.source)
+            login = await self.sessions.authenticate(
+                req.UserName, req.Password, conn.source, _named(conn, req.DeviceId)
+            )
         else:
             login = await self.sessions.resume(req.SessionToken)
         reply = self._apply(conn, login)
@@ -232,6 +245,9 @@ class Functions:
         if notice is None:
             return SUCCESS
         return StandardResponse(result=True, errormsg=None, errorcode=0, detail=notice)
+
+    async def caller(self, conn: Conn) -> Caller | None:
+        return await self._caller(conn)
 
     async def _caller(self, conn: Conn) -> Caller | None:
         """Who asks on this connection, for the engine: its user as the store has it now
@@ -425,6 +441,18 @@ class Functions:
         return SUCCESS
 
 
+def _origin(conn: Conn) -> Origin:
+    """The device a login on ``conn`` comes from (docs/protocol.md, "Sessions and devices"):
+    the ``DeviceId`` its last password login named (its second step is the same device)."""
+    return Origin(conn.agent, conn.device_id)
+
+
+def _named(conn: Conn, device_id: str | None) -> Origin:
+    """A password login's device: the ``DeviceId`` it names, kept for its second step."""
+    conn.device_id = device_id.strip()[: devices.MAX_DEVICE_ID] or None if device_id else None
+    return _origin(conn)
+
+
 def _held(conn: Conn) -> Caller | None:
     """The caller as the connection holds it, read at once (no await): its user as it logged
     in, the session it holds and the password version that session was opened for, its key's
@@ -445,8 +473,7 @@ def _held(conn: Conn) -> Caller | None:
 
 def _apex_time(ts: float | None) -> str:
     """A time in the APEX record: ISO 8601 UTC, or its "no such time"."""
-    return msg.NO_TIME if ts is None else _iso(ts)
+    return msg.NO_TIME if ts is None else iso_utc(ts)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+_iso = iso_utc

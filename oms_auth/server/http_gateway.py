@@ -33,6 +33,7 @@ from protocol.errors import ErrorCode, StandardResponse
 from protocol.messages import AuthenticateUserReply, PayloadError
 
 from ..engine import recovery_codes
+from ..engine.devices import Origin
 from ..engine.sessions import Login, LoginState, Sessions
 from ..engine.texts import BASIC_REQUIRED
 from ..errors import server_error
@@ -64,6 +65,7 @@ _POST_ONLY = frozenset(
         "setsecurityquestions",
         "getuseridforpasswordset",
         "getrequirementsforpasswordset",
+        "registernewdevice",  # a device's emailed code
     }
 )
 _URL_SECRETS = frozenset(
@@ -97,7 +99,7 @@ class HttpGateway:
                 return payload
         else:
             payload = dict(parse_qsl(query, keep_blank_values=True))
-        conn = Conn(ws, source, lasting=False)
+        conn = Conn(ws, source, lasting=False, agent=request.headers.get("User-Agent", ""))
         secrets = [*payload.values(), *(request.headers.get(h) for h in _SECRET_HEADERS)]
         with request_context(secrets) as cid:
             try:
@@ -119,6 +121,8 @@ class HttpGateway:
         if request.method == "GET" and recovery_codes.parse(_folded(payload).get("code")):
             # A recovery code stays good until used, unlike a TOTP code: never in a URL.
             return _post_only(name[:80])
+        device_id = _folded(payload).get("deviceid")
+        conn.device_id = device_id if isinstance(device_id, str) and device_id else None
         if folded == "authenticate":
             return _json(HTTPStatus.OK, await self._basic(conn, headers.get("Authorization")))
         if folded == "authenticate2fa":
@@ -126,7 +130,10 @@ class HttpGateway:
             if not isinstance(code, str | int) or isinstance(code, bool):
                 code = None
             step = await self.sessions.second_factor(
-                headers.get("Pending2FaToken"), code, conn.source
+                headers.get("Pending2FaToken"),
+                code,
+                conn.source,
+                Origin(conn.agent, conn.device_id),
             )
             return _json(HTTPStatus.OK, login_reply(step))
         function = self.functions.table.get(folded)
@@ -194,7 +201,9 @@ class HttpGateway:
                 username = password = None
         if not username or not username.strip() or not password:
             return login_reply(Login(LoginState.FAILED, message=BASIC_REQUIRED))
-        login = await self.sessions.authenticate(username, password, conn.source)
+        login = await self.sessions.authenticate(
+            username, password, conn.source, Origin(conn.agent, conn.device_id)
+        )
         return login_reply(login)
 
 

@@ -64,7 +64,8 @@ class Gateway:
         if refused is not None:
             await ws.close(CloseCode.TRY_AGAIN_LATER, refused)
             return
-        conn = Conn(ws, source_of(ws, self.proxies))
+        agent = ws.request.headers.get("User-Agent", "") if ws.request is not None else ""
+        conn = Conn(ws, source_of(ws, self.proxies), agent=agent)
         if isinstance(ws, GuardedConnection):
             ws.limit_frames(self._frame_budget(conn), self._too_fast())
         self.connections.add(conn)

@@ -21,6 +21,7 @@ Layout (each module one job; imports point down this list, never up):
 from .audit import AuditCheck
 from .base import Store
 from .codes import CodeState
+from .device_sql import DeviceCodeIssue
 from .keys import KeyBinding, KeyRefused
 from .records import (
     IN_FLIGHT_SECONDS,
@@ -36,6 +37,7 @@ from .records import (
     CallerGone,
     Claim,
     CodeIssue,
+    DeviceSeen,
     Factors,
     MailItem,
     MailState,
@@ -63,6 +65,8 @@ from .records import (
 from .urls import is_postgres_url, sqlite_path
 
 __all__ = [
+    "DeviceCodeIssue",
+    "DeviceSeen",
     "Factors",
     "NO_PASSWORD",
     "AccountChange",

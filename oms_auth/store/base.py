@@ -19,6 +19,14 @@ from collections.abc import Callable, Sequence
 from . import recovery as rc
 from . import sql as q
 from .audit import AuditCheck, check_chain
+from .device_sql import (
+    Device,
+    DeviceCodeIssue,
+    SessionEntry,
+    device_sql,
+    to_device,
+    to_session_entry,
+)
 from .records import (
     AccountChange,
     Admission,
@@ -217,6 +225,50 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revoke_session(self, digest: bytes, user_id: int, reason: str) -> None:
         """End one session; other nodes sharing the store are told (``listen_revocations``)."""
+
+    # Sessions and devices a user sees (docs/protocol.md, "Sessions and devices")
+    async def user_sessions(self, user_id: int) -> list[SessionEntry]:
+        """The user's sessions, oldest first."""
+        rows = await self._fetch(device_sql(self._sql).user_sessions, (user_id,))
+        return [to_session_entry(row) for row in rows]
+
+    async def user_devices(self, user_id: int) -> list[Device]:
+        """The user's devices, the last used first."""
+        rows = await self._fetch(device_sql(self._sql).user_devices, (user_id,))
+        return [to_device(row) for row in rows]
+
+    async def device(self, user_id: int, hash_code: int) -> Device | None:
+        row = await self._first(device_sql(self._sql).device, user_id, hash_code)
+        return to_device(row) if row else None
+
+    @abc.abstractmethod
+    async def end_sessions(
+        self,
+        user_id: int,
+        reason: str,
+        audit: AuditEntry,
+        *,
+        only: bytes | None = None,
+        keep: bytes | None = None,
+        authority: Authority | None = None,
+    ) -> list[bytes]:
+        """End the user's session ``only``, or every one but ``keep``, with ``audit``, in one
+        transaction; other nodes are told (``reason``). The digests ended (none: nothing
+        written, no audit row). With ``authority``, CallerGone when it no longer holds."""
+
+    @abc.abstractmethod
+    async def issue_device_code(self, issue: DeviceCodeIssue) -> None:
+        """Store a device's code (voiding its earlier one and its tries), queue its mail and
+        write its audit row, in one transaction."""
+
+    @abc.abstractmethod
+    async def register_device(
+        self, hash_code: int, digest: bytes, now: float, tries: int, until: float, audit: AuditEntry
+    ) -> int | None:
+        """One try at a device's code, in one transaction: counted first (none left, or no live
+        code: None), then, when ``digest`` is the code's, the device trusted until ``until``
+        and the code spent, with ``audit`` (its actor and target the device's user). The
+        device's user, or None. Of racing tries with one code, one wins."""
 
     # API keys (docs/rules.md, "API keys")
     @abc.abstractmethod

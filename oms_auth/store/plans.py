@@ -21,6 +21,7 @@ import msgspec
 from . import codes
 from . import recovery as rc
 from . import sql as q
+from .device_sql import seen_steps
 from .records import (
     RESET_FAILURE,
     AccountChange,
@@ -147,6 +148,8 @@ def session_plan(s: Statements, o: SessionOpening, state: LoginState | None) -> 
     steps.append(Step(s.insert_session, (o.digest, o.user_id, o.now, o.now, held_key)))
     steps.append(Step(s.set_last_login, (o.now, o.user_id)))
     steps.extend(Step(s.clear_events, (kind, s.event_key(key))) for kind, key in o.clear)
+    if o.seen is not None:  # last: its notice's insert may answer DONE early
+        steps.extend(Step(*t) for t in seen_steps(s, o.seen, o.user_id, o.digest, o.now))
     return Plan(steps, Outcome.DONE)
 
 

@@ -45,6 +45,7 @@ from . import sql as q
 from .audit import checked_audit_key, link_entries
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
+from .postgres_devices import PostgresDevices
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
 from .postgres_migrate import migrate
 from .postgres_schema import (
@@ -127,7 +128,7 @@ _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE 
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresDevices, Store):
     """PostgreSQL at ``url`` (see the module docstring), schema created on first use."""
 
     def __init__(self, url: str, *, audit_key: bytes, key: keys.KeyBinding | None = None) -> None:

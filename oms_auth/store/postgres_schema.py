@@ -222,6 +222,28 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0;
     """,
+    # 12: sessions and devices a user can see and end (docs/protocol.md, "Sessions and
+    # devices"): a session's device and address as its login named them; a user's devices, by
+    # their keyed HashCode, with when each was last used, until when it is trusted, and the
+    # digest of the emailed code that would trust it (its expiry and the tries used).
+    """
+    ALTER TABLE sessions ADD COLUMN device_name TEXT;
+    ALTER TABLE sessions ADD COLUMN address TEXT;
+    CREATE TABLE devices (
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        hash_code BIGINT NOT NULL,
+        device_name TEXT NOT NULL,
+        address TEXT NOT NULL,
+        first_seen DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        trusted_until DOUBLE PRECISION,
+        code_digest BYTEA,
+        code_expires DOUBLE PRECISION,
+        code_attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, hash_code)
+    );
+    CREATE INDEX devices_by_hash_code ON devices(hash_code);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ import msgspec
 from .codes import CodeState
 
 __all__ = [
+    "DeviceSeen",
     "Factors",
     "RecoveryUse",
     "RESET_FAILURE",
@@ -353,6 +354,18 @@ class Outcome(enum.Enum):
     THROTTLED = "throttled"  # the caller's address is at its limit
 
 
+class DeviceSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a login comes from (docs/protocol.md, "Sessions and devices"), written with its
+    session: ``name`` (the client's User-Agent) and ``address`` describe the session; with
+    ``hash_code`` (a password login) the user's device is recorded or its last use moved on,
+    and ``notice`` is queued only when the device is new to a user who had others before."""
+
+    name: str
+    address: str
+    hash_code: int | None = None
+    notice: MailItem | None = None
+
+
 class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     """A login's session, opened in one transaction with what it settles (``Store.open_session``,
     the rules in docs/rules.md): created only for ``password_version``, the version the check
@@ -376,6 +389,7 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     clear: Sequence[tuple[str, str]] = ()
     release: Sequence[Slot] = ()
     audit: Sequence[AuditEntry] = ()
+    seen: DeviceSeen | None = None
 
     def __repr__(self) -> str:
         return f"SessionOpening(user_id={self.user_id})"

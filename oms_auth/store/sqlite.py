@@ -59,6 +59,7 @@ from .records import (
     username_key,
     username_skeleton,
 )
+from .sqlite_devices import SqliteDevices
 from .sqlite_migrate import migrate
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from .sqlite_tx import S
@@ -86,7 +87,7 @@ _CLAIM_MAIL = (
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest = ?"
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteDevices, Store):
     """SQLite at ``path``, created on first use."""
 
     def __init__(

@@ -6,6 +6,6 @@ Importing this package registers them into :data:`..registry.CASES`, module by m
 order imported below (the order the kit runs and reports them).
 """
 
-from . import frames, logins, keepalive, resets, accounts, recovery  # noqa: F401, I001  (the order is the run order)
+from . import frames, logins, keepalive, resets, accounts, recovery, devices  # noqa: F401, I001  (the order is the run order)
 
 __all__: list[str] = []
