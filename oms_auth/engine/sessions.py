@@ -158,7 +158,10 @@ class Sessions:
             for slot in reserved.release_all():
                 await d.store.release(*slot)
             return refusal
+        rehash = await self._rehash(user, password)
         if user.uses_totp:
+            if rehash is not None:  # proven: the second step does not change what it checks
+                await d.store.replace_hash(user.id, *rehash)
             pending = new_token()
             await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
             for slot in reserved.release_all():
@@ -166,7 +169,12 @@ class Sessions:
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
         return await self._open_session(
-            user, now, source, release=reserved.keep_user_slot(), proof=Proof.PASSWORD
+            user,
+            now,
+            source,
+            release=reserved.keep_user_slot(),
+            proof=Proof.PASSWORD,
+            rehash=rehash,
         )
 
     async def authenticate_api_key(
@@ -466,6 +474,7 @@ class Sessions:
         api_key: tuple[str, int] | None = None,
         key_permissions: frozenset[str] | None = None,
         proof: Proof = Proof.NONE,
+        rehash: tuple[str, str] | None = None,
     ) -> Login:
         d = self.deps
         token = new_token()
@@ -484,6 +493,7 @@ class Sessions:
                 clear=[(LOGIN_FAILURE_USER, self._counter(user.username))],
                 release=release,
                 audit=[entry],
+                rehash=rehash,
             )
         )
         if outcome is Outcome.REPLAYED and api_key is not None:
@@ -513,6 +523,15 @@ class Sessions:
             proof=proof,
             key_permissions=key_permissions,
         )
+
+    async def _rehash(self, user: User, password: str) -> tuple[str, str] | None:
+        """(the hash just verified, its Argon2id replacement) when the user's hash was brought
+        by import or has other Argon2id parameters (docs/import.md); None otherwise."""
+        hasher = self.deps.hasher
+        if not hasher.needs_rehash(user.password_hash):
+            return None
+        self.deps.events.count("login:rehashed")
+        return user.password_hash, await hasher.hash(password)
 
     def _counter(self, name: str) -> str:
         """The per-username login counters' key for ``name`` (:func:`.names.counter_key`)."""

@@ -116,6 +116,12 @@ class Store(abc.ABC):
         """Messages by state (:class:`~.records.MailState`), every state named."""
         return q.mail_counts(await self._fetch(self._sql.mail_counts, ()))
 
+    async def hash_heads(self) -> list[tuple[str, int]]:
+        """Users whose password hash is not Argon2id, by the hash's first 15 characters (what
+        names a scheme): (head, count)."""
+        rows = await self._fetch(self._sql.password_schemes, ())
+        return [(str(row[0]), int(row[1])) for row in rows]
+
     # Users
     @abc.abstractmethod
     async def create_user(
@@ -130,6 +136,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None: ...
+
+    @abc.abstractmethod
+    async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:
+        """The user's password hash becomes ``replacement`` while it is still ``verified``
+        (an imported hash upgraded at a login that has a second step to go)."""
 
     @abc.abstractmethod
     async def change_account(self, change: AccountChange, now: float) -> Outcome:

@@ -136,6 +136,9 @@ def session_plan(s: Statements, o: SessionOpening, state: LoginState | None) -> 
         steps.append(Step(s.set_totp_step, (o.totp_step, o.user_id)))
     steps.append(Step(s.insert_session, (o.digest, o.user_id, o.now, o.now, held_key)))
     steps.append(Step(s.set_last_login, (o.now, o.user_id)))
+    if o.rehash is not None:  # no row changed: another login replaced it first, or a reset
+        verified, replacement = o.rehash
+        steps.append(Step(s.rehash_password, (replacement, o.user_id, verified)))
     steps.extend(Step(s.clear_events, (kind, s.event_key(key))) for kind, key in o.clear)
     return Plan(steps, Outcome.DONE)
 

@@ -294,6 +294,9 @@ class PostgresStore(Store):
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)
 
+    async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:
+        await self._db.execute(S.rehash_password, replacement, user_id, verified)
+
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         async with self._tx() as conn:
             # The user's row locked, as a reset and a login take it: the password version and

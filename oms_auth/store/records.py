@@ -319,7 +319,7 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     ``pending``: the second step it ends (STALE when another attempt ended it first);
     ``api_key``: (key, nonce), the nonce moved on (REPLAYED when not newer); ``clear``: counters
     (kind, key) emptied; ``release``: slots given back whatever the outcome; ``audit``: written
-    on DONE."""
+    on DONE; ``rehash``: an imported hash replaced by Argon2id."""
 
     digest: bytes  # the SHA-256 digest of the session's token
     user_id: int
@@ -331,6 +331,9 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     clear: Sequence[tuple[str, str]] = ()
     release: Sequence[Slot] = ()
     audit: Sequence[AuditEntry] = ()
+    # (the hash just verified, its Argon2id replacement): written only while the stored hash
+    # is still the verified one (docs/import.md, "At the next login")
+    rehash: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"SessionOpening(user_id={self.user_id})"

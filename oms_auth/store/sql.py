@@ -216,6 +216,12 @@ class Statements:
     )
     set_totp_step: str = "UPDATE users SET totp_last_step = ? WHERE id = ?"
     set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
+    # A hash brought by import replaced at login: only while it is still the one verified.
+    rehash_password: str = "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?"
+    password_schemes: str = (
+        "SELECT substr(password_hash, 1, 15), count(*) FROM users"
+        " WHERE password_hash NOT LIKE '$argon2id$%' AND password_hash <> '' GROUP BY 1"
+    )
     insert_session: str = (
         "INSERT INTO sessions (digest, user_id, created_at, last_seen, api_key)"
         " VALUES (?, ?, ?, ?, ?)"

@@ -272,6 +272,12 @@ class SqliteStore(Store):
 
         await self._write(job)
 
+    async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.rehash_password, (replacement, user_id, verified))
+
+        await self._write(job)
+
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         def job(raw: sqlite3.Connection) -> Outcome:
             tx.authorize(raw, change.authority)
