@@ -19,6 +19,7 @@ from ..engine.deps import Deps
 from ..errors import InvalidValue, Refusal
 from ..logs import setup_logging
 from ..store import StoreError
+from . import transfer
 from .audit import audit
 from .demo import DEMO_USERS, demo
 
@@ -102,6 +103,7 @@ def _user_commands(parser: argparse.ArgumentParser) -> None:
     )
     _common(invite)
     invite.add_argument("username")
+    transfer.add_commands(user.add_parser, _common)
 
 
 def _user_add_args(add: argparse.ArgumentParser) -> None:
@@ -219,7 +221,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except Refusal as refusal:
         print(f"oms-auth: {refusal.detail}", file=sys.stderr)
         return 2
-    except (ConfigError, CliError, StoreError, ValueError) as exc:
+    except (ConfigError, CliError, StoreError, ValueError, transfer.TransferError) as exc:
         print(f"oms-auth: {exc}", file=sys.stderr)
         return 2
 
@@ -281,8 +283,13 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _offline(args: argparse.Namespace, settings: Settings) -> int:
+    missing = transfer.missing_store(settings)
+    if args.command == "user" and args.user_command in ("import", "export"):
+        transfer.check_before_opening(args, missing)
     deps = await build_deps(settings)
     try:
+        if args.command == "user" and args.user_command in ("import", "export"):
+            return await transfer.run(deps, args, missing)
         if args.command == "user":
             return await {
                 "add": _user_add,

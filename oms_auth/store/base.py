@@ -26,6 +26,8 @@ from .records import (
     Authority,
     Claim,
     CodeIssue,
+    Imported,
+    ImportItem,
     NewUser,
     OutboxRow,
     Outcome,
@@ -88,6 +90,10 @@ class Store(abc.ABC):
     async def list_users(self) -> list[User]:
         return [q.to_user(row) for row in await self._fetch(self._sql.users, ())]
 
+    async def users_after(self, user_id: int, limit: int) -> list[User]:
+        """Up to ``limit`` users whose id is past ``user_id``, by id: a page of all users."""
+        return [q.to_user(r) for r in await self._fetch(self._sql.users_after, (user_id, limit))]
+
     async def locked_users(self, oms_id: int, now: float) -> list[User]:
         """The OMS's users locked at ``now``, by UserId."""
         rows = await self._fetch(self._sql.users_locked, (oms_id, now))
@@ -136,6 +142,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None: ...
+
+    @abc.abstractmethod
+    async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        """One transaction for the batch; for each item, in order, what became of it and its
+        new id. An item whose name is taken (by a user with the same email: ALREADY) or looks
+        like a taken one writes nothing; the others are written whole (docs/import.md). The
+        batch's own names are not compared with each other: the caller does that."""
 
     @abc.abstractmethod
     async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:

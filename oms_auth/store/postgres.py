@@ -70,6 +70,8 @@ from .records import (
     Authority,
     Claim,
     CodeIssue,
+    Imported,
+    ImportItem,
     MailItem,
     MailState,
     NewUser,
@@ -122,6 +124,7 @@ _RELEASE_EVENT = (
     " WHERE kind = $1 AND key = $2 AND at = $3 LIMIT 1)"
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
+_LOCK_ALL = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 
@@ -258,13 +261,7 @@ class PostgresStore(Store):
         *,
         authority: Authority | None = None,
     ) -> int:
-        texts = [
-            user.username,
-            user.email,
-            *user.permissions,
-            *(question for question, _ in user.questions),
-        ]
-        if any("\x00" in t for t in texts):
+        if any("\x00" in t for t in _texts(user)):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
         taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
         key, skeleton = username_key(user.username), username_skeleton(user.username)
@@ -277,19 +274,54 @@ class PostgresStore(Store):
             if await conn.fetchval(S.username_lookalike, skeleton, key):
                 raise UsernameConfusable("the username looks too much like an existing username")
             try:
-                user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
+                user_id = await self._insert_user(conn, user)
             except asyncpg.UniqueViolationError:  # the same name, added on another node just now
                 raise taken from None
-            await conn.executemany(S.insert_account, q.account_args(user))
-            await conn.executemany(S.insert_user_account, q.user_account_args(user_id, user))
-            await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
-            await conn.executemany(
-                S.insert_question, [(user_id, question, a) for question, a in user.questions]
-            )
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
                 await self._insert_audit(conn, [entry], await self._now(conn))
             return user_id
+
+    @staticmethod
+    async def _insert_user(conn: Conn, user: NewUser) -> int:
+        """A new user's rows (its name checked by the caller); its id."""
+        user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
+        await conn.executemany(S.insert_account, q.account_args(user))
+        await conn.executemany(S.insert_user_account, q.user_account_args(user_id, user))
+        await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
+        await conn.executemany(
+            S.insert_question, [(user_id, question, a) for question, a in user.questions]
+        )
+        return user_id
+
+    async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        if any("\x00" in t for item in batch for t in _texts(item.user)):
+            raise StoreError("a user's names, email and questions cannot hold a NUL character")
+        out: list[tuple[Imported, int | None]] = []
+        entries = []
+        skeletons = {username_skeleton(item.user.username) for item in batch}
+        locks = sorted(lock_key(self.schema, "skeleton:" + s) for s in skeletons)
+        async with self._tx() as conn:
+            # As create_user takes them, in one order (no deadlock with another import).
+            await conn.execute(_LOCK_ALL, locks)
+            for item in batch:
+                user = item.user
+                key = username_key(user.username)
+                taken = await conn.fetchval(S.email_by_name, key)
+                if taken is not None:
+                    done = Imported.ALREADY if q.same_email(taken, user.email) else Imported.TAKEN
+                    out.append((done, None))
+                    continue
+                if await conn.fetchval(S.username_lookalike, username_skeleton(user.username), key):
+                    out.append((Imported.LOOKALIKE, None))
+                    continue
+                user_id = await self._insert_user(conn, user)
+                if item.seal_totp is not None:
+                    await conn.execute(S.set_totp, item.seal_totp(user_id), user_id)
+                entries.append(msgspec.structs.replace(item.audit, target_id=user_id))
+                out.append((Imported.DONE, user_id))
+            await self._insert_audit(conn, entries, await self._now(conn))
+        return out
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)
@@ -571,3 +603,13 @@ class PostgresStore(Store):
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
+
+
+def _texts(user: NewUser) -> list[str]:
+    """A new user's texts (PostgreSQL's text holds no NUL)."""
+    return [
+        user.username,
+        user.email,
+        *user.permissions,
+        *(question for question, _ in user.questions),
+    ]

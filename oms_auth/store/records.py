@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import icu  # type: ignore[import-untyped,unused-ignore]
@@ -31,6 +31,8 @@ __all__ = [
     "UsernameTaken",
     "UsernameConfusable",
     "NewUser",
+    "ImportItem",
+    "Imported",
     "User",
     "SecurityQuestion",
     "Session",
@@ -129,6 +131,28 @@ class NewUser(msgspec.Struct, kw_only=True):
 
     def __repr__(self) -> str:
         return f"NewUser(username={self.username!r}, <hashes redacted>)"
+
+
+class ImportItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One user of an import batch (``Store.import_users``): written whole or not at all.
+    ``seal_totp`` seals its TOTP secret for the id the store gives it (the secret never
+    reaches the store in the clear); ``audit`` is written with that id."""
+
+    user: NewUser
+    audit: AuditEntry
+    seal_totp: Callable[[int], bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"ImportItem(username={self.user.username!r})"
+
+
+class Imported(enum.Enum):
+    """What became of an :class:`ImportItem`."""
+
+    DONE = "imported"
+    ALREADY = "already there"  # a user of that name and email exists (an earlier run)
+    TAKEN = "username taken"  # by a user with another email
+    LOOKALIKE = "looks like an existing username"
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):

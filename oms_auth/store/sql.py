@@ -42,6 +42,7 @@ from .records import (
 )
 
 __all__ = [
+    "same_email",
     "Row",
     "SEP",
     "to_dollar",
@@ -149,6 +150,7 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         "user_by_id": select + " WHERE u.id = ?",
         "user_by_name": select + " WHERE u.username_key = ?",
         "users": select + " ORDER BY u.id",
+        "users_after": select + " WHERE u.id > ? ORDER BY u.id LIMIT ?",
         "users_locked": select + " WHERE u.oms_id = ? AND u.locked_until > ? ORDER BY u.id",
     }
 
@@ -162,8 +164,10 @@ class Statements:
     user_by_id: str
     user_by_name: str
     users: str
+    users_after: str
     users_locked: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
+    email_by_name: str = "SELECT email FROM users WHERE username_key = ?"
     # Another user whose name looks the same (the same skeleton, another key).
     username_lookalike: str = (
         "SELECT 1 FROM users WHERE name_skeleton = ? AND username_key <> ? LIMIT 1"
@@ -390,6 +394,11 @@ def user_args(user: NewUser) -> tuple[object, ...]:
         user.locale,
         username_skeleton(user.username),
     )
+
+
+def same_email(stored: str, given: str) -> bool:
+    """Whether an imported user's email is the one a user of its name already has."""
+    return stored.strip().casefold() == given.strip().casefold()
 
 
 def account_args(user: NewUser) -> list[tuple[object, ...]]:

@@ -42,6 +42,8 @@ from .records import (
     Authority,
     Claim,
     CodeIssue,
+    Imported,
+    ImportItem,
     MailState,
     NewUser,
     OutboxRow,
@@ -252,17 +254,30 @@ class SqliteStore(Store):
             skeleton = username_skeleton(user.username)
             if raw.execute(S.username_lookalike, (skeleton, key)).fetchone():
                 raise UsernameConfusable(_LOOKALIKE)
-            (user_id,) = raw.execute(S.insert_user, q.user_args(user)).fetchone()
-            raw.executemany(S.insert_account, q.account_args(user))
-            raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
-            raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
-            raw.executemany(
-                S.insert_question, [(user_id, question, a) for question, a in user.questions]
-            )
+            user_id = tx.insert_user(raw, user)
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
                 tx.append_audit(raw, self._audit_key, [entry], tx.clock(raw))
             return int(user_id)
+
+        return await self._write(job)
+
+    async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        def job(raw: sqlite3.Connection) -> list[tuple[Imported, int | None]]:
+            out: list[tuple[Imported, int | None]] = []
+            entries = []
+            for item in batch:
+                found = tx.import_conflict(raw, item.user)
+                if found is not None:
+                    out.append((found, None))
+                    continue
+                user_id = tx.insert_user(raw, item.user)
+                if item.seal_totp is not None:
+                    raw.execute(S.set_totp, (item.seal_totp(user_id), user_id))
+                entries.append(msgspec.structs.replace(item.audit, target_id=user_id))
+                out.append((Imported.DONE, user_id))
+            tx.append_audit(raw, self._audit_key, entries, tx.clock(raw))
+            return out
 
         return await self._write(job)
 

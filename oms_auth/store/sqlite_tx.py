@@ -12,9 +12,21 @@ from typing import TypeVar
 from . import plans
 from . import sql as q
 from .audit import link_entries
-from .records import AuditEntry, Authority, CallerGone, Claim, Outcome
+from .records import (
+    AuditEntry,
+    Authority,
+    CallerGone,
+    Claim,
+    Imported,
+    NewUser,
+    Outcome,
+    username_key,
+    username_skeleton,
+)
 
 __all__ = [
+    "insert_user",
+    "import_conflict",
     "S",
     "PRAGMAS",
     "connect",
@@ -103,3 +115,24 @@ def append_audit(
     if entries:
         tail = raw.execute(S.audit_tail).fetchone()
         raw.executemany(S.insert_audit, link_entries(audit_key, tail, entries, now))
+
+
+def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
+    """A new user's rows (its name checked by the caller); its id."""
+    (user_id,) = raw.execute(S.insert_user, q.user_args(user)).fetchone()
+    raw.executemany(S.insert_account, q.account_args(user))
+    raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
+    raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
+    raw.executemany(S.insert_question, [(user_id, question, a) for question, a in user.questions])
+    return int(user_id)
+
+
+def import_conflict(raw: sqlite3.Connection, user: NewUser) -> Imported | None:
+    """Why an imported user cannot be written (its name taken or looked like), or None."""
+    key = username_key(user.username)
+    taken = raw.execute(S.email_by_name, (key,)).fetchone()
+    if taken is not None:
+        return Imported.ALREADY if q.same_email(taken[0], user.email) else Imported.TAKEN
+    if raw.execute(S.username_lookalike, (username_skeleton(user.username), key)).fetchone():
+        return Imported.LOOKALIKE
+    return None
