@@ -73,7 +73,9 @@ class Tally:
     already: int = 0
     refused: int = 0
     invited: int = 0
-    seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # skeleton -> (key, line)
+    # The names of the batch being built (all of them, on a dry run): key or skeleton -> line
+    names: dict[str, int] = field(default_factory=dict)
+    looks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,14 +144,13 @@ def _reason(exc: Exception) -> str:
 def _in_file(tally: Tally, pending: _Pending) -> str | None:
     """A name that repeats or looks like the name of an earlier row of the file."""
     name = pending.item.user.username
-    skeleton, key = username_skeleton(name), username_key(name)
-    earlier = tally.seen.get(skeleton)
-    if earlier is None:
-        tally.seen[skeleton] = (key, pending.line)
-        return None
-    if earlier[0] == key:
-        return f"the same username as line {earlier[1]}"
-    return f"the username looks like the one of line {earlier[1]}"
+    key, skeleton = username_key(name), username_skeleton(name)
+    if key in tally.names:
+        return f"the same username as line {tally.names[key]}"
+    if skeleton in tally.looks:
+        return f"the username looks like the one of line {tally.looks[skeleton]}"
+    tally.names[key] = tally.looks[skeleton] = pending.line
+    return None
 
 
 async def _hashed(deps: Deps, pending: _Pending) -> ImportItem:
@@ -239,7 +240,9 @@ async def _flush(
         await _write(deps, batch, tally, refuse, invite_without_hash)
     batch.clear()
     if not dry_run:
-        tally.seen.clear()  # earlier batches are in the store: it compares against them
+        # earlier batches are in the store: it compares against them
+        tally.names.clear()
+        tally.looks.clear()
 
 
 def _row(user: User, questions: Sequence[tuple[str, str]], secret: str | None) -> Row:
