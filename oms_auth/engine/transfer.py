@@ -76,6 +76,7 @@ class Tally:
     # The names of the batch being built (all of them, on a dry run): key or skeleton -> line
     names: dict[str, int] = field(default_factory=dict)
     looks: dict[str, int] = field(default_factory=dict)
+    writing: asyncio.Future[None] | None = None  # the batch being written
 
 
 @dataclass
@@ -223,6 +224,8 @@ async def import_lines(
         if len(batch) >= batch_size:
             await _flush(deps, batch, tally, refuse, dry_run, invite_without_hash)
     await _flush(deps, batch, tally, refuse, dry_run, invite_without_hash)
+    if tally.writing is not None:
+        await tally.writing
     return tally
 
 
@@ -237,7 +240,12 @@ async def _flush(
     if dry_run:
         tally.imported += len(batch)
     elif batch:
-        await _write(deps, batch, tally, refuse, invite_without_hash)
+        # One batch is written while the next is read and checked; writes stay in order, so
+        # each batch's transaction sees the ones before it committed.
+        if tally.writing is not None:
+            await tally.writing
+        write = _write(deps, list(batch), tally, refuse, invite_without_hash)
+        tally.writing = asyncio.ensure_future(write)
     batch.clear()
     if not dry_run:
         # earlier batches are in the store: it compares against them

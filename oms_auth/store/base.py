@@ -46,6 +46,13 @@ from .sql import Row, Statements
 __all__ = ["Store"]
 
 
+# Users by the head of a hash that is not Argon2id (no parameter: the same text on both stores).
+_HASH_HEADS = (
+    "SELECT substr(password_hash, 1, 15), count(*) FROM users"
+    " WHERE password_hash NOT LIKE '$argon2id$%' AND password_hash <> '' GROUP BY 1"
+)
+
+
 class Store(abc.ABC):
     """What the engine needs from persistence."""
 
@@ -125,7 +132,7 @@ class Store(abc.ABC):
     async def hash_heads(self) -> list[tuple[str, int]]:
         """Users whose password hash is not Argon2id, by the hash's first 15 characters (what
         names a scheme): (head, count)."""
-        rows = await self._fetch(self._sql.password_schemes, ())
+        rows = await self._fetch(_HASH_HEADS, ())
         return [(str(row[0]), int(row[1])) for row in rows]
 
     # Users

@@ -39,7 +39,7 @@ import msgspec
 
 from protocol.messages import LogoutReason
 
-from . import keys, plans
+from . import keys, plans, postgres_import
 from . import sql as q
 from .audit import checked_audit_key, link_entries
 from .base import Store
@@ -124,7 +124,6 @@ _RELEASE_EVENT = (
     " WHERE kind = $1 AND key = $2 AND at = $3 LIMIT 1)"
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
-_LOCK_ALL = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 
@@ -297,31 +296,15 @@ class PostgresStore(Store):
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
         if any("\x00" in t for item in batch for t in _texts(item.user)):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
-        out: list[tuple[Imported, int | None]] = []
-        entries = []
         skeletons = {username_skeleton(item.user.username) for item in batch}
         locks = sorted(lock_key(self.schema, "skeleton:" + s) for s in skeletons)
         async with self._tx() as conn:
             # As create_user takes them, in one order (no deadlock with another import).
-            await conn.execute(_LOCK_ALL, locks)
-            for item in batch:
-                user = item.user
-                key = username_key(user.username)
-                taken = await conn.fetchval(S.email_by_name, key)
-                if taken is not None:
-                    done = Imported.ALREADY if q.same_email(taken, user.email) else Imported.TAKEN
-                    out.append((done, None))
-                    continue
-                if await conn.fetchval(S.username_lookalike, username_skeleton(user.username), key):
-                    out.append((Imported.LOOKALIKE, None))
-                    continue
-                user_id = await self._insert_user(conn, user)
-                if item.seal_totp is not None:
-                    await conn.execute(S.set_totp, item.seal_totp(user_id), user_id)
-                entries.append(msgspec.structs.replace(item.audit, target_id=user_id))
-                out.append((Imported.DONE, user_id))
-            await self._insert_audit(conn, entries, await self._now(conn))
-        return out
+            await conn.execute(postgres_import.LOCK_ALL, locks)
+            written = await postgres_import.import_batch(conn, batch)
+            await self._insert_audit(conn, written.audit, await self._now(conn))
+        outcomes: list[tuple[Imported, int | None]] = written.outcomes
+        return outcomes
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)

@@ -9,6 +9,7 @@ that hold a hash or a sealed secret redact it from their repr. A reset code's st
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "CallerGone",
     "username_key",
     "username_skeleton",
+    "same_email",
     "SKELETON_VERSION",
     "UsernameTaken",
     "UsernameConfusable",
@@ -77,6 +79,12 @@ _MARKS.freeze()  # read-only from here: safe to share between threads
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 
 
+def same_email(stored: str, given: str) -> bool:
+    """Whether an imported user's email is the one a user of its name already has."""
+    return stored.strip().casefold() == given.strip().casefold()
+
+
+@functools.lru_cache(maxsize=8192)  # a name is looked at several times as it is added
 def username_skeleton(name: str) -> str:
     """What a name looks like: two names with the same skeleton look alike.
 

@@ -42,7 +42,6 @@ from .records import (
 )
 
 __all__ = [
-    "same_email",
     "Row",
     "SEP",
     "to_dollar",
@@ -222,10 +221,6 @@ class Statements:
     set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
     # A hash brought by import replaced at login: only while it is still the one verified.
     rehash_password: str = "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?"
-    password_schemes: str = (
-        "SELECT substr(password_hash, 1, 15), count(*) FROM users"
-        " WHERE password_hash NOT LIKE '$argon2id$%' AND password_hash <> '' GROUP BY 1"
-    )
     insert_session: str = (
         "INSERT INTO sessions (digest, user_id, created_at, last_seen, api_key)"
         " VALUES (?, ?, ?, ?, ?)"
@@ -394,11 +389,6 @@ def user_args(user: NewUser) -> tuple[object, ...]:
         user.locale,
         username_skeleton(user.username),
     )
-
-
-def same_email(stored: str, given: str) -> bool:
-    """Whether an imported user's email is the one a user of its name already has."""
-    return stored.strip().casefold() == given.strip().casefold()
 
 
 def account_args(user: NewUser) -> list[tuple[object, ...]]:

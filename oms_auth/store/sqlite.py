@@ -264,20 +264,9 @@ class SqliteStore(Store):
 
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
         def job(raw: sqlite3.Connection) -> list[tuple[Imported, int | None]]:
-            out: list[tuple[Imported, int | None]] = []
-            entries = []
-            for item in batch:
-                found = tx.import_conflict(raw, item.user)
-                if found is not None:
-                    out.append((found, None))
-                    continue
-                user_id = tx.insert_user(raw, item.user)
-                if item.seal_totp is not None:
-                    raw.execute(S.set_totp, (item.seal_totp(user_id), user_id))
-                entries.append(msgspec.structs.replace(item.audit, target_id=user_id))
-                out.append((Imported.DONE, user_id))
-            tx.append_audit(raw, self._audit_key, entries, tx.clock(raw))
-            return out
+            written = tx.import_batch(raw, batch)
+            tx.append_audit(raw, self._audit_key, written.audit, tx.clock(raw))
+            return written.outcomes
 
         return await self._write(job)
 

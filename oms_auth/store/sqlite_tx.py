@@ -5,28 +5,29 @@ Every job runs alone in the single writer, so a read here holds until the job's 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from . import plans
+from . import import_plan, plans
 from . import sql as q
 from .audit import link_entries
+from .import_plan import Written
 from .records import (
     AuditEntry,
     Authority,
     CallerGone,
     Claim,
-    Imported,
+    ImportItem,
     NewUser,
     Outcome,
     username_key,
-    username_skeleton,
 )
 
 __all__ = [
     "insert_user",
-    "import_conflict",
+    "import_batch",
     "S",
     "PRAGMAS",
     "connect",
@@ -127,12 +128,30 @@ def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
     return int(user_id)
 
 
-def import_conflict(raw: sqlite3.Connection, user: NewUser) -> Imported | None:
-    """Why an imported user cannot be written (its name taken or looked like), or None."""
-    key = username_key(user.username)
-    taken = raw.execute(S.email_by_name, (key,)).fetchone()
-    if taken is not None:
-        return Imported.ALREADY if q.same_email(taken[0], user.email) else Imported.TAKEN
-    if raw.execute(S.username_lookalike, (username_skeleton(user.username), key)).fetchone():
-        return Imported.LOOKALIKE
-    return None
+# "Any of these": a JSON array of the batch's values, one statement for the whole batch.
+_ANY = " IN (SELECT value FROM json_each(?))"
+_TAKEN = "SELECT username_key, email FROM users WHERE username_key" + _ANY
+_LOOKS = "SELECT name_skeleton, username_key FROM users WHERE name_skeleton" + _ANY
+_IDS = "SELECT username_key, id FROM users WHERE username_key" + _ANY
+
+
+def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Written:
+    """Write the batch's fresh users (:mod:`.import_plan` decides)."""
+    of = import_plan.names(batch)
+    taken = raw.execute(_TAKEN, (json.dumps(of.keys),)).fetchall()
+    looks = raw.execute(_LOOKS, (json.dumps(of.skeletons),)).fetchall()
+    found = import_plan.conflicts(batch, of, taken, looks)
+    fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
+    ids: dict[str, int] = {}
+    if fresh:
+        raw.executemany(S.insert_user.removesuffix(" RETURNING id"), map(q.user_args, fresh))
+        keys = [username_key(user.username) for user in fresh]
+        ids = dict(raw.execute(_IDS, (json.dumps(keys),)).fetchall())
+        statements = (S.insert_account, S.insert_user_account, S.insert_permission)
+        rows = import_plan.dependents([ids[k] for k in keys], fresh)
+        for statement, values in zip((*statements, S.insert_question), rows, strict=True):
+            if values:
+                raw.executemany(statement, values)
+    written = import_plan.written(batch, found, ids, of)
+    raw.executemany(S.set_totp, written.sealed)
+    return written
