@@ -31,6 +31,7 @@ __all__ = ["Row", "Question", "Tally", "import_lines", "export_rows", "all_users
 BATCH = 1000  # rows per transaction
 _AUTH_SOURCES = ("native", "openidconnect", "saml")
 _MAX_LINE = 64 * 1024
+_YIELD_EVERY = 25  # rows read between two turns of the event loop
 
 
 class Question(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -207,6 +208,8 @@ async def import_lines(
     batch: list[_Pending] = []
     for number, raw in enumerate(lines, 1):
         progress(1)
+        if number % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # the batch being written takes its next step meanwhile
         if not raw.strip():
             continue
         try:
