@@ -224,6 +224,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ConfigError, CliError, StoreError, ValueError, transfer.TransferError) as exc:
         print(f"oms-auth: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was committed stays (an import resumes)
+        print("oms-auth: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(coro: Any) -> int:
