@@ -166,7 +166,6 @@ class Statements:
     users_after: str
     users_locked: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
-    email_by_name: str = "SELECT email FROM users WHERE username_key = ?"
     # Another user whose name looks the same (the same skeleton, another key).
     username_lookalike: str = (
         "SELECT 1 FROM users WHERE name_skeleton = ? AND username_key <> ? LIMIT 1"
@@ -219,7 +218,6 @@ class Statements:
     )
     set_totp_step: str = "UPDATE users SET totp_last_step = ? WHERE id = ?"
     set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
-    # A hash brought by import replaced at login: only while it is still the one verified.
     rehash_password: str = "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?"
     insert_session: str = (
         "INSERT INTO sessions (digest, user_id, created_at, last_seen, api_key)"
