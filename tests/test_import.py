@@ -144,7 +144,9 @@ def test_a_missing_store_is_made_by_import_and_refused_by_export(tmp_path: Path)
     assert not (tmp_path / "oms-auth.sqlite3").exists()
     nofile = oms_auth(tmp_path, "user", "import", "missing.jsonl", check=False)
     assert nofile.returncode == 2 and "no file missing.jsonl" in nofile.stderr
-    assert not (tmp_path / "oms-auth.sqlite3").exists()
+    dry = oms_auth(tmp_path, "user", "import", "--dry-run", str(write(tmp_path / "u.jsonl", ROWS)))
+    assert "would import 2, already there 0, refused 10" in dry.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.jsonl"]  # no store, no key
 
 
 @pytest.mark.usefixtures("store_env")

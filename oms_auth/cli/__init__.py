@@ -288,7 +288,7 @@ async def _serve(settings: Settings) -> int:
 async def _offline(args: argparse.Namespace, settings: Settings) -> int:
     missing = transfer.missing_store(settings)
     if args.command == "user" and args.user_command in ("import", "export"):
-        transfer.check_before_opening(args, missing)
+        settings = transfer.check_before_opening(args, settings, missing)
     deps = await build_deps(settings)
     try:
         if args.command == "user" and args.user_command in ("import", "export"):

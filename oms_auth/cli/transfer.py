@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
+
+import msgspec
 
 from ..config import Settings
 from ..engine import transfer
@@ -54,18 +59,28 @@ def missing_store(settings: Settings) -> Path | None:
     return None if path.exists() else path
 
 
-def check_before_opening(args: argparse.Namespace, missing: Path | None) -> None:
-    """Refusals that must come before the store is opened (and maybe created)."""
+def check_before_opening(
+    args: argparse.Namespace, settings: Settings, missing: Path | None
+) -> Settings:
+    """Refusals that must come before the store is opened (and maybe created); the settings
+    to open it with: a dry run where no store is checks against a throwaway one, and leaves
+    none behind."""
     if args.user_command == "export" and missing is not None:
         raise TransferError(f"no store at {missing}; nothing to export")
     if args.user_command == "import" and args.file != "-" and not Path(args.file).is_file():
         raise TransferError(f"no file {args.file}")
+    if args.user_command == "import" and args.dry_run and missing is not None:
+        folder = tempfile.mkdtemp(prefix="oms-auth-dry-run-")
+        atexit.register(shutil.rmtree, folder, True)
+        db = str(Path(folder) / "dry-run.sqlite3")
+        return msgspec.structs.replace(settings, db=db, secret_key_file=db + ".key")
+    return settings
 
 
 async def run(deps: Deps, args: argparse.Namespace, missing: Path | None) -> int:
     if args.user_command == "export":
         return await _export(deps, args)
-    if missing is not None:
+    if missing is not None and not args.dry_run:
         print(f"created a new store at {missing}", file=sys.stderr)
     return await _import(deps, args)
 
