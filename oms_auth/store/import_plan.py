@@ -24,7 +24,20 @@ from .records import (
     username_skeleton,
 )
 
-__all__ = ["Names", "Written", "names", "conflicts", "written", "dependents"]
+__all__ = [
+    "Names",
+    "Written",
+    "names",
+    "conflicts",
+    "written",
+    "dependents",
+    "needing_accounts",
+    "with_new_accounts",
+    "HIGHEST_ACCOUNT",
+]
+
+# The highest account id of an OMS: a user imported without one gets the next (both stores).
+HIGHEST_ACCOUNT = "SELECT coalesce(max(id), 0) FROM accounts WHERE oms_id = ?"
 
 
 class Names(NamedTuple):
@@ -68,6 +81,27 @@ def conflicts(
             out.append(Imported.LOOKALIKE)
         else:
             out.append(None)
+    return out
+
+
+def needing_accounts(users: Sequence[NewUser]) -> list[int]:
+    """The OMSs in which some of ``users`` need a new account (they name none)."""
+    return sorted({user.oms_id for user in users if not user.accounts})
+
+
+def with_new_accounts(users: Sequence[NewUser], highest: dict[int, int]) -> list[NewUser]:
+    """``users``, each without an account given the next free one of its OMS (``highest``:
+    the highest account id of each OMS in :func:`needing_accounts`, as read under the lock
+    that keeps it)."""
+    for user in users:  # nor one the batch names itself
+        if user.oms_id in highest and user.accounts:
+            highest[user.oms_id] = max(highest[user.oms_id], *user.accounts)
+    out = []
+    for user in users:
+        if not user.accounts:
+            highest[user.oms_id] += 1
+            user = msgspec.structs.replace(user, accounts=(highest[user.oms_id],))
+        out.append(user)
     return out
 
 

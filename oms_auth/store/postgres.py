@@ -301,7 +301,7 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # As create_user takes them, in one order (no deadlock with another import).
             await conn.execute(postgres_import.LOCK_ALL, locks)
-            written = await postgres_import.import_batch(conn, batch)
+            written = await postgres_import.import_batch(conn, self.schema, batch)
             await self._insert_audit(conn, written.audit, await self._now(conn))
         outcomes: list[tuple[Imported, int | None]] = written.outcomes
         return outcomes

@@ -16,6 +16,7 @@ from typing import Any
 from . import import_plan as plan
 from . import sql as q
 from .import_plan import Written
+from .postgres_tx import ADVISORY_LOCK, lock_key
 from .records import ImportItem, username_key
 
 __all__ = ["import_batch", "LOCK_ALL"]
@@ -48,6 +49,7 @@ _QUESTIONS = (
     "INSERT INTO security_questions (user_id, question, answer_hash)"
     " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
 )
+_HIGHEST = plan.HIGHEST_ACCOUNT.replace("?", "$1")
 _TOTP = (
     "UPDATE users SET totp_sealed = t.sealed"
     " FROM unnest($1::bytea[], $2::bigint[]) AS t(sealed, id) WHERE users.id = t.id"
@@ -58,13 +60,18 @@ def _columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]
     return [[row[n] for row in rows] for n in range(width)]
 
 
-async def import_batch(conn: Conn, batch: Sequence[ImportItem]) -> Written:
+async def import_batch(conn: Conn, schema: str, batch: Sequence[ImportItem]) -> Written:
     """Write the batch's fresh users (:mod:`.import_plan` decides)."""
     of = plan.names(batch)
     taken = [tuple(r) for r in await conn.fetch(_TAKEN, of.keys)]
     looks = [tuple(r) for r in await conn.fetch(_LOOKS, of.skeletons)]
     found = plan.conflicts(batch, of, taken, looks)
     fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
+    highest = {}
+    for oms in plan.needing_accounts(fresh):  # held until commit: no other import takes it
+        await conn.execute(ADVISORY_LOCK, lock_key(schema, f"accounts:{oms}"))
+        highest[oms] = int(await conn.fetchval(_HIGHEST, oms))
+    fresh = plan.with_new_accounts(fresh, highest)
     ids: dict[str, int] = {}
     if fresh:
         rows = [q.user_args(user) for user in fresh]

@@ -142,6 +142,11 @@ def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Writte
     looks = raw.execute(_LOOKS, (json.dumps(of.skeletons),)).fetchall()
     found = import_plan.conflicts(batch, of, taken, looks)
     fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
+    highest = {
+        oms: raw.execute(import_plan.HIGHEST_ACCOUNT, (oms,)).fetchone()[0]
+        for oms in import_plan.needing_accounts(fresh)
+    }
+    fresh = import_plan.with_new_accounts(fresh, highest)
     ids: dict[str, int] = {}
     if fresh:
         raw.executemany(S.insert_user.removesuffix(" RETURNING id"), map(q.user_args, fresh))
