@@ -250,3 +250,19 @@ async def _logs_in(tmp_path: Path, db: str) -> None:
             assert reply.o["Authenticated"] is True
     finally:
         await app.stop()
+
+
+async def test_a_second_run_does_not_hash_the_answers_of_users_already_there(app: App) -> None:
+    question = [{"Question": "Pet?", "Answer": "Rex"}]
+    lines = [json.dumps(user(f"u{n}", SecurityQuestions=question)).encode() for n in range(3)]
+    first = await transfer.import_lines(app.deps, lines, refuse=lambda n, r: None)
+    hashed: list[str] = []
+    real = app.deps.hasher.hash
+
+    async def counted(secret: str) -> str:  # the real hash, counted
+        hashed.append("x")
+        return await real(secret)
+
+    app.deps.hasher.hash = counted  # type: ignore[method-assign]
+    again = await transfer.import_lines(app.deps, lines, refuse=lambda n, r: None)
+    assert (first.imported, again.imported, again.already, hashed) == (3, 0, 3, [])

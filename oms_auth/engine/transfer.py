@@ -158,6 +158,10 @@ def _in_file(tally: Tally, pending: _Pending) -> str | None:
 async def _hashed(deps: Deps, pending: _Pending) -> ImportItem:
     if not pending.answers:
         return pending.item
+    if await deps.store.user_by_name(pending.item.user.username) is not None:
+        # Already there, or the name taken: the store says which and writes nothing, so a run
+        # that finishes an interrupted one does not pay the answers' Argon2id again.
+        return pending.item
     hashes = [(q, await deps.hasher.hash(a)) for q, a in pending.answers]
     pending.item.user.questions += tuple(hashes)
     return pending.item
