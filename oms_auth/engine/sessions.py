@@ -476,8 +476,7 @@ class Sessions:
         proof: Proof = Proof.NONE,
         rehash: tuple[str, str] | None = None,
     ) -> Login:
-        d = self.deps
-        token = new_token()
+        d, token = self.deps, new_token()
         how = f"API key {api_key[0]}" if api_key is not None else None
         uid = user.id
         entry = AuditEntry(action="login", actor_id=uid, target_id=uid, source=source, detail=how)
