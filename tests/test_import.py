@@ -266,3 +266,42 @@ async def test_a_second_run_does_not_hash_the_answers_of_users_already_there(app
     app.deps.hasher.hash = counted  # type: ignore[method-assign]
     again = await transfer.import_lines(app.deps, lines, refuse=lambda n, r: None)
     assert (first.imported, again.imported, again.already, hashed) == (3, 0, 3, [])
+
+
+def test_a_terminal_gets_a_progress_bar_and_the_summary_line(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    path = write(tmp_path / "u.jsonl", [user(f"u{n}") for n in range(50)])
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 wide
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "oms_auth.cli", "user", "import", str(path)],
+            cwd=tmp_path,
+            env={**os.environ, **FAST},
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            timeout=60,
+        )
+        os.close(secondary)
+        secondary = -1
+        shown = b""
+        while chunk := _read(primary):
+            shown += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert done.returncode == 0
+    assert b"50 rows" in shown and b"rows/s" in shown, shown
+    assert summary(done.stdout.decode()) == (50, 0, 0)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other side closed
+        return b""
