@@ -27,6 +27,7 @@ from .crypto import (
     read_key_file,
     write_key_file,
 )
+from .engine import legacy_hashes
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
@@ -182,6 +183,7 @@ async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
         workers=settings.hash_workers,
         time_cost=settings.argon2_time_cost,
         memory_cost=settings.argon2_memory_kib,
+        legacy=legacy_hashes.verify,
     )
     return Deps(
         store=store,
@@ -370,6 +372,10 @@ class App:
         return {
             **{f"mail_{state}": n for state, n in counts.items()},
             "secret_checks": self.deps.hasher.checks,
+            **{
+                f"legacy_hashes{{scheme={scheme}}}": n
+                for scheme, n in legacy_hashes.count(await self.deps.store.hash_heads()).items()
+            },
         }
 
     async def stop(self) -> None:

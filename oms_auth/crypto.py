@@ -15,6 +15,7 @@ import os
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def _yield_to_the_loop() -> None:
 
 
 class Hasher:
-    """Argon2id hash and verify, in a bounded pool of worker threads."""
+    """Argon2id hash and verify, in a bounded pool of worker threads. ``legacy`` verifies a
+    hash that is not Argon2 (one brought by import), in the same pool: (hash, secret) -> ok."""
 
     def __init__(
         self,
@@ -62,10 +64,12 @@ class Hasher:
         time_cost: int = 3,
         memory_cost: int = 65536,
         parallelism: int = 1,
+        legacy: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._argon = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism
         )
+        self._legacy = legacy
         self._pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="argon2", initializer=_yield_to_the_loop
         )
@@ -82,11 +86,22 @@ class Hasher:
         return self._argon.hash(secret)
 
     def verify_sync(self, encoded: str | None, secret: str) -> bool:
+        if encoded and not encoded.startswith("$argon2"):
+            return self._legacy is not None and self._legacy(encoded, secret)
         try:
             decoy = self._decoy.result()
             return self._argon.verify(encoded or decoy, secret) and encoded is not None
         except (VerificationError, InvalidHashError):
             return False
+
+    def needs_rehash(self, encoded: str) -> bool:
+        """True for a hash that is not Argon2id with this hasher's parameters."""
+        if not encoded.startswith("$argon2id$"):
+            return True
+        try:
+            return self._argon.check_needs_rehash(encoded)
+        except InvalidHashError:
+            return True
 
     async def hash(self, secret: str) -> str:
         async with self._slots:

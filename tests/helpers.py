@@ -99,9 +99,13 @@ FAST = {"OMS_AUTH_ARGON2_TIME_COST": "1", "OMS_AUTH_ARGON2_MEMORY_KIB": "64"}
 
 
 def oms_auth(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the oms-auth command in ``tmp_path`` as a user would."""
+    """Run the oms-auth command in ``tmp_path`` as a user would (``input_text``: its stdin)."""
     full_env = {**os.environ, **FAST, **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "oms_auth.cli", *args],
@@ -110,6 +114,7 @@ def oms_auth(
         capture_output=True,
         text=True,
         timeout=60,
+        input=input_text,
     )
     if check:
         assert result.returncode == 0, result.stderr

@@ -50,3 +50,14 @@ def test_codec_benchmark_runs() -> None:
     assert "| op | frame | protocol.frame (msgspec) ns | stdlib json ns |" in done.stdout
     for op in ("| decode | Ping |", "| encode | AuthenticateUser |"):
         assert op in done.stdout
+
+
+@pytest.mark.slow
+def test_import_benchmark_runs_on_both_stores() -> None:
+    done = _run("scripts.bench_import", "--quick")
+    assert done.returncode == 0, done.stderr[-4000:]
+    heading = "| store | users | import s | import CPU s | import rows/s | peak RSS MiB | bare"
+    assert heading in done.stdout
+    for store in ("| sqlite | 2,000 |", "| postgres | 2,000 |"):
+        assert store in done.stdout, done.stdout
+    assert done.stderr.count("imported 2000, already there 0, refused 0") == 2, done.stderr

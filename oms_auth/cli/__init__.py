@@ -19,6 +19,7 @@ from ..engine.deps import Deps
 from ..errors import InvalidValue, Refusal
 from ..logs import setup_logging
 from ..store import StoreError
+from . import transfer
 from .audit import audit
 from .demo import DEMO_USERS, demo
 
@@ -114,6 +115,7 @@ def _user_commands(parser: argparse.ArgumentParser) -> None:
     )
     _common(invite)
     invite.add_argument("username")
+    transfer.add_commands(user.add_parser, _common)
 
 
 def _user_add_args(add: argparse.ArgumentParser) -> None:
@@ -233,9 +235,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except Refusal as refusal:
         print(f"oms-auth: {refusal.detail}", file=sys.stderr)
         return 2
-    except (ConfigError, CliError, StoreError, ValueError) as exc:
+    except (ConfigError, CliError, StoreError, ValueError, transfer.TransferError) as exc:
         print(f"oms-auth: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was committed stays (an import resumes)
+        print("oms-auth: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(coro: Any) -> int:
@@ -295,8 +300,13 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _offline(args: argparse.Namespace, settings: Settings) -> int:
+    missing = transfer.missing_store(settings)
+    if args.command == "user" and args.user_command in ("import", "export"):
+        settings = transfer.check_before_opening(args, settings, missing)
     deps = await build_deps(settings)
     try:
+        if args.command == "user" and args.user_command in ("import", "export"):
+            return await transfer.run(deps, args, missing)
         if args.command == "user":
             return await {
                 "add": _user_add,

@@ -175,7 +175,10 @@ class Sessions:
         if refusal is not None:
             await self._give_back(reserved.release_all())
             return refusal
+        rehash = await self._rehash(user, password)
         if user.uses_totp:
+            if rehash is not None:  # proven: the second step does not change what it checks
+                await d.store.replace_hash(user.id, *rehash)
             pending = new_token()
             await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
             await self._give_back(reserved.release_all())
@@ -188,6 +191,7 @@ class Sessions:
             reserved,
             proof=Proof.PASSWORD,
             seen=devices.seen(d, user, origin, source, now, notify=self._notify),
+            rehash=rehash,
         )
 
     async def authenticate_api_key(
@@ -538,6 +542,7 @@ class Sessions:
         key_permissions: frozenset[str] | None = None,
         proof: Proof = Proof.NONE,
         seen: DeviceSeen | None = None,
+        rehash: tuple[str, str] | None = None,
     ) -> Login:
         d, token, uid = self.deps, new_token(), user.id
         how = f"API key {api_key[0]}" if api_key is not None else factor.detail
@@ -556,6 +561,7 @@ class Sessions:
                 release=reserved.keep_user_slot(),
                 audit=[entry],
                 seen=seen,
+                rehash=rehash,
             )
         )
         # The address's slot went back in that transaction; the username's goes back on a
@@ -592,6 +598,15 @@ class Sessions:
             proof=proof,
             key_permissions=key_permissions,
         )
+
+    async def _rehash(self, user: User, password: str) -> tuple[str, str] | None:
+        """(the hash just verified, its Argon2id replacement) when the user's hash was brought
+        by import or has other Argon2id parameters (docs/import.md); None otherwise."""
+        hasher = self.deps.hasher
+        if not hasher.needs_rehash(user.password_hash):
+            return None
+        self.deps.events.count("login:rehashed")
+        return user.password_hash, await hasher.hash(password)
 
     def _counter(self, name: str) -> str:
         """The per-username login counters' key for ``name`` (:func:`.names.counter_key`)."""

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "create_user",
+    "checked_user",
+    "check_secrets",
     "invite",
     "unlock",
     "permission_name",
@@ -111,20 +113,19 @@ async def create_user(
     until it follows the link :func:`invite` mails it. A taken name, or one that looks like a
     taken one, is OperationFailed "That username is not available", whatever OMS holds it.
     ``authority``: the caller's, re-checked as it is written."""
-    username, email = check_username(username), check_email(email)
-    new = NewUser(
+    new = checked_user(
         username=username,
         email=email,
-        password_hash=NO_PASSWORD,
-        oms_id=oms,
-        permissions=permission_names(list(permissions)),
-        accounts=tuple(accounts),
+        oms=oms,
+        permissions=permissions,
+        accounts=accounts,
         master=master,
         auth_source=auth_source,
         active=active,
-        locale=check_locale(locale),
+        locale=locale,
     )
-    _check_secrets(deps, username, password, totp_secret, question, answer)
+    username = new.username
+    check_secrets(deps, username, password, totp_secret, question, answer)
     if password is not None:
         new.password_hash = await deps.hasher.hash(password)
     if question is not None and answer is not None:
@@ -138,7 +139,37 @@ async def create_user(
     return user_id
 
 
-def _check_secrets(
+def checked_user(
+    *,
+    username: str,
+    email: str,
+    oms: int = 1,
+    permissions: Sequence[object] = (),
+    accounts: Sequence[int] = (),
+    master: bool = False,
+    auth_source: str = "native",
+    active: bool = True,
+    locale: str | None = None,
+    email_verified: bool = False,
+) -> NewUser:
+    """A new user's values as every way of creating one checks them (``user add``,
+    CreateUser, ``user import``): InvalidValue naming what is wrong. No password yet."""
+    return NewUser(
+        username=check_username(username),
+        email=check_email(email),
+        password_hash=NO_PASSWORD,
+        oms_id=oms,
+        permissions=permission_names(list(permissions)),
+        accounts=tuple(accounts),
+        master=master,
+        auth_source=auth_source,
+        active=active,
+        email_verified=email_verified,
+        locale=check_locale(locale),
+    )
+
+
+def check_secrets(
     deps: Deps,
     username: str,
     password: str | None,

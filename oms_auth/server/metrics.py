@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import re
 from collections import Counter
 
 __all__ = ["Metrics"]
 
+_LABELLED = re.compile(r"(\w+)\{(\w+)=(\w+)\}")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -54,7 +56,13 @@ class Metrics:
         lines.append(f"oms_auth_request_seconds_sum {self._latency_sum:.6f}")
         lines.append(f"oms_auth_request_seconds_count {cumulative}")
         families: dict[str, list[tuple[str, int]]] = {}
+        gauges: dict[str, list[str]] = {}
         for name, n in sorted({**self.events, **(extra or {})}.items()):
+            labelled = _LABELLED.fullmatch(name)
+            if labelled:  # "family{label=value}": a gauge by label
+                family, label, value = labelled.groups()
+                gauges.setdefault(family, []).append(f'oms_auth_{family}{{{label}="{value}"}} {n}')
+                continue
             family, _, outcome = name.partition(":")
             if outcome:
                 families.setdefault(family, []).append((outcome, n))
@@ -65,4 +73,6 @@ class Metrics:
             lines.append(f"# TYPE oms_auth_{family}s_total counter")
             for outcome, n in outcomes:
                 lines.append(f'oms_auth_{family}s_total{{outcome="{outcome}"}} {n}')
+        for family, samples in gauges.items():
+            lines += [f"# TYPE oms_auth_{family} gauge", *samples]
         return "\n".join(lines) + "\n"

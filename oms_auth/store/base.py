@@ -36,6 +36,8 @@ from .records import (
     Authority,
     Claim,
     CodeIssue,
+    Imported,
+    ImportItem,
     NewUser,
     OutboxRow,
     Outcome,
@@ -53,6 +55,13 @@ from .records import (
 from .sql import Row, Statements
 
 __all__ = ["Store"]
+
+
+# Users by the head of a hash that is not Argon2id (no parameter: the same text on both stores).
+_HASH_HEADS = (
+    "SELECT substr(password_hash, 1, 15), count(*) FROM users"
+    " WHERE password_hash NOT LIKE '$argon2id$%' AND password_hash <> '' GROUP BY 1"
+)
 
 
 class Store(abc.ABC):
@@ -111,6 +120,10 @@ class Store(abc.ABC):
     async def list_users(self) -> list[User]:
         return [q.to_user(row) for row in await self._fetch(self._sql.users, ())]
 
+    async def users_after(self, user_id: int, limit: int) -> list[User]:
+        """Up to ``limit`` users whose id is past ``user_id``, by id: a page of all users."""
+        return [q.to_user(r) for r in await self._fetch(self._sql.users_after, (user_id, limit))]
+
     async def locked_users(self, oms_id: int, now: float) -> list[User]:
         """The OMS's users locked at ``now``, by UserId."""
         rows = await self._fetch(self._sql.users_locked, (oms_id, now))
@@ -147,6 +160,12 @@ class Store(abc.ABC):
         """Messages by state (:class:`~.records.MailState`), every state named."""
         return q.mail_counts(await self._fetch(self._sql.mail_counts, ()))
 
+    async def hash_heads(self) -> list[tuple[str, int]]:
+        """Users whose password hash is not Argon2id, by the hash's first 15 characters (what
+        names a scheme): (head, count)."""
+        rows = await self._fetch(_HASH_HEADS, ())
+        return [(str(row[0]), int(row[1])) for row in rows]
+
     # Users
     @abc.abstractmethod
     async def create_user(
@@ -161,6 +180,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None: ...
+
+    @abc.abstractmethod
+    async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        """One transaction for the batch; for each item, in order, what became of it and its
+        new id. An item whose name is taken (by a user with the same email: ALREADY) or looks
+        like a taken one writes nothing; the others are written whole (docs/import.md). The
+        batch's own names are not compared with each other: the caller does that."""
+
+    @abc.abstractmethod
+    async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:
+        """The user's password hash becomes ``replacement`` while it is still ``verified``
+        (an imported hash upgraded at a login that has a second step to go)."""
 
     @abc.abstractmethod
     async def change_account(self, change: AccountChange, now: float) -> Outcome:

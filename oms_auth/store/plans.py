@@ -147,6 +147,9 @@ def session_plan(s: Statements, o: SessionOpening, state: LoginState | None) -> 
         steps += _recovery_used(s, o.user_id, o.recovery, state.recovery_left - 1, o.now)
     steps.append(Step(s.insert_session, (o.digest, o.user_id, o.now, o.now, held_key)))
     steps.append(Step(s.set_last_login, (o.now, o.user_id)))
+    if o.rehash is not None:  # no row changed: another login replaced it first, or a reset
+        verified, replacement = o.rehash
+        steps.append(Step(s.rehash_password, (replacement, o.user_id, verified)))
     steps.extend(Step(s.clear_events, (kind, s.event_key(key))) for kind, key in o.clear)
     if o.seen is not None:  # last: its notice's insert may answer DONE early
         steps.extend(Step(*t) for t in seen_steps(s, o.seen, o.user_id, o.digest, o.now))

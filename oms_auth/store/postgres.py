@@ -40,7 +40,7 @@ import msgspec
 
 from protocol.messages import LogoutReason
 
-from . import keys, plans
+from . import keys, plans, postgres_import
 from . import sql as q
 from .audit import checked_audit_key, link_entries
 from .base import Store
@@ -76,6 +76,8 @@ from .records import (
     Authority,
     Claim,
     CodeIssue,
+    Imported,
+    ImportItem,
     MailItem,
     MailState,
     NewUser,
@@ -261,13 +263,7 @@ class PostgresStore(PostgresDevices, Store):
         *,
         authority: Authority | None = None,
     ) -> int:
-        texts = [
-            user.username,
-            user.email,
-            *user.permissions,
-            *(question for question, _ in user.questions),
-        ]
-        if any("\x00" in t for t in texts):
+        if any("\x00" in t for t in _texts(user)):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
         taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
         key, skeleton = username_key(user.username), username_skeleton(user.username)
@@ -280,22 +276,44 @@ class PostgresStore(PostgresDevices, Store):
             if await conn.fetchval(S.username_lookalike, skeleton, key):
                 raise UsernameConfusable("the username looks too much like an existing username")
             try:
-                user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
+                user_id = await self._insert_user(conn, user)
             except asyncpg.UniqueViolationError:  # the same name, added on another node just now
                 raise taken from None
-            await conn.executemany(S.insert_account, q.account_args(user))
-            await conn.executemany(S.insert_user_account, q.user_account_args(user_id, user))
-            await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
-            await conn.executemany(
-                S.insert_question, [(user_id, question, a) for question, a in user.questions]
-            )
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
                 await self._insert_audit(conn, [entry], await self._now(conn))
             return user_id
 
+    @staticmethod
+    async def _insert_user(conn: Conn, user: NewUser) -> int:
+        """A new user's rows (its name checked by the caller); its id."""
+        user_id = int(await conn.fetchval(S.insert_user, *q.user_args(user)))
+        await conn.executemany(S.insert_account, q.account_args(user))
+        await conn.executemany(S.insert_user_account, q.user_account_args(user_id, user))
+        await conn.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
+        await conn.executemany(
+            S.insert_question, [(user_id, question, a) for question, a in user.questions]
+        )
+        return user_id
+
+    async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        if any("\x00" in t for item in batch for t in _texts(item.user)):
+            raise StoreError("a user's names, email and questions cannot hold a NUL character")
+        skeletons = {username_skeleton(item.user.username) for item in batch}
+        locks = sorted(lock_key(self.schema, "skeleton:" + s) for s in skeletons)
+        async with self._tx() as conn:
+            # As create_user takes them, in one order (no deadlock with another import).
+            await conn.execute(postgres_import.LOCK_ALL, locks)
+            written = await postgres_import.import_batch(conn, self.schema, batch)
+            await self._insert_audit(conn, written.audit, await self._now(conn))
+        outcomes: list[tuple[Imported, int | None]] = written.outcomes
+        return outcomes
+
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)
+
+    async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:
+        await self._db.execute(S.rehash_password, replacement, user_id, verified)
 
     async def change_account(self, change: AccountChange, now: float) -> Outcome:
         async with self._tx() as conn:
@@ -591,3 +609,13 @@ class PostgresStore(PostgresDevices, Store):
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
+
+
+def _texts(user: NewUser) -> list[str]:
+    """A new user's texts (PostgreSQL's text holds no NUL)."""
+    return [
+        user.username,
+        user.email,
+        *user.permissions,
+        *(question for question, _ in user.questions),
+    ]

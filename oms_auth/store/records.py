@@ -9,9 +9,10 @@ that hold a hash or a sealed secret redact it from their repr. A reset code's st
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import icu  # type: ignore[import-untyped,unused-ignore]
@@ -29,10 +30,13 @@ __all__ = [
     "CallerGone",
     "username_key",
     "username_skeleton",
+    "same_email",
     "SKELETON_VERSION",
     "UsernameTaken",
     "UsernameConfusable",
     "NewUser",
+    "ImportItem",
+    "Imported",
     "User",
     "SecurityQuestion",
     "Session",
@@ -80,6 +84,12 @@ _MARKS.freeze()  # read-only from here: safe to share between threads
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 
 
+def same_email(stored: str, given: str) -> bool:
+    """Whether an imported user's email is the one a user of its name already has."""
+    return stored.strip().casefold() == given.strip().casefold()
+
+
+@functools.lru_cache(maxsize=8192)  # a name is looked at several times as it is added
 def username_skeleton(name: str) -> str:
     """What a name looks like: two names with the same skeleton look alike.
 
@@ -135,6 +145,28 @@ class NewUser(msgspec.Struct, kw_only=True):
 
     def __repr__(self) -> str:
         return f"NewUser(username={self.username!r}, <hashes redacted>)"
+
+
+class ImportItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One user of an import batch (``Store.import_users``): written whole or not at all.
+    ``seal_totp`` seals its TOTP secret for the id the store gives it (the secret never
+    reaches the store in the clear); ``audit`` is written with that id."""
+
+    user: NewUser
+    audit: AuditEntry
+    seal_totp: Callable[[int], bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"ImportItem(username={self.user.username!r})"
+
+
+class Imported(enum.Enum):
+    """What became of an :class:`ImportItem`."""
+
+    DONE = "imported"
+    ALREADY = "already there"  # a user of that name and email exists (an earlier run)
+    TAKEN = "username taken"  # by a user with another email
+    LOOKALIKE = "looks like an existing username"
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):
@@ -376,7 +408,7 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     ``api_key``: (key, the nonce's digest), the nonce recorded for the key (REPLAYED when it
     was already, or the key is gone); ``clear``: counters
     (kind, key) emptied; ``release``: slots given back whatever the outcome; ``audit``: written
-    on DONE."""
+    on DONE; ``rehash``: an imported hash replaced by Argon2id."""
 
     digest: bytes  # the SHA-256 digest of the session's token
     user_id: int
@@ -390,6 +422,9 @@ class SessionOpening(msgspec.Struct, frozen=True, kw_only=True):
     release: Sequence[Slot] = ()
     audit: Sequence[AuditEntry] = ()
     seen: DeviceSeen | None = None
+    # (the hash just verified, its Argon2id replacement): written only while the stored hash
+    # is still the verified one (docs/import.md, "At the next login")
+    rehash: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"SessionOpening(user_id={self.user_id})"

@@ -150,6 +150,7 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         "user_by_id": select + " WHERE u.id = ?",
         "user_by_name": select + " WHERE u.username_key = ?",
         "users": select + " ORDER BY u.id",
+        "users_after": select + " WHERE u.id > ? ORDER BY u.id LIMIT ?",
         "users_locked": select + " WHERE u.oms_id = ? AND u.locked_until > ? ORDER BY u.id",
         # An OMS's users with an email, whatever its case (at most two: one, or ambiguous).
         "users_by_email": select
@@ -166,6 +167,7 @@ class Statements:
     user_by_id: str
     user_by_name: str
     users: str
+    users_after: str
     users_locked: str
     users_by_email: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
@@ -221,6 +223,7 @@ class Statements:
     )
     set_totp_step: str = "UPDATE users SET totp_last_step = ? WHERE id = ?"
     set_last_login: str = "UPDATE users SET last_login = ? WHERE id = ?"
+    rehash_password: str = "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?"
     insert_session: str = (
         "INSERT INTO sessions (digest, user_id, created_at, last_seen, api_key)"
         " VALUES (?, ?, ?, ?, ?)"

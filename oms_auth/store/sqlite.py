@@ -43,6 +43,8 @@ from .records import (
     Authority,
     Claim,
     CodeIssue,
+    Imported,
+    ImportItem,
     MailState,
     NewUser,
     OutboxRow,
@@ -252,13 +254,7 @@ class SqliteStore(SqliteDevices, Store):
             skeleton = username_skeleton(user.username)
             if raw.execute(S.username_lookalike, (skeleton, key)).fetchone():
                 raise UsernameConfusable(_LOOKALIKE)
-            (user_id,) = raw.execute(S.insert_user, q.user_args(user)).fetchone()
-            raw.executemany(S.insert_account, q.account_args(user))
-            raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
-            raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
-            raw.executemany(
-                S.insert_question, [(user_id, question, a) for question, a in user.questions]
-            )
+            user_id = tx.insert_user(raw, user)
             if audit is not None:
                 entry = msgspec.structs.replace(audit, target_id=user_id)
                 tx.append_audit(raw, self._audit_key, [entry], tx.clock(raw))
@@ -266,9 +262,23 @@ class SqliteStore(SqliteDevices, Store):
 
         return await self._write(job)
 
+    async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        def job(raw: sqlite3.Connection) -> list[tuple[Imported, int | None]]:
+            written = tx.import_batch(raw, batch)
+            tx.append_audit(raw, self._audit_key, written.audit, tx.clock(raw))
+            return written.outcomes
+
+        return await self._write(job)
+
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         def job(raw: sqlite3.Connection) -> None:
             raw.execute(S.set_totp, (sealed, user_id))
+
+        await self._write(job)
+
+    async def replace_hash(self, user_id: int, verified: str, replacement: str) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute(S.rehash_password, (replacement, user_id, verified))
 
         await self._write(job)
 

@@ -5,16 +5,31 @@ Every job runs alone in the single writer, so a read here holds until the job's 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from . import plans
+from . import import_plan, plans
 from . import sql as q
 from .audit import link_entries
-from .records import IN_FLIGHT_SECONDS, AuditEntry, Authority, CallerGone, Claim, Outcome, Slot
+from .import_plan import Written
+from .records import (
+    IN_FLIGHT_SECONDS,
+    AuditEntry,
+    Authority,
+    CallerGone,
+    Claim,
+    ImportItem,
+    NewUser,
+    Outcome,
+    Slot,
+    username_key,
+)
 
 __all__ = [
+    "insert_user",
+    "import_batch",
     "S",
     "PRAGMAS",
     "connect",
@@ -129,3 +144,47 @@ def append_audit(
     if entries:
         tail = raw.execute(S.audit_tail).fetchone()
         raw.executemany(S.insert_audit, link_entries(audit_key, tail, entries, now))
+
+
+def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
+    """A new user's rows (its name checked by the caller); its id."""
+    (user_id,) = raw.execute(S.insert_user, q.user_args(user)).fetchone()
+    raw.executemany(S.insert_account, q.account_args(user))
+    raw.executemany(S.insert_user_account, q.user_account_args(user_id, user))
+    raw.executemany(S.insert_permission, [(user_id, p) for p in user.permissions])
+    raw.executemany(S.insert_question, [(user_id, question, a) for question, a in user.questions])
+    return int(user_id)
+
+
+# "Any of these": a JSON array of the batch's values, one statement for the whole batch.
+_ANY = " IN (SELECT value FROM json_each(?))"
+_TAKEN = "SELECT username_key, email FROM users WHERE username_key" + _ANY
+_LOOKS = "SELECT name_skeleton, username_key FROM users WHERE name_skeleton" + _ANY
+_IDS = "SELECT username_key, id FROM users WHERE username_key" + _ANY
+
+
+def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Written:
+    """Write the batch's fresh users (:mod:`.import_plan` decides)."""
+    of = import_plan.names(batch)
+    taken = raw.execute(_TAKEN, (json.dumps(of.keys),)).fetchall()
+    looks = raw.execute(_LOOKS, (json.dumps(of.skeletons),)).fetchall()
+    found = import_plan.conflicts(batch, of, taken, looks)
+    fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
+    highest = {
+        oms: raw.execute(import_plan.HIGHEST_ACCOUNT, (oms,)).fetchone()[0]
+        for oms in import_plan.needing_accounts(fresh)
+    }
+    fresh = import_plan.with_new_accounts(fresh, highest)
+    ids: dict[str, int] = {}
+    if fresh:
+        raw.executemany(S.insert_user.removesuffix(" RETURNING id"), map(q.user_args, fresh))
+        keys = [username_key(user.username) for user in fresh]
+        ids = dict(raw.execute(_IDS, (json.dumps(keys),)).fetchall())
+        statements = (S.insert_account, S.insert_user_account, S.insert_permission)
+        rows = import_plan.dependents([ids[k] for k in keys], fresh)
+        for statement, values in zip((*statements, S.insert_question), rows, strict=True):
+            if values:
+                raw.executemany(statement, values)
+    written = import_plan.written(batch, found, ids, of)
+    raw.executemany(S.set_totp, written.sealed)
+    return written
