@@ -1,4 +1,4 @@
-"""The ``oms-auth`` command: serve, user add|list|unlock, audit, demo."""
+"""The ``oms-auth`` command: serve, user add|list|unlock, audit, demo, key, backup, restore."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from ..errors import InvalidValue, Refusal
 from ..logs import setup_logging
 from ..store import StoreError
 from .audit import audit
+from .backup import backup_args, backup_command
 from .demo import DEMO_USERS, demo
+from .keys import key_args, key_command
+from .missing import check_missing, say_created
 
 __all__ = ["main", "DEMO_USERS"]
 
@@ -62,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     _demo_args(sub.add_parser("demo", help="create a demo OMS and print its credentials"))
+    key_args(sub.add_parser("key", help="the service key ring: list, rotate, retire"), _common)
+    backup_args(sub, _common)
     return parser
 
 
@@ -213,9 +218,14 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         settings = _settings(args)
         setup_logging(settings.log_level, settings.log_format)
+        creating = check_missing(args, settings)
         if args.command == "serve":
-            return _run(_serve(settings))
-        return _run(_offline(args, settings))
+            return _run(_serve(settings, creating))
+        if args.command == "key":
+            return _run(key_command(args, settings))
+        if args.command in ("backup", "restore"):
+            return _run(backup_command(args, settings))
+        return _run(_offline(args, settings, creating))
     except Refusal as refusal:
         print(f"oms-auth: {refusal.detail}", file=sys.stderr)
         return 2
@@ -257,13 +267,14 @@ async def _conformance(args: argparse.Namespace) -> int:
     return 1 if any(r.verdict == "fail" for r in results) else 0
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, creating: Path | None = None) -> int:
     app = App(settings)
     try:
         await app.start()
     except OSError as exc:  # the port taken, the address not this machine's
         reason = exc.strerror or str(exc)
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+    say_created(creating)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -280,8 +291,11 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-async def _offline(args: argparse.Namespace, settings: Settings) -> int:
+async def _offline(
+    args: argparse.Namespace, settings: Settings, creating: Path | None = None
+) -> int:
     deps = await build_deps(settings)
+    say_created(creating)
     try:
         if args.command == "user":
             return await {

@@ -195,6 +195,9 @@ MIGRATIONS: list[str] = [
     DROP INDEX user_accounts_by_account;
     CREATE INDEX user_accounts_by_account ON user_accounts(oms_id, account_id);
     """,
+    # 9: every audit row names the key that chained it (docs/operations.md, "Rotating the
+    # service key"); rows from before name none and are checked with the ring's legacy key.
+    "ALTER TABLE audit ADD COLUMN key_id TEXT",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
