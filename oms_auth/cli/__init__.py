@@ -267,7 +267,7 @@ async def _conformance(args: argparse.Namespace) -> int:
     return 1 if any(r.verdict == "fail" for r in results) else 0
 
 
-async def _serve(settings: Settings, creating: Path | None = None) -> int:
+async def _serve(settings: Settings, creating: str | None = None) -> int:
     app = App(settings)
     try:
         await app.start()
@@ -292,7 +292,7 @@ async def _serve(settings: Settings, creating: Path | None = None) -> int:
 
 
 async def _offline(
-    args: argparse.Namespace, settings: Settings, creating: Path | None = None
+    args: argparse.Namespace, settings: Settings, creating: str | None = None
 ) -> int:
     deps = await build_deps(settings)
     say_created(creating)

@@ -19,16 +19,16 @@ CREATORS = {("serve", None), ("demo", None), ("user", "add"), ("user", "import")
 UNCHECKED = {"backup", "restore", "conformance"}
 
 
-def missing_store(settings: Settings) -> Path | None:
-    """The SQLite store's path when there is no file there yet; None otherwise (PostgreSQL
-    included: its schema is made by whichever node comes first)."""
+def missing_store(settings: Settings) -> str | None:
+    """The SQLite store's path (as given) when there is no file there yet; None otherwise
+    (PostgreSQL included: its schema is made by whichever node comes first)."""
     if is_postgres_url(settings.db):
         return None
-    path = Path(sqlite_path(settings.db))
-    return None if path.exists() else path
+    path = sqlite_path(settings.db)
+    return None if Path(path).exists() else path
 
 
-def check_missing(args: argparse.Namespace, settings: Settings) -> Path | None:
+def check_missing(args: argparse.Namespace, settings: Settings) -> str | None:
     """StoreError for a read-only command on a missing store; else the path a writing command
     will create (None when the store is there)."""
     path = missing_store(settings)
@@ -45,6 +45,6 @@ def check_missing(args: argparse.Namespace, settings: Settings) -> Path | None:
     return None
 
 
-def say_created(path: Path | None) -> None:
-    if path is not None and path.exists():
+def say_created(path: str | None) -> None:
+    if path is not None and Path(path).exists():
         print(f"created a new store at {path}", file=sys.stderr)
