@@ -201,6 +201,10 @@ class KeyWatcher:
 
     async def _reseal_pass(self) -> None:
         try:
+            before = self.resealer.done
             await self.resealer.run()
+            if self.resealer.done > before:
+                current = self.deps.sealer.ring.current.id
+                log.info("re-sealed %d values under key %s", self.resealer.done - before, current)
         except StoreError as exc:
             log.error("the re-seal pass stopped: %s", exc)

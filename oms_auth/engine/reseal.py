@@ -71,7 +71,6 @@ class Resealer:
         for column in SEALED:
             await self._column(column)
         self.left = 0
-        log.info("re-sealed %d values under key %s", self.done, self.sealer.ring.current.id)
 
     async def _column(self, column: SealedColumn) -> None:
         context = CONTEXTS[column.name]
