@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import re
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,8 @@ from oms_auth.crypto import Sealer
 from oms_auth.keyring import MAGIC, legacy_id, read_ring, sealed_prefix, write_ring
 from protocol.client import Client
 
-from .helpers import PASSWORD, eventually, oms_auth, settings_for, sql
+from .helpers import PASSWORD, ServerProcess, eventually, oms_auth, settings_for, sql
+from .test_files import mode, umask
 from .test_service_key import key_file
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
@@ -166,3 +168,29 @@ async def test_a_running_node_takes_up_a_rotation_and_reseals_with_progress_in_m
         assert json.loads(settings.key_file().read_text())["keys"][0]["id"] == rotated.current.id
     finally:
         await app.stop()
+
+
+async def test_sighup_makes_a_serving_node_take_up_the_ring_and_it_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    oms_auth(tmp_path, *ALICE.split())
+    server = ServerProcess(tmp_path)
+    await server.start()
+    try:
+        with umask(0):
+            oms_auth(tmp_path, "key", "rotate")
+        assert mode(tmp_path / "oms-auth.sqlite3.key") == 0o600  # whatever the umask
+        new = key_ids(tmp_path)[0]
+        server.proc.send_signal(signal.SIGHUP)
+        async with await Client.connect(server.url) as c:
+            first = await c.call("AuthenticateUser", {"UserName": "alice", "Password": PASSWORD})
+            done = await c.call("Authenticate2FA", {"Code": pyotp.TOTP(SECRET).now()})
+            assert done.o["Authenticated"], (first.o, done.o)
+        assert server.proc.returncode is None
+    finally:
+        out = await server.stop()
+    assert "stopped" in out
+    rows = await sql(
+        str(tmp_path / "oms-auth.sqlite3"), "SELECT value FROM meta WHERE key = ?", "current_key_id"
+    )
+    assert rows == [(new,)]
