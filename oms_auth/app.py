@@ -103,8 +103,8 @@ def _key_refused(refused: KeyRefused, settings: Settings, source: str) -> StoreE
     """The one line a refused key gives: which key, which store, what to do."""
     if refused.reason != MISSING and refused.current_id is not None:
         return StoreError(
-            f"the secret key differs from the store's: {refused.where} is on key"
-            f" {refused.current_id}, which the {source} does not hold; give every node the"
+            f"the secret key differs from the one {refused.where} is on (key"
+            f" {refused.current_id}): the {source} does not hold it; give every node the"
             ' store\'s key ring (docs/operations.md, "Rotating the service key")'
         )
     if refused.reason == MISSING:

@@ -107,7 +107,7 @@ def test_a_node_whose_ring_lacks_the_stores_current_key_is_refused_naming_it(
     refused = oms_auth(tmp_path, "user", "list", check=False)
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
-    assert f"is on key {new}, which the key file {key} does not hold" in line, line
+    assert f"is on (key {new}): the key file {key} does not hold it" in line, line
 
 
 def test_the_ring_can_be_given_as_ids_and_base64_in_the_environment(

@@ -39,6 +39,7 @@ __all__ = [
     "check_chain",
     "expected_hash",
     "checked_audit_key",
+    "chain_keys",
     "link_entries",
     "rechain",
 ]
@@ -76,10 +77,15 @@ class ChainKeys(msgspec.Struct, frozen=True, kw_only=True):
         return f"ChainKeys(current_id={self.current_id!r}, ids={sorted(self.by_id)})"
 
 
+def chain_keys(key: bytes | ChainKeys) -> ChainKeys:
+    """Audit keys as given, or one key alone (it checks and chains every row)."""
+    return key if isinstance(key, ChainKeys) else ChainKeys(current_id=None, by_id={}, legacy=key)
+
+
 def checked_audit_key(key: bytes | ChainKeys) -> ChainKeys:
-    """A store's audit keys (one key alone checks and chains every row), refused when a key
-    cannot be one (e.g. empty)."""
-    keys = key if isinstance(key, ChainKeys) else ChainKeys(current_id=None, by_id={}, legacy=key)
+    """A store's audit keys (:func:`chain_keys`), refused when a key cannot be one (e.g.
+    empty)."""
+    keys = chain_keys(key)
     for k in (keys.legacy, *keys.by_id.values()):
         if not isinstance(k, bytes) or len(k) != 32:
             raise ValueError("an audit key must be 32 bytes (crypto.audit_key of the service key)")
@@ -89,12 +95,12 @@ def checked_audit_key(key: bytes | ChainKeys) -> ChainKeys:
 
 
 def link_entries(
-    keys: ChainKeys, tail: Iterable[Any] | None, entries: Iterable[AuditEntry], now: float
+    keys: bytes | ChainKeys, tail: Iterable[Any] | None, entries: Iterable[AuditEntry], now: float
 ) -> list[tuple[object, ...]]:
     """The rows that append ``entries`` after the chain's ``tail`` (its last ``(id, hash)``,
     None when empty), each ``(id, at, action, actor_id, target_id, target_name, source,
     detail, prev_hash, hash, key_id)``: what ``INSERT INTO audit`` takes."""
-    key, key_id = keys.current, keys.current_id
+    key, key_id = chain_keys(keys).current, chain_keys(keys).current_id
     last_id, prev = 0, ""
     if tail is not None:
         last, last_hash = tail
@@ -108,11 +114,11 @@ def link_entries(
     return rows
 
 
-def rechain(keys: ChainKeys, rows: Iterable[Iterable[Any]]) -> list[tuple[str, str, int]]:
+def rechain(keys: bytes | ChainKeys, rows: Iterable[Iterable[Any]]) -> list[tuple[str, str, int]]:
     """``(prev_hash, hash, id)`` for every row (audit columns, in id order), chained afresh
     under the legacy key (these rows name none): what a migration that (re-)chains an
     existing trail, before key ids, writes back."""
-    key, prev, links = keys.legacy, "", []
+    key, prev, links = chain_keys(keys).legacy, "", []
     for row in rows:
         fields = tuple(row)[:8]
         digest = chain_hash(key, prev, *fields)
@@ -150,10 +156,11 @@ def expected_hash(row: AuditRow, key: bytes) -> str:
     )
 
 
-def check_chain(rows: Iterable[AuditRow], keys: ChainKeys) -> AuditCheck:
+def check_chain(rows: Iterable[AuditRow], keys: bytes | ChainKeys) -> AuditCheck:
     """Walk rows in id order; the first row whose link or hash (under the key it names) does
     not hold is reported."""
     prev, count, last_id = "", 0, 0
+    keys = chain_keys(keys)
     for row in rows:
         if row.prev_hash != prev:
             reason = (
