@@ -1,4 +1,4 @@
-"""A ``--db`` whose SQLite store does not exist (docs/operations.md, "Where the store is"): only
+"""A ``--db`` whose SQLite store does not exist (docs/operations.md, "The command line"): only
 the commands that bring users create it (``serve``, ``demo``, ``user add|import``), saying so
 on stderr; every other command that opens the store (``user list``, ``audit``, ``user
 export``, ...) refuses with one line instead of leaving an empty store behind."""
