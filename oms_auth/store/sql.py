@@ -121,8 +121,7 @@ def to_dollar(sql: str) -> str:
     return "".join(out)
 
 
-# The columns a link is made of; rows also name the key that chained them (key_id, a later
-# migration: the re-chaining migrations before it read only these).
+# A link's columns (re-chaining migrations read only these); rows also name their key_id.
 CHAIN_COLUMNS: Final = (
     "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
 )
