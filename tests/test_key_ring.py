@@ -194,3 +194,23 @@ async def test_sighup_makes_a_serving_node_take_up_the_ring_and_it_keeps_serving
         str(tmp_path / "oms-auth.sqlite3"), "SELECT value FROM meta WHERE key = ?", "current_key_id"
     )
     assert rows == [(new,)]
+
+
+async def test_values_and_audit_rows_from_before_key_ids_open_rotate_and_verify_after_retiring(
+    tmp_path: Path, store_env: str
+) -> None:
+    oms_auth(tmp_path, *ALICE.split())
+    (old,) = key_ids(tmp_path)
+    # As an oms-auth before key ids left them: no id in the sealed value, none on the rows.
+    bare = (await totp_sealed(store_env))[len(sealed_prefix(old)) :]
+    await sql(store_env, "UPDATE users SET totp_sealed = ? WHERE username = 'alice'", bare)
+    await sql(store_env, "UPDATE audit SET key_id = NULL")
+    assert "audit trail intact: 1 rows" in oms_auth(tmp_path, "audit", "verify").stdout
+    rotated = oms_auth(tmp_path, "key", "rotate")
+    assert "re-sealed 1 values" in rotated.stdout
+    new = key_ids(tmp_path)[0]
+    assert (await totp_sealed(store_env)).startswith(sealed_prefix(new))
+    assert "retired key" in oms_auth(tmp_path, "key", "retire", old).stdout
+    oms_auth(tmp_path, *"user unlock alice".split())
+    assert "audit trail intact: 2 rows" in oms_auth(tmp_path, "audit", "verify").stdout
+    assert f"{old}  " in oms_auth(tmp_path, "key", "list").stdout.splitlines()[-1]
