@@ -18,7 +18,7 @@ from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
 from .keyring import KeyRing
-from .keyservice import KeySource, KeyWatcher
+from .keyservice import KeySource, KeyWatcher, chain_keys
 from .logs import pin_library_loggers
 from .mail.outbox import OutboxWorker, Transport, transport_for
 from .server.forwarded import Proxies
@@ -127,7 +127,7 @@ async def _open_with_key(
     source = KeySource(settings)
     ring, binding = source.load()
     try:
-        store = await open_store(settings.db, audit_key=ring.chain_keys(), key=binding)
+        store = await open_store(settings.db, audit_key=chain_keys(ring), key=binding)
     except KeyRefused as refused:
         # Two processes on an empty store, both without a key file: the one that wrote its
         # file first bound the store, and the other reads that file now.

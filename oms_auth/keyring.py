@@ -36,7 +36,6 @@ from typing import Final
 import msgspec
 
 from .files import PRIVATE, tighten
-from .store.audit import ChainKeys
 
 __all__ = [
     "MAGIC",
@@ -153,13 +152,14 @@ class KeyRing(msgspec.Struct, frozen=True, kw_only=True):
     def names_key(self) -> bytes:
         return self.names if self.names is not None else names_key(self.keys[-1].key)
 
-    def chain_keys(self) -> ChainKeys:
+    def audit_keys(self) -> tuple[dict[str, bytes], bytes]:
+        """The audit key of every key, retired ones too, by id; and the legacy key's (for
+        rows that name none): what ``store.audit.ChainKeys`` is made of."""
         by_id = {k.id: audit_key(k.key) for k in self.keys}
         by_id.update({k.id: k.audit for k in self.retired})
         legacy = self.legacy
         retired_legacy = [k.audit for k in self.retired if k.legacy]
-        legacy_audit = audit_key(legacy.key) if legacy else retired_legacy[0]
-        return ChainKeys(current_id=self.current.id, by_id=by_id, legacy=legacy_audit)
+        return by_id, audit_key(legacy.key) if legacy else retired_legacy[0]
 
     def rotated(self, now: float) -> KeyRing:
         """A new current key, every key before kept; the names key fixed as it was."""

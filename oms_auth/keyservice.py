@@ -30,9 +30,9 @@ from .crypto import checkout_holding, key_fingerprint
 from .engine.deps import Deps
 from .engine.reseal import Resealer
 from .keyring import KeyRing, RingError, new_ring, read_ring, ring_from_env, write_ring
-from .store import KeyBinding, StoreError
+from .store import ChainKeys, KeyBinding, StoreError
 
-__all__ = ["POLL_SECONDS", "KeySource", "binding_for", "KeyWatcher"]
+__all__ = ["POLL_SECONDS", "KeySource", "binding_for", "chain_keys", "KeyWatcher"]
 
 log = logging.getLogger("oms_auth")
 
@@ -48,6 +48,12 @@ def binding_for(ring: KeyRing, adopt: object = None) -> KeyBinding:
         older=frozenset(key_fingerprint(k.key) for k in ring.keys[1:]),
         adopt=adopt if callable(adopt) else None,
     )
+
+
+def chain_keys(ring: KeyRing) -> ChainKeys:
+    """The audit keys the store chains and checks rows with, for ``ring``."""
+    by_id, legacy = ring.audit_keys()
+    return ChainKeys(current_id=ring.current.id, by_id=by_id, legacy=legacy)
 
 
 class KeySource:
@@ -184,7 +190,7 @@ class KeyWatcher:
     async def take_up(self, ring: KeyRing) -> bool:
         """Seal with ``ring`` and make its current key the store's; False (kept as it was)
         when the store's current key is not in it."""
-        if not await self.deps.store.take_key(binding_for(ring), ring.chain_keys()):
+        if not await self.deps.store.take_key(binding_for(ring), chain_keys(ring)):
             log.error(
                 "the key ring in the %s does not hold the store's current key: not taken up",
                 self.source.describe,

@@ -12,7 +12,7 @@ from ..config import Settings
 from ..engine.deps import Deps
 from ..engine.reseal import Resealer
 from ..keyring import MAGIC, KeyRing, RingError, sealed_prefix, write_ring
-from ..keyservice import KeySource, binding_for
+from ..keyservice import KeySource, binding_for, chain_keys
 from ..store import StoreError
 from ..store.sealed import SEALED
 
@@ -74,7 +74,7 @@ async def _rotate(deps: Deps, source: KeySource) -> int:
     assert source.path is not None
     ring = deps.sealer.ring.rotated(time.time())
     write_ring(source.path, ring, replace=True)
-    if not await deps.store.take_key(binding_for(ring), ring.chain_keys()):
+    if not await deps.store.take_key(binding_for(ring), chain_keys(ring)):
         raise StoreError("the store is on a key this ring does not hold")
     deps.sealer.use(ring)
     resealer = Resealer(deps.store, deps.sealer)
