@@ -166,6 +166,9 @@ class KeyWatcher:
 
     async def stop(self) -> None:
         KeyWatcher._all.discard(self)
+        if not KeyWatcher._all:
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for task in (self._task, self._reseal):
             if task is not None:
                 task.cancel()
