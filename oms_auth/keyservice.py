@@ -140,6 +140,7 @@ class KeyWatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reseal: asyncio.Task[None] | None = None
+        self._pending: KeyRing | None = None  # read by the sealer, for the store to take up
         deps.sealer.set_refresh(self._refresh_now)
 
     def start(self) -> None:
@@ -161,8 +162,6 @@ class KeyWatcher:
             self._wake.set()  # the store takes it up in the watcher's next turn
             self._pending = ring
         return ring
-
-    _pending: KeyRing | None = None
 
     async def stop(self) -> None:
         KeyWatcher._all.discard(self)
@@ -215,5 +214,5 @@ class KeyWatcher:
             if self.resealer.done > before:
                 current = self.deps.sealer.ring.current.id
                 log.info("re-sealed %d values under key %s", self.resealer.done - before, current)
-        except StoreError as exc:
-            log.error("the re-seal pass stopped: %s", exc)
+        except Exception:  # the next rotation or start runs it again
+            log.exception("the re-seal pass stopped")
