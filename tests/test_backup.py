@@ -199,3 +199,12 @@ def test_the_commands_that_create_a_store_say_so_once(tmp_path: Path) -> None:
         serve.terminate()
         _, err = serve.communicate(timeout=30)
     assert "created a new store at s.sqlite3" in err
+
+
+def test_backup_and_restore_on_postgresql_point_to_pg_dump_and_pg_restore(tmp_path: Path) -> None:
+    for command in ("backup", "restore"):
+        db = "postgresql://postgres@127.0.0.1:5432/test?schema=unused"
+        refused = oms_auth(tmp_path, command, "x.dump", "--db", db, check=False)
+        assert refused.returncode == 2
+        assert "pg_dump --format=custom and restore with pg_restore" in refused.stderr
+    assert list(tmp_path.iterdir()) == []

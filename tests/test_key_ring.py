@@ -214,3 +214,17 @@ async def test_values_and_audit_rows_from_before_key_ids_open_rotate_and_verify_
     oms_auth(tmp_path, *"user unlock alice".split())
     assert "audit trail intact: 2 rows" in oms_auth(tmp_path, "audit", "verify").stdout
     assert f"{old}  " in oms_auth(tmp_path, "key", "list").stdout.splitlines()[-1]
+
+
+def test_rotating_a_ring_given_in_the_environment_is_refused_saying_where_to_change_it(
+    tmp_path: Path,
+) -> None:
+    env = {"OMS_AUTH_SECRET_KEY": "ab" * 32}
+    oms_auth(tmp_path, *ALICE.split(), env=env)
+    refused = oms_auth(tmp_path, "key", "rotate", env=env, check=False)
+    assert refused.returncode == 2
+    assert "OMS_AUTH_SECRET_KEY: change the variable on every node" in refused.stderr
+    assert (
+        f"{legacy_id(bytes.fromhex('ab' * 32))}  "
+        in oms_auth(tmp_path, "key", "list", env=env).stdout
+    )
