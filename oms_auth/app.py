@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import resource
-import secrets
 import ssl
 import time
 from typing import Any
@@ -15,22 +13,13 @@ from websockets.asyncio.server import Server, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from .config import ConfigError, Settings
-from .crypto import (
-    Hasher,
-    Sealer,
-    audit_key,
-    checkout_holding,
-    devices_key,
-    key_fingerprint,
-    key_from_env,
-    names_key,
-    read_key_file,
-    write_key_file,
-)
+from .crypto import Hasher, Sealer
 from .engine import legacy_hashes
 from .engine.deps import Clock, Deps
 from .engine.reset import Resets
 from .engine.sessions import TOUCH_EVERY, Sessions
+from .keyring import KeyRing
+from .keyservice import KeySource, KeyWatcher, chain_keys
 from .logs import pin_library_loggers
 from .mail.outbox import OutboxWorker, Transport, transport_for
 from .server.forwarded import Proxies
@@ -43,7 +32,7 @@ from .server.page import ResetPage
 from .server.registry import Registry
 from .server.transport import Admission
 from .server.ws import WS_PATHS, Gateway
-from .store import KeyBinding, KeyRefused, Store, StoreError, check_location, open_store
+from .store import KeyRefused, Store, StoreError, check_location, open_store
 from .store.keys import MISSING
 from .tasks import cancel
 
@@ -111,43 +100,14 @@ def _tls_context(s: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _service_key(settings: Settings) -> tuple[bytes, KeyBinding, str]:
-    """The service key, its binding for the store, and where it came from (for messages). A
-    missing key file gives a new key whose file the store writes only if it is empty."""
-    from_env = os.environ.get("OMS_AUTH_SECRET_KEY")
-    if from_env:
-        key = key_from_env(from_env)
-        return key, KeyBinding(fingerprint=key_fingerprint(key)), "OMS_AUTH_SECRET_KEY"
-    key_file = settings.key_file()
-    checkout = checkout_holding(key_file)
-    if checkout is not None:
-        log.warning(
-            "the service key %s is inside the git checkout %s: keep it out of version control"
-            " (set secret_key_file or OMS_AUTH_SECRET_KEY to keep it elsewhere)",
-            key_file,
-            checkout,
-        )
-    try:
-        found = read_key_file(key_file)
-    except OSError as exc:
-        raise StoreError(f"cannot read the secret key file {key_file}: {exc.strerror}") from None
-    if found is not None:
-        return found, KeyBinding(fingerprint=key_fingerprint(found)), f"key file {key_file}"
-    key = secrets.token_bytes(32)
-
-    def adopt() -> None:
-        try:
-            write_key_file(key_file, key)
-        except OSError as exc:  # FileExistsError too: another process made one meanwhile
-            raise StoreError(
-                f"cannot create the secret key file {key_file}: {exc.strerror or exc}"
-            ) from None
-
-    return key, KeyBinding(fingerprint=key_fingerprint(key), adopt=adopt), f"key file {key_file}"
-
-
 def _key_refused(refused: KeyRefused, settings: Settings, source: str) -> StoreError:
     """The one line a refused key gives: which key, which store, what to do."""
+    if refused.reason != MISSING and refused.current_id is not None:
+        return StoreError(
+            f"the secret key differs from the one {refused.where} is on (key"
+            f" {refused.current_id}): the {source} does not hold it; give every node the"
+            ' store\'s key ring (docs/operations.md, "Rotating the service key")'
+        )
     if refused.reason == MISSING:
         return StoreError(
             f"the secret key file {settings.key_file()} is missing, but {refused.where} was"
@@ -160,40 +120,49 @@ def _key_refused(refused: KeyRefused, settings: Settings, source: str) -> StoreE
     )
 
 
-async def _open_with_key(settings: Settings, *, retry: bool = True) -> tuple[Store, bytes]:
-    """The store, opened with the service key it was used with (docs/operations.md, "The service
-    key")."""
-    key, binding, source = _service_key(settings)
+async def _open_with_key(
+    settings: Settings, *, retry: bool = True
+) -> tuple[Store, KeyRing, KeySource]:
+    """The store, opened with the service key ring it was used with (docs/operations.md, "The
+    service key")."""
+    source = KeySource(settings)
+    ring, binding = source.load()
     try:
-        store = await open_store(settings.db, audit_key=audit_key(key), key=binding)
+        store = await open_store(settings.db, audit_key=chain_keys(ring), key=binding)
     except KeyRefused as refused:
         # Two processes on an empty store, both without a key file: the one that wrote its
         # file first bound the store, and the other reads that file now.
         if retry and binding.new and refused.reason == MISSING and settings.key_file().exists():
             return await _open_with_key(settings, retry=False)
-        raise _key_refused(refused, settings, source) from None
-    return store, key
+        raise _key_refused(refused, settings, source.describe) from None
+    return store, ring, source
 
 
 async def build_deps(settings: Settings, clock: Clock = time.time) -> Deps:
-    """Open the store and load the key: what the CLI's offline commands need too."""
+    """Open the store and load the key ring: what the CLI's offline commands need too."""
+    deps, _ = await _build_deps(settings, clock)
+    return deps
+
+
+async def _build_deps(settings: Settings, clock: Clock) -> tuple[Deps, KeySource]:
     check_location(settings.db)  # before the key file beside it is created
-    store, key = await _open_with_key(settings)
+    store, ring, source = await _open_with_key(settings)
     hasher = Hasher(
         workers=settings.hash_workers,
         time_cost=settings.argon2_time_cost,
         memory_cost=settings.argon2_memory_kib,
         legacy=legacy_hashes.verify,
     )
-    return Deps(
+    deps = Deps(
         store=store,
         hasher=hasher,
-        sealer=Sealer(key),
+        sealer=Sealer(ring),
         settings=settings,
         clock=clock,
-        names_key=names_key(key),
-        devices_key=devices_key(key),
+        names_key=ring.names_key(),
+        devices_key=ring.devices_key(),
     )
+    return deps, source
 
 
 class App:
@@ -213,6 +182,7 @@ class App:
         self.outbox: OutboxWorker | None = None
         self._deps: Deps | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self.keys: KeyWatcher | None = None
         self._public_url: str | None = None
 
     @property
@@ -251,8 +221,10 @@ class App:
 
     async def _start(self, transport: Transport) -> None:
         s = self.settings
-        self._deps = deps = await build_deps(s, self.clock)
+        deps, source = await _build_deps(s, self.clock)
+        self._deps = deps
         deps.events = self
+        self.keys = keys = KeyWatcher(source, deps)
         self.sessions = Sessions(deps, delay_unit=self.login_delay)
         self.resets = Resets(deps)
         # Before listening: a second serve on a single-node store stops here, quietly.
@@ -275,6 +247,7 @@ class App:
         self.outbox = OutboxWorker(deps, transport, self.public_url)
         self.outbox.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
+        keys.start()
 
     async def _listen(self, proxies: Proxies) -> Server:
         """One port for WebSocket and HTTP, each connection within what a peer may cost."""
@@ -376,6 +349,7 @@ class App:
                 f"legacy_hashes{{scheme={scheme}}}": n
                 for scheme, n in legacy_hashes.count(await self.deps.store.hash_heads()).items()
             },
+            **(self.keys.resealer.metrics() if self.keys else {}),
         }
 
     async def stop(self) -> None:
@@ -392,6 +366,9 @@ class App:
         if self._deps is not None:
             await cancel(self._maintenance)
             self._maintenance = None
+            if self.keys is not None:
+                await self.keys.stop()
+                self.keys = None
             await self.resets.drain()
             if self.outbox is not None:
                 await self.outbox.stop()

@@ -24,7 +24,19 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .files import PRIVATE, tighten
+from .keyring import (
+    MAGIC,
+    KeyRing,
+    RingKey,
+    audit_key,
+    legacy_id,
+    names_key,
+    new_ring,
+    read_ring,
+    ring_from_env,
+    sealed_prefix,
+    write_ring,
+)
 
 __all__ = [
     "Hasher",
@@ -34,13 +46,10 @@ __all__ = [
     "new_pending_code",
     "constant_time_equal",
     "load_or_create_key",
+    "load_ring",
     "key_fingerprint",
-    "key_from_env",
-    "read_key_file",
-    "write_key_file",
     "audit_key",
     "names_key",
-    "devices_key",
     "mail_context",
     "checkout_holding",
 ]
@@ -141,50 +150,81 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 
 
 class Sealer:
-    """AES-256-GCM with the service key: what the store holds cannot be read without it."""
+    """AES-256-GCM with the service key ring: what the store holds cannot be read without it.
+    New values are sealed with the ring's current key and name it (``keyring.sealed_prefix``);
+    any live key of the ring opens what it sealed. ``refresh`` (when given) is asked for the
+    ring again when a value names a key this ring does not hold: another node took up a newer
+    ring first (docs/operations.md, "Rotating the service key")."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("the secret key must be 32 bytes")
-        self._aead = AESGCM(key)
+    def __init__(
+        self, key: bytes | KeyRing, *, refresh: Callable[[], KeyRing | None] | None = None
+    ) -> None:
+        if isinstance(key, bytes):
+            if len(key) != 32:
+                raise ValueError("the secret key must be 32 bytes")
+            key = KeyRing(keys=(RingKey(id=legacy_id(key), created=0.0, key=key),))
+        self._refresh = refresh
+        self.use(key)
+
+    def set_refresh(self, refresh: Callable[[], KeyRing | None] | None) -> None:
+        self._refresh = refresh
+
+    def use(self, ring: KeyRing) -> None:
+        """Seal with ``ring``'s current key from now on (a running node taking up a rotation)."""
+        self.ring = ring
+        self._aeads = {k.id: AESGCM(k.key) for k in ring.keys}
+        legacy = ring.legacy
+        self._legacy = None if legacy is None else self._aeads[legacy.id]
+        self._prefix = sealed_prefix(ring.current.id)
+
+    @property
+    def current_prefix(self) -> bytes:
+        return self._prefix
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         """Encrypt; ``context`` (e.g. the row it belongs to) is bound in, so a sealed value
         copied to another row does not open there."""
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, context)
+        aead = self._aeads[self.ring.current.id]
+        return self._prefix + nonce + aead.encrypt(nonce, plaintext, context)
 
     def open(self, sealed: bytes, context: bytes) -> bytes:
-        try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], context)
-        except InvalidTag as exc:
-            raise ValueError("sealed value does not open with this key") from exc
+        key_id, body = _named(sealed)
+        if key_id is not None and key_id not in self._aeads and self._refresh is not None:
+            newer = self._refresh()
+            if newer is not None:
+                self.use(newer)
+        aead = self._aeads.get(key_id) if key_id is not None else None
+        for candidate, blob in ((aead, body), (self._legacy, sealed)):
+            if candidate is None:
+                continue
+            try:
+                return candidate.decrypt(blob[:12], blob[12:], context)
+            except InvalidTag:
+                continue
+        raise ValueError("sealed value does not open with this key ring")
+
+    def key_id_of(self, sealed: bytes) -> str | None:
+        """The id a sealed value names (None: sealed before ids, by the legacy key)."""
+        return _named(sealed)[0]
+
+
+def _named(sealed: bytes) -> tuple[str | None, bytes]:
+    """The key id a sealed value starts with, and the rest; (None, value) without one."""
+    if not sealed.startswith(MAGIC) or len(sealed) <= len(MAGIC):
+        return None, sealed
+    size = sealed[len(MAGIC)]
+    raw = sealed[len(MAGIC) + 1 : len(MAGIC) + 1 + size]
+    try:
+        return raw.decode("ascii"), sealed[len(MAGIC) + 1 + size :]
+    except UnicodeDecodeError:
+        return None, sealed
 
 
 def mail_context(user_id: int | None, kind: str) -> bytes:
     """What a queued message's sealed part is bound to: it opens only on its own row's kind
     and user (the engine seals, the outbox worker opens)."""
     return f"mail:{kind}:{user_id}".encode()
-
-
-def audit_key(service_key: bytes) -> bytes:
-    """The key of the audit hash chain (HMAC-SHA256), derived from the service key: whoever
-    holds the store alone cannot re-hash a row they edited."""
-    return hmac.new(service_key, b"oms-auth audit chain", hashlib.sha256).digest()
-
-
-def names_key(service_key: bytes) -> bytes:
-    """The key of the digests that stand for usernames naming no user in the audit trail
-    (``engine.names.unknown_name``), derived from the service key apart from the audit key:
-    whoever holds the store alone cannot test a guessed name (or password) against one."""
-    return hmac.new(service_key, b"oms-auth unknown usernames", hashlib.sha256).digest()
-
-
-def devices_key(service_key: bytes) -> bytes:
-    """The key of device HashCodes and opaque SessionIds (docs/protocol.md, "Sessions and
-    devices"), derived from the service key apart from the others: the store alone says
-    nothing of which device or token an id stands for."""
-    return hmac.new(service_key, b"oms-auth devices and sessions", hashlib.sha256).digest()
 
 
 def checkout_holding(path: Path) -> Path | None:
@@ -220,74 +260,24 @@ def key_fingerprint(key: bytes) -> str:
     return hmac.new(key, b"oms-auth key fingerprint", hashlib.sha256).hexdigest()
 
 
-def key_from_env(value: str) -> bytes:
-    """The service key given as ``OMS_AUTH_SECRET_KEY`` (64 hex digits)."""
-    try:
-        key = bytes.fromhex(value.strip())
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise ValueError("OMS_AUTH_SECRET_KEY must be 64 hex digits (32 bytes)")
-    return key
-
-
-def read_key_file(path: Path) -> bytes | None:
-    """The key in ``path``; None when there is no such file. A file others may read is
-    tightened to 0600 first (docs/operations.md, "The service key")."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        tighten(fd, path)
-        text = f.read(1024)
-    try:
-        key = bytes.fromhex(text.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise ValueError(f"secret key file {path} must hold 64 hex digits")
-    return key
-
-
-def write_key_file(path: Path, key: bytes) -> None:
-    """Publish ``key`` at ``path``, mode 0600 whatever the umask; FileExistsError when a file is
-    there already (never overwritten). Written and synced under a temporary name first, then
-    linked into place, so a reader never finds half a key and a crash leaves none."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
-    try:
-        os.fchmod(fd, PRIVATE)
-        os.write(fd, (key.hex() + "\n").encode())
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.link(tmp, path)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the new name itself is durable before anything is sealed with it
-    finally:
-        os.close(folder)
+def load_ring(path: Path | None, env_value: str | None) -> KeyRing:
+    """The key ring from ``OMS_AUTH_SECRET_KEY``, else from the key file, which is made (a ring
+    of one new key) when missing. Without the empty-store check the service makes
+    (``app.build_deps``): for tools and tests that need the ring a command would use."""
+    if env_value:
+        return ring_from_env(env_value)
+    if path is None:
+        raise ValueError("no secret key file and no OMS_AUTH_SECRET_KEY")
+    ring = read_ring(path)
+    if ring is None:
+        ring = new_ring()
+        try:
+            write_ring(path, ring, replace=False)
+        except FileExistsError:  # another process made it first: theirs
+            return load_ring(path, None)
+    return ring
 
 
 def load_or_create_key(path: Path | None, env_value: str | None) -> bytes:
-    """The service key from ``OMS_AUTH_SECRET_KEY`` (hex), else from the key file, which is
-    made when missing. Without the empty-store check the service makes (``app.build_deps``):
-    for tools and tests that need the key a command would use."""
-    if env_value:
-        return key_from_env(env_value)
-    if path is None:
-        raise ValueError("no secret key file and no OMS_AUTH_SECRET_KEY")
-    key = read_key_file(path)
-    if key is None:
-        key = secrets.token_bytes(32)
-        try:
-            write_key_file(path, key)
-        except FileExistsError:  # another process made it first: theirs
-            return load_or_create_key(path, None)
-    return key
+    """The current key of :func:`load_ring`'s ring."""
+    return load_ring(path, env_value).current.key

@@ -9,7 +9,7 @@ import pytest
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import STORES, Clock, drop_pg_schema, new_pg_schema, settings_for
+from .helpers import STORES, Clock, drop_pg_schema, is_postgres, new_pg_schema, settings_for
 
 
 @pytest.fixture
@@ -29,6 +29,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         drop_pg_schema(url)
+
+
+@pytest.fixture
+def store_env(db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Commands run on ``db``: the default path for SQLite, OMS_AUTH_DB for PostgreSQL."""
+    if is_postgres(db):
+        monkeypatch.setenv("OMS_AUTH_DB", db)
+    return db
 
 
 @pytest.fixture

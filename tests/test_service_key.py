@@ -29,14 +29,6 @@ COMMANDS = {
 }
 
 
-@pytest.fixture
-def store_env(db: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Commands run on ``db``: the default path for SQLite, OMS_AUTH_DB for PostgreSQL."""
-    if is_postgres(db):
-        monkeypatch.setenv("OMS_AUTH_DB", db)
-    return db
-
-
 def key_file(tmp_path: Path, db: str) -> Path:
     """Where the key goes by default: beside the SQLite file, else the working directory."""
     return tmp_path / ("oms-auth.key" if is_postgres(db) else "oms-auth.sqlite3.key")

@@ -1,4 +1,4 @@
-"""The ``oms-auth`` command: serve, user add|list|unlock, audit, demo."""
+"""The ``oms-auth`` command: serve, user add|list|unlock, audit, demo, key, backup, restore."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from ..logs import setup_logging
 from ..store import StoreError
 from . import transfer
 from .audit import audit
+from .backup import backup_args, backup_command
 from .demo import DEMO_USERS, demo
+from .keys import key_args, key_command
+from .missing import check_missing, say_created
 
 __all__ = ["main", "DEMO_USERS"]
 
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     _demo_args(sub.add_parser("demo", help="create a demo OMS and print its credentials"))
+    key_args(sub.add_parser("key", help="the service key ring: list, rotate, retire"), _common)
+    backup_args(sub, _common)
     return parser
 
 
@@ -229,9 +234,14 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         settings = _settings(args)
         setup_logging(settings.log_level, settings.log_format)
+        creating = check_missing(args, settings)
         if args.command == "serve":
-            return _run(_serve(settings))
-        return _run(_offline(args, settings))
+            return _run(_serve(settings, creating))
+        if args.command == "key":
+            return _run(key_command(args, settings))
+        if args.command in ("backup", "restore"):
+            return _run(backup_command(args, settings))
+        return _run(_offline(args, settings, creating))
     except Refusal as refusal:
         print(f"oms-auth: {refusal.detail}", file=sys.stderr)
         return 2
@@ -276,13 +286,14 @@ async def _conformance(args: argparse.Namespace) -> int:
     return 1 if any(r.verdict == "fail" for r in results) else 0
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, creating: str | None = None) -> int:
     app = App(settings)
     try:
         await app.start()
     except OSError as exc:  # the port taken, the address not this machine's
         reason = exc.strerror or str(exc)
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+    say_created(creating)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -299,14 +310,17 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-async def _offline(args: argparse.Namespace, settings: Settings) -> int:
-    missing = transfer.missing_store(settings)
+async def _offline(
+    args: argparse.Namespace, settings: Settings, creating: str | None = None
+) -> int:
+    missing = Path(creating) if creating is not None else None
     if args.command == "user" and args.user_command in ("import", "export"):
         settings = transfer.check_before_opening(args, settings, missing)
     deps = await build_deps(settings)
+    say_created(creating)
     try:
         if args.command == "user" and args.user_command in ("import", "export"):
-            return await transfer.run(deps, args, missing)
+            return await transfer.run(deps, args)
         if args.command == "user":
             return await {
                 "add": _user_add,

@@ -18,9 +18,9 @@ import msgspec
 from ..config import Settings
 from ..engine import transfer
 from ..engine.deps import Deps
-from ..store import User, is_postgres_url, sqlite_path
+from ..store import User
 
-__all__ = ["add_commands", "missing_store", "check_before_opening", "run", "TransferError"]
+__all__ = ["add_commands", "check_before_opening", "run", "TransferError"]
 
 
 class TransferError(Exception):
@@ -51,14 +51,6 @@ def add_commands(
     )
 
 
-def missing_store(settings: Settings) -> Path | None:
-    """The SQLite file ``--db`` names when it does not exist yet (PostgreSQL: None)."""
-    if is_postgres_url(settings.db):
-        return None
-    path = Path(sqlite_path(settings.db))
-    return None if path.exists() else path
-
-
 def check_before_opening(
     args: argparse.Namespace, settings: Settings, missing: Path | None
 ) -> Settings:
@@ -77,11 +69,9 @@ def check_before_opening(
     return settings
 
 
-async def run(deps: Deps, args: argparse.Namespace, missing: Path | None) -> int:
+async def run(deps: Deps, args: argparse.Namespace) -> int:
     if args.user_command == "export":
         return await _export(deps, args)
-    if missing is not None and not args.dry_run:
-        print(f"created a new store at {missing}", file=sys.stderr)
     return await _import(deps, args)
 
 

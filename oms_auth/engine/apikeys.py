@@ -61,6 +61,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "new_key",
     "new_secret",
+    "seal_context",
     "seal_secret",
     "open_secret",
     "signed_text",
@@ -95,16 +96,16 @@ def new_secret() -> str:
     return secrets.token_hex(32)
 
 
-def _context(user_id: int, key: str) -> bytes:
+def seal_context(user_id: int, key: str) -> bytes:
     return f"api-key:{user_id}:{key}".encode()
 
 
 def seal_secret(sealer: Sealer, user_id: int, key: str, secret: str) -> bytes:
-    return sealer.seal(secret.encode(), _context(user_id, key))
+    return sealer.seal(secret.encode(), seal_context(user_id, key))
 
 
 def open_secret(sealer: Sealer, record: ApiKey) -> str:
-    return sealer.open(record.secret_sealed, _context(record.user_id, record.key)).decode()
+    return sealer.open(record.secret_sealed, seal_context(record.user_id, record.key)).decode()
 
 
 def signed_text(nonce: str | int, user_id: str | int, key: str) -> str:

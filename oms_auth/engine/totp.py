@@ -13,6 +13,7 @@ __all__ = [
     "verify",
     "matching_step",
     "accepted",
+    "seal_context",
     "seal_secret",
     "open_secret",
     "valid_secret",
@@ -66,13 +67,13 @@ def valid_secret(secret: str) -> bool:
     return len(secret.replace("=", "")) >= 16
 
 
-def _context(user_id: int) -> bytes:
+def seal_context(user_id: int) -> bytes:
     return b"totp:%d" % user_id
 
 
 def seal_secret(sealer: Sealer, user_id: int, secret: str) -> bytes:
-    return sealer.seal(secret.encode(), _context(user_id))
+    return sealer.seal(secret.encode(), seal_context(user_id))
 
 
 def open_secret(sealer: Sealer, user_id: int, sealed: bytes) -> str:
-    return sealer.open(sealed, _context(user_id)).decode()
+    return sealer.open(sealed, seal_context(user_id)).decode()

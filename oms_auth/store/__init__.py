@@ -18,7 +18,7 @@ Layout (each module one job; imports point down this list, never up):
 :func:`open_store` picks the implementation a ``--db`` value names.
 """
 
-from .audit import AuditCheck
+from .audit import AuditCheck, ChainKeys
 from .base import Store
 from .codes import CodeState
 from .device_sql import DeviceCodeIssue
@@ -74,6 +74,7 @@ __all__ = [
     "AccountChange",
     "ApiKey",
     "AuditCheck",
+    "ChainKeys",
     "RESET_FAILURE",
     "AuditEntry",
     "AuditRow",
@@ -131,7 +132,9 @@ def check_location(url: str) -> None:
         raise StoreError(f"the folder of --db {sqlite_path(url)} does not exist: {folder}")
 
 
-async def open_store(url: str, *, audit_key: bytes, key: KeyBinding | None = None) -> Store:
+async def open_store(
+    url: str, *, audit_key: bytes | ChainKeys, key: KeyBinding | None = None
+) -> Store:
     """Open the store a ``--db`` value names: ``postgresql://`` (or ``postgres://``) for
     PostgreSQL, shared by several nodes; otherwise a path or ``sqlite:PATH``, the embedded
     default. ``audit_key`` (``crypto.audit_key`` of the service key) keys the audit chain;

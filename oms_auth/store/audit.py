@@ -12,6 +12,11 @@ Rules:
   first). An edited row, or a deleted one before it, breaks the chain from there on, and without
   the key nobody can re-hash it.
 - Ids are consecutive from 1, so a deleted row shows as a gap.
+- Every row names the key that chained it (``key_id``, docs/operations.md, "Rotating the
+  service key"): rows are chained with the key ring's current key, and checked with the key
+  they name, so the chain holds across rotations. A row without one (written before key ids)
+  is checked with the ring's legacy key. The id is not part of the link: naming another key
+  makes the row fail, since its hash was made with the one it named.
 
 It sits above :mod:`.records` (it reads their fields; records know nothing of the chain).
 """
@@ -29,10 +34,12 @@ from .records import AuditEntry, AuditRow
 
 __all__ = [
     "AuditCheck",
+    "ChainKeys",
     "chain_hash",
     "check_chain",
     "expected_hash",
     "checked_audit_key",
+    "chain_keys",
     "link_entries",
     "rechain",
 ]
@@ -46,19 +53,54 @@ def chain_hash(key: bytes, prev_hash: str, *fields: object) -> str:
     return hmac.new(key, _canonical.encode([prev_hash, *fields]), hashlib.sha256).hexdigest()
 
 
-def checked_audit_key(key: bytes) -> bytes:
-    """A store's audit key, refused when it cannot be one (e.g. empty)."""
-    if not isinstance(key, bytes) or len(key) != 32:
-        raise ValueError("the audit key must be 32 bytes (crypto.audit_key of the service key)")
-    return key
+class ChainKeys(msgspec.Struct, frozen=True, kw_only=True):
+    """The audit keys of a key ring (``crypto.audit_key`` of each key, retired ones kept):
+    ``current`` chains new rows; ``by_id`` checks rows by the id they name; ``legacy`` checks
+    rows that name none. Its repr names ids only."""
+
+    current_id: str | None
+    by_id: dict[str, bytes]
+    legacy: bytes
+
+    @property
+    def current(self) -> bytes:
+        return self.legacy if self.current_id is None else self.by_id[self.current_id]
+
+    def for_row(self, key_id: str | None) -> bytes | None:
+        """The key a row naming ``key_id`` was chained with (keys made from one bare key, with
+        no ids, check every row with it); None when the ring does not hold it."""
+        if key_id is None or not self.by_id:
+            return self.legacy
+        return self.by_id.get(key_id)
+
+    def __repr__(self) -> str:
+        return f"ChainKeys(current_id={self.current_id!r}, ids={sorted(self.by_id)})"
+
+
+def chain_keys(key: bytes | ChainKeys) -> ChainKeys:
+    """Audit keys as given, or one key alone (it checks and chains every row)."""
+    return key if isinstance(key, ChainKeys) else ChainKeys(current_id=None, by_id={}, legacy=key)
+
+
+def checked_audit_key(key: bytes | ChainKeys) -> ChainKeys:
+    """A store's audit keys (:func:`chain_keys`), refused when a key cannot be one (e.g.
+    empty)."""
+    keys = chain_keys(key)
+    for k in (keys.legacy, *keys.by_id.values()):
+        if not isinstance(k, bytes) or len(k) != 32:
+            raise ValueError("an audit key must be 32 bytes (crypto.audit_key of the service key)")
+    if keys.current_id is not None and keys.current_id not in keys.by_id:
+        raise ValueError("the current audit key is not among the audit keys")
+    return keys
 
 
 def link_entries(
-    key: bytes, tail: Iterable[Any] | None, entries: Iterable[AuditEntry], now: float
+    keys: bytes | ChainKeys, tail: Iterable[Any] | None, entries: Iterable[AuditEntry], now: float
 ) -> list[tuple[object, ...]]:
     """The rows that append ``entries`` after the chain's ``tail`` (its last ``(id, hash)``,
     None when empty), each ``(id, at, action, actor_id, target_id, target_name, source,
-    detail, prev_hash, hash)``: what ``INSERT INTO audit`` takes."""
+    detail, prev_hash, hash, key_id)``: what ``INSERT INTO audit`` takes."""
+    key, key_id = chain_keys(keys).current, chain_keys(keys).current_id
     last_id, prev = 0, ""
     if tail is not None:
         last, last_hash = tail
@@ -67,15 +109,16 @@ def link_entries(
     for n, e in enumerate(entries, start=last_id + 1):
         fields = (n, now, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
         digest = chain_hash(key, prev, *fields)
-        rows.append((*fields, prev, digest))
+        rows.append((*fields, prev, digest, key_id))
         prev = digest
     return rows
 
 
-def rechain(key: bytes, rows: Iterable[Iterable[Any]]) -> list[tuple[str, str, int]]:
+def rechain(keys: bytes | ChainKeys, rows: Iterable[Iterable[Any]]) -> list[tuple[str, str, int]]:
     """``(prev_hash, hash, id)`` for every row (audit columns, in id order), chained afresh
-    under ``key``: what a migration that (re-)chains an existing trail writes back."""
-    prev, links = "", []
+    under the legacy key (these rows name none): what a migration that (re-)chains an
+    existing trail, before key ids, writes back."""
+    key, prev, links = chain_keys(keys).legacy, "", []
     for row in rows:
         fields = tuple(row)[:8]
         digest = chain_hash(key, prev, *fields)
@@ -113,10 +156,11 @@ def expected_hash(row: AuditRow, key: bytes) -> str:
     )
 
 
-def check_chain(rows: Iterable[AuditRow], key: bytes) -> AuditCheck:
-    """Walk rows in id order; the first row whose link or hash (under ``key``) does not hold
-    is reported."""
+def check_chain(rows: Iterable[AuditRow], keys: bytes | ChainKeys) -> AuditCheck:
+    """Walk rows in id order; the first row whose link or hash (under the key it names) does
+    not hold is reported."""
     prev, count, last_id = "", 0, 0
+    keys = chain_keys(keys)
     for row in rows:
         if row.prev_hash != prev:
             reason = (
@@ -125,6 +169,14 @@ def check_chain(rows: Iterable[AuditRow], key: bytes) -> AuditCheck:
                 else ("its link to the previous row does not match")
             )
             return AuditCheck(rows=count, last_hash=prev, bad_id=row.id, reason=reason)
+        key = keys.for_row(row.key_id)
+        if key is None:
+            return AuditCheck(
+                rows=count,
+                last_hash=prev,
+                bad_id=row.id,
+                reason=f"it names key {row.key_id}, which the key ring does not hold",
+            )
         if row.hash != expected_hash(row, key):
             return AuditCheck(
                 rows=count,

@@ -16,9 +16,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 
+from . import keys
 from . import recovery as rc
 from . import sql as q
-from .audit import AuditCheck, check_chain
+from .audit import AuditCheck, ChainKeys, check_chain
 from .device_sql import (
     Device,
     DeviceCodeIssue,
@@ -52,6 +53,7 @@ from .records import (
     User,
     username_key,
 )
+from .sealed import SealedColumn, batch_sql, count_sql
 from .sql import Row, Statements
 
 __all__ = ["Store"]
@@ -67,8 +69,9 @@ _HASH_HEADS = (
 class Store(abc.ABC):
     """What the engine needs from persistence."""
 
-    # The audit chain's HMAC key (crypto.audit_key), given to each store at construction.
-    _audit_key: bytes
+    # The audit chain's HMAC keys (crypto.audit_key of each key of the ring), given to each
+    # store at construction and replaced when the node takes up a rotated ring (take_key).
+    _audit_key: ChainKeys
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -454,6 +457,36 @@ class Store(abc.ABC):
     async def verify_audit(self) -> AuditCheck:
         """Walk the whole hash chain, checking each row under the store's audit key."""
         return check_chain(await self.audit_rows(limit=None, oldest_first=True), self._audit_key)
+
+    # The key ring (docs/operations.md, "Rotating the service key")
+    async def sealed_batch(
+        self, column: SealedColumn, current: bytes, after: object, limit: int
+    ) -> list[Row]:
+        """Up to ``limit`` rows of ``column`` after key ``after`` whose value is not sealed
+        under the key ``current`` (a ``keyring.sealed_prefix``) names: ``pk, fields, value``."""
+        statement = self._sql.placeholders(batch_sql(column))
+        return await self._fetch(statement, (len(current), current, after, limit))
+
+    async def sealed_count(self, column: SealedColumn, prefix: bytes, magic: bytes | None) -> int:
+        """How many values of ``column`` the key ``prefix`` names sealed; with ``magic``, also
+        those sealed before key ids (the key being the ring's legacy key)."""
+        statement = self._sql.placeholders(count_sql(column, legacy=magic is not None))
+        args: tuple[object, ...] = (len(prefix), prefix)
+        if magic is not None:
+            args += (len(magic), magic)
+        row = await self._first(statement, *args)
+        return int(row[0]) if row else 0
+
+    @abc.abstractmethod
+    async def reseal(self, column: SealedColumn, pk: object, old: bytes, new: bytes) -> bool:
+        """Replace ``old`` by ``new`` in row ``pk`` of ``column``; False (nothing changed) when
+        the row no longer holds ``old`` (changed or gone meanwhile)."""
+
+    @abc.abstractmethod
+    async def take_key(self, binding: keys.KeyBinding, audit_key: ChainKeys) -> bool:
+        """Record ``binding``'s current key as the store's and chain new audit rows with
+        ``audit_key`` (keys.advance_plan); False, changing nothing, when the store's current
+        key is not in the ring (it is out of date)."""
 
     @abc.abstractmethod
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:

@@ -10,7 +10,11 @@ Rules (docs/operations.md, "The service key"):
   and before the fingerprint is committed, so two processes starting at once cannot each make
   a key, and a crash in between leaves a key file and an unbound store (which binds next time),
   never a bound store without its key.
-- A store with a fingerprint takes only the key with that fingerprint.
+- A store with a fingerprint takes only a key ring holding the key with that fingerprint: the
+  store's current key (``meta.current_key_id`` names it). A ring whose current key is newer
+  moves the store on to it (fingerprint and id), so a node with an older ring, not holding the
+  store's current key, is refused, naming that key (docs/operations.md, "Rotating the service
+  key").
 - A store from before fingerprints were kept, holding sealed data, refuses a new key; an existing
   key is taken when its audit chain verifies under it (one row suffices: nobody can forge a link
   without the key), and refused when none of its first rows does.
@@ -26,7 +30,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .audit import chain_hash
+from .audit import ChainKeys, chain_hash
 from .records import StoreError
 
 __all__ = [
@@ -40,11 +44,16 @@ __all__ = [
     "audit_proves_key",
     "AUDIT_PROOF_ROWS",
     "bind",
+    "CURRENT_ID",
+    "advance",
+    "advance_plan",
+    "ADVANCE_READ",
 ]
 
 MISSING: Final = "missing"  # the key is new, and the store was used with another one
 DIFFERENT: Final = "different"  # the key is not the one the store was used with
 FINGERPRINT: Final = "key_fingerprint"  # its row in meta
+CURRENT_ID: Final = "current_key_id"  # the id of the key it fingerprints
 
 # The legacy check reads at most this many rows from the start of the audit trail.
 AUDIT_PROOF_ROWS: Final = 1000
@@ -55,16 +64,22 @@ AUDIT_PROOF_SQL: Final = (
 
 
 class KeyBinding(msgspec.Struct, frozen=True, kw_only=True):
-    """The key a process brings to a store: its fingerprint, and for a key made just now (no key
+    """The key ring a process brings to a store: the fingerprint of its current key, those of
+    its other live keys (``older``), the current key's id, and for a key made just now (no key
     file was found), ``adopt``, which writes its file. The store calls ``adopt`` under its
     migration lock, once it knows it is empty, before committing the fingerprint."""
 
     fingerprint: str
+    key_id: str | None = None
+    older: frozenset[str] = frozenset()
     adopt: Callable[[], None] | None = None
 
     @property
     def new(self) -> bool:
         return self.adopt is not None
+
+    def holds(self, fingerprint: str) -> bool:
+        return fingerprint == self.fingerprint or fingerprint in self.older
 
 
 class KeyRefused(StoreError):
@@ -72,9 +87,10 @@ class KeyRefused(StoreError):
     :data:`DIFFERENT`; ``where`` names the store. The caller, which knows where the key came
     from, words the line the user reads."""
 
-    def __init__(self, reason: str, where: str) -> None:
+    def __init__(self, reason: str, where: str, current_id: str | None = None) -> None:
         self.reason = reason
         self.where = where
+        self.current_id = current_id  # the store's current key, when it names one
         super().__init__(f"{where} refuses the secret key: {reason}")
 
 
@@ -93,18 +109,19 @@ def sealed_query(version: int) -> str | None:
     return "SELECT EXISTS (" + " UNION ALL ".join(parts) + ")"
 
 
-def audit_proves_key(audit_key: bytes, version: int, rows: Iterable[Any]) -> bool | None:
-    """Whether the audit rows (:data:`AUDIT_PROOF_SQL`'s) show that ``audit_key`` chained them:
-    True when one row's hash is its link under the key, False when rows are there and none is,
-    None when there is nothing to tell by (no rows, or a chain from before it was keyed with
-    the service key, version 3)."""
+def audit_proves_key(audit_key: ChainKeys, version: int, rows: Iterable[Any]) -> bool | None:
+    """Whether the audit rows (:data:`AUDIT_PROOF_SQL`'s) show that one of the ring's keys
+    chained them: True when one row's hash is its link under one, False when rows are there
+    and none is, None when there is nothing to tell by (no rows, or a chain from before it was
+    keyed with the service key, version 3)."""
     if version < 3:
         return None
     seen = False
+    candidates = {audit_key.legacy, *audit_key.by_id.values()}
     for row in rows:
         seen = True
         fields, prev_hash, digest = tuple(row[:8]), row[8], row[9]
-        if chain_hash(audit_key, prev_hash, *fields) == digest:
+        if any(chain_hash(k, prev_hash, *fields) == digest for k in candidates):
             return True
     return False if seen else None
 
@@ -116,7 +133,7 @@ def refusal(
     takes it. ``stored``: its recorded fingerprint; ``holds_sealed``: :func:`sealed_query`'s
     answer; ``proof``: :func:`audit_proves_key`'s, for a store without a fingerprint."""
     if stored is not None:
-        if stored == binding.fingerprint:
+        if binding.holds(stored):
             return None
         return MISSING if binding.new else DIFFERENT
     if not holds_sealed:
@@ -129,16 +146,24 @@ def refusal(
 # Runs one statement (``?`` placeholders) in the store's migration transaction; its rows.
 Fetch = Callable[[str, tuple[Any, ...]], Awaitable[list[Any]]]
 
+_META = "SELECT value FROM meta WHERE key = ?"
+_SET = "UPDATE meta SET value = ? WHERE key = ?"
+_ADD = "INSERT INTO meta (key, value) VALUES (?, ?)"
+
+
+async def _stored(fetch: Fetch, name: str) -> str | None:
+    rows = await fetch(_META, (name,))
+    return str(rows[0][0]) if rows else None
+
 
 async def bind(
-    binding: KeyBinding, *, audit_key: bytes, version: int, where: str, fetch: Fetch
+    binding: KeyBinding, *, audit_key: ChainKeys, version: int, where: str, fetch: Fetch
 ) -> None:
     """Check ``binding`` against a store at schema ``version`` (before its migrations run: a
-    refused key must not re-chain anything) and, when it is taken and the store has no
-    fingerprint yet, write a new key's file and record the fingerprint. :class:`KeyRefused`
-    otherwise, which rolls the transaction back."""
-    rows = await fetch("SELECT value FROM meta WHERE key = ?", (FINGERPRINT,))
-    stored = str(rows[0][0]) if rows else None
+    refused key must not re-chain anything) and, when it is taken, record its current key (a
+    new key's file is written first). :class:`KeyRefused` otherwise, which rolls the
+    transaction back."""
+    stored = await _stored(fetch, FINGERPRINT)
     holds, proof = False, None
     query = sealed_query(version)
     if stored is None and query is not None:
@@ -147,9 +172,37 @@ async def bind(
         proof = audit_proves_key(audit_key, version, await fetch(AUDIT_PROOF_SQL, ()))
     reason = refusal(binding, stored, holds, proof)
     if reason is not None:
-        raise KeyRefused(reason, where)
-    if stored is None:
-        if binding.adopt is not None:
-            binding.adopt()
-        record = (FINGERPRINT, binding.fingerprint)
-        await fetch("INSERT INTO meta (key, value) VALUES (?, ?)", record)
+        raise KeyRefused(reason, where, await _stored(fetch, CURRENT_ID))
+    if stored is None and binding.adopt is not None:
+        binding.adopt()
+    await advance(binding, fetch)
+
+
+ADVANCE_READ: Final = f"SELECT key, value FROM meta WHERE key IN ('{FINGERPRINT}', '{CURRENT_ID}')"
+
+
+def advance_plan(
+    binding: KeyBinding, stored: dict[str, str]
+) -> list[tuple[str, tuple[str, str]]] | None:
+    """The statements that record ``binding``'s current key as the store's (``stored``: its
+    :data:`FINGERPRINT` and :data:`CURRENT_ID` rows), when the store's is one of the ring's
+    keys: a rotation taken up (nothing when it is already the current one). None when the
+    store's current key is not in the ring: a newer ring moved it on, this one is out of date."""
+    fingerprint = stored.get(FINGERPRINT)
+    if fingerprint is not None and not binding.holds(fingerprint):
+        return None
+    steps = []
+    for name, value in ((FINGERPRINT, binding.fingerprint), (CURRENT_ID, binding.key_id)):
+        if value is None or stored.get(name) == value:
+            continue
+        steps.append((_ADD, (name, value)) if name not in stored else (_SET, (value, name)))
+    return steps
+
+
+async def advance(binding: KeyBinding, fetch: Fetch) -> bool:
+    """:func:`advance_plan`, run: False (changing nothing) when the ring is out of date."""
+    rows = await fetch(ADVANCE_READ, ())
+    steps = advance_plan(binding, {str(k): str(v) for k, v in rows})
+    for statement, args in steps or ():
+        await fetch(statement, args)
+    return steps is not None

@@ -42,7 +42,7 @@ from protocol.messages import LogoutReason
 
 from . import keys, plans, postgres_import
 from . import sql as q
-from .audit import checked_audit_key, link_entries
+from .audit import ChainKeys, checked_audit_key, link_entries
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
 from .postgres_devices import PostgresDevices
@@ -96,6 +96,7 @@ from .records import (
     username_key,
     username_skeleton,
 )
+from .sealed import SealedColumn, reseal_sql
 from .urls import PgTarget, parse_url
 
 if TYPE_CHECKING:
@@ -133,7 +134,9 @@ _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 class PostgresStore(PostgresDevices, Store):
     """PostgreSQL at ``url`` (see the module docstring), schema created on first use."""
 
-    def __init__(self, url: str, *, audit_key: bytes, key: keys.KeyBinding | None = None) -> None:
+    def __init__(
+        self, url: str, *, audit_key: bytes | ChainKeys, key: keys.KeyBinding | None = None
+    ) -> None:
         self.target = parse_url(url)
         self._audit_key = checked_audit_key(audit_key)
         self._key = key  # None: opened without checking the service key (tests, tools)
@@ -308,6 +311,24 @@ class PostgresStore(PostgresDevices, Store):
             await self._insert_audit(conn, written.audit, await self._now(conn))
         outcomes: list[tuple[Imported, int | None]] = written.outcomes
         return outcomes
+
+    async def reseal(self, column: SealedColumn, pk: object, old: bytes, new: bytes) -> bool:
+        done = await self._db.execute(q.to_dollar(reseal_sql(column)), new, old, pk)
+        return str(done).endswith(" 1")
+
+    async def take_key(self, binding: keys.KeyBinding, audit_key: ChainKeys) -> bool:
+        chain = checked_audit_key(audit_key)
+        async with self._tx() as conn:
+            # One node at a time moves the store's current key on (the migration's lock).
+            await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "migrate"))
+            rows = await conn.fetch(keys.ADVANCE_READ)
+            steps = keys.advance_plan(binding, {str(k): str(v) for k, v in rows})
+            if steps is None:
+                return False
+            for statement, args in steps:
+                await conn.execute(q.to_dollar(statement), *args)
+        self._audit_key = chain
+        return True
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         await self._db.execute(S.set_totp, sealed, user_id)

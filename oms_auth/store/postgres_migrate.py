@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from . import keys
 from . import sql as q
-from .audit import rechain
+from .audit import ChainKeys, rechain
 from .postgres_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
 from .postgres_tx import ADVISORY_LOCK, S, lock_key
 from .records import SKELETON_VERSION, StoreError
@@ -25,7 +25,7 @@ _SET_META = (
 
 
 async def migrate(
-    conn: Conn, schema: str, where: str, audit_key: bytes, key: keys.KeyBinding | None
+    conn: Conn, schema: str, where: str, audit_key: ChainKeys, key: keys.KeyBinding | None
 ) -> None:
     """Create or migrate ``schema`` (inside the caller's transaction); StoreError when it is
     newer than this oms-auth, KeyRefused when ``key`` is not the store's."""

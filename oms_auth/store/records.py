@@ -550,3 +550,4 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
     detail: str | None
     prev_hash: str = ""
     hash: str = ""
+    key_id: str | None = None  # the key that chained it (None: before key ids)

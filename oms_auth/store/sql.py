@@ -122,9 +122,11 @@ def to_dollar(sql: str) -> str:
     return "".join(out)
 
 
-AUDIT_COLUMNS: Final = (
+# A link's columns (re-chaining migrations read only these); rows also name their key_id.
+CHAIN_COLUMNS: Final = (
     "id, at, action, actor_id, target_id, target_name, source, detail, prev_hash, hash"
 )
+AUDIT_COLUMNS: Final = CHAIN_COLUMNS + ", key_id"
 # What a claim of due mail returns (attempts as they are after the claim counted itself).
 OUTBOX_COLUMNS: Final = (
     "id",
@@ -328,8 +330,10 @@ class Statements:
     mail_counts: str = "SELECT state, count(*) FROM outbox GROUP BY state"
     # audit
     audit_tail: str = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"
-    insert_audit: str = f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    audit_chain: str = f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
+    insert_audit: str = (
+        f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    audit_chain: str = f"SELECT {CHAIN_COLUMNS} FROM audit ORDER BY id"
     relink_audit: str = "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?"
     # housekeeping (prune_plan)
     prune_events: str = "DELETE FROM events WHERE at < ?"
@@ -615,4 +619,5 @@ def to_audit(row: Row) -> AuditRow:
         detail=row[7],
         prev_hash=row[8],
         hash=row[9],
+        key_id=row[10],
     )

@@ -31,7 +31,7 @@ from ..files import create_private, probe_write, tighten_path
 from . import keys, plans
 from . import sql as q
 from . import sqlite_tx as tx
-from .audit import checked_audit_key
+from .audit import ChainKeys, checked_audit_key
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
 from .records import (
@@ -61,6 +61,8 @@ from .records import (
     username_key,
     username_skeleton,
 )
+from .sealed import SealedColumn, reseal_sql
+from .sqlite_backup import SERVE_LOCK
 from .sqlite_devices import SqliteDevices
 from .sqlite_migrate import migrate
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -96,7 +98,7 @@ class SqliteStore(SqliteDevices, Store):
         self,
         path: str,
         *,
-        audit_key: bytes,
+        audit_key: bytes | ChainKeys,
         key: keys.KeyBinding | None = None,
         max_batch: int = 256,
     ) -> None:
@@ -165,7 +167,7 @@ class SqliteStore(SqliteDevices, Store):
     async def start_serving(self, now: float) -> int:
         # An exclusive lock beside the store, held while this process serves: a second serve
         # on the same file is refused, so claims found now can only be a dead process's.
-        lock = self.path + ".serve.lock"
+        lock = self.path + SERVE_LOCK
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -562,6 +564,27 @@ class SqliteStore(SqliteDevices, Store):
         await self._write(job)
 
     # -- audit --------------------------------------------------------------------------------
+
+    async def reseal(self, column: SealedColumn, pk: object, old: bytes, new: bytes) -> bool:
+        def job(raw: sqlite3.Connection) -> bool:
+            return raw.execute(reseal_sql(column), (new, old, pk)).rowcount == 1
+
+        return await self._write(job)
+
+    async def take_key(self, binding: keys.KeyBinding, audit_key: ChainKeys) -> bool:
+        chain = checked_audit_key(audit_key)
+
+        def job(raw: sqlite3.Connection) -> bool:
+            stored = {str(k): str(v) for k, v in raw.execute(keys.ADVANCE_READ)}
+            steps = keys.advance_plan(binding, stored)
+            if steps is None:
+                return False
+            for statement, args in steps:
+                raw.execute(statement, args)
+            self._audit_key = chain  # the writer's next job chains with it
+            return True
+
+        return await self._write(job)
 
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         def job(raw: sqlite3.Connection) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 
 from . import sqlite_tx as tx
+from .audit import ChainKeys
 from .device_sql import SQLITE_DEVICES as D
 from .device_sql import DeviceCodeIssue, code_args
 from .records import AuditEntry, Authority
@@ -25,7 +26,7 @@ T = TypeVar("T")
 class SqliteDevices:
     """Mixed into the SQLite store (which gives ``_write`` and ``_audit_key``)."""
 
-    _audit_key: bytes
+    _audit_key: ChainKeys
 
     if TYPE_CHECKING:
 

@@ -10,7 +10,7 @@ import aiosqlite
 
 from . import keys
 from . import sql as q
-from .audit import rechain
+from .audit import ChainKeys, rechain
 from .records import SKELETON_VERSION, StoreError
 from .sqlite_schema import META, MIGRATIONS, RECHAIN_AFTER, SCHEMA_VERSION, SKELETONS_AFTER
 
@@ -24,7 +24,7 @@ async def _all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any
 
 
 async def migrate(
-    db: aiosqlite.Connection, path: str, audit_key: bytes, key: keys.KeyBinding | None
+    db: aiosqlite.Connection, path: str, audit_key: ChainKeys, key: keys.KeyBinding | None
 ) -> None:
     """Create or migrate the store at ``path``; StoreError when it is newer than this
     oms-auth, KeyRefused when ``key`` is not the store's. Nothing changes then."""
@@ -54,7 +54,7 @@ async def migrate(
         raise
 
 
-async def _step(db: aiosqlite.Connection, target: int, audit_key: bytes) -> None:
+async def _step(db: aiosqlite.Connection, target: int, audit_key: ChainKeys) -> None:
     """From version ``target`` to the next."""
     for statement in MIGRATIONS[target].split(";"):
         if statement.strip():

@@ -243,6 +243,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX devices_by_hash_code ON devices(hash_code);
     """,
+    # 13: every audit row names the key that chained it (docs/operations.md, "Rotating the
+    # service key"); rows from before name none and are checked with the ring's legacy key.
+    "ALTER TABLE audit ADD COLUMN key_id TEXT",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from . import import_plan, plans
 from . import sql as q
-from .audit import link_entries
+from .audit import ChainKeys, link_entries
 from .import_plan import Written
 from .records import (
     IN_FLIGHT_SECONDS,
@@ -138,7 +138,7 @@ def run_plan(raw: sqlite3.Connection, plan: plans.Plan) -> Outcome:
 
 
 def append_audit(
-    raw: sqlite3.Connection, audit_key: bytes, entries: Sequence[AuditEntry], now: float
+    raw: sqlite3.Connection, audit_key: ChainKeys, entries: Sequence[AuditEntry], now: float
 ) -> None:
     """Link ``entries`` onto the audit chain (inside the write job: its tail cannot move)."""
     if entries:

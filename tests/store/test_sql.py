@@ -154,8 +154,8 @@ def test_the_other_mappers() -> None:
     assert code.state is CodeState.VOID and code.state == "void"
     mail = q.to_outbox((4, "reset", "a@x.test", 1, '{"n":1}', b"s", 2, 9.0))
     assert (mail.public, mail.attempts, mail.sealed) == ({"n": 1}, 2, b"s")
-    row = q.to_audit((1, 2.0, "act", None, 3, "bob", "src", None, "", "h"))
-    assert (row.id, row.target_name, row.hash) == (1, "bob", "h")
+    row = q.to_audit((1, 2.0, "act", None, 3, "bob", "src", None, "", "h", "k1"))
+    assert (row.id, row.target_name, row.hash, row.key_id) == (1, "bob", "h", "k1")
     assert q.to_session((1, 2.0, 3.0, None)).last_seen == 3.0
     assert q.to_session((1, 2.0, 3.0, "k")).api_key == "k"
     key = q.to_api_key(("k", 5, '["Trading"]', memoryview(b"sealed"), 1.0))
