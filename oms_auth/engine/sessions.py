@@ -32,8 +32,6 @@ bursts and across nodes"):
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from enum import Enum
 
 import msgspec
@@ -43,19 +41,18 @@ from protocol.messages import LogoutReason
 from ..crypto import digest, new_token
 from ..errors import InvalidValue, NotAuthorized, OperationFailed
 from ..store import (
+    ApiKey,
     AuditEntry,
-    Claim,
     DeviceSeen,
     Outcome,
     Reservation,
-    Room,
     SessionOpening,
-    Slot,
     User,
 )
-from . import apikeys, devices, recovery_codes, totp, turns
+from . import apikeys, devices, recovery_codes, totp
 from .caller import Caller
 from .deps import Deps
+from .login_slots import LOGIN_FAILURE_USER, LoginSlots
 from .names import counter_key, recorded_name
 from .texts import (
     ACCOUNT_LOCKED,
@@ -67,11 +64,9 @@ from .texts import (
     INVALID_PASSWORD,
     INVALID_SESSION,
     INVALID_USERNAME,
-    LOGINS_IN_PROGRESS,
     MUST_SET_QUESTIONS,
     NO_PENDING_2FA,
     NOT_LOGGED_IN,
-    TOO_MANY_LOGINS,
     TOTP_REQUIRED,
     WRONG_PASSWORD,
     federated_refusal,
@@ -80,8 +75,6 @@ from .users import parse_user_id
 
 __all__ = ["LoginState", "Login", "Proof", "Sessions", "TOUCH_EVERY"]
 
-LOGIN_FAILURE_USER = "login-failure-user"
-LOGIN_FAILURE_SOURCE = "login-failure-source"
 # A session's last_seen is written at most this often: activity is still tracked to the
 # minute, and a busy connection does not write to the store on every request.
 TOUCH_EVERY = 60.0
@@ -136,9 +129,8 @@ class Sessions:
 
     def __init__(self, deps: Deps, *, delay_unit: float = 0.25) -> None:
         self.deps = deps
-        # Seconds of delay per doubling once failures pile up; tests set 0.
-        self.delay_unit = delay_unit
-        self.turns = turns.Turns()
+        self.slots = LoginSlots(deps, delay_unit=delay_unit)
+        self.turns = self.slots.turns  # who waits for a slot (tests watch it)
 
     async def authenticate(
         self,
@@ -155,7 +147,7 @@ class Sessions:
             raise InvalidValue(INVALID_PASSWORD)
         d = self.deps
         name_key = self._counter(username or "")
-        reserved = await self._attempt(name_key, source)
+        reserved = await self.slots.attempt(name_key, source)
         if isinstance(reserved, str):
             return Login(LoginState.FAILED, message=reserved)
         now = reserved.user.at
@@ -163,7 +155,7 @@ class Sessions:
         ok = await d.hasher.verify(user.password_hash if user else None, password or "")
         if not ok or user is None:
             # The reservation stays: it is this failure's count.
-            await self._settle(reserved.release_all())
+            await self.slots.settle(reserved.release_all())
             await self._audit_failure(username or "", source, now, user)
             d.events.count("login:failed")
             return Login(LoginState.FAILED, message=INVALID_LOGIN)
@@ -173,7 +165,7 @@ class Sessions:
         if refusal is None and d.settings.verify_new_devices:
             refusal = await self._untrusted(user, origin, source, now)
         if refusal is not None:
-            await self._give_back(reserved.release_all())
+            await self.slots.give_back(reserved.release_all())
             return refusal
         rehash = await self._rehash(user, password)
         if user.uses_totp:
@@ -181,7 +173,7 @@ class Sessions:
                 await d.store.replace_hash(user.id, *rehash)
             pending = new_token()
             await d.store.begin_second_step(digest(pending), user.id, user.password_version, now)
-            await self._give_back(reserved.release_all())
+            await self.slots.give_back(reserved.release_all())
             d.events.count("login:second_step")
             return Login(LoginState.NEEDS_2FA, user=user, pending=pending)
         return await self._open_session(
@@ -207,7 +199,6 @@ class Sessions:
         UserId + APIKey`` keyed with the key's secret. Every failure is FAILED with one text
         (a login-shaped answer, never a refusal)."""
         d = self.deps
-        now = d.clock()
         key = api_key if isinstance(api_key, str) else ""
         record = None
         if 0 < len(key) <= apikeys.MAX_KEY_LENGTH:
@@ -217,33 +208,21 @@ class Sessions:
         # attempts, and a flood of made-up keys still meets the per-address limit.
         name = holder.username if holder else "api-key:" + key[:64]
         name_key = self._counter(name)
-        reserved = await self._attempt(name_key, source)
+        reserved = await self.slots.attempt(name_key, source)
         if isinstance(reserved, str):
             return Login(LoginState.FAILED, message=reserved)
         now = reserved.user.at
         nonce_digest = apikeys.nonce_digest(nonce)
-        uid = parse_user_id(user_id)
-        if isinstance(user_id, str) and uid is not None and str(uid) != user_id:
-            # One spelling only: the signed text's UserId and APIKey are then fixed by the
-            # key, so its nonce is too (no nonce can be respelled into another).
-            uid = None
-        secret = None
-        if record is not None and holder is not None and uid == holder.id:
-            secret = apikeys.open_secret(d.sealer, record)
-        d.events.count("api_key_checks")
-        signed = apikeys.signed_text(
-            "" if nonce is None else nonce, "" if user_id is None else user_id, key
-        )
-        ok = isinstance(signature, str) and apikeys.signature_matches(secret, signature, signed)
+        ok = self._signed(record, holder, key, signature, user_id, nonce)
         if not ok or holder is None or nonce_digest is None:
             # The reservation stays: it is this failure's count.
-            await self._settle(reserved.release_all())
+            await self.slots.settle(reserved.release_all())
             await self._audit_failure(name, source, now, holder, "API key")
             d.events.count("login:api_key_failed")
             return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
         refusal = self._refusal(holder, now)
         if refusal is not None:
-            await self._give_back(reserved.release_all())
+            await self.slots.give_back(reserved.release_all())
             return refusal
         assert record is not None  # (a holder is the record's user)
         return await self._open_session(
@@ -286,7 +265,7 @@ class Sessions:
             return refusal
         # A code is a secret checked like a password: it takes a slot of the login limits
         # first, so however many pending steps a password opened, the limits bound the codes.
-        reserved = await self._reserve(self._counter(user.username), source)
+        reserved = await self.slots.reserve(self._counter(user.username), source)
         if isinstance(reserved, str):
             return Login(LoginState.FAILED, message=reserved)
         now = reserved[0].user.at
@@ -309,7 +288,7 @@ class Sessions:
             if login.state is LoginState.AUTHENTICATED or login.message != INVALID_2FA_CODE:
                 return login
         else:
-            await self._settle(reserved[0].release_all())
+            await self.slots.settle(reserved[0].release_all())
         await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
         d.events.count("login:second_step_failed")
         return Login(LoginState.NEEDS_2FA, user=user, pending=pending, message=INVALID_2FA_CODE)
@@ -404,14 +383,14 @@ class Sessions:
         d = self.deps
         now = d.clock()
         name_key = self._counter(user.username)
-        reserved = await self._attempt(name_key, source)
+        reserved = await self.slots.attempt(name_key, source)
         if isinstance(reserved, str):
             raise OperationFailed(reserved)
         if not await d.hasher.verify(user.password_hash, password):
-            await self._settle(reserved.release_all())
+            await self.slots.settle(reserved.release_all())
             await self._audit_failure(name_key, source, now, user, "wrong password again")
             return False
-        await self._give_back(reserved.release_all())
+        await self.slots.give_back(reserved.release_all())
         return True
 
     async def prove(self, caller: Caller, password: str | None, source: str) -> None:
@@ -440,16 +419,16 @@ class Sessions:
         if given is None:
             raise NotAuthorized(TOTP_REQUIRED)
         now = d.clock()
-        reserved = await self._reserve(self._counter(user.username), source)
+        reserved = await self.slots.reserve(self._counter(user.username), source)
         if isinstance(reserved, str):
             raise OperationFailed(reserved)
         d.events.count("totp_checks")
         factor = await recovery_codes.accepted(d, user, secret, given, now)
         if factor is None:
-            await self._settle(reserved[0].release_all())
+            await self.slots.settle(reserved[0].release_all())
             await self._audit_failure(user.username, source, now, user, "wrong TOTP code")
             raise NotAuthorized(INVALID_2FA_CODE)
-        await self._give_back(reserved[0].release_all())
+        await self.slots.give_back(reserved[0].release_all())
         return factor
 
     # -- helpers ------------------------------------------------------------------------------
@@ -469,54 +448,34 @@ class Sessions:
             return None
         return Login(LoginState.FAILED, message=devices.NEW_DEVICE, hash_code=held)
 
-    async def _attempt(self, name_key: str, source: str) -> Reservation | str:
-        """A login attempt's slots (per username and per address), taken before its secret is
-        checked, and the growing delay once failures pile up; the refusal's text when a limit
-        is used up. The slots, to give back (``_give_back``) if the attempt turns out not to
-        count, or to keep (``_settle``) when it failed."""
-        reserved = await self._reserve(name_key, source)
-        if isinstance(reserved, str):
-            return reserved
-        await self._slow_down(reserved[1])
-        return reserved[0]
-
-    async def _reserve(self, name_key: str, source: str) -> tuple[Reservation, int] | str:
-        """One slot of the per-username and the per-address login limits, before a secret is
-        checked, waiting its turn while they are full of attempts in flight (:mod:`.turns`):
-        the slots and the username's failures so far, or the refusal's text (counted as
-        throttled)."""
-        d, s = self.deps, self.deps.settings
-        window = s.login_window_seconds
-        claims = [
-            Claim(LOGIN_FAILURE_USER, name_key, window, s.login_failures_per_user),
-            Claim(LOGIN_FAILURE_SOURCE, source, window, s.login_failures_per_source),
-        ]
-        found, at = await turns.admit(d.store, self.turns, claims, d.clock, s.login_wait_seconds)
-        if found.room is not Room.FREE:
-            d.events.count("login:throttled")
-            return TOO_MANY_LOGINS if found.room is Room.FAILURES else LOGINS_IN_PROGRESS
-        user, address = (
-            Slot(LOGIN_FAILURE_USER, name_key, at),
-            Slot(LOGIN_FAILURE_SOURCE, source, at),
-        )
-        return Reservation(user, address), found.failures[0]
-
-    async def _give_back(self, slots: Sequence[Slot]) -> None:
-        """Slots of attempts that do not count: released, and a waiter for each woken."""
-        for slot in slots:
-            await self.deps.store.release(*slot)
-            self.turns.wake(turns.line_key(slot.kind, slot.key))
-
-    async def _settle(self, slots: Sequence[Slot]) -> None:
-        """Slots of failed attempts: kept, as failures (waiters told: the limit may be full of
-        failures now)."""
-        await self.deps.store.settle(slots)
-        for slot in slots:
-            self.turns.wake(turns.line_key(slot.kind, slot.key))
-
     async def _revoke(self, token_digest: bytes, user_id: int, reason: str) -> None:
         await self.deps.store.revoke_session(token_digest, user_id, reason)
         self.deps.events.session_revoked(token_digest, reason)
+
+    def _signed(
+        self,
+        record: ApiKey | None,
+        holder: User | None,
+        key: str,
+        signature: str | None,
+        user_id: int | str | None,
+        nonce: int | str | None,
+    ) -> bool:
+        """Whether ``signature`` signs the login's text with the key's secret (checked in
+        constant time, with a stand-in secret for a key that names no one)."""
+        uid = parse_user_id(user_id)
+        if isinstance(user_id, str) and uid is not None and str(uid) != user_id:
+            # One spelling only: the signed text's UserId and APIKey are then fixed by the
+            # key, so its nonce is too (no nonce can be respelled into another).
+            uid = None
+        secret = None
+        if record is not None and holder is not None and uid == holder.id:
+            secret = apikeys.open_secret(self.deps.sealer, record)
+        self.deps.events.count("api_key_checks")
+        signed = apikeys.signed_text(
+            "" if nonce is None else nonce, "" if user_id is None else user_id, key
+        )
+        return isinstance(signature, str) and apikeys.signature_matches(secret, signature, signed)
 
     def _refusal(self, user: User, now: float) -> Login | None:
         if user.locked(now):
@@ -564,31 +523,14 @@ class Sessions:
                 rehash=rehash,
             )
         )
-        # The address's slot went back in that transaction; the username's goes back on a
-        # success, and stays on a failure (its count).
-        self.turns.wake(turns.line_key(reserved.source.kind, reserved.source.key))
-        if outcome is Outcome.DONE:
-            await self._give_back([reserved.user])
-        else:
-            await self._settle([reserved.user])
-        if outcome is Outcome.REPLAYED and api_key is not None:
-            # The nonce was accepted for this key already (another login took it), or the
-            # key was removed meanwhile. The attempt's slot stays: it is this failure's count.
-            detail = "API key nonce used already"
-            await self._audit_failure(user.username, source, now, user, detail)
-            d.events.count("login:api_key_failed")
-            return Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
-        if outcome is Outcome.REPLAYED:
-            return Login(LoginState.NEEDS_2FA, user=user, message=INVALID_2FA_CODE)
-        if outcome is Outcome.LOCKED:  # locked while this login was being checked
-            d.events.count("login:locked")
-            return Login(LoginState.FAILED, locked=True, message=ACCOUNT_LOCKED)
+        await self.slots.after_opening(reserved, outcome is Outcome.DONE)
         if outcome is not Outcome.DONE:
-            # The password changed while this login was being checked: what was checked is
-            # no longer the password.
-            d.events.count("login:stale")
-            failed = INVALID_LOGIN if api_key is None else INVALID_API_KEY_LOGIN
-            return Login(LoginState.FAILED, message=failed)
+            refused, counted, failure = _not_opened(outcome, user, api_key is not None)
+            if failure is not None:
+                await self._audit_failure(user.username, source, now, user, failure)
+            if counted is not None:
+                d.events.count(counted)
+            return refused
         d.events.count("login:ok")
         return Login(
             LoginState.AUTHENTICATED,
@@ -629,7 +571,20 @@ class Sessions:
             now,
         )
 
-    async def _slow_down(self, failures: int) -> None:
-        # Three free tries, then 0.25 s, 0.5 s, 1 s ... capped at 4 s.
-        if failures >= 3 and self.delay_unit > 0:
-            await asyncio.sleep(min(self.delay_unit * 2 ** (failures - 3), 4.0))
+
+def _not_opened(outcome: Outcome, user: User, by_key: bool) -> tuple[Login, str | None, str | None]:
+    """What a login answers when its session's transaction opened none: the answer, the event
+    counted, the failure's audit detail."""
+    if outcome is Outcome.REPLAYED and by_key:
+        # The nonce was accepted for this key already (another login took it), or the key was
+        # removed meanwhile. The attempt's slot stays: it is this failure's count.
+        failed = Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN)
+        return failed, "login:api_key_failed", "API key nonce used already"
+    if outcome is Outcome.REPLAYED:  # the TOTP step or recovery code was taken meanwhile
+        return Login(LoginState.NEEDS_2FA, user=user, message=INVALID_2FA_CODE), None, None
+    if outcome is Outcome.LOCKED:  # locked while this login was being checked
+        return Login(LoginState.FAILED, locked=True, message=ACCOUNT_LOCKED), "login:locked", None
+    # The password changed while this login was being checked: what was checked is no longer
+    # the password.
+    failed = Login(LoginState.FAILED, message=INVALID_API_KEY_LOGIN if by_key else INVALID_LOGIN)
+    return failed, "login:stale", None

@@ -21,8 +21,8 @@ from ..errors import InvalidValue, NotAuthorized, NotFound
 from ..store import User
 from .caller import Caller
 from .deps import Deps
+from .login_slots import LOGIN_FAILURE_USER
 from .names import counter_key
-from .sessions import LOGIN_FAILURE_USER
 from .texts import (
     AMBIGUOUS_EMAIL,
     INVALID_USER_ID,
