@@ -56,10 +56,12 @@ from .postgres_tx import (
     S,
     audit_entry,
     count_of,
+    keep_session,
     lock_for,
     lock_key,
     read_state,
     run_plan,
+    run_together,
     unreachable,
 )
 from .records import (
@@ -161,6 +163,7 @@ class PostgresStore(Store):
                 timeout=t.connect_timeout,
                 max_inactive_connection_lifetime=300.0,
                 server_settings=self._server_settings("oms-auth"),
+                reset=keep_session,
             )
         except CONNECTION_ERRORS as exc:
             raise StoreError(unreachable(self.target, exc)) from None
@@ -494,7 +497,9 @@ class PostgresStore(Store):
             if issue.limit is not None:
                 await self._lock_claims(conn, [issue.limit])
                 count = await self._count(conn, issue.limit, issue.now)
-            if await run_plan(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+            # The issue's writes (the limit's event, older codes voided, the code, its mail)
+            # touch rows apart: one statement.
+            if await run_together(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
                 return False
             await self._insert_audit(conn, issue.audit, issue.now)
             return True

@@ -4,8 +4,10 @@ made for a caller takes, advisory lock keys, a plan's steps run, and PostgreSQL'
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import asyncpg
@@ -30,7 +32,9 @@ __all__ = [
     "lock_for",
     "read_state",
     "run_plan",
+    "run_together",
     "count_of",
+    "keep_session",
     "audit_entry",
     "unreachable",
 ]
@@ -61,6 +65,15 @@ def unreachable(target: PgTarget, exc: BaseException) -> str:
     else:
         reason = str(exc) or type(exc).__name__
     return f"cannot reach PostgreSQL at {target.where}: {reason}"
+
+
+async def keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """What a pooled connection needs when it goes back to the pool: nothing. asyncpg rolls
+    back a transaction left open before calling this; beyond that this store leaves no session
+    state behind (transaction-scoped advisory locks only, no SET, no cursor, LISTEN only on
+    the listener's own connection), so asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``,
+    ``pg_advisory_unlock_all()``: a round trip on every release) would undo nothing
+    (docs/performance.md, "What bounds each figure")."""
 
 
 def lock_key(*parts: str) -> int:
@@ -97,6 +110,43 @@ async def run_plan(conn: Conn, plan: plans.Plan) -> Outcome:
         if step.unless is not None and count_of(status) != 1:
             return step.unless
     return plan.outcome
+
+
+_WRITES = ("INSERT ", "UPDATE ", "DELETE ")
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+async def run_together(conn: Conn, plan: plans.Plan) -> Outcome:
+    """Run a plan whose steps write rows independent of each other's effects as ONE statement
+    (one round trip instead of one per step: docs/performance.md, "What bounds each figure");
+    its outcome. The steps become data-modifying ``WITH`` parts of one statement: they all see
+    the rows as they were before it, which for such steps is what running them in turn gives.
+    A plan with a conditional step, or a step that is not a plain write, runs step by step."""
+    steps = plan.steps
+    if len(steps) < 2 or any(s.unless is not None or not s.sql.startswith(_WRITES) for s in steps):
+        return await run_plan(conn, plan)
+    args: list[object] = []
+    for step in steps:
+        args += step.args
+    await conn.execute(_joined(tuple(s.sql for s in steps)), *args)
+    return plan.outcome
+
+
+@functools.lru_cache(maxsize=64)
+def _joined(statements: Sequence[str]) -> str:
+    """``WITH w0 AS (first), w1 AS (second) last``, each part's ``$n`` moved past the parts
+    before it."""
+    parts: list[str] = []
+    offset = 0
+
+    def moved(match: re.Match[str]) -> str:
+        return f"${int(match[1]) + offset}"
+
+    for sql in statements:
+        parts.append(_PARAMETER.sub(moved, sql))
+        offset += max((int(n) for n in _PARAMETER.findall(sql)), default=0)
+    head = ", ".join(f"w{k} AS ({sql})" for k, sql in enumerate(parts[:-1]))
+    return f"WITH {head} {parts[-1]}"
 
 
 def count_of(status: str) -> int:
