@@ -48,3 +48,20 @@ def test_codec_benchmark_runs() -> None:
     assert "| op | frame | protocol.frame (msgspec) ns | stdlib json ns |" in done.stdout
     for op in ("| decode | Ping |", "| encode | AuthenticateUser |"):
         assert op in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_runs_the_request_cases_on_postgresql_on_one_and_two_nodes() -> None:
+    from .helpers import PG_URL
+
+    done = _run("scripts.bench", "--quick", "--only", "reset", "--db", PG_URL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for case in (
+        "| ResetPassword (Operator) |",
+        "| ResetPassword (Operator) [PostgreSQL] |",
+        "| ResetPassword (Operator) [PostgreSQL, 2 nodes] |",
+    ):
+        assert case in done.stdout, f"{case} missing from:\n{done.stdout}"
+    assert "| db CPU us/req |" in done.stdout
+    # The run's own database is gone again.
+    assert "dropped database oms_bench_" in done.stderr
