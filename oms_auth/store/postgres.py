@@ -54,7 +54,9 @@ from .postgres_tx import (
     ADVISORY_LOCK,
     CONNECTION_ERRORS,
     S,
+    append_and_commit,
     audit_entry,
+    committing,
     count_of,
     keep_session,
     lock_for,
@@ -240,15 +242,11 @@ class PostgresStore(Store):
             server_settings=self._server_settings("oms-auth-listener"),
         )
 
-    async def _insert_audit(
-        self, conn: Conn, entries: Sequence[AuditEntry], now: float, *, locked: bool = False
-    ) -> None:
-        """Append to the audit chain; ``locked``: this transaction holds the audit lock."""
+    async def _insert_audit(self, conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
         if not entries:
             return
         # Held until commit: the next writer on any node reads the tail after this one.
-        if not locked:
-            await conn.execute(ADVISORY_LOCK, self._audit_lock)
+        await conn.execute(ADVISORY_LOCK, self._audit_lock)
         tail = await conn.fetchrow(S.audit_tail)
         rows = link_entries(self._audit_key, tail, [audit_entry(e) for e in entries], now)
         if len(rows) == 1:
@@ -509,7 +507,7 @@ class PostgresStore(Store):
     # -- reset codes --------------------------------------------------------------------------
 
     async def issue_code(self, issue: CodeIssue) -> bool:
-        async with self._tx() as conn:
+        async with committing(self._db) as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
             # user's row first, then the limit's lock, as lock_when_spent takes them.
             limit = issue.limit
@@ -521,7 +519,7 @@ class PostgresStore(Store):
             plan = plans.issue_plan(S, issue, count)
             if await run_together(conn, plan, self._audit_lock) is not Outcome.DONE:
                 return False
-            await self._insert_audit(conn, issue.audit, issue.now, locked=True)
+            await append_and_commit(conn, self._audit_key, issue.audit, issue.now)
             return True
 
     async def check_code(
