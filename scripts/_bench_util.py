@@ -16,6 +16,9 @@ __all__ = [
     "rss_bytes",
     "status_bytes",
     "machine_cpu",
+    "pg_backend_pids",
+    "pids_cpu",
+    "cpu_delta",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -78,3 +81,39 @@ def machine_cpu() -> tuple[float, float]:
         fields = f.readline().split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
+def pg_backend_pids(dsn: str, database: str) -> list[int]:
+    """The PostgreSQL server processes serving ``database`` now (pg_stat_activity), read over a
+    connection of its own (which is left out)."""
+    import asyncpg
+
+    async def read() -> list[int]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        finally:
+            await conn.close()
+        return [int(r[0]) for r in rows]
+
+    return list(asyncio.run(read()))
+
+
+def pids_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each process still alive, by pid (see :func:`cpu_seconds`)."""
+    found: dict[int, float] = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            continue  # gone (a pooled connection closed), or not readable
+    return found
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings of :func:`pids_cpu`: a process born in between counts
+    whole, one that ended in between is lost (rare: the pool keeps its connections)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

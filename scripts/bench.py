@@ -3,6 +3,7 @@
     python -m scripts.bench [--loop asyncio|uvloop|both] [--connections 1,8,64]
                             [--duration 3] [--slow-duration 8] [--rounds 2] [--idle 5000]
                             [--only ping,auth,...] [--server-env NAME=VALUE] [--quick]
+                            [--db postgresql://USER@HOST:PORT/DBNAME[?pool_max=N]]
 
 Prints the machine, then one Markdown table (ready for the README), then notes; progress goes
 to stderr. ``--quick`` is a smoke run with tiny numbers (its figures mean nothing).
@@ -28,6 +29,13 @@ paced Ping on an idle server); RSS with ``--idle`` idle authenticated connection
 resumed with WebAuthenticateUser); time from spawn to the "listening" line on a fresh store;
 reconnect: 500 connections resuming at once and 64 logging in at once (one user, the default
 login limits), time to all authenticated against the ceiling's figure from the same run.
+
+With ``--db`` the request cases (but ResetPassword2, which spends codes read from the SQLite
+store's mail) run on PostgreSQL too, in the same rounds: ceiling, SQLite, PostgreSQL on one node,
+PostgreSQL on two ``serve`` nodes with the connections split between them. The bench creates a
+database of its own on that server (``oms_bench_<random>``) and drops it at the end; the
+PostgreSQL server processes' CPU per request (``db CPU``) is the CPU of the processes
+``pg_stat_activity`` lists for that database, read from ``/proc/PID/stat``.
 """
 
 from __future__ import annotations
@@ -95,6 +103,11 @@ def _options(argv: list[str] | None) -> Options:
         help="also run the peer (FastAPI + fastapi-users forgot-password, scripts.bench_peer; "
         "sets up its own venv in .bench-peer/ on first use) and compare",
     )
+    parser.add_argument(
+        "--db",
+        help="also run the request cases on PostgreSQL (one and two nodes), in a database the "
+        "bench creates on this server and drops afterwards",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny numbers: a smoke run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
     parser.add_argument("--json", help="also write every run's raw figures to this file")
@@ -106,6 +119,8 @@ def _options(argv: list[str] | None) -> Options:
         help="extra environment for oms-auth, e.g. OMS_AUTH_HASH_WORKERS=1 (experiments)",
     )
     args = parser.parse_args(argv)
+    if args.db and not args.db.startswith(("postgresql://", "postgres://")):
+        parser.error("--db takes a postgresql:// URL (SQLite always runs)")
     if args.only and not set(args.only.split(",")) <= set(ALL_CASES):
         parser.error(f"--only takes some of {','.join(ALL_CASES)}")
     quick = args.quick
@@ -143,6 +158,7 @@ def _options(argv: list[str] | None) -> Options:
         quiesce_s=0.1 if quick else 0.5,
     )
     opts.peer = peer
+    opts.db = args.db
     return opts
 
 

@@ -11,7 +11,10 @@ Spec keys: url, conns, warmup, duration, server_pid, name (the function), payloa
 objects), mode ("same": payloads[0] for all; "per_conn": payloads[k % len] on connection k;
 "cycle": shared round robin; "once": each payload used once, then that connection stops),
 marker (a substring every good answer holds, or null), token (WebAuthenticateUser first),
-rate (total requests/s, paced; null for back-to-back), loop ("asyncio"|"uvloop").
+rate (total requests/s, paced; null for back-to-back), loop ("asyncio"|"uvloop"); optional:
+urls (several nodes: connection k goes to urls[k % len]), server_pids (their CPU summed), pg
+(``{"dsn", "database"}``: the CPU of the PostgreSQL processes serving that database, by
+``pg_stat_activity``, over the same window, as ``db_cpu_s``).
 
 ``idle`` mode (``{"idle": true, "url", "conns", "batch", "token"}``): opens and authenticates
 ``conns`` connections in batches, prints ``{"ready": ...}``, then holds them open until a line
@@ -30,7 +33,16 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from ._bench_util import cpu_seconds, have_uvloop, machine_cpu, raise_nofile, run
+from ._bench_util import (
+    cpu_delta,
+    cpu_seconds,
+    have_uvloop,
+    machine_cpu,
+    pg_backend_pids,
+    pids_cpu,
+    raise_nofile,
+    run,
+)
 
 __all__ = ["main"]
 
@@ -54,12 +66,17 @@ async def _open(url: str, token: str | None) -> ClientConnection:
     return ws
 
 
-async def _open_many(url: str, count: int, batch: int, token: str | None) -> list[ClientConnection]:
+async def _open_many(
+    url: str | list[str], count: int, batch: int, token: str | None
+) -> list[ClientConnection]:
+    urls = [url] if isinstance(url, str) else url
     conns: list[ClientConnection] = []
     try:
         for start in range(0, count, batch):
             size = min(batch, count - start)
-            conns += await asyncio.gather(*(_open(url, token) for _ in range(size)))
+            conns += await asyncio.gather(
+                *(_open(urls[(start + k) % len(urls)], token) for k in range(size))
+            )
     except BaseException:
         await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
         raise
@@ -85,7 +102,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     head = '{"m":0,"i":'
     tails = [',"n":"' + name + '","o":' + q + "}" for q in quoted]
     cursor = [0]
-    conns = await _open_many(url, n_conns, 256, spec.get("token"))
+    conns = await _open_many(spec.get("urls") or url, n_conns, 256, spec.get("token"))
 
     loop = asyncio.get_running_loop()
     now = time.perf_counter_ns()
@@ -137,16 +154,26 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 
     cpu: dict[str, float] = {}
 
+    pids = spec.get("server_pids") or ([spec["server_pid"]] if spec.get("server_pid") else [])
+    pg = spec.get("pg")
+    db_cpu: list[dict[int, float]] = []
+
+    async def read_db() -> None:
+        if pg:
+            found = await loop.run_in_executor(None, pg_backend_pids, pg["dsn"], pg["database"])
+            db_cpu.append(pids_cpu(found))
+
     async def sample_cpu() -> None:
-        pid = spec.get("server_pid")
         await asyncio.sleep(max(0.0, (t0 - time.perf_counter_ns()) / 1e9))
-        cpu["server0"] = cpu_seconds(pid) if pid else 0.0
+        cpu["server0"] = sum(cpu_seconds(pid) for pid in pids)
         cpu["gen0"] = _own_cpu()
         cpu["busy0"], cpu["steal0"] = machine_cpu()
+        await read_db()
         await asyncio.sleep(max(0.0, (t1 - time.perf_counter_ns()) / 1e9))
-        cpu["server1"] = cpu_seconds(pid) if pid else 0.0
+        cpu["server1"] = sum(cpu_seconds(pid) for pid in pids)
         cpu["gen1"] = _own_cpu()
         cpu["busy1"], cpu["steal1"] = machine_cpu()
+        await read_db()
 
     sampler = loop.create_task(sample_cpu())
     try:
@@ -170,6 +197,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         "gen_cpu_s": cpu.get("gen1", 0.0) - cpu.get("gen0", 0.0),
         "machine_busy_s": cpu.get("busy1", 0.0) - cpu.get("busy0", 0.0),
         "steal_s": cpu.get("steal1", 0.0) - cpu.get("steal0", 0.0),
+        "db_cpu_s": cpu_delta(*db_cpu) if len(db_cpu) == 2 else float("nan"),
         "used": sent[0],
         "exhausted": mode == "once" and cursor[0] > len(tails),
     }

@@ -171,11 +171,19 @@ def start_ceiling(loop: str, tmp: Path) -> Server:
     return _start_server("ceiling", args, tmp, child_env(), 30, lambda line: line.split()[-1])
 
 
-def start_oms(loop: str, tmp: Path, db: Path, env: dict[str, str] | None = None) -> Server:
+def start_oms(
+    loop: str,
+    tmp: Path,
+    db: Path | str,
+    env: dict[str, str] | None = None,
+    mail: Path | None = None,
+) -> Server:
     """The real ``oms-auth serve`` (``scripts.bench_serve``) on a free port, with the bench's
-    raised ``LIMITS`` unless ``env`` sets them otherwise."""
+    raised ``LIMITS`` unless ``env`` sets them otherwise; ``db`` a SQLite file (its mail in
+    ``mail/`` beside it) or a PostgreSQL URL (its mail in ``mail``)."""
     args = [PY, "-m", "scripts.bench_serve", "--loop", loop, "--", "serve", "--port", "0"]
-    args += ["--db", str(db), "--mail", f"maildir:{db.parent / 'mail'}"]
+    maildir = mail if mail is not None else Path(db).parent / "mail"
+    args += ["--db", str(db), "--mail", f"maildir:{maildir}"]
     server_env = child_env({**LIMITS, **(env or {})})
     return _start_server("oms-auth", args, tmp, server_env, 60, _listening_url)
 
@@ -209,13 +217,15 @@ def load(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
     return result
 
 
-def run_module(module: str, *args: str, what: str, timeout: float) -> str:
-    """Run ``python -m module args...`` to its end, from the checkout; its stdout. A failure
-    raises "``what`` failed" with the end of its stderr."""
+def run_module(
+    module: str, *args: str, what: str, timeout: float, env: dict[str, str] | None = None
+) -> str:
+    """Run ``python -m module args...`` to its end, from the checkout (``env`` added to its
+    environment); its stdout. A failure raises "``what`` failed" with the end of its stderr."""
     done = subprocess.run(
         [PY, "-m", module, *args],
         cwd=ROOT,
-        env=child_env(),
+        env=child_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

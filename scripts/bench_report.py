@@ -19,8 +19,8 @@ __all__ = ["HEADER", "Row", "is_nan", "ratio", "render", "machine"]
 
 HEADER = (
     "| loop | case | conns | req/s | p50 ms | p99 ms | p99.9 ms | n | server CPU us/req "
-    "| ceiling req/s | ceiling p99 ms | ceiling CPU us/req | x ceiling req/s | x ceiling p99 "
-    "| target |"
+    "| db CPU us/req | ceiling req/s | ceiling p99 ms | ceiling CPU us/req | x ceiling req/s "
+    "| x ceiling p99 | target |"
 )
 
 
@@ -40,9 +40,11 @@ class Row:
         values = [r[key] for r in (self.refs if ref else self.runs) if not is_nan(r.get(key))]
         return statistics.median(values) if values else float("nan")
 
-    def cpu_us(self, ref: bool = False) -> float:
+    def cpu_us(self, ref: bool = False, key: str = "server_cpu_s") -> float:
+        """Median CPU per request, in us: oms-auth's (every node's), or with
+        ``key="db_cpu_s"`` the PostgreSQL server processes'."""
         runs = self.refs if ref else self.runs
-        per = [r["server_cpu_s"] / r["count"] * 1e6 for r in runs if r.get("count")]
+        per = [r[key] / r["count"] * 1e6 for r in runs if r.get("count") and not is_nan(r.get(key))]
         return statistics.median(per) if per else float("nan")
 
 
@@ -70,10 +72,10 @@ def _times(value: float) -> str:
 
 def render(rows: list[Row]) -> str:
     """The Markdown table: one line per row, medians and ratios to the ceiling."""
-    lines = [HEADER, "| --- | --- | ---: " + "| ---: " * 11 + "| --- |"]
+    lines = [HEADER, "| --- | --- | ---: " + "| ---: " * 12 + "| --- |"]
     for r in rows:
         if r.fixed:
-            cells = [r.loop, r.case, r.conns] + ["-"] * 11 + [r.target]
+            cells = [r.loop, r.case, r.conns] + ["-"] * 12 + [r.target]
         else:
             rps, p99 = r.med("rps"), r.med("p99_ms")
             ref_rps, ref_p99 = r.med("rps", True), r.med("p99_ms", True)
@@ -87,6 +89,7 @@ def render(rows: list[Row]) -> str:
                 _num(r.med("p999_ms")),
                 str(int(r.med("count"))) if not is_nan(r.med("count")) else "-",
                 _num(r.cpu_us(), 0),
+                _num(r.cpu_us(key="db_cpu_s"), 0),
                 _num(ref_rps, 1),
                 _num(ref_p99),
                 _num(r.cpu_us(True), 0),

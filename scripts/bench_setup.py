@@ -32,11 +32,14 @@ __all__ = [
 PASSWORD = "Bench-Pass-2468!"  # every seeded user's
 
 
-def seed(db: Path, groups: list[dict[str, Any]]) -> dict[str, list[int]]:
-    """Create the groups' users (``scripts.bench_seed``); their ids by prefix."""
+def seed(
+    db: Path | str, groups: list[dict[str, Any]], env: dict[str, str] | None = None
+) -> dict[str, list[int]]:
+    """Create the groups' users (``scripts.bench_seed``, ``env`` added to its environment);
+    their ids by prefix."""
     spec = json.dumps({"password": PASSWORD, "groups": groups})
     out = run_module(
-        "scripts.bench_seed", "--db", str(db), "--spec", spec, what="seeding", timeout=600
+        "scripts.bench_seed", "--db", str(db), "--spec", spec, what="seeding", timeout=600, env=env
     )
     ids: dict[str, list[int]] = json.loads(out.strip().splitlines()[-1])
     return ids

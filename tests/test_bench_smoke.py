@@ -61,3 +61,19 @@ def test_import_benchmark_runs_on_both_stores() -> None:
     for store in ("| sqlite | 2,000 |", "| postgres | 2,000 |"):
         assert store in done.stdout, done.stdout
     assert done.stderr.count("imported 2000, already there 0, refused 0") == 2, done.stderr
+
+
+def test_bench_runs_the_request_cases_on_postgresql_on_one_and_two_nodes() -> None:
+    from .helpers import PG_URL
+
+    done = _run("scripts.bench", "--quick", "--only", "reset", "--db", PG_URL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for case in (
+        "| ResetPassword (Operator) |",
+        "| ResetPassword (Operator) [PostgreSQL] |",
+        "| ResetPassword (Operator) [PostgreSQL, 2 nodes] |",
+    ):
+        assert case in done.stdout, f"{case} missing from:\n{done.stdout}"
+    assert "| db CPU us/req |" in done.stdout
+    # The run's own database is gone again.
+    assert "dropped database oms_bench_" in done.stderr

@@ -58,13 +58,17 @@ from .postgres_tx import (
     RELEASE_EVENT,
     SETTLE_EVENT,
     S,
+    append_and_commit,
     attempts,
     audit_entry,
+    committing,
     count_of,
+    keep_session,
     lock_for,
     lock_key,
     read_state,
     run_plan,
+    run_together,
     unreachable,
 )
 from .records import (
@@ -129,6 +133,14 @@ _CLAIM_MAIL = (
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+# Several rows in one statement execution each (a batch of delivered mail and its audit rows),
+# rather than one execution per row.
+_MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])")
+_INSERT_AUDIT_ROWS = (
+    f"INSERT INTO audit ({q.AUDIT_COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::float8[],"
+    " $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[],"
+    " $10::text[])"
+)
 
 
 class PostgresStore(PostgresDevices, Store):
@@ -169,6 +181,7 @@ class PostgresStore(PostgresDevices, Store):
                 timeout=t.connect_timeout,
                 max_inactive_connection_lifetime=300.0,
                 server_settings=self._server_settings("oms-auth"),
+                reset=keep_session,
             )
         except CONNECTION_ERRORS as exc:
             raise StoreError(unreachable(self.target, exc)) from None
@@ -244,7 +257,11 @@ class PostgresStore(PostgresDevices, Store):
         await conn.execute(ADVISORY_LOCK, self._audit_lock)
         tail = await conn.fetchrow(S.audit_tail)
         rows = link_entries(self._audit_key, tail, [audit_entry(e) for e in entries], now)
-        await conn.executemany(S.insert_audit, rows)
+        if len(rows) == 1:
+            await conn.execute(S.insert_audit, *rows[0])
+        else:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            await conn.execute(_INSERT_AUDIT_ROWS, *columns)
 
     @staticmethod
     async def _insert_mail(conn: Conn, mail: MailItem, now: float) -> None:
@@ -253,6 +270,10 @@ class PostgresStore(PostgresDevices, Store):
     @staticmethod
     async def _now(conn: Conn) -> float:
         return float(await conn.fetchval(_NOW))
+
+    def _events_key(self, kind: str, key: str) -> int:
+        """The advisory lock key of a counter (``key`` as a claim holds it)."""
+        return lock_key(self.schema, "events", kind, S.event_key(key))
 
     async def _lock_events(self, conn: Conn, kind: str, key: str) -> None:
         await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "events", kind, key))
@@ -545,17 +566,19 @@ class PostgresStore(PostgresDevices, Store):
     # -- reset codes --------------------------------------------------------------------------
 
     async def issue_code(self, issue: CodeIssue) -> bool:
-        async with self._tx() as conn:
+        async with committing(self._db) as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
             # user's row first, then the limit's lock, as lock_when_spent takes them.
-            await lock_for(conn, issue.user_id, issue.authority)
-            count = 0
-            if issue.limit is not None:
-                await self._lock_claims(conn, [issue.limit])
-                count = await self._count(conn, issue.limit, issue.now)
-            if await run_plan(conn, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+            limit = issue.limit
+            limit_lock = None if limit is None else self._events_key(limit.kind, limit.key)
+            await lock_for(conn, issue.user_id, issue.authority, then=limit_lock)
+            count = 0 if limit is None else await self._count(conn, limit, issue.now)
+            # The issue's writes (the limit's event, older codes voided, the code, its mail)
+            # touch rows apart: one statement, which then takes the audit lock.
+            plan = plans.issue_plan(S, issue, count)
+            if await run_together(conn, plan, self._audit_lock) is not Outcome.DONE:
                 return False
-            await self._insert_audit(conn, issue.audit, issue.now)
+            await append_and_commit(conn, self._audit_key, issue.audit, issue.now)
             return True
 
     async def check_code(
@@ -613,7 +636,7 @@ class PostgresStore(PostgresDevices, Store):
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
     ) -> None:
         async with self._tx() as conn:
-            await conn.executemany(S.mail_sent, [(now, mail_id) for mail_id in mail_ids])
+            await conn.execute(_MAILS_SENT, now, list(mail_ids))
             if audit:
                 await self._insert_audit(conn, audit, now)
 

@@ -4,8 +4,11 @@ made for a caller takes, advisory lock keys, a plan's steps run, and PostgreSQL'
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import asyncpg
@@ -13,6 +16,7 @@ import msgspec
 
 from . import plans
 from . import sql as q
+from .audit import ChainKeys, link_entries
 from .records import IN_FLIGHT_SECONDS, AuditEntry, Authority, CallerGone, Claim, Outcome
 from .urls import PgTarget
 
@@ -30,10 +34,14 @@ __all__ = [
     "lock_for",
     "read_state",
     "run_plan",
+    "run_together",
     "count_of",
     "attempts",
     "RELEASE_EVENT",
     "SETTLE_EVENT",
+    "committing",
+    "append_and_commit",
+    "keep_session",
     "audit_entry",
     "unreachable",
 ]
@@ -52,6 +60,10 @@ ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
 _SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
 _AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
+# The advisory lock in the projection over the locked subquery (never pulled up: it locks rows):
+# taken once the session row is locked, as the lock order wants; not at all (no row, None) when
+# the authority is gone. '' when it holds.
+_AUTHORITY_THEN_LOCK = f"SELECT pg_advisory_xact_lock($6)::text FROM ({_AUTHORITY_SHARED}) held"
 _GONE = "the caller's session or permission is gone"
 
 
@@ -86,24 +98,45 @@ def unreachable(target: PgTarget, exc: BaseException) -> str:
     return f"cannot reach PostgreSQL at {target.where}: {reason}"
 
 
+async def keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """What a pooled connection needs when it goes back to the pool: nothing. asyncpg rolls
+    back a transaction left open before calling this; beyond that this store leaves no session
+    state behind (transaction-scoped advisory locks only, no SET, no cursor, LISTEN only on
+    the listener's own connection), so asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``,
+    ``pg_advisory_unlock_all()``: a round trip on every release) would undo nothing
+    (docs/performance.md, "What bounds each figure")."""
+
+
 def lock_key(*parts: str) -> int:
     """A 64-bit advisory lock key for these parts."""
     raw = "\x1f".join(("oms-auth", *parts)).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
 
 
-async def lock_for(conn: Conn, user_id: int | None, authority: Authority | None) -> None:
+async def lock_for(
+    conn: Conn, user_id: int | None, authority: Authority | None, then: int | None = None
+) -> None:
     """Lock the row of the user written for (``FOR UPDATE``) and the caller's (``FOR SHARE``),
     the lower id first so two writes for two callers never wait in a cycle; then CallerGone
-    unless the caller's authority still holds (its session row ``FOR SHARE``)."""
+    unless the caller's authority still holds (its session row ``FOR SHARE``); then the
+    advisory lock ``then``, if given, which comes next in the lock order (taken in the
+    authority check's statement, once its row is locked: one round trip fewer)."""
     rows = [] if user_id is None else [(user_id, _LOCK_USER)]
     if authority is not None and authority.user_id != user_id:
         rows.append((authority.user_id, _SHARE_USER))
     for uid, statement in sorted(rows):
         await conn.execute(statement, uid)
-    if authority is not None:
-        if await conn.fetchval(_AUTHORITY_SHARED, *q.authority_args(authority)) is None:
-            raise CallerGone(_GONE)
+    if authority is None:
+        if then is not None:
+            await conn.execute(ADVISORY_LOCK, then)
+        return
+    args = q.authority_args(authority)
+    if then is None:
+        held = await conn.fetchval(_AUTHORITY_SHARED, *args)
+    else:
+        held = await conn.fetchval(_AUTHORITY_THEN_LOCK, *args, then)
+    if held is None:
+        raise CallerGone(_GONE)
 
 
 async def read_state(conn: Conn, record: Callable[..., R], sql: str, user_id: int) -> R | None:
@@ -122,6 +155,62 @@ async def run_plan(conn: Conn, plan: plans.Plan) -> Outcome:
     return plan.outcome
 
 
+_WRITES = ("INSERT ", "UPDATE ", "DELETE ")
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+async def run_together(conn: Conn, plan: plans.Plan, then: int | None = None) -> Outcome:
+    """Run a plan whose steps write rows independent of each other's effects as ONE statement
+    (one round trip instead of one per step: docs/performance.md, "What bounds each figure");
+    its outcome. The steps become data-modifying ``WITH`` parts of one statement: they all see
+    the rows as they were before it, which for such steps is what running them in turn gives.
+    ``then``: an advisory lock the statement takes once every write is done (the next in the
+    lock order; taken only when the plan's outcome is DONE). A plan with a conditional step,
+    or a step that is not a plain write, runs step by step."""
+    steps = plan.steps
+    if any(s.unless is not None or not _plain_write(s.sql) for s in steps) or not steps:
+        outcome = await run_plan(conn, plan)
+        if then is not None and outcome is Outcome.DONE:
+            await conn.execute(ADVISORY_LOCK, then)
+        return outcome
+    args: list[object] = []
+    for step in steps:
+        args += step.args
+    if then is None:
+        await conn.execute(_joined(tuple(s.sql for s in steps), False), *args)
+    else:
+        await conn.execute(_joined(tuple(s.sql for s in steps), True), *args, then)
+    return plan.outcome
+
+
+def _plain_write(sql: str) -> bool:
+    return sql.startswith(_WRITES) and " RETURNING " not in sql
+
+
+@functools.lru_cache(maxsize=64)
+def _joined(statements: Sequence[str], lock: bool) -> str:
+    """``WITH w0 AS (first), w1 AS (second) last``, each part's ``$n`` moved past the parts
+    before it; with ``lock``, every part in ``WITH`` and, once all are done (their rows
+    counted), the advisory lock of the last parameter."""
+    parts: list[str] = []
+    offset = 0
+
+    def moved(match: re.Match[str]) -> str:
+        return f"${int(match[1]) + offset}"
+
+    for sql in statements:
+        parts.append(_PARAMETER.sub(moved, sql))
+        offset += max((int(n) for n in _PARAMETER.findall(sql)), default=0)
+    if not lock:
+        head = ", ".join(f"w{k} AS ({sql})" for k, sql in enumerate(parts[:-1]))
+        return f"WITH {head} {parts[-1]}" if head else parts[-1]
+    head = ", ".join(f"w{k} AS ({sql} RETURNING 1)" for k, sql in enumerate(parts))
+    # The filter reads every part's rows (the writes done) before the projection takes the lock.
+    done = " + ".join(f"(SELECT count(*) FROM w{k})" for k in range(len(parts)))
+    take = f"pg_advisory_xact_lock(${offset + 1})"
+    return f"WITH {head} SELECT {take} FROM (SELECT {done} AS n) AS done WHERE n >= 0"
+
+
 def count_of(status: str) -> int:
     """The row count of a command status such as ``DELETE 3``."""
     return int(status.rsplit(" ", 1)[-1])
@@ -136,3 +225,49 @@ def audit_entry(e: AuditEntry) -> AuditEntry:
         source=S.text(e.source),
         detail=S.text(e.detail),
     )
+
+
+@contextlib.asynccontextmanager
+async def committing(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[Conn]:
+    """One pooled connection in one transaction that its last round trip commits
+    (:func:`append_and_commit`); rolled back when the block leaves without committing."""
+    async with pool.acquire() as conn:
+        await conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+
+
+async def append_and_commit(
+    conn: Conn, key: ChainKeys, entries: Sequence[AuditEntry], now: float
+) -> None:
+    """Append ``entries`` to the audit chain and COMMIT in one round trip, the transaction
+    holding the audit lock: the lock is then held for two trips to the node (the tail, this)
+    rather than three (docs/performance.md, "What the profile showed"). The rows go as literals
+    in one simple query, the only way one round trip carries a statement and its COMMIT:
+    numbers as numbers, text dollar-quoted (nothing inside such a quote is an escape, and the
+    tag is one the text does not hold, so no text can end it)."""
+    if not entries:
+        await conn.execute("COMMIT")
+        return
+    tail = await conn.fetchrow(S.audit_tail)
+    rows = link_entries(key, tail, [audit_entry(e) for e in entries], now)
+    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
+    await conn.execute(f"INSERT INTO audit ({q.AUDIT_COLUMNS}) VALUES {values}; COMMIT")
+
+
+def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"'{value!r}'::float8"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        n = 0
+        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
+            n += 1
+        return f"$q{n}${value}$q{n}$"
+    raise TypeError(f"no audit column takes a {type(value).__name__}")
