@@ -46,6 +46,7 @@ from .audit import ChainKeys, checked_audit_key, link_entries
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
 from .postgres_devices import PostgresDevices
+from .postgres_limits import PostgresLimits
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
 from .postgres_migrate import migrate
 from .postgres_schema import (
@@ -55,11 +56,8 @@ from .postgres_schema import (
 from .postgres_tx import (
     ADVISORY_LOCK,
     CONNECTION_ERRORS,
-    RELEASE_EVENT,
-    SETTLE_EVENT,
     S,
     append_and_commit,
-    attempts,
     audit_entry,
     committing,
     count_of,
@@ -74,7 +72,6 @@ from .postgres_tx import (
 from .records import (
     RESET_FAILURE,
     AccountChange,
-    Admission,
     ApiKey,
     AuditEntry,
     Authority,
@@ -91,9 +88,7 @@ from .records import (
     PendingStep,
     ResetCode,
     Revocation,
-    Room,
     SessionOpening,
-    Slot,
     StoreError,
     UsernameConfusable,
     UsernameTaken,
@@ -143,7 +138,7 @@ _INSERT_AUDIT_ROWS = (
 )
 
 
-class PostgresStore(PostgresDevices, Store):
+class PostgresStore(PostgresDevices, PostgresLimits, Store):
     """PostgreSQL at ``url`` (see the module docstring), schema created on first use."""
 
     def __init__(
@@ -271,13 +266,6 @@ class PostgresStore(PostgresDevices, Store):
     async def _now(conn: Conn) -> float:
         return float(await conn.fetchval(_NOW))
 
-    def _events_key(self, kind: str, key: str) -> int:
-        """The advisory lock key of a counter (``key`` as a claim holds it)."""
-        return lock_key(self.schema, "events", kind, S.event_key(key))
-
-    async def _lock_events(self, conn: Conn, kind: str, key: str) -> None:
-        await conn.execute(ADVISORY_LOCK, lock_key(self.schema, "events", kind, key))
-
     # -- users --------------------------------------------------------------------------------
 
     async def create_user(
@@ -287,7 +275,7 @@ class PostgresStore(PostgresDevices, Store):
         *,
         authority: Authority | None = None,
     ) -> int:
-        if any("\x00" in t for t in _texts(user)):
+        if any("\x00" in t for t in postgres_import.user_texts(user)):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
         taken = UsernameTaken(f"username {user.username.strip()!r} is taken")
         key, skeleton = username_key(user.username), username_skeleton(user.username)
@@ -321,7 +309,7 @@ class PostgresStore(PostgresDevices, Store):
         return user_id
 
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
-        if any("\x00" in t for item in batch for t in _texts(item.user)):
+        if any("\x00" in t for item in batch for t in postgres_import.user_texts(item.user)):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
         skeletons = {username_skeleton(item.user.username) for item in batch}
         locks = sorted(lock_key(self.schema, "skeleton:" + s) for s in skeletons)
@@ -503,58 +491,6 @@ class PostgresStore(PostgresDevices, Store):
             await self._insert_audit(conn, [audit], now)
             return digests
 
-    # -- counted events -----------------------------------------------------------------------
-
-    async def reserve(self, claims: Sequence[Claim], now: float) -> list[int] | None:
-        async with self._tx() as conn:
-            await self._lock_claims(conn, claims)
-            counts = [await self._count(conn, c, now) for c in claims]
-            if not plans.room_left(claims, counts):
-                return None
-            await self._record(conn, claims, now)
-            return counts
-
-    async def _lock_claims(self, conn: Conn, claims: Sequence[Claim]) -> None:
-        # In a fixed order, so two transactions taking the same counters (on any nodes) never
-        # wait on each other in a cycle.
-        for kind, key in sorted({(c.kind, S.event_key(c.key)) for c in claims}):
-            await self._lock_events(conn, kind, key)
-
-    @staticmethod
-    async def _count(conn: Conn, claim: Claim, now: float) -> int:
-        args = (claim.kind, S.event_key(claim.key), now - claim.window)
-        return int(await conn.fetchval(S.count_events_since, *args))
-
-    @staticmethod
-    async def _record(conn: Conn, claims: Sequence[Claim], now: float) -> None:
-        await conn.executemany(S.insert_event, [(c.kind, S.event_key(c.key), now) for c in claims])
-
-    async def admit(self, claims: Sequence[Claim], now: float) -> Admission:
-        async with self._tx() as conn:
-            await self._lock_claims(conn, claims)  # as reserve's
-            admission = plans.admission(claims, [await attempts(conn, c, now) for c in claims])
-            if admission.room is Room.FREE:
-                rows = [(c.kind, S.event_key(c.key), now) for c in claims]
-                await conn.executemany(S.insert_attempt, rows)
-            return admission
-
-    async def settle(self, slots: Sequence[Slot]) -> None:
-        # Under the counters' locks, in their order: settles of alike events (one time, one
-        # key) racing unlocked would pick the same row, and all but one change nothing.
-        async with self._tx() as conn:
-            for kind, key, at in sorted((s.kind, S.event_key(s.key), s.at) for s in slots):
-                await self._lock_events(conn, kind, key)
-                await conn.execute(SETTLE_EVENT, kind, key, at)
-
-    async def release(self, kind: str, key: str, at: float) -> None:
-        async with self._tx() as conn:
-            await self._release(conn, Slot(kind, key, at))
-
-    async def _release(self, conn: Conn, slot: Slot) -> None:
-        key = S.event_key(slot.key)
-        await self._lock_events(conn, slot.kind, key)
-        await conn.execute(RELEASE_EVENT, slot.kind, key, slot.at)
-
     async def prune(self, events_before: float, sessions_idle_since: float) -> int:
         # One transaction per table: clean-up needs no atomicity, and holding one table's rows
         # while waiting for another's would invert a reset's lock order (a deadlock).
@@ -653,13 +589,3 @@ class PostgresStore(PostgresDevices, Store):
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
-
-
-def _texts(user: NewUser) -> list[str]:
-    """A new user's texts (PostgreSQL's text holds no NUL)."""
-    return [
-        user.username,
-        user.email,
-        *user.permissions,
-        *(question for question, _ in user.questions),
-    ]

@@ -17,9 +17,9 @@ from . import import_plan as plan
 from . import sql as q
 from .import_plan import Written
 from .postgres_tx import ADVISORY_LOCK, lock_key
-from .records import ImportItem, username_key
+from .records import ImportItem, NewUser, username_key
 
-__all__ = ["import_batch", "LOCK_ALL"]
+__all__ = ["import_batch", "LOCK_ALL", "user_texts"]
 
 Conn = Any  # an asyncpg connection inside a transaction
 
@@ -85,3 +85,13 @@ async def import_batch(conn: Conn, schema: str, batch: Sequence[ImportItem]) -> 
     if result.sealed:
         await conn.execute(_TOTP, *_columns(result.sealed, 2))
     return result
+
+
+def user_texts(user: NewUser) -> list[str]:
+    """A new user's texts (PostgreSQL's text holds no NUL)."""
+    return [
+        user.username,
+        user.email,
+        *user.permissions,
+        *(question for question, _ in user.questions),
+    ]
