@@ -94,9 +94,7 @@ def test_each_bad_row_is_refused_by_its_line_and_the_others_are_imported(
     assert summary(out.stdout) == (2, 0, len(REFUSED))
     lines = out.stderr.strip().splitlines()
     if not is_postgres(db):
-        assert lines[0] == f"created a new store at {tmp_path / 'oms-auth.sqlite3'}".replace(
-            str(tmp_path) + "/", ""
-        )
+        assert lines[0] == "created a new store at ./oms-auth.sqlite3"  # as --db names it
         lines = lines[1:]
     assert [int(line.split(":")[0].removeprefix("line ")) for line in lines] == list(REFUSED)
     for line, reason in zip(lines, REFUSED.values(), strict=True):

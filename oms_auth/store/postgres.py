@@ -134,7 +134,7 @@ _MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])
 _INSERT_AUDIT_ROWS = (
     f"INSERT INTO audit ({q.AUDIT_COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::float8[],"
     " $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[],"
-    " $10::text[])"
+    " $10::text[], $11::text[])"
 )
 
 
