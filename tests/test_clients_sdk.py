@@ -66,6 +66,18 @@ PYTHON_RECORD = {
 }
 
 
+# The APEX device record (GetUserDevices), as the Node SDK's UserDevice declares it.
+DEVICE_KEYS = {
+    "HashCode",
+    "Location",
+    "DeviceName",
+    "IpAddress",
+    "UserId",
+    "IsTrusted",
+    "ExpirationTime",
+}
+
+
 @pytest.fixture(scope="module")
 def python_sdk() -> Path:
     """A venv of its own holding the SDK (made once, kept in CACHE)."""
@@ -151,6 +163,9 @@ async def test_the_official_python_sdk_runs_a_whole_session(
     assert value(steps, "mateInfo")["user_name"] == "mate"  # the user named, not the caller
     assert value(steps, "permissions") == ["Trading"]
     assert value(steps, "accounts") == [10]
+    # The device the fixture's password login came from, in the SDK's own UserDevice.
+    (device,) = value(steps, "devices")
+    assert device["user_id"] == uid and device["hash_code"] > 0 and device["ip_address"]
     assert value(steps, "login2")["authenticated"] is True  # another random nonce
     resumed = value(steps, "resume")
     assert resumed["authenticated"] is True and resumed["user_id"] == str(uid)
@@ -173,6 +188,8 @@ async def test_the_official_node_sdk_runs_a_whole_session(
     assert value(steps, "mateInfo")["UserName"] == "mate"
     assert value(steps, "permissions") == ["Trading"]
     assert value(steps, "accounts") == [10]
+    (device,) = value(steps, "devices")
+    assert set(device) == DEVICE_KEYS and device["UserId"] == uid and device["HashCode"] > 0
     if mode == "ws":
         # Over HTTP this SDK sends WebAuthenticateUser with the method "NONE", which no HTTP
         # server takes (405): its HTTP client logs in with the key only.

@@ -39,6 +39,7 @@ const steps = [
   ["mateInfo", () => client.userService.getUserInfo({ UserName: mate })],
   ["permissions", () => client.userService.getUserPermissions({ UserId: uid })],
   ["accounts", () => client.userService.getUserAccounts({ UserId: uid })],
+  ["devices", () => client.userService.getUserDevices({ UserId: uid })],
   // Their WebAuthenticateUser, with a password (the payload APEX documents) and then the token.
   ["passwordLogin", () => client.authService.webAuthenticateUser({ UserName: username, Password: password })],
 ];

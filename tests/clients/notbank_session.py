@@ -19,6 +19,7 @@ from notbank_python_sdk.requests_models.authenticate_request import Authenticate
 from notbank_python_sdk.requests_models.get_user_info import GetUserInfoRequest
 from notbank_python_sdk.requests_models.get_user_permissions import GetUserPermissionsRequest
 from notbank_python_sdk.requests_models.user_accounts import GetUserAccountsRequest
+from notbank_python_sdk.requests_models.user_devices import GetUserDevicesRequest
 from notbank_python_sdk.requests_models.web_authenticate_user_request import (
     WebAuthenticateUserRequest,
 )
@@ -29,8 +30,15 @@ def say(step, value=None, error=None):
     if error is not None:
         doc["error"] = f"{type(error).__name__}: {error}"
     else:
-        doc["value"] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        doc["value"] = plain(value)
     print(json.dumps(doc, default=str), flush=True)
+
+
+def plain(value):
+    """The SDK's dataclasses (alone or in a list) as JSON-ready dicts."""
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def run(step, call):
@@ -59,6 +67,7 @@ def main():
         ("mateInfo", lambda: client.get_user_info(GetUserInfoRequest(username=mate))),
         ("permissions", lambda: client.get_user_permissions(GetUserPermissionsRequest(uid))),
         ("accounts", lambda: client.get_user_accounts(GetUserAccountsRequest(user_id=uid))),
+        ("devices", lambda: client.get_user_devices(GetUserDevicesRequest(user_id=uid))),
     ]
     for step, call in steps:
         run(step, call)
