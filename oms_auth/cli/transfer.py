@@ -57,8 +57,6 @@ def check_before_opening(
     """Refusals that must come before the store is opened (and maybe created); the settings
     to open it with: a dry run where no store is checks against a throwaway one, and leaves
     none behind."""
-    if args.user_command == "export" and missing is not None:
-        raise TransferError(f"no store at {missing}; nothing to export")
     if args.user_command == "import" and args.file != "-" and not Path(args.file).is_file():
         raise TransferError(f"no file {args.file}")
     if args.user_command == "import" and args.dry_run and missing is not None:
