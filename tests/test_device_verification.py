@@ -23,6 +23,7 @@ from .test_http_gateway import http
 
 pytestmark = pytest.mark.parametrize("limited", [{"verify_new_devices": True}], indirect=True)
 NEW_DEVICE = "New device: confirm it with the code we emailed you"
+TOO_MANY_CODES = "Too many device codes sent; use the last one emailed or try again later"
 WRONG = refusal(104, "Invalid or expired device code")
 
 
@@ -162,3 +163,22 @@ async def test_a_device_is_confirmed_over_http_by_post_never_get(
         limited, "POST", "/AP/AuthenticateUser", body=orjson.dumps(login), headers=json_body
     )
     assert reply["Authenticated"] is True
+
+
+async def test_a_user_is_mailed_at_most_five_device_codes_an_hour(
+    limited: App, tmp_path: Path, clock: Clock
+) -> None:
+    # Each right-password login from a new device would mail a new code with 5 new tries:
+    # a stolen password would flood the inbox and guess without bound.
+    await make_user(limited.deps, "alice")
+    replies = [(await attempt(limited, agent=f"bot/{i}"))[0] for i in range(8)]
+    assert [r["errormsg"] for r in replies] == [NEW_DEVICE] * 5 + [TOO_MANY_CODES] * 3
+    assert all(r["SessionToken"] is None and r["HashCode"] > 0 for r in replies)
+    await wait_for_mail(tmp_path / "mail", 5)
+    await asyncio.sleep(0.2)
+    assert len(list((tmp_path / "mail" / "new").iterdir())) == 5
+    # The last code mailed still trusts its device; an hour later codes are mailed again.
+    code = await code_in_mail(tmp_path, 5)
+    assert await register(limited, replies[4]["HashCode"], code) == OK
+    clock.advance(3601)
+    assert (await attempt(limited, agent="bot/9"))[0]["errormsg"] == NEW_DEVICE

@@ -446,7 +446,7 @@ class Sessions:
         held = await devices.confirmation(self.deps, user, origin, source, now)
         if held is None:
             return None
-        return Login(LoginState.FAILED, message=devices.NEW_DEVICE, hash_code=held)
+        return Login(LoginState.FAILED, message=held[1], hash_code=held[0])
 
     async def _revoke(self, token_digest: bytes, user_id: int, reason: str) -> None:
         await self.deps.store.revoke_session(token_digest, user_id, reason)
