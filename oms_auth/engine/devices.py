@@ -12,7 +12,7 @@ names as its device, its keyed HashCode, and GetUserDevices.
 - With ``verify_new_devices`` a right password from a device the user has not trusted opens no
   session: an 8-digit code is mailed (stored as its digest, valid 15 minutes, 5 tries, the
   newest voiding the one before) and ``RegisterNewDevice {HashCode, PendingEmailCode}`` trusts
-  the device for ``trusted_device_days``; each try is counted before the code is compared, in
+  the device for ``trusted_device_days``; each try is counted (a right one spends the code), in
   the transaction that spends it, so of racing tries with one code one wins.
 - A user is mailed at most ``CODES_PER_HOUR`` device codes an hour, whatever its devices: a
   login past that is refused without a new code. Without it, each right-password login would

@@ -299,9 +299,9 @@ class Store(abc.ABC):
     async def register_device(
         self, hash_code: int, digest: bytes, now: float, tries: int, until: float, audit: AuditEntry
     ) -> int | None:
-        """One try at a device's code, in one transaction: counted first (none left, or no live
-        code: None), then, when ``digest`` is the code's, the device trusted until ``until``
-        and the code spent, with ``audit`` (its actor and target the device's user). The
+        """One try at a device's code, in one transaction: when ``digest`` is the live code's
+        and its own row has a try left, the device trusted until ``until`` and the code spent,
+        with ``audit`` (its actor and target the device's user); else the try counted. The
         device's user, or None. Of racing tries with one code, one wins."""
 
     # API keys (docs/rules.md, "API keys")
