@@ -50,6 +50,7 @@ __all__ = [
     "NEW_DEVICE",
     "TOO_MANY_DEVICE_CODES",
     "CODES_PER_HOUR",
+    "NOTICES_PER_HOUR",
     "confirmation",
     "register",
 ]
@@ -63,6 +64,7 @@ WRONG_DEVICE_CODE = "Invalid or expired device code"
 TOO_MANY_DEVICE_CODES = "Too many device codes sent; use the last one emailed or try again later"
 DEVICE_CODES = "device-codes"  # the per-user counter of codes mailed
 CODES_PER_HOUR = 5
+NOTICES_PER_HOUR = 5  # new-sign-in mails to a user
 CODE_SECONDS = 15 * 60
 CODE_TRIES = 5
 _CODE = re.compile(r"[0-9]{8}")
@@ -106,7 +108,7 @@ def hash_code(key: bytes, user_id: int, origin: Origin, address: str) -> int:
     return int.from_bytes(mac[:4], "big") & _MASK or 1
 
 
-def seen(
+async def seen(
     deps: Deps,
     user: User | None,
     origin: Origin | None,
@@ -117,13 +119,19 @@ def seen(
 ) -> DeviceSeen:
     """What a login writes of its device with its session: without ``user`` (an API-key
     login) only the session's description; with ``notify`` the new-sign-in notice queued if
-    the device is new to the user."""
+    the device is new to the user (at most ``NOTICES_PER_HOUR`` a user: each new DeviceId
+    or User-Agent is a new device, so a password holder could otherwise mail one per login)."""
     origin = origin or Origin()
     name = device_name(origin)
     if user is None:
         return DeviceSeen(name=name, address=address)
-    notice = new_sign_in(user, name, address, now) if notify else None
     code = hash_code(deps.devices_key, user.id, origin, address)
+    if notify and await deps.store.device(user.id, code) is None:
+        claim = Claim(NEW_SIGN_IN, str(user.id), 3600, NOTICES_PER_HOUR)
+        notify = await deps.store.reserve([claim], now) is not None
+    else:
+        notify = False  # known: nothing to notice
+    notice = new_sign_in(user, name, address, now) if notify else None
     return DeviceSeen(name=name, address=address, hash_code=code, notice=notice)
 
 
