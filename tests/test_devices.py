@@ -160,9 +160,7 @@ async def test_api_key_logins_record_no_device_and_send_no_notice(app: App) -> N
     assert {s["DeviceName"] for s in sessions if s["ViaAPIKey"]} == {"bot/1", "bot/2", "bot/3"}
 
 
-async def test_a_user_gets_at_most_five_new_sign_in_notices_an_hour(
-    app: App, clock: Clock
-) -> None:
+async def test_a_user_gets_at_most_five_new_sign_in_notices_an_hour(app: App, clock: Clock) -> None:
     # Every new DeviceId is a new device: a password holder could mail one notice per login.
     await make_user(app.deps, "alice")
     await login(app, "alice", device="first")
