@@ -206,9 +206,12 @@ async def register(deps: Deps, code: object, given: object, address: str) -> int
     now = deps.clock()
     until = now + deps.settings.trusted_device_days * 86400
     audit = AuditEntry(action="device-trusted", source=address, detail=f"HashCode {number}")
-    user_id = await deps.store.register_device(
-        number, digest(secret.strip()), now, CODE_TRIES, until, audit
-    )
+    user_id = None
+    # Anyone may call it: a HashCode with no live code costs a read, never a write.
+    if await deps.store.device_code_live(number, now, CODE_TRIES):
+        user_id = await deps.store.register_device(
+            number, digest(secret.strip()), now, CODE_TRIES, until, audit
+        )
     if user_id is None:
         deps.events.count("device_codes_wrong")
         raise NotFound(WRONG_DEVICE_CODE)

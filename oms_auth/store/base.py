@@ -275,6 +275,11 @@ class Store(abc.ABC):
         row = await self._first(device_sql(self._sql).device, user_id, hash_code)
         return to_device(row) if row else None
 
+    async def device_code_live(self, hash_code: int, now: float, tries: int) -> bool:
+        """Whether a device with ``hash_code`` has a live code with a try left (a read)."""
+        live = await self._first(device_sql(self._sql).live_code, hash_code, now, tries)
+        return live is not None
+
     @abc.abstractmethod
     async def end_sessions(
         self,

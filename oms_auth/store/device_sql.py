@@ -71,6 +71,12 @@ class DeviceStatements:
         " address = excluded.address, code_digest = excluded.code_digest,"
         " code_expires = excluded.code_expires, code_attempts = 0"
     )
+    # Whether a try could count at all: a HashCode with no live code is answered from this
+    # read, so RegisterNewDevice (anonymous) writes nothing for made-up ones.
+    live_code: str = (
+        "SELECT 1 FROM devices WHERE hash_code = ? AND code_digest IS NOT NULL"
+        " AND code_expires > ? AND code_attempts < ? LIMIT 1"
+    )
     # A wrong try at a live code, counted (none left: no row).
     code_try: str = (
         "UPDATE devices SET code_attempts = code_attempts + 1"
