@@ -159,6 +159,21 @@ async def test_a_trading_user_reads_users_sharing_its_accounts_and_no_one_else(
         )
 
 
+async def test_an_email_shared_by_two_users_is_told_only_to_who_may_read_both(
+    app: App,
+) -> None:
+    await make_user(app.deps, "op", permissions=["Operator"])
+    await make_user(app.deps, "trader", permissions=["Trading"], accounts=[10])
+    await make_user(app.deps, "one", accounts=[20], email="same@example.test")
+    await make_user(app.deps, "two", accounts=[21], email="SAME@example.test")
+    async with await logged_in(app, "trader") as c:
+        refused = (await c.call("GetUserInfo", {"Email": "same@example.test"})).o
+        assert (refused["errorcode"], refused["detail"]) == (20, ONLY_RELATED)
+    async with await logged_in(app, "op") as c:
+        ambiguous = (await c.call("GetUserInfo", {"Email": "same@example.test"})).o
+        assert ambiguous["errorcode"] == 100 and "Several users" in ambiguous["detail"]
+
+
 @pytest.mark.parametrize("path", ["/wsgateway/", "/wsgateway", "/WSGateway", "/"])
 async def test_the_gateway_answers_on_every_spelling_of_its_path(app: App, path: str) -> None:
     await make_user(app.deps, "trader")

@@ -20,9 +20,11 @@ from .helpers import PASSWORD, Clock, make_user, parse_mail, store_contents, wai
 from .test_apikeys import key_login
 from .test_authority import OK, refusal
 from .test_http_gateway import http
+from .test_self_service import store_writes_held
 
 pytestmark = pytest.mark.parametrize("limited", [{"verify_new_devices": True}], indirect=True)
 NEW_DEVICE = "New device: confirm it with the code we emailed you"
+TOO_MANY_CODES = "Too many device codes sent; use the last one emailed or try again later"
 WRONG = refusal(104, "Invalid or expired device code")
 
 
@@ -37,6 +39,13 @@ async def code_in_mail(tmp_path: Path, count: int) -> str:
     mail = parse_mail(paths[-1])
     (code,) = re.findall(r"^(\d{8})$", mail["text"], re.M)
     return code
+
+
+async def first_code(app: App, tmp_path: Path) -> tuple[int, str]:
+    """alice made, her first login's HashCode and the code mailed for it."""
+    await make_user(app.deps, "alice")
+    hash_code = (await attempt(app))[0]["HashCode"]
+    return hash_code, await code_in_mail(tmp_path, 1)
 
 
 async def register(app: App, hash_code: Any, code: Any) -> Any:
@@ -107,9 +116,7 @@ async def test_a_device_code_allows_five_tries_and_fifteen_minutes(
 async def test_a_device_code_works_once_under_twenty_simultaneous_uses(
     limited: App, tmp_path: Path
 ) -> None:
-    await make_user(limited.deps, "alice")
-    hash_code = (await attempt(limited))[0]["HashCode"]
-    code = await code_in_mail(tmp_path, 1)
+    hash_code, code = await first_code(limited, tmp_path)
     answers = await asyncio.gather(*(register(limited, hash_code, code) for _ in range(20)))
     assert sum(a == OK for a in answers) == 1
     assert all(a in (OK, WRONG) for a in answers)
@@ -162,3 +169,35 @@ async def test_a_device_is_confirmed_over_http_by_post_never_get(
         limited, "POST", "/AP/AuthenticateUser", body=orjson.dumps(login), headers=json_body
     )
     assert reply["Authenticated"] is True
+
+
+async def test_a_user_is_mailed_at_most_five_device_codes_an_hour(
+    limited: App, tmp_path: Path, clock: Clock
+) -> None:
+    # Each right-password login from a new device would mail a new code with 5 new tries:
+    # a stolen password would flood the inbox and guess without bound.
+    await make_user(limited.deps, "alice")
+    replies = [(await attempt(limited, agent=f"bot/{i}"))[0] for i in range(8)]
+    assert [r["errormsg"] for r in replies] == [NEW_DEVICE] * 5 + [TOO_MANY_CODES] * 3
+    assert all(r["SessionToken"] is None and r["HashCode"] > 0 for r in replies)
+    await wait_for_mail(tmp_path / "mail", 5)
+    await asyncio.sleep(0.2)
+    assert len(list((tmp_path / "mail" / "new").iterdir())) == 5
+    # The last code mailed still trusts its device; an hour later codes are mailed again.
+    code = await code_in_mail(tmp_path, 5)
+    assert await register(limited, replies[4]["HashCode"], code) == OK
+    clock.advance(3601)
+    assert (await attempt(limited, agent="bot/9"))[0]["errormsg"] == NEW_DEVICE
+
+
+async def test_a_made_up_hash_code_is_answered_without_a_store_write(
+    limited: App, tmp_path: Path
+) -> None:
+    # RegisterNewDevice needs no login: a HashCode with no live code must cost a read, not a
+    # write (an anonymous flood would otherwise queue writes ahead of every login).
+    hash_code, code = await first_code(limited, tmp_path)
+    made_up = hash_code % (2**31 - 1) + 1
+    async with store_writes_held(limited.settings.db, "devices"):
+        answers = [await asyncio.wait_for(register(limited, made_up, code), 30) for _ in range(3)]
+    assert answers == [WRONG] * 3
+    assert await register(limited, hash_code, code) == OK  # no try of it was counted

@@ -13,7 +13,7 @@ from typing import Any
 from oms_auth.app import App
 from protocol.client import Client
 
-from .helpers import PASSWORD, make_user, parse_mail, sql, wait_for_mail
+from .helpers import PASSWORD, Clock, make_user, parse_mail, sql, wait_for_mail
 from .test_apikeys import key_login, password_client
 from .test_authority import refusal
 from .test_http_gateway import http
@@ -158,3 +158,17 @@ async def test_api_key_logins_record_no_device_and_send_no_notice(app: App) -> N
     sessions = (await owner.call("GetUserSessions")).o
     assert sorted(s["ViaAPIKey"] for s in sessions) == [False, True, True, True]
     assert {s["DeviceName"] for s in sessions if s["ViaAPIKey"]} == {"bot/1", "bot/2", "bot/3"}
+
+
+async def test_a_user_gets_at_most_five_new_sign_in_notices_an_hour(app: App, clock: Clock) -> None:
+    # Every new DeviceId is a new device: a password holder could mail one notice per login.
+    await make_user(app.deps, "alice")
+    await login(app, "alice", device="first")
+    clock.advance(3601)  # (the first device counts too, as every device not seen before)
+    for i in range(8):
+        await login(app, "alice", device=f"bot-{i}")
+    assert await notices(app) == 5
+    assert len(await devices(await login(app, "alice", device="first"))) == 9
+    clock.advance(3601)
+    await login(app, "alice", device="bot-9")
+    assert await notices(app) == 6

@@ -32,14 +32,15 @@ async def start(tmp_path: Path, clock: Clock, db: str, **overrides: Any) -> App:
 
 
 @contextlib.asynccontextmanager
-async def store_writes_held(db: str) -> AsyncIterator[None]:
+async def store_writes_held(db: str, table: str = "events") -> AsyncIterator[None]:
     """Hold the store's writes from outside, the way a busy database would: SQLite's write
-    lock, or PostgreSQL's events table (every self-service request writes it first)."""
+    lock, or on PostgreSQL writes to ``table`` (every self-service request writes events
+    first); reads go on."""
     if is_postgres(db):
         conn = await pg_connect(db)
         tx = conn.transaction()
         await tx.start()
-        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        await conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ from oms_auth.store import (
     AuditEntry,
     Claim,
     CodeState,
+    DeviceCodeIssue,
     MailItem,
     NewUser,
     Outcome,
@@ -179,3 +180,39 @@ async def test_a_store_from_before_skeletons_fills_them_in_and_refuses_lookalike
         )
     finally:
         await store.close()
+
+
+async def test_a_device_code_out_of_tries_stays_spent_when_another_user_shares_its_hash_code(
+    store: Store,
+) -> None:
+    # A HashCode is 31 bits of an HMAC over the user and the device, so two users' devices
+    # may share one; RegisterNewDevice names only the HashCode. The try counted on the other
+    # user's row must not buy a sixth try at the first user's code.
+    alice = await a_user(store)
+    bob = await store.create_user(NewUser(username="bob", email="b@x.test", password_hash="h"))
+
+    async def code(user_id: int, secret: bytes) -> None:
+        issued = DeviceCodeIssue(
+            user_id=user_id,
+            hash_code=7,
+            name="Firefox",
+            address="192.0.2.1",
+            now=NOW,
+            digest=secret,
+            expires_at=NOW + 900,
+            mail=mail(user_id, "device-code"),
+            audit=AuditEntry(action="device-code-sent"),
+        )
+        await store.issue_device_code(issued)
+
+    async def try_code(secret: bytes) -> int | None:
+        return await store.register_device(
+            7, secret, NOW + 1, 5, NOW + 86400, AuditEntry(action="t")
+        )
+
+    await code(alice, b"a" * 32)
+    assert [await try_code(b"x" * 32) for _ in range(5)] == [None] * 5
+    await code(bob, b"b" * 32)  # bob's new code: its row has its five tries
+    assert await try_code(b"a" * 32) is None  # alice's code is out of tries
+    assert (await store.device(alice, 7)).trusted_until is None  # type: ignore[union-attr]
+    assert await try_code(b"b" * 32) == bob

@@ -12,8 +12,12 @@ names as its device, its keyed HashCode, and GetUserDevices.
 - With ``verify_new_devices`` a right password from a device the user has not trusted opens no
   session: an 8-digit code is mailed (stored as its digest, valid 15 minutes, 5 tries, the
   newest voiding the one before) and ``RegisterNewDevice {HashCode, PendingEmailCode}`` trusts
-  the device for ``trusted_device_days``; each try is counted before the code is compared, in
+  the device for ``trusted_device_days``; each try is counted (a right one spends the code), in
   the transaction that spends it, so of racing tries with one code one wins.
+- A user is mailed at most ``CODES_PER_HOUR`` device codes an hour, whatever its devices: a
+  login past that is refused without a new code. Without it, each right-password login would
+  mail a new code with 5 new tries, so a holder of a stolen password could flood the user's
+  inbox and guess without bound (one login, 5 guesses).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import msgspec
 
 from ..crypto import digest, mail_context
 from ..errors import InvalidValue, NotFound
-from ..store import AuditEntry, DeviceCodeIssue, DeviceSeen, MailItem, User
+from ..store import AuditEntry, Claim, DeviceCodeIssue, DeviceSeen, MailItem, User
 from .caller import Caller
 from .deps import Deps
 from .links import user_mail
@@ -44,6 +48,9 @@ __all__ = [
     "MAX_DEVICE_ID",
     "DEVICE_CODE",
     "NEW_DEVICE",
+    "TOO_MANY_DEVICE_CODES",
+    "CODES_PER_HOUR",
+    "NOTICES_PER_HOUR",
     "confirmation",
     "register",
 ]
@@ -54,6 +61,10 @@ NEW_DEVICE = "New device: confirm it with the code we emailed you"
 INVALID_HASH_CODE = "Invalid value provided for HashCode"
 INVALID_DEVICE_CODE = "Invalid value provided for PendingEmailCode"
 WRONG_DEVICE_CODE = "Invalid or expired device code"
+TOO_MANY_DEVICE_CODES = "Too many device codes sent; use the last one emailed or try again later"
+DEVICE_CODES = "device-codes"  # the per-user counter of codes mailed
+CODES_PER_HOUR = 5
+NOTICES_PER_HOUR = 5  # new-sign-in mails to a user
 CODE_SECONDS = 15 * 60
 CODE_TRIES = 5
 _CODE = re.compile(r"[0-9]{8}")
@@ -97,7 +108,7 @@ def hash_code(key: bytes, user_id: int, origin: Origin, address: str) -> int:
     return int.from_bytes(mac[:4], "big") & _MASK or 1
 
 
-def seen(
+async def seen(
     deps: Deps,
     user: User | None,
     origin: Origin | None,
@@ -108,13 +119,19 @@ def seen(
 ) -> DeviceSeen:
     """What a login writes of its device with its session: without ``user`` (an API-key
     login) only the session's description; with ``notify`` the new-sign-in notice queued if
-    the device is new to the user."""
+    the device is new to the user (at most ``NOTICES_PER_HOUR`` a user: each new DeviceId
+    or User-Agent is a new device, so a password holder could otherwise mail one per login)."""
     origin = origin or Origin()
     name = device_name(origin)
     if user is None:
         return DeviceSeen(name=name, address=address)
-    notice = new_sign_in(user, name, address, now) if notify else None
     code = hash_code(deps.devices_key, user.id, origin, address)
+    if notify and await deps.store.device(user.id, code) is None:
+        claim = Claim(NEW_SIGN_IN, str(user.id), 3600, NOTICES_PER_HOUR)
+        notify = await deps.store.reserve([claim], now) is not None
+    else:
+        notify = False  # known: nothing to notice
+    notice = new_sign_in(user, name, address, now) if notify else None
     return DeviceSeen(name=name, address=address, hash_code=code, notice=notice)
 
 
@@ -136,14 +153,19 @@ async def user_devices(
 
 async def confirmation(
     deps: Deps, user: User, origin: Origin | None, address: str, now: float
-) -> int | None:
+) -> tuple[int, str] | None:
     """``verify_new_devices``: None when the login's device is trusted; else its code is
-    issued and mailed, and its HashCode returned (the login opens no session)."""
+    issued and mailed (at most ``CODES_PER_HOUR`` a user), and its HashCode returned with the
+    login's refusal (it opens no session)."""
     origin = origin or Origin()
     code = hash_code(deps.devices_key, user.id, origin, address)
     known = await deps.store.device(user.id, code)
     if known is not None and known.trusted_until is not None and known.trusted_until > now:
         return None
+    claim = Claim(DEVICE_CODES, str(user.id), 3600, CODES_PER_HOUR)
+    if await deps.store.reserve([claim], now) is None:
+        deps.events.count("device_codes_refused")
+        return code, TOO_MANY_DEVICE_CODES
     secret = f"{secrets.randbelow(10**8):08d}"
     name = device_name(origin)
     sealed = deps.sealer.seal(
@@ -169,7 +191,7 @@ async def confirmation(
     )
     deps.events.count("device_codes_sent")
     deps.events.mail_queued()
-    return code
+    return code, NEW_DEVICE
 
 
 async def register(deps: Deps, code: object, given: object, address: str) -> int:
@@ -184,9 +206,12 @@ async def register(deps: Deps, code: object, given: object, address: str) -> int
     now = deps.clock()
     until = now + deps.settings.trusted_device_days * 86400
     audit = AuditEntry(action="device-trusted", source=address, detail=f"HashCode {number}")
-    user_id = await deps.store.register_device(
-        number, digest(secret.strip()), now, CODE_TRIES, until, audit
-    )
+    user_id = None
+    # Anyone may call it: a HashCode with no live code costs a read, never a write.
+    if await deps.store.device_code_live(number, now, CODE_TRIES):
+        user_id = await deps.store.register_device(
+            number, digest(secret.strip()), now, CODE_TRIES, until, audit
+        )
     if user_id is None:
         deps.events.count("device_codes_wrong")
         raise NotFound(WRONG_DEVICE_CODE)

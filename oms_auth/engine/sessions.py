@@ -182,7 +182,7 @@ class Sessions:
             source,
             reserved,
             proof=Proof.PASSWORD,
-            seen=devices.seen(d, user, origin, source, now, notify=self._notify),
+            seen=await devices.seen(d, user, origin, source, now, notify=self._notify),
             rehash=rehash,
         )
 
@@ -232,7 +232,7 @@ class Sessions:
             reserved,
             api_key=(key, nonce_digest),
             key_permissions=frozenset(record.permissions),
-            seen=devices.seen(d, None, origin, source, now, notify=False),
+            seen=await devices.seen(d, None, origin, source, now, notify=False),
         )
 
     async def second_factor(
@@ -281,7 +281,7 @@ class Sessions:
                 factor=accepted,
                 pending=key,
                 proof=Proof.PASSWORD_AND_CODE,
-                seen=devices.seen(d, user, origin, source, now, notify=self._notify),
+                seen=await devices.seen(d, user, origin, source, now, notify=self._notify),
             )
             if login.state is LoginState.AUTHENTICATED and accepted.recovery is not None:
                 d.events.mail_queued()  # the code's notice, queued with the session
@@ -446,7 +446,7 @@ class Sessions:
         held = await devices.confirmation(self.deps, user, origin, source, now)
         if held is None:
             return None
-        return Login(LoginState.FAILED, message=devices.NEW_DEVICE, hash_code=held)
+        return Login(LoginState.FAILED, message=held[1], hash_code=held[0])
 
     async def _revoke(self, token_digest: bytes, user_id: int, reason: str) -> None:
         await self.deps.store.revoke_session(token_digest, user_id, reason)

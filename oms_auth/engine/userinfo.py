@@ -67,9 +67,18 @@ async def _named(deps: Deps, caller: Caller, named: Named) -> User | None:
     if named.email:
         found = await deps.store.users_by_email(caller.user.oms_id, named.email.strip())
         if len(found) > 1:
+            # Only a caller that may read every user with it learns the Email is shared.
+            if not all(_may_read(caller, user) for user in found):
+                raise NotAuthorized(ONLY_RELATED_USERS)
             raise InvalidValue(AMBIGUOUS_EMAIL)
         return found[0] if found else None
     return caller.user
+
+
+def _may_read(caller: Caller, target: User) -> bool:
+    if target.id == caller.id or OPERATOR in caller.permissions:
+        return True
+    return TRADING in caller.permissions and bool(caller.user.accounts & target.accounts)
 
 
 async def readable_user(deps: Deps, caller: Caller | None, named: Named) -> User:
@@ -79,9 +88,7 @@ async def readable_user(deps: Deps, caller: Caller | None, named: Named) -> User
     target = await _named(deps, caller, named)
     if target is None or target.oms_id != caller.user.oms_id:
         raise NotFound(USER_NOT_FOUND)
-    if target.id == caller.id or OPERATOR in caller.permissions:
-        return target
-    if TRADING in caller.permissions and caller.user.accounts & target.accounts:
+    if _may_read(caller, target):
         return target
     raise NotAuthorized(ONLY_RELATED_USERS)
 

@@ -275,6 +275,11 @@ class Store(abc.ABC):
         row = await self._first(device_sql(self._sql).device, user_id, hash_code)
         return to_device(row) if row else None
 
+    async def device_code_live(self, hash_code: int, now: float, tries: int) -> bool:
+        """Whether a device with ``hash_code`` has a live code with a try left (a read)."""
+        live = await self._first(device_sql(self._sql).live_code, hash_code, now, tries)
+        return live is not None
+
     @abc.abstractmethod
     async def end_sessions(
         self,
@@ -299,9 +304,9 @@ class Store(abc.ABC):
     async def register_device(
         self, hash_code: int, digest: bytes, now: float, tries: int, until: float, audit: AuditEntry
     ) -> int | None:
-        """One try at a device's code, in one transaction: counted first (none left, or no live
-        code: None), then, when ``digest`` is the code's, the device trusted until ``until``
-        and the code spent, with ``audit`` (its actor and target the device's user). The
+        """One try at a device's code, in one transaction: when ``digest`` is the live code's
+        and its own row has a try left, the device trusted until ``until`` and the code spent,
+        with ``audit`` (its actor and target the device's user); else the try counted. The
         device's user, or None. Of racing tries with one code, one wins."""
 
     # API keys (docs/rules.md, "API keys")

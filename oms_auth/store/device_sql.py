@@ -71,16 +71,24 @@ class DeviceStatements:
         " address = excluded.address, code_digest = excluded.code_digest,"
         " code_expires = excluded.code_expires, code_attempts = 0"
     )
-    # One try at a live code, counted before the code is compared (none left: no row).
+    # Whether a try could count at all: a HashCode with no live code is answered from this
+    # read, so RegisterNewDevice (anonymous) writes nothing for made-up ones.
+    live_code: str = (
+        "SELECT 1 FROM devices WHERE hash_code = ? AND code_digest IS NOT NULL"
+        " AND code_expires > ? AND code_attempts < ? LIMIT 1"
+    )
+    # A wrong try at a live code, counted (none left: no row).
     code_try: str = (
         "UPDATE devices SET code_attempts = code_attempts + 1"
         " WHERE hash_code = ? AND code_digest IS NOT NULL AND code_expires > ?"
         " AND code_attempts < ? RETURNING user_id"
     )
+    # A right try: the code's own row must have a try left (another user's device may share
+    # the HashCode, 31 bits, and tries counted on its row must buy this one nothing).
     trust: str = (
         "UPDATE devices SET trusted_until = ?, code_digest = NULL, code_expires = NULL,"
         " code_attempts = 0 WHERE hash_code = ? AND code_digest = ? AND code_expires > ?"
-        " RETURNING user_id"
+        " AND code_attempts < ? RETURNING user_id"
     )
 
     def converted(self) -> DeviceStatements:

@@ -77,10 +77,9 @@ class PostgresDevices:
         async with self._tx() as conn:
             # The try's UPDATE takes the device's row lock: racing tries (any node) count in
             # turn, and one that waited finds the code spent by the first right one.
-            if not await conn.fetch(D.code_try, hash_code, now, tries):
-                return None
-            row = await conn.fetchrow(D.trust, until, hash_code, digest, now)
-            if row is None:
+            row = await conn.fetchrow(D.trust, until, hash_code, digest, now, tries)
+            if row is None:  # a wrong try (or none left): counted
+                await conn.fetch(D.code_try, hash_code, now, tries)
                 return None
             user_id = int(row[0])
             entry = msgspec.structs.replace(audit, actor_id=user_id, target_id=user_id)

@@ -69,10 +69,9 @@ class SqliteDevices:
         def job(raw: sqlite3.Connection) -> int | None:
             # In the single writer: racing tries run one after another, and the first right
             # one spends the code before the next looks.
-            if not raw.execute(D.code_try, (hash_code, now, tries)).fetchall():
-                return None
-            row = raw.execute(D.trust, (until, hash_code, digest, now)).fetchone()
-            if row is None:
+            row = raw.execute(D.trust, (until, hash_code, digest, now, tries)).fetchone()
+            if row is None:  # a wrong try (or none left): counted
+                raw.execute(D.code_try, (hash_code, now, tries)).fetchall()
                 return None
             user_id = int(row[0])
             entry = msgspec.structs.replace(audit, actor_id=user_id, target_id=user_id)
