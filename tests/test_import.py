@@ -207,6 +207,28 @@ async def test_an_imported_bcrypt_user_logs_in_and_is_rehashed(app: App) -> None
     assert await legacy_count(app, "bcrypt") == 0
 
 
+# Costs no login should pay for: 4 GiB; 100,000 passes; 1,000 lanes; 2^31 bcrypt rounds.
+_SALT, _HASH = "c2FsdHNhbHRzYWx0c2FsdA", "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+COSTLY = [
+    f"$argon2id$v=19$m=4194304,t=1,p=1${_SALT}${_HASH}",
+    f"$argon2id$v=19$m=65536,t=100000,p=1${_SALT}${_HASH}",
+    f"$argon2i$v=19$m=65536,t=1,p=1000${_SALT}${_HASH}",
+    "$2b$31$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234",
+]
+
+
+async def test_a_hash_whose_cost_no_login_should_pay_for_is_refused_at_import(app: App) -> None:
+    refused: list[tuple[int, str]] = []
+    rows = [user(f"costly{n}", PasswordHash=h) for n, h in enumerate(COSTLY)]
+    rows.append(user("fair", PasswordHash=BCRYPT))
+    lines = [json.dumps(r).encode() for r in rows]
+    tally = await transfer.import_lines(app.deps, lines, refuse=lambda n, r: refused.append((n, r)))
+    assert tally.imported == 1
+    assert [n for n, _ in refused] == [1, 2, 3, 4]
+    assert all("PasswordHash is in no format" in reason for _, reason in refused)
+    assert await app.deps.store.user_by_name("costly0") is None
+
+
 def _move(tmp_path: Path, source: str, target: str, name: str) -> str:
     """Export ``source``, import into ``target``: what the target then exports."""
     out = oms_auth(tmp_path, "--db", source, "user", "export").stdout
