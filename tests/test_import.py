@@ -325,3 +325,23 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # the terminal's other side closed
         return b""
+
+
+@pytest.mark.usefixtures("store_env")
+def test_an_id_beyond_what_the_store_holds_refuses_its_row_and_the_others_go_on(
+    tmp_path: Path, db: str
+) -> None:
+    # An OMSId past 64 bits stopped the whole import with a traceback, the good rows unwritten.
+    rows: list[object] = [
+        user("first"),
+        user("huge", OMSId=10**30),
+        user("wide", AccountIds=[2**63]),
+        user("nought", AccountId=0),
+        user("last"),
+    ]
+    out = oms_auth(tmp_path, "user", "import", str(write(tmp_path / "u.jsonl", rows)))
+    assert summary(out.stdout) == (2, 0, 3)
+    refused = [line for line in out.stderr.splitlines() if line.startswith("line ")]
+    assert [line.split(":")[0] for line in refused] == ["line 2", "line 3", "line 4"]
+    names = run_async(sql(db, "SELECT username FROM users ORDER BY id"))
+    assert names == [("first",), ("last",)]
