@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from argon2 import PasswordHasher
+from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -40,6 +40,7 @@ from .keyring import (
 
 __all__ = [
     "Hasher",
+    "argon2_affordable",
     "Sealer",
     "digest",
     "new_token",
@@ -60,6 +61,33 @@ def _yield_to_the_loop() -> None:
     hashing the event loop's thread still gets the CPU it needs to answer everyone else."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+# The most an Argon2 hash brought from elsewhere may cost a login (docs/import.md): libsodium's
+# "sensitive" preset, the largest in common use (1 GiB, 4 passes: seconds, not hours). A hash
+# asking more is not well formed: one login attempt with it would hold a hasher worker (and
+# its memory) for as long as the hash says, and two would stop every login on the node.
+_ARGON2_MAX_MEMORY_KIB = 1024 * 1024
+_ARGON2_MAX_WORK_KIB = 4 * _ARGON2_MAX_MEMORY_KIB  # memory times passes
+_ARGON2_MAX_LANES = 64
+
+
+def _argon2_parameters(encoded: str) -> Parameters | None:
+    try:
+        return extract_parameters(encoded)
+    except Exception:  # argon2-cffi raises several kinds for a malformed hash
+        return None
+
+
+def argon2_affordable(encoded: str) -> bool:
+    """Whether an Argon2 hash is well formed and within the cost a login may pay for."""
+    p = _argon2_parameters(encoded)
+    return (
+        p is not None
+        and p.memory_cost <= _ARGON2_MAX_MEMORY_KIB
+        and p.memory_cost * p.time_cost <= _ARGON2_MAX_WORK_KIB
+        and p.parallelism <= _ARGON2_MAX_LANES
+    )
 
 
 class Hasher:
@@ -97,11 +125,25 @@ class Hasher:
     def verify_sync(self, encoded: str | None, secret: str) -> bool:
         if encoded and not encoded.startswith("$argon2"):
             return self._legacy is not None and self._legacy(encoded, secret)
+        if encoded and not self._affordable(encoded):
+            return False
         try:
             decoy = self._decoy.result()
             return self._argon.verify(encoded or decoy, secret) and encoded is not None
         except (VerificationError, InvalidHashError):
             return False
+
+    def _affordable(self, encoded: str) -> bool:
+        """This hasher's own parameters, or an (imported) hash within :func:`argon2_affordable`."""
+        p = _argon2_parameters(encoded)
+        own = self._argon
+        if p is not None and (p.memory_cost, p.time_cost, p.parallelism) == (
+            own.memory_cost,
+            own.time_cost,
+            own.parallelism,
+        ):
+            return True
+        return argon2_affordable(encoded)
 
     def needs_rehash(self, encoded: str) -> bool:
         """True for a hash that is not Argon2id with this hasher's parameters."""

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -49,6 +52,7 @@ __all__ = [
     "ring_from_env",
     "read_ring",
     "write_ring",
+    "ring_lock",
     "audit_key",
     "names_key",
 ]
@@ -324,6 +328,21 @@ def write_ring(path: Path, ring: KeyRing, *, replace: bool) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+@contextlib.contextmanager
+def ring_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of changes to the ring at ``path`` (an exclusive ``flock`` on a file beside
+    it, mode 0600): a change reads the ring, adds or drops a key and writes it whole, so two at
+    once would each drop what the other added (a rotated key the store already seals with,
+    lost). Readers need no lock: a ring is published by one rename."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, PRIVATE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def new_ring() -> KeyRing:

@@ -61,7 +61,7 @@ async def login(c: Client, password: str = PASSWORD) -> dict[str, object]:
     return dict(reply.o)
 
 
-async def test_sigterm_answers_requests_in_flight_then_closes_every_websocket_with_1012(
+async def test_sigterm_answers_requests_in_flight_refuses_new_ones_then_closes_with_1012(
     tmp_path: Path, db: str
 ) -> None:
     await add_users(tmp_path, db, "alice")
@@ -75,10 +75,15 @@ async def test_sigterm_answers_requests_in_flight_then_closes_every_websocket_wi
         await asyncio.sleep(0.3)
         server.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
+        # A request sent while draining was run (its effects committed) and lost its answer
+        # with the close: it is refused at once instead, saying why.
+        during = asyncio.ensure_future(login(busy, "wrong"))
         with pytest.raises(OSError):  # no longer accepting
             await Client.connect(server.url, open_timeout=1)
         answer = await asyncio.wait_for(in_flight, 15)
         assert answer["errormsg"] == "Invalid username or password"
+        refused = await asyncio.wait_for(during, 15)
+        assert refused["detail"] == "The server is restarting; reconnect and try again", refused
         assert await closed_with(busy) == 1012
         assert await closed_with(idle) == 1012
         assert await asyncio.wait_for(server.proc.wait(), 30) == 0

@@ -207,6 +207,28 @@ async def test_an_imported_bcrypt_user_logs_in_and_is_rehashed(app: App) -> None
     assert await legacy_count(app, "bcrypt") == 0
 
 
+# Costs no login should pay for: 4 GiB; 100,000 passes; 1,000 lanes; 2^31 bcrypt rounds.
+_SALT, _HASH = "c2FsdHNhbHRzYWx0c2FsdA", "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+COSTLY = [
+    f"$argon2id$v=19$m=4194304,t=1,p=1${_SALT}${_HASH}",
+    f"$argon2id$v=19$m=65536,t=100000,p=1${_SALT}${_HASH}",
+    f"$argon2i$v=19$m=65536,t=1,p=1000${_SALT}${_HASH}",
+    "$2b$31$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234",
+]
+
+
+async def test_a_hash_whose_cost_no_login_should_pay_for_is_refused_at_import(app: App) -> None:
+    refused: list[tuple[int, str]] = []
+    rows = [user(f"costly{n}", PasswordHash=h) for n, h in enumerate(COSTLY)]
+    rows.append(user("fair", PasswordHash=BCRYPT))
+    lines = [json.dumps(r).encode() for r in rows]
+    tally = await transfer.import_lines(app.deps, lines, refuse=lambda n, r: refused.append((n, r)))
+    assert tally.imported == 1
+    assert [n for n, _ in refused] == [1, 2, 3, 4]
+    assert all("PasswordHash is in no format" in reason for _, reason in refused)
+    assert await app.deps.store.user_by_name("costly0") is None
+
+
 def _move(tmp_path: Path, source: str, target: str, name: str) -> str:
     """Export ``source``, import into ``target``: what the target then exports."""
     out = oms_auth(tmp_path, "--db", source, "user", "export").stdout
@@ -303,3 +325,23 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # the terminal's other side closed
         return b""
+
+
+@pytest.mark.usefixtures("store_env")
+def test_an_id_beyond_what_the_store_holds_refuses_its_row_and_the_others_go_on(
+    tmp_path: Path, db: str
+) -> None:
+    # An OMSId past 64 bits stopped the whole import with a traceback, the good rows unwritten.
+    rows: list[object] = [
+        user("first"),
+        user("huge", OMSId=10**30),
+        user("wide", AccountIds=[2**63]),
+        user("nought", AccountId=0),
+        user("last"),
+    ]
+    out = oms_auth(tmp_path, "user", "import", str(write(tmp_path / "u.jsonl", rows)))
+    assert summary(out.stdout) == (2, 0, 3)
+    refused = [line for line in out.stderr.splitlines() if line.startswith("line ")]
+    assert [line.split(":")[0] for line in refused] == ["line 2", "line 3", "line 4"]
+    names = run_async(sql(db, "SELECT username FROM users ORDER BY id"))
+    assert names == [("first",), ("last",)]

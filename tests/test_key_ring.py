@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +27,7 @@ from oms_auth.crypto import Sealer
 from oms_auth.keyring import MAGIC, legacy_id, read_ring, sealed_prefix, write_ring
 from protocol.client import Client
 
-from .helpers import PASSWORD, ServerProcess, eventually, oms_auth, settings_for, sql
+from .helpers import FAST, PASSWORD, ServerProcess, eventually, oms_auth, settings_for, sql
 from .test_files import mode, umask
 from .test_service_key import key_file
 
@@ -228,3 +231,25 @@ def test_rotating_a_ring_given_in_the_environment_is_refused_saying_where_to_cha
         f"{legacy_id(bytes.fromhex('ab' * 32))}  "
         in oms_auth(tmp_path, "key", "list", env=env).stdout
     )
+
+
+def test_rotations_run_at_once_each_keep_their_key_in_the_ring(
+    tmp_path: Path, store_env: str
+) -> None:
+    # Each rotate reads the ring, adds a key and writes it whole: run together, a later write
+    # dropped a key that an earlier one had already made the store's current key.
+    oms_auth(tmp_path, *ALICE.split())
+    env = {**os.environ, **FAST}
+    command = [sys.executable, "-m", "oms_auth.cli", "key", "rotate"]
+    made: list[str] = []
+    for _ in range(2):
+        runs = [
+            subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        for run in runs:
+            out, _ = run.communicate(timeout=60)
+            made += re.findall(r"key (k[0-9a-f]+) is current", out)
+    ring = key_ids(tmp_path)
+    assert made and all(key_id in ring for key_id in made), (made, ring)
+    assert "audit trail intact" in oms_auth(tmp_path, "audit", "verify").stdout

@@ -108,3 +108,16 @@ async def test_the_replacement_is_written_only_while_the_verified_hash_is_still_
     assert await stored_hash(app.settings.db, user_id) == newer
     await app.deps.store.replace_hash(user_id, BCRYPT, late)
     assert await stored_hash(app.settings.db, user_id) == newer
+
+
+async def test_a_stored_argon2_hash_over_the_login_cost_bounds_never_verifies(app: App) -> None:
+    # 65 lanes (cheap to make here, but past the 64 a login may pay for): the right password
+    # does not open a session with it, and the deployment's own hashes still verify.
+    from argon2 import PasswordHasher
+
+    costly = PasswordHasher(time_cost=1, memory_cost=8 * 65, parallelism=65).hash(PASSWORD)
+    await with_hash(app, "lanes", costly)
+    await make_user(app.deps, "plain")
+    async with await Client.connect(app.url) as client:
+        assert (await login(client, "lanes"))["Authenticated"] is False
+        assert (await login(client, "plain"))["Authenticated"] is True

@@ -11,7 +11,7 @@ from ..app import build_deps
 from ..config import Settings
 from ..engine.deps import Deps
 from ..engine.reseal import Resealer
-from ..keyring import MAGIC, KeyRing, RingError, sealed_prefix, write_ring
+from ..keyring import MAGIC, KeyRing, RingError, ring_lock, sealed_prefix, write_ring
 from ..keyservice import KeySource, binding_for, chain_keys
 from ..store import StoreError
 from ..store.sealed import SEALED
@@ -52,14 +52,17 @@ async def key_command(args: argparse.Namespace, settings: Settings) -> int:
             "the key ring comes from OMS_AUTH_SECRET_KEY: change the variable on every node"
             " (id:base64,id:base64, current first)"
         )
-    deps = await build_deps(settings)  # checks the ring against the store first
-    try:
-        if args.key_command == "rotate":
-            return await _rotate(deps, source)
-        return await _retire(deps, source, args.key_id)
-    finally:
-        await deps.store.close()
-        deps.hasher.close()
+    # One change of the ring at a time, each from the ring as the one before left it (read by
+    # build_deps under the lock): docs/operations.md, "Rotating the service key".
+    with ring_lock(source.path):
+        deps = await build_deps(settings)  # checks the ring against the store first
+        try:
+            if args.key_command == "rotate":
+                return await _rotate(deps, source)
+            return await _retire(deps, source, args.key_id)
+        finally:
+            await deps.store.close()
+            deps.hasher.close()
 
 
 def _print(ring: KeyRing) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import msgspec
 
@@ -34,6 +35,12 @@ _MAX_LINE = 64 * 1024
 _YIELD_EVERY = 25  # rows read between two turns of the event loop
 
 
+# An OMS or account id: what both stores hold (a 64-bit integer), and positive, as every id this
+# service makes is. A row with another is refused by its line (one past the stores' range
+# stopped the whole import).
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
 class Question(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A security question with its answer in the clear (hashed as it is imported) or the
     Argon2id hash of its normalised answer (what export writes)."""
@@ -48,9 +55,9 @@ class Row(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     UserName: str
     Email: str
-    OMSId: int = 1
-    AccountId: int | None = None
-    AccountIds: list[int] = []
+    OMSId: Id = 1
+    AccountId: Id | None = None
+    AccountIds: list[Id] = []
     Permissions: list[str] = []
     PasswordHash: str | None = None
     TotpSecret: str | None = None

@@ -54,6 +54,9 @@ class Gateway:
         self.proxies = Proxies(settings.trusted_networks(), settings.proxy_header)
         # Bytes of the requests in flight on every connection (``max_in_flight_bytes``).
         self.in_flight_bytes = 0
+        # Set when the node drains: a request that comes after is refused at once (it would
+        # run, its effects committed, and lose its answer with the 1012 close).
+        self.draining = False
 
     # -- connection life ----------------------------------------------------------------------
 
@@ -127,6 +130,7 @@ class Gateway:
         """Shutdown: let requests in flight finish (up to ``grace`` seconds), then close every
         connection with 1012 (service restart: reconnect, to another node where there is one,
         and resume the session with its token)."""
+        self.draining = True
         tasks = [t for conn in self.connections for t in conn.tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
@@ -176,6 +180,8 @@ class Gateway:
 
     def _overloaded(self, conn: Conn, size: int = 0) -> str | None:
         s = self.settings
+        if self.draining:
+            return "The server is restarting; reconnect and try again"
         if self.in_flight_bytes + size > s.max_in_flight_bytes:
             self.metrics.event("requests_over_memory")
             return (
