@@ -1,4 +1,4 @@
-"""The PostgreSQL store's counted events (docs/rules.md, "Limits" and "Fair limits"): a mixin
+"""The PostgreSQL store's counted events (docs/rules.md, "Logins" and "Fair limits"): a mixin
 of :class:`~.postgres.PostgresStore`. Every counter is guarded by an advisory lock of its own
 (kind and key), taken in one sorted order, so two transactions counting the same counters on
 any nodes never wait on each other in a cycle, and a count read under the lock stays true until
