@@ -14,6 +14,7 @@ import hmac
 import os
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,11 @@ class Hasher:
         # as "wrong password".
         # Computed in the pool, so start-up does not wait for it.
         self._decoy = self._pool.submit(self._argon.hash, secrets.token_hex(16))
+        # What a verify costs, by the kind of hash (an average of the recent ones): a failed
+        # check lasts at least as long as the costliest kind's, so a wrong password tells
+        # nothing of whether the user exists or still has a hash brought by import
+        # (docs/import.md, "At the next login").
+        self._costs: dict[str, float] = {}
 
     def hash_sync(self, secret: str) -> str:
         return self._argon.hash(secret)
@@ -161,15 +167,46 @@ class Hasher:
             )
 
     async def verify(self, encoded: str | None, secret: str) -> bool:
-        """True when ``secret`` matches; ``None`` costs a verify against a decoy and is False."""
+        """True when ``secret`` matches; ``None`` costs a verify against a decoy and is False.
+        A False answer comes no sooner than :meth:`failure_floor` after the check began."""
         self.checks += 1
         async with self._slots:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.verify_sync, encoded, secret
+            ok, took = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._timed_verify, encoded, secret
             )
+        # Kept on the event loop's thread only: the workers just measure.
+        kind, last = _hash_kind(encoded), self._costs.get(_hash_kind(encoded))
+        # A running average, so one slow verify (a loaded machine) does not set the floor.
+        self._costs[kind] = took if last is None else 0.8 * last + 0.2 * took
+        if not ok:
+            await asyncio.sleep(max(0.0, self.failure_floor() - took))
+        return ok
+
+    def failure_floor(self) -> float:
+        """How long a failed check lasts at least: the costliest kind of hash's recent verify
+        time (capped: a stall of the machine must not slow every failure for long)."""
+        return min(max(self._costs.values(), default=0.0), _FLOOR_CAP)
+
+    def _timed_verify(self, encoded: str | None, secret: str) -> tuple[bool, float]:
+        started = time.monotonic()
+        ok = self.verify_sync(encoded, secret)
+        return ok, time.monotonic() - started
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+_FLOOR_CAP = 2.0  # seconds
+
+
+def _hash_kind(encoded: str | None) -> str:
+    """The kind of a stored hash, for its cost: its scheme (Argon2: with its parameters; no
+    hash: the decoy, made with the deployment's own)."""
+    if not encoded:
+        return "decoy"
+    if encoded.startswith("$argon2"):
+        return "$".join(encoded.split("$")[:4])
+    return encoded.split("$", 2)[1] if encoded.startswith("$") else encoded.split("$", 1)[0]
 
 
 def digest(secret: str) -> bytes:

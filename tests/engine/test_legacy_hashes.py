@@ -155,3 +155,23 @@ def test_users_are_counted_by_scheme_every_scheme_named() -> None:
     counts = legacy_hashes.count(heads)
     assert counts["bcrypt"] == 3 and counts["werkzeug_scrypt"] == 1
     assert set(counts) == set(legacy_hashes.LEGACY_SCHEMES) and sum(counts.values()) == 4
+
+
+async def test_a_failed_check_lasts_as_long_as_the_costliest_kind_of_hash_checked_lately() -> None:
+    # A user still on an imported hash that costs more than the deployment's Argon2id must not
+    # stand out by its timing: after such a hash was checked, every failed check (an unknown
+    # user's decoy, a native user's wrong password) lasts at least that long.
+    import time
+
+    hasher = Hasher(workers=1, time_cost=1, memory_cost=64, legacy=legacy_hashes.verify)
+    slow = django(PASSWORD, "salt", 400_000)
+    try:
+        assert await hasher.verify(slow, PASSWORD)
+        floor = hasher.failure_floor()
+        assert floor > 0
+        for stored in (None, hasher.hash_sync(PASSWORD)):
+            started = time.monotonic()
+            assert not await hasher.verify(stored, "wrong")
+            assert time.monotonic() - started >= floor * 0.999
+    finally:
+        hasher.close()
