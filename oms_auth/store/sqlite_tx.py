@@ -10,8 +10,6 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import msgspec
-
 from . import import_plan, plans
 from . import sql as q
 from .audit import ChainKeys, link_entries
@@ -145,11 +143,7 @@ def append_audit(
     """Link ``entries`` onto the audit chain (inside the write job: its tail cannot move)."""
     if entries:
         tail = raw.execute(S.audit_tail).fetchone()
-        rows = link_entries(audit_key, tail, entries, now)
-        if len(rows) == 1:
-            raw.execute(S.insert_audit, rows[0])
-        else:  # every row is at ``now``: bound as it is, not read back from JSON
-            raw.execute(_AUDIT_ROWS, (now, _json(rows)))
+        raw.executemany(S.insert_audit, link_entries(audit_key, tail, entries, now))
 
 
 def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
@@ -161,37 +155,6 @@ def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
     raw.executemany(S.insert_question, [(user_id, question, a) for question, a in user.questions])
     return int(user_id)
 
-
-# Many rows in one statement: a JSON array of arrays, unpacked by SQLite as it runs the
-# statement, where the connection lets other threads run Python (an import checks the next
-# batch meanwhile); executemany binds each row's values holding the interpreter's lock
-# (docs/performance.md, "Importing users").
-_json = msgspec.json.Encoder().encode
-
-
-def _items(count: int) -> str:
-    return ", ".join(f"value->>{n}" for n in range(count))
-
-
-_AUDIT_ROWS = (
-    f"INSERT INTO audit ({q.AUDIT_COLUMNS}) SELECT value->>0, ?1,"
-    " value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,"
-    " value->>10 FROM json_each(?2)"
-)
-_USER_ROWS = (
-    "INSERT INTO users (username, username_key, email, email_verified, oms_id, account_id,"
-    " password_hash, auth_source, active, master, locale, name_skeleton)"
-    f" SELECT {_items(12)} FROM json_each(?)"
-)
-# WHERE true: SQLite reads ON CONFLICT after a SELECT's FROM only past a WHERE.
-_ACCOUNT_ROWS = (
-    f"INSERT INTO accounts (oms_id, id) SELECT {_items(2)} FROM json_each(?) WHERE true"
-    " ON CONFLICT (oms_id, id) DO NOTHING"
-)
-_LINK_ROWS = (
-    f"INSERT INTO user_accounts (user_id, oms_id, account_id) SELECT {_items(3)}"
-    " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
-)
 
 # "Any of these": a JSON array of the batch's values, one statement for the whole batch.
 _ANY = " IN (SELECT value FROM json_each(?))"
@@ -214,14 +177,12 @@ def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Writte
     fresh = import_plan.with_new_accounts(fresh, highest)
     ids: dict[str, int] = {}
     if fresh:
-        raw.execute(_USER_ROWS, (_json([q.user_args(user) for user in fresh]),))
+        raw.executemany(S.insert_user.removesuffix(" RETURNING id"), map(q.user_args, fresh))
         keys = [username_key(user.username) for user in fresh]
         ids = dict(raw.execute(_IDS, (json.dumps(keys),)).fetchall())
-        accounts, links, *others = import_plan.dependents([ids[k] for k in keys], fresh)
-        for statement, values in ((_ACCOUNT_ROWS, accounts), (_LINK_ROWS, links)):
-            if values:
-                raw.execute(statement, (_json(values),))
-        for statement, values in zip((S.insert_permission, S.insert_question), others, strict=True):
+        statements = (S.insert_account, S.insert_user_account, S.insert_permission)
+        rows = import_plan.dependents([ids[k] for k in keys], fresh)
+        for statement, values in zip((*statements, S.insert_question), rows, strict=True):
             if values:
                 raw.executemany(statement, values)
     written = import_plan.written(batch, found, ids, of)
