@@ -106,6 +106,31 @@ def test_each_bad_row_is_refused_by_its_line_and_the_others_are_imported(
 
 
 @pytest.mark.usefixtures("store_env")
+def test_each_imported_user_has_its_own_audit_row_and_its_values_as_given(
+    tmp_path: Path, db: str
+) -> None:
+    # Names and addresses that JSON escapes, and a batch boundary (rows go in many at a time).
+    names = ['o"brien\\1', "zoë", "trader\u00e9", *(f"t{n}" for n in range(transfer.BATCH))]
+    rows = [user(n, Email=f"{n}+x@example.test", AccountId=500 + i) for i, n in enumerate(names)]
+    rows[1] |= {"Locale": "pt-BR", "Master": True, "EmailVerified": True, "Active": False}
+    out = oms_auth(tmp_path, "user", "import", str(write(tmp_path / "u.jsonl", rows)))
+    assert summary(out.stdout) == (len(names), 0, 0)
+    users = run_async(
+        sql(db, "SELECT id, username, email, account_id, locale, master, active FROM users")
+    )
+    assert sorted((u[1], u[2], u[3]) for u in users) == sorted(
+        (n, f"{n}+x@example.test", 500 + i) for i, n in enumerate(names)
+    )
+    zoe = next(u for u in users if u[1] == "zoë")
+    assert (zoe[4], bool(zoe[5]), bool(zoe[6])) == ("pt-BR", True, False)
+    links = run_async(sql(db, "SELECT user_id, account_id FROM user_accounts"))
+    assert sorted(links) == sorted((u[0], u[3]) for u in users)
+    audit = run_async(sql(db, "SELECT action, target_id, target_name, source FROM audit"))
+    assert sorted(audit) == sorted(("user-imported", u[0], u[1], "cli") for u in users)
+    assert "audit trail intact" in oms_auth(tmp_path, "audit", "verify").stdout
+
+
+@pytest.mark.usefixtures("store_env")
 def test_dry_run_checks_every_row_and_writes_nothing(tmp_path: Path, db: str) -> None:
     oms_auth(tmp_path, "user", "import", str(write(tmp_path / "a.jsonl", [user("zed")])))
     # (sorted: PostgreSQL may hand rows back in another order after opening the store)

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable
 
 import bcrypt
@@ -132,11 +133,15 @@ LEGACY_SCHEMES = tuple(dict.fromkeys(name for _, name, _ in _SCHEMES if name != 
 """The scheme names a user can still be on until its next login (``argon2i`` included)."""
 
 
+# The prefixes as one pattern tried in their order (the first that matches wins, as in
+# _SCHEMES): one call per hash, where an import looks up a million.
+_PREFIX = re.compile("|".join(re.escape(prefix) for prefix, _, _ in _SCHEMES))
+_BY_PREFIX = {prefix: (name, verifier) for prefix, name, verifier in _SCHEMES}
+
+
 def _entry(encoded: str) -> tuple[str, Verifier] | None:
-    for prefix, name, verifier in _SCHEMES:
-        if encoded.startswith(prefix):
-            return name, verifier
-    return None
+    found = _PREFIX.match(encoded)
+    return None if found is None else _BY_PREFIX[found.group()]
 
 
 def scheme_of(encoded: str) -> str | None:

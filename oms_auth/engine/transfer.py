@@ -95,6 +95,8 @@ class _Pending:
 
 
 def _accounts(row: Row) -> list[int]:
+    if not row.AccountIds:
+        return [] if row.AccountId is None else [row.AccountId]
     first = [row.AccountId] if row.AccountId is not None else []
     return first + [a for a in row.AccountIds if a != row.AccountId]
 
@@ -162,16 +164,14 @@ def _in_file(tally: Tally, pending: _Pending) -> str | None:
     return None
 
 
-async def _hashed(deps: Deps, pending: _Pending) -> ImportItem:
-    if not pending.answers:
-        return pending.item
+async def _hashed(deps: Deps, pending: _Pending) -> None:
+    """The row's answers hashed into its user."""
     if await deps.store.user_by_name(pending.item.user.username) is not None:
         # Already there, or the name taken: the store says which and writes nothing, so a run
         # that finishes an interrupted one does not pay the answers' Argon2id again.
-        return pending.item
+        return
     hashes = [(q, await deps.hasher.hash(a)) for q, a in pending.answers]
     pending.item.user.questions += tuple(hashes)
-    return pending.item
 
 
 _OUTCOME_REASON = {
@@ -187,8 +187,9 @@ async def _write(
     refuse: Callable[[int, str], None],
     invite_without_hash: bool,
 ) -> None:
-    items = await asyncio.gather(*(_hashed(deps, p) for p in batch))
-    outcomes = await deps.store.import_users(items)
+    # Only rows with answers have work to wait for (most have none: no task for those).
+    await asyncio.gather(*(_hashed(deps, p) for p in batch if p.answers))
+    outcomes = await deps.store.import_users([p.item for p in batch])
     for pending, (outcome, user_id) in zip(batch, outcomes, strict=True):
         if outcome is Imported.DONE:
             tally.imported += 1

@@ -99,7 +99,12 @@ def username_skeleton(name: str) -> str:
     can make new confusables). Invisible characters are not handled here: usernames holding
     any are refused before they reach a store (``oms_auth.engine.names``)."""
     once = _SPOOF.getSkeleton(0, unicodedata.normalize("NFKC", name)).casefold()
-    bare = "".join(c for c in unicodedata.normalize("NFD", once) if c not in _MARKS)
+    # ASCII (most names) holds no marks and is its own NFD: nothing to drop
+    bare = (
+        once
+        if once.isascii()
+        else "".join(c for c in unicodedata.normalize("NFD", once) if c not in _MARKS)
+    )
     return _SEPARATORS.sub("", _SPOOF.getSkeleton(0, _SEPARATORS.sub("", bare)))
 
 
