@@ -8,6 +8,7 @@ instead come from ``OMS_AUTH_SMTP_PASSWORD`` so that it is not on a command line
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from email.utils import parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -39,10 +40,7 @@ class SmtpTransport:
         return f"SmtpTransport({self.host}:{self.port})"
 
     async def send(self, message: Outgoing, mail_id: int) -> None:
-        await aiosmtplib.send(
-            message.data,
-            sender=parseaddr(message.sender)[1] or message.sender,
-            recipients=[message.recipient],
+        client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
             use_tls=self.use_tls,
@@ -52,6 +50,18 @@ class SmtpTransport:
             password=self._password if self.username else None,
             timeout=self.timeout,
         )
+        sender = parseaddr(message.sender)[1] or message.sender
+        try:
+            await client.connect()  # with STARTTLS and login, as configured
+            await client.sendmail(sender, [message.recipient], message.data)
+            with contextlib.suppress(aiosmtplib.SMTPException):
+                await client.quit()  # delivered: a server that fumbles QUIT changes nothing
+        except BaseException:
+            # Failed, or cancelled by a stopping node: the connection is dropped at once. A
+            # polite QUIT would wait up to `timeout` on a stalled server and hold the node's
+            # shutdown (docs/operations.md, "Restarts: SIGTERM drains").
+            client.close()
+            raise
 
     async def send_batch(self, batch: list[tuple[Outgoing, int]]) -> list[Exception | None]:
         results = await asyncio.gather(
