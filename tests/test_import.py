@@ -188,7 +188,8 @@ def test_invite_without_hash_queues_an_invitation_for_each_user_without_one(
 def test_an_import_killed_midway_finishes_when_run_again(tmp_path: Path, db: str) -> None:
     total = 6000
     oms_auth(tmp_path, "user", "import", str(write(tmp_path / "first.jsonl", [user("first")])))
-    path = write(tmp_path / "u.jsonl", [user(f"user{n:05d}", AccountIds=[n]) for n in range(total)])
+    rows = [user(f"user{n:05d}", AccountIds=[n + 1]) for n in range(total)]  # ids from 1
+    path = write(tmp_path / "u.jsonl", rows)
     proc = subprocess.Popen(
         [sys.executable, "-m", "oms_auth.cli", "user", "import", str(path)],
         cwd=tmp_path,

@@ -126,7 +126,18 @@ class OutboxWorker:
         """One pass: deliver what is due, as one batch (one trip to the transport, one store
         transaction marking them sent with their audit rows). True when it found work."""
         d = self.deps
-        rows = await d.store.claim_mail(d.clock(), d.settings.mail_lease_seconds, BATCH)
+        claiming = asyncio.ensure_future(
+            d.store.claim_mail(d.clock(), d.settings.mail_lease_seconds, BATCH)
+        )
+        try:
+            rows = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # A stopping node: the claim may have committed after all. What it claimed is in
+            # hand, so stop() hands it back due at once; cut short, it would wait out its lease
+            # (on PostgreSQL no restart reclaims it sooner).
+            with contextlib.suppress(Exception):
+                self._in_hand = [row.id for row in await claiming]
+            raise
         if not rows:
             return False
         self._in_hand = [row.id for row in rows]
