@@ -58,9 +58,13 @@ async def mailed_link(options: Options, p: Probe, *, fresh: bool = False) -> tup
 
 
 async def _request_link(options: Options, p: Probe) -> tuple[int, str, str]:
+    target = await run_target(options, p)
+    # The target's id, so a late message of another case (another user's link) is passed over.
+    info = (await p.call("GetUserInfo", {"UserName": target}))["o"]
+    user_id = info.get("UserId") if isinstance(info, dict) else None
     before = _mail_files(options)
-    check_success(await p.call("ResetPassword", {"UserName": await run_target(options, p)}))
-    return await _link_mailed(options, p, before)
+    check_success(await p.call("ResetPassword", {"UserName": target}))
+    return await _link_mailed(options, p, before, user_id=user_id)
 
 
 async def run_target(options: Options, p: Probe) -> str:
@@ -87,17 +91,22 @@ def _mail_files(options: Options) -> set[Any]:
 
 
 async def _link_mailed(
-    options: Options, p: Probe, before: set[Any], to: str | None = None
+    options: Options,
+    p: Probe,
+    before: set[Any],
+    to: str | None = None,
+    user_id: object = None,
 ) -> tuple[int, str, str]:
-    """The link of the first message (to ``to``, when given) that arrived since ``before`` and
-    still holds a live code. A message an earlier request queued can arrive after ``before``
-    (its delivery lagged): its code was voided by the newer request, so it is passed over."""
+    """The link of the first message (to ``to``, and for ``user_id``, when given) that arrived
+    since ``before`` and still holds a live code. A message an earlier request queued can arrive
+    after ``before`` (its delivery lagged): its code was voided by the newer request, so it is
+    passed over."""
     seen: set[Any] = set(before)
     for _ in range(int(options.timeout * 20)):
         for path in sorted(_mail_files(options) - seen):
             seen.add(path)
             found = _link_in(path, to)
-            if found is None:
+            if found is None or (isinstance(user_id, int) and int(found[2]) != user_id):
                 continue
             answer = await p.call("GetUserIdForPasswordSet", {"PendingCode": found[3]})
             if isinstance(answer["o"], dict) and "UserId" in answer["o"]:
