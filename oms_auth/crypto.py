@@ -175,7 +175,8 @@ class Hasher:
                 self._pool, self._timed_verify, encoded, secret
             )
         # Kept on the event loop's thread only: the workers just measure.
-        kind, last = _hash_kind(encoded), self._costs.get(_hash_kind(encoded))
+        kind = _hash_kind(encoded)
+        last = self._costs.get(kind)
         # A running average, so one slow verify (a loaded machine) does not set the floor.
         self._costs[kind] = took if last is None else 0.8 * last + 0.2 * took
         if not ok:
