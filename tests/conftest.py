@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -10,6 +10,9 @@ from oms_auth.app import App
 from protocol.client import Client
 
 from .helpers import STORES, Clock, drop_pg_schema, is_postgres, new_pg_schema, settings_for
+
+if TYPE_CHECKING:
+    from .test_nodes import Cluster
 
 
 @pytest.fixture
@@ -70,3 +73,15 @@ async def limited(
         yield app
     finally:
         await app.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
+    """Two ``serve`` nodes on one PostgreSQL schema (tests/test_nodes.py), stopped after."""
+    from .test_nodes import Cluster
+
+    c = Cluster(tmp_path, db)
+    try:
+        yield c
+    finally:
+        await c.stop()

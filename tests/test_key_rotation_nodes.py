@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +83,6 @@ class Load:
                     self.outcome("totp", bool(done.o.get("Authenticated")), done.o)
             last = step
             await asyncio.sleep(1.5)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, db)
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 async def test_two_nodes_rotate_under_load_of_three_kinds_of_login_without_one_failure(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +112,6 @@ class Cluster:
         mail = parse_mail(newest)
         assert "code" in mail, mail["text"]
         return mail
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, db)
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 async def test_a_code_issued_on_one_node_is_redeemed_on_the_other(cluster: Cluster) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +19,6 @@ from .test_authority import OPERATOR_WRITES, operator_calls
 from .test_nodes import NEW, OK, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, db)
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 ROOMY = {

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -18,15 +16,6 @@ from .test_nodes import OK, Cluster, logged_in, next_event
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, db: str) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, db)
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 async def second_step(cluster: Cluster, node: str) -> Client:

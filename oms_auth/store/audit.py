@@ -40,6 +40,7 @@ __all__ = [
     "checked_audit_key",
     "chain_keys",
     "link_entries",
+    "link_made",
     "rechain",
 ]
 
@@ -97,17 +98,26 @@ def checked_audit_key(key: bytes | ChainKeys) -> ChainKeys:
 def link_entries(
     keys: bytes | ChainKeys, tail: Iterable[Any] | None, entries: Iterable[AuditEntry], now: float
 ) -> list[tuple[object, ...]]:
-    """The rows that append ``entries`` after the chain's ``tail`` (its last ``(id, hash)``,
-    None when empty), each ``(id, at, action, actor_id, target_id, target_name, source,
-    detail, prev_hash, hash, key_id)``: what ``INSERT INTO audit`` takes."""
+    """The rows that append ``entries``, all made at ``now``, after the chain's ``tail`` (its
+    last ``(id, hash)``, None when empty), each ``(id, at, action, actor_id, target_id,
+    target_name, source, detail, prev_hash, hash, key_id)``: what ``INSERT INTO audit``
+    takes."""
+    return link_made(keys, tail, ((now, e) for e in entries))
+
+
+def link_made(
+    keys: bytes | ChainKeys, tail: Iterable[Any] | None, made: Iterable[tuple[float, AuditEntry]]
+) -> list[tuple[object, ...]]:
+    """As :func:`link_entries`, each entry with the time it was made (rows written unlinked
+    and linked later, as PostgreSQL's linker does: :mod:`.postgres_audit`)."""
     key, key_id = chain_keys(keys).current, chain_keys(keys).current_id
     last_id, prev = 0, ""
     if tail is not None:
         last, last_hash = tail
         last_id, prev = int(last), str(last_hash)
     rows: list[tuple[object, ...]] = []
-    for n, e in enumerate(entries, start=last_id + 1):
-        fields = (n, now, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
+    for n, (at, e) in enumerate(made, start=last_id + 1):
+        fields = (n, at, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
         digest = chain_hash(key, prev, *fields)
         rows.append((*fields, prev, digest, key_id))
         prev = digest

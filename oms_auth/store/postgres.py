@@ -8,13 +8,15 @@ tables rule by rule: advisory locks per
 every write about a user, so a code, a lock, a TOTP step or a password version is read as it
 is; compare-and-set ``UPDATE``s and unique inserts that let one of racing calls win (a code's
 redemption, an API key's nonce); ``FOR UPDATE SKIP LOCKED`` and a lease for the outbox; an advisory
-lock around the audit chain's tail; ``NOTIFY`` inside a revoking transaction, heard by every node's
+lock for the audit chain's linker (:mod:`.postgres_audit`: decisions write their audit rows
+unlinked, linked after commit); ``NOTIFY`` inside a revoking transaction, heard by every node's
 listener.
 
 Lock order, to rule out deadlocks: users' rows (the one written for and the caller's, the lower
 id first), then the caller's session row, then event locks (sorted by kind and key), then the
-audit lock. Advisory locks are keyed by schema, so stores in different schemas of one
-database never wait on each other.
+audit lock, which only the linker (holding nothing else) and an import's batch take. Advisory
+locks are keyed by schema, so stores in different schemas of one database never wait on each
+other.
 
 PostgreSQL text cannot hold NUL, which a client may send inside a username: event keys are
 escaped one-to-one (``Statements.event_key``), audit and error text shows U+FFFD instead
@@ -33,7 +35,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
@@ -42,9 +44,10 @@ from protocol.messages import LogoutReason
 
 from . import keys, plans, postgres_import
 from . import sql as q
-from .audit import ChainKeys, checked_audit_key, link_entries
+from .audit import ChainKeys, checked_audit_key
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
+from .postgres_audit import AuditLinker, append_and_commit, append_linked, insert_pending
 from .postgres_devices import PostgresDevices
 from .postgres_limits import PostgresLimits
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
@@ -57,8 +60,6 @@ from .postgres_tx import (
     ADVISORY_LOCK,
     CONNECTION_ERRORS,
     S,
-    append_and_commit,
-    audit_entry,
     committing,
     count_of,
     keep_session,
@@ -74,6 +75,7 @@ from .records import (
     AccountChange,
     ApiKey,
     AuditEntry,
+    AuditRow,
     Authority,
     Claim,
     CodeIssue,
@@ -131,14 +133,6 @@ _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # Several rows in one statement execution each (a batch of delivered mail and its audit rows),
 # rather than one execution per row.
 _MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])")
-# Many audit rows in one JSON parameter (an array per row, in AUDIT_COLUMNS' order): asyncpg
-# checks each element of an array parameter in Python, which costs an import dearly. The time
-# goes as msgspec writes a float (the shortest text that reads back as the same double).
-_INSERT_AUDIT_ROWS = (
-    f"INSERT INTO audit ({q.AUDIT_COLUMNS}) SELECT (a->>0)::bigint, (a->>1)::float8, a->>2,"
-    " (a->>3)::bigint, (a->>4)::bigint, a->>5, a->>6, a->>7, a->>8, a->>9, a->>10"
-    " FROM json_array_elements($1::json) AS a"
-)
 
 
 class PostgresStore(PostgresDevices, PostgresLimits, Store):
@@ -158,6 +152,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         )
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._audit_lock = lock_key(self.schema, "audit")
+        self._linker = AuditLinker(lambda: self._db, self._audit_key, self._audit_lock)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"
@@ -195,6 +190,8 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
 
     async def close(self) -> None:
         await self.listener.stop()
+        if self._pool is not None:
+            await self._linker.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -249,16 +246,11 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         )
 
     async def _insert_audit(self, conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
-        if not entries:
-            return
-        # Held until commit: the next writer on any node reads the tail after this one.
-        await conn.execute(ADVISORY_LOCK, self._audit_lock)
-        tail = await conn.fetchrow(S.audit_tail)
-        rows = link_entries(self._audit_key, tail, [audit_entry(e) for e in entries], now)
-        if len(rows) == 1:
-            await conn.execute(S.insert_audit, *rows[0])
-        else:
-            await conn.execute(_INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
+        """Write ``entries`` unlinked in ``conn``'s transaction; the linker links them after
+        it commits (:mod:`.postgres_audit`)."""
+        if entries:
+            await insert_pending(conn, entries, now)
+            self._linker.wake()
 
     @staticmethod
     async def _insert_mail(conn: Conn, mail: MailItem, now: float) -> None:
@@ -319,7 +311,9 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             # As create_user takes them, in one order (no deadlock with another import).
             await conn.execute(postgres_import.LOCK_ALL, msgspec.json.encode(locks).decode())
             written = await postgres_import.import_batch(conn, self.schema, batch)
-            await self._insert_audit(conn, written.audit, await self._now(conn))
+            if written.audit:
+                now = await self._now(conn)
+                await append_linked(conn, self._audit_key, self._audit_lock, written.audit, now)
         outcomes: list[tuple[Imported, int | None]] = written.outcomes
         return outcomes
 
@@ -512,11 +506,13 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             await lock_for(conn, issue.user_id, issue.authority, then=limit_lock)
             count = 0 if limit is None else await self._count(conn, limit, issue.now)
             # The issue's writes (the limit's event, older codes voided, the code, its mail)
-            # touch rows apart: one statement, which then takes the audit lock.
+            # touch rows apart: one statement; then its audit rows with COMMIT.
             plan = plans.issue_plan(S, issue, count)
-            if await run_together(conn, plan, self._audit_lock) is not Outcome.DONE:
+            if await run_together(conn, plan) is not Outcome.DONE:
                 return False
-            await append_and_commit(conn, self._audit_key, issue.audit, issue.now)
+            await append_and_commit(conn, issue.audit, issue.now)
+            if issue.audit:
+                self._linker.wake()
             return True
 
     async def check_code(
@@ -591,3 +587,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def audit(self, entries: list[AuditEntry], now: float) -> None:
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
+
+    async def audit_rows(self, **query: Any) -> list[AuditRow]:
+        await self._linker.link_all()  # every committed decision, in the chain
+        return await super().audit_rows(**query)

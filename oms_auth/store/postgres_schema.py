@@ -247,6 +247,21 @@ MIGRATIONS: list[str] = [
     # 13: every audit row names the key that chained it (docs/operations.md, "Rotating the
     # service key"); rows from before name none and are checked with the ring's legacy key.
     "ALTER TABLE audit ADD COLUMN key_id TEXT",
+    # 14: decisions write their audit rows unlinked, in their own transaction; a linker links
+    # them into the chain after commit (store/postgres_audit.py, docs/performance.md): no
+    # write waits for the chain's lock. ``seq`` keeps the order they were written in.
+    """
+    CREATE TABLE audit_pending (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        action TEXT NOT NULL,
+        actor_id BIGINT,
+        target_id BIGINT,
+        target_name TEXT,
+        source TEXT,
+        detail TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,7 +16,6 @@ import msgspec
 
 from . import plans
 from . import sql as q
-from .audit import ChainKeys, link_entries
 from .records import IN_FLIGHT_SECONDS, AuditEntry, Authority, CallerGone, Claim, Outcome
 from .urls import PgTarget
 
@@ -40,7 +39,6 @@ __all__ = [
     "RELEASE_EVENT",
     "SETTLE_EVENT",
     "committing",
-    "append_and_commit",
     "keep_session",
     "audit_entry",
     "unreachable",
@@ -230,7 +228,7 @@ def audit_entry(e: AuditEntry) -> AuditEntry:
 @contextlib.asynccontextmanager
 async def committing(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[Conn]:
     """One pooled connection in one transaction that its last round trip commits
-    (:func:`append_and_commit`); rolled back when the block leaves without committing."""
+    (``postgres_audit.append_and_commit``); rolled back when the block leaves without committing."""
     async with pool.acquire() as conn:
         await conn.execute("BEGIN")
         try:
@@ -238,36 +236,3 @@ async def committing(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[Conn]:
         finally:
             if conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
-
-
-async def append_and_commit(
-    conn: Conn, key: ChainKeys, entries: Sequence[AuditEntry], now: float
-) -> None:
-    """Append ``entries`` to the audit chain and COMMIT in one round trip, the transaction
-    holding the audit lock: the lock is then held for two trips to the node (the tail, this)
-    rather than three (docs/performance.md, "What the profile showed"). The rows go as literals
-    in one simple query, the only way one round trip carries a statement and its COMMIT:
-    numbers as numbers, text dollar-quoted (nothing inside such a quote is an escape, and the
-    tag is one the text does not hold, so no text can end it)."""
-    if not entries:
-        await conn.execute("COMMIT")
-        return
-    tail = await conn.fetchrow(S.audit_tail)
-    rows = link_entries(key, tail, [audit_entry(e) for e in entries], now)
-    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
-    await conn.execute(f"INSERT INTO audit ({q.AUDIT_COLUMNS}) VALUES {values}; COMMIT")
-
-
-def _literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"'{value!r}'::float8"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str):
-        n = 0
-        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
-            n += 1
-        return f"$q{n}${value}$q{n}$"
-    raise TypeError(f"no audit column takes a {type(value).__name__}")

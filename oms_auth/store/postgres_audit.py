@@ -1,0 +1,229 @@
+"""The audit trail on PostgreSQL: written unlinked with each decision, linked into the chain
+after commit by one linker at a time (docs/rules.md, "The audit trail"; docs/performance.md).
+
+Why: the chain is one sequence per database (each row's hash covers the previous row's), so
+appending to it in the deciding transaction made every write that audits, on every node, wait
+for one advisory lock held until its commit: the writes of a whole cluster went one at a time,
+each holding the lock across round trips and the commit's flush. Now:
+
+- A deciding transaction inserts its entries into ``audit_pending`` (each with the time it was
+  made), and commits them with its decision: durable, no lock, no read of the chain.
+- A linker moves pending rows into ``audit`` in batches, under the audit lock, in one
+  transaction: it reads the chain's tail after taking the lock, links the rows in the order
+  they were written (:func:`.audit.link_made`), inserts them and deletes them from pending.
+  Every node runs one; the lock makes them take turns; a node woken by its own writes links
+  everyone's. Rows a stopped node left pending are linked by the next pass of any node, and a
+  periodic pass runs while a node is idle.
+- Whoever reads the trail (``audit show``, ``verify``, ``export``, the store's ``audit_rows``)
+  links what is pending first, so it sees every committed decision, in the chain.
+
+Rows wait unlinked for about ``GATHER_SECONDS`` under load, up to ``IDLE_SECONDS`` when idle.
+Meanwhile they are committed but not yet covered by the chain: someone who can write the
+database could change or delete such a row before it is linked without the chain showing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+import msgspec
+
+from ..tasks import cancel
+from . import sql as q
+from .audit import ChainKeys, link_entries, link_made
+from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry
+from .records import AuditEntry, StoreError
+
+if TYPE_CHECKING:
+    from .postgres_tx import Conn
+
+__all__ = [
+    "AuditLinker",
+    "insert_pending",
+    "append_and_commit",
+    "append_linked",
+    "pending_literal",
+    "INSERT_AUDIT_ROWS",
+    "GATHER_SECONDS",
+    "IDLE_SECONDS",
+]
+
+log = logging.getLogger("oms_auth.store")
+
+# How long a woken linker waits before linking: the transactions that woke it commit, and
+# others join the batch (one pass links many decisions).
+GATHER_SECONDS = 0.01
+# How often an idle linker looks for rows left pending (by a node that stopped, say).
+IDLE_SECONDS = 1.0
+# What a pass may meet: the database lost, or the store closed under it.
+_PASS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, StoreError)
+# Rows linked per transaction.
+BATCH = 2000
+
+_PENDING_COLUMNS = "at, action, actor_id, target_id, target_name, source, detail"
+_INSERT_PENDING = (
+    f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+)
+# Many rows in one JSON parameter (an array per row): asyncpg checks each element of an array
+# parameter in Python, which costs a large batch dearly.
+_INSERT_PENDING_ROWS = (
+    f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) SELECT (a->>0)::float8, a->>1,"
+    " (a->>2)::bigint, (a->>3)::bigint, a->>4, a->>5, a->>6"
+    " FROM json_array_elements($1::json) AS a"
+)
+INSERT_AUDIT_ROWS = (
+    f"INSERT INTO audit ({q.AUDIT_COLUMNS}) SELECT (a->>0)::bigint, (a->>1)::float8, a->>2,"
+    " (a->>3)::bigint, (a->>4)::bigint, a->>5, a->>6, a->>7, a->>8, a->>9, a->>10"
+    " FROM json_array_elements($1::json) AS a"
+)
+_ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM audit_pending)"
+_TAKE_PENDING = (
+    "DELETE FROM audit_pending WHERE seq IN (SELECT seq FROM audit_pending ORDER BY seq LIMIT $1)"
+    f" RETURNING seq, {_PENDING_COLUMNS}"
+)
+
+
+def _pending_row(at: float, e: AuditEntry) -> tuple[object, ...]:
+    e = audit_entry(e)  # what is linked (hashed) later is what is stored now
+    return (at, e.action, e.actor_id, e.target_id, e.target_name, e.source, e.detail)
+
+
+async def insert_pending(conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
+    """Write ``entries``, made at ``now``, unlinked, in the caller's transaction."""
+    if len(entries) == 1:
+        await conn.execute(_INSERT_PENDING, *_pending_row(now, entries[0]))
+    elif entries:
+        rows = [_pending_row(now, e) for e in entries]
+        await conn.execute(_INSERT_PENDING_ROWS, msgspec.json.encode(rows).decode())
+
+
+def pending_literal(entries: Sequence[AuditEntry], now: float) -> str:
+    """``entries`` as one ``INSERT INTO audit_pending`` with its values as literals: a simple
+    query that can carry ``COMMIT`` in the same round trip (``postgres_tx.append_and_commit``)."""
+    values = ", ".join(
+        "(" + ", ".join(_literal(v) for v in _pending_row(now, e)) + ")" for e in entries
+    )
+    return f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) VALUES {values}"
+
+
+async def append_and_commit(conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
+    """Write ``entries`` unlinked and COMMIT in one round trip (the last of a reset request:
+    docs/performance.md, "What the profile showed"). The rows go as literals in one simple
+    query, the only way one round trip carries a statement and its COMMIT."""
+    if not entries:
+        await conn.execute("COMMIT")
+        return
+    await conn.execute(pending_literal(entries, now) + "; COMMIT")
+
+
+async def append_linked(
+    conn: Conn, keys: ChainKeys, lock: int, entries: Sequence[AuditEntry], now: float
+) -> None:
+    """Link ``entries`` into the chain in ``conn``'s transaction, holding the audit ``lock`` to
+    its commit: for an import, whose batch of a thousand rows takes the lock once and has no
+    other writer to wait for it."""
+    await conn.execute(ADVISORY_LOCK, lock)
+    tail = await conn.fetchrow(S.audit_tail)
+    rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
+    await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
+
+
+def _literal(value: object) -> str:
+    """Numbers as numbers, text dollar-quoted: nothing inside such a quote is an escape, and
+    the tag is one the text does not hold, so no text can end it."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"'{value!r}'::float8"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        n = 0
+        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
+            n += 1
+        return f"$q{n}${value}$q{n}$"
+    raise TypeError(f"no audit column takes a {type(value).__name__}")
+
+
+class AuditLinker:
+    """Links a database's pending audit rows into its chain (see the module docstring).
+    ``pool`` gives the store's pool; ``keys`` chain the rows; ``lock`` is the audit lock."""
+
+    def __init__(
+        self, pool: Callable[[], asyncpg.Pool[asyncpg.Record]], keys: ChainKeys, lock: int
+    ) -> None:
+        self._pool, self._keys, self._lock = pool, keys, lock
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._turn = asyncio.Lock()  # one pass of this node at a time
+
+    def wake(self) -> None:
+        """Rows were written: link them soon (the linker starts with the first write)."""
+        self._wanted.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def link_all(self) -> int:
+        """Link every row pending now (every node's); how many."""
+        linked = 0
+        while True:
+            n = await self._link_once()
+            linked += n
+            if n < BATCH:
+                return linked
+
+    async def stop(self) -> None:
+        """Stop the task, then link what is pending, if the database answers (otherwise the
+        next pass of any node links it)."""
+        task, self._task = self._task, None
+        await cancel(task)
+        if task is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self.link_all()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_SECONDS):
+                    await self._wanted.wait()
+            await asyncio.sleep(GATHER_SECONDS)
+            self._wanted.clear()
+            try:
+                await self.link_all()
+            except _PASS_ERRORS as exc:
+                # The rows stay pending, committed; this or another node links them later.
+                log.warning("linking audit rows failed: %s", str(exc) or type(exc).__name__)
+                await asyncio.sleep(IDLE_SECONDS)
+
+    async def _link_once(self) -> int:
+        async with self._turn:
+            pool = self._pool()
+            if not await pool.fetchval(_ANY_PENDING):
+                return 0
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(ADVISORY_LOCK, self._lock)
+                # Read after the lock: the chain as the previous linker committed it.
+                taken = await conn.fetch(_TAKE_PENDING, BATCH)
+                if not taken:
+                    return 0
+                tail = await conn.fetchrow(S.audit_tail)
+                made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
+                rows = link_made(self._keys, tail, made)
+                await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
+                return len(rows)
+
+
+def _entry(row: asyncpg.Record) -> AuditEntry:
+    return AuditEntry(
+        action=row[2],
+        actor_id=row[3],
+        target_id=row[4],
+        target_name=row[5],
+        source=row[6],
+        detail=row[7],
+    )

@@ -1,0 +1,86 @@
+"""The audit trail on PostgreSQL is linked after commit (docs/rules.md, "The audit trail";
+docs/performance.md): no decision waits for the chain, on any node; every committed decision's
+row ends up in the chain, in order, whichever node links it, and the chain verifies."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oms_auth.app import build_deps
+from oms_auth.store.postgres_tx import lock_key
+
+from .helpers import eventually, pg_connect, schema_of, settings_for
+from .test_nodes import OK, Cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
+
+
+async def _verified(tmp: Path, db: str, key: Path) -> tuple[bool, list[str]]:
+    """``audit verify`` as an operator runs it, and the actions of the chain, oldest first."""
+    deps = await build_deps(settings_for(tmp, db=db, secret_key_file=str(key)))
+    try:
+        check = await deps.store.verify_audit()
+        rows = await deps.store.audit_rows(limit=None, oldest_first=True)
+        assert [r.id for r in rows] == list(range(1, len(rows) + 1))
+        return check.ok, [r.action for r in rows]
+    finally:
+        await deps.store.close()
+        deps.hasher.close()
+
+
+async def test_resets_on_both_nodes_are_answered_while_the_audit_chain_is_locked(
+    cluster: Cluster,
+) -> None:
+    targets = [f"user{n}" for n in range(20)]
+    await cluster.users(*targets)
+    await cluster.start()
+    ops = {"a": await cluster.client("a", "op"), "b": await cluster.client("b", "op")}
+    holder = await pg_connect(cluster.db)
+    try:
+        # Someone holds the chain's lock (a linker stalled, an operator's long query).
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        calls = [
+            ops["ab"[n % 2]].call("ResetPassword", {"UserName": t}) for n, t in enumerate(targets)
+        ]
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 15)
+        assert [a.o for a in answers] == [OK] * 20
+        pending = await holder.fetchval(
+            "SELECT count(*) FROM audit_pending WHERE action = 'reset-requested'"
+        )
+        assert pending == 20  # committed with their decisions, waiting to be linked
+    finally:
+        await holder.close()  # the lock goes with the connection
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and actions.count("reset-requested") == 20
+
+
+async def test_rows_a_stopped_node_left_unlinked_are_linked_by_the_other_node(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    await cluster.client("b", "alice")  # node b has written (its linker runs)
+    conn = await pg_connect(cluster.db)
+    try:
+        await eventually(lambda: _none_pending(conn))
+        await cluster.nodes["a"].stop()
+        # What a node that committed a decision and died before linking leaves behind.
+        await conn.execute(
+            "INSERT INTO audit_pending (at, action, target_name, source)"
+            " VALUES (extract(epoch FROM now()), 'left-by-a-dead-node', 'alice', '127.0.0.9')"
+        )
+        await eventually(lambda: _none_pending(conn), timeout=5)  # b's idle pass
+    finally:
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and actions[-1] == "left-by-a-dead-node"
+
+
+async def _none_pending(conn: Any) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM audit_pending") == 0)
