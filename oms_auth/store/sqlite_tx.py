@@ -5,10 +5,13 @@ Every job runs alone in the single writer, so a read here holds until the job's 
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import msgspec
 
 from . import import_plan, plans
 from . import sql as q
@@ -24,12 +27,14 @@ from .records import (
     NewUser,
     Outcome,
     Slot,
-    username_key,
 )
 
 __all__ = [
     "insert_user",
     "import_batch",
+    "insert_rows",
+    "bulk_insert",
+    "IMPORT_CACHE",
     "S",
     "PRAGMAS",
     "connect",
@@ -143,7 +148,65 @@ def append_audit(
     """Link ``entries`` onto the audit chain (inside the write job: its tail cannot move)."""
     if entries:
         tail = raw.execute(S.audit_tail).fetchone()
-        raw.executemany(S.insert_audit, link_entries(audit_key, tail, entries, now))
+        rows = link_entries(audit_key, tail, entries, now)
+        if len(rows) == 1:
+            raw.execute(S.insert_audit, rows[0])
+        else:  # the time (column 1) bound as it is: it is part of each row's hash
+            insert_rows(raw, S.insert_audit, rows, fixed=(1,))
+
+
+@functools.lru_cache(maxsize=32)
+def bulk_insert(insert: str, fixed: tuple[int, ...] = ()) -> str:
+    """``insert`` (``INSERT INTO t (a, b, ...) VALUES (?, ?, ...)[ rest]``) made to insert
+    every row of a JSON array of rows bound as ``?1``; the columns ``fixed`` take the
+    parameters after it (``?2``, ...), the same for every row, and are left out of the rows."""
+    head, _, values = insert.partition(" VALUES (")
+    marks, _, rest = values.partition(")")
+    width = marks.count("?")
+    if not head.startswith("INSERT INTO ") or marks != ", ".join("?" * width):
+        raise ValueError(f"not a plain INSERT ... VALUES: {insert}")
+    columns, n = [], 0
+    for i in range(width):
+        if i in fixed:
+            columns.append(f"?{fixed.index(i) + 2}")
+        else:
+            columns.append(f"v ->> {n}")
+            n += 1
+    # MATERIALIZED: each row's text is taken out of the array once, not once per column (and
+    # parsed once: SQLite keeps the last JSON texts it parsed); WHERE true: an upsert's ON
+    # CONFLICT would otherwise read as a join's ON.
+    return (
+        "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?1))"
+        f" {head} SELECT {', '.join(columns)} FROM r WHERE true{rest}"
+    )
+
+
+def insert_rows(
+    raw: sqlite3.Connection,
+    insert: str,
+    rows: Sequence[Sequence[object]],
+    fixed: tuple[int, ...] = (),
+) -> None:
+    """``rows`` (each ``insert``'s arguments) inserted in one statement, the batch as one JSON
+    text: one step of SQLite for the batch, where executemany takes one per row and lets go of
+    the interpreter lock and takes it back around each (the thread that reads the file held it
+    meanwhile, up to the switch interval each time), and one value bound, not one per column
+    and row. The columns ``fixed`` hold the same value in every row (bound once, from the
+    first row). SQLite's JSON ends a text at a NUL character: a batch holding one goes
+    through ``insert`` a row at a time."""
+    if not rows:
+        return
+    if fixed:
+        first = rows[0]
+        kept = [i for i in range(len(first)) if i not in fixed]
+        text = _encoder.encode([[row[i] for i in kept] for row in rows])
+        bound = [first[i] for i in fixed]
+    else:
+        text, bound = _encoder.encode(rows), []
+    if b"\\u0000" in text:
+        raw.executemany(insert, rows)
+    else:
+        raw.execute(bulk_insert(insert, fixed), (text.decode(), *bound))
 
 
 def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
@@ -161,6 +224,13 @@ _ANY = " IN (SELECT value FROM json_each(?))"
 _TAKEN = "SELECT username_key, email FROM users WHERE username_key" + _ANY
 _LOOKS = "SELECT name_skeleton, username_key FROM users WHERE name_skeleton" + _ANY
 _IDS = "SELECT username_key, id FROM users WHERE username_key" + _ANY
+_encoder = msgspec.json.Encoder()
+# The writer's page cache once an import has run (KiB, negative as PRAGMA cache_size takes it):
+# SQLite's default, about 2 MB, is far smaller than the users' indexes at a million rows, and
+# the look-alike index is written all over (a skeleton does not sort as its name does), so each
+# batch read back pages the one before had evicted. The cache grows as pages are read, up to
+# this; it is the writer connection's, so it lasts for the importing process.
+IMPORT_CACHE = "PRAGMA cache_size = -65536"
 
 
 def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Written:
@@ -177,14 +247,14 @@ def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Writte
     fresh = import_plan.with_new_accounts(fresh, highest)
     ids: dict[str, int] = {}
     if fresh:
-        raw.executemany(S.insert_user.removesuffix(" RETURNING id"), map(q.user_args, fresh))
-        keys = [username_key(user.username) for user in fresh]
+        users = [q.user_args(user) for user in fresh]
+        insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users)
+        keys = [str(row[1]) for row in users]  # each one's username_key
         ids = dict(raw.execute(_IDS, (json.dumps(keys),)).fetchall())
         statements = (S.insert_account, S.insert_user_account, S.insert_permission)
         rows = import_plan.dependents([ids[k] for k in keys], fresh)
         for statement, values in zip((*statements, S.insert_question), rows, strict=True):
-            if values:
-                raw.executemany(statement, values)
+            insert_rows(raw, statement, values)
     written = import_plan.written(batch, found, ids, of)
     raw.executemany(S.set_totp, written.sealed)
     return written
