@@ -159,19 +159,14 @@ def append_audit(
 def bulk_insert(insert: str, fixed: tuple[int, ...] = ()) -> str:
     """``insert`` (``INSERT INTO t (a, b, ...) VALUES (?, ?, ...)[ rest]``) made to insert
     every row of a JSON array of rows bound as ``?1``; the columns ``fixed`` take the
-    parameters after it (``?2``, ...), the same for every row, and are left out of the rows."""
+    parameters after it (``?2``, ...), the same for every row (their values in the rows are
+    not read)."""
     head, _, values = insert.partition(" VALUES (")
     marks, _, rest = values.partition(")")
     width = marks.count("?")
     if not head.startswith("INSERT INTO ") or marks != ", ".join("?" * width):
         raise ValueError(f"not a plain INSERT ... VALUES: {insert}")
-    columns, n = [], 0
-    for i in range(width):
-        if i in fixed:
-            columns.append(f"?{fixed.index(i) + 2}")
-        else:
-            columns.append(f"v ->> {n}")
-            n += 1
+    columns = [f"?{fixed.index(i) + 2}" if i in fixed else f"v ->> {i}" for i in range(width)]
     # MATERIALIZED: each row's text is taken out of the array once, not once per column (and
     # parsed once: SQLite keeps the last JSON texts it parsed); WHERE true: an upsert's ON
     # CONFLICT would otherwise read as a join's ON.
@@ -191,21 +186,17 @@ def insert_rows(
     text: one step of SQLite for the batch, where executemany takes one per row and lets go of
     the interpreter lock and takes it back around each (the thread that reads the file held it
     meanwhile, up to the switch interval each time), and one value bound, not one per column
-    and row. The columns ``fixed`` hold the same value in every row (bound once, from the
-    first row). SQLite's JSON ends a text at a NUL character: a batch holding one goes
-    through ``insert`` a row at a time."""
+    and row. The columns ``fixed`` hold the same value in every row: bound once, from the
+    first row (a float, say, as it is: SQLite's JSON might not read its text back to the last
+    bit). SQLite's JSON ends a text at a NUL character: a batch holding one goes through
+    ``insert`` a row at a time."""
     if not rows:
         return
-    if fixed:
-        first = rows[0]
-        kept = [i for i in range(len(first)) if i not in fixed]
-        text = _encoder.encode([[row[i] for i in kept] for row in rows])
-        bound = [first[i] for i in fixed]
-    else:
-        text, bound = _encoder.encode(rows), []
+    text = _encoder.encode(rows)
     if b"\\u0000" in text:
         raw.executemany(insert, rows)
     else:
+        bound = [rows[0][i] for i in fixed]
         raw.execute(bulk_insert(insert, fixed), (text.decode(), *bound))
 
 
@@ -235,21 +226,25 @@ IMPORT_CACHE = "PRAGMA cache_size = -65536"
 
 def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Written:
     """Write the batch's fresh users (:mod:`.import_plan` decides)."""
-    of = import_plan.names(batch)
+    args = [q.user_args(item.user) for item in batch]
+    # each one's username_key and skeleton, as user_args has them (import_plan.names)
+    of = import_plan.Names([str(a[1]) for a in args], [str(a[-1]) for a in args])
     taken = raw.execute(_TAKEN, (json.dumps(of.keys),)).fetchall()
     looks = raw.execute(_LOOKS, (json.dumps(of.skeletons),)).fetchall()
     found = import_plan.conflicts(batch, of, taken, looks)
     fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
+    users = [a for a, clash in zip(args, found, strict=True) if clash is None]
     highest = {
         oms: raw.execute(import_plan.HIGHEST_ACCOUNT, (oms,)).fetchone()[0]
         for oms in import_plan.needing_accounts(fresh)
     }
-    fresh = import_plan.with_new_accounts(fresh, highest)
+    if highest:  # some are given an account: their first account is a column of theirs
+        fresh = import_plan.with_new_accounts(fresh, highest)
+        users = [q.user_args(user) for user in fresh]
     ids: dict[str, int] = {}
     if fresh:
-        users = [q.user_args(user) for user in fresh]
         insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users)
-        keys = [str(row[1]) for row in users]  # each one's username_key
+        keys = [str(row[1]) for row in users]
         ids = dict(raw.execute(_IDS, (json.dumps(keys),)).fetchall())
         statements = (S.insert_account, S.insert_user_account, S.insert_permission)
         rows = import_plan.dependents([ids[k] for k in keys], fresh)
