@@ -266,7 +266,6 @@ class SqliteStore(SqliteDevices, Store):
 
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
         def job(raw: sqlite3.Connection) -> list[tuple[Imported, int | None]]:
-            raw.execute(tx.IMPORT_CACHE)
             written = tx.import_batch(raw, batch)
             tx.append_audit(raw, self._audit_key, written.audit, tx.clock(raw))
             return written.outcomes
