@@ -13,6 +13,8 @@ from oms_auth.store import (
     Claim,
     CodeState,
     DeviceCodeIssue,
+    Imported,
+    ImportItem,
     MailItem,
     NewUser,
     Outcome,
@@ -20,7 +22,7 @@ from oms_auth.store import (
     open_store,
 )
 
-from .helpers import make_user, sql
+from .helpers import is_postgres, make_user, sql
 from .store_helpers import code_state, count_events, issue, login, redeem, store_at_version
 
 NOW = 1_800_000_000.0
@@ -216,3 +218,33 @@ async def test_a_device_code_out_of_tries_stays_spent_when_another_user_shares_i
     assert await try_code(b"a" * 32) is None  # alice's code is out of tries
     assert (await store.device(alice, 7)).trusted_until is None  # type: ignore[union-attr]
     assert await try_code(b"b" * 32) == bob
+
+
+async def test_an_imported_batch_keeps_every_character_of_its_texts(store: Store, db: str) -> None:
+    # SQLite writes a batch as one JSON text, whose strings end at a NUL: a batch holding one
+    # is written a row at a time (PostgreSQL refuses a NUL in any text).
+    texts = ["Première école, 学校?", "before\x00after"]
+    for n, question in enumerate(texts if not is_postgres(db) else texts[:1]):
+        batch = [
+            ImportItem(
+                user=NewUser(
+                    username=f"u{n}-{i}",
+                    email=f"é{i}@x.test",
+                    password_hash="h",
+                    accounts=(10 * n + i + 1,),
+                    questions=((question, "$argon2id$x"),),
+                ),
+                audit=AuditEntry(action="user-imported", target_name=f"u{n}-{i}", source="cli"),
+            )
+            for i in range(3)
+        ]
+        outcomes = await store.import_users(batch)
+        for i, (outcome, user_id) in enumerate(outcomes):
+            assert outcome is Imported.DONE and user_id is not None
+            user = await store.user_by_id(user_id)
+            assert user is not None and (user.email, user.accounts) == (
+                f"é{i}@x.test",
+                {10 * n + i + 1},
+            )
+            (stored,) = await store.security_questions(user_id)
+            assert stored.question == question

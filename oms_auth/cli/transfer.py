@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -92,6 +93,24 @@ def _progress(stack: ExitStack) -> Callable[[int], None]:
     return update
 
 
+# Young objects a collection of the cycle collector waits for during an import (Python's
+# default: 700). An import allocates a batch's users and rows, then frees them, so with the
+# default a collection ran every few rows and the full ones walked every object of the process
+# (its modules, ICU's data): about 6% of an import's CPU. With this one collections are a few
+# per million rows; a cycle left behind is still found at the next one, so memory stays flat.
+_IMPORT_GC_THRESHOLD = 10_000
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    saved = gc.get_threshold()
+    gc.set_threshold(_IMPORT_GC_THRESHOLD, *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
 async def _import(deps: Deps, args: argparse.Namespace) -> int:
     started = time.monotonic()
 
@@ -99,6 +118,7 @@ async def _import(deps: Deps, args: argparse.Namespace) -> int:
         print(f"line {line}: {reason}", file=sys.stderr)
 
     with ExitStack() as stack:
+        stack.enter_context(_fewer_collections())
         source = (
             sys.stdin.buffer
             if args.file == "-"

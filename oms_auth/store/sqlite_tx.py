@@ -5,10 +5,12 @@ Every job runs alone in the single writer, so a read here holds until the job's 
 
 from __future__ import annotations
 
-import json
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import msgspec
 
 from . import import_plan, plans
 from . import sql as q
@@ -24,12 +26,13 @@ from .records import (
     NewUser,
     Outcome,
     Slot,
-    username_key,
 )
 
 __all__ = [
     "insert_user",
     "import_batch",
+    "insert_rows",
+    "bulk_insert",
     "S",
     "PRAGMAS",
     "connect",
@@ -143,7 +146,55 @@ def append_audit(
     """Link ``entries`` onto the audit chain (inside the write job: its tail cannot move)."""
     if entries:
         tail = raw.execute(S.audit_tail).fetchone()
-        raw.executemany(S.insert_audit, link_entries(audit_key, tail, entries, now))
+        rows = link_entries(audit_key, tail, entries, now)
+        if len(rows) == 1:
+            raw.execute(S.insert_audit, rows[0])
+        else:  # the time (column 1) bound as it is: it is part of each row's hash
+            insert_rows(raw, S.insert_audit, rows, fixed=(1,))
+
+
+@functools.lru_cache(maxsize=32)
+def bulk_insert(insert: str, fixed: tuple[int, ...] = ()) -> str:
+    """``insert`` (``INSERT INTO t (a, b, ...) VALUES (?, ?, ...)[ rest]``) made to insert
+    every row of a JSON array of rows bound as ``?1``; the columns ``fixed`` take the
+    parameters after it (``?2``, ...), the same for every row (their values in the rows are
+    not read)."""
+    head, _, values = insert.partition(" VALUES (")
+    marks, _, rest = values.partition(")")
+    width = marks.count("?")
+    if not head.startswith("INSERT INTO ") or marks != ", ".join("?" * width):
+        raise ValueError(f"not a plain INSERT ... VALUES: {insert}")
+    columns = [f"?{fixed.index(i) + 2}" if i in fixed else f"v ->> {i}" for i in range(width)]
+    # MATERIALIZED: each row's text is taken out of the array once, not once per column (and
+    # parsed once: SQLite keeps the last JSON texts it parsed); WHERE true: an upsert's ON
+    # CONFLICT would otherwise read as a join's ON.
+    return (
+        "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?1))"
+        f" {head} SELECT {', '.join(columns)} FROM r WHERE true{rest}"
+    )
+
+
+def insert_rows(
+    raw: sqlite3.Connection,
+    insert: str,
+    rows: Sequence[Sequence[object]],
+    fixed: tuple[int, ...] = (),
+) -> None:
+    """``rows`` (each ``insert``'s arguments) inserted in one statement, the batch as one JSON
+    text: one step of SQLite for the batch, where executemany takes one per row and lets go of
+    the interpreter lock and takes it back around each (the thread reading the file wants it
+    too), and one value bound, not one per column and row. The columns ``fixed`` hold the
+    same value in every row: bound once, from the first row (a float, say, as it is: SQLite's
+    JSON might not read its text back to the last bit). SQLite's JSON ends a text at a NUL
+    character: a batch holding one goes through ``insert`` a row at a time."""
+    if not rows:
+        return
+    text = _encoder.encode(rows)
+    if b"\\u0000" in text:
+        raw.executemany(insert, rows)
+    else:
+        bound = [rows[0][i] for i in fixed]
+        raw.execute(bulk_insert(insert, fixed), (text.decode(), *bound))
 
 
 def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
@@ -161,30 +212,39 @@ _ANY = " IN (SELECT value FROM json_each(?))"
 _TAKEN = "SELECT username_key, email FROM users WHERE username_key" + _ANY
 _LOOKS = "SELECT name_skeleton, username_key FROM users WHERE name_skeleton" + _ANY
 _IDS = "SELECT username_key, id FROM users WHERE username_key" + _ANY
+_encoder = msgspec.json.Encoder()
+
+
+def _json(values: object) -> str:
+    return _encoder.encode(values).decode()  # json.dumps: 6 times as long
 
 
 def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Written:
     """Write the batch's fresh users (:mod:`.import_plan` decides)."""
-    of = import_plan.names(batch)
-    taken = raw.execute(_TAKEN, (json.dumps(of.keys),)).fetchall()
-    looks = raw.execute(_LOOKS, (json.dumps(of.skeletons),)).fetchall()
+    args = [q.user_args(item.user) for item in batch]
+    # each one's username_key and skeleton, as user_args has them (import_plan.names)
+    of = import_plan.Names([str(a[1]) for a in args], [str(a[-1]) for a in args])
+    taken = raw.execute(_TAKEN, (_json(of.keys),)).fetchall()
+    looks = raw.execute(_LOOKS, (_json(of.skeletons),)).fetchall()
     found = import_plan.conflicts(batch, of, taken, looks)
     fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
+    users = [a for a, clash in zip(args, found, strict=True) if clash is None]
     highest = {
         oms: raw.execute(import_plan.HIGHEST_ACCOUNT, (oms,)).fetchone()[0]
         for oms in import_plan.needing_accounts(fresh)
     }
-    fresh = import_plan.with_new_accounts(fresh, highest)
+    if highest:  # some are given an account: their first account is a column of theirs
+        fresh = import_plan.with_new_accounts(fresh, highest)
+        users = [q.user_args(user) for user in fresh]
     ids: dict[str, int] = {}
     if fresh:
-        raw.executemany(S.insert_user.removesuffix(" RETURNING id"), map(q.user_args, fresh))
-        keys = [username_key(user.username) for user in fresh]
-        ids = dict(raw.execute(_IDS, (json.dumps(keys),)).fetchall())
+        insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users)
+        keys = [str(row[1]) for row in users]
+        ids = dict(raw.execute(_IDS, (_json(keys),)).fetchall())
         statements = (S.insert_account, S.insert_user_account, S.insert_permission)
         rows = import_plan.dependents([ids[k] for k in keys], fresh)
         for statement, values in zip((*statements, S.insert_question), rows, strict=True):
-            if values:
-                raw.executemany(statement, values)
+            insert_rows(raw, statement, values)
     written = import_plan.written(batch, found, ids, of)
     raw.executemany(S.set_totp, written.sealed)
     return written
