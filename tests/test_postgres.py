@@ -463,3 +463,53 @@ async def test_a_cut_listener_reconnects_and_catches_up(
     assert b.listener.listening
     await reset(a, other, b"2" * 32)  # and live notifications flow again
     await eventually(lambda: told == [uid, other], timeout=2)
+
+
+# -- round trips (docs/performance.md, "PostgreSQL against SQLite") ------------------------------
+
+
+@pg_only
+async def test_an_operators_reset_code_is_issued_in_three_round_trips(db: str) -> None:
+    """BEGIN with the row locks, the caller's authority, the limit's lock and its count; the
+    writes; the audit row with COMMIT. Each answer is still the one its rules give: issued
+    while the limit has room, refused once it has none, CallerGone once the session ends."""
+    from oms_auth.store import Authority, CallerGone, CodeIssue
+
+    store = await open_store(db + ("&" if "?" in db else "?") + "pool_max=1", audit_key=AUDIT_KEY)
+    trips: list[str] = []
+    try:
+        operator, target = await a_user(store, "operator"), await a_user(store, "target")
+        assert await login(store, b"s" * 32, operator, NOW, 0) is Outcome.DONE
+        # Only the issue's own trips: the audit linker, which shares the one connection, waits.
+        store._linker.wake = lambda: None  # type: ignore[attr-defined]
+        async with store._db.acquire() as conn:  # type: ignore[attr-defined]
+            conn.add_query_logger(lambda q: trips.append(q.query))
+        authority = Authority(user_id=operator, session=b"s" * 32, password_version=0)
+
+        async def issue_as_operator(n: int) -> bool:
+            trips.clear()
+            return await store.issue_code(
+                CodeIssue(
+                    user_id=target,
+                    digest=bytes([n]) * 32,
+                    now=NOW + n,
+                    expires_at=NOW + 600,
+                    mail=mail(target),
+                    audit=[AuditEntry(action="reset-requested", actor_id=operator)],
+                    limit=Claim("requests", "target", 3600, 2),
+                    authority=authority,
+                )
+            )
+
+        assert await issue_as_operator(1) and len(trips) == 3, trips
+        assert await issue_as_operator(2) and len(trips) == 3, trips
+        assert not await issue_as_operator(3) and len(trips) == 2, trips  # the limit is spent
+        await store.revoke_session(b"s" * 32, operator, "logout")
+        with pytest.raises(CallerGone):
+            await issue_as_operator(4)
+        assert len(trips) == 2, trips  # the failed first trip, and its ROLLBACK
+    finally:
+        await store.close()
+    assert await count_events(db, "requests", "target", NOW) == 2
+    codes = await sql(db, "SELECT state FROM reset_codes ORDER BY created_at")
+    assert [s for (s,) in codes] == ["void", "pending"]

@@ -60,6 +60,7 @@ from .postgres_tx import (
     ADVISORY_LOCK,
     CONNECTION_ERRORS,
     S,
+    begin_counted,
     committing,
     count_of,
     keep_session,
@@ -500,11 +501,13 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def issue_code(self, issue: CodeIssue) -> bool:
         async with committing(self._db) as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
-            # user's row first, then the limit's lock, as lock_when_spent takes them.
+            # user's row first, then the limit's lock, as lock_when_spent takes them; BEGIN,
+            # the locks, the caller's authority and the limit's count in one round trip.
             limit = issue.limit
             limit_lock = None if limit is None else self._events_key(limit.kind, limit.key)
-            await lock_for(conn, issue.user_id, issue.authority, then=limit_lock)
-            count = 0 if limit is None else await self._count(conn, limit, issue.now)
+            count = await begin_counted(
+                conn, issue.user_id, issue.authority, limit_lock, limit, issue.now
+            )
             # The issue's writes (the limit's event, older codes voided, the code, its mail)
             # touch rows apart: one statement; then its audit rows with COMMIT.
             plan = plans.issue_plan(S, issue, count)

@@ -36,7 +36,7 @@ import msgspec
 from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
-from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry
+from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry, literal
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def pending_literal(entries: Sequence[AuditEntry], now: float) -> str:
     """``entries`` as one ``INSERT INTO audit_pending`` with its values as literals: a simple
     query that can carry ``COMMIT`` in the same round trip (``postgres_tx.append_and_commit``)."""
     values = ", ".join(
-        "(" + ", ".join(_literal(v) for v in _pending_row(now, e)) + ")" for e in entries
+        "(" + ", ".join(literal(v) for v in _pending_row(now, e)) + ")" for e in entries
     )
     return f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) VALUES {values}"
 
@@ -131,23 +131,6 @@ async def append_linked(
     tail = await conn.fetchrow(S.audit_tail)
     rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
     await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
-
-
-def _literal(value: object) -> str:
-    """Numbers as numbers, text dollar-quoted: nothing inside such a quote is an escape, and
-    the tag is one the text does not hold, so no text can end it."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"'{value!r}'::float8"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str):
-        n = 0
-        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
-            n += 1
-        return f"$q{n}${value}$q{n}$"
-    raise TypeError(f"no audit column takes a {type(value).__name__}")
 
 
 class AuditLinker:

@@ -39,6 +39,9 @@ __all__ = [
     "RELEASE_EVENT",
     "SETTLE_EVENT",
     "committing",
+    "begin_counted",
+    "literal",
+    "inline",
     "keep_session",
     "audit_entry",
     "unreachable",
@@ -63,6 +66,19 @@ _AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
 # the authority is gone. '' when it holds.
 _AUTHORITY_THEN_LOCK = f"SELECT pg_advisory_xact_lock($6)::text FROM ({_AUTHORITY_SHARED}) held"
 _GONE = "the caller's session or permission is gone"
+# The authority check as a statement that FAILS when the authority is gone (the cast of this
+# text to a number), so that it can run in one simple query with the statements after it,
+# whose results the client cannot read one by one; '{take}' is what it runs once the session
+# row is locked (the limit's advisory lock, or nothing).
+_GONE_MARK = "oms-auth: the authority of the caller is gone"
+_AUTHORITY_OR_FAIL = (
+    "SELECT {take} FROM (SELECT count(*) AS n FROM (" + _AUTHORITY_SHARED + ") a) held"
+    f" WHERE (CASE WHEN n > 0 THEN '0' ELSE '{_GONE_MARK}' END)::int = 0"
+)
+# A counter's events within its window, at most $4 of them: a simple query gives the client
+# only its last statement's row count, and a limit's decision needs no more than its limit.
+_COUNT_CAPPED = S.count_events_since.replace("SELECT count(*) ", "SELECT 1 ", 1) + " LIMIT $4"
+assert _COUNT_CAPPED.startswith("SELECT 1 FROM events ")
 
 
 # One event (of several alike), an attempt's in flight first.
@@ -135,6 +151,73 @@ async def lock_for(
         held = await conn.fetchval(_AUTHORITY_THEN_LOCK, *args, then)
     if held is None:
         raise CallerGone(_GONE)
+
+
+async def begin_counted(
+    conn: Conn,
+    user_id: int | None,
+    authority: Authority | None,
+    then: int | None,
+    claim: Claim | None,
+    now: float,
+) -> int:
+    """``BEGIN``, :func:`lock_for`'s row locks, authority check and advisory lock ``then``, and
+    the count of ``claim``'s events within its window (at most its limit: all that a limit's
+    decision compares; 0 without a claim), in ONE round trip (docs/performance.md, "PostgreSQL
+    against SQLite"): the same statements in the same order as taken one by one, sent as one
+    simple query. Each statement of it still runs with a snapshot of its own, taken when it
+    starts, so each sees what committed before it (the count, what committed before its lock
+    was granted). CallerGone (the transaction left open, failed: roll it back) unless the
+    caller's authority holds."""
+    parts = ["BEGIN"]
+    rows = [] if user_id is None else [(user_id, _LOCK_USER)]
+    if authority is not None and authority.user_id != user_id:
+        rows.append((authority.user_id, _SHARE_USER))
+    parts += [inline(statement, (uid,)) for uid, statement in sorted(rows)]
+    if authority is not None:
+        take = "1" if then is None else "pg_advisory_xact_lock($6)"
+        check = _AUTHORITY_OR_FAIL.replace("{take}", take)
+        parts.append(inline(check, (*q.authority_args(authority), then)))
+    elif then is not None:
+        parts.append(inline(ADVISORY_LOCK, (then,)))
+    if claim is not None:
+        args = (claim.kind, S.event_key(claim.key), now - claim.window, claim.limit)
+        parts.append(inline(_COUNT_CAPPED, args))
+    try:
+        status = await conn.execute("; ".join(parts))
+    except asyncpg.InvalidTextRepresentationError as exc:
+        if _GONE_MARK in str(exc):
+            raise CallerGone(_GONE) from None
+        raise
+    return 0 if claim is None else count_of(status)
+
+
+def literal(value: object) -> str:
+    """``value`` as an SQL literal, for a simple query (which takes no parameters): numbers as
+    numbers, bytes in hex, text dollar-quoted (nothing inside such a quote is an escape, and
+    the tag is one the text does not hold, so no text can end it)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"'{value!r}'::float8"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"decode('{value.hex()}', 'hex')"
+    if isinstance(value, str):
+        n = 0
+        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
+            n += 1
+        return f"$q{n}${value}$q{n}$"
+    raise TypeError(f"no statement here takes a {type(value).__name__}")
+
+
+def inline(sql: str, args: Sequence[object]) -> str:
+    """``sql`` (one of this store's statements, whose only ``$`` are its parameters) with each
+    ``$n`` replaced by ``args[n - 1]`` as a :func:`literal`."""
+    return _PARAMETER.sub(lambda m: literal(args[int(m[1]) - 1]), sql)
 
 
 async def read_state(conn: Conn, record: Callable[..., R], sql: str, user_id: int) -> R | None:
@@ -227,10 +310,10 @@ def audit_entry(e: AuditEntry) -> AuditEntry:
 
 @contextlib.asynccontextmanager
 async def committing(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[Conn]:
-    """One pooled connection in one transaction that its last round trip commits
-    (``postgres_audit.append_and_commit``); rolled back when the block leaves without committing."""
+    """One pooled connection for one transaction that the block begins in its first round trip
+    (:func:`begin_counted`) and commits in its last (``postgres_audit.append_and_commit``);
+    rolled back when the block leaves it open."""
     async with pool.acquire() as conn:
-        await conn.execute("BEGIN")
         try:
             yield conn
         finally:
