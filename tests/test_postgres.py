@@ -469,7 +469,9 @@ async def test_a_cut_listener_reconnects_and_catches_up(
 
 
 @pg_only
-async def test_an_operators_reset_code_is_issued_in_three_round_trips(db: str) -> None:
+async def test_an_operators_reset_code_is_issued_in_three_round_trips_its_mail_marked_in_one(
+    db: str,
+) -> None:
     """BEGIN with the row locks, the caller's authority, the limit's lock and its count; the
     writes; the audit row with COMMIT. Each answer is still the one its rules give: issued
     while the limit has room, refused once it has none, CallerGone once the session ends."""
@@ -508,6 +510,18 @@ async def test_an_operators_reset_code_is_issued_in_three_round_trips(db: str) -
         with pytest.raises(CallerGone):
             await issue_as_operator(4)
         assert len(trips) == 2, trips  # the failed first trip, and its ROLLBACK
+        # The outbox's per-batch trips: its claim; the mail marked sent with its audit rows.
+        claimed = await store.claim_mail(NOW + 10, 60, 10)
+        assert [m.user_id for m in claimed] == [target, target]
+        trips.clear()
+        sent = [AuditEntry(action="reset-emailed", target_id=target)] * 2
+        await store.mails_delivered([m.id for m in claimed], NOW + 11, sent)
+        # (asyncpg looks up the array's type the first time a connection meets it: not counted)
+        ours = [t for t in trips if "'jit'" not in t and "typeinfo_tree" not in t]
+        assert len(ours) == 1, ours
+        assert (await store.mail_counts())["sent"] == 2
+        rows = await store.audit_rows(limit=None)
+        assert [r.target_id for r in rows if r.action == "reset-emailed"] == [target, target]
     finally:
         await store.close()
     assert await count_events(db, "requests", "target", NOW) == 2

@@ -47,7 +47,13 @@ from . import sql as q
 from .audit import ChainKeys, checked_audit_key
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
-from .postgres_audit import AuditLinker, append_and_commit, append_linked, insert_pending
+from .postgres_audit import (
+    AuditLinker,
+    append_and_commit,
+    append_linked,
+    insert_pending,
+    mails_sent,
+)
 from .postgres_devices import PostgresDevices
 from .postgres_limits import PostgresLimits
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
@@ -131,9 +137,6 @@ _CLAIM_MAIL = (
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-# Several rows in one statement execution each (a batch of delivered mail and its audit rows),
-# rather than one execution per row.
-_MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])")
 
 
 class PostgresStore(PostgresDevices, PostgresLimits, Store):
@@ -572,10 +575,9 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def mails_delivered(
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
     ) -> None:
-        async with self._tx() as conn:
-            await conn.execute(_MAILS_SENT, now, list(mail_ids))
-            if audit:
-                await self._insert_audit(conn, audit, now)
+        await mails_sent(self._db, mail_ids, now, audit)
+        if audit:
+            self._linker.wake()
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None

@@ -48,6 +48,7 @@ __all__ = [
     "append_and_commit",
     "append_linked",
     "pending_literal",
+    "mails_sent",
     "INSERT_AUDIT_ROWS",
     "GATHER_SECONDS",
     "IDLE_SECONDS",
@@ -71,7 +72,7 @@ _INSERT_PENDING = (
 )
 # Many rows in one JSON parameter (an array per row): asyncpg checks each element of an array
 # parameter in Python, which costs a large batch dearly.
-_INSERT_PENDING_ROWS = (
+INSERT_PENDING_ROWS = (
     f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) SELECT (a->>0)::float8, a->>1,"
     " (a->>2)::bigint, (a->>3)::bigint, a->>4, a->>5, a->>6"
     " FROM json_array_elements($1::json) AS a"
@@ -98,8 +99,34 @@ async def insert_pending(conn: Conn, entries: Sequence[AuditEntry], now: float) 
     if len(entries) == 1:
         await conn.execute(_INSERT_PENDING, *_pending_row(now, entries[0]))
     elif entries:
-        rows = [_pending_row(now, e) for e in entries]
-        await conn.execute(_INSERT_PENDING_ROWS, msgspec.json.encode(rows).decode())
+        await conn.execute(INSERT_PENDING_ROWS, pending_json(entries, now))
+
+
+def pending_json(entries: Sequence[AuditEntry], now: float) -> str:
+    """``INSERT_PENDING_ROWS``'s parameter: ``entries``, made at ``now``."""
+    return msgspec.json.encode([_pending_row(now, e) for e in entries]).decode()
+
+
+# A batch of delivered mail marked sent (one execution, not one per row), and with their audit
+# rows: one statement, atomic alone, so no BEGIN and COMMIT trips (docs/performance.md).
+_MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])")
+_MAILS_SENT_AUDITED = f"WITH sent AS ({_MAILS_SENT}) " + INSERT_PENDING_ROWS.replace(
+    "$1::json", "$3::json"
+)
+
+
+async def mails_sent(
+    pool: asyncpg.Pool[asyncpg.Record],
+    mail_ids: Sequence[int],
+    now: float,
+    audit: Sequence[AuditEntry],
+) -> None:
+    """Mark the mail ``mail_ids`` sent at ``now`` and write ``audit`` unlinked, in one round
+    trip (``Store.mails_delivered``)."""
+    if audit:
+        await pool.execute(_MAILS_SENT_AUDITED, now, list(mail_ids), pending_json(audit, now))
+    else:
+        await pool.execute(_MAILS_SENT, now, list(mail_ids))
 
 
 def pending_literal(entries: Sequence[AuditEntry], now: float) -> str:
