@@ -36,7 +36,8 @@ import msgspec
 from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
-from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry, literal
+from .postgres_batch import literal
+from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AuditLinker",
     "insert_pending",
-    "append_and_commit",
     "append_linked",
     "pending_literal",
     "mails_sent",
@@ -131,21 +131,11 @@ async def mails_sent(
 
 def pending_literal(entries: Sequence[AuditEntry], now: float) -> str:
     """``entries`` as one ``INSERT INTO audit_pending`` with its values as literals: a simple
-    query that can carry ``COMMIT`` in the same round trip (``postgres_tx.append_and_commit``)."""
+    query that can carry ``COMMIT`` in the same round trip (``postgres_batch``)."""
     values = ", ".join(
         "(" + ", ".join(literal(v) for v in _pending_row(now, e)) + ")" for e in entries
     )
     return f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) VALUES {values}"
-
-
-async def append_and_commit(conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
-    """Write ``entries`` unlinked and COMMIT in one round trip (the last of a reset request:
-    docs/performance.md, "What the profile showed"). The rows go as literals in one simple
-    query, the only way one round trip carries a statement and its COMMIT."""
-    if not entries:
-        await conn.execute("COMMIT")
-        return
-    await conn.execute(pending_literal(entries, now) + "; COMMIT")
 
 
 async def append_linked(
