@@ -22,6 +22,7 @@ gone (a cast of a marked text to a number), read back as CallerGone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -90,7 +91,7 @@ class Prepared:
                 body.append(part)
                 continue
             sql, args = part
-            name = f"oms_{self._generation}_{hashlib.sha1(sql.encode()).hexdigest()[:16]}"
+            name = f"oms_{self._generation}_{_digest(sql)}"
             if name not in done and name not in names:
                 head.append(f"PREPARE {name} AS {sql}")
                 names.append(name)
@@ -163,6 +164,12 @@ class Prepared:
         args = [a for step in steps for a in step.args]
         await self.run(conn, [(joined(tuple(s.sql for s in steps)), args), *tail])
         return plan.outcome
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(sql: str) -> str:
+    """A statement's part of its name (the store has a few dozen statements)."""
+    return hashlib.sha1(sql.encode()).hexdigest()[:16]
 
 
 def literal(value: object) -> str:
