@@ -465,7 +465,7 @@ async def test_a_cut_listener_reconnects_and_catches_up(
     await eventually(lambda: told == [uid, other], timeout=2)
 
 
-# -- round trips (docs/performance.md, "PostgreSQL against SQLite") ------------------------------
+# -- round trips (docs/performance.md, "A reset's round trips...") ------------------------------
 
 
 @pg_only

@@ -1,5 +1,6 @@
-"""Several statements of one PostgreSQL transaction in one round trip (docs/performance.md,
-"PostgreSQL against SQLite"): a reset request's transaction in two trips instead of seven.
+"""Several statements of one PostgreSQL transaction in one round trip: a reset request's
+transaction in two trips instead of seven (docs/performance.md, "A reset's round trips, after
+the audit lock left them").
 
 Each round trip costs both processes a system call and a wake-up, which on a busy machine is
 the larger part of a short statement's cost. asyncpg sends one statement per trip when it has
