@@ -68,22 +68,35 @@ assert _COUNT_CAPPED.startswith("SELECT 1 FROM events ")
 Part = tuple[str, Sequence[object]] | str
 
 
-class Prepared:
-    """The store's statements prepared by name on each of its pooled connections (known by the
-    backend's process id; :meth:`fresh` is the pool's ``init``, so a new connection, whatever
-    its id, starts with none)."""
+class _Names:
+    """What one connection has prepared: the names, and the generation new names are made in."""
 
     def __init__(self) -> None:
-        self._done: dict[int, set[str]] = {}
-        self._generation = 0
+        self.generation = 0
+        self.done: set[str] = set()
+
+
+class Prepared:
+    """The store's statements prepared by name on each of its pooled connections, known by the
+    backend's process id: :meth:`fresh` is the pool's ``init``, so a new connection starts with
+    none, and a closed one is forgotten."""
+
+    def __init__(self) -> None:
+        self._conns: dict[int, _Names] = {}
 
     async def fresh(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
-        self._done.pop(conn.get_server_pid(), None)
+        pid, names = conn.get_server_pid(), _Names()
+        self._conns[pid] = names
+
+        def closed(_: object) -> None:
+            if self._conns.get(pid) is names:  # not a newer connection's, given the same id
+                del self._conns[pid]
+
+        conn.add_termination_listener(closed)
 
     async def run(self, conn: Conn, parts: Sequence[Part]) -> str:
         """Run ``parts`` in order in one round trip; the last one's command tag."""
-        pid = conn.get_server_pid()
-        done = self._done.setdefault(pid, set())
+        known = self._conns.setdefault(conn.get_server_pid(), _Names())
         head: list[str] = []
         body: list[str] = []
         names: list[str] = []
@@ -92,8 +105,8 @@ class Prepared:
                 body.append(part)
                 continue
             sql, args = part
-            name = f"oms_{self._generation}_{_digest(sql)}"
-            if name not in done and name not in names:
+            name = f"oms_{known.generation}_{_digest(sql)}"
+            if name not in known.done and name not in names:
                 head.append(f"PREPARE {name} AS {sql}")
                 names.append(name)
             body.append(f"EXECUTE {name}({', '.join(literal(a) for a in args)})")
@@ -101,21 +114,15 @@ class Prepared:
             status = await conn.execute("; ".join(head + body))
         except asyncpg.InvalidTextRepresentationError as exc:
             if _GONE_MARK not in str(exc):
-                self._lost(pid)
+                _unsure(known, names)
                 raise
-            done.update(names)  # every PREPARE ran before the check failed
+            known.done.update(names)  # every PREPARE ran before the check failed
             raise CallerGone(GONE) from None
         except BaseException:
-            self._lost(pid)
+            _unsure(known, names)
             raise
-        done.update(names)
+        known.done.update(names)
         return str(status)
-
-    def _lost(self, pid: int) -> None:
-        # Which of a failed query's PREPAREs ran is not known: this connection's next query
-        # prepares statements of new names (a few unused ones are left, until it closes).
-        self._generation += 1
-        self._done.pop(pid, None)
 
     async def begin_counted(
         self,
@@ -165,6 +172,15 @@ class Prepared:
         args = [a for step in steps for a in step.args]
         await self.run(conn, [(joined(tuple(s.sql for s in steps)), args), *tail])
         return plan.outcome
+
+
+def _unsure(known: _Names, names: list[str]) -> None:
+    """After a failed query: which of its PREPAREs ran is not known, so the connection prepares
+    under names of a new generation from then on (the few left unused go with it). Once a
+    connection has prepared its statements its queries carry none: nothing to do then."""
+    if names:
+        known.generation += 1
+        known.done.clear()
 
 
 @functools.lru_cache(maxsize=64)
