@@ -463,3 +463,99 @@ async def test_a_cut_listener_reconnects_and_catches_up(
     assert b.listener.listening
     await reset(a, other, b"2" * 32)  # and live notifications flow again
     await eventually(lambda: told == [uid, other], timeout=2)
+
+
+# -- round trips (docs/performance.md, "A reset's round trips...") ------------------------------
+
+
+@pg_only
+async def test_an_operators_reset_code_is_issued_in_two_round_trips_its_mail_marked_in_one(
+    db: str,
+) -> None:
+    """BEGIN with the row locks, the caller's authority, the limit's lock and its count; the
+    writes with the audit row and COMMIT. Each answer is still the one its rules give: issued
+    while the limit has room, refused once it has none, CallerGone once the session ends."""
+    from oms_auth.store import Authority, CallerGone, CodeIssue
+
+    store = await open_store(db + ("&" if "?" in db else "?") + "pool_max=1", audit_key=AUDIT_KEY)
+    trips: list[str] = []
+    try:
+        operator, target = await a_user(store, "operator"), await a_user(store, "target")
+        assert await login(store, b"s" * 32, operator, NOW, 0) is Outcome.DONE
+        # Only the issue's own trips: the audit linker, which shares the one connection, waits.
+        store._linker.wake = lambda: None  # type: ignore[attr-defined]
+        async with store._db.acquire() as conn:  # type: ignore[attr-defined]
+            conn.add_query_logger(lambda q: trips.append(q.query))
+        authority = Authority(user_id=operator, session=b"s" * 32, password_version=0)
+
+        async def issue_as_operator(n: int) -> bool:
+            trips.clear()
+            return await store.issue_code(
+                CodeIssue(
+                    user_id=target,
+                    digest=bytes([n]) * 32,
+                    now=NOW + n,
+                    expires_at=NOW + 600,
+                    mail=mail(target),
+                    audit=[AuditEntry(action="reset-requested", actor_id=operator)],
+                    limit=Claim("requests", "target", 3600, 2),
+                    authority=authority,
+                )
+            )
+
+        assert await issue_as_operator(1) and len(trips) == 2, trips
+        assert await issue_as_operator(2) and len(trips) == 2, trips
+        assert not await issue_as_operator(3) and len(trips) == 2, trips  # the limit is spent
+        await store.revoke_session(b"s" * 32, operator, "logout")
+        with pytest.raises(CallerGone):
+            await issue_as_operator(4)
+        assert len(trips) == 2, trips  # the failed first trip, and its ROLLBACK
+        # The outbox's per-batch trips: its claim; the mail marked sent with its audit rows.
+        claimed = await store.claim_mail(NOW + 10, 60, 10)
+        assert [m.user_id for m in claimed] == [target, target]
+        trips.clear()
+        sent = [AuditEntry(action="reset-emailed", target_id=target)] * 2
+        await store.mails_delivered([m.id for m in claimed], NOW + 11, sent)
+        # (asyncpg looks up the array's type the first time a connection meets it: not counted)
+        ours = [t for t in trips if "'jit'" not in t and "typeinfo_tree" not in t]
+        assert len(ours) == 1, ours
+        assert (await store.mail_counts())["sent"] == 2
+        rows = await store.audit_rows(limit=None)
+        assert [r.target_id for r in rows if r.action == "reset-emailed"] == [target, target]
+    finally:
+        await store.close()
+    assert await count_events(db, "requests", "target", NOW) == 2
+    codes = await sql(db, "SELECT state FROM reset_codes ORDER BY created_at")
+    assert [s for (s,) in codes] == ["void", "pending"]
+
+
+@pg_only
+async def test_statements_prepared_by_name_outlive_a_failed_query_and_a_cut_connection(
+    db: str,
+) -> None:
+    """A query that fails after some of its PREPAREs, and a connection replaced after the
+    server cut it: the next issue on that pool still prepares what it runs, and runs."""
+    import asyncpg
+
+    store = await open_store(db + ("&" if "?" in db else "?") + "pool_max=1", audit_key=AUDIT_KEY)
+    try:
+        uid = await a_user(store)
+        other = await open_store(db, audit_key=AUDIT_KEY)
+        try:
+            assert await issue(other, uid, b"a" * 32, NOW, NOW + 60, mail(uid))
+        finally:
+            await other.close()
+        with pytest.raises(asyncpg.UniqueViolationError):  # the same code: its insert fails
+            await issue(store, uid, b"a" * 32, NOW + 1, NOW + 60, mail(uid))
+        assert await issue(store, uid, b"b" * 32, NOW + 2, NOW + 60, mail(uid))
+        assert await terminate_backends(db) >= 1
+        for n in range(3):  # the cut connection may fail the first call; a new one serves
+            try:
+                assert await issue(store, uid, bytes([n]) * 32, NOW + 3 + n, NOW + 60, mail(uid))
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+                assert n == 0
+    finally:
+        await store.close()
+    states = await sql(db, "SELECT state FROM reset_codes ORDER BY created_at")
+    assert [s for (s,) in states][-1] == "pending"
+    assert len(states) in (4, 5)

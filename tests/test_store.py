@@ -248,3 +248,17 @@ async def test_an_imported_batch_keeps_every_character_of_its_texts(store: Store
             )
             (stored,) = await store.security_questions(user_id)
             assert stored.question == question
+
+
+async def test_a_caller_and_the_user_it_names_are_read_together(store: Store) -> None:
+    alice = await a_user(store)
+    bob = await store.create_user(NewUser(username="Bob", email="b@x.test", password_hash="h"))
+    caller, named = await store.user_and_named(alice, "  BOB ")
+    assert caller is not None and caller.id == alice and caller.username == "alice"
+    assert named is not None and named.id == bob and named.username == "Bob"
+    assert (caller, named) == (await store.user_by_id(alice), await store.user_by_name("bob"))
+    itself, same = await store.user_and_named(alice, "Alice")
+    assert itself is not None and same is not None and itself.id == same.id == alice
+    assert await store.user_and_named(alice, "carol") == (caller, None)
+    assert await store.user_and_named(alice + bob, "bob") == (None, named)
+    assert await store.user_and_named(alice, "bob\x00") == (caller, None)

@@ -13,6 +13,7 @@ rested on (:meth:`.caller.Caller.authority`). UnlockUser likewise.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
@@ -65,7 +66,7 @@ from .texts import (
 )
 from .users import MAX_USER_ID, OPERATOR, TRADING, parse_user_id
 
-__all__ = ["Requirements", "Resets"]
+__all__ = ["Requirements", "Resets", "Unread"]
 
 
 # Counters (store event kinds). Self-service and authenticated requests count apart, so
@@ -96,6 +97,12 @@ class Requirements(msgspec.Struct, frozen=True):
     locale: str | None  # the user's own; None: the page picks the browser's
 
 
+class Unread(enum.Enum):
+    """``Resets.request``'s target when none was read with the caller."""
+
+    UNREAD = "unread"
+
+
 class Resets:
     """The reset engine. Self-service requests wait in a bounded queue (``drain()`` waits for
     it)."""
@@ -119,10 +126,18 @@ class Resets:
 
     # -- the first step -----------------------------------------------------------------------
 
-    async def request(self, caller: Caller | None, username: str | None, source: str) -> None:
+    async def request(
+        self,
+        caller: Caller | None,
+        username: str | None,
+        source: str,
+        *,
+        target: User | None | Unread = Unread.UNREAD,
+    ) -> None:
         """ResetPassword. Returns when the answer may be success; raises a Refusal otherwise.
         A session opened with an API key may not start a reset for another user (docs/rules.md,
-        "Sessions")."""
+        "Sessions"). ``target``: the user named ``username`` when the server read it with the
+        caller's user (one read, ``Store.user_and_named``); a logged-in caller's only."""
         if not isinstance(username, str) or not username.strip():
             raise InvalidValue(INVALID_USERNAME)
         if caller is None:
@@ -137,16 +152,19 @@ class Resets:
             elif refused is Refused.FULL:
                 self.deps.events.count("self_service_dropped")
             return
-        await self._authenticated(caller, username, source)
+        if isinstance(target, Unread):
+            target = await self.deps.store.user_by_name(username)
+        await self._authenticated(caller, target, username, source)
 
     async def drain(self) -> None:
         """Wait until every queued self-service request is done (shutdown, tests)."""
         await self._background.drain()
 
-    async def _authenticated(self, caller: Caller, username: str, source: str) -> None:
+    async def _authenticated(
+        self, caller: Caller, target: User | None, username: str, source: str
+    ) -> None:
         d, s = self.deps, self.deps.settings
         now = d.clock()
-        target = await d.store.user_by_name(username)
 
         async def refused(reason: str) -> None:
             await self._refused(caller.user, target, username, source, reason, now)

@@ -108,6 +108,17 @@ class Store(abc.ABC):
         row = await self._first(self._sql.user_by_name, username_key(username))
         return q.to_user(row) if row else None
 
+    async def user_and_named(self, user_id: int, username: str) -> tuple[User | None, User | None]:
+        """:meth:`user_by_id` and :meth:`user_by_name` in one read (one round trip on
+        PostgreSQL: a caller and the user it asks about, docs/performance.md)."""
+        if "\x00" in username:  # no stored name holds one
+            return await self.user_by_id(user_id), None
+        key = username_key(username)
+        rows = await self._fetch(self._sql.user_and_named, (user_id, key))
+        by_id = next((q.to_user(r) for r in rows if r[0] == user_id), None)
+        named = next((q.to_user(r) for r in rows if r[19] == key), None)
+        return by_id, named
+
     async def users_by_email(self, oms_id: int, email: str) -> list[User]:
         """The OMS's users with ``email`` (case-insensitive): none, one, or two (ambiguous)."""
         if "\x00" in email:  # no stored email holds one

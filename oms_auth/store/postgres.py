@@ -23,8 +23,9 @@ escaped one-to-one (``Statements.event_key``), audit and error text shows U+FFFD
 (``Statements.text``).
 
 The decisions are in :mod:`.plans` (shared with SQLite), the statements in :mod:`.sql`; the
-transaction primitives (row locks, advisory keys, running a plan) in :mod:`.postgres_tx`, the
-schema in :mod:`.postgres_schema` and :mod:`.postgres_migrate`, the listener in
+transaction primitives (row locks, advisory keys, running a plan) in :mod:`.postgres_tx`, a
+transaction's statements sent together in :mod:`.postgres_batch` (a reset's two round trips),
+the schema in :mod:`.postgres_schema` and :mod:`.postgres_migrate`, the listener in
 :mod:`.postgres_listener`, the URL in :mod:`.urls`.
 """
 
@@ -47,7 +48,8 @@ from . import sql as q
 from .audit import ChainKeys, checked_audit_key
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
-from .postgres_audit import AuditLinker, append_and_commit, append_linked, insert_pending
+from .postgres_audit import AuditLinker, append_linked, insert_pending, mails_sent, pending_literal
+from .postgres_batch import Prepared
 from .postgres_devices import PostgresDevices
 from .postgres_limits import PostgresLimits
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
@@ -67,7 +69,6 @@ from .postgres_tx import (
     lock_key,
     read_state,
     run_plan,
-    run_together,
     unreachable,
 )
 from .records import (
@@ -130,9 +131,6 @@ _CLAIM_MAIL = (
 )
 _TOUCH_SESSION = "UPDATE sessions SET last_seen = greatest(last_seen, $1) WHERE digest = $2"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-# Several rows in one statement execution each (a batch of delivered mail and its audit rows),
-# rather than one execution per row.
-_MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])")
 
 
 class PostgresStore(PostgresDevices, PostgresLimits, Store):
@@ -153,6 +151,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._audit_lock = lock_key(self.schema, "audit")
         self._linker = AuditLinker(lambda: self._db, self._audit_key, self._audit_lock)
+        self._prepared = Prepared()  # statements prepared by name, per pooled connection
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"
@@ -175,6 +174,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
                 max_inactive_connection_lifetime=300.0,
                 server_settings=self._server_settings("oms-auth"),
                 reset=keep_session,
+                init=self._prepared.fresh,
             )
         except CONNECTION_ERRORS as exc:
             raise StoreError(unreachable(self.target, exc)) from None
@@ -500,17 +500,19 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def issue_code(self, issue: CodeIssue) -> bool:
         async with committing(self._db) as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
-            # user's row first, then the limit's lock, as lock_when_spent takes them.
+            # user's row first, then the limit's lock, as lock_when_spent takes them. Two round
+            # trips (postgres_batch): BEGIN, the locks, the caller's authority and the limit's
+            # count; the writes (the limit's event, older codes voided, the code, its mail: one
+            # statement) with the audit rows and COMMIT.
             limit = issue.limit
             limit_lock = None if limit is None else self._events_key(limit.kind, limit.key)
-            await lock_for(conn, issue.user_id, issue.authority, then=limit_lock)
-            count = 0 if limit is None else await self._count(conn, limit, issue.now)
-            # The issue's writes (the limit's event, older codes voided, the code, its mail)
-            # touch rows apart: one statement; then its audit rows with COMMIT.
+            count = await self._prepared.begin_counted(
+                conn, issue.user_id, issue.authority, limit_lock, limit, issue.now
+            )
             plan = plans.issue_plan(S, issue, count)
-            if await run_together(conn, plan) is not Outcome.DONE:
+            audit = pending_literal(issue.audit, issue.now) if issue.audit else ""
+            if await self._prepared.commit_plan(conn, plan, audit) is not Outcome.DONE:
                 return False
-            await append_and_commit(conn, issue.audit, issue.now)
             if issue.audit:
                 self._linker.wake()
             return True
@@ -569,10 +571,9 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def mails_delivered(
         self, mail_ids: Sequence[int], now: float, audit: Sequence[AuditEntry] = ()
     ) -> None:
-        async with self._tx() as conn:
-            await conn.execute(_MAILS_SENT, now, list(mail_ids))
-            if audit:
-                await self._insert_audit(conn, audit, now)
+        await mails_sent(self._db, mail_ids, now, audit)
+        if audit:
+            self._linker.wake()
 
     async def mail_failed(
         self, mail_id: int, now: float, error: str, retry_at: float | None

@@ -36,6 +36,7 @@ import msgspec
 from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
+from .postgres_batch import literal
 from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry
 from .records import AuditEntry, StoreError
 
@@ -45,9 +46,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AuditLinker",
     "insert_pending",
-    "append_and_commit",
     "append_linked",
     "pending_literal",
+    "mails_sent",
     "INSERT_AUDIT_ROWS",
     "GATHER_SECONDS",
     "IDLE_SECONDS",
@@ -71,7 +72,7 @@ _INSERT_PENDING = (
 )
 # Many rows in one JSON parameter (an array per row): asyncpg checks each element of an array
 # parameter in Python, which costs a large batch dearly.
-_INSERT_PENDING_ROWS = (
+INSERT_PENDING_ROWS = (
     f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) SELECT (a->>0)::float8, a->>1,"
     " (a->>2)::bigint, (a->>3)::bigint, a->>4, a->>5, a->>6"
     " FROM json_array_elements($1::json) AS a"
@@ -98,27 +99,43 @@ async def insert_pending(conn: Conn, entries: Sequence[AuditEntry], now: float) 
     if len(entries) == 1:
         await conn.execute(_INSERT_PENDING, *_pending_row(now, entries[0]))
     elif entries:
-        rows = [_pending_row(now, e) for e in entries]
-        await conn.execute(_INSERT_PENDING_ROWS, msgspec.json.encode(rows).decode())
+        await conn.execute(INSERT_PENDING_ROWS, pending_json(entries, now))
+
+
+def pending_json(entries: Sequence[AuditEntry], now: float) -> str:
+    """``INSERT_PENDING_ROWS``'s parameter: ``entries``, made at ``now``."""
+    return msgspec.json.encode([_pending_row(now, e) for e in entries]).decode()
+
+
+# A batch of delivered mail marked sent (one execution, not one per row), and with their audit
+# rows: one statement, atomic alone, so no BEGIN and COMMIT trips (docs/performance.md).
+_MAILS_SENT = S.mail_sent.replace("WHERE id = $2", "WHERE id = ANY($2::bigint[])")
+_MAILS_SENT_AUDITED = f"WITH sent AS ({_MAILS_SENT}) " + INSERT_PENDING_ROWS.replace(
+    "$1::json", "$3::json"
+)
+
+
+async def mails_sent(
+    pool: asyncpg.Pool[asyncpg.Record],
+    mail_ids: Sequence[int],
+    now: float,
+    audit: Sequence[AuditEntry],
+) -> None:
+    """Mark the mail ``mail_ids`` sent at ``now`` and write ``audit`` unlinked, in one round
+    trip (``Store.mails_delivered``)."""
+    if audit:
+        await pool.execute(_MAILS_SENT_AUDITED, now, list(mail_ids), pending_json(audit, now))
+    else:
+        await pool.execute(_MAILS_SENT, now, list(mail_ids))
 
 
 def pending_literal(entries: Sequence[AuditEntry], now: float) -> str:
     """``entries`` as one ``INSERT INTO audit_pending`` with its values as literals: a simple
-    query that can carry ``COMMIT`` in the same round trip (``postgres_tx.append_and_commit``)."""
+    query that can carry ``COMMIT`` in the same round trip (``postgres_batch``)."""
     values = ", ".join(
-        "(" + ", ".join(_literal(v) for v in _pending_row(now, e)) + ")" for e in entries
+        "(" + ", ".join(literal(v) for v in _pending_row(now, e)) + ")" for e in entries
     )
     return f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) VALUES {values}"
-
-
-async def append_and_commit(conn: Conn, entries: Sequence[AuditEntry], now: float) -> None:
-    """Write ``entries`` unlinked and COMMIT in one round trip (the last of a reset request:
-    docs/performance.md, "What the profile showed"). The rows go as literals in one simple
-    query, the only way one round trip carries a statement and its COMMIT."""
-    if not entries:
-        await conn.execute("COMMIT")
-        return
-    await conn.execute(pending_literal(entries, now) + "; COMMIT")
 
 
 async def append_linked(
@@ -131,23 +148,6 @@ async def append_linked(
     tail = await conn.fetchrow(S.audit_tail)
     rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
     await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
-
-
-def _literal(value: object) -> str:
-    """Numbers as numbers, text dollar-quoted: nothing inside such a quote is an escape, and
-    the tag is one the text does not hold, so no text can end it."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"'{value!r}'::float8"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str):
-        n = 0
-        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
-            n += 1
-        return f"$q{n}${value}$q{n}$"
-    raise TypeError(f"no audit column takes a {type(value).__name__}")
 
 
 class AuditLinker:

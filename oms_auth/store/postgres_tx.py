@@ -33,12 +33,17 @@ __all__ = [
     "lock_for",
     "read_state",
     "run_plan",
-    "run_together",
     "count_of",
     "attempts",
     "RELEASE_EVENT",
     "SETTLE_EVENT",
     "committing",
+    "LOCK_USER",
+    "SHARE_USER",
+    "AUTHORITY_SHARED",
+    "GONE",
+    "joined",
+    "plain_write",
     "keep_session",
     "audit_entry",
     "unreachable",
@@ -55,14 +60,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
 )
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
-_LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
-_SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
-_AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
+LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE"
+SHARE_USER = "SELECT 1 FROM users WHERE id = $1 FOR SHARE"
+AUTHORITY_SHARED = S.authority_holds + " FOR SHARE OF s"
 # The advisory lock in the projection over the locked subquery (never pulled up: it locks rows):
 # taken once the session row is locked, as the lock order wants; not at all (no row, None) when
 # the authority is gone. '' when it holds.
-_AUTHORITY_THEN_LOCK = f"SELECT pg_advisory_xact_lock($6)::text FROM ({_AUTHORITY_SHARED}) held"
-_GONE = "the caller's session or permission is gone"
+_AUTHORITY_THEN_LOCK = f"SELECT pg_advisory_xact_lock($6)::text FROM ({AUTHORITY_SHARED}) held"
+GONE = "the caller's session or permission is gone"
 
 
 # One event (of several alike), an attempt's in flight first.
@@ -119,9 +124,9 @@ async def lock_for(
     unless the caller's authority still holds (its session row ``FOR SHARE``); then the
     advisory lock ``then``, if given, which comes next in the lock order (taken in the
     authority check's statement, once its row is locked: one round trip fewer)."""
-    rows = [] if user_id is None else [(user_id, _LOCK_USER)]
+    rows = [] if user_id is None else [(user_id, LOCK_USER)]
     if authority is not None and authority.user_id != user_id:
-        rows.append((authority.user_id, _SHARE_USER))
+        rows.append((authority.user_id, SHARE_USER))
     for uid, statement in sorted(rows):
         await conn.execute(statement, uid)
     if authority is None:
@@ -130,11 +135,11 @@ async def lock_for(
         return
     args = q.authority_args(authority)
     if then is None:
-        held = await conn.fetchval(_AUTHORITY_SHARED, *args)
+        held = await conn.fetchval(AUTHORITY_SHARED, *args)
     else:
         held = await conn.fetchval(_AUTHORITY_THEN_LOCK, *args, then)
     if held is None:
-        raise CallerGone(_GONE)
+        raise CallerGone(GONE)
 
 
 async def read_state(conn: Conn, record: Callable[..., R], sql: str, user_id: int) -> R | None:
@@ -157,39 +162,17 @@ _WRITES = ("INSERT ", "UPDATE ", "DELETE ")
 _PARAMETER = re.compile(r"\$(\d+)")
 
 
-async def run_together(conn: Conn, plan: plans.Plan, then: int | None = None) -> Outcome:
-    """Run a plan whose steps write rows independent of each other's effects as ONE statement
-    (one round trip instead of one per step: docs/performance.md, "What bounds each figure");
-    its outcome. The steps become data-modifying ``WITH`` parts of one statement: they all see
-    the rows as they were before it, which for such steps is what running them in turn gives.
-    ``then``: an advisory lock the statement takes once every write is done (the next in the
-    lock order; taken only when the plan's outcome is DONE). A plan with a conditional step,
-    or a step that is not a plain write, runs step by step."""
-    steps = plan.steps
-    if any(s.unless is not None or not _plain_write(s.sql) for s in steps) or not steps:
-        outcome = await run_plan(conn, plan)
-        if then is not None and outcome is Outcome.DONE:
-            await conn.execute(ADVISORY_LOCK, then)
-        return outcome
-    args: list[object] = []
-    for step in steps:
-        args += step.args
-    if then is None:
-        await conn.execute(_joined(tuple(s.sql for s in steps), False), *args)
-    else:
-        await conn.execute(_joined(tuple(s.sql for s in steps), True), *args, then)
-    return plan.outcome
-
-
-def _plain_write(sql: str) -> bool:
+def plain_write(sql: str) -> bool:
+    """A write that ``joined`` may put in a ``WITH`` part (it returns nothing)."""
     return sql.startswith(_WRITES) and " RETURNING " not in sql
 
 
 @functools.lru_cache(maxsize=64)
-def _joined(statements: Sequence[str], lock: bool) -> str:
-    """``WITH w0 AS (first), w1 AS (second) last``, each part's ``$n`` moved past the parts
-    before it; with ``lock``, every part in ``WITH`` and, once all are done (their rows
-    counted), the advisory lock of the last parameter."""
+def joined(statements: Sequence[str]) -> str:
+    """Plain writes independent of each other's effects as ONE statement (one round trip
+    instead of one per write: docs/performance.md): ``WITH w0 AS (first), w1 AS (second)
+    last``, each part's ``$n`` moved past the parts before it. The parts all see the rows as
+    they were before the statement, which for such writes is what running them in turn gives."""
     parts: list[str] = []
     offset = 0
 
@@ -199,14 +182,8 @@ def _joined(statements: Sequence[str], lock: bool) -> str:
     for sql in statements:
         parts.append(_PARAMETER.sub(moved, sql))
         offset += max((int(n) for n in _PARAMETER.findall(sql)), default=0)
-    if not lock:
-        head = ", ".join(f"w{k} AS ({sql})" for k, sql in enumerate(parts[:-1]))
-        return f"WITH {head} {parts[-1]}" if head else parts[-1]
-    head = ", ".join(f"w{k} AS ({sql} RETURNING 1)" for k, sql in enumerate(parts))
-    # The filter reads every part's rows (the writes done) before the projection takes the lock.
-    done = " + ".join(f"(SELECT count(*) FROM w{k})" for k in range(len(parts)))
-    take = f"pg_advisory_xact_lock(${offset + 1})"
-    return f"WITH {head} SELECT {take} FROM (SELECT {done} AS n) AS done WHERE n >= 0"
+    head = ", ".join(f"w{k} AS ({sql})" for k, sql in enumerate(parts[:-1]))
+    return f"WITH {head} {parts[-1]}" if head else parts[-1]
 
 
 def count_of(status: str) -> int:
@@ -227,10 +204,9 @@ def audit_entry(e: AuditEntry) -> AuditEntry:
 
 @contextlib.asynccontextmanager
 async def committing(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[Conn]:
-    """One pooled connection in one transaction that its last round trip commits
-    (``postgres_audit.append_and_commit``); rolled back when the block leaves without committing."""
+    """One pooled connection for one transaction that the block begins in its first round trip
+    and commits in its last (``postgres_batch``); rolled back when the block leaves it open."""
     async with pool.acquire() as conn:
-        await conn.execute("BEGIN")
         try:
             yield conn
         finally:

@@ -155,6 +155,10 @@ def _user_select(permissions: str, accounts: str) -> dict[str, Any]:
         # An OMS's users with an email, whatever its case (at most two: one, or ambiguous).
         "users_by_email": select
         + " WHERE u.oms_id = ? AND lower(u.email) = lower(?) ORDER BY u.id LIMIT 2",
+        # A user by id and a user by name key in one read (a caller and whom it asks about),
+        # each row with its name key last, to tell which is which.
+        "user_and_named": select.replace(" FROM users u", ", u.username_key FROM users u")
+        + " WHERE u.id = ? OR u.username_key = ?",
     }
 
 
@@ -170,6 +174,7 @@ class Statements:
     users_after: str
     users_locked: str
     users_by_email: str
+    user_and_named: str
     username_taken: str = "SELECT 1 FROM users WHERE username_key = ?"
     # Another user whose name looks the same (the same skeleton, another key).
     username_lookalike: str = (

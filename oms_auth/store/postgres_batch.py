@@ -1,0 +1,211 @@
+"""Several statements of one PostgreSQL transaction in one round trip: a reset request's
+transaction in two trips instead of seven (docs/performance.md, "A reset's round trips, after
+the audit lock left them").
+
+Each round trip costs both processes a system call and a wake-up, which on a busy machine is
+the larger part of a short statement's cost. asyncpg sends one statement per trip when it has
+parameters, but a *simple query* (no parameters) may hold several statements, which PostgreSQL
+runs in turn, each with a snapshot of its own taken when it starts, exactly as if they had come
+one by one: a statement after a lock sees what committed before the lock was granted. So the
+statements below are the store's own, in the order the store takes them one by one; only how
+they travel changes.
+
+A simple query takes no parameters, so each statement runs as ``EXECUTE name(literals)`` of a
+statement prepared by name on that connection (``PREPARE``, once per connection: sent in front
+of the first query that needs it), its values as literals (:func:`literal`): PostgreSQL plans
+it once per connection, as it does asyncpg's own prepared statements, not on every trip.
+
+A simple query answers only with its last statement's command tag (such as ``SELECT 3``), so:
+what must be read comes last and is a row count (a limit's count, capped at the limit: all its
+decision compares), and the authority check FAILS the query when the caller's authority is
+gone (a cast of a marked text to a number), read back as CallerGone.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from . import plans
+from . import sql as q
+from .postgres_tx import (
+    ADVISORY_LOCK,
+    AUTHORITY_SHARED,
+    GONE,
+    LOCK_USER,
+    SHARE_USER,
+    S,
+    count_of,
+    joined,
+    plain_write,
+    run_plan,
+)
+from .records import Authority, CallerGone, Claim, Outcome
+
+if TYPE_CHECKING:
+    from .postgres_tx import Conn
+
+__all__ = ["Prepared", "literal"]
+
+# The authority check as a statement that fails when the authority is gone; '{take}' is what
+# it runs once the session row is locked (the limit's advisory lock, or nothing).
+_GONE_MARK = "oms-auth: the authority of the caller is gone"
+_AUTHORITY_OR_FAIL = (
+    "SELECT {take} FROM (SELECT count(*) AS n FROM (" + AUTHORITY_SHARED + ") a) held"
+    f" WHERE (CASE WHEN n > 0 THEN '0' ELSE '{_GONE_MARK}' END)::int = 0"
+)
+_CHECK = _AUTHORITY_OR_FAIL.replace("{take}", "1")
+_CHECK_THEN_LOCK = _AUTHORITY_OR_FAIL.replace("{take}", "pg_advisory_xact_lock($6)")
+# A counter's events within its window, at most $4 of them (its row count is the answer).
+_COUNT_CAPPED = S.count_events_since.replace("SELECT count(*) ", "SELECT 1 ", 1) + " LIMIT $4"
+assert _COUNT_CAPPED.startswith("SELECT 1 FROM events ")
+
+# One statement of a batch: a statement of the store's with its arguments, or literal SQL.
+Part = tuple[str, Sequence[object]] | str
+
+
+class _Names:
+    """What one connection has prepared: the names, and the generation new names are made in."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.done: set[str] = set()
+
+
+class Prepared:
+    """The store's statements prepared by name on each of its pooled connections, known by the
+    backend's process id: :meth:`fresh` is the pool's ``init``, so a new connection starts with
+    none, and a closed one is forgotten."""
+
+    def __init__(self) -> None:
+        self._conns: dict[int, _Names] = {}
+
+    async def fresh(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        pid, names = conn.get_server_pid(), _Names()
+        self._conns[pid] = names
+
+        def closed(_: object) -> None:
+            if self._conns.get(pid) is names:  # not a newer connection's, given the same id
+                del self._conns[pid]
+
+        conn.add_termination_listener(closed)
+
+    async def run(self, conn: Conn, parts: Sequence[Part]) -> str:
+        """Run ``parts`` in order in one round trip; the last one's command tag."""
+        known = self._conns.setdefault(conn.get_server_pid(), _Names())
+        head: list[str] = []
+        body: list[str] = []
+        names: list[str] = []
+        for part in parts:
+            if isinstance(part, str):
+                body.append(part)
+                continue
+            sql, args = part
+            name = f"oms_{known.generation}_{_digest(sql)}"
+            if name not in known.done and name not in names:
+                head.append(f"PREPARE {name} AS {sql}")
+                names.append(name)
+            body.append(f"EXECUTE {name}({', '.join(literal(a) for a in args)})")
+        try:
+            status = await conn.execute("; ".join(head + body))
+        except asyncpg.InvalidTextRepresentationError as exc:
+            if _GONE_MARK not in str(exc):
+                _unsure(known, names)
+                raise
+            known.done.update(names)  # every PREPARE ran before the check failed
+            raise CallerGone(GONE) from None
+        except BaseException:
+            _unsure(known, names)
+            raise
+        known.done.update(names)
+        return str(status)
+
+    async def begin_counted(
+        self,
+        conn: Conn,
+        user_id: int | None,
+        authority: Authority | None,
+        then: int | None,
+        claim: Claim | None,
+        now: float,
+    ) -> int:
+        """``BEGIN``; the row locks of the user written for (``FOR UPDATE``) and the caller's
+        (``FOR SHARE``), the lower id first; the caller's authority (its session row ``FOR
+        SHARE``), then the advisory lock ``then``; the count of ``claim``'s events within its
+        window (at most its limit; 0 without a claim): ``lock_for``'s statements, in its order,
+        and the count, in one round trip. CallerGone (the transaction left open and failed: roll
+        it back) unless the caller's authority holds."""
+        parts: list[Part] = ["BEGIN"]
+        rows = [] if user_id is None else [(user_id, LOCK_USER)]
+        if authority is not None and authority.user_id != user_id:
+            rows.append((authority.user_id, SHARE_USER))
+        parts += [(statement, (uid,)) for uid, statement in sorted(rows)]
+        if authority is not None:
+            args = q.authority_args(authority)
+            parts.append((_CHECK, args) if then is None else (_CHECK_THEN_LOCK, (*args, then)))
+        elif then is not None:
+            parts.append((ADVISORY_LOCK, (then,)))
+        if claim is not None:
+            key = S.event_key(claim.key)
+            parts.append((_COUNT_CAPPED, (claim.kind, key, now - claim.window, claim.limit)))
+        status = await self.run(conn, parts)
+        return 0 if claim is None else count_of(status)
+
+    async def commit_plan(self, conn: Conn, plan: plans.Plan, then: str) -> Outcome:
+        """Run ``plan`` (see :mod:`.plans`), then the literal statement ``then`` (if any), and
+        COMMIT; in one round trip when its steps are plain writes independent of each other's
+        effects (one statement: ``postgres_tx.joined``). A refused plan
+        runs nothing (the caller rolls back); its outcome."""
+        steps = plan.steps
+        if not steps:
+            return plan.outcome
+        tail = [then, "COMMIT"] if then else ["COMMIT"]
+        if any(s.unless is not None or not plain_write(s.sql) for s in steps):
+            outcome = await run_plan(conn, plan)
+            if outcome is Outcome.DONE:
+                await conn.execute("; ".join(tail))
+            return outcome
+        args = [a for step in steps for a in step.args]
+        await self.run(conn, [(joined(tuple(s.sql for s in steps)), args), *tail])
+        return plan.outcome
+
+
+def _unsure(known: _Names, names: list[str]) -> None:
+    """After a failed query: which of its PREPAREs ran is not known, so the connection prepares
+    under names of a new generation from then on (the few left unused go with it). Once a
+    connection has prepared its statements its queries carry none: nothing to do then."""
+    if names:
+        known.generation += 1
+        known.done.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(sql: str) -> str:
+    """A statement's part of its name (the store has a few dozen statements)."""
+    return hashlib.sha1(sql.encode()).hexdigest()[:16]
+
+
+def literal(value: object) -> str:
+    """``value`` as an SQL literal, for a simple query (which takes no parameters): numbers as
+    numbers, bytes in hex, text dollar-quoted (nothing inside such a quote is an escape, and
+    the tag is one the text does not hold, so no text can end it)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"'{value!r}'::float8"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"decode('{value.hex()}', 'hex')"
+    if isinstance(value, str):
+        n = 0
+        while (value + f"$q{n}$").find(f"$q{n}$") != len(value):
+            n += 1
+        return f"$q{n}${value}$q{n}$"
+    raise TypeError(f"no statement here takes a {type(value).__name__}")
