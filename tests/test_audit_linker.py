@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from oms_auth.app import build_deps
+from oms_auth.keyring import read_ring
+from oms_auth.keyservice import POLL_SECONDS
 from oms_auth.store.postgres_tx import lock_key
 
-from .helpers import eventually, pg_connect, schema_of, settings_for
+from .helpers import eventually, oms_auth, pg_connect, schema_of, settings_for, sql
 from .test_nodes import OK, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
@@ -84,3 +86,27 @@ async def test_rows_a_stopped_node_left_unlinked_are_linked_by_the_other_node(
 
 async def _none_pending(conn: Any) -> bool:
     return bool(await conn.fetchval("SELECT count(*) FROM audit_pending") == 0)
+
+
+async def test_rows_written_after_a_node_takes_up_a_rotated_ring_are_chained_with_its_new_key(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    for node in ("a", "b"):
+        await cluster.client(node, "alice")  # each node's linker has run with the old ring
+    old = read_ring(cluster.key)
+    assert old is not None
+    env = {"OMS_AUTH_DB": cluster.db, "OMS_AUTH_SECRET_KEY_FILE": str(cluster.key)}
+    await asyncio.to_thread(oms_auth, cluster.tmp, "key", "rotate", env=env)
+    new = read_ring(cluster.key)
+    assert new is not None and new.current.id != old.current.id
+    (before,) = await sql(cluster.db, "SELECT max(id) FROM audit")
+    await asyncio.sleep(3 * POLL_SECONDS)  # both nodes take the ring up (within 2 s)
+    for node in ("a", "b"):
+        await cluster.client(node, "alice")
+    rows = await sql(cluster.db, "SELECT action, key_id FROM audit WHERE id > ?", before[0])
+    assert [a for a, _ in rows].count("login") == 2
+    assert {k for _, k in rows} == {new.current.id}, rows
+    ok, _ = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok

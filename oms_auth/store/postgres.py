@@ -152,7 +152,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         )
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._audit_lock = lock_key(self.schema, "audit")
-        self._linker = AuditLinker(lambda: self._db, self._audit_key, self._audit_lock)
+        self._linker = AuditLinker(lambda: self._db, lambda: self._audit_key, self._audit_lock)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target!r})"

@@ -152,10 +152,15 @@ def _literal(value: object) -> str:
 
 class AuditLinker:
     """Links a database's pending audit rows into its chain (see the module docstring).
-    ``pool`` gives the store's pool; ``keys`` chain the rows; ``lock`` is the audit lock."""
+    ``pool`` gives the store's pool; ``keys`` gives the keys that chain the rows, asked at each
+    pass (a node that takes up a rotated ring chains with its new key from then on); ``lock``
+    is the audit lock."""
 
     def __init__(
-        self, pool: Callable[[], asyncpg.Pool[asyncpg.Record]], keys: ChainKeys, lock: int
+        self,
+        pool: Callable[[], asyncpg.Pool[asyncpg.Record]],
+        keys: Callable[[], ChainKeys],
+        lock: int,
     ) -> None:
         self._pool, self._keys, self._lock = pool, keys, lock
         self._wanted = asyncio.Event()
@@ -213,7 +218,7 @@ class AuditLinker:
                     return 0
                 tail = await conn.fetchrow(S.audit_tail)
                 made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
-                rows = link_made(self._keys, tail, made)
+                rows = link_made(self._keys(), tail, made)
                 await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
                 return len(rows)
 
