@@ -5,6 +5,7 @@ row ends up in the chain, in order, whichever node links it, and the chain verif
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ import pytest
 from oms_auth.app import build_deps
 from oms_auth.keyring import read_ring
 from oms_auth.keyservice import POLL_SECONDS
+from oms_auth.store.postgres_audit import GATHER_SECONDS
 from oms_auth.store.postgres_tx import lock_key
+from oms_auth.store.records import AuditEntry
+from oms_auth.tasks import cancel
 
 from .helpers import eventually, oms_auth, pg_connect, schema_of, settings_for, sql
 from .test_nodes import OK, Cluster
@@ -110,3 +114,52 @@ async def test_rows_written_after_a_node_takes_up_a_rotated_ring_are_chained_wit
     assert {k for _, k in rows} == {new.current.id}, rows
     ok, _ = await _verified(cluster.tmp, cluster.db, cluster.key)
     assert ok
+
+
+def _linker_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "AuditLinker._run"
+    ]
+
+
+async def test_no_linker_task_outlives_its_store_even_when_a_write_commits_during_close(
+    tmp_path: Path, db: str
+) -> None:
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    store = deps.store
+    try:
+        entry = AuditEntry(action="written-while-closing", source="test")
+        write = asyncio.create_task(store.audit([entry], time.time()))
+        await asyncio.sleep(0)  # the write has its connection; close waits for it
+        await store.close()
+        await write
+        await asyncio.sleep(GATHER_SECONDS + 0.1)
+        assert _linker_tasks() == []
+    finally:
+        for task in _linker_tasks():
+            await cancel(task)
+        deps.hasher.close()
+    # What the write committed is linked by whoever opens the store next.
+    ok, actions = await _verified(tmp_path, db, tmp_path / "oms-auth.key")
+    assert ok and actions[-1] == "written-while-closing"
+
+
+async def test_rows_left_pending_are_linked_by_a_node_that_has_written_nothing_since_it_started(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    conn = await pg_connect(cluster.db)
+    try:
+        # What a node killed after committing a decision, before linking it, leaves behind.
+        await conn.execute(
+            "INSERT INTO audit_pending (at, action, target_name, source)"
+            " VALUES (extract(epoch FROM now()), 'left-by-a-killed-node', 'alice', '127.0.0.9')"
+        )
+        await cluster.start()  # restarted nodes no request reaches
+        await eventually(lambda: _none_pending(conn), timeout=5)
+    finally:
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and actions[-1] == "left-by-a-killed-node"

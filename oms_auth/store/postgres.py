@@ -187,6 +187,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         except BaseException:
             await self.close()
             raise
+        self._linker.start()
 
     async def close(self) -> None:
         await self.listener.stop()

@@ -166,11 +166,24 @@ class AuditLinker:
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._turn = asyncio.Lock()  # one pass of this node at a time
+        self._running = False  # between start and stop: the store is open
+
+    def start(self) -> None:
+        """Run passes from now on (the store has opened): rows a killed node left pending are
+        linked by the idle pass even if no request ever reaches this one."""
+        self._running = True
+        self._keep_running()
 
     def wake(self) -> None:
-        """Rows were written: link them soon (the linker starts with the first write)."""
+        """Rows were written: link them soon."""
         self._wanted.set()
-        if self._task is None or self._task.done():
+        self._keep_running()
+
+    def _keep_running(self) -> None:
+        # Never after stop: a write that commits while the store closes would start a task
+        # that outlives the pool, failing every second for good. Its rows stay pending,
+        # committed, for the next pass of any node.
+        if self._running and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def link_all(self) -> int:
@@ -185,6 +198,7 @@ class AuditLinker:
     async def stop(self) -> None:
         """Stop the task, then link what is pending, if the database answers (otherwise the
         next pass of any node links it)."""
+        self._running = False
         task, self._task = self._task, None
         await cancel(task)
         if task is not None:
