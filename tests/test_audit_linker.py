@@ -163,3 +163,32 @@ async def test_rows_left_pending_are_linked_by_a_node_that_has_written_nothing_s
         await conn.close()
     ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
     assert ok and actions[-1] == "left-by-a-killed-node"
+
+
+async def test_a_node_stops_promptly_while_another_holds_the_chain_and_its_rows_are_linked_later(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    op = await cluster.client("a", "op")
+    holder = await pg_connect(cluster.db)
+    try:
+        # Someone holds the chain's lock (a linker stalled, an operator's long query).
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        assert (await op.call("ResetPassword", {"UserName": "alice"})).o == OK
+        started = time.monotonic()
+        await asyncio.wait_for(cluster.nodes["a"].stop(), 20)
+        assert time.monotonic() - started < 10  # drain_seconds, not the lock's holder
+        pending = await holder.fetchval("SELECT count(*) FROM audit_pending")
+        assert pending >= 1  # committed, left for the next pass of any node
+    finally:
+        await holder.close()
+    conn = await pg_connect(cluster.db)
+    try:
+        await eventually(lambda: _none_pending(conn), timeout=5)  # node b's idle pass
+    finally:
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and "reset-requested" in actions

@@ -81,6 +81,7 @@ INSERT_AUDIT_ROWS = (
     " (a->>3)::bigint, (a->>4)::bigint, a->>5, a->>6, a->>7, a->>8, a->>9, a->>10"
     " FROM json_array_elements($1::json) AS a"
 )
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 _ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM audit_pending)"
 _TAKE_PENDING = (
     "DELETE FROM audit_pending WHERE seq IN (SELECT seq FROM audit_pending ORDER BY seq LIMIT $1)"
@@ -186,24 +187,26 @@ class AuditLinker:
         if self._running and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def link_all(self) -> int:
-        """Link every row pending now (every node's); how many."""
+    async def link_all(self, *, wait: bool = True) -> int:
+        """Link every row pending now (every node's); how many. Without ``wait``, only if the
+        audit lock is free now (none linked when another holds it)."""
         linked = 0
         while True:
-            n = await self._link_once()
+            n = await self._link_once(wait)
             linked += n
             if n < BATCH:
                 return linked
 
     async def stop(self) -> None:
-        """Stop the task, then link what is pending, if the database answers (otherwise the
-        next pass of any node links it)."""
+        """Stop the task, then link what is pending, if the database answers and nobody holds
+        the audit lock (otherwise the next pass of any node links it): a node asked to stop
+        never waits, up to the command timeout, for whoever holds the chain."""
         self._running = False
         task, self._task = self._task, None
         await cancel(task)
         if task is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await self.link_all()
+                await self.link_all(wait=False)
 
     async def _run(self) -> None:
         while True:
@@ -219,13 +222,16 @@ class AuditLinker:
                 log.warning("linking audit rows failed: %s", str(exc) or type(exc).__name__)
                 await asyncio.sleep(IDLE_SECONDS)
 
-    async def _link_once(self) -> int:
+    async def _link_once(self, wait: bool) -> int:
         async with self._turn:
             pool = self._pool()
             if not await pool.fetchval(_ANY_PENDING):
                 return 0
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(ADVISORY_LOCK, self._lock)
+                if wait:
+                    await conn.execute(ADVISORY_LOCK, self._lock)
+                elif not await conn.fetchval(_TRY_LOCK, self._lock):
+                    return 0
                 # Read after the lock: the chain as the previous linker committed it.
                 taken = await conn.fetch(_TAKE_PENDING, BATCH)
                 if not taken:
