@@ -192,3 +192,31 @@ async def test_a_node_stops_promptly_while_another_holds_the_chain_and_its_rows_
         await conn.close()
     ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
     assert ok and "reset-requested" in actions
+
+
+async def test_audit_verify_says_in_one_line_that_the_chain_is_held_when_it_cannot_link(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    env = {"OMS_AUTH_DB": cluster.db, "OMS_AUTH_SECRET_KEY_FILE": str(cluster.key)}
+    holder = await pg_connect(cluster.db)
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        await holder.execute(
+            "INSERT INTO audit_pending (at, action, target_name, source)"
+            " VALUES (extract(epoch FROM now()), 'pending', 'alice', '127.0.0.9')"
+        )
+        started = time.monotonic()
+        out = await asyncio.to_thread(
+            oms_auth, cluster.tmp, "audit", "verify", env=env, check=False
+        )
+        assert time.monotonic() - started < 20
+        # Not 1 (a broken chain, to a script that watches it) and no traceback.
+        assert out.returncode == 2, (out.stdout, out.stderr[-300:])
+        assert out.stderr.count("\n") == 1 and "audit" in out.stderr, out.stderr
+    finally:
+        await holder.close()
+    verified = await asyncio.to_thread(oms_auth, cluster.tmp, "audit", "verify", env=env)
+    assert "audit trail intact" in verified.stdout

@@ -590,5 +590,5 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             await self._insert_audit(conn, entries, now)
 
     async def audit_rows(self, **query: Any) -> list[AuditRow]:
-        await self._linker.link_all()  # every committed decision, in the chain
+        await self._linker.link_for_reader()  # every committed decision, in the chain
         return await super().audit_rows(**query)

@@ -51,6 +51,7 @@ __all__ = [
     "INSERT_AUDIT_ROWS",
     "GATHER_SECONDS",
     "IDLE_SECONDS",
+    "READER_WAIT_SECONDS",
 ]
 
 log = logging.getLogger("oms_auth.store")
@@ -62,6 +63,8 @@ GATHER_SECONDS = 0.01
 IDLE_SECONDS = 1.0
 # What a pass may meet: the database lost, or the store closed under it.
 _PASS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, StoreError)
+# How long a reader of the trail waits for the audit lock to link what is pending first.
+READER_WAIT_SECONDS = 10.0
 # Rows linked per transaction.
 BATCH = 2000
 
@@ -187,15 +190,22 @@ class AuditLinker:
         if self._running and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def link_all(self, *, wait: bool = True) -> int:
-        """Link every row pending now (every node's); how many. Without ``wait``, only if the
-        audit lock is free now (none linked when another holds it)."""
+    async def link_all(self, *, wait: float | None = None) -> int:
+        """Link every row pending now (every node's); how many. ``wait``: how long to wait
+        for the audit lock (None: the command timeout; 0: only if it is free now, none linked
+        otherwise). Past a ``wait`` of seconds, StoreError names who is waited for."""
         linked = 0
         while True:
             n = await self._link_once(wait)
             linked += n
             if n < BATCH:
                 return linked
+
+    async def link_for_reader(self) -> None:
+        """Link what is pending before the trail is read (``audit show``, ``verify``,
+        ``export``): it waits up to :data:`READER_WAIT_SECONDS` for whoever holds the chain,
+        then fails in one line rather than with the command timeout's traceback."""
+        await self.link_all(wait=READER_WAIT_SECONDS)
 
     async def stop(self) -> None:
         """Stop the task, then link what is pending, if the database answers and nobody holds
@@ -206,7 +216,7 @@ class AuditLinker:
         await cancel(task)
         if task is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await self.link_all(wait=False)
+                await self.link_all(wait=0)
 
     async def _run(self) -> None:
         while True:
@@ -222,15 +232,13 @@ class AuditLinker:
                 log.warning("linking audit rows failed: %s", str(exc) or type(exc).__name__)
                 await asyncio.sleep(IDLE_SECONDS)
 
-    async def _link_once(self, wait: bool) -> int:
+    async def _link_once(self, wait: float | None) -> int:
         async with self._turn:
             pool = self._pool()
             if not await pool.fetchval(_ANY_PENDING):
                 return 0
             async with pool.acquire() as conn, conn.transaction():
-                if wait:
-                    await conn.execute(ADVISORY_LOCK, self._lock)
-                elif not await conn.fetchval(_TRY_LOCK, self._lock):
+                if not await _locked(conn, self._lock, wait):
                     return 0
                 # Read after the lock: the chain as the previous linker committed it.
                 taken = await conn.fetch(_TAKE_PENDING, BATCH)
@@ -241,6 +249,22 @@ class AuditLinker:
                 rows = link_made(self._keys(), tail, made)
                 await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
                 return len(rows)
+
+
+async def _locked(conn: Conn, lock: int, wait: float | None) -> bool:
+    """Take the audit ``lock`` in ``conn``'s transaction, waiting as ``link_all`` says."""
+    if wait == 0:
+        return bool(await conn.fetchval(_TRY_LOCK, lock))
+    if wait is not None:
+        await conn.execute(f"SET LOCAL lock_timeout = {int(wait * 1000)}")
+    try:
+        await conn.execute(ADVISORY_LOCK, lock)
+    except asyncpg.LockNotAvailableError:
+        raise StoreError(
+            "audit rows wait to be linked and another session holds the audit chain's lock"
+            " (an advisory lock, in pg_locks): try again"
+        ) from None
+    return True
 
 
 def _entry(row: asyncpg.Record) -> AuditEntry:
