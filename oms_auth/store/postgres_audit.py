@@ -15,7 +15,12 @@ each holding the lock across round trips and the commit's flush. Now:
   everyone's. Rows a stopped node left pending are linked by the next pass of any node, and a
   periodic pass runs while a node is idle.
 - Whoever reads the trail (``audit show``, ``verify``, ``export``, the store's ``audit_rows``)
-  links what is pending first, so it sees every committed decision, in the chain.
+  links what is pending first, so it sees every committed decision, in the chain; it waits up
+  to ``READER_WAIT_SECONDS`` for the lock, then says it cannot (StoreError, one line).
+- The linker runs from the store's open to its close (a restarted node links what a killed one
+  left, whether or not a request reaches it); it asks the store for its keys at each pass (a
+  rotated ring chains from the moment the node takes it up); a close links only if the lock is
+  free then (a node asked to stop never waits on whoever holds the chain).
 
 Rows wait unlinked for about ``GATHER_SECONDS`` under load, up to ``IDLE_SECONDS`` when idle.
 Meanwhile they are committed but not yet covered by the chain: someone who can write the
@@ -193,7 +198,7 @@ class AuditLinker:
     async def link_all(self, *, wait: float | None = None) -> int:
         """Link every row pending now (every node's); how many. ``wait``: how long to wait
         for the audit lock (None: the command timeout; 0: only if it is free now, none linked
-        otherwise). Past a ``wait`` of seconds, StoreError names who is waited for."""
+        otherwise; seconds: StoreError past them)."""
         linked = 0
         while True:
             n = await self._link_once(wait)
