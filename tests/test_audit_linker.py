@@ -14,7 +14,8 @@ import pytest
 from oms_auth.app import build_deps
 from oms_auth.keyring import read_ring
 from oms_auth.keyservice import POLL_SECONDS
-from oms_auth.store.postgres_audit import GATHER_SECONDS
+from oms_auth.store import StoreError
+from oms_auth.store.postgres_audit import GATHER_SECONDS, IDLE_SECONDS, READER_WAIT_SECONDS
 from oms_auth.store.postgres_tx import lock_key
 from oms_auth.store.records import AuditEntry
 from oms_auth.tasks import cancel
@@ -220,3 +221,25 @@ async def test_audit_verify_says_in_one_line_that_the_chain_is_held_when_it_cann
         await holder.close()
     verified = await asyncio.to_thread(oms_auth, cluster.tmp, "audit", "verify", env=env)
     assert "audit trail intact" in verified.stdout
+
+
+async def test_a_reader_waits_no_longer_than_its_bound_behind_its_own_nodes_stalled_pass(
+    tmp_path: Path, db: str
+) -> None:
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    holder = await pg_connect(db)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", lock_key(schema_of(db), "audit"))
+        await holder.execute(
+            "INSERT INTO audit_pending (at, action, source) VALUES (0, 'pending', 'test')"
+        )
+        # The store's idle pass has begun, and waits for the chain's lock.
+        await asyncio.sleep(IDLE_SECONDS + GATHER_SECONDS + 0.5)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="audit chain's lock"):
+            await asyncio.wait_for(deps.store.audit_rows(), READER_WAIT_SECONDS + 10)
+        assert time.monotonic() - started < READER_WAIT_SECONDS + 5
+    finally:
+        await holder.close()
+        await deps.store.close()
+        deps.hasher.close()

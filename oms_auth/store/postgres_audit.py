@@ -196,21 +196,27 @@ class AuditLinker:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def link_all(self, *, wait: float | None = None) -> int:
-        """Link every row pending now (every node's); how many. ``wait``: how long to wait
-        for the audit lock (None: the command timeout; 0: only if it is free now, none linked
-        otherwise; seconds: StoreError past them)."""
+        """Link every row pending now (every node's), one pass of this node at a time; how
+        many. ``wait``: how long to wait for the audit lock (None: the command timeout; 0: only
+        if it is free now, none linked otherwise; seconds: StoreError past them)."""
+        async with self._turn:
+            return await self._link(wait)
+
+    async def link_for_reader(self) -> None:
+        """Link what is pending before the trail is read (``audit show``, ``verify``,
+        ``export``): it waits up to :data:`READER_WAIT_SECONDS` for whoever holds the chain,
+        then fails in one line rather than with the command timeout's traceback. Not in this
+        node's turn: its own pass may be waiting for the lock up to the command timeout, past
+        the reader's bound (the lock alone orders the two)."""
+        await self._link(READER_WAIT_SECONDS)
+
+    async def _link(self, wait: float | None) -> int:
         linked = 0
         while True:
             n = await self._link_once(wait)
             linked += n
             if n < BATCH:
                 return linked
-
-    async def link_for_reader(self) -> None:
-        """Link what is pending before the trail is read (``audit show``, ``verify``,
-        ``export``): it waits up to :data:`READER_WAIT_SECONDS` for whoever holds the chain,
-        then fails in one line rather than with the command timeout's traceback."""
-        await self.link_all(wait=READER_WAIT_SECONDS)
 
     async def stop(self) -> None:
         """Stop the task, then link what is pending, if the database answers and nobody holds
@@ -238,22 +244,21 @@ class AuditLinker:
                 await asyncio.sleep(IDLE_SECONDS)
 
     async def _link_once(self, wait: float | None) -> int:
-        async with self._turn:
-            pool = self._pool()
-            if not await pool.fetchval(_ANY_PENDING):
+        pool = self._pool()
+        if not await pool.fetchval(_ANY_PENDING):
+            return 0
+        async with pool.acquire() as conn, conn.transaction():
+            if not await _locked(conn, self._lock, wait):
                 return 0
-            async with pool.acquire() as conn, conn.transaction():
-                if not await _locked(conn, self._lock, wait):
-                    return 0
-                # Read after the lock: the chain as the previous linker committed it.
-                taken = await conn.fetch(_TAKE_PENDING, BATCH)
-                if not taken:
-                    return 0
-                tail = await conn.fetchrow(S.audit_tail)
-                made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
-                rows = link_made(self._keys(), tail, made)
-                await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
-                return len(rows)
+            # Read after the lock: the chain as the previous linker committed it.
+            taken = await conn.fetch(_TAKE_PENDING, BATCH)
+            if not taken:
+                return 0
+            tail = await conn.fetchrow(S.audit_tail)
+            made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
+            rows = link_made(self._keys(), tail, made)
+            await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
+            return len(rows)
 
 
 async def _locked(conn: Conn, lock: int, wait: float | None) -> bool:
