@@ -5,6 +5,7 @@ row ends up in the chain, in order, whichever node links it, and the chain verif
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from oms_auth.app import build_deps
 from oms_auth.keyring import read_ring
 from oms_auth.keyservice import POLL_SECONDS
 from oms_auth.store import StoreError
-from oms_auth.store.postgres_audit import GATHER_SECONDS, IDLE_SECONDS, READER_WAIT_SECONDS
+from oms_auth.store.postgres_audit import (
+    GATHER_SECONDS,
+    HOLD_IDLE_SECONDS,
+    IDLE_SECONDS,
+    READER_WAIT_SECONDS,
+)
 from oms_auth.store.postgres_tx import lock_key
 from oms_auth.store.records import AuditEntry
 from oms_auth.tasks import cancel
@@ -243,3 +249,55 @@ async def test_a_reader_waits_no_longer_than_its_bound_behind_its_own_nodes_stal
         await holder.close()
         await deps.store.close()
         deps.hasher.close()
+
+
+async def _keep_resetting(op: Any, targets: list[str], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        calls = [op.call("ResetPassword", {"UserName": t}) for t in targets]
+        await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def _frozen_holding_the_chain(proc: Any, conn: Any, lock: int) -> bool:
+    """SIGSTOP ``proc`` until it is stopped while one of its connections holds ``lock``."""
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid::text::bigint = $1 AND objid::text::bigint = $2"
+    )
+    for attempt in range(400):
+        proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.05)  # its statement in flight ends; its transaction waits on it
+        if await conn.fetchval(held, (lock >> 32) & 0xFFFFFFFF, lock & 0xFFFFFFFF):
+            return True
+        proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.01 * (attempt % 7))
+    return False
+
+
+async def test_a_node_frozen_while_linking_holds_the_chain_for_seconds_not_while_it_stays_frozen(
+    cluster: Cluster,
+) -> None:
+    targets = [f"user{n}" for n in range(8)]
+    operator = {"permissions": ["Operator"], "accounts": [1]}
+    await cluster.users(*targets, "op2", "lone", op2=operator)
+    await cluster.start(reset_requests_per_user=100000)
+    stop = asyncio.Event()
+    ops = [await cluster.client("a", "op") for _ in range(3)]
+    load = [asyncio.create_task(_keep_resetting(op, targets, stop)) for op in ops]
+    conn = await pg_connect(cluster.db)
+    proc = cluster.nodes["a"].proc
+    try:
+        await asyncio.sleep(0.5)
+        lock = lock_key(schema_of(cluster.db), "audit")
+        assert await _frozen_holding_the_chain(proc, conn, lock)
+        # Node a is frozen mid-pass (a VM paused, a process stopped): decisions on node b go
+        # on, and their rows are linked once the server has ended a's idle transaction.
+        b = await cluster.client("b", "op2")
+        assert (await asyncio.wait_for(b.call("ResetPassword", {"UserName": "lone"}), 10)).o == OK
+        await eventually(lambda: _none_pending(conn), timeout=HOLD_IDLE_SECONDS + 10)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*load), 30)
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and "reset-requested" in actions

@@ -41,7 +41,7 @@ import msgspec
 from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
-from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry
+from .postgres_tx import CONNECTION_ERRORS, S, audit_entry
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ __all__ = [
     "GATHER_SECONDS",
     "IDLE_SECONDS",
     "READER_WAIT_SECONDS",
+    "HOLD_IDLE_SECONDS",
 ]
 
 log = logging.getLogger("oms_auth.store")
@@ -68,6 +69,15 @@ GATHER_SECONDS = 0.01
 IDLE_SECONDS = 1.0
 # What a pass may meet: the database lost, or the store closed under it.
 _PASS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, StoreError)
+# A transaction holding the audit lock that waits this long on its client (the node frozen, or
+# cut off without a word) is ended by the server, and the lock with it: the chain is not held
+# for as long as that lasts (a pass's statements follow each other within milliseconds).
+HOLD_IDLE_SECONDS = 5.0
+# The setting rides on the statement that takes the lock (no round trip of its own).
+_HOLD_MS = int(HOLD_IDLE_SECONDS * 1000)
+_HOLD = f"set_config('idle_in_transaction_session_timeout', '{_HOLD_MS}', true)"
+_TAKE_LOCK = f"SELECT {_HOLD}, pg_advisory_xact_lock($1)"
+_TRY_LOCK = f"SELECT {_HOLD}, pg_try_advisory_xact_lock($1)"
 # How long a reader of the trail waits for the audit lock to link what is pending first.
 READER_WAIT_SECONDS = 10.0
 # Rows linked per transaction.
@@ -89,7 +99,6 @@ INSERT_AUDIT_ROWS = (
     " (a->>3)::bigint, (a->>4)::bigint, a->>5, a->>6, a->>7, a->>8, a->>9, a->>10"
     " FROM json_array_elements($1::json) AS a"
 )
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 _ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM audit_pending)"
 _TAKE_PENDING = (
     "DELETE FROM audit_pending WHERE seq IN (SELECT seq FROM audit_pending ORDER BY seq LIMIT $1)"
@@ -136,7 +145,7 @@ async def append_linked(
     """Link ``entries`` into the chain in ``conn``'s transaction, holding the audit ``lock`` to
     its commit: for an import, whose batch of a thousand rows takes the lock once and has no
     other writer to wait for it."""
-    await conn.execute(ADVISORY_LOCK, lock)
+    await conn.execute(_TAKE_LOCK, lock)
     tail = await conn.fetchrow(S.audit_tail)
     rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
     await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
@@ -264,11 +273,12 @@ class AuditLinker:
 async def _locked(conn: Conn, lock: int, wait: float | None) -> bool:
     """Take the audit ``lock`` in ``conn``'s transaction, waiting as ``link_all`` says."""
     if wait == 0:
-        return bool(await conn.fetchval(_TRY_LOCK, lock))
+        got = await conn.fetchrow(_TRY_LOCK, lock)
+        return got is not None and bool(got[1])
     if wait is not None:
         await conn.execute(f"SET LOCAL lock_timeout = {int(wait * 1000)}")
     try:
-        await conn.execute(ADVISORY_LOCK, lock)
+        await conn.execute(_TAKE_LOCK, lock)
     except asyncpg.LockNotAvailableError:
         raise StoreError(
             "audit rows wait to be linked and another session holds the audit chain's lock"
