@@ -20,7 +20,9 @@ each holding the lock across round trips and the commit's flush. Now:
 - The linker runs from the store's open to its close (a restarted node links what a killed one
   left, whether or not a request reaches it); it asks the store for its keys at each pass (a
   rotated ring chains from the moment the node takes it up); a close links only if the lock is
-  free then (a node asked to stop never waits on whoever holds the chain).
+  free then (a node asked to stop never waits on whoever holds the chain). A transaction
+  holding the lock that waits on its client over ``HOLD_IDLE_SECONDS`` is ended by the server
+  (a node frozen mid-pass holds the chain that long, not for as long as it stays frozen).
 
 Rows wait unlinked for about ``GATHER_SECONDS`` under load, up to ``IDLE_SECONDS`` when idle.
 Meanwhile they are committed but not yet covered by the chain: someone who can write the
