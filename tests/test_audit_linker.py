@@ -26,7 +26,15 @@ from oms_auth.store.postgres_tx import lock_key
 from oms_auth.store.records import AuditEntry
 from oms_auth.tasks import cancel
 
-from .helpers import eventually, oms_auth, pg_connect, schema_of, settings_for, sql
+from .helpers import (
+    ServerProcess,
+    eventually,
+    oms_auth,
+    pg_connect,
+    schema_of,
+    settings_for,
+    sql,
+)
 from .test_nodes import OK, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
@@ -301,3 +309,32 @@ async def test_a_node_frozen_while_linking_holds_the_chain_for_seconds_not_while
         await conn.close()
     ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
     assert ok and "reset-requested" in actions
+
+
+async def test_a_node_with_a_pool_of_one_answers_while_another_session_holds_the_chain(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice", "bob")
+    env = {"OMS_AUTH_SECRET_KEY_FILE": str(cluster.key)}
+    mail = f"maildir:{cluster.tmp / 'mail-a'}"
+    node = ServerProcess(cluster.tmp, "--db", cluster.db + "&pool_max=1", "--mail", mail, env=env)
+    cluster.nodes["a"] = node
+    await node.start()
+    op = await cluster.client("a", "op")
+    holder = await pg_connect(cluster.db)
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        for target in ("alice", "bob", "alice"):
+            # Each wakes the node's linker, which must not sit on the one connection.
+            reset = op.call("ResetPassword", {"UserName": target})
+            assert (await asyncio.wait_for(reset, 10)).o == OK
+            await asyncio.sleep(IDLE_SECONDS)
+    finally:
+        await holder.close()
+    conn = await pg_connect(cluster.db)
+    try:
+        await eventually(lambda: _none_pending(conn), timeout=5)
+    finally:
+        await conn.close()

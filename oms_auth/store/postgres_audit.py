@@ -11,7 +11,8 @@ each holding the lock across round trips and the commit's flush. Now:
 - A linker moves pending rows into ``audit`` in batches, under the audit lock, in one
   transaction: it reads the chain's tail after taking the lock, links the rows in the order
   they were written (:func:`.audit.link_made`), inserts them and deletes them from pending.
-  Every node runs one; the lock makes them take turns; a node woken by its own writes links
+  Every node runs one; the lock makes them take turns (one that finds it held tries again
+  soon, holding no pooled connection meanwhile); a node woken by its own writes links
   everyone's. Rows a stopped node left pending are linked by the next pass of any node, and a
   periodic pass runs while a node is idle.
 - Whoever reads the trail (``audit show``, ``verify``, ``export``, the store's ``audit_rows``)
@@ -60,6 +61,8 @@ __all__ = [
     "IDLE_SECONDS",
     "READER_WAIT_SECONDS",
     "HOLD_IDLE_SECONDS",
+    "BUSY_SECONDS",
+    "ChainBusy",
 ]
 
 log = logging.getLogger("oms_auth.store")
@@ -80,6 +83,8 @@ _HOLD_MS = int(HOLD_IDLE_SECONDS * 1000)
 _HOLD = f"set_config('idle_in_transaction_session_timeout', '{_HOLD_MS}', true)"
 _TAKE_LOCK = f"SELECT {_HOLD}, pg_advisory_xact_lock($1)"
 _TRY_LOCK = f"SELECT {_HOLD}, pg_try_advisory_xact_lock($1)"
+# How soon a linker that found the lock held tries again (doubling, up to IDLE_SECONDS).
+BUSY_SECONDS = 0.02
 # How long a reader of the trail waits for the audit lock to link what is pending first.
 READER_WAIT_SECONDS = 10.0
 # Rows linked per transaction.
@@ -206,12 +211,12 @@ class AuditLinker:
         if self._running and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def link_all(self, *, wait: float | None = None) -> int:
-        """Link every row pending now (every node's), one pass of this node at a time; how
-        many. ``wait``: how long to wait for the audit lock (None: the command timeout; 0: only
-        if it is free now, none linked otherwise; seconds: StoreError past them)."""
+    async def link_all(self) -> int:
+        """Link every row pending now (every node's), one pass of this node at a time, if the
+        audit lock is free; how many. :class:`ChainBusy` when another session holds it (a
+        linker links what had committed when it took the lock; the rest waits for a pass)."""
         async with self._turn:
-            return await self._link(wait)
+            return await self._link(None)
 
     async def link_for_reader(self) -> None:
         """Link what is pending before the trail is read (``audit show``, ``verify``,
@@ -222,6 +227,8 @@ class AuditLinker:
         await self._link(READER_WAIT_SECONDS)
 
     async def _link(self, wait: float | None) -> int:
+        """``wait``: seconds to wait for the audit lock, None to take it only if it is free;
+        ChainBusy past them."""
         linked = 0
         while True:
             n = await self._link_once(wait)
@@ -237,10 +244,11 @@ class AuditLinker:
         task, self._task = self._task, None
         await cancel(task)
         if task is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await self.link_all(wait=0)
+            with contextlib.suppress(ChainBusy, *CONNECTION_ERRORS):
+                await self.link_all()
 
     async def _run(self) -> None:
+        busy = 0.0  # how long to wait before trying a held lock again
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_SECONDS):
@@ -249,6 +257,13 @@ class AuditLinker:
             self._wanted.clear()
             try:
                 await self.link_all()
+                busy = 0.0
+            except ChainBusy:
+                # Tried again soon, then less often while it stays held; no pooled connection
+                # waits on the lock meanwhile (with a pool of one, every request would).
+                busy = min(2 * busy or BUSY_SECONDS, IDLE_SECONDS)
+                await asyncio.sleep(busy)
+                self._wanted.set()
             except _PASS_ERRORS as exc:
                 # The rows stay pending, committed; this or another node links them later.
                 log.warning("linking audit rows failed: %s", str(exc) or type(exc).__name__)
@@ -259,8 +274,7 @@ class AuditLinker:
         if not await pool.fetchval(_ANY_PENDING):
             return 0
         async with pool.acquire() as conn, conn.transaction():
-            if not await _locked(conn, self._lock, wait):
-                return 0
+            await _lock(conn, self._lock, wait)
             # Read after the lock: the chain as the previous linker committed it.
             taken = await conn.fetch(_TAKE_PENDING, BATCH)
             if not taken:
@@ -272,21 +286,29 @@ class AuditLinker:
             return len(rows)
 
 
-async def _locked(conn: Conn, lock: int, wait: float | None) -> bool:
-    """Take the audit ``lock`` in ``conn``'s transaction, waiting as ``link_all`` says."""
-    if wait == 0:
+class ChainBusy(StoreError):
+    """Another session holds the audit chain's lock, so pending rows were not linked."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "audit rows wait to be linked and another session holds the audit chain's lock"
+            " (an advisory lock, in pg_locks): try again"
+        )
+
+
+async def _lock(conn: Conn, lock: int, wait: float | None) -> None:
+    """Take the audit ``lock`` in ``conn``'s transaction, waiting as ``AuditLinker._link``
+    says."""
+    if wait is None:
         got = await conn.fetchrow(_TRY_LOCK, lock)
-        return got is not None and bool(got[1])
-    if wait is not None:
-        await conn.execute(f"SET LOCAL lock_timeout = {int(wait * 1000)}")
+        if got is None or not got[1]:
+            raise ChainBusy
+        return
+    await conn.execute(f"SET LOCAL lock_timeout = {int(wait * 1000)}")
     try:
         await conn.execute(_TAKE_LOCK, lock)
     except asyncpg.LockNotAvailableError:
-        raise StoreError(
-            "audit rows wait to be linked and another session holds the audit chain's lock"
-            " (an advisory lock, in pg_locks): try again"
-        ) from None
-    return True
+        raise ChainBusy from None
 
 
 def _entry(row: asyncpg.Record) -> AuditEntry:
