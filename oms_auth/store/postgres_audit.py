@@ -222,8 +222,8 @@ class AuditLinker:
         """Link what is pending before the trail is read (``audit show``, ``verify``,
         ``export``): it waits up to :data:`READER_WAIT_SECONDS` for whoever holds the chain,
         then fails in one line rather than with the command timeout's traceback. Not in this
-        node's turn: its own pass may be waiting for the lock up to the command timeout, past
-        the reader's bound (the lock alone orders the two)."""
+        node's turn, so nothing of this node's adds to that bound (the lock alone orders the
+        reader and this node's passes)."""
         await self._link(READER_WAIT_SECONDS)
 
     async def _link(self, wait: float | None) -> int:
