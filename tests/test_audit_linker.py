@@ -5,15 +5,36 @@ row ends up in the chain, in order, whichever node links it, and the chain verif
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from oms_auth.app import build_deps
+from oms_auth.keyring import read_ring
+from oms_auth.keyservice import POLL_SECONDS
+from oms_auth.store import StoreError
+from oms_auth.store.postgres_audit import (
+    GATHER_SECONDS,
+    HOLD_IDLE_SECONDS,
+    IDLE_SECONDS,
+    READER_WAIT_SECONDS,
+)
 from oms_auth.store.postgres_tx import lock_key
+from oms_auth.store.records import AuditEntry
+from oms_auth.tasks import cancel
 
-from .helpers import eventually, pg_connect, schema_of, settings_for
+from .helpers import (
+    ServerProcess,
+    eventually,
+    oms_auth,
+    pg_connect,
+    schema_of,
+    settings_for,
+    sql,
+)
 from .test_nodes import OK, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db", ["postgres"], indirect=True)]
@@ -84,3 +105,236 @@ async def test_rows_a_stopped_node_left_unlinked_are_linked_by_the_other_node(
 
 async def _none_pending(conn: Any) -> bool:
     return bool(await conn.fetchval("SELECT count(*) FROM audit_pending") == 0)
+
+
+async def test_rows_written_after_a_node_takes_up_a_rotated_ring_are_chained_with_its_new_key(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    for node in ("a", "b"):
+        await cluster.client(node, "alice")  # each node's linker has run with the old ring
+    old = read_ring(cluster.key)
+    assert old is not None
+    env = {"OMS_AUTH_DB": cluster.db, "OMS_AUTH_SECRET_KEY_FILE": str(cluster.key)}
+    await asyncio.to_thread(oms_auth, cluster.tmp, "key", "rotate", env=env)
+    new = read_ring(cluster.key)
+    assert new is not None and new.current.id != old.current.id
+    (before,) = await sql(cluster.db, "SELECT max(id) FROM audit")
+    await asyncio.sleep(3 * POLL_SECONDS)  # both nodes take the ring up (within 2 s)
+    for node in ("a", "b"):
+        await cluster.client(node, "alice")
+    rows = await sql(cluster.db, "SELECT action, key_id FROM audit WHERE id > ?", before[0])
+    assert [a for a, _ in rows].count("login") == 2
+    assert {k for _, k in rows} == {new.current.id}, rows
+    ok, _ = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok
+
+
+def _linker_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "AuditLinker._run"
+    ]
+
+
+async def test_no_linker_task_outlives_its_store_even_when_a_write_commits_during_close(
+    tmp_path: Path, db: str
+) -> None:
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    store = deps.store
+    try:
+        entry = AuditEntry(action="written-while-closing", source="test")
+        write = asyncio.create_task(store.audit([entry], time.time()))
+        await asyncio.sleep(0)  # the write has its connection; close waits for it
+        await store.close()
+        await write
+        await asyncio.sleep(GATHER_SECONDS + 0.1)
+        assert _linker_tasks() == []
+    finally:
+        for task in _linker_tasks():
+            await cancel(task)
+        deps.hasher.close()
+    # What the write committed is linked by whoever opens the store next.
+    ok, actions = await _verified(tmp_path, db, tmp_path / "oms-auth.key")
+    assert ok and actions[-1] == "written-while-closing"
+
+
+async def test_rows_left_pending_are_linked_by_a_node_that_has_written_nothing_since_it_started(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    conn = await pg_connect(cluster.db)
+    try:
+        # What a node killed after committing a decision, before linking it, leaves behind.
+        await conn.execute(
+            "INSERT INTO audit_pending (at, action, target_name, source)"
+            " VALUES (extract(epoch FROM now()), 'left-by-a-killed-node', 'alice', '127.0.0.9')"
+        )
+        await cluster.start()  # restarted nodes no request reaches
+        await eventually(lambda: _none_pending(conn), timeout=5)
+    finally:
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and actions[-1] == "left-by-a-killed-node"
+
+
+async def test_a_node_stops_promptly_while_another_holds_the_chain_and_its_rows_are_linked_later(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    await cluster.start()
+    op = await cluster.client("a", "op")
+    holder = await pg_connect(cluster.db)
+    try:
+        # Someone holds the chain's lock (a linker stalled, an operator's long query).
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        assert (await op.call("ResetPassword", {"UserName": "alice"})).o == OK
+        started = time.monotonic()
+        await asyncio.wait_for(cluster.nodes["a"].stop(), 20)
+        assert time.monotonic() - started < 10  # drain_seconds, not the lock's holder
+        pending = await holder.fetchval("SELECT count(*) FROM audit_pending")
+        assert pending >= 1  # committed, left for the next pass of any node
+    finally:
+        await holder.close()
+    conn = await pg_connect(cluster.db)
+    try:
+        await eventually(lambda: _none_pending(conn), timeout=5)  # node b's idle pass
+    finally:
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and "reset-requested" in actions
+
+
+async def test_audit_verify_says_in_one_line_that_the_chain_is_held_when_it_cannot_link(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice")
+    env = {"OMS_AUTH_DB": cluster.db, "OMS_AUTH_SECRET_KEY_FILE": str(cluster.key)}
+    holder = await pg_connect(cluster.db)
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        await holder.execute(
+            "INSERT INTO audit_pending (at, action, target_name, source)"
+            " VALUES (extract(epoch FROM now()), 'pending', 'alice', '127.0.0.9')"
+        )
+        started = time.monotonic()
+        out = await asyncio.to_thread(
+            oms_auth, cluster.tmp, "audit", "verify", env=env, check=False
+        )
+        assert time.monotonic() - started < 20
+        # Not 1 (a broken chain, to a script that watches it) and no traceback.
+        assert out.returncode == 2, (out.stdout, out.stderr[-300:])
+        assert out.stderr.count("\n") == 1 and "audit" in out.stderr, out.stderr
+    finally:
+        await holder.close()
+    verified = await asyncio.to_thread(oms_auth, cluster.tmp, "audit", "verify", env=env)
+    assert "audit trail intact" in verified.stdout
+
+
+async def test_a_reader_waits_no_longer_than_its_bound_behind_its_own_nodes_stalled_pass(
+    tmp_path: Path, db: str
+) -> None:
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    holder = await pg_connect(db)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", lock_key(schema_of(db), "audit"))
+        await holder.execute(
+            "INSERT INTO audit_pending (at, action, source) VALUES (0, 'pending', 'test')"
+        )
+        # The store's idle pass has begun, and waits for the chain's lock.
+        await asyncio.sleep(IDLE_SECONDS + GATHER_SECONDS + 0.5)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="audit chain's lock"):
+            await asyncio.wait_for(deps.store.audit_rows(), READER_WAIT_SECONDS + 10)
+        assert time.monotonic() - started < READER_WAIT_SECONDS + 5
+    finally:
+        await holder.close()
+        await deps.store.close()
+        deps.hasher.close()
+
+
+async def _keep_resetting(op: Any, targets: list[str], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        calls = [op.call("ResetPassword", {"UserName": t}) for t in targets]
+        await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def _frozen_holding_the_chain(proc: Any, conn: Any, lock: int) -> bool:
+    """SIGSTOP ``proc`` until it is stopped while one of its connections holds ``lock``."""
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid::text::bigint = $1 AND objid::text::bigint = $2"
+    )
+    for attempt in range(400):
+        proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.05)  # its statement in flight ends; its transaction waits on it
+        if await conn.fetchval(held, (lock >> 32) & 0xFFFFFFFF, lock & 0xFFFFFFFF):
+            return True
+        proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.01 * (attempt % 7))
+    return False
+
+
+async def test_a_node_frozen_while_linking_holds_the_chain_for_seconds_not_while_it_stays_frozen(
+    cluster: Cluster,
+) -> None:
+    targets = [f"user{n}" for n in range(8)]
+    operator = {"permissions": ["Operator"], "accounts": [1]}
+    await cluster.users(*targets, "op2", "lone", op2=operator)
+    await cluster.start(reset_requests_per_user=100000)
+    stop = asyncio.Event()
+    ops = [await cluster.client("a", "op") for _ in range(3)]
+    load = [asyncio.create_task(_keep_resetting(op, targets, stop)) for op in ops]
+    conn = await pg_connect(cluster.db)
+    proc = cluster.nodes["a"].proc
+    try:
+        await asyncio.sleep(0.5)
+        lock = lock_key(schema_of(cluster.db), "audit")
+        assert await _frozen_holding_the_chain(proc, conn, lock)
+        # Node a is frozen mid-pass (a VM paused, a process stopped): decisions on node b go
+        # on, and their rows are linked once the server has ended a's idle transaction.
+        b = await cluster.client("b", "op2")
+        assert (await asyncio.wait_for(b.call("ResetPassword", {"UserName": "lone"}), 10)).o == OK
+        await eventually(lambda: _none_pending(conn), timeout=HOLD_IDLE_SECONDS + 10)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*load), 30)
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok and "reset-requested" in actions
+
+
+async def test_a_node_with_a_pool_of_one_answers_while_another_session_holds_the_chain(
+    cluster: Cluster,
+) -> None:
+    await cluster.users("alice", "bob")
+    env = {"OMS_AUTH_SECRET_KEY_FILE": str(cluster.key)}
+    mail = f"maildir:{cluster.tmp / 'mail-a'}"
+    node = ServerProcess(cluster.tmp, "--db", cluster.db + "&pool_max=1", "--mail", mail, env=env)
+    cluster.nodes["a"] = node
+    await node.start()
+    op = await cluster.client("a", "op")
+    holder = await pg_connect(cluster.db)
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_lock($1)", lock_key(schema_of(cluster.db), "audit")
+        )
+        for target in ("alice", "bob", "alice"):
+            # Each wakes the node's linker, which must not sit on the one connection.
+            reset = op.call("ResetPassword", {"UserName": target})
+            assert (await asyncio.wait_for(reset, 10)).o == OK
+            await asyncio.sleep(IDLE_SECONDS)
+    finally:
+        await holder.close()
+    conn = await pg_connect(cluster.db)
+    try:
+        await eventually(lambda: _none_pending(conn), timeout=5)
+    finally:
+        await conn.close()

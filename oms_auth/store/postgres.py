@@ -150,7 +150,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         )
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._audit_lock = lock_key(self.schema, "audit")
-        self._linker = AuditLinker(lambda: self._db, self._audit_key, self._audit_lock)
+        self._linker = AuditLinker(lambda: self._db, lambda: self._audit_key, self._audit_lock)
         self._prepared = Prepared()  # statements prepared by name, per pooled connection
 
     def __repr__(self) -> str:
@@ -187,6 +187,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         except BaseException:
             await self.close()
             raise
+        self._linker.start()
 
     async def close(self) -> None:
         await self.listener.stop()
@@ -590,5 +591,5 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             await self._insert_audit(conn, entries, now)
 
     async def audit_rows(self, **query: Any) -> list[AuditRow]:
-        await self._linker.link_all()  # every committed decision, in the chain
+        await self._linker.link_for_reader()  # every committed decision, in the chain
         return await super().audit_rows(**query)

@@ -11,11 +11,19 @@ each holding the lock across round trips and the commit's flush. Now:
 - A linker moves pending rows into ``audit`` in batches, under the audit lock, in one
   transaction: it reads the chain's tail after taking the lock, links the rows in the order
   they were written (:func:`.audit.link_made`), inserts them and deletes them from pending.
-  Every node runs one; the lock makes them take turns; a node woken by its own writes links
+  Every node runs one; the lock makes them take turns (one that finds it held tries again
+  soon, holding no pooled connection meanwhile); a node woken by its own writes links
   everyone's. Rows a stopped node left pending are linked by the next pass of any node, and a
   periodic pass runs while a node is idle.
 - Whoever reads the trail (``audit show``, ``verify``, ``export``, the store's ``audit_rows``)
-  links what is pending first, so it sees every committed decision, in the chain.
+  links what is pending first, so it sees every committed decision, in the chain; it waits up
+  to ``READER_WAIT_SECONDS`` for the lock, then says it cannot (StoreError, one line).
+- The linker runs from the store's open to its close (a restarted node links what a killed one
+  left, whether or not a request reaches it); it asks the store for its keys at each pass (a
+  rotated ring chains from the moment the node takes it up); a close links only if the lock is
+  free then (a node asked to stop never waits on whoever holds the chain). A transaction
+  holding the lock that waits on its client over ``HOLD_IDLE_SECONDS`` is ended by the server
+  (a node frozen mid-pass holds the chain that long, not for as long as it stays frozen).
 
 Rows wait unlinked for about ``GATHER_SECONDS`` under load, up to ``IDLE_SECONDS`` when idle.
 Meanwhile they are committed but not yet covered by the chain: someone who can write the
@@ -37,7 +45,7 @@ from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
 from .postgres_batch import literal
-from .postgres_tx import ADVISORY_LOCK, CONNECTION_ERRORS, S, audit_entry
+from .postgres_tx import CONNECTION_ERRORS, S, audit_entry
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
@@ -52,6 +60,10 @@ __all__ = [
     "INSERT_AUDIT_ROWS",
     "GATHER_SECONDS",
     "IDLE_SECONDS",
+    "READER_WAIT_SECONDS",
+    "HOLD_IDLE_SECONDS",
+    "BUSY_SECONDS",
+    "ChainBusy",
 ]
 
 log = logging.getLogger("oms_auth.store")
@@ -63,6 +75,19 @@ GATHER_SECONDS = 0.01
 IDLE_SECONDS = 1.0
 # What a pass may meet: the database lost, or the store closed under it.
 _PASS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, StoreError)
+# A transaction holding the audit lock that waits this long on its client (the node frozen, or
+# cut off without a word) is ended by the server, and the lock with it: the chain is not held
+# for as long as that lasts (a pass's statements follow each other within milliseconds).
+HOLD_IDLE_SECONDS = 5.0
+# The setting rides on the statement that takes the lock (no round trip of its own).
+_HOLD_MS = int(HOLD_IDLE_SECONDS * 1000)
+_HOLD = f"set_config('idle_in_transaction_session_timeout', '{_HOLD_MS}', true)"
+_TAKE_LOCK = f"SELECT {_HOLD}, pg_advisory_xact_lock($1)"
+_TRY_LOCK = f"SELECT {_HOLD}, pg_try_advisory_xact_lock($1)"
+# How soon a linker that found the lock held tries again (doubling, up to IDLE_SECONDS).
+BUSY_SECONDS = 0.02
+# How long a reader of the trail waits for the audit lock to link what is pending first.
+READER_WAIT_SECONDS = 10.0
 # Rows linked per transaction.
 BATCH = 2000
 
@@ -144,7 +169,7 @@ async def append_linked(
     """Link ``entries`` into the chain in ``conn``'s transaction, holding the audit ``lock`` to
     its commit: for an import, whose batch of a thousand rows takes the lock once and has no
     other writer to wait for it."""
-    await conn.execute(ADVISORY_LOCK, lock)
+    await conn.execute(_TAKE_LOCK, lock)
     tail = await conn.fetchrow(S.audit_tail)
     rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
     await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
@@ -152,41 +177,78 @@ async def append_linked(
 
 class AuditLinker:
     """Links a database's pending audit rows into its chain (see the module docstring).
-    ``pool`` gives the store's pool; ``keys`` chain the rows; ``lock`` is the audit lock."""
+    ``pool`` gives the store's pool; ``keys`` gives the keys that chain the rows, asked at each
+    pass (a node that takes up a rotated ring chains with its new key from then on); ``lock``
+    is the audit lock."""
 
     def __init__(
-        self, pool: Callable[[], asyncpg.Pool[asyncpg.Record]], keys: ChainKeys, lock: int
+        self,
+        pool: Callable[[], asyncpg.Pool[asyncpg.Record]],
+        keys: Callable[[], ChainKeys],
+        lock: int,
     ) -> None:
         self._pool, self._keys, self._lock = pool, keys, lock
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._turn = asyncio.Lock()  # one pass of this node at a time
+        self._running = False  # between start and stop: the store is open
+
+    def start(self) -> None:
+        """Run passes from now on (the store has opened): rows a killed node left pending are
+        linked by the idle pass even if no request ever reaches this one."""
+        self._running = True
+        self._keep_running()
 
     def wake(self) -> None:
-        """Rows were written: link them soon (the linker starts with the first write)."""
+        """Rows were written: link them soon."""
         self._wanted.set()
-        if self._task is None or self._task.done():
+        self._keep_running()
+
+    def _keep_running(self) -> None:
+        # Never after stop: a write that commits while the store closes would start a task
+        # that outlives the pool, failing every second for good. Its rows stay pending,
+        # committed, for the next pass of any node.
+        if self._running and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def link_all(self) -> int:
-        """Link every row pending now (every node's); how many."""
+        """Link every row pending now (every node's), one pass of this node at a time, if the
+        audit lock is free; how many. :class:`ChainBusy` when another session holds it (a
+        linker links what had committed when it took the lock; the rest waits for a pass)."""
+        async with self._turn:
+            return await self._link(None)
+
+    async def link_for_reader(self) -> None:
+        """Link what is pending before the trail is read (``audit show``, ``verify``,
+        ``export``): it waits up to :data:`READER_WAIT_SECONDS` for whoever holds the chain,
+        then fails in one line rather than with the command timeout's traceback. Not in this
+        node's turn, so nothing of this node's adds to that bound (the lock alone orders the
+        reader and this node's passes)."""
+        await self._link(READER_WAIT_SECONDS)
+
+    async def _link(self, wait: float | None) -> int:
+        """``wait``: seconds to wait for the audit lock, None to take it only if it is free;
+        ChainBusy past them."""
         linked = 0
         while True:
-            n = await self._link_once()
+            n = await self._link_once(wait)
             linked += n
             if n < BATCH:
                 return linked
 
     async def stop(self) -> None:
-        """Stop the task, then link what is pending, if the database answers (otherwise the
-        next pass of any node links it)."""
+        """Stop the task, then link what is pending, if the database answers and nobody holds
+        the audit lock (otherwise the next pass of any node links it): a node asked to stop
+        never waits, up to the command timeout, for whoever holds the chain."""
+        self._running = False
         task, self._task = self._task, None
         await cancel(task)
         if task is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
+            with contextlib.suppress(ChainBusy, *CONNECTION_ERRORS):
                 await self.link_all()
 
     async def _run(self) -> None:
+        busy = 0.0  # how long to wait before trying a held lock again
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_SECONDS):
@@ -195,27 +257,58 @@ class AuditLinker:
             self._wanted.clear()
             try:
                 await self.link_all()
+                busy = 0.0
+            except ChainBusy:
+                # Tried again soon, then less often while it stays held; no pooled connection
+                # waits on the lock meanwhile (with a pool of one, every request would).
+                busy = min(2 * busy or BUSY_SECONDS, IDLE_SECONDS)
+                await asyncio.sleep(busy)
+                self._wanted.set()
             except _PASS_ERRORS as exc:
                 # The rows stay pending, committed; this or another node links them later.
                 log.warning("linking audit rows failed: %s", str(exc) or type(exc).__name__)
                 await asyncio.sleep(IDLE_SECONDS)
 
-    async def _link_once(self) -> int:
-        async with self._turn:
-            pool = self._pool()
-            if not await pool.fetchval(_ANY_PENDING):
+    async def _link_once(self, wait: float | None) -> int:
+        pool = self._pool()
+        if not await pool.fetchval(_ANY_PENDING):
+            return 0
+        async with pool.acquire() as conn, conn.transaction():
+            await _lock(conn, self._lock, wait)
+            # Read after the lock: the chain as the previous linker committed it.
+            taken = await conn.fetch(_TAKE_PENDING, BATCH)
+            if not taken:
                 return 0
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(ADVISORY_LOCK, self._lock)
-                # Read after the lock: the chain as the previous linker committed it.
-                taken = await conn.fetch(_TAKE_PENDING, BATCH)
-                if not taken:
-                    return 0
-                tail = await conn.fetchrow(S.audit_tail)
-                made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
-                rows = link_made(self._keys, tail, made)
-                await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
-                return len(rows)
+            tail = await conn.fetchrow(S.audit_tail)
+            made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
+            rows = link_made(self._keys(), tail, made)
+            await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
+            return len(rows)
+
+
+class ChainBusy(StoreError):
+    """Another session holds the audit chain's lock, so pending rows were not linked."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "audit rows wait to be linked and another session holds the audit chain's lock"
+            " (an advisory lock, in pg_locks): try again"
+        )
+
+
+async def _lock(conn: Conn, lock: int, wait: float | None) -> None:
+    """Take the audit ``lock`` in ``conn``'s transaction, waiting as ``AuditLinker._link``
+    says."""
+    if wait is None:
+        got = await conn.fetchrow(_TRY_LOCK, lock)
+        if got is None or not got[1]:
+            raise ChainBusy
+        return
+    await conn.execute(f"SET LOCAL lock_timeout = {int(wait * 1000)}")
+    try:
+        await conn.execute(_TAKE_LOCK, lock)
+    except asyncpg.LockNotAvailableError:
+        raise ChainBusy from None
 
 
 def _entry(row: asyncpg.Record) -> AuditEntry:
