@@ -116,7 +116,7 @@ class Store(abc.ABC):
         key = username_key(username)
         rows = await self._fetch(self._sql.user_and_named, (user_id, key))
         by_id = next((q.to_user(r) for r in rows if r[0] == user_id), None)
-        named = next((q.to_user(r) for r in rows if r[19] == key), None)
+        named = next((q.to_user(r) for r in rows if r[-1] == key), None)  # its key: last
         return by_id, named
 
     async def users_by_email(self, oms_id: int, email: str) -> list[User]:

@@ -192,8 +192,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def close(self) -> None:
         await self.listener.stop()
         if self._pool is not None:
-            await self._linker.stop()
-        if self._pool is not None:
+            await self._linker.stop()  # its last pass needs the pool
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), 10)

@@ -36,12 +36,11 @@ from .postgres_tx import (
     ADVISORY_LOCK,
     AUTHORITY_SHARED,
     GONE,
-    LOCK_USER,
-    SHARE_USER,
     S,
     count_of,
     joined,
     plain_write,
+    row_locks,
     run_plan,
 )
 from .records import Authority, CallerGone, Claim, Outcome
@@ -140,10 +139,7 @@ class Prepared:
         and the count, in one round trip. CallerGone (the transaction left open and failed: roll
         it back) unless the caller's authority holds."""
         parts: list[Part] = ["BEGIN"]
-        rows = [] if user_id is None else [(user_id, LOCK_USER)]
-        if authority is not None and authority.user_id != user_id:
-            rows.append((authority.user_id, SHARE_USER))
-        parts += [(statement, (uid,)) for uid, statement in sorted(rows)]
+        parts += [(statement, (uid,)) for uid, statement in row_locks(user_id, authority)]
         if authority is not None:
             args = q.authority_args(authority)
             parts.append((_CHECK, args) if then is None else (_CHECK_THEN_LOCK, (*args, then)))

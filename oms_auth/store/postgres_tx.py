@@ -31,6 +31,7 @@ __all__ = [
     "CONNECTION_ERRORS",
     "lock_key",
     "lock_for",
+    "row_locks",
     "read_state",
     "run_plan",
     "count_of",
@@ -116,6 +117,16 @@ def lock_key(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big", signed=True)
 
 
+def row_locks(user_id: int | None, authority: Authority | None) -> list[tuple[int, str]]:
+    """The user rows a write locks, in the lock order (the lower id first, so two writes for
+    two callers never wait in a cycle): the one written for ``FOR UPDATE``, the caller's ``FOR
+    SHARE``; each ``(id, statement)``."""
+    rows = [] if user_id is None else [(user_id, LOCK_USER)]
+    if authority is not None and authority.user_id != user_id:
+        rows.append((authority.user_id, SHARE_USER))
+    return sorted(rows)
+
+
 async def lock_for(
     conn: Conn, user_id: int | None, authority: Authority | None, then: int | None = None
 ) -> None:
@@ -124,10 +135,7 @@ async def lock_for(
     unless the caller's authority still holds (its session row ``FOR SHARE``); then the
     advisory lock ``then``, if given, which comes next in the lock order (taken in the
     authority check's statement, once its row is locked: one round trip fewer)."""
-    rows = [] if user_id is None else [(user_id, LOCK_USER)]
-    if authority is not None and authority.user_id != user_id:
-        rows.append((authority.user_id, SHARE_USER))
-    for uid, statement in sorted(rows):
+    for uid, statement in row_locks(user_id, authority):
         await conn.execute(statement, uid)
     if authority is None:
         if then is not None:

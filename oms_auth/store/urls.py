@@ -33,16 +33,20 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite://").removeprefix("sqlite:")
 
 
+# Pooled connections per node. Measured on a 2-core machine: 10 did about 1.2x the resets/s of
+# 5, 16 no better than 10 (docs/performance.md, "A reset's round trips, after the audit lock
+# left them").
+POOL_MIN, POOL_MAX = 1, 10
+
+
 class PgTarget(msgspec.Struct, frozen=True, kw_only=True):
     """A ``--db`` URL taken apart: what asyncpg gets, and our own settings."""
 
     dsn: str
     schema: str = "public"
     where: str = "localhost:5432"
-    pool_min: int = 1
-    # Measured on a 2-core machine: 10 did about 1.2x the resets/s of 5, 16 no better than 10
-    # (docs/performance.md, "A reset's round trips, after the audit lock left them").
-    pool_max: int = 10
+    pool_min: int = POOL_MIN
+    pool_max: int = POOL_MAX
     command_timeout: float = 30.0
     connect_timeout: float = 10.0
 
@@ -80,7 +84,7 @@ def parse_url(url: str) -> PgTarget:
             f"PostgreSQL URL: schema={schema!r} must be lower-case letters, digits and _ "
             "(at most 63, not starting with a digit)"
         )
-    if not 1 <= own.get("pool_min", 1) <= own.get("pool_max", 10):
+    if not 1 <= own.get("pool_min", POOL_MIN) <= own.get("pool_max", POOL_MAX):
         raise StoreError("PostgreSQL URL: need 1 <= pool_min <= pool_max")
     try:
         url_port = parts.port
