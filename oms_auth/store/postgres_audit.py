@@ -8,22 +8,25 @@ each holding the lock across round trips and the commit's flush. Now:
 
 - A deciding transaction inserts its entries into ``audit_pending`` (each with the time it was
   made), and commits them with its decision: durable, no lock, no read of the chain.
-- A linker moves pending rows into ``audit`` in batches, under the audit lock, in one
-  transaction: it reads the chain's tail after taking the lock, links the rows in the order
-  they were written (:func:`.audit.link_made`), inserts them and deletes them from pending.
-  Every node runs one; the lock makes them take turns (one that finds it held tries again
-  soon, holding no pooled connection meanwhile); a node woken by its own writes links
-  everyone's. Rows a stopped node left pending are linked by the next pass of any node, and a
-  periodic pass runs while a node is idle.
+- A linker moves pending rows into ``audit`` in batches, in two round trips: it reads what
+  is pending and the chain's tail, links the rows in the order they were written
+  (:func:`.audit.link_made`), then sends one query that takes the audit lock, checks that the
+  tail and the pending rows are as it read them, inserts the linked rows, deletes the pending
+  ones and commits. The lock is held only while the server runs that query, never while it
+  waits on a node (which may be frozen, or cut off, at any point); a pass that finds the chain
+  moved reads again. Every node runs one; the lock makes them take turns (one that finds it
+  held tries again soon); a node woken by its own writes links everyone's. Rows a stopped node
+  left pending are linked by the next pass of any node, and a periodic pass runs while a node
+  is idle.
 - Whoever reads the trail (``audit show``, ``verify``, ``export``, the store's ``audit_rows``)
   links what is pending first, so it sees every committed decision, in the chain; it waits up
   to ``READER_WAIT_SECONDS`` for the lock, then says it cannot (StoreError, one line).
 - The linker runs from the store's open to its close (a restarted node links what a killed one
   left, whether or not a request reaches it); it asks the store for its keys at each pass (a
   rotated ring chains from the moment the node takes it up); a close links only if the lock is
-  free then (a node asked to stop never waits on whoever holds the chain). A transaction
-  holding the lock that waits on its client over ``HOLD_IDLE_SECONDS`` is ended by the server
-  (a node frozen mid-pass holds the chain that long, not for as long as it stays frozen).
+  free then (a node asked to stop never waits on whoever holds the chain). An import links its
+  own rows holding the lock across its batch's transaction (``append_linked``): a transaction
+  holding it that waits on its client over ``HOLD_IDLE_SECONDS`` is ended by the server.
 
 Rows wait unlinked for about ``GATHER_SECONDS`` under load, up to ``IDLE_SECONDS`` when idle.
 Meanwhile they are committed but not yet covered by the chain: someone who can write the
@@ -45,7 +48,7 @@ from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
 from .postgres_batch import literal
-from .postgres_tx import CONNECTION_ERRORS, S, audit_entry
+from .postgres_tx import CONNECTION_ERRORS, S, audit_entry, committing
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
@@ -75,15 +78,14 @@ GATHER_SECONDS = 0.01
 IDLE_SECONDS = 1.0
 # What a pass may meet: the database lost, or the store closed under it.
 _PASS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, StoreError)
-# A transaction holding the audit lock that waits this long on its client (the node frozen, or
-# cut off without a word) is ended by the server, and the lock with it: the chain is not held
-# for as long as that lasts (a pass's statements follow each other within milliseconds).
+# An import's transaction holding the audit lock that waits this long on its client (the
+# process stopped, or cut off without a word) is ended by the server, and the lock with it. A
+# linker's pass never holds the lock across a round trip (``_commit_linked``).
 HOLD_IDLE_SECONDS = 5.0
 # The setting rides on the statement that takes the lock (no round trip of its own).
 _HOLD_MS = int(HOLD_IDLE_SECONDS * 1000)
 _HOLD = f"set_config('idle_in_transaction_session_timeout', '{_HOLD_MS}', true)"
 _TAKE_LOCK = f"SELECT {_HOLD}, pg_advisory_xact_lock($1)"
-_TRY_LOCK = f"SELECT {_HOLD}, pg_try_advisory_xact_lock($1)"
 # How soon a linker that found the lock held tries again (doubling, up to IDLE_SECONDS).
 BUSY_SECONDS = 0.02
 # How long a reader of the trail waits for the audit lock to link what is pending first.
@@ -107,11 +109,14 @@ INSERT_AUDIT_ROWS = (
     " (a->>3)::bigint, (a->>4)::bigint, a->>5, a->>6, a->>7, a->>8, a->>9, a->>10"
     " FROM json_array_elements($1::json) AS a"
 )
-_ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM audit_pending)"
-_TAKE_PENDING = (
-    "DELETE FROM audit_pending WHERE seq IN (SELECT seq FROM audit_pending ORDER BY seq LIMIT $1)"
-    f" RETURNING seq, {_PENDING_COLUMNS}"
-)
+# A pass reads these without the lock, and checks under it that they are still pending.
+_READ_PENDING = f"SELECT seq, {_PENDING_COLUMNS} FROM audit_pending ORDER BY seq LIMIT $1"
+_TAIL_ID = S.audit_tail.replace("SELECT id, hash ", "SELECT id ", 1)
+assert _TAIL_ID != S.audit_tail
+# What fails a pass's query: the chain or the pending rows moved since the pass read them
+# (another linker, or an import, went first), or the lock was held.
+_MOVED = "oms-auth: the audit chain moved"
+_BUSY = "oms-auth: the audit chain is held"
 
 
 def _pending_row(at: float, e: AuditEntry) -> tuple[object, ...]:
@@ -168,11 +173,16 @@ async def append_linked(
 ) -> None:
     """Link ``entries`` into the chain in ``conn``'s transaction, holding the audit ``lock`` to
     its commit: for an import, whose batch of a thousand rows takes the lock once and has no
-    other writer to wait for it."""
+    other writer to wait for it. Its statements are prepared before the lock is taken: while a
+    statement is being prepared, the server waits on the client with no time limit, so a stopped
+    import would hold the chain for as long as it stays stopped; between statements it waits
+    at most ``HOLD_IDLE_SECONDS``."""
+    tail_of = await conn.prepare(S.audit_tail)
+    insert = await conn.prepare(INSERT_AUDIT_ROWS)
     await conn.execute(_TAKE_LOCK, lock)
-    tail = await conn.fetchrow(S.audit_tail)
+    tail = await tail_of.fetchrow()
     rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
-    await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
+    await insert.fetch(msgspec.json.encode(rows).decode())
 
 
 class AuditLinker:
@@ -270,20 +280,33 @@ class AuditLinker:
                 await asyncio.sleep(IDLE_SECONDS)
 
     async def _link_once(self, wait: float | None) -> int:
+        """One pass: read what is pending and the chain's tail without the lock, link it, then
+        take the lock, check nothing moved, write and commit in one round trip. The lock is
+        held only while the server runs that one query: never while it waits on this node,
+        which may be frozen or cut off at any point (docs/rules.md, "The audit trail")."""
         pool = self._pool()
-        if not await pool.fetchval(_ANY_PENDING):
-            return 0
-        async with pool.acquire() as conn, conn.transaction():
-            await _lock(conn, self._lock, wait)
-            # Read after the lock: the chain as the previous linker committed it.
-            taken = await conn.fetch(_TAKE_PENDING, BATCH)
+        deadline = None if wait is None else asyncio.get_running_loop().time() + wait
+        while True:
+            taken = await pool.fetch(_READ_PENDING, BATCH)
             if not taken:
                 return 0
-            tail = await conn.fetchrow(S.audit_tail)
-            made = [(float(r[1]), _entry(r)) for r in sorted(taken, key=lambda r: int(r[0]))]
+            tail = await pool.fetchrow(S.audit_tail)
+            made = [(float(r[1]), _entry(r)) for r in taken]
             rows = link_made(self._keys(), tail, made)
-            await conn.execute(INSERT_AUDIT_ROWS, msgspec.json.encode(rows).decode())
-            return len(rows)
+            seqs = [int(r[0]) for r in taken]
+            query = _commit_linked(self._lock, _left(deadline), tail, seqs, rows)
+            async with committing(pool) as conn:
+                try:
+                    await conn.execute(query)
+                    return len(rows)
+                except asyncpg.InvalidTextRepresentationError as exc:
+                    if _BUSY in str(exc):
+                        raise ChainBusy from None
+                    if _MOVED not in str(exc):
+                        raise
+                    # Another linker (or an import) linked first: read again.
+                except asyncpg.LockNotAvailableError:
+                    raise ChainBusy from None
 
 
 class ChainBusy(StoreError):
@@ -296,19 +319,46 @@ class ChainBusy(StoreError):
         )
 
 
-async def _lock(conn: Conn, lock: int, wait: float | None) -> None:
-    """Take the audit ``lock`` in ``conn``'s transaction, waiting as ``AuditLinker._link``
-    says."""
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (at least a millisecond), None for none."""
+    if deadline is None:
+        return None
+    return max(deadline - asyncio.get_running_loop().time(), 0.001)
+
+
+def _fails_unless(condition: str, mark: str) -> str:
+    """A statement that fails the query, with ``mark`` in its error, unless ``condition``: a
+    simple query answers with no rows, so a check that must stop it fails it (the rest,
+    COMMIT included, is then skipped and the transaction rolled back)."""
+    return f"SELECT (CASE WHEN {condition} THEN '0' ELSE '{mark}' END)::int"
+
+
+def _commit_linked(
+    lock: int,
+    wait: float | None,
+    tail: asyncpg.Record | None,
+    seqs: list[int],
+    rows: list[tuple[object, ...]],
+) -> str:
+    """One simple query: BEGIN; the audit ``lock`` (``wait`` seconds at most, LockNotAvailable
+    past them; None: only if it is free, failing with ``_BUSY`` otherwise); the chain's tail
+    still ``tail`` and every row ``seqs`` still pending (failing with ``_MOVED`` otherwise);
+    the linked ``rows`` in, the pending ones out; COMMIT."""
     if wait is None:
-        got = await conn.fetchrow(_TRY_LOCK, lock)
-        if got is None or not got[1]:
-            raise ChainBusy
-        return
-    await conn.execute(f"SET LOCAL lock_timeout = {int(wait * 1000)}")
-    try:
-        await conn.execute(_TAKE_LOCK, lock)
-    except asyncpg.LockNotAvailableError:
-        raise ChainBusy from None
+        take = _fails_unless(f"pg_try_advisory_xact_lock({lock})", _BUSY)
+    else:
+        ms = max(int(wait * 1000), 1)
+        take = f"SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_xact_lock({lock})"
+    last = "NULL" if tail is None else str(int(tail[0]))
+    still = _fails_unless(f"({_TAIL_ID}) IS NOT DISTINCT FROM {last}", _MOVED)
+    listed = "{" + ",".join(map(str, seqs)) + "}"
+    taken = (
+        f"WITH taken AS (DELETE FROM audit_pending WHERE seq = ANY('{listed}'::bigint[])"
+        f" RETURNING 1) {_fails_unless(f'count(*) = {len(seqs)}', _MOVED)} FROM taken"
+    )
+    linked = literal(msgspec.json.encode(rows).decode())
+    rows_in = INSERT_AUDIT_ROWS.replace("$1::json", f"{linked}::json")
+    return "; ".join(["BEGIN", take, still, taken, rows_in, "COMMIT"])
 
 
 def _entry(row: asyncpg.Record) -> AuditEntry:
