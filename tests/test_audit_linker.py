@@ -10,22 +10,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from oms_auth.app import build_deps
 from oms_auth.keyring import read_ring
-from oms_auth.keyservice import POLL_SECONDS
+from oms_auth.keyservice import POLL_SECONDS, chain_keys
 from oms_auth.store import StoreError
 from oms_auth.store.postgres_audit import (
     GATHER_SECONDS,
     IDLE_SECONDS,
     READER_WAIT_SECONDS,
+    AuditLinker,
 )
 from oms_auth.store.postgres_tx import lock_key
 from oms_auth.store.records import AuditEntry
 from oms_auth.tasks import cancel
 
 from .helpers import (
+    PG_URL,
     ServerProcess,
     eventually,
     oms_auth,
@@ -158,6 +161,39 @@ async def test_no_linker_task_outlives_its_store_even_when_a_write_commits_durin
     # What the write committed is linked by whoever opens the store next.
     ok, actions = await _verified(tmp_path, db, tmp_path / "oms-auth.key")
     assert ok and actions[-1] == "written-while-closing"
+
+
+async def test_a_linker_goes_on_linking_after_a_fault_of_its_own(tmp_path: Path, db: str) -> None:
+    deps = await build_deps(settings_for(tmp_path, db=db))
+    await deps.store.close()  # the schema is made; only the linker below links
+    deps.hasher.close()
+    ring = read_ring(tmp_path / "oms-auth.key")
+    assert ring is not None
+    key = chain_keys(ring)
+    faults = [RuntimeError("a fault of the code")]
+
+    def keys() -> Any:
+        if faults:
+            raise faults.pop()
+        return key
+
+    pool = await asyncpg.create_pool(PG_URL, server_settings={"search_path": schema_of(db)})
+    linker = AuditLinker(lambda: pool, keys, lock_key(schema_of(db), "audit"))
+    conn = await pg_connect(db)
+    try:
+        linker.start()
+        await conn.execute(
+            "INSERT INTO audit_pending (at, action, source) VALUES (0, 'after-a-fault', 'test')"
+        )
+        # The first pass meets the fault; the idle pass after it links the row.
+        await eventually(lambda: _none_pending(conn), timeout=3 * IDLE_SECONDS + 5)
+        assert not faults
+    finally:
+        await linker.stop()
+        await conn.close()
+        await pool.close()
+    ok, actions = await _verified(tmp_path, db, tmp_path / "oms-auth.key")
+    assert ok and actions[-1] == "after-a-fault"
 
 
 async def test_rows_left_pending_are_linked_by_a_node_that_has_written_nothing_since_it_started(

@@ -278,6 +278,11 @@ class AuditLinker:
                 # The rows stay pending, committed; this or another node links them later.
                 log.warning("linking audit rows failed: %s", str(exc) or type(exc).__name__)
                 await asyncio.sleep(IDLE_SECONDS)
+            except Exception:
+                # A fault of this code, not the database's: logged with its trace, and the
+                # passes go on (ended, the idle ones would stop until this node writes again).
+                log.exception("linking audit rows failed")
+                await asyncio.sleep(IDLE_SECONDS)
 
     async def _link_once(self, wait: float | None) -> int:
         """One pass: read what is pending and the chain's tail without the lock, link it, then
