@@ -256,10 +256,7 @@ class Functions:
         held = _held(conn)  # before the store is asked: a logoff meanwhile must not mix logins
         if held is None:
             return None
-        user = await self.sessions.deps.store.user_by_id(held.id)
-        if user is None:
-            return None
-        return msgspec.structs.replace(held, user=user)
+        return _with_user(held, await self.sessions.deps.store.user_by_id(held.id))
 
     async def reset_password(self, conn: Conn, req: msg.ResetPasswordRequest) -> msgspec.Struct:
         held, name = _held(conn), req.UserName
@@ -269,8 +266,7 @@ class Functions:
         # The caller's user and the target in one read (docs/performance.md): as _caller, but
         # the target read with it.
         user, target = await self.sessions.deps.store.user_and_named(held.id, name)
-        caller = None if user is None else msgspec.structs.replace(held, user=user)
-        await self.resets.request(caller, name, conn.source, target=target)
+        await self.resets.request(_with_user(held, user), name, conn.source, target=target)
         return SUCCESS
 
     async def reset_password2(self, conn: Conn, req: msg.ResetPassword2Request) -> msgspec.Struct:
@@ -459,6 +455,12 @@ def _named(conn: Conn, device_id: str | None) -> Origin:
     """A password login's device: the ``DeviceId`` it names, kept for its second step."""
     conn.device_id = device_id.strip()[: devices.MAX_DEVICE_ID] or None if device_id else None
     return _origin(conn)
+
+
+def _with_user(held: Caller, user: User | None) -> Caller | None:
+    """The caller ``held`` with its user as the store has it now (permissions may have
+    changed); None when the user is gone."""
+    return None if user is None else msgspec.structs.replace(held, user=user)
 
 
 def _held(conn: Conn) -> Caller | None:
