@@ -459,6 +459,7 @@ class Store(abc.ABC):
         username, or a target name (with ``recorded_as``, that one too: how a name that names
         no user is recorded, ``engine.names.unknown_name``); ``since``/``until`` bound the
         time."""
+        await self._audit_settled()
         statement, args = q.audit_query(
             user=self._sql.text(user),
             since=since,
@@ -469,6 +470,11 @@ class Store(abc.ABC):
         )
         rows = await self._fetch(self._sql.placeholders(statement), tuple(args))
         return [q.to_audit(row) for row in rows]
+
+    async def _audit_settled(self) -> None:
+        """Before the trail is read: a store that links audit rows after commit links what is
+        pending here, so a reader sees every committed decision (nothing to do by default)."""
+        return None
 
     async def verify_audit(self) -> AuditCheck:
         """Walk the whole hash chain, checking each row under the store's audit key."""

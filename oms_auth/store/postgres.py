@@ -36,7 +36,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
@@ -76,7 +76,6 @@ from .records import (
     AccountChange,
     ApiKey,
     AuditEntry,
-    AuditRow,
     Authority,
     Claim,
     CodeIssue,
@@ -589,6 +588,5 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         async with self._tx() as conn:
             await self._insert_audit(conn, entries, now)
 
-    async def audit_rows(self, **query: Any) -> list[AuditRow]:
+    async def _audit_settled(self) -> None:
         await self._linker.link_for_reader()  # every committed decision, in the chain
-        return await super().audit_rows(**query)
