@@ -110,7 +110,10 @@ INSERT_AUDIT_ROWS = (
     " FROM json_array_elements($1::json) AS a"
 )
 # A pass reads these without the lock, and checks under it that they are still pending.
-_READ_PENDING = f"SELECT seq, {_PENDING_COLUMNS} FROM audit_pending ORDER BY seq LIMIT $1"
+_READ_PENDING = (
+    f"SELECT seq, {_PENDING_COLUMNS} FROM audit_pending WHERE seq <= $2 ORDER BY seq LIMIT $1"
+)
+_EVERY_SEQ = 2**63 - 1  # the bound of a pass's first read
 _TAIL_ID = S.audit_tail.replace("SELECT id, hash ", "SELECT id ", 1)
 assert _TAIL_ID != S.audit_tail
 # What fails a pass's query: the chain or the pending rows moved since the pass read them
@@ -221,12 +224,12 @@ class AuditLinker:
         if self._running and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def link_all(self) -> int:
+    async def link_all(self) -> None:
         """Link every row pending now (every node's), one pass of this node at a time, if the
-        audit lock is free; how many. :class:`ChainBusy` when another session holds it (a
-        linker links what had committed when it took the lock; the rest waits for a pass)."""
+        audit lock is free. :class:`ChainBusy` when another session holds it (a linker links
+        what had committed when it took the lock; the rest waits for a pass)."""
         async with self._turn:
-            return await self._link(None)
+            await self._link(None)
 
     async def link_for_reader(self) -> None:
         """Link what is pending before the trail is read (``audit show``, ``verify``,
@@ -236,15 +239,11 @@ class AuditLinker:
         reader and this node's passes)."""
         await self._link(READER_WAIT_SECONDS)
 
-    async def _link(self, wait: float | None) -> int:
+    async def _link(self, wait: float | None) -> None:
         """``wait``: seconds to wait for the audit lock, None to take it only if it is free;
         ChainBusy past them."""
-        linked = 0
-        while True:
-            n = await self._link_once(wait)
-            linked += n
-            if n < BATCH:
-                return linked
+        while await self._link_once(wait):
+            pass
 
     async def stop(self) -> None:
         """Stop the task, then link what is pending, if the database answers and nobody holds
@@ -284,17 +283,20 @@ class AuditLinker:
                 log.exception("linking audit rows failed")
                 await asyncio.sleep(IDLE_SECONDS)
 
-    async def _link_once(self, wait: float | None) -> int:
+    async def _link_once(self, wait: float | None) -> bool:
         """One pass: read what is pending and the chain's tail without the lock, link it, then
         take the lock, check nothing moved, write and commit in one round trip. The lock is
         held only while the server runs that one query: never while it waits on this node,
-        which may be frozen or cut off at any point (docs/rules.md, "The audit trail")."""
+        which may be frozen or cut off at any point (docs/rules.md, "The audit trail").
+        Whether it read a full batch (more may be pending)."""
         pool = self._pool()
         deadline = None if wait is None else asyncio.get_running_loop().time() + wait
+        upto, full = _EVERY_SEQ, False
         while True:
-            taken = await pool.fetch(_READ_PENDING, BATCH)
+            taken = await pool.fetch(_READ_PENDING, BATCH, upto)
             if not taken:
-                return 0
+                return full  # this pass's rows were linked by a linker that went first
+            full = full or len(taken) == BATCH
             tail = await pool.fetchrow(S.audit_tail)
             made = [(float(r[1]), _entry(r)) for r in taken]
             rows = link_made(self._keys(), tail, made)
@@ -303,15 +305,20 @@ class AuditLinker:
             async with committing(pool) as conn:
                 try:
                     await conn.execute(query)
-                    return len(rows)
+                    return full
                 except asyncpg.InvalidTextRepresentationError as exc:
                     if _BUSY in str(exc):
                         raise ChainBusy from None
                     if _MOVED not in str(exc):
                         raise
-                    # Another linker (or an import) linked first: read again.
                 except asyncpg.LockNotAvailableError:
                     raise ChainBusy from None
+            # Another linker (or an import) went first. Read again only up to the rows read
+            # here: the others link rows in the order they were written, so the rows this pass
+            # is for leave pending soon, and it ends, however often the chain moves under it
+            # (a reader far from the database, whose round trips each take longer than a
+            # node's pass, would otherwise read again until its wait ran out).
+            upto = seqs[-1]
 
 
 class ChainBusy(StoreError):
