@@ -14,10 +14,11 @@ each holding the lock across round trips and the commit's flush. Now:
   tail and the pending rows are as it read them, inserts the linked rows, deletes the pending
   ones and commits. The lock is held only while the server runs that query, never while it
   waits on a node (which may be frozen, or cut off, at any point); a pass that finds the chain
-  moved reads again. Every node runs one; the lock makes them take turns (one that finds it
-  held tries again soon); a node woken by its own writes links everyone's. Rows a stopped node
-  left pending are linked by the next pass of any node, and a periodic pass runs while a node
-  is idle.
+  moved reads again those of its rows still pending (it ends once another linker has linked
+  them, however slow its round trips). Every node runs one; the lock makes them take turns
+  (one that finds it held tries again soon); a node woken by its own writes links everyone's.
+  Rows a stopped node left pending are linked by the next pass of any node, and a periodic
+  pass runs while a node is idle.
 - Whoever reads the trail (``audit show``, ``verify``, ``export``, the store's ``audit_rows``)
   links what is pending first, so it sees every committed decision, in the chain; it waits up
   to ``READER_WAIT_SECONDS`` for the lock, then says it cannot (StoreError, one line).
