@@ -177,16 +177,22 @@ async def append_linked(
 ) -> None:
     """Link ``entries`` into the chain in ``conn``'s transaction, holding the audit ``lock`` to
     its commit: for an import, whose batch of a thousand rows takes the lock once and has no
-    other writer to wait for it. Its statements are prepared before the lock is taken: while a
-    statement is being prepared, the server waits on the client with no time limit, so a stopped
-    import would hold the chain for as long as it stays stopped; between statements it waits
-    at most ``HOLD_IDLE_SECONDS``."""
+    other writer to wait for it. Between its statements the server waits on the client at
+    most ``HOLD_IDLE_SECONDS``, but within one of the extended protocol (a statement being
+    prepared, or bound and not yet executed) with no time limit: so what it sends under the
+    lock is either a few bytes written at once (the lock, the tail: prepared before) or a
+    simple query, which the server reads whole under that limit before it runs it (the rows,
+    whose hundreds of kilobytes may be cut off anywhere)."""
     tail_of = await conn.prepare(S.audit_tail)
-    insert = await conn.prepare(INSERT_AUDIT_ROWS)
     await conn.execute(_TAKE_LOCK, lock)
     tail = await tail_of.fetchrow()
-    rows = link_entries(keys, tail, [audit_entry(e) for e in entries], now)
-    await insert.fetch(msgspec.json.encode(rows).decode())
+    await conn.execute(_rows_in(link_entries(keys, tail, [audit_entry(e) for e in entries], now)))
+
+
+def _rows_in(rows: list[tuple[object, ...]]) -> str:
+    """``INSERT_AUDIT_ROWS`` of the linked ``rows``, with them as a literal (a simple query)."""
+    linked = literal(msgspec.json.encode(rows).decode())
+    return INSERT_AUDIT_ROWS.replace("$1::json", f"{linked}::json")
 
 
 class AuditLinker:
@@ -369,9 +375,7 @@ def _commit_linked(
         f"WITH taken AS (DELETE FROM audit_pending WHERE seq = ANY('{listed}'::bigint[])"
         f" RETURNING 1) {_fails_unless(f'count(*) = {len(seqs)}', _MOVED)} FROM taken"
     )
-    linked = literal(msgspec.json.encode(rows).decode())
-    rows_in = INSERT_AUDIT_ROWS.replace("$1::json", f"{linked}::json")
-    return "; ".join(["BEGIN", take, still, taken, rows_in, "COMMIT"])
+    return "; ".join(["BEGIN", take, still, taken, _rows_in(rows), "COMMIT"])
 
 
 def _entry(row: asyncpg.Record) -> AuditEntry:
