@@ -5,8 +5,10 @@ row ends up in the chain, in order, whichever node links it, and the chain verif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -294,57 +296,92 @@ async def test_a_reader_waits_no_longer_than_its_bound_behind_its_own_nodes_stal
         deps.hasher.close()
 
 
-async def _keep_resetting(op: Any, targets: list[str], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        calls = [op.call("ResetPassword", {"UserName": t}) for t in targets]
-        await asyncio.gather(*calls, return_exceptions=True)
+# The users the load below resets, again and again.
+TARGETS = [f"user{n}" for n in range(8)]
 
 
-# Sessions holding the chain's lock while they wait on their client: a frozen node's, say.
-_HELD_WAITING_ON_CLIENT = (
-    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-    " WHERE l.locktype = 'advisory' AND l.granted AND a.wait_event = 'ClientRead'"
-    " AND l.classid::text::bigint = $1 AND l.objid::text::bigint = $2"
-)
+@contextlib.asynccontextmanager
+async def under_load(cluster: Cluster, nodes: str) -> AsyncIterator[None]:
+    """Within the block, an operator per letter of ``nodes`` (a node's name) resets the
+    passwords of ``TARGETS`` without pause, all at once each time."""
+    stop = asyncio.Event()
+
+    async def keep_resetting(op: Any) -> None:
+        while not stop.is_set():
+            calls = [op.call("ResetPassword", {"UserName": t}) for t in TARGETS]
+            await asyncio.gather(*calls, return_exceptions=True)
+
+    ops = [await cluster.client(node, "op") for node in nodes]
+    load = [asyncio.create_task(keep_resetting(op)) for op in ops]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*load), 30)
+
+
+async def all_linked_and_intact(cluster: Cluster) -> list[str]:
+    """Once the load has stopped: nothing is left pending and the chain verifies; its
+    actions, oldest first."""
+    conn = await pg_connect(cluster.db)
+    try:
+        await eventually(lambda: _none_pending(conn), timeout=10)
+    finally:
+        await conn.close()
+    ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
+    assert ok
+    return actions
+
+
+async def chain_holders(conn: Any, lock: int, *, waiting_on_client: bool = False) -> int:
+    """How many sessions hold the chain's advisory ``lock`` (only those waiting on their
+    client: a frozen or cut-off node's, say)."""
+    held = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+        " WHERE l.locktype = 'advisory' AND l.granted"
+        " AND l.classid::text::bigint = $1 AND l.objid::text::bigint = $2"
+    )
+    if waiting_on_client:
+        held += " AND a.wait_event = 'ClientRead'"
+    return int(await conn.fetchval(held, (lock >> 32) & 0xFFFFFFFF, lock & 0xFFFFFFFF))
+
+
+async def chain_free(conn: Any, lock: int) -> bool:
+    return await chain_holders(conn, lock) == 0
 
 
 async def test_a_node_frozen_at_any_moment_of_its_linking_never_holds_the_chain(
     cluster: Cluster,
 ) -> None:
-    targets = [f"user{n}" for n in range(8)]
     operator = {"permissions": ["Operator"], "accounts": [1]}
-    await cluster.users(*targets, "op2", "lone", op2=operator)
+    await cluster.users(*TARGETS, "op2", "lone", op2=operator)
     await cluster.start(reset_requests_per_user=100000)
-    stop = asyncio.Event()
-    ops = [await cluster.client("a", "op") for _ in range(3)]
-    load = [asyncio.create_task(_keep_resetting(op, targets, stop)) for op in ops]
     conn = await pg_connect(cluster.db)
     proc = cluster.nodes["a"].proc
     lock = lock_key(schema_of(cluster.db), "audit")
-    try:
-        await asyncio.sleep(0.5)
-        # Node a is frozen (a VM paused, a process stopped) at moments spread over its passes,
-        # which run every few milliseconds under this load: it is never found holding the
-        # chain while the server waits on it (it would hold it for as long as it stays frozen).
-        for attempt in range(100):
+    async with under_load(cluster, "aaa"):
+        try:
+            await asyncio.sleep(0.5)
+            # Node a is frozen (a VM paused, a process stopped) at moments spread over its
+            # passes, which run every few milliseconds under this load: it is never found
+            # holding the chain while the server waits on it (it would hold it for as long as
+            # it stays frozen).
+            for attempt in range(100):
+                proc.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(0.05)  # what it had sent runs to its end meanwhile
+                held = await chain_holders(conn, lock, waiting_on_client=True)
+                assert held == 0, f"frozen at attempt {attempt} holding the audit chain"
+                proc.send_signal(signal.SIGCONT)
+                await asyncio.sleep(0.003 * (attempt % 7))
+            # Frozen once more: decisions on node b go on and are linked at once.
             proc.send_signal(signal.SIGSTOP)
-            await asyncio.sleep(0.05)  # what it had sent runs to its end meanwhile
-            held = await conn.fetchval(
-                _HELD_WAITING_ON_CLIENT, (lock >> 32) & 0xFFFFFFFF, lock & 0xFFFFFFFF
-            )
-            assert held == 0, f"frozen at attempt {attempt} holding the audit chain"
+            b = await cluster.client("b", "op2")
+            reset = b.call("ResetPassword", {"UserName": "lone"})
+            assert (await asyncio.wait_for(reset, 10)).o == OK
+            await eventually(lambda: _none_pending(conn), timeout=3)
+        finally:
             proc.send_signal(signal.SIGCONT)
-            await asyncio.sleep(0.003 * (attempt % 7))
-        # Frozen once more: decisions on node b go on and are linked at once.
-        proc.send_signal(signal.SIGSTOP)
-        b = await cluster.client("b", "op2")
-        assert (await asyncio.wait_for(b.call("ResetPassword", {"UserName": "lone"}), 10)).o == OK
-        await eventually(lambda: _none_pending(conn), timeout=3)
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*load), 30)
-        await conn.close()
+            await conn.close()
     ok, actions = await _verified(cluster.tmp, cluster.db, cluster.key)
     assert ok and "reset-requested" in actions
 

@@ -49,6 +49,7 @@ from .helpers import (
     sql,
     terminate_backends,
 )
+from .pg_relay import Relay
 from .store_helpers import count_events, issue, login, redeem
 
 NOW = 1_800_000_000.0
@@ -290,63 +291,6 @@ def test_a_missing_database_is_named(tmp_path: Path) -> None:
     out = run_cli(tmp_path, "serve", "--port", "0", "--db", url)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert 'the server refused: database "no_such_database_here" does not exist' in out.stderr
-
-
-class Relay:
-    """A TCP relay in front of PostgreSQL that the test cuts and restores: to a node, a cut
-    looks like the database stopping (connections reset, new ones refused)."""
-
-    def __init__(self) -> None:
-        target = urlsplit(PG_URL)
-        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _link(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            down_w.transport.abort()
-            return
-        self.links |= {down_w, up_w}
-        await asyncio.gather(self._pipe(down_r, up_w), self._pipe(up_r, down_w))
-        self.links -= {down_w, up_w}
-        self.tasks.discard(task)
-
-    @staticmethod
-    async def _pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except OSError:
-            pass
-        finally:
-            w.transport.abort()
-
-    async def cut(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for w in list(self.links):
-            w.transport.abort()
-        await asyncio.sleep(0.1)
-
-    async def close(self) -> None:
-        await self.cut()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def health(app: App) -> int:
