@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from oms_auth.mail.maildir import MaildirTransport
+from oms_auth.mail.templates import Outgoing
+
 from .helpers import ServerProcess, oms_auth, wait_for_mail
 
 
@@ -54,6 +57,19 @@ async def test_the_store_its_wal_and_shm_the_key_and_mail_are_created_0600_whate
             assert mode(path) == 0o600, (path.name, oct(mode(path)))
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("mask", [0o277, 0o022], ids=["umask277", "umask022"])
+async def test_a_maildir_message_is_0600_even_when_the_umask_cuts_the_owners_bits(
+    tmp_path: Path, mask: int
+) -> None:
+    """The chmod after creating a message is left out only when the umask leaves 0600 whole."""
+    with umask(mask):
+        transport = MaildirTransport(tmp_path / "mail")
+        await transport.send(Outgoing("a@example.com", "b@example.com", b"Subject: x\r\n"), 7)
+    (message,) = (tmp_path / "mail" / "new").iterdir()
+    assert mode(message) == 0o600
+    assert message.read_bytes() == b"Subject: x\n"
 
 
 async def test_existing_files_with_looser_modes_are_tightened_at_open(tmp_path: Path) -> None:
