@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -169,12 +170,15 @@ class MaildirTransport:
                 continue
             moved.append(mail_id)
         _flush(new)
+        # Known as delivered once the moves are durable: after a failed flush the outbox tries
+        # again and the message is written again (twice at worst, never lost).
         with self._lock:
             self._known().update(moved)
         return outcomes
 
     def _write(self, folder: int, name: str, data: bytes) -> None:
-        """One message's file in the open folder ``folder``, mode exactly 0600."""
+        """One message's file in the open folder ``folder``, mode exactly 0600; a file that
+        could not be written whole is removed (it holds the link in plain text)."""
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE, dir_fd=folder)
         try:
             if not self._private:
@@ -183,6 +187,10 @@ class MaildirTransport:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             if not _SYNCFS:
                 os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=folder)
+            raise
         finally:
             os.close(fd)
 
