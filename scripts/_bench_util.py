@@ -128,7 +128,7 @@ def create_cost(folder: Path, files: int = 200) -> float:
     message, and what that costs depends on the file system's state: ext4 without a journal
     passes over each inode freed in the last minute (six while its inode table block is
     unwritten) one by one, so after thousands of files were deleted nearby a file costs ten
-    times as much (docs/performance.md, "Figures")."""
+    times as much (docs/performance.md, "SQLite's reset with its mail")."""
     probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=folder))
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
     for k in range(files):

@@ -441,10 +441,11 @@ def _request_rows(
                 v, row = variants[k], rows[k]
                 dropped = _metric_sum(v, "self_service_dropped")
                 # The file system's state just before: Maildir delivery creates a file a mail.
-                create_us = create_cost(v.servers[0].log_path.parent)
+                mailing = label in MAILING
+                create_us = create_cost(v.servers[0].log_path.parent) if mailing else None
                 result = load(bench.variant_spec(function, v, n, **more))
-                result["create_us"] = create_us
-                if label in MAILING:
+                if mailing:
+                    result["create_us"] = create_us
                     _drain(v, result)
                     result["dropped"] = _metric_sum(v, "self_service_dropped") - dropped
                 row.foreign.append(_foreign(result))

@@ -298,12 +298,12 @@ async def _serve(settings: Settings, creating: str | None = None) -> int:
         reason = exc.strerror or str(exc)
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     say_created(creating)
-    # The cycle collector, while serving (docs/performance.md, "What bounds each figure"):
+    # The cycle collector, while serving (docs/performance.md, "SQLite's reset with its mail"):
     # requests in flight hold thousands of objects that reference counting frees, so with
     # Python's default (a collection per 700 more objects made than freed) it ran about 75
-    # times a second at 1,000 resets a second. Garbage cycles count toward the threshold too, so at
-    # most about this many wait for the next collection. What start-up made lives as long as
-    # the process: frozen, the full collections no longer walk it.
+    # times a second at 1,000 resets a second. Garbage cycles count toward the threshold too,
+    # so at most about this many wait for the next collection. What start-up made lives as
+    # long as the process: frozen, the full collections no longer walk it.
     gc.set_threshold(_SERVE_GC_THRESHOLD, *gc.get_threshold()[1:])
     gc.freeze()
     stop = asyncio.Event()
