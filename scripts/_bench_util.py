@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import tempfile
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "pg_backend_pids",
     "pids_cpu",
     "cpu_delta",
+    "create_cost",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -117,3 +120,21 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU used between two readings of :func:`pids_cpu`: a process born in between counts
     whole, one that ended in between is lost (rare: the pool keeps its connections)."""
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def create_cost(folder: Path, files: int = 200) -> float:
+    """Kernel CPU, in us, this thread spends creating and writing one small file in a new
+    folder under ``folder`` (the files are left there). A Maildir delivery creates one file per
+    message, and what that costs depends on the file system's state: ext4 without a journal
+    passes over each inode freed in the last minute (six while its inode table block is
+    unwritten) one by one, so after thousands of files were deleted nearby a file costs ten
+    times as much (docs/performance.md, "SQLite's reset with its mail")."""
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=folder))
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
+    for k in range(files):
+        fd = os.open(probe / str(k), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x" * 3000)  # about a reset mail's size
+        finally:
+            os.close(fd)
+    return (resource.getrusage(resource.RUSAGE_THREAD).ru_stime - before) / files * 1e6

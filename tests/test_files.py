@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from oms_auth.mail.maildir import MaildirTransport
+from oms_auth.mail.templates import Outgoing
 
 from .helpers import ServerProcess, oms_auth, wait_for_mail
 
@@ -54,6 +59,40 @@ async def test_the_store_its_wal_and_shm_the_key_and_mail_are_created_0600_whate
             assert mode(path) == 0o600, (path.name, oct(mode(path)))
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("mask", [0o277, 0o022], ids=["umask277", "umask022"])
+async def test_a_maildir_message_is_0600_even_when_the_umask_cuts_the_owners_bits(
+    tmp_path: Path, mask: int
+) -> None:
+    """The chmod after creating a message is left out only when the umask leaves 0600 whole."""
+    with umask(mask):
+        transport = MaildirTransport(tmp_path / "mail")
+        await transport.send(Outgoing("a@example.com", "b@example.com", b"Subject: x\r\n"), 7)
+    (message,) = (tmp_path / "mail" / "new").iterdir()
+    assert mode(message) == 0o600
+    assert message.read_bytes() == b"Subject: x\n"
+
+
+async def test_a_message_that_cannot_be_written_whole_is_not_delivered_nor_left_in_tmp(
+    tmp_path: Path,
+) -> None:
+    """A short write (a full disk; here the file size limit) fails that message: no cut copy in
+    new/, and no copy of its link in tmp/."""
+    transport = MaildirTransport(tmp_path / "mail")
+    big = Outgoing("a@example.com", "b@example.com", b"x" * 5000)
+    small = Outgoing("a@example.com", "b@example.com", b"Subject: y\r\n")
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write, not a signal
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        outcomes = await transport.send_batch([(big, 1), (small, 2)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert isinstance(outcomes[0], OSError) and outcomes[1] is None
+    assert [p.read_bytes() for p in (tmp_path / "mail" / "new").iterdir()] == [b"Subject: y\n"]
+    assert list((tmp_path / "mail" / "tmp").iterdir()) == []
 
 
 async def test_existing_files_with_looser_modes_are_tightened_at_open(tmp_path: Path) -> None:

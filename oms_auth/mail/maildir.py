@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import re
 import socket
@@ -21,6 +23,7 @@ __all__ = ["MaildirTransport"]
 
 _ID = re.compile(r"\.oms-auth-(\d+)\.")
 _WRITER = re.compile(r"\.oms-auth-\d+\.P(\d+)\.(.+)$")
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY
 
 
 def _syncfs() -> Callable[[int], int] | None:
@@ -35,18 +38,28 @@ def _syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _syncfs()
 
 
-def _flush(folder: Path) -> None:
-    """Make what was written into ``folder`` (files, and its entries) durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def _flush(folder: int) -> None:
+    """Make what was written into the open folder ``folder`` (files, and its entries)
+    durable."""
+    if _SYNCFS is not None:
+        if _SYNCFS(folder) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    else:
+        os.fsync(folder)  # the files were fsynced one by one; this is the folder's entries
+
+
+def _umask_keeps_private() -> bool:
+    """Whether this process's umask leaves a file made with mode 0600 at exactly 0600, so no
+    chmod is needed after creating one (Linux says the umask in /proc; elsewhere: False)."""
     try:
-        if _SYNCFS is not None:
-            if _SYNCFS(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-        else:
-            os.fsync(fd)  # the files were fsynced one by one; this is the folder's entries
-    finally:
-        os.close(fd)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & PRIVATE == 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -71,6 +84,9 @@ class MaildirTransport:
         self._delivered: set[int] | None = None
         self._lock = threading.Lock()
         self._ready = False  # the folders exist (made once, not per message)
+        # A new file's mode is 0600 cut by the umask; when the umask cuts nothing from it, the
+        # chmod each message would otherwise need (a system call each) is left out.
+        self._private = _umask_keeps_private()
 
     def _ensure(self) -> None:
         if self._ready:
@@ -80,16 +96,16 @@ class MaildirTransport:
             (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._ready = True
 
-    def _already(self, mail_id: int) -> bool:
-        with self._lock:
-            if self._delivered is None:
-                self._delivered = {
-                    int(m[1])
-                    for sub in ("new", "cur")
-                    for p in (self.path / sub).iterdir()
-                    if (m := _ID.search(p.name))
-                }
-            return mail_id in self._delivered
+    def _known(self) -> set[int]:
+        """The ids already in the Maildir (under ``_lock``)."""
+        if self._delivered is None:
+            self._delivered = {
+                int(m[1])
+                for sub in ("new", "cur")
+                for p in (self.path / sub).iterdir()
+                if (m := _ID.search(p.name))
+            }
+        return self._delivered
 
     def _deliver(self, message: Outgoing, mail_id: int) -> None:
         (outcome,) = self._deliver_all([(message, mail_id)])
@@ -103,47 +119,80 @@ class MaildirTransport:
         it survives a crash. Each message's outcome in order (None: delivered)."""
         try:
             self._ensure()
+            tmp = os.open(self.path / "tmp", _FOLDER)
         except OSError as exc:  # the Maildir cannot be made: every message fails alike
             return [exc] * len(batch)
+        try:
+            new = os.open(self.path / "new", _FOLDER)
+        except OSError as exc:
+            os.close(tmp)
+            return [exc] * len(batch)
+        try:
+            return self._deliver_in(tmp, new, batch)
+        finally:
+            os.close(tmp)
+            os.close(new)
+
+    def _deliver_in(
+        self, tmp: int, new: int, batch: list[tuple[Outgoing, int]]
+    ) -> list[Exception | None]:
+        """:meth:`_deliver_all` with ``tmp/`` and ``new/`` open: each name is looked up in its
+        folder alone, not walked from the root for every call."""
         outcomes: list[Exception | None] = [None] * len(batch)
-        written: list[tuple[int, Path, str, int]] = []
-        pid = os.getpid()
-        for k, (message, mail_id) in enumerate(batch):
-            if self._already(mail_id):
-                continue
-            # The writer's pid is in the name, so files a dead writer left in tmp/ are known.
-            name = f"{int(time.time())}.oms-auth-{mail_id}.P{pid}.{self._host}"
-            tmp = self.path / "tmp" / name
+        with self._lock:
+            done = self._known()
+            todo = [k for k, (_, mail_id) in enumerate(batch) if mail_id not in done]
+        # The writer's pid is in the name, so files a dead writer left in tmp/ are known.
+        tail = f".P{os.getpid()}.{self._host}"
+        stamp = int(time.time())
+        written: list[tuple[int, str, int]] = []
+        for k in todo:
+            message, mail_id = batch[k]
+            name = f"{stamp}.oms-auth-{mail_id}{tail}"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE)
-                try:
-                    os.fchmod(fd, PRIVATE)  # exactly 0600, whatever the umask left of it
-                    os.write(fd, message.data.replace(b"\r\n", b"\n"))  # Maildir: LF lines
-                    if not _SYNCFS:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._write(tmp, name, message.data.replace(b"\r\n", b"\n"))  # Maildir: LF
             except OSError as exc:  # one message's failure is its own
                 outcomes[k] = exc
                 continue
-            written.append((k, tmp, name, mail_id))
+            written.append((k, name, mail_id))
         if not written:
             return outcomes
         try:
-            _flush(self.path / "tmp")
+            _flush(tmp)
         except OSError as exc:  # nothing is known to be durable: none of them went
             return [outcomes[k] or exc for k in range(len(batch))]
-        for k, tmp, name, mail_id in written:
+        moved: list[int] = []
+        for k, name, mail_id in written:
             try:
-                os.rename(tmp, self.path / "new" / name)
+                os.rename(name, name, src_dir_fd=tmp, dst_dir_fd=new)
             except OSError as exc:
                 outcomes[k] = exc
                 continue
-            with self._lock:
-                assert self._delivered is not None
-                self._delivered.add(mail_id)
-        _flush(self.path / "new")
+            moved.append(mail_id)
+        _flush(new)
+        # Known as delivered once the moves are durable: after a failed flush the outbox tries
+        # again and the message is written again (twice at worst, never lost).
+        with self._lock:
+            self._known().update(moved)
         return outcomes
+
+    def _write(self, folder: int, name: str, data: bytes) -> None:
+        """One message's file in the open folder ``folder``, mode exactly 0600; a file that
+        could not be written whole is removed (it holds the link in plain text)."""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE, dir_fd=folder)
+        try:
+            if not self._private:
+                os.fchmod(fd, PRIVATE)  # exactly 0600, whatever the umask left of it
+            if os.write(fd, data) != len(data):  # a regular file writes short only when full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if not _SYNCFS:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=folder)
+            raise
+        finally:
+            os.close(fd)
 
     def _clear_leftovers(self) -> int:
         """Remove this host's files in ``tmp/`` whose writer is no longer running: a message

@@ -26,6 +26,7 @@ import base64
 import functools
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -248,14 +249,25 @@ class _Shape(msgspec.Struct, frozen=True):
         return cls(tuple(parts))
 
     def fill(self, values: dict[str, Any], fmt: str | None) -> tuple[str, str, str]:
+        # A value shown in several places (the link, the expiry: in the text and the HTML) is
+        # formatted, and escaped for the HTML, once per message.
+        shown: dict[tuple[str, bool], str] = {}
+        escaped: dict[tuple[str, bool], str] = {}
         out = []
         for k, (literals, slots) in enumerate(self.parts):
             html = k == 2
             text = [literals[0]]
-            for (name, when), literal in zip(slots, literals[1:], strict=True):
-                value = values[name]
-                shown = _when(fmt, value) if when else str(value)
-                text.append(str(markupsafe.escape(shown)) if html else shown)
+            for slot, literal in zip(slots, literals[1:], strict=True):
+                value = shown.get(slot)
+                if value is None:
+                    name, when = slot
+                    value = _when(fmt, values[name]) if when else str(values[name])
+                    shown[slot] = value
+                if html:
+                    plain, value = value, escaped.get(slot)
+                    if value is None:
+                        value = escaped[slot] = str(markupsafe.escape(plain))
+                text.append(value)
                 text.append(literal)
             out.append("".join(text))
         return out[0], out[1], out[2]
@@ -302,7 +314,7 @@ def compose(
     head = (
         f"From: {_header_text(sender)}\r\n"
         f"To: {_header_text(recipient)}\r\n"
-        f"Date: {format_datetime(datetime.now(UTC))}\r\n"
+        f"Date: {_date_now()}\r\n"
         f"Message-ID: <{secrets.token_hex(16)}@{domain}>\r\n"
         f"Subject: {_header_text(subject)}\r\n"
         f"Content-Language: {locale}\r\n"
@@ -328,6 +340,19 @@ def compose(
         + f"\r\n--{boundary}--\r\n"
     )
     return Outgoing(sender, recipient, data.encode())
+
+
+# The Date header of the current second: under load many messages share one second, and
+# formatting it took about 10 us of the 40 composing a reset mail took.
+_date: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date[1]
 
 
 def _when(fmt: str | None, ts: float | _Slot | None) -> str:
