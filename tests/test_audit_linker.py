@@ -366,7 +366,7 @@ async def test_a_node_frozen_at_any_moment_of_its_linking_never_holds_the_chain(
             # passes, which run every few milliseconds under this load: it is never found
             # holding the chain while the server waits on it (it would hold it for as long as
             # it stays frozen).
-            for attempt in range(100):
+            for attempt in range(60):
                 proc.send_signal(signal.SIGSTOP)
                 await asyncio.sleep(0.05)  # what it had sent runs to its end meanwhile
                 held = await chain_holders(conn, lock, waiting_on_client=True)
