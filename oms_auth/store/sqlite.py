@@ -268,8 +268,10 @@ class SqliteStore(SqliteDevices, Store):
         return await self._write(job)
 
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        made = tx.import_args(batch)  # here: the writer's thread is the one to spare
+
         def job(raw: sqlite3.Connection) -> list[tuple[Imported, int | None]]:
-            written = tx.import_batch(raw, batch)
+            written = tx.import_batch(raw, batch, made)
             tx.append_audit(raw, self._audit_key, written.audit, tx.clock(raw))
             return written.outcomes
 
