@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +78,7 @@ class Writer:
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._held: _Queued | None = None  # a job asked for alone, taken while grouping others
         self._task: asyncio.Task[None] | None = None
-        self._busy = False  # a batch is in the thread
+        self._trips = 0  # batches handed to the thread and not yet answered
         self.batches = 0  # how many commits it made: several jobs share one
         self._closing = False
 
@@ -116,30 +117,41 @@ class Writer:
         while True:
             batch = await self._next()
             assert self._conn is not None
-            self._busy = True
-            try:
-                committed, outcomes = await self._in_thread(
-                    run_batch, self._conn, [job for job, _, _ in batch]
-                )
-            except Exception as exc:  # the thread itself failed: every caller hears it
-                committed, outcomes = False, [(None, exc) for _ in batch]
-            finally:
-                self._busy = False
-            self.batches += committed
-            for (_, future, _), (result, error) in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if error is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(error)
+            # The thread's own queue keeps the order: a job alone is handed over at once, and
+            # the thread takes it when the one before commits, without waiting for this loop
+            # to hand it over then. Others wait for their commit here, so what is queued
+            # meanwhile shares the next one.
+            trip = asyncio.get_running_loop().run_in_executor(
+                self._thread, run_batch, self._conn, [job for job, _, _ in batch]
+            )
+            self._trips += 1
+            trip.add_done_callback(functools.partial(self._answer, batch))
+            if not batch[0][2]:
+                await asyncio.wait([trip])
+
+    def _answer(
+        self, batch: list[_Queued], trip: asyncio.Future[tuple[bool, list[_Outcome]]]
+    ) -> None:
+        self._trips -= 1
+        try:
+            committed, outcomes = trip.result()
+        except BaseException as exc:  # the thread itself failed: every caller hears it
+            committed, outcomes = False, [(None, exc) for _ in batch]
+        self.batches += committed
+        for (_, future, _), (result, error) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     async def close(self) -> None:
         """Finish what is queued (a caller awaits it), then close the connection. A write
         asked for once closing began is refused (it would wait for a loop that is ending)."""
         self._closing = True
         if self._task is not None:
-            while not self._queue.empty() or self._busy or self._held is not None:
+            while not self._queue.empty() or self._trips or self._held is not None:
                 await asyncio.sleep(0.01)
             await cancel(self._task)
             self._task = None
