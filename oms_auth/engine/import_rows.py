@@ -100,6 +100,8 @@ class Parsed(msgspec.Struct, array_like=True):
     user: NewUser
     totp: str | None
     answers: list[tuple[str, str]]
+    key: str  # username_key and username_skeleton of its name (the store takes them as they are)
+    skeleton: str
 
 
 class Chunk(msgspec.Struct, array_like=True):
@@ -160,7 +162,8 @@ def _parse(line: int, raw: bytes) -> Parsed:
         answers.append((q.Question, normalize_answer(q.Answer or "")))
     user.questions = tuple(hashes)
     check_factors(row.TotpSecret, None, None)
-    return Parsed(line, user, row.TotpSecret, answers)
+    name = user.username
+    return Parsed(line, user, row.TotpSecret, answers, username_key(name), username_skeleton(name))
 
 
 def _reason(exc: Exception) -> str:
@@ -181,8 +184,7 @@ class _Seen:
 
     def clash(self, parsed: Parsed) -> str | None:
         """A name that repeats or looks like the name of an earlier row."""
-        name = parsed.user.username
-        key, skeleton = username_key(name), username_skeleton(name)
+        key, skeleton = parsed.key, parsed.skeleton
         if key in self.names:
             return f"the same username as line {self.names[key]}"
         if skeleton in self.looks:

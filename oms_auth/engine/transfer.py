@@ -63,7 +63,9 @@ def _pending(deps: Deps, parsed: Parsed) -> _Pending:
     user, secret, sealer = parsed.user, parsed.totp, deps.sealer
     seal = None if secret is None else lambda uid: totp.seal_secret(sealer, uid, secret)
     audit = AuditEntry(action="user-imported", target_name=user.username, source="cli")
-    return _Pending(parsed.line, ImportItem(user=user, audit=audit, seal_totp=seal), parsed.answers)
+    names = (parsed.key, parsed.skeleton)
+    item = ImportItem(user=user, audit=audit, seal_totp=seal, names=names)
+    return _Pending(parsed.line, item, parsed.answers)
 
 
 async def _hashed(deps: Deps, pending: _Pending) -> None:

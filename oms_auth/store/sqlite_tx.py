@@ -239,7 +239,7 @@ class ImportArgs(NamedTuple):
 
 
 def import_args(batch: Sequence[ImportItem]) -> ImportArgs:
-    args = [q.user_args(item.user) for item in batch]
+    args = [q.user_args(item.user, item.names) for item in batch]
     # each one's username_key and skeleton, as user_args has them (import_plan.names)
     of = import_plan.Names([str(a[1]) for a in args], [str(a[-1]) for a in args])
     return ImportArgs(args, of, _json(of.keys), _json(of.skeletons), _encoder.encode(args))
@@ -260,7 +260,8 @@ def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem], made: Imp
     }
     if highest:  # some are given an account: their first account is a column of theirs
         fresh = import_plan.with_new_accounts(fresh, highest)
-        users, text = [q.user_args(user) for user in fresh], None
+        names = [(str(a[1]), str(a[-1])) for a in users]  # the same names, as made before
+        users, text = [q.user_args(u, n) for u, n in zip(fresh, names, strict=True)], None
     ids: dict[str, int] = {}
     if fresh:
         insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users, text=text)
