@@ -98,6 +98,7 @@ async def _import(deps: Deps, args: argparse.Namespace) -> int:
 
     with ExitStack() as stack:
         stack.enter_context(import_rows.fewer_collections())
+        stack.enter_context(import_rows.quick_switches())
         async with _reading(args.file, args.dry_run) as read:
             tally = await transfer.import_chunks(
                 deps,
