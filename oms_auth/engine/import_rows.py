@@ -263,10 +263,9 @@ def fewer_collections() -> Iterator[None]:
 # writer's thread once that thread wants it back (Python's default: 5 ms). The thread gives the
 # lock up at each statement and wants it back when the statement ends; the loop holds it in a
 # burst per batch (the next batch's rows and arguments), right when a batch starts: with the
-# default the writer waited 3 to 4 ms a batch at its BEGIN alone (timed on a busy machine),
-# and as long after other statements. With the reading in a
-# process of its own the loop holds the lock a few ms a batch, so switching more often costs
-# nothing measurable.
+# default the writer's BEGIN, a few microseconds of work, took 3 to 4 ms (timed on a busy
+# machine). With the reading in a process of its own the loop holds the lock a few ms a batch,
+# so switching more often costs nothing measurable.
 _IMPORT_SWITCH_INTERVAL = 0.0005
 
 
