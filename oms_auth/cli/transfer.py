@@ -136,6 +136,7 @@ async def _reading(file: str, dry_run: bool) -> AsyncIterator[AsyncIterator[impo
         "-m",
         import_rows.__name__,
         *(["--dry-run"] if dry_run else []),
+        "--",  # a file whose name starts with a dash is still a file
         file,
         stdin=None if file == "-" else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -155,7 +156,10 @@ async def _chunks(
     proc: asyncio.subprocess.Process, pipe: asyncio.StreamReader, file: str
 ) -> AsyncIterator[import_rows.Chunk]:
     while head := await _exactly(pipe, 4):
-        yield import_rows.decode_chunk(await pipe.readexactly(int.from_bytes(head, "big")))
+        body = await _exactly(pipe, int.from_bytes(head, "big"))
+        if not body:
+            raise TransferError("the reading process stopped in the middle of a chunk")
+        yield import_rows.decode_chunk(body)
     if await proc.wait() != 0:
         raise TransferError(f"reading {file} failed (see above)")
 
