@@ -216,7 +216,10 @@ def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
 _ANY = " IN (SELECT value FROM json_each(?))"
 _TAKEN = "SELECT username_key, email FROM users WHERE username_key" + _ANY
 _LOOKS = "SELECT name_skeleton, username_key FROM users WHERE name_skeleton" + _ANY
-_IDS = "SELECT username_key, id FROM users WHERE username_key" + _ANY
+# The new users' ids as one JSON object (key -> id): one step of SQLite, where a row per user
+# took a step each, each giving up the interpreter lock and taking it back.
+_IDS = "SELECT json_group_object(username_key, id) FROM users WHERE username_key" + _ANY
+_ids = msgspec.json.Decoder(dict[str, int])
 _encoder = msgspec.json.Encoder()
 
 
@@ -266,7 +269,7 @@ def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem], made: Imp
     if fresh:
         insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users, text=text)
         keys = [str(row[1]) for row in users]
-        ids = dict(raw.execute(_IDS, (_json(keys),)).fetchall())
+        ids = _ids.decode(raw.execute(_IDS, (_json(keys),)).fetchone()[0])
         statements = (S.insert_account, S.insert_user_account, S.insert_permission)
         rows = import_plan.dependents([ids[k] for k in keys], fresh)
         for statement, values in zip((*statements, S.insert_question), rows, strict=True):
