@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
-import gc
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 
 from ..config import Settings
-from ..engine import transfer
+from ..engine import import_rows, transfer
 from ..engine.deps import Deps
 from ..store import User
 
@@ -74,10 +75,6 @@ async def run(deps: Deps, args: argparse.Namespace) -> int:
     return await _import(deps, args)
 
 
-def _lines(source: BinaryIO) -> Iterator[bytes]:
-    yield from source
-
-
 def _progress(stack: ExitStack) -> Callable[[int], None]:
     if not sys.stderr.isatty():
         return lambda n: None
@@ -93,24 +90,6 @@ def _progress(stack: ExitStack) -> Callable[[int], None]:
     return update
 
 
-# Young objects a collection of the cycle collector waits for during an import (Python's
-# default: 700). An import allocates a batch's users and rows, then frees them, so with the
-# default a collection ran every few rows and the full ones walked every object of the process
-# (its modules, ICU's data): about 6% of an import's CPU. With this one collections are a few
-# per million rows; a cycle left behind is still found at the next one, so memory stays flat.
-_IMPORT_GC_THRESHOLD = 10_000
-
-
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    saved = gc.get_threshold()
-    gc.set_threshold(_IMPORT_GC_THRESHOLD, *saved[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*saved)
-
-
 async def _import(deps: Deps, args: argparse.Namespace) -> int:
     started = time.monotonic()
 
@@ -118,22 +97,17 @@ async def _import(deps: Deps, args: argparse.Namespace) -> int:
         print(f"line {line}: {reason}", file=sys.stderr)
 
     with ExitStack() as stack:
-        stack.enter_context(_fewer_collections())
-        source = (
-            sys.stdin.buffer
-            if args.file == "-"
-            else stack.enter_context(
-                open(args.file, "rb")  # noqa: SIM115 (closed by the stack)
+        stack.enter_context(import_rows.fewer_collections())
+        stack.enter_context(import_rows.quick_switches())
+        async with _reading(args.file, args.dry_run) as read:
+            tally = await transfer.import_chunks(
+                deps,
+                read,
+                refuse=refuse,
+                dry_run=args.dry_run,
+                invite_without_hash=args.invite_without_hash,
+                progress=_progress(stack),
             )
-        )
-        tally = await transfer.import_lines(
-            deps,
-            _lines(source),
-            refuse=refuse,
-            dry_run=args.dry_run,
-            invite_without_hash=args.invite_without_hash,
-            progress=_progress(stack),
-        )
     seconds = time.monotonic() - started
     verb = "would import" if args.dry_run else "imported"
     print(
@@ -143,6 +117,61 @@ async def _import(deps: Deps, args: argparse.Namespace) -> int:
     if tally.invited:
         print(f"invitations queued: {tally.invited}", file=sys.stderr)
     return 0
+
+
+# What the pipe from the reading process buffers before it waits for the import to take some:
+# a few chunks (a chunk of 1,000 generated users is about 200 KB).
+_PIPE_BUFFER = 1 << 20
+
+
+@asynccontextmanager
+async def _reading(file: str, dry_run: bool) -> AsyncIterator[AsyncIterator[import_rows.Chunk]]:
+    """The chunks of ``file`` (- for standard input) as a process of its own reads them
+    (:mod:`..engine.import_rows` says why); it is ended when the import stops early."""
+    # Its modules from where this process took them, whatever the working directory.
+    root = str(Path(import_rows.__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        import_rows.__name__,
+        *(["--dry-run"] if dry_run else []),
+        "--",  # a file whose name starts with a dash is still a file
+        file,
+        stdin=None if file == "-" else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": path},
+        limit=_PIPE_BUFFER,
+    )
+    try:
+        assert proc.stdout is not None
+        yield _chunks(proc, proc.stdout, file)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _chunks(
+    proc: asyncio.subprocess.Process, pipe: asyncio.StreamReader, file: str
+) -> AsyncIterator[import_rows.Chunk]:
+    while head := await _exactly(pipe, 4):
+        body = await _exactly(pipe, int.from_bytes(head, "big"))
+        if not body:
+            raise TransferError("the reading process stopped in the middle of a chunk")
+        yield import_rows.decode_chunk(body)
+    if await proc.wait() != 0:
+        raise TransferError(f"reading {file} failed (see above)")
+
+
+async def _exactly(pipe: asyncio.StreamReader, n: int) -> bytes:
+    """``n`` bytes, or none at the end of the pipe."""
+    try:
+        return await pipe.readexactly(n)
+    except asyncio.IncompleteReadError as end:
+        if end.partial:
+            raise TransferError("the reading process stopped in the middle of a chunk") from None
+        return b""
 
 
 async def _export(deps: Deps, args: argparse.Namespace) -> int:

@@ -1,76 +1,41 @@
 """Users in and out as JSON Lines (docs/import.md): ``oms-auth user import`` and ``export``.
 
-A row is checked as ``user add`` checks its flags (:func:`.users.checked_user`,
-:func:`.users.check_secrets`), its hash must be one :mod:`.legacy_hashes` knows, and its name
-must not look like a name of an earlier row of the same batch (earlier batches are in the store,
-which compares against them). Rows go to the store in batches, one transaction each; a refused
-row writes nothing and the others go on. Answers are hashed (Argon2id, in the hashing pool) and
-TOTP secrets sealed as the batch is built; the plain values never reach the store.
+A row is read and checked by :mod:`.import_rows` (the rules of ``user add``, a hash that
+:mod:`.legacy_hashes` knows, a name unlike the names of the earlier rows of its batch: earlier
+batches are in the store, which compares against them). Rows go to the store in batches, one
+transaction each; a refused row writes nothing and the others go on. Answers are hashed
+(Argon2id, in the hashing pool) and TOTP secrets sealed as the batch is built; the plain values
+never reach the store.
 
 Running a file again finds its users there ("already there"), so an import cut short (Ctrl-C,
-SIGKILL) is finished by running it again. Only one batch is held at a time: memory stays flat.
+SIGKILL) is finished by running it again. One batch is written while the next is read: memory
+stays flat.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import msgspec
 
-from ..errors import InvalidValue
-from ..store import AuditEntry, Imported, ImportItem, User, username_key, username_skeleton
-from . import legacy_hashes, totp
-from .answers import normalize_answer
+from ..store import AuditEntry, Imported, ImportItem, User
+from . import totp
 from .deps import Deps
-from .users import check_secrets, checked_user, invite
+from .import_rows import BATCH, Chunk, Parsed, Question, Row, chunks
+from .users import invite
 
-__all__ = ["Row", "Question", "Tally", "import_lines", "export_rows", "all_users", "BATCH"]
-
-BATCH = 1000  # rows per transaction
-_AUTH_SOURCES = ("native", "openidconnect", "saml")
-_MAX_LINE = 64 * 1024
-_YIELD_EVERY = 25  # rows read between two turns of the event loop
-
-
-# An OMS or account id: what both stores hold (a 64-bit integer), and positive, as every id this
-# service makes is. A row with another is refused by its line (one past the stores' range
-# stopped the whole import).
-Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-
-
-class Question(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """A security question with its answer in the clear (hashed as it is imported) or the
-    Argon2id hash of its normalised answer (what export writes)."""
-
-    Question: str
-    Answer: str | None = None
-    AnswerHash: str | None = None
-
-
-class Row(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One user as a line of the file (docs/import.md, "The format")."""
-
-    UserName: str
-    Email: str
-    OMSId: Id = 1
-    AccountId: Id | None = None
-    AccountIds: list[Id] = []
-    Permissions: list[str] = []
-    PasswordHash: str | None = None
-    TotpSecret: str | None = None
-    SecurityQuestions: list[Question] = []
-    Locale: str | None = None
-    Master: bool = False
-    Active: bool = True
-    AuthSource: str = "native"
-    EmailVerified: bool = False
-    DateTimeCreated: str | None = None  # taken for the record of the other system; not kept
-
-
-_decoder = msgspec.json.Decoder(Row)
+__all__ = [
+    "Row",
+    "Question",
+    "Tally",
+    "import_lines",
+    "import_chunks",
+    "export_rows",
+    "all_users",
+    "BATCH",
+]
 
 
 @dataclass
@@ -81,10 +46,8 @@ class Tally:
     already: int = 0
     refused: int = 0
     invited: int = 0
-    # The names of the batch being built (all of them, on a dry run): key or skeleton -> line
-    names: dict[str, int] = field(default_factory=dict)
-    looks: dict[str, int] = field(default_factory=dict)
-    writing: asyncio.Future[None] | None = None  # the batch being written
+    writing: asyncio.Future[None] | None = None  # the batch written last
+    before: asyncio.Future[None] | None = None  # the one before it, when still being written
 
 
 @dataclass
@@ -94,74 +57,15 @@ class _Pending:
     answers: list[tuple[str, str]]  # (question, normalised answer), hashed before the write
 
 
-def _accounts(row: Row) -> list[int]:
-    if not row.AccountIds:
-        return [] if row.AccountId is None else [row.AccountId]
-    first = [row.AccountId] if row.AccountId is not None else []
-    return first + [a for a in row.AccountIds if a != row.AccountId]
-
-
-def _parse(deps: Deps, line: int, raw: bytes) -> _Pending:
-    """The row's user, checked (InvalidValue or msgspec's ValidationError with the reason)."""
-    if len(raw) > _MAX_LINE:
-        raise InvalidValue(f"longer than {_MAX_LINE} bytes")
-    row = _decoder.decode(raw)
-    if row.AuthSource not in _AUTH_SOURCES:
-        raise InvalidValue("AuthSource must be one of " + ", ".join(_AUTH_SOURCES))
-    user = checked_user(
-        username=row.UserName,
-        email=row.Email,
-        oms=row.OMSId,
-        permissions=row.Permissions,
-        accounts=_accounts(row),
-        master=row.Master,
-        auth_source=row.AuthSource,
-        active=row.Active,
-        locale=row.Locale,
-        email_verified=row.EmailVerified,
-    )
-    if row.PasswordHash:
-        if not legacy_hashes.well_formed(row.PasswordHash):
-            raise InvalidValue("PasswordHash is in no format this service knows")
-        user.password_hash = row.PasswordHash
-    answers, hashes = [], []
-    for q in row.SecurityQuestions:
-        if q.AnswerHash is not None and q.Answer is None:
-            if not q.AnswerHash.startswith("$argon2id$") or not legacy_hashes.well_formed(
-                q.AnswerHash
-            ):
-                raise InvalidValue("AnswerHash must be an Argon2id hash")
-            hashes.append((q.Question, q.AnswerHash))
-            continue
-        check_secrets(deps, user.username, None, None, q.Question, q.Answer)
-        answers.append((q.Question, normalize_answer(q.Answer or "")))
-    user.questions = tuple(hashes)
-    check_secrets(deps, user.username, None, row.TotpSecret, None, None)
-    secret = row.TotpSecret
-    sealer = deps.sealer
+def _pending(deps: Deps, parsed: Parsed) -> _Pending:
+    """A read row as the store takes it: its audit row, and its TOTP secret to be sealed for
+    the id the store gives it."""
+    user, secret, sealer = parsed.user, parsed.totp, deps.sealer
     seal = None if secret is None else lambda uid: totp.seal_secret(sealer, uid, secret)
     audit = AuditEntry(action="user-imported", target_name=user.username, source="cli")
-    return _Pending(line, ImportItem(user=user, audit=audit, seal_totp=seal), answers)
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, InvalidValue):
-        return exc.detail or "invalid"
-    if isinstance(exc, msgspec.ValidationError):
-        return str(exc)
-    return "not a JSON object"
-
-
-def _in_file(tally: Tally, pending: _Pending) -> str | None:
-    """A name that repeats or looks like the name of an earlier row of the file."""
-    name = pending.item.user.username
-    key, skeleton = username_key(name), username_skeleton(name)
-    if key in tally.names:
-        return f"the same username as line {tally.names[key]}"
-    if skeleton in tally.looks:
-        return f"the username looks like the one of line {tally.looks[skeleton]}"
-    tally.names[key] = tally.looks[skeleton] = pending.line
-    return None
+    names = (parsed.key, parsed.skeleton)
+    item = ImportItem(user=user, audit=audit, seal_totp=seal, names=names)
+    return _Pending(parsed.line, item, parsed.answers)
 
 
 async def _hashed(deps: Deps, pending: _Pending) -> None:
@@ -187,8 +91,6 @@ async def _write(
     refuse: Callable[[int, str], None],
     invite_without_hash: bool,
 ) -> None:
-    # Only rows with answers have work to wait for (most have none: no task for those).
-    await asyncio.gather(*(_hashed(deps, p) for p in batch if p.answers))
     outcomes = await deps.store.import_users([p.item for p in batch])
     for pending, (outcome, user_id) in zip(batch, outcomes, strict=True):
         if outcome is Imported.DONE:
@@ -215,32 +117,48 @@ async def import_lines(
     progress: Callable[[int], None] = lambda n: None,
     batch_size: int = BATCH,
 ) -> Tally:
-    """Import the users of ``lines`` (1-based line numbers in ``refuse(line, reason)``)."""
+    """Import the users of ``lines`` (1-based line numbers in ``refuse(line, reason)``), read
+    in this process."""
+    return await import_chunks(
+        deps,
+        _in_turns(chunks(lines, dry_run=dry_run, batch_size=batch_size)),
+        refuse=refuse,
+        dry_run=dry_run,
+        invite_without_hash=invite_without_hash,
+        progress=progress,
+    )
+
+
+async def _in_turns(read: Iterable[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in read:
+        yield chunk
+        await asyncio.sleep(0)  # the batch being written takes its next step meanwhile
+
+
+async def import_chunks(
+    deps: Deps,
+    read: AsyncIterable[Chunk],
+    *,
+    refuse: Callable[[int, str], None],
+    dry_run: bool = False,
+    invite_without_hash: bool = False,
+    progress: Callable[[int], None] = lambda n: None,
+) -> Tally:
+    """Import the rows of ``read`` (:mod:`.import_rows`), a batch where a chunk ends one."""
     tally = Tally()
     batch: list[_Pending] = []
-    for number, raw in enumerate(lines, 1):
-        progress(1)
-        if number % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # the batch being written takes its next step meanwhile
-        if not raw.strip():
-            continue
-        try:
-            pending = _parse(deps, number, raw)
-        except (InvalidValue, msgspec.DecodeError) as exc:
-            tally.refused += 1
-            refuse(number, _reason(exc))
-            continue
-        clash = _in_file(tally, pending)
-        if clash is not None:
-            tally.refused += 1
-            refuse(number, clash)
-            continue
-        batch.append(pending)
-        if len(batch) >= batch_size:
+    async for chunk in read:
+        progress(chunk.lines)
+        tally.refused += len(chunk.refused)
+        for line, reason in chunk.refused:
+            refuse(line, reason)
+        batch.extend(_pending(deps, parsed) for parsed in chunk.rows)
+        if chunk.batch_ends:
             await _flush(deps, batch, tally, refuse, dry_run, invite_without_hash)
     await _flush(deps, batch, tally, refuse, dry_run, invite_without_hash)
-    if tally.writing is not None:
-        await tally.writing
+    for writing in (tally.before, tally.writing):
+        if writing is not None:
+            await writing
     return tally
 
 
@@ -255,17 +173,20 @@ async def _flush(
     if dry_run:
         tally.imported += len(batch)
     elif batch:
+        # Only rows with answers have work to wait for (most have none: no task for those).
+        await asyncio.gather(*(_hashed(deps, p) for p in batch if p.answers))
         # One batch is written while the next is read and checked; writes stay in order, so
-        # each batch's transaction sees the ones before it committed.
-        if tally.writing is not None:
+        # each batch's transaction sees the ones before it committed. A store that writes
+        # its imports in order takes the next while one is written (so it never waits for
+        # it); another is given one at a time.
+        if tally.before is not None:
+            await tally.before
+        if tally.writing is not None and not deps.store.imports_in_order:
             await tally.writing
         write = _write(deps, list(batch), tally, refuse, invite_without_hash)
-        tally.writing = asyncio.ensure_future(write)
+        tally.before, tally.writing = tally.writing, asyncio.ensure_future(write)
+        await asyncio.sleep(0)  # its first step asks the store, before the next chunk is read
     batch.clear()
-    if not dry_run:
-        # earlier batches are in the store: it compares against them
-        tally.names.clear()
-        tally.looks.clear()
 
 
 def _row(user: User, questions: Sequence[tuple[str, str]], secret: str | None) -> Row:

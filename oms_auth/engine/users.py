@@ -45,6 +45,7 @@ __all__ = [
     "create_user",
     "checked_user",
     "check_secrets",
+    "check_factors",
     "invite",
     "unlock",
     "permission_name",
@@ -183,6 +184,12 @@ def check_secrets(
         broken = POLICIES[deps.settings.password_policy].refusal(password, username)
         if broken is not None:
             raise InvalidValue(broken)
+    check_factors(totp_secret, question, answer)
+
+
+def check_factors(totp_secret: str | None, question: str | None, answer: str | None) -> None:
+    """:func:`check_secrets` without a password: what needs no settings (an import's reading
+    process checks its rows with it)."""
     if (question is None) != (answer is None):
         raise InvalidValue(QUESTION_WITHOUT_ANSWER)
     if totp_secret is not None and not totp.valid_secret(totp_secret):

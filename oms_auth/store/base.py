@@ -73,6 +73,12 @@ class Store(abc.ABC):
     # store at construction and replaced when the node takes up a rotated ring (take_key).
     _audit_key: ChainKeys
 
+    # Whether import_users calls are written one at a time in the order they were made, each
+    # in its own transaction, even when the next is made before the one before returned (the
+    # SQLite store's single writer): an import then queues its next batch early, so the store
+    # never waits for it. Otherwise a caller waits for each before making the next.
+    imports_in_order: bool = False
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, and create or migrate the schema."""

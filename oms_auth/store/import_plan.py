@@ -28,6 +28,7 @@ __all__ = [
     "Names",
     "Written",
     "names",
+    "name_pair",
     "conflicts",
     "written",
     "dependents",
@@ -55,9 +56,15 @@ class Written(NamedTuple):
     sealed: list[tuple[bytes, int]]  # (sealed secret, user id): set_totp's arguments
 
 
+def name_pair(item: ImportItem) -> tuple[str, str]:
+    """The item's username key and skeleton: as its caller gave them, or computed."""
+    name = item.user.username
+    return item.names or (username_key(name), username_skeleton(name))
+
+
 def names(batch: Sequence[ImportItem]) -> Names:
-    users = [item.user.username for item in batch]
-    return Names([username_key(u) for u in users], [username_skeleton(u) for u in users])
+    pairs = [name_pair(item) for item in batch]
+    return Names([key for key, _ in pairs], [skeleton for _, skeleton in pairs])
 
 
 def conflicts(

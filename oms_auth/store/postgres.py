@@ -43,7 +43,7 @@ import msgspec
 
 from protocol.messages import LogoutReason
 
-from . import keys, plans, postgres_import
+from . import import_plan, keys, plans, postgres_import
 from . import sql as q
 from .audit import ChainKeys, checked_audit_key
 from .base import Store
@@ -304,7 +304,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
         if any("\x00" in t for item in batch for t in postgres_import.user_texts(item.user)):
             raise StoreError("a user's names, email and questions cannot hold a NUL character")
-        skeletons = {username_skeleton(item.user.username) for item in batch}
+        skeletons = {import_plan.name_pair(item)[1] for item in batch}
         locks = sorted(lock_key(self.schema, "skeleton:" + s) for s in skeletons)
         async with self._tx() as conn:
             # As create_user takes them, in one order (no deadlock with another import).

@@ -91,9 +91,12 @@ async def import_batch(conn: Conn, schema: str, batch: Sequence[ImportItem]) -> 
         await conn.execute(ADVISORY_LOCK, lock_key(schema, f"accounts:{oms}"))
         highest[oms] = int(await conn.fetchval(_HIGHEST, oms))
     fresh = plan.with_new_accounts(fresh, highest)
+    both = zip(of.keys, of.skeletons, strict=True)
+    pairs = [n for n, clash in zip(both, found, strict=True) if clash is None]
     ids: dict[str, int] = {}
     if fresh:
-        rows = [dict(zip(_USER_NAMES, q.user_args(user), strict=True)) for user in fresh]
+        args = [q.user_args(user, n) for user, n in zip(fresh, pairs, strict=True)]
+        rows = [dict(zip(_USER_NAMES, a, strict=True)) for a in args]
         ids = {key: int(uid) for uid, key in await conn.fetch(_USERS, _json(rows))}
         ordered = [ids[username_key(user.username)] for user in fresh]
         accounts, links, *others = plan.dependents(ordered, fresh)

@@ -173,6 +173,9 @@ class ImportItem(msgspec.Struct, frozen=True, kw_only=True):
     user: NewUser
     audit: AuditEntry
     seal_totp: Callable[[int], bytes] | None = None
+    # username_key and username_skeleton of user.username, when the caller has them already
+    # (an import's reading process computes them to compare the file's names)
+    names: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"ImportItem(username={self.user.username!r})"

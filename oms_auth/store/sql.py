@@ -398,12 +398,13 @@ POSTGRES: Final = Statements(
 _json = msgspec.json.Encoder()
 
 
-def user_args(user: NewUser) -> tuple[object, ...]:
+def user_args(user: NewUser, names: tuple[str, str] | None = None) -> tuple[object, ...]:
     """``insert_user``'s arguments: the name trimmed, its key, the first account as the
-    user's own."""
+    user's own. ``names``: the name's key and skeleton, when the caller computed them."""
+    key, skeleton = names or (username_key(user.username), username_skeleton(user.username))
     return (
         user.username.strip(),
-        username_key(user.username),
+        key,
         user.email,
         user.email_verified,
         user.oms_id,
@@ -413,7 +414,7 @@ def user_args(user: NewUser) -> tuple[object, ...]:
         user.active,
         user.master,
         user.locale,
-        username_skeleton(user.username),
+        skeleton,
     )
 
 

@@ -94,6 +94,8 @@ _TOUCH_SESSION = "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE digest
 class SqliteStore(SqliteDevices, Store):
     """SQLite at ``path``, created on first use."""
 
+    imports_in_order = True  # the single writer, each batch a job alone
+
     def __init__(
         self,
         path: str,
@@ -233,11 +235,12 @@ class SqliteStore(SqliteDevices, Store):
         # One trip to the reader's thread per query (execute, fetch and close would be three).
         return list(await self._reader.execute_fetchall(statement, args))
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a write job in the writer's next batch (see :mod:`.sqlite_writer`)."""
+    async def _write(self, job: Callable[[sqlite3.Connection], T], *, alone: bool = False) -> T:
+        """Run a write job in the writer's next batch, or in a transaction of its own when
+        ``alone`` (see :mod:`.sqlite_writer`)."""
         if self._w is None:
             raise StoreError("store is not open")
-        return await self._w.write(job)
+        return await self._w.write(job, alone=alone)
 
     # -- users --------------------------------------------------------------------------------
 
@@ -265,12 +268,14 @@ class SqliteStore(SqliteDevices, Store):
         return await self._write(job)
 
     async def import_users(self, batch: Sequence[ImportItem]) -> list[tuple[Imported, int | None]]:
+        made = tx.import_args(batch)  # here: the writer's thread is the one to spare
+
         def job(raw: sqlite3.Connection) -> list[tuple[Imported, int | None]]:
-            written = tx.import_batch(raw, batch)
+            written = tx.import_batch(raw, batch, made)
             tx.append_audit(raw, self._audit_key, written.audit, tx.clock(raw))
             return written.outcomes
 
-        return await self._write(job)
+        return await self._write(job, alone=True)
 
     async def set_totp(self, user_id: int, sealed: bytes | None) -> None:
         def job(raw: sqlite3.Connection) -> None:

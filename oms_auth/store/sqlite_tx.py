@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -31,6 +31,8 @@ from .records import (
 __all__ = [
     "insert_user",
     "import_batch",
+    "import_args",
+    "ImportArgs",
     "insert_rows",
     "bulk_insert",
     "S",
@@ -179,6 +181,7 @@ def insert_rows(
     insert: str,
     rows: Sequence[Sequence[object]],
     fixed: tuple[int, ...] = (),
+    text: bytes | None = None,
 ) -> None:
     """``rows`` (each ``insert``'s arguments) inserted in one statement, the batch as one JSON
     text: one step of SQLite for the batch, where executemany takes one per row and lets go of
@@ -186,10 +189,12 @@ def insert_rows(
     too), and one value bound, not one per column and row. The columns ``fixed`` hold the
     same value in every row: bound once, from the first row (a float, say, as it is: SQLite's
     JSON might not read its text back to the last bit). SQLite's JSON ends a text at a NUL
-    character: a batch holding one goes through ``insert`` a row at a time."""
+    character: a batch holding one goes through ``insert`` a row at a time. ``text``: the
+    rows' JSON text when the caller made it already."""
     if not rows:
         return
-    text = _encoder.encode(rows)
+    if text is None:
+        text = _encoder.encode(rows)
     if b"\\u0000" in text:
         raw.executemany(insert, rows)
     else:
@@ -211,7 +216,10 @@ def insert_user(raw: sqlite3.Connection, user: NewUser) -> int:
 _ANY = " IN (SELECT value FROM json_each(?))"
 _TAKEN = "SELECT username_key, email FROM users WHERE username_key" + _ANY
 _LOOKS = "SELECT name_skeleton, username_key FROM users WHERE name_skeleton" + _ANY
-_IDS = "SELECT username_key, id FROM users WHERE username_key" + _ANY
+# The new users' ids as one JSON object (key -> id): one step of SQLite, where a row per user
+# took a step each, each giving up the interpreter lock and taking it back.
+_IDS = "SELECT json_group_object(username_key, id) FROM users WHERE username_key" + _ANY
+_ids = msgspec.json.Decoder(dict[str, int])
 _encoder = msgspec.json.Encoder()
 
 
@@ -219,28 +227,49 @@ def _json(values: object) -> str:
     return _encoder.encode(values).decode()  # json.dumps: 6 times as long
 
 
-def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem]) -> Written:
-    """Write the batch's fresh users (:mod:`.import_plan` decides)."""
-    args = [q.user_args(item.user) for item in batch]
+class ImportArgs(NamedTuple):
+    """What a batch's write needs that no row of the store decides: each user's
+    ``insert_user`` arguments, its name's key and skeleton (as JSON arrays too, for the
+    lookups), and the arguments as the JSON text :func:`insert_rows` binds. Made by
+    :func:`import_args` on the caller's thread, while the writer's thread writes the batch
+    before: that thread is the import's bottleneck."""
+
+    users: list[tuple[object, ...]]
+    of: import_plan.Names
+    keys: str
+    skeletons: str
+    text: bytes
+
+
+def import_args(batch: Sequence[ImportItem]) -> ImportArgs:
+    args = [q.user_args(item.user, item.names) for item in batch]
     # each one's username_key and skeleton, as user_args has them (import_plan.names)
     of = import_plan.Names([str(a[1]) for a in args], [str(a[-1]) for a in args])
-    taken = raw.execute(_TAKEN, (_json(of.keys),)).fetchall()
-    looks = raw.execute(_LOOKS, (_json(of.skeletons),)).fetchall()
+    return ImportArgs(args, of, _json(of.keys), _json(of.skeletons), _encoder.encode(args))
+
+
+def import_batch(raw: sqlite3.Connection, batch: Sequence[ImportItem], made: ImportArgs) -> Written:
+    """Write the batch's fresh users (:mod:`.import_plan` decides)."""
+    of = made.of
+    taken = raw.execute(_TAKEN, (made.keys,)).fetchall()
+    looks = raw.execute(_LOOKS, (made.skeletons,)).fetchall()
     found = import_plan.conflicts(batch, of, taken, looks)
     fresh = [item.user for item, clash in zip(batch, found, strict=True) if clash is None]
-    users = [a for a, clash in zip(args, found, strict=True) if clash is None]
+    users = [a for a, clash in zip(made.users, found, strict=True) if clash is None]
+    text = made.text if len(users) == len(batch) else None  # all fresh: the text made before
     highest = {
         oms: raw.execute(import_plan.HIGHEST_ACCOUNT, (oms,)).fetchone()[0]
         for oms in import_plan.needing_accounts(fresh)
     }
     if highest:  # some are given an account: their first account is a column of theirs
         fresh = import_plan.with_new_accounts(fresh, highest)
-        users = [q.user_args(user) for user in fresh]
+        names = [(str(a[1]), str(a[-1])) for a in users]  # the same names, as made before
+        users, text = [q.user_args(u, n) for u, n in zip(fresh, names, strict=True)], None
     ids: dict[str, int] = {}
     if fresh:
-        insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users)
+        insert_rows(raw, S.insert_user.removesuffix(" RETURNING id"), users, text=text)
         keys = [str(row[1]) for row in users]
-        ids = dict(raw.execute(_IDS, (_json(keys),)).fetchall())
+        ids = _ids.decode(raw.execute(_IDS, (_json(keys),)).fetchone()[0])
         statements = (S.insert_account, S.insert_user_account, S.insert_permission)
         rows = import_plan.dependents([ids[k] for k in keys], fresh)
         for statement, values in zip((*statements, S.insert_question), rows, strict=True):

@@ -91,3 +91,28 @@ async def test_a_write_asked_for_while_the_writer_closes_is_refused_not_left_wai
         raise AssertionError("a write after close began was answered")
     except StoreError:
         pass
+
+
+async def test_a_job_asked_for_alone_gets_a_transaction_of_its_own_in_its_place(
+    tmp_path: Path,
+) -> None:
+    # An import queues its next batch while one is written: each must stay one transaction.
+    path = str(tmp_path / "a.sqlite3")
+    writer = Writer(lambda: sqlite3.connect(path, isolation_level=None))
+    await writer.start()
+    order: list[int] = []
+
+    def job(raw: sqlite3.Connection, *, n: int) -> int:
+        order.append(n)
+        return n
+
+    try:
+        await writer.write(lambda raw: raw.execute("CREATE TABLE t (n INTEGER)"))
+        before = writer.batches
+        answers = await asyncio.gather(
+            *(writer.write(functools.partial(job, n=n), alone=n in (2, 3)) for n in range(6))
+        )
+        assert answers == order == list(range(6))
+        assert writer.batches - before == 4  # 0 and 1, 2 alone, 3 alone, 4 and 5
+    finally:
+        await writer.close()
