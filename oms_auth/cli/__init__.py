@@ -287,9 +287,6 @@ async def _conformance(args: argparse.Namespace) -> int:
     return 1 if any(r.verdict == "fail" for r in results) else 0
 
 
-_SERVE_GC_THRESHOLD = 10_000
-
-
 async def _serve(settings: Settings, creating: str | None = None) -> int:
     app = App(settings)
     try:
@@ -298,13 +295,10 @@ async def _serve(settings: Settings, creating: str | None = None) -> int:
         reason = exc.strerror or str(exc)
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     say_created(creating)
-    # The cycle collector, while serving (docs/performance.md, "SQLite's reset with its mail"):
-    # requests in flight hold thousands of objects that reference counting frees, so with
-    # Python's default (a collection per 700 more objects made than freed) it ran about 75
-    # times a second at 1,000 resets a second. Garbage cycles count toward the threshold too,
-    # so at most about this many wait for the next collection. What start-up made lives as
-    # long as the process: frozen, the full collections no longer walk it.
-    gc.set_threshold(_SERVE_GC_THRESHOLD, *gc.get_threshold()[1:])
+    # What start-up made lives as long as the process: frozen, the cycle collector's full
+    # collections no longer walk it (docs/performance.md, "SQLite's reset with its mail"). Its
+    # threshold stays Python's: a higher one let a TLS ping flood's closed connections, which
+    # are garbage cycles holding their buffers, wait for a collection (53 MB against 10 MB).
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
