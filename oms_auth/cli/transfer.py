@@ -152,13 +152,16 @@ async def _reading(file: str, dry_run: bool) -> AsyncIterator[AsyncIterator[impo
             await proc.wait()
 
 
+_CUT_SHORT = "the reading process stopped in the middle of a chunk"
+
+
 async def _chunks(
     proc: asyncio.subprocess.Process, pipe: asyncio.StreamReader, file: str
 ) -> AsyncIterator[import_rows.Chunk]:
     while head := await _exactly(pipe, 4):
         body = await _exactly(pipe, int.from_bytes(head, "big"))
         if not body:
-            raise TransferError("the reading process stopped in the middle of a chunk")
+            raise TransferError(_CUT_SHORT)
         yield import_rows.decode_chunk(body)
     if await proc.wait() != 0:
         raise TransferError(f"reading {file} failed (see above)")
@@ -170,7 +173,7 @@ async def _exactly(pipe: asyncio.StreamReader, n: int) -> bytes:
         return await pipe.readexactly(n)
     except asyncio.IncompleteReadError as end:
         if end.partial:
-            raise TransferError("the reading process stopped in the middle of a chunk") from None
+            raise TransferError(_CUT_SHORT) from None
         return b""
 
 

@@ -20,8 +20,6 @@ from .records import (
     ImportItem,
     NewUser,
     same_email,
-    username_key,
-    username_skeleton,
 )
 
 __all__ = [
@@ -58,8 +56,7 @@ class Written(NamedTuple):
 
 def name_pair(item: ImportItem) -> tuple[str, str]:
     """The item's username key and skeleton: as its caller gave them, or computed."""
-    name = item.user.username
-    return item.names or (username_key(name), username_skeleton(name))
+    return item.names or q.names_of(item.user.username)
 
 
 def names(batch: Sequence[ImportItem]) -> Names:

@@ -59,6 +59,7 @@ __all__ = [
     "AUDIT_COLUMNS",
     "OUTBOX_COLUMNS",
     "user_args",
+    "names_of",
     "account_args",
     "user_account_args",
     "mail_args",
@@ -398,10 +399,15 @@ POSTGRES: Final = Statements(
 _json = msgspec.json.Encoder()
 
 
+def names_of(username: str) -> tuple[str, str]:
+    """A username's key (how the store finds it) and skeleton (what look-alikes share)."""
+    return username_key(username), username_skeleton(username)
+
+
 def user_args(user: NewUser, names: tuple[str, str] | None = None) -> tuple[object, ...]:
     """``insert_user``'s arguments: the name trimmed, its key, the first account as the
     user's own. ``names``: the name's key and skeleton, when the caller computed them."""
-    key, skeleton = names or (username_key(user.username), username_skeleton(user.username))
+    key, skeleton = names or names_of(user.username)
     return (
         user.username.strip(),
         key,
