@@ -499,6 +499,32 @@ async def test_totp_codes_over_many_pending_steps_check_at_most_the_login_limit(
         await close_all(cs)
 
 
+async def test_an_operators_burst_of_resets_for_one_user_issues_exactly_the_limit(
+    tmp_path: Path, clock: Clock, db: str
+) -> None:
+    # The limit's slot is taken by the statement that counts it (store.sql,
+    # insert_event_in_room), in the transaction that writes the code: 40 requests at once over
+    # 8 connections, 5 allowed.
+    app = await started(tmp_path, clock, db, reset_requests_per_user=5)
+    try:
+        await make_user(app.deps, "op", permissions=["Operator"])
+        await make_user(app.deps, "trader")
+        cs = await clients(app, 8)
+        for c in cs:
+            await c.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
+        answers = await burst(cs, [("ResetPassword", {"UserName": "trader"})] * 40)
+        await close_all(cs)
+        assert sum(a.ok for a in answers) == 5
+        refused = {(a.o["errorcode"], a.o["detail"]) for a in answers if not a.ok}
+        assert refused == {(101, "Too many password reset requests for this user; try again later")}
+        rows = await app.deps.store.audit_rows(limit=None)
+        assert sum(r.action == "reset-requested" for r in rows) == 5
+        assert sum(r.detail == "too many requests" for r in rows) == 35
+        assert len(await wait_for_mail(Path(app.settings.mail.removeprefix("maildir:")), 5)) == 5
+    finally:
+        await app.stop()
+
+
 async def test_one_address_cannot_crowd_others_out_of_the_self_service_queue(
     tmp_path: Path, clock: Clock, db: str
 ) -> None:

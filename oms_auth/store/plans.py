@@ -221,15 +221,15 @@ def _restored(r: PasswordReset) -> list[AuditEntry]:
     return [msgspec.structs.replace(base, action="factors-restored", detail=detail)]
 
 
-def issue_plan(s: Statements, i: CodeIssue, limit_count: int) -> Plan:
-    """``issue_code``: THROTTLED when its limit's counter (``limit_count`` events within the
-    window; 0 without a limit) is used up; else the issue counted, the user's pending codes
-    superseded (the newest code wins) and the code and its mail written."""
+def issue_plan(s: Statements, i: CodeIssue) -> Plan:
+    """``issue_code``: THROTTLED when its limit's counter is used up (the first step takes the
+    slot only while one is left: ``insert_event_in_room``); else the issue counted, the user's
+    pending codes superseded (the newest code wins) and the code and its mail written."""
     steps: list[Step] = []
     if i.limit is not None:
-        if limit_count >= i.limit.limit:
-            return Plan.refused(Outcome.THROTTLED)
-        steps.append(Step(s.insert_event, (i.limit.kind, s.event_key(i.limit.key), i.now)))
+        c = i.limit
+        slot = (c.kind, s.event_key(c.key), i.now, i.now - c.window, c.limit)
+        steps.append(Step(s.insert_event_in_room, slot, unless=Outcome.THROTTLED))
     steps += [
         Step(s.move_user_codes, q.move_codes_args(codes.SUPERSEDE, i.user_id)),
         Step(s.insert_code, q.code_args(i.digest, i.user_id, i.now, i.expires_at)),

@@ -499,18 +499,18 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def issue_code(self, issue: CodeIssue) -> bool:
         async with committing(self._db) as conn:
             # One code operation per user at a time, on every node: the newest code wins. The
-            # user's row first, then the limit's lock, as lock_when_spent takes them. Two round
-            # trips (postgres_batch): BEGIN, the locks, the caller's authority and the limit's
-            # count; the writes (the limit's event, older codes voided, the code, its mail: one
-            # statement) with the audit rows and COMMIT.
+            # user's row first, then the limit's lock, as lock_when_spent takes them. One round
+            # trip (postgres_batch): BEGIN, the locks, the caller's authority, the limit's slot
+            # taken only while one is left, the writes (older codes voided, the code, its mail),
+            # the audit rows and COMMIT.
             limit = issue.limit
             limit_lock = None if limit is None else self._events_key(limit.kind, limit.key)
-            count = await self._prepared.begin_counted(
-                conn, issue.user_id, issue.authority, limit_lock, limit, issue.now
-            )
-            plan = plans.issue_plan(S, issue, count)
+            plan = plans.issue_plan(S, issue)
             audit = pending_literal(issue.audit, issue.now) if issue.audit else ""
-            if await self._prepared.commit_plan(conn, plan, audit) is not Outcome.DONE:
+            outcome = await self._prepared.transact(
+                conn, issue.user_id, issue.authority, limit_lock, plan, audit
+            )
+            if outcome is not Outcome.DONE:
                 return False
             if issue.audit:
                 self._linker.wake()

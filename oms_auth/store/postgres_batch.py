@@ -15,10 +15,13 @@ statement prepared by name on that connection (``PREPARE``, once per connection:
 of the first query that needs it), its values as literals (:func:`literal`): PostgreSQL plans
 it once per connection, as it does asyncpg's own prepared statements, not on every trip.
 
-A simple query answers only with its last statement's command tag (such as ``SELECT 3``), so:
-what must be read comes last and is a row count (a limit's count, capped at the limit: all its
-decision compares), and the authority check FAILS the query when the caller's authority is
-gone (a cast of a marked text to a number), read back as CallerGone.
+A simple query answers only with its last statement's command tag, so nothing is read back
+from the statements before ``COMMIT``; a statement that must refuse FAILS the query instead (a
+cast of a marked text to a number), which stops it there and leaves the transaction to be rolled
+back: the authority check when the caller's authority is gone (read back as CallerGone), and a
+plan's compare-and-set step (``plans.Step.unless``) that changed no row, such as a limit's slot
+when none is left (read back as that step's outcome). So a reset request's whole transaction
+is one trip, and the node holds no lock while PostgreSQL waits for it.
 """
 
 from __future__ import annotations
@@ -37,14 +40,11 @@ from .postgres_tx import (
     ADVISORY_LOCK,
     AUTHORITY_SHARED,
     GONE,
-    S,
-    count_of,
     joined,
     plain_write,
     row_locks,
-    run_plan,
 )
-from .records import Authority, CallerGone, Claim, Outcome
+from .records import Authority, CallerGone, Outcome
 
 if TYPE_CHECKING:
     from .postgres_tx import Conn
@@ -60,9 +60,12 @@ _AUTHORITY_OR_FAIL = (
 )
 _CHECK = _AUTHORITY_OR_FAIL.replace("{take}", "1")
 _CHECK_THEN_LOCK = _AUTHORITY_OR_FAIL.replace("{take}", "pg_advisory_xact_lock($6)")
-# A counter's events within its window, at most $4 of them (its row count is the answer).
-_COUNT_CAPPED = S.count_events_since.replace("SELECT count(*) ", "SELECT 1 ", 1) + " LIMIT $4"
-assert _COUNT_CAPPED.startswith("SELECT 1 FROM events ")
+# A compare-and-set step: its write, failing the query when it changed no row but one.
+_UNLESS_MARK = "oms-auth: a step changed no row, refused as "
+_GUARDED = (
+    "WITH w AS ({write} RETURNING 1) SELECT 1 FROM (SELECT count(*) AS n FROM w) written"
+    " WHERE (CASE WHEN n = 1 THEN '0' ELSE '" + _UNLESS_MARK + "{outcome}' END)::int = 0"
+)
 
 # Where a text holds a dollar-quote tag of :func:`literal`'s, its number (those overlapping
 # another too, as in "$q1$q2$").
@@ -117,32 +120,35 @@ class Prepared:
         try:
             status = await conn.execute("; ".join(head + body))
         except asyncpg.InvalidTextRepresentationError as exc:
-            if _GONE_MARK not in str(exc):
+            refusal = _refusal(str(exc))
+            if refusal is None:
                 _unsure(known, names)
                 raise
-            known.done.update(names)  # every PREPARE ran before the check failed
-            raise CallerGone(GONE) from None
+            known.done.update(names)  # every PREPARE ran before the statement that failed
+            raise refusal from None
         except BaseException:
             _unsure(known, names)
             raise
         known.done.update(names)
         return str(status)
 
-    async def begin_counted(
+    async def transact(
         self,
         conn: Conn,
         user_id: int | None,
         authority: Authority | None,
         then: int | None,
-        claim: Claim | None,
-        now: float,
-    ) -> int:
-        """``BEGIN``; the row locks of the user written for (``FOR UPDATE``) and the caller's
-        (``FOR SHARE``), the lower id first; the caller's authority (its session row ``FOR
-        SHARE``), then the advisory lock ``then``; the count of ``claim``'s events within its
-        window (at most its limit; 0 without a claim): ``lock_for``'s statements, in its order,
-        and the count, in one round trip. CallerGone (the transaction left open and failed: roll
-        it back) unless the caller's authority holds."""
+        plan: plans.Plan,
+        audit: str,
+    ) -> Outcome:
+        """One transaction in one round trip: ``BEGIN``; the row locks of the user written for
+        (``FOR UPDATE``) and the caller's (``FOR SHARE``), the lower id first; the caller's
+        authority (its session row ``FOR SHARE``), then the advisory lock ``then``:
+        ``lock_for``'s statements, in its order; ``plan``'s steps (writes: a compare-and-set
+        step as a statement of its own, the others joined into one where they follow each
+        other); the literal statement ``audit`` (if any); ``COMMIT``. ``plan``'s outcome, or
+        that of its step that changed no row; CallerGone unless the caller's authority holds
+        (in both cases the transaction is left open and failed: the caller rolls back)."""
         parts: list[Part] = ["BEGIN"]
         parts += [(statement, (uid,)) for uid, statement in row_locks(user_id, authority)]
         if authority is not None:
@@ -150,29 +156,54 @@ class Prepared:
             parts.append((_CHECK, args) if then is None else (_CHECK_THEN_LOCK, (*args, then)))
         elif then is not None:
             parts.append((ADVISORY_LOCK, (then,)))
-        if claim is not None:
-            key = S.event_key(claim.key)
-            parts.append((_COUNT_CAPPED, (claim.kind, key, now - claim.window, claim.limit)))
-        status = await self.run(conn, parts)
-        return 0 if claim is None else count_of(status)
-
-    async def commit_plan(self, conn: Conn, plan: plans.Plan, then: str) -> Outcome:
-        """Run ``plan`` (see :mod:`.plans`), then the literal statement ``then`` (if any), and
-        COMMIT; in one round trip when its steps are plain writes independent of each other's
-        effects (one statement: ``postgres_tx.joined``). A refused plan
-        runs nothing (the caller rolls back); its outcome."""
-        steps = plan.steps
-        if not steps:
-            return plan.outcome
-        tail = [then, "COMMIT"] if then else ["COMMIT"]
-        if any(s.unless is not None or not plain_write(s.sql) for s in steps):
-            outcome = await run_plan(conn, plan)
-            if outcome is Outcome.DONE:
-                await conn.execute("; ".join(tail))
-            return outcome
-        args = [a for step in steps for a in step.args]
-        await self.run(conn, [(joined(tuple(s.sql for s in steps)), args), *tail])
+        parts += _steps(plan.steps)
+        parts += [audit, "COMMIT"] if audit else ["COMMIT"]
+        try:
+            await self.run(conn, parts)
+        except _Refused as refused:
+            return refused.outcome
         return plan.outcome
+
+
+class _Refused(Exception):
+    """A compare-and-set step changed no row: the plan answers ``outcome``."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.name)
+        self.outcome = outcome
+
+
+def _refusal(error: str) -> Exception | None:
+    """What a failed query's marked cast stands for; None for any other failure."""
+    if _GONE_MARK in error:
+        return CallerGone(GONE)
+    found = re.search(re.escape(_UNLESS_MARK) + r"([A-Z_]+)", error)
+    return None if found is None else _Refused(Outcome[found[1]])
+
+
+def _steps(steps: Sequence[plans.Step]) -> list[Part]:
+    """A plan's steps as statements of one query, in order: each compare-and-set step alone,
+    made to fail the query when it changes no row (so nothing after it runs); the plain writes
+    between them joined (``postgres_tx.joined``: independent of each other's effects)."""
+    parts: list[Part] = []
+    run: list[plans.Step] = []
+
+    def flush() -> None:
+        if run:
+            args = [a for step in run for a in step.args]
+            parts.append((joined(tuple(step.sql for step in run)), args))
+            run.clear()
+
+    for step in steps:
+        if not plain_write(step.sql):
+            raise ValueError(f"not a write a batch can carry: {step.sql[:40]!r}")
+        if step.unless is None:
+            run.append(step)
+            continue
+        flush()
+        parts.append((_GUARDED.format(write=step.sql, outcome=step.unless.name), step.args))
+    flush()
+    return parts
 
 
 def _unsure(known: _Names, names: list[str]) -> None:

@@ -275,6 +275,15 @@ class Statements:
     # counted events
     count_events_since: str = "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at > ?"
     insert_event: str = "INSERT INTO events (kind, key, at) VALUES (?, ?, ?)"
+    # A limit's slot: its event (?1, ?2 at ?3) inserted only while fewer than ?5 of the
+    # counter's events fall in the window (after ?4); no row inserted means the limit is used
+    # up. The count and the slot are one statement so that a transaction can be sent whole,
+    # with no trip back to the node between counting and writing (docs/performance.md).
+    insert_event_in_room: str = (
+        "INSERT INTO events (kind, key, at) SELECT ?1, ?2, CAST(?3 AS DOUBLE PRECISION)"
+        " WHERE (SELECT count(*) FROM (SELECT 1 FROM events"
+        " WHERE kind = ?1 AND key = ?2 AND at > ?4 LIMIT ?5) AS held) < ?5"
+    )
     # A login attempt's counters (docs/rules.md, "Fair limits"): every event within the window,
     # and those of them still in flight (taken since ?1, the rest count as failures).
     count_attempts_since: str = (

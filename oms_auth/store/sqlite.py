@@ -480,8 +480,7 @@ class SqliteStore(SqliteDevices, Store):
     async def issue_code(self, issue: CodeIssue) -> bool:
         def job(raw: sqlite3.Connection) -> bool:
             tx.authorize(raw, issue.authority)
-            count = 0 if issue.limit is None else tx.count(raw, issue.limit, issue.now)
-            if tx.run_plan(raw, plans.issue_plan(S, issue, count)) is not Outcome.DONE:
+            if tx.run_plan(raw, plans.issue_plan(S, issue)) is not Outcome.DONE:
                 return False
             tx.append_audit(raw, self._audit_key, issue.audit, issue.now)
             return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from oms_auth.store import (
     AccountChange,
     AuditEntry,
@@ -94,12 +96,15 @@ def test_a_reset_puts_back_second_factors_changed_since_its_checks_and_audits_it
     assert [a.action for a in changed.audit] == ["factors-restored"]
 
 
-def test_an_issue_at_its_limit_writes_nothing_and_one_below_is_counted() -> None:
+def test_an_issue_takes_its_limits_slot_first_as_a_compare_and_set_refused_as_throttled() -> None:
     limit = Claim("reset-requests", "k\x00ey", 3600, 3)
     issue = CodeIssue(user_id=7, digest=b"c" * 32, now=1.0, expires_at=60.0, mail=MAIL, limit=limit)
-    assert plans.issue_plan(S, issue, 3) == plans.Plan([], Outcome.THROTTLED)
-    counted = plans.issue_plan(POSTGRES, issue, 2).steps[0]
-    assert counted.args == ("reset-requests", "k\\0ey", 1.0)  # PostgreSQL text holds no NUL
+    slot = plans.issue_plan(POSTGRES, issue).steps[0]
+    assert slot.sql == POSTGRES.insert_event_in_room
+    assert slot.args == ("reset-requests", "k\\0ey", 1.0, 1.0 - 3600, 3)  # no NUL in PG text
+    assert slot.unless is Outcome.THROTTLED
+    unlimited = msgspec.structs.replace(issue, limit=None)
+    assert [s.unless for s in plans.issue_plan(S, unlimited).steps] == [None, None, None]
 
 
 def test_a_code_check_throttles_then_counts_invalid_then_locks() -> None:
