@@ -201,6 +201,26 @@ async def test_a_session_made_on_one_node_resumes_on_the_other(cluster: Cluster)
     assert again.o["Authenticated"] is False  # logged out on b: gone on a too
 
 
+async def test_resets_of_one_user_asked_on_both_nodes_at_once_issue_exactly_the_limit(
+    cluster: Cluster,
+) -> None:
+    # Each node takes the limit's slot in the statement that counts it, after the user's row
+    # lock and the limit's advisory lock: 48 requests at once, half on each node, 5 allowed.
+    await cluster.users("trader")
+    await cluster.start(reset_requests_per_user=5)
+    ops = [await cluster.client(node, "op") for node in "abab"]
+    answers = await asyncio.gather(
+        *(ops[k % 4].call("ResetPassword", {"UserName": "trader"}) for k in range(48))
+    )
+    assert sum(a.o == OK for a in answers) == 5
+    assert {a.o["detail"] for a in answers if a.o != OK} == {
+        "Too many password reset requests for this user; try again later"
+    }
+    ((codes,),) = await sql(cluster.db, "SELECT count(*) FROM reset_codes")
+    ((queued,),) = await sql(cluster.db, "SELECT count(*) FROM outbox")
+    assert (codes, queued) == (5, 5)
+
+
 async def test_each_queued_mail_is_delivered_once_with_both_workers_running(
     cluster: Cluster, clock: Clock
 ) -> None:
