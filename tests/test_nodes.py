@@ -23,6 +23,7 @@ from .helpers import (
     eventually,
     make_user,
     parse_mail,
+    pg_connect,
     settings_for,
     sql,
     terminate_backends,
@@ -205,20 +206,37 @@ async def test_resets_of_one_user_asked_on_both_nodes_at_once_issue_exactly_the_
     cluster: Cluster,
 ) -> None:
     # Each node takes the limit's slot in the statement that counts it, after the user's row
-    # lock and the limit's advisory lock: 48 requests at once, half on each node, 5 allowed.
+    # lock and the limit's advisory lock. The events table is held locked while 96 requests
+    # (16 connections, half on each node) reach it, then let go: every transaction comes at
+    # the count at the same moment, and still only 5 may pass.
     await cluster.users("trader")
     await cluster.start(reset_requests_per_user=5)
-    ops = [await cluster.client(node, "op") for node in "abab"]
-    answers = await asyncio.gather(
-        *(ops[k % 4].call("ResetPassword", {"UserName": "trader"}) for k in range(48))
-    )
+    ops = [await cluster.client(node, "op") for node in "ab" * 8]
+    holder = await pg_connect(cluster.db)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        calls = asyncio.gather(
+            *(ops[k % 16].call("ResetPassword", {"UserName": "trader"}) for k in range(96))
+        )
+
+        async def queued() -> bool:
+            waiting = await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            return bool(waiting >= 12)
+
+        await eventually(queued)
+        await held.rollback()
+        answers = await calls
+    finally:
+        await holder.close()
     assert sum(a.o == OK for a in answers) == 5
     assert {a.o["detail"] for a in answers if a.o != OK} == {
         "Too many password reset requests for this user; try again later"
     }
     ((codes,),) = await sql(cluster.db, "SELECT count(*) FROM reset_codes")
-    ((queued,),) = await sql(cluster.db, "SELECT count(*) FROM outbox")
-    assert (codes, queued) == (5, 5)
+    ((queued_mail,),) = await sql(cluster.db, "SELECT count(*) FROM outbox")
+    assert (codes, queued_mail) == (5, 5)
 
 
 async def test_each_queued_mail_is_delivered_once_with_both_workers_running(
