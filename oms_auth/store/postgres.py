@@ -24,8 +24,8 @@ escaped one-to-one (``Statements.event_key``), audit and error text shows U+FFFD
 
 The decisions are in :mod:`.plans` (shared with SQLite), the statements in :mod:`.sql`; the
 transaction primitives (row locks, advisory keys, running a plan) in :mod:`.postgres_tx`, a
-transaction's statements sent together in :mod:`.postgres_batch` (a reset's two round trips),
-the schema in :mod:`.postgres_schema` and :mod:`.postgres_migrate`, the listener in
+transaction's statements sent together in :mod:`.postgres_batch` (a reset request's in one
+round trip), the schema in :mod:`.postgres_schema` and :mod:`.postgres_migrate`, the listener in
 :mod:`.postgres_listener`, the URL in :mod:`.urls`.
 """
 

@@ -1,6 +1,7 @@
 """Several statements of one PostgreSQL transaction in one round trip: a reset request's
-transaction in two trips instead of seven (docs/performance.md, "A reset's round trips, after
-the audit lock left them").
+transaction in one trip instead of seven (docs/performance.md, "A reset's round trips, after
+the audit lock left them" and "Where a reset request waits, and one trip for its
+transaction").
 
 Each round trip costs both processes a system call and a wake-up, which on a busy machine is
 the larger part of a short statement's cost. asyncpg sends one statement per trip when it has
