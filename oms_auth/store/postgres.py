@@ -48,7 +48,7 @@ from . import sql as q
 from .audit import ChainKeys, checked_audit_key
 from .base import Store
 from .plans import AccountState, LoginState, ResetState
-from .postgres_audit import AuditLinker, append_linked, insert_pending, mails_sent, pending_literal
+from .postgres_audit import AuditLinker, append_linked, insert_pending, mails_sent, pending_parts
 from .postgres_batch import Prepared
 from .postgres_devices import PostgresDevices
 from .postgres_limits import PostgresLimits
@@ -506,7 +506,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             limit = issue.limit
             limit_lock = None if limit is None else self._events_key(limit.kind, limit.key)
             plan = plans.issue_plan(S, issue)
-            audit = pending_literal(issue.audit, issue.now) if issue.audit else ""
+            audit = pending_parts(issue.audit, issue.now)
             outcome = await self._prepared.transact(
                 conn, issue.user_id, issue.authority, limit_lock, plan, audit
             )

@@ -59,7 +59,7 @@ __all__ = [
     "AuditLinker",
     "insert_pending",
     "append_linked",
-    "pending_literal",
+    "pending_parts",
     "mails_sent",
     "INSERT_AUDIT_ROWS",
     "GATHER_SECONDS",
@@ -163,13 +163,13 @@ async def mails_sent(
         await pool.execute(_MAILS_SENT, now, list(mail_ids))
 
 
-def pending_literal(entries: Sequence[AuditEntry], now: float) -> str:
-    """``entries`` as one ``INSERT INTO audit_pending`` with its values as literals: a simple
-    query that can carry ``COMMIT`` in the same round trip (``postgres_batch``)."""
-    values = ", ".join(
-        "(" + ", ".join(literal(v) for v in _pending_row(now, e)) + ")" for e in entries
-    )
-    return f"INSERT INTO audit_pending ({_PENDING_COLUMNS}) VALUES {values}"
+def pending_parts(
+    entries: Sequence[AuditEntry], now: float
+) -> list[tuple[str, tuple[object, ...]]]:
+    """``entries`` as statements of a batch (``postgres_batch``), which carries ``COMMIT`` in
+    the same round trip: one prepared insert each, planned once per connection like the
+    statements before it (a literal ``INSERT`` was parsed and planned on every trip)."""
+    return [(_INSERT_PENDING, _pending_row(now, e)) for e in entries]
 
 
 async def append_linked(

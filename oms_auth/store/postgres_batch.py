@@ -140,14 +140,14 @@ class Prepared:
         authority: Authority | None,
         then: int | None,
         plan: plans.Plan,
-        audit: str,
+        audit: Sequence[Part],
     ) -> Outcome:
         """One transaction in one round trip: ``BEGIN``; the row locks of the user written for
         (``FOR UPDATE``) and the caller's (``FOR SHARE``), the lower id first; the caller's
         authority (its session row ``FOR SHARE``), then the advisory lock ``then``:
         ``lock_for``'s statements, in its order; ``plan``'s steps (writes: a compare-and-set
         step as a statement of its own, the others joined into one where they follow each
-        other); the literal statement ``audit`` (if any); ``COMMIT``. ``plan``'s outcome, or
+        other); the statements ``audit`` (the audit rows); ``COMMIT``. ``plan``'s outcome, or
         that of its step that changed no row; CallerGone unless the caller's authority holds
         (in both cases the transaction is left open and failed: the caller rolls back)."""
         parts: list[Part] = ["BEGIN"]
@@ -157,8 +157,7 @@ class Prepared:
             parts.append((_CHECK, args) if then is None else (_CHECK_THEN_LOCK, (*args, then)))
         elif then is not None:
             parts.append((ADVISORY_LOCK, (then,)))
-        parts += _steps(plan.steps)
-        parts += [audit, "COMMIT"] if audit else ["COMMIT"]
+        parts += [*_steps(plan.steps), *audit, "COMMIT"]
         try:
             await self.run(conn, parts)
         except _Refused as refused:
