@@ -413,12 +413,14 @@ async def test_a_cut_listener_reconnects_and_catches_up(
 
 
 @pg_only
-async def test_an_operators_reset_code_is_issued_in_two_round_trips_its_mail_marked_in_one(
+async def test_an_operators_reset_code_is_issued_in_one_round_trip_its_mail_marked_in_one(
     db: str,
 ) -> None:
-    """BEGIN with the row locks, the caller's authority, the limit's lock and its count; the
-    writes with the audit row and COMMIT. Each answer is still the one its rules give: issued
-    while the limit has room, refused once it has none, CallerGone once the session ends."""
+    """BEGIN with the row locks, the caller's authority and the limit's lock; the limit's slot,
+    the writes, the audit row and COMMIT (postgres_batch.Prepared.transact). Each answer is
+    still the one its rules give: issued while the limit has room, refused once it has none
+    (the failed query, then its ROLLBACK; the connection's prepared statements still known, so
+    the next issue on it is one trip that prepares nothing), CallerGone once the session ends."""
     from oms_auth.store import Authority, CallerGone, CodeIssue
 
     store = await open_store(db + ("&" if "?" in db else "?") + "pool_max=1", audit_key=AUDIT_KEY)
@@ -432,7 +434,7 @@ async def test_an_operators_reset_code_is_issued_in_two_round_trips_its_mail_mar
             conn.add_query_logger(lambda q: trips.append(q.query))
         authority = Authority(user_id=operator, session=b"s" * 32, password_version=0)
 
-        async def issue_as_operator(n: int) -> bool:
+        async def issue_as_operator(n: int, key: str = "target") -> bool:
             trips.clear()
             return await store.issue_code(
                 CodeIssue(
@@ -442,35 +444,39 @@ async def test_an_operators_reset_code_is_issued_in_two_round_trips_its_mail_mar
                     expires_at=NOW + 600,
                     mail=mail(target),
                     audit=[AuditEntry(action="reset-requested", actor_id=operator)],
-                    limit=Claim("requests", "target", 3600, 2),
+                    limit=Claim("requests", key, 3600, 2),
                     authority=authority,
                 )
             )
 
-        assert await issue_as_operator(1) and len(trips) == 2, trips
-        assert await issue_as_operator(2) and len(trips) == 2, trips
+        assert await issue_as_operator(1) and len(trips) == 1, trips
+        assert await issue_as_operator(2) and len(trips) == 1, trips
         assert not await issue_as_operator(3) and len(trips) == 2, trips  # the limit is spent
+        assert trips[1] == "ROLLBACK", trips
+        assert await issue_as_operator(4, "other") and len(trips) == 1, trips
+        assert "PREPARE" not in trips[0], trips
         await store.revoke_session(b"s" * 32, operator, "logout")
         with pytest.raises(CallerGone):
-            await issue_as_operator(4)
-        assert len(trips) == 2, trips  # the failed first trip, and its ROLLBACK
+            await issue_as_operator(5)
+        assert len(trips) == 2, trips  # the failed trip, and its ROLLBACK
         # The outbox's per-batch trips: its claim; the mail marked sent with its audit rows.
         claimed = await store.claim_mail(NOW + 10, 60, 10)
-        assert [m.user_id for m in claimed] == [target, target]
+        assert [m.user_id for m in claimed] == [target, target, target]
         trips.clear()
-        sent = [AuditEntry(action="reset-emailed", target_id=target)] * 2
+        sent = [AuditEntry(action="reset-emailed", target_id=target)] * 3
         await store.mails_delivered([m.id for m in claimed], NOW + 11, sent)
         # (asyncpg looks up the array's type the first time a connection meets it: not counted)
         ours = [t for t in trips if "'jit'" not in t and "typeinfo_tree" not in t]
         assert len(ours) == 1, ours
-        assert (await store.mail_counts())["sent"] == 2
+        assert (await store.mail_counts())["sent"] == 3
         rows = await store.audit_rows(limit=None)
-        assert [r.target_id for r in rows if r.action == "reset-emailed"] == [target, target]
+        assert [r.target_id for r in rows if r.action == "reset-emailed"] == [target] * 3
     finally:
         await store.close()
     assert await count_events(db, "requests", "target", NOW) == 2
+    assert await count_events(db, "requests", "other", NOW) == 1
     codes = await sql(db, "SELECT state FROM reset_codes ORDER BY created_at")
-    assert [s for (s,) in codes] == ["void", "pending"]
+    assert [s for (s,) in codes] == ["void", "void", "pending"]
 
 
 @pg_only
