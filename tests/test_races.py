@@ -21,7 +21,7 @@ import pytest
 from oms_auth.app import App
 from protocol.client import Answer, Client
 
-from .helpers import PASSWORD, Clock, make_user, parse_mail, settings_for, wait_for_mail
+from .helpers import PASSWORD, Clock, make_user, parse_mail, settings_for, sql, wait_for_mail
 from .store_helpers import login
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP"
@@ -521,6 +521,47 @@ async def test_an_operators_burst_of_resets_for_one_user_issues_exactly_the_limi
         assert sum(r.action == "reset-requested" for r in rows) == 5
         assert sum(r.detail == "too many requests" for r in rows) == 35
         assert len(await wait_for_mail(Path(app.settings.mail.removeprefix("maildir:")), 5)) == 5
+    finally:
+        await app.stop()
+
+
+@pytest.mark.parametrize("after", [0.0, 0.02])
+async def test_a_burst_of_resets_racing_the_end_of_the_operators_sessions_writes_what_it_answers(
+    tmp_path: Path, clock: Clock, db: str, after: float
+) -> None:
+    # A request whose authority is gone fails its one-trip query before the limit's slot, so it
+    # writes nothing: every request answers issued, throttled or gone, and the events, codes
+    # and audit rows are exactly the issued ones (on PostgreSQL a refused query leaves its
+    # connection to a ROLLBACK, and the pool's next request on it must still run).
+    from oms_auth.engine.reset import REQUESTS_AUTHENTICATED
+    from oms_auth.engine.texts import AUTHORITY_GONE, TOO_MANY_RESETS
+    from oms_auth.store import AuditEntry
+
+    app = await started(tmp_path, clock, db, reset_requests_per_user=5)
+    try:
+        op = await make_user(app.deps, "op", permissions=["Operator"])
+        await make_user(app.deps, "trader")
+        cs = await clients(app, 8)
+        for c in cs:
+            await c.call("AuthenticateUser", {"UserName": "op", "Password": PASSWORD})
+
+        async def end_sessions() -> None:
+            await asyncio.sleep(after)
+            await app.deps.store.end_sessions(op, "logout", AuditEntry(action="logged-off"))
+
+        answers, _ = await asyncio.gather(
+            burst(cs, [("ResetPassword", {"UserName": "trader"})] * 40), end_sessions()
+        )
+        await close_all(cs)
+        issued = sum(a.ok for a in answers)
+        assert issued <= 5
+        refused = {(a.o["errorcode"], a.o["detail"]) for a in answers if not a.ok}
+        assert refused <= {(101, TOO_MANY_RESETS), (20, AUTHORITY_GONE)}
+        rows = await app.deps.store.audit_rows(limit=None)
+        assert sum(r.action == "reset-requested" for r in rows) == issued
+        assert await sql(db, "SELECT count(*) FROM reset_codes") == [(issued,)]
+        slots = "SELECT count(*) FROM events WHERE kind = ?"
+        assert await sql(db, slots, REQUESTS_AUTHENTICATED) == [(issued,)]
     finally:
         await app.stop()
 
