@@ -150,6 +150,8 @@ class Prepared:
         other); the statements ``audit`` (the audit rows); ``COMMIT``. ``plan``'s outcome, or
         that of its step that changed no row; CallerGone unless the caller's authority holds
         (in both cases the transaction is left open and failed: the caller rolls back)."""
+        if not plan.steps:  # refused before the transaction (Plan.refused): nothing to run
+            return plan.outcome
         parts: list[Part] = ["BEGIN"]
         parts += [(statement, (uid,)) for uid, statement in row_locks(user_id, authority)]
         if authority is not None:
