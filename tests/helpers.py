@@ -241,7 +241,10 @@ def new_pg_schema() -> str:
             "Start it (.ci/run does) or point OMS_AUTH_TEST_POSTGRES at one.",
             pytrace=False,
         )
-    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema=t_{uuid.uuid4().hex[:16]}"
+    # Two test workers may each run two nodes with bursts at once: 10 connections a node (not
+    # the default 20) keep them well under the server's default limit of 100.
+    own = f"schema=t_{uuid.uuid4().hex[:16]}&pool_max=10"
+    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}{own}"
 
 
 def drop_pg_schema(db: str) -> None:

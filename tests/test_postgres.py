@@ -192,7 +192,7 @@ def test_the_url_keeps_our_parameters_from_asyncpg() -> None:
     assert (t.schema, t.pool_min, t.pool_max, t.where) == ("exchange_a", 1, 4, "db1:6543")
     assert t.dsn == "postgresql://oms@db1:6543/auth?sslmode=disable"
     t = parse_url("postgres://oms:pw@db1/auth")
-    assert (t.schema, t.pool_max, t.command_timeout, t.where) == ("public", 10, 30.0, "db1:5432")
+    assert (t.schema, t.pool_max, t.command_timeout, t.where) == ("public", 20, 30.0, "db1:5432")
     assert "pw" not in repr(t) and "pw" not in repr(
         PostgresStore("postgres://oms:pw@db1/auth", audit_key=AUDIT_KEY)
     )
