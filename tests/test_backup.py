@@ -19,6 +19,7 @@ import pytest
 
 from oms_auth.app import App
 from oms_auth.keyring import read_ring
+from oms_auth.store.urls import parse_url
 from protocol.client import Client
 
 from .helpers import FAST, PASSWORD, PG_URL, make_user, oms_auth, settings_for
@@ -135,7 +136,7 @@ async def test_a_pg_dump_restored_into_a_fresh_database_serves(tmp_path: Path, d
         await make_user(app.deps, "kept", totp_secret="JBSWY3DPEHPK3PXPJBSWY3DP")
     finally:
         await app.stop()
-    schema = db.split("schema=")[1]
+    schema = parse_url(db).schema
     base = db.split("?")[0]
     dump = tmp_path / "oms-auth.dump"
     subprocess.run(
