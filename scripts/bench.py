@@ -59,7 +59,7 @@ __all__ = ["main"]
 # (bench_setup prepares them), bench_procs starts and stops every process, bench_report renders.
 
 
-def _options(argv: list[str] | None) -> Options:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -118,6 +118,11 @@ def _options(argv: list[str] | None) -> Options:
         metavar="NAME=VALUE",
         help="extra environment for oms-auth, e.g. OMS_AUTH_HASH_WORKERS=1 (experiments)",
     )
+    return parser
+
+
+def _options(argv: list[str] | None) -> Options:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.db and not args.db.startswith(("postgresql://", "postgres://")):
         parser.error("--db takes a postgresql:// URL (SQLite always runs)")

@@ -180,6 +180,13 @@ async def flood(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def ms(values: list[float], q: str) -> str:
+    """The largest (``max``) or median of ``values`` seconds, in ms."""
+    if not values:
+        return "n/a"
+    return f"{1000 * (max(values) if q == 'max' else statistics.median(values)):.0f} ms"
+
+
 def report(
     args: argparse.Namespace,
     idle: int,
@@ -193,11 +200,6 @@ def report(
     quiet_logins, login_peak = quiet
     total = sorted(t for t, _ in run["logins"])
     call = sorted(c for _, c in run["logins"])
-
-    def ms(values: list[float], q: str) -> str:
-        if not values:
-            return "n/a"
-        return f"{1000 * (max(values) if q == 'max' else statistics.median(values)):.0f} ms"
 
     sent = load_result["used"]
     print(

@@ -91,38 +91,79 @@ def _percentile(ordered: list[int], q: float) -> float:
     return ordered[rank] / 1e6
 
 
+NAN = float("nan")
+_NO_CPU = dict.fromkeys(("server_cpu_s", "gen_cpu_s", "machine_busy_s", "steal_s"), 0.0)
+
+
+class _Tails:
+    """What each frame carries after its id, by the spec's ``mode``: ``same`` (the first
+    payload), ``per_conn`` (connection k's), ``cycle`` (the next in turn, shared), ``once`` (each
+    payload once, then None: the connection stops)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        name: str = spec["name"]
+        quoted = [_quoted(p) for p in spec.get("payloads") or [{}]]
+        self.tails = [',"n":"' + name + '","o":' + q + "}" for q in quoted]
+        self.mode: str = spec.get("mode", "same")
+        self.cursor = 0
+
+    def next(self, k: int) -> str | None:
+        if self.mode == "same":
+            return self.tails[0]
+        if self.mode == "per_conn":
+            return self.tails[k % len(self.tails)]
+        index = self.cursor
+        self.cursor += 1
+        if self.mode == "cycle":
+            return self.tails[index % len(self.tails)]
+        return self.tails[index] if index < len(self.tails) else None  # once
+
+    @property
+    def exhausted(self) -> bool:
+        return self.mode == "once" and self.cursor > len(self.tails)
+
+
+async def _cpu_window(spec: dict[str, Any], t0: int, t1: int) -> dict[str, float]:
+    """The servers', this generator's, the machine's and the database's CPU seconds between
+    ``t0`` and ``t1`` (``perf_counter_ns``), each read at both ends."""
+    loop = asyncio.get_running_loop()
+    pids = spec.get("server_pids") or ([spec["server_pid"]] if spec.get("server_pid") else [])
+    pg = spec.get("pg")
+
+    async def read() -> tuple[float, float, float, float, dict[int, float] | None]:
+        server, gen = sum(cpu_seconds(pid) for pid in pids), _own_cpu()
+        busy, steal = machine_cpu()
+        db = None
+        if pg:
+            found = await loop.run_in_executor(None, pg_backend_pids, pg["dsn"], pg["database"])
+            db = pids_cpu(found)
+        return server, gen, busy, steal, db
+
+    await asyncio.sleep(max(0.0, (t0 - time.perf_counter_ns()) / 1e9))
+    a = await read()
+    await asyncio.sleep(max(0.0, (t1 - time.perf_counter_ns()) / 1e9))
+    b = await read()
+    return {
+        "server_cpu_s": b[0] - a[0],
+        "gen_cpu_s": b[1] - a[1],
+        "machine_busy_s": b[2] - a[2],
+        "steal_s": b[3] - a[3],
+        "db_cpu_s": cpu_delta(a[4], b[4]) if a[4] is not None and b[4] is not None else NAN,
+    }
+
+
 async def _load(spec: dict[str, Any]) -> dict[str, Any]:
-    url, n_conns = spec["url"], spec["conns"]
-    name: str = spec["name"]
-    mode: str = spec.get("mode", "same")
-    quoted = [_quoted(p) for p in spec.get("payloads") or [{}]]
+    tails = _Tails(spec)
     marker: bytes | None = spec["marker"].encode() if spec.get("marker") else None
     rate = spec.get("rate")
-    interval = n_conns / rate if rate else 0.0
+    interval = spec["conns"] / rate if rate else 0.0
     head = '{"m":0,"i":'
-    tails = [',"n":"' + name + '","o":' + q + "}" for q in quoted]
-    cursor = [0]
-    conns = await _open_many(spec.get("urls") or url, n_conns, 256, spec.get("token"))
-
-    loop = asyncio.get_running_loop()
-    now = time.perf_counter_ns()
-    t0 = now + int(spec["warmup"] * 1e9)
+    conns = await _open_many(spec.get("urls") or spec["url"], spec["conns"], 256, spec.get("token"))
+    t0 = time.perf_counter_ns() + int(spec["warmup"] * 1e9)
     t1 = t0 + int(spec["duration"] * 1e9)
     latencies: list[int] = []
-    errors = [0]
-    first_error: list[str] = []
+    errors: list[str] = []  # the first answers without the marker (their count matters)
     sent = [0]
-
-    def next_tail(k: int) -> str | None:
-        if mode == "same":
-            return tails[0]
-        if mode == "per_conn":
-            return tails[k % len(tails)]
-        index = cursor[0]
-        cursor[0] += 1
-        if mode == "cycle":
-            return tails[index % len(tails)]
-        return tails[index] if index < len(tails) else None  # once
 
     async def drive(k: int, ws: ClientConnection) -> None:
         i = 0
@@ -133,56 +174,40 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 if wait > 0:
                     await asyncio.sleep(wait / 1e9)
                 due += int(interval * 1e9)
-            tail = next_tail(k)
+            tail = tails.next(k)
             if tail is None:
                 return
             i += 2
-            frame = head + str(i) + tail
             start = time.perf_counter_ns()
             if start >= t1:
                 return
             sent[0] += 1
-            await ws.send(frame)
+            await ws.send(head + str(i) + tail)
             answer = await ws.recv(decode=False)
-            end = time.perf_counter_ns()
             if start >= t0:
-                latencies.append(end - start)
+                latencies.append(time.perf_counter_ns() - start)
                 if marker is not None and marker not in answer:
-                    errors[0] += 1
-                    if not first_error:
-                        first_error.append(answer[:300].decode("utf-8", "replace"))
+                    errors.append(answer[:300].decode("utf-8", "replace") if not errors else "")
 
-    cpu: dict[str, float] = {}
-
-    pids = spec.get("server_pids") or ([spec["server_pid"]] if spec.get("server_pid") else [])
-    pg = spec.get("pg")
-    db_cpu: list[dict[int, float]] = []
-
-    async def read_db() -> None:
-        if pg:
-            found = await loop.run_in_executor(None, pg_backend_pids, pg["dsn"], pg["database"])
-            db_cpu.append(pids_cpu(found))
-
-    async def sample_cpu() -> None:
-        await asyncio.sleep(max(0.0, (t0 - time.perf_counter_ns()) / 1e9))
-        cpu["server0"] = sum(cpu_seconds(pid) for pid in pids)
-        cpu["gen0"] = _own_cpu()
-        cpu["busy0"], cpu["steal0"] = machine_cpu()
-        await read_db()
-        await asyncio.sleep(max(0.0, (t1 - time.perf_counter_ns()) / 1e9))
-        cpu["server1"] = sum(cpu_seconds(pid) for pid in pids)
-        cpu["gen1"] = _own_cpu()
-        cpu["busy1"], cpu["steal1"] = machine_cpu()
-        await read_db()
-
-    sampler = loop.create_task(sample_cpu())
+    sampler = asyncio.get_running_loop().create_task(_cpu_window(spec, t0, t1))
+    cpu = {**_NO_CPU, "db_cpu_s": NAN}
     try:
         await asyncio.gather(*(drive(k, ws) for k, ws in enumerate(conns)))
-        await sampler
+        cpu = await sampler
     finally:
         sampler.cancel()
         await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
-    window = spec["duration"]
+    return {
+        **_latency_summary(latencies, spec["duration"]),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        **cpu,
+        "used": sent[0],
+        "exhausted": tails.exhausted,
+    }
+
+
+def _latency_summary(latencies: list[int], window: float) -> dict[str, Any]:
     latencies.sort()
     return {
         "count": len(latencies),
@@ -191,15 +216,6 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
         "p999_ms": _percentile(latencies, 0.999),
-        "errors": errors[0],
-        "first_error": first_error[0] if first_error else None,
-        "server_cpu_s": cpu.get("server1", 0.0) - cpu.get("server0", 0.0),
-        "gen_cpu_s": cpu.get("gen1", 0.0) - cpu.get("gen0", 0.0),
-        "machine_busy_s": cpu.get("busy1", 0.0) - cpu.get("busy0", 0.0),
-        "steal_s": cpu.get("steal1", 0.0) - cpu.get("steal0", 0.0),
-        "db_cpu_s": cpu_delta(*db_cpu) if len(db_cpu) == 2 else float("nan"),
-        "used": sent[0],
-        "exhausted": mode == "once" and cursor[0] > len(tails),
     }
 
 

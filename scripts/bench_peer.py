@@ -119,16 +119,9 @@ def wait_answering(proc: subprocess.Popen[str], port: int, log_path: Path, limit
     raise RuntimeError(f"uvicorn did not answer in {limit:.0f} s: {log_path.read_text()[-2000:]}")
 
 
-def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    db = tmp / "peer.sqlite3"
-    env = {**os.environ, "PEER_DB": str(db)}
-    started = time.perf_counter()
-    app = str(APP_DIR / "app.py")
-    subprocess.run([str(VENV_PY), app, "seed", str(args.targets), EMAIL], env=env, check=True)
-    log(f"seeded {args.targets} users in {time.perf_counter() - started:.1f} s")
-
+def _serve(env: dict[str, str], log_path: Path) -> tuple[Any, int]:
+    """The peer on uvicorn, answering: its process and port."""
     port = free_port()
-    log_path = tmp / "uvicorn.log"
     # uvicorn's defaults (loop and http "auto", access log on), one process: no --workers.
     uvicorn = [str(VENV_PY), "-m", "uvicorn", "app:app", "--app-dir", str(APP_DIR)]
     with open(log_path, "w") as out:
@@ -140,6 +133,19 @@ def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
     wait_answering(server, port, log_path, 60)
     log(f"uvicorn (pid {server.pid}) answering on port {port}")
+    return server, port
+
+
+def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    db = tmp / "peer.sqlite3"
+    env = {**os.environ, "PEER_DB": str(db)}
+    started = time.perf_counter()
+    app = str(APP_DIR / "app.py")
+    subprocess.run([str(VENV_PY), app, "seed", str(args.targets), EMAIL], env=env, check=True)
+    log(f"seeded {args.targets} users in {time.perf_counter() - started:.1f} s")
+
+    log_path = tmp / "uvicorn.log"
+    server, port = _serve(env, log_path)
 
     spec = {
         "host": "127.0.0.1",
