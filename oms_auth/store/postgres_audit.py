@@ -49,7 +49,7 @@ from ..tasks import cancel
 from . import sql as q
 from .audit import ChainKeys, link_entries, link_made
 from .postgres_batch import literal
-from .postgres_tx import CONNECTION_ERRORS, S, audit_entry, committing
+from .postgres_tx import CONNECTION_ERRORS, S, audit_entry, committing, fails_unless
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
@@ -345,13 +345,6 @@ def _left(deadline: float | None) -> float | None:
     return max(deadline - asyncio.get_running_loop().time(), 0.001)
 
 
-def _fails_unless(condition: str, mark: str) -> str:
-    """A statement that fails the query, with ``mark`` in its error, unless ``condition``: a
-    simple query answers with no rows, so a check that must stop it fails it (the rest,
-    COMMIT included, is then skipped and the transaction rolled back)."""
-    return f"SELECT (CASE WHEN {condition} THEN '0' ELSE '{mark}' END)::int"
-
-
 def _commit_linked(
     lock: int,
     wait: float | None,
@@ -364,16 +357,16 @@ def _commit_linked(
     still ``tail`` and every row ``seqs`` still pending (failing with ``_MOVED`` otherwise);
     the linked ``rows`` in, the pending ones out; COMMIT."""
     if wait is None:
-        take = _fails_unless(f"pg_try_advisory_xact_lock({lock})", _BUSY)
+        take = "SELECT " + fails_unless(f"pg_try_advisory_xact_lock({lock})", _BUSY)
     else:
         ms = max(int(wait * 1000), 1)
         take = f"SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_xact_lock({lock})"
     last = "NULL" if tail is None else str(int(tail[0]))
-    still = _fails_unless(f"({_TAIL_ID}) IS NOT DISTINCT FROM {last}", _MOVED)
+    still = "SELECT " + fails_unless(f"({_TAIL_ID}) IS NOT DISTINCT FROM {last}", _MOVED)
     listed = "{" + ",".join(map(str, seqs)) + "}"
     taken = (
         f"WITH taken AS (DELETE FROM audit_pending WHERE seq = ANY('{listed}'::bigint[])"
-        f" RETURNING 1) {_fails_unless(f'count(*) = {len(seqs)}', _MOVED)} FROM taken"
+        f" RETURNING 1) SELECT {fails_unless(f'count(*) = {len(seqs)}', _MOVED)} FROM taken"
     )
     return "; ".join(["BEGIN", take, still, taken, _rows_in(rows), "COMMIT"])
 

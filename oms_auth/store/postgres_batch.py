@@ -41,6 +41,7 @@ from .postgres_tx import (
     ADVISORY_LOCK,
     AUTHORITY_SHARED,
     GONE,
+    fails_unless,
     joined,
     plain_write,
     row_locks,
@@ -57,15 +58,15 @@ __all__ = ["Prepared", "literal"]
 _GONE_MARK = "oms-auth: the authority of the caller is gone"
 _AUTHORITY_OR_FAIL = (
     "SELECT {take} FROM (SELECT count(*) AS n FROM (" + AUTHORITY_SHARED + ") a) held"
-    f" WHERE (CASE WHEN n > 0 THEN '0' ELSE '{_GONE_MARK}' END)::int = 0"
+    f" WHERE {fails_unless('n > 0', _GONE_MARK)} = 0"
 )
 _CHECK = _AUTHORITY_OR_FAIL.replace("{take}", "1")
 _CHECK_THEN_LOCK = _AUTHORITY_OR_FAIL.replace("{take}", "pg_advisory_xact_lock($6)")
 # A compare-and-set step: its write, failing the query when it changed no row but one.
 _UNLESS_MARK = "oms-auth: a step changed no row, refused as "
 _GUARDED = (
-    "WITH w AS ({write} RETURNING 1) SELECT 1 FROM (SELECT count(*) AS n FROM w) written"
-    " WHERE (CASE WHEN n = 1 THEN '0' ELSE '" + _UNLESS_MARK + "{outcome}' END)::int = 0"
+    "WITH w AS ({write} RETURNING 1)"
+    f" SELECT {fails_unless('count(*) = 1', _UNLESS_MARK + '{outcome}')} FROM w"
 )
 
 # Where a text holds a dollar-quote tag of :func:`literal`'s, its number (those overlapping

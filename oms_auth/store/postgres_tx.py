@@ -35,6 +35,7 @@ __all__ = [
     "read_state",
     "run_plan",
     "count_of",
+    "fails_unless",
     "attempts",
     "RELEASE_EVENT",
     "SETTLE_EVENT",
@@ -192,6 +193,14 @@ def joined(statements: Sequence[str]) -> str:
         offset += max((int(n) for n in _PARAMETER.findall(sql)), default=0)
     head = ", ".join(f"w{k} AS ({sql})" for k, sql in enumerate(parts[:-1]))
     return f"WITH {head} {parts[-1]}" if head else parts[-1]
+
+
+def fails_unless(condition: str, mark: str) -> str:
+    """An expression that is 0 when ``condition`` holds and otherwise fails the query with
+    ``mark`` in its error (a cast of the marked text to a number): a simple query answers with
+    no rows, so a check that must stop one fails it (the rest, COMMIT included, is skipped and
+    the transaction is left to roll back). ``mark`` is the store's own text, never a value."""
+    return f"(CASE WHEN {condition} THEN '0' ELSE '{mark}' END)::int"
 
 
 def count_of(status: str) -> int:
