@@ -509,3 +509,38 @@ async def test_statements_prepared_by_name_outlive_a_failed_query_and_a_cut_conn
     states = await sql(db, "SELECT state FROM reset_codes ORDER BY created_at")
     assert [s for (s,) in states][-1] == "pending"
     assert len(states) in (4, 5)
+
+
+# -- the pool (docs/performance.md, "A fair turn at the pool") ----------------------------------
+
+
+async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
+    """asyncpg's own queue lets a task that asks while a woken waiter is on its way take the
+    connection, and the waiter goes to the back again; the store's pool serves in order. Twelve
+    tasks asking ten times each over two connections: a task may be overtaken by at most one
+    that asked after it (the other connection's holder, admitted at the same time)."""
+    import itertools
+
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    raw = await asyncpg.create_pool(PG_URL, min_size=2, max_size=2)
+    try:
+        pool = FairPool(raw, 2)
+        for _ in range(5):  # asyncpg's queue alone passes one round in four
+            asked, granted = itertools.count(), []
+
+            async def user() -> None:
+                for _ in range(10):
+                    ticket = next(asked)
+                    async with pool.acquire() as conn:
+                        granted.append(ticket)
+                        await conn.fetchval("SELECT 1")
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(user() for _ in range(12)))
+            overtaken = [sum(t > g for t in granted[:i]) for i, g in enumerate(granted)]
+            assert max(overtaken) <= 1, f"a task waited while {max(overtaken)} later ones went"
+    finally:
+        await raw.close()

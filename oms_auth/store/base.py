@@ -99,8 +99,15 @@ class Store(abc.ABC):
     async def _fetch(self, statement: str, args: tuple[object, ...]) -> list[Row]:
         """The rows ``statement`` (one of ``_sql``) selects, read outside any write."""
 
+    async def _by_key(self, statement: str, args: tuple[object, ...]) -> list[Row]:
+        """The rows of a read by key: a few rows found through an index (a user, a session, a
+        user's questions), as every request reads them. :meth:`_fetch` unless the store has a
+        cheaper way to run such a read (SQLite: on the event loop, docs/performance.md)."""
+        return await self._fetch(statement, args)
+
     async def _first(self, statement: str, *args: object) -> Row | None:
-        rows = await self._fetch(statement, args)
+        """The first row of a read by key."""
+        rows = await self._by_key(statement, args)
         return rows[0] if rows else None
 
     async def user_by_id(self, user_id: int) -> User | None:
@@ -120,7 +127,7 @@ class Store(abc.ABC):
         if "\x00" in username:  # no stored name holds one
             return await self.user_by_id(user_id), None
         key = username_key(username)
-        rows = await self._fetch(self._sql.user_and_named, (user_id, key))
+        rows = await self._by_key(self._sql.user_and_named, (user_id, key))
         by_id = next((q.to_user(r) for r in rows if r[0] == user_id), None)
         named = next((q.to_user(r) for r in rows if r[-1] == key), None)  # its key: last
         return by_id, named
@@ -129,7 +136,7 @@ class Store(abc.ABC):
         """The OMS's users with ``email`` (case-insensitive): none, one, or two (ambiguous)."""
         if "\x00" in email:  # no stored email holds one
             return []
-        rows = await self._fetch(self._sql.users_by_email, (oms_id, email))
+        rows = await self._by_key(self._sql.users_by_email, (oms_id, email))
         return [q.to_user(row) for row in rows]
 
     async def event_count(self, kind: str, key: str, since: float) -> int:
@@ -150,7 +157,7 @@ class Store(abc.ABC):
         return [q.to_user(row) for row in rows]
 
     async def security_questions(self, user_id: int) -> list[SecurityQuestion]:
-        rows = await self._fetch(self._sql.questions, (user_id,))
+        rows = await self._by_key(self._sql.questions, (user_id,))
         return [q.to_question(row) for row in rows]
 
     async def session(self, digest: bytes) -> Session | None:
@@ -502,8 +509,8 @@ class Store(abc.ABC):
         args: tuple[object, ...] = (len(prefix), prefix)
         if magic is not None:
             args += (len(magic), magic)
-        row = await self._first(statement, *args)
-        return int(row[0]) if row else 0
+        rows = await self._fetch(statement, args)  # a count over the whole table
+        return int(rows[0][0]) if rows else 0
 
     @abc.abstractmethod
     async def reseal(self, column: SealedColumn, pk: object, old: bytes, new: bytes) -> bool:

@@ -54,6 +54,7 @@ from .postgres_devices import PostgresDevices
 from .postgres_limits import PostgresLimits
 from .postgres_listener import CHANGES_KEPT_SECONDS, CHANNEL, RevocationListener, announce
 from .postgres_migrate import migrate
+from .postgres_pool import FairPool
 from .postgres_schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -101,7 +102,7 @@ from .sealed import SealedColumn, reseal_sql
 from .urls import PgTarget, parse_url
 
 if TYPE_CHECKING:
-    from .postgres_tx import Conn
+    from .postgres_pool import Conn
 
 __all__ = [
     "PostgresStore",
@@ -147,7 +148,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
         self.listener = RevocationListener(
             self._connect_listener, schema=self.schema, node=self.node
         )
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._pool: FairPool | None = None
         self._audit_lock = lock_key(self.schema, "audit")
         self._linker = AuditLinker(lambda: self._db, lambda: self._audit_key, self._audit_lock)
         self._prepared = Prepared()  # statements prepared by name, per pooled connection
@@ -164,7 +165,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     async def open(self) -> None:
         t = self.target
         try:
-            self._pool = await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 t.dsn,
                 min_size=t.pool_min,
                 max_size=t.pool_max,
@@ -177,6 +178,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             )
         except CONNECTION_ERRORS as exc:
             raise StoreError(unreachable(self.target, exc)) from None
+        self._pool = FairPool(pool, t.pool_max)
         try:
             async with self._tx() as conn:
                 await migrate(conn, self.schema, t.where, self._audit_key, self._key)
@@ -194,9 +196,9 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             await self._linker.stop()  # its last pass needs the pool
             pool, self._pool = self._pool, None
             try:
-                await asyncio.wait_for(pool.close(), 10)
+                await asyncio.wait_for(pool.pool.close(), 10)
             except CONNECTION_ERRORS:
-                pool.terminate()
+                pool.pool.terminate()
 
     async def writable(self) -> str | None:
         try:
@@ -219,7 +221,7 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
     # -- plumbing -----------------------------------------------------------------------------
 
     @property
-    def _db(self) -> asyncpg.Pool[asyncpg.Record]:
+    def _db(self) -> FairPool:
         if self._pool is None:
             raise StoreError("store is not open")
         return self._pool

@@ -53,7 +53,7 @@ from .postgres_tx import CONNECTION_ERRORS, S, audit_entry, committing, fails_un
 from .records import AuditEntry, StoreError
 
 if TYPE_CHECKING:
-    from .postgres_tx import Conn
+    from .postgres_pool import Conn, FairPool
 
 __all__ = [
     "AuditLinker",
@@ -150,7 +150,7 @@ _MAILS_SENT_AUDITED = f"WITH sent AS ({_MAILS_SENT}) " + INSERT_PENDING_ROWS.rep
 
 
 async def mails_sent(
-    pool: asyncpg.Pool[asyncpg.Record],
+    pool: FairPool,
     mail_ids: Sequence[int],
     now: float,
     audit: Sequence[AuditEntry],
@@ -203,7 +203,7 @@ class AuditLinker:
 
     def __init__(
         self,
-        pool: Callable[[], asyncpg.Pool[asyncpg.Record]],
+        pool: Callable[[], FairPool],
         keys: Callable[[], ChainKeys],
         lock: int,
     ) -> None:

@@ -49,7 +49,7 @@ from .postgres_tx import (
 from .records import Authority, CallerGone, Outcome
 
 if TYPE_CHECKING:
-    from .postgres_tx import Conn
+    from .postgres_pool import Conn
 
 __all__ = ["Prepared", "literal"]
 

@@ -18,7 +18,7 @@ from .records import AuditEntry, Authority, Revocation
 from .sql import mail_args
 
 if TYPE_CHECKING:
-    from .postgres_tx import Conn
+    from .postgres_pool import Conn
 
 __all__ = ["PostgresDevices"]
 

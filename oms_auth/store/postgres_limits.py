@@ -15,7 +15,7 @@ from .postgres_tx import ADVISORY_LOCK, RELEASE_EVENT, SETTLE_EVENT, S, attempts
 from .records import Admission, Claim, Room, Slot
 
 if TYPE_CHECKING:
-    from .postgres_tx import Conn
+    from .postgres_pool import Conn
 
 __all__ = ["PostgresLimits"]
 

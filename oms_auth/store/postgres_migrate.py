@@ -14,7 +14,7 @@ from .postgres_tx import ADVISORY_LOCK, S, lock_key
 from .records import SKELETON_VERSION, StoreError
 
 if TYPE_CHECKING:
-    from .postgres_tx import Conn
+    from .postgres_pool import Conn
 
 __all__ = ["migrate"]
 

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 import msgspec
@@ -20,10 +20,7 @@ from .records import IN_FLIGHT_SECONDS, AuditEntry, Authority, CallerGone, Claim
 from .urls import PgTarget
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # A pooled connection inside one of this store's transactions.
-    Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+    from .postgres_pool import Conn, FairPool
 
 __all__ = [
     "S",
@@ -220,7 +217,7 @@ def audit_entry(e: AuditEntry) -> AuditEntry:
 
 
 @contextlib.asynccontextmanager
-async def committing(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[Conn]:
+async def committing(pool: FairPool) -> AsyncIterator[Conn]:
     """One pooled connection for one transaction that the block begins in its first round trip
     and commits in its last (``postgres_batch``); rolled back when the block leaves it open."""
     async with pool.acquire() as conn:

@@ -64,12 +64,19 @@ _NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
 _GONE = "the caller's session or permission is gone"
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """The writer's connection (opened in its thread). isolation_level=None: the writer issues
-    BEGIN itself, so sqlite3 never opens a transaction implicitly."""
+# The event loop's connection for reads by key never writes, and never waits long: a reader
+# is never blocked by the writer in WAL mode, so only another program's exclusive lock could
+# make it wait, and then the loop would wait with it.
+_KEYED = ("query_only=ON", "busy_timeout=100")
+
+
+def connect(path: str, *, keyed: bool = False) -> sqlite3.Connection:
+    """The writer's connection (opened in its thread), or with ``keyed`` the event loop's for
+    reads by key (used only in the thread that opens it). isolation_level=None: the writer
+    issues BEGIN itself, so sqlite3 never opens a transaction implicitly."""
     raw = sqlite3.connect(path, isolation_level=None)
     try:
-        for pragma in PRAGMAS:
+        for pragma in PRAGMAS + (_KEYED if keyed else ()):
             raw.execute("PRAGMA " + pragma)
     except BaseException:
         raw.close()
