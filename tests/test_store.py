@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +263,49 @@ async def test_a_caller_and_the_user_it_names_are_read_together(store: Store) ->
     assert await store.user_and_named(alice, "carol") == (caller, None)
     assert await store.user_and_named(alice + bob, "bob") == (None, named)
     assert await store.user_and_named(alice, "bob\x00") == (caller, None)
+
+
+# -- reads by key (docs/performance.md, "Reads by key on the event loop") ------------------------
+
+
+async def test_a_read_run_on_the_event_loop_finds_its_rows_through_an_index(tmp_path: Path) -> None:
+    """SQLite runs a read by key on the event loop itself, which waits for nothing else while
+    it runs: each must find its few rows through an index. One that scans a table (every
+    user's questions, every user for an email) holds every request for as long as the table
+    is large (50,000 users: 12-18 ms a read)."""
+    import sqlite3
+
+    store = await open_store(str(tmp_path / "s.sqlite3"), audit_key=audit_key(bytes(range(32))))
+    try:
+        uid = await a_user(store)
+        keyed = store._k  # type: ignore[attr-defined]
+        ran: list[tuple[str, tuple[object, ...]]] = []
+
+        class Recording:
+            def execute(self, statement: str, args: tuple[object, ...]) -> sqlite3.Cursor:
+                ran.append((statement, args))
+                return keyed.execute(statement, args)
+
+        store._k = Recording()  # type: ignore[attr-defined]
+        try:
+            await store.user_by_id(uid)
+            await store.user_by_name("alice")
+            await store.user_and_named(uid, "bob")
+            await store.users_by_email(1, "a@x.test")
+            await store.event_count("k", "a", NOW)
+            await store.security_questions(uid)
+            await store.session(b"s" * 32)
+            await store.api_key("key")
+            await store.recovery_code_held(uid, b"d" * 32)
+            await store.recovery_codes_left(uid)
+            await store.device(uid, 7)
+            await store.device_code_live(7, NOW, 3)
+        finally:
+            store._k = keyed  # type: ignore[attr-defined]
+        assert len(ran) == 12
+        for statement, args in ran:
+            plan = [r[3] for r in keyed.execute("EXPLAIN QUERY PLAN " + statement, args)]
+            scans = [step for step in plan if step.startswith("SCAN ")]
+            assert not scans, f"{statement[:60]}...: {plan}"
+    finally:
+        await store.close()

@@ -246,6 +246,13 @@ MIGRATIONS: list[str] = [
     # 13: every audit row names the key that chained it (docs/operations.md, "Rotating the
     # service key"); rows from before name none and are checked with the ring's legacy key.
     "ALTER TABLE audit ADD COLUMN key_id TEXT",
+    # 14: a user's questions and the users of an email found through an index: both are reads
+    # by key, which run on the event loop (docs/performance.md, "Reads by key on the event
+    # loop"), where a scan of the table would hold every request.
+    """
+    CREATE INDEX security_questions_by_user ON security_questions(user_id);
+    CREATE INDEX users_by_email ON users(oms_id, lower(email));
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
