@@ -435,8 +435,9 @@ async def test_an_operators_reset_code_is_issued_in_one_round_trip_its_mail_mark
         authority = Authority(user_id=operator, session=b"s" * 32, password_version=0)
 
         async def issue_as_operator(n: int, key: str = "target") -> bool:
+            await asyncio.sleep(0)  # what came before is logged first
             trips.clear()
-            return await store.issue_code(
+            issued = await store.issue_code(
                 CodeIssue(
                     user_id=target,
                     digest=bytes([n]) * 32,
@@ -448,6 +449,8 @@ async def test_an_operators_reset_code_is_issued_in_one_round_trip_its_mail_mark
                     authority=authority,
                 )
             )
+            await asyncio.sleep(0)  # asyncpg calls a query logger soon after, not at once
+            return issued
 
         assert await issue_as_operator(1) and len(trips) == 1, trips
         assert await issue_as_operator(2) and len(trips) == 1, trips
@@ -458,13 +461,16 @@ async def test_an_operators_reset_code_is_issued_in_one_round_trip_its_mail_mark
         await store.revoke_session(b"s" * 32, operator, "logout")
         with pytest.raises(CallerGone):
             await issue_as_operator(5)
+        await asyncio.sleep(0)
         assert len(trips) == 2, trips  # the failed trip, and its ROLLBACK
         # The outbox's per-batch trips: its claim; the mail marked sent with its audit rows.
         claimed = await store.claim_mail(NOW + 10, 60, 10)
         assert [m.user_id for m in claimed] == [target, target, target]
+        await asyncio.sleep(0)
         trips.clear()
         sent = [AuditEntry(action="reset-emailed", target_id=target)] * 3
         await store.mails_delivered([m.id for m in claimed], NOW + 11, sent)
+        await asyncio.sleep(0)
         # (asyncpg looks up the array's type the first time a connection meets it: not counted)
         ours = [t for t in trips if "'jit'" not in t and "typeinfo_tree" not in t]
         assert len(ours) == 1, ours
@@ -525,9 +531,8 @@ async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
 
     from oms_auth.store.postgres_pool import FairPool
 
-    raw = await asyncpg.create_pool(PG_URL, min_size=2, max_size=2)
+    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=2, max_size=2), 2)
     try:
-        pool = FairPool(raw, 2)
         for _ in range(5):  # asyncpg's queue alone passes one round in four
             asked, granted = itertools.count(), []
 
@@ -543,4 +548,109 @@ async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
             overtaken = [sum(t > g for t in granted[:i]) for i, g in enumerate(granted)]
             assert max(overtaken) <= 1, f"a task waited while {max(overtaken)} later ones went"
     finally:
-        await raw.close()
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_a_task_that_stops_waiting_for_a_connection_leaves_its_turn_to_the_next() -> None:
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=1, max_size=1), 1)
+    try:
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with pool.acquire():
+                holding.set()
+                await release.wait()
+
+        async def asker() -> int:
+            async with pool.acquire() as conn:
+                return int(await conn.fetchval("SELECT 1"))
+
+        held = asyncio.create_task(holder())
+        await holding.wait()
+        gone, next_one = asyncio.create_task(asker()), asyncio.create_task(asker())
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        release.set()
+        assert await asyncio.wait_for(next_one, 5) == 1
+        await held
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_a_connection_whose_query_was_cancelled_is_replaced_and_no_more_are_opened() -> None:
+    """A cancelled query leaves its connection to asyncpg's cleanup; the next task gets one that
+    answers, and the pool never has more connections than its size."""
+    import uuid
+
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    name = f"pool-test {uuid.uuid4().hex[:12]}"
+    raw = await asyncpg.create_pool(
+        PG_URL, min_size=0, max_size=2, server_settings={"application_name": name}
+    )
+    pool = FairPool(raw, 2)
+    try:
+
+        async def slow() -> None:
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT pg_sleep(10)")
+
+        async def quick() -> int:
+            async with pool.acquire() as conn:
+                return int(await conn.fetchval("SELECT 1"))
+
+        for _ in range(3):
+            sleepers = [asyncio.create_task(slow()) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            for task in sleepers:
+                task.cancel()
+            answers = await asyncio.wait_for(asyncio.gather(*(quick() for _ in range(8))), 10)
+            assert answers == [1] * 8
+            await asyncio.gather(*sleepers, return_exceptions=True)
+        opened = await sql(
+            PG_URL, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ?", name
+        )
+        assert opened[0][0] <= 2
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_closing_the_pool_refuses_those_waiting_and_waits_for_those_in_use() -> None:
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=1, max_size=1), 1)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> int:
+        async with pool.acquire() as conn:
+            holding.set()
+            await release.wait()
+            return int(await conn.fetchval("SELECT 2"))
+
+    async def asker() -> None:
+        async with pool.acquire():
+            pass
+
+    held = asyncio.create_task(holder())
+    await holding.wait()
+    waiting = asyncio.create_task(asker())
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(pool.close())
+    with pytest.raises(asyncpg.InterfaceError):
+        await asyncio.wait_for(waiting, 5)
+    assert not closing.done()  # a connection is still in use
+    release.set()
+    assert await held == 2
+    await asyncio.wait_for(closing, 10)
+    with pytest.raises(asyncpg.InterfaceError):
+        await asker()

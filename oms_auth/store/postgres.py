@@ -196,9 +196,9 @@ class PostgresStore(PostgresDevices, PostgresLimits, Store):
             await self._linker.stop()  # its last pass needs the pool
             pool, self._pool = self._pool, None
             try:
-                await asyncio.wait_for(pool.pool.close(), 10)
+                await asyncio.wait_for(pool.close(), 10)
             except CONNECTION_ERRORS:
-                pool.pool.terminate()
+                pool.terminate()
 
     async def writable(self) -> str | None:
         try:

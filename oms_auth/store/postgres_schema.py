@@ -262,6 +262,13 @@ MIGRATIONS: list[str] = [
         detail TEXT
     );
     """,
+    # 15: a user's questions and the users of an email found through an index, as on SQLite
+    # (its schema 14): a reset's completion reads the questions inside its transaction, and
+    # an export reads them for every user.
+    """
+    CREATE INDEX security_questions_by_user ON security_questions(user_id);
+    CREATE INDEX users_by_email ON users(oms_id, lower(email));
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
