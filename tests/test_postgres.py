@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -534,9 +534,9 @@ async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
     pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=2, max_size=2), 2)
     try:
         for _ in range(5):  # asyncpg's queue alone passes one round in four
-            asked, granted = itertools.count(), []
+            asked, granted = itertools.count(), list[int]()
 
-            async def user() -> None:
+            async def user(asked: Iterator[int], granted: list[int]) -> None:
                 for _ in range(10):
                     ticket = next(asked)
                     async with pool.acquire() as conn:
@@ -544,7 +544,7 @@ async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
                         await conn.fetchval("SELECT 1")
                     await asyncio.sleep(0)
 
-            await asyncio.gather(*(user() for _ in range(12)))
+            await asyncio.gather(*(user(asked, granted) for _ in range(12)))
             overtaken = [sum(t > g for t in granted[:i]) for i, g in enumerate(granted)]
             assert max(overtaken) <= 1, f"a task waited while {max(overtaken)} later ones went"
     finally:
