@@ -654,3 +654,33 @@ async def test_closing_the_pool_refuses_those_waiting_and_waits_for_those_in_use
     await asyncio.wait_for(closing, 10)
     with pytest.raises(asyncpg.InterfaceError):
         await asker()
+
+
+async def test_a_waiter_cancelled_after_being_handed_a_connection_while_closing_gives_it_back() -> (
+    None
+):
+    """A task ends its block, handing its connection to the task waiting, and closes the pool
+    at once; the waiting task is cancelled before it runs (its timeout). The connection goes
+    back to asyncpg's pool, which close() waits for, not to the closing pool's idle list,
+    where close() would wait for it forever."""
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=1, max_size=1), 1)
+
+    async def asker() -> None:
+        async with pool.acquire():
+            pass
+
+    held = pool.acquire()
+    await held.__aenter__()
+    waiting = asyncio.create_task(asker())
+    await asyncio.sleep(0.05)
+    await held.__aexit__(None, None, None)  # handed on to the waiting task, not yet run
+    waiting.cancel()
+    async with asyncio.timeout(5):
+        await pool.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not pool._idle and pool._taken == 0

@@ -98,8 +98,8 @@ class FairPool:
                 handed = turn.result()
                 if handed is None:
                     self._free_slot()
-                else:
-                    self._pass(handed)
+                else:  # to the next task, or back to asyncpg's pool if closing meanwhile
+                    await self._back(handed)
             raise
         return handed if handed is not None else await self._fresh()
 
