@@ -684,3 +684,112 @@ async def test_a_waiter_cancelled_after_being_handed_a_connection_while_closing_
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert not pool._idle and pool._taken == 0
+
+
+async def test_closing_the_pool_closes_every_connection_even_when_giving_one_back_fails() -> None:
+    """Giving an idle connection back to asyncpg's pool may fail (its reset finds the server
+    gone, or the protocol in a state it cannot leave): asyncpg then terminates that connection
+    and raises. close() still gives back the others and closes asyncpg's pool."""
+    import uuid
+
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    name = f"pool-test {uuid.uuid4().hex[:12]}"
+    resets = 0
+
+    async def failing_reset(conn: object) -> None:
+        nonlocal resets
+        resets += 1
+        if resets == 1:
+            raise OSError("the server went away")
+
+    raw = await asyncpg.create_pool(
+        PG_URL,
+        min_size=0,
+        max_size=3,
+        server_settings={"application_name": name},
+        reset=failing_reset,
+    )
+    pool = FairPool(raw, 3)
+    started = asyncio.Event()
+
+    async def user() -> None:
+        async with pool.acquire() as conn:
+            await started.wait()
+            await conn.fetchval("SELECT 1")
+
+    users = [asyncio.create_task(user()) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    started.set()
+    await asyncio.gather(*users)
+    assert len(pool._idle) == 3
+    await asyncio.wait_for(pool.close(), 10)
+    assert raw._closed and not pool._idle and pool._taken == 0  # type: ignore[attr-defined]
+    for _ in range(50):  # the server notices a terminated connection's socket closing
+        left = await sql(
+            PG_URL, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ?", name
+        )
+        if left[0][0] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert left[0][0] == 0
+
+
+async def test_a_task_asking_while_the_pool_closes_is_refused_not_left_waiting() -> None:
+    """A task that finds an idle connection cut gives it back to asyncpg's pool, which takes a
+    moment; if the pool starts closing meanwhile and every slot is taken, the task is refused
+    like those waiting, not put in a line that nobody serves any more."""
+    import uuid
+
+    import asyncpg
+
+    from oms_auth.store.postgres_pool import FairPool
+
+    name = f"pool-test {uuid.uuid4().hex[:12]}"
+    raw = await asyncpg.create_pool(
+        PG_URL, min_size=0, max_size=2, server_settings={"application_name": name}
+    )
+
+    class SlowRelease:  # asyncpg's pool, taking its time to take a connection back
+        acquire, close = raw.acquire, raw.close
+
+        async def release(self, conn: object) -> None:
+            await asyncio.sleep(0.2)
+            await raw.release(conn)  # type: ignore[arg-type]
+
+    pool = FairPool(SlowRelease(), 2)  # type: ignore[arg-type]
+    holding, done = asyncio.Event(), asyncio.Event()
+
+    async def holder(cut: bool) -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+            if not cut:
+                holding.set()
+                await done.wait()
+
+    first = asyncio.create_task(holder(False))
+    await holding.wait()
+    await holder(True)
+    done.set()
+    await first  # two idle connections
+    holding.clear()
+    done.clear()
+    held = asyncio.create_task(holder(False))  # takes one of them
+    await holding.wait()
+    (cut,) = pool._idle
+    await sql(PG_URL, "SELECT pg_terminate_backend(?)", cut.get_server_pid())
+    await asyncio.sleep(0.3)  # asyncpg reads the connection's end and takes it back
+    asker = asyncio.create_task(holder(True))  # finds it cut, gives it back slowly
+    await asyncio.sleep(0.05)
+    other = asyncio.create_task(holder(False))  # takes the slot freed meanwhile
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(pool.close())
+    await asyncio.sleep(0.3)  # the asker is done giving the cut one back
+    done.set()
+    await asyncio.wait_for(closing, 10)
+    await held
+    await other
+    with pytest.raises(asyncpg.InterfaceError):
+        await asyncio.wait_for(asker, 5)

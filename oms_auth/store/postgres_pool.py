@@ -6,7 +6,7 @@ queue wakes the task that has waited longest, but a task that asks in the meanti
 woken one runs) takes the connection, and the woken task goes to the back of the line again.
 Under load that happens at every turn, and a reset asks for a connection twice: some requests
 were passed over many times while others went straight through (docs/performance.md, "A fair
-turn at the pool": one node's p99 was 3.1-3.4 times its median, and is 1.4-1.6 times with
+turn at the pool": one node's p99 was 3.1-3.4 times its median, and is 1.4-1.5 times with
 this). Taking and giving back a connection of asyncpg's pool also costs a task and several
 turns of the event loop each time.
 
@@ -40,11 +40,14 @@ __all__ = ["FairPool"]
 
 def _usable(conn: Conn) -> bool:
     """Open and outside a transaction. asyncpg takes a connection back itself when it is lost
-    (even one this pool holds idle); giving it back again then does nothing."""
+    (even one this pool holds idle); giving it back again then does nothing. A block must not
+    swallow a timeout or cancellation of its own query (the store's never do): asyncpg would
+    still be cancelling it, and only its own release waits that out."""
     try:
         return not conn.is_closed() and not conn.is_in_transaction()
     except asyncpg.InterfaceError:  # taken back: "connection has been released to the pool"
         return False
+
 
 # What a waiting task is handed: a connection, or None (a turn to take one from asyncpg's pool).
 _Turn: TypeAlias = "asyncio.Future[Conn | None]"
@@ -86,6 +89,8 @@ class FairPool:
             if self._taken < self._size:
                 self._taken += 1
                 return await self._fresh()
+        if self._closing:  # closed while giving back a cut one: nobody serves the line now
+            raise asyncpg.InterfaceError("the pool is closing")
         turn: _Turn = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
         try:
@@ -155,7 +160,9 @@ class FairPool:
                 turn.set_exception(asyncpg.InterfaceError("the pool is closing"))
         idle, self._idle = self._idle, []
         for conn in idle:
-            await self._return(conn)
+            # asyncpg terminates a connection it fails to reset, and raises: close the rest
+            with contextlib.suppress(Exception):
+                await self._return(conn)
         await self.pool.close()
 
     def terminate(self) -> None:
