@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -35,6 +36,7 @@ from oms_auth.store import (
     open_store,
 )
 from oms_auth.store.postgres import SCHEMA_VERSION, PostgresStore, parse_url
+from oms_auth.store.postgres_pool import FairPool
 from protocol.client import Client
 
 from .helpers import (
@@ -520,6 +522,17 @@ async def test_statements_prepared_by_name_outlive_a_failed_query_and_a_cut_conn
 # -- the pool (docs/performance.md, "A fair turn at the pool") ----------------------------------
 
 
+async def fair_pool(size: int, *, min_size: int | None = None, **options: Any) -> FairPool:
+    """The store's pool over a new asyncpg pool of ``size`` connections to the test database
+    (all opened at once unless ``min_size`` says fewer)."""
+    import asyncpg
+
+    raw = await asyncpg.create_pool(
+        PG_URL, min_size=size if min_size is None else min_size, max_size=size, **options
+    )
+    return FairPool(raw, size)
+
+
 async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
     """asyncpg's own queue lets a task that asks while a woken waiter is on its way take the
     connection, and the waiter goes to the back again; the store's pool serves in order. Twelve
@@ -527,11 +540,7 @@ async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
     that asked after it (the other connection's holder, admitted at the same time)."""
     import itertools
 
-    import asyncpg
-
-    from oms_auth.store.postgres_pool import FairPool
-
-    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=2, max_size=2), 2)
+    pool = await fair_pool(2)
     try:
         for _ in range(5):  # asyncpg's queue alone passes one round in four
             asked, granted = itertools.count(), list[int]()
@@ -552,11 +561,7 @@ async def test_pooled_connections_go_to_tasks_in_the_order_they_asked() -> None:
 
 
 async def test_a_task_that_stops_waiting_for_a_connection_leaves_its_turn_to_the_next() -> None:
-    import asyncpg
-
-    from oms_auth.store.postgres_pool import FairPool
-
-    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=1, max_size=1), 1)
+    pool = await fair_pool(1)
     try:
         holding, release = asyncio.Event(), asyncio.Event()
 
@@ -588,15 +593,8 @@ async def test_a_connection_whose_query_was_cancelled_is_replaced_and_no_more_ar
     answers, and the pool never has more connections than its size."""
     import uuid
 
-    import asyncpg
-
-    from oms_auth.store.postgres_pool import FairPool
-
     name = f"pool-test {uuid.uuid4().hex[:12]}"
-    raw = await asyncpg.create_pool(
-        PG_URL, min_size=0, max_size=2, server_settings={"application_name": name}
-    )
-    pool = FairPool(raw, 2)
+    pool = await fair_pool(2, min_size=0, server_settings={"application_name": name})
     try:
 
         async def slow() -> None:
@@ -626,9 +624,7 @@ async def test_a_connection_whose_query_was_cancelled_is_replaced_and_no_more_ar
 async def test_closing_the_pool_refuses_those_waiting_and_waits_for_those_in_use() -> None:
     import asyncpg
 
-    from oms_auth.store.postgres_pool import FairPool
-
-    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=1, max_size=1), 1)
+    pool = await fair_pool(1)
     holding, release = asyncio.Event(), asyncio.Event()
 
     async def holder() -> int:
@@ -663,11 +659,7 @@ async def test_a_waiter_cancelled_after_being_handed_a_connection_while_closing_
     at once; the waiting task is cancelled before it runs (its timeout). The connection goes
     back to asyncpg's pool, which close() waits for, not to the closing pool's idle list,
     where close() would wait for it forever."""
-    import asyncpg
-
-    from oms_auth.store.postgres_pool import FairPool
-
-    pool = FairPool(await asyncpg.create_pool(PG_URL, min_size=1, max_size=1), 1)
+    pool = await fair_pool(1)
 
     async def asker() -> None:
         async with pool.acquire():
@@ -693,8 +685,6 @@ async def test_closing_the_pool_closes_every_connection_even_when_giving_one_bac
     import uuid
 
     import asyncpg
-
-    from oms_auth.store.postgres_pool import FairPool
 
     name = f"pool-test {uuid.uuid4().hex[:12]}"
     resets = 0
@@ -744,8 +734,6 @@ async def test_a_task_asking_while_the_pool_closes_is_refused_not_left_waiting()
     import uuid
 
     import asyncpg
-
-    from oms_auth.store.postgres_pool import FairPool
 
     name = f"pool-test {uuid.uuid4().hex[:12]}"
     raw = await asyncpg.create_pool(

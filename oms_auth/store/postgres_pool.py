@@ -6,7 +6,7 @@ queue wakes the task that has waited longest, but a task that asks in the meanti
 woken one runs) takes the connection, and the woken task goes to the back of the line again.
 Under load that happens at every turn, and a reset asks for a connection twice: some requests
 were passed over many times while others went straight through (docs/performance.md, "A fair
-turn at the pool": one node's p99 was 3.1-3.4 times its median, and is 1.4-1.5 times with
+turn at the pool": one node's p99 was 3.1-3.4 times its median, and is 1.4-1.6 times with
 this). Taking and giving back a connection of asyncpg's pool also costs a task and several
 turns of the event loop each time.
 
